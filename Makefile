@@ -1,0 +1,37 @@
+# smsbatch — the targets a newcomer needs: `make run` and `make test`.
+GO      ?= go
+BIN     ?= bin/smsbatch
+PKGS    ?= ./...
+
+.PHONY: run build test test-short bench vet fmt lint clean
+
+## run: start the service on the embedded default (bolt file + simulator under ./data)
+run: build
+	./$(BIN) serve
+
+## build: compile the single binary into bin/
+build:
+	$(GO) build -o $(BIN) ./cmd/smsbatch
+
+## test: the whole suite with the race detector
+test: vet
+	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+
+## test-short: the suite without the slow end-to-end tests
+test-short:
+	$(GO) test -race -count=1 -short $(PKGS)
+
+## bench: the benchmarks (figures for the closing notes)
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s -timeout 30m $(PKGS)
+
+## vet: go vet and gofmt
+vet:
+	$(GO) vet $(PKGS)
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+clean:
+	rm -rf bin

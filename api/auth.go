@@ -1,0 +1,97 @@
+package api
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+
+	"github.com/smsbatch/smsbatch/domain"
+)
+
+// Principal is the caller an API key identifies.
+type Principal struct {
+	Tenant string
+	// KeyID names the key without revealing it: the tenant and a short hash.
+	KeyID string
+}
+
+// Keyring maps API keys to tenants. Keys are held only as SHA-256 digests, so the
+// keys themselves never sit in memory longer than parsing takes, and a lookup
+// compares digests, which reveals nothing about a key through timing.
+type Keyring struct {
+	keys map[[32]byte]Principal
+}
+
+// ParseKeys reads "tenant:key,tenant:key". Error messages never contain a key.
+func ParseKeys(s string) (*Keyring, error) {
+	k := &Keyring{keys: make(map[[32]byte]Principal)}
+	for i, pair := range strings.Split(s, ",") {
+		pair = strings.TrimSpace(pair)
+		if pair == "" {
+			continue
+		}
+		tenant, key, ok := strings.Cut(pair, ":")
+		tenant, key = strings.TrimSpace(tenant), strings.TrimSpace(key)
+		if !ok || tenant == "" || key == "" {
+			return nil, fmt.Errorf("API key entry %d: want tenant:key", i+1)
+		}
+		if len(key) < 16 {
+			return nil, fmt.Errorf("API key entry %d (tenant %s): key shorter than 16 characters", i+1, tenant)
+		}
+		if err := k.Add(tenant, key); err != nil {
+			return nil, fmt.Errorf("API key entry %d (tenant %s): %w", i+1, tenant, err)
+		}
+	}
+	return k, nil
+}
+
+// Add lets key act for tenant.
+func (k *Keyring) Add(tenant, key string) error {
+	if k.keys == nil {
+		k.keys = make(map[[32]byte]Principal)
+	}
+	sum := sha256.Sum256([]byte(key))
+	if p, dup := k.keys[sum]; dup && p.Tenant != tenant {
+		return errors.New("the same key is given to two tenants")
+	}
+	k.keys[sum] = Principal{Tenant: tenant, KeyID: tenant + "/" + hex.EncodeToString(sum[:4])}
+	return nil
+}
+
+// Len is the number of keys.
+func (k *Keyring) Len() int { return len(k.keys) }
+
+// Lookup returns the principal of key.
+func (k *Keyring) Lookup(key string) (Principal, bool) {
+	p, ok := k.keys[sha256.Sum256([]byte(key))]
+	return p, ok
+}
+
+type principalKey struct{}
+
+// PrincipalFrom returns the authenticated caller of a request.
+func PrincipalFrom(ctx context.Context) (Principal, bool) {
+	p, ok := ctx.Value(principalKey{}).(Principal)
+	return p, ok
+}
+
+// authenticate admits requests with a known bearer key.
+func (s *server) authenticate(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		key, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || key == "" {
+			writeError(w, r, s.log, domain.Errorf(domain.EUNAUTHORIZED, "missing API key: send Authorization: Bearer <key>"))
+			return
+		}
+		p, ok := s.cfg.Keys.Lookup(strings.TrimSpace(key))
+		if !ok {
+			writeError(w, r, s.log, domain.Errorf(domain.EUNAUTHORIZED, "unknown API key"))
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
+	})
+}

@@ -1,0 +1,212 @@
+// Package api is smsbatch's HTTP interface: the chi router, the REST handlers for
+// batch commands and queries, API-key authentication with per-key rate limits,
+// and the mapping of application errors to HTTP answers.
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/go-chi/chi/v5/middleware"
+	"github.com/go-chi/httprate"
+
+	"github.com/smsbatch/smsbatch/commands"
+	"github.com/smsbatch/smsbatch/domain"
+	"github.com/smsbatch/smsbatch/eventstore"
+	"github.com/smsbatch/smsbatch/projections"
+)
+
+// Limits bound what one request may ask for. They are documented in the README.
+type Limits struct {
+	// MaxBodyBytes bounds a request body; default 64 MiB.
+	MaxBodyBytes int64
+	// MaxRecipients bounds the recipients of one batch; default 1,000,000.
+	MaxRecipients int
+	// Template bounds the template text and its variables.
+	Template domain.TemplateLimits
+	// Variables bounds each variable's value.
+	Variables domain.VariableLimits
+	// MaxDetails bounds the per-field problems reported in one error; default 100.
+	MaxDetails int
+}
+
+func (l *Limits) setDefaults() {
+	if l.MaxBodyBytes <= 0 {
+		l.MaxBodyBytes = 64 << 20
+	}
+	if l.MaxRecipients <= 0 {
+		l.MaxRecipients = 1_000_000
+	}
+	if l.MaxDetails <= 0 {
+		l.MaxDetails = 100
+	}
+}
+
+// RateLimit bounds requests per API key.
+type RateLimit struct {
+	// Requests per Window; default 600 per minute. Negative disables the limit.
+	Requests int
+	Window   time.Duration
+}
+
+// Waiter is told the position of a command's last event and returns once the read
+// models include it, so that a client reads its own writes.
+type Waiter interface {
+	WaitFor(ctx context.Context, pos eventstore.Position) error
+}
+
+// Config configures the HTTP interface.
+type Config struct {
+	// Commands runs batch commands (required).
+	Commands *commands.Handlers
+	// ReadModels answers queries (required).
+	ReadModels projections.Store
+	// Projections is waited on after a command (required).
+	Projections Waiter
+	// Keys authenticates callers (required).
+	Keys *Keyring
+	// DefaultRegion is the region of phone numbers given without a country code; default "US".
+	DefaultRegion string
+	Limits        Limits
+	RateLimit     RateLimit
+	// SpoolDir holds the temporary files a batch upload is validated through; default os.TempDir().
+	SpoolDir string
+	// Metrics serves /metrics; nil answers 404.
+	Metrics http.Handler
+	// Ready reports whether the service can answer; nil means always.
+	Ready func() error
+	// ReadYourWrites bounds how long a command waits for the read models; default 2s.
+	ReadYourWrites time.Duration
+	Logger         *slog.Logger
+	// NewID makes batch IDs; default UUIDv7 (time-ordered).
+	NewID func() (string, error)
+}
+
+func (c *Config) setDefaults() {
+	if c.DefaultRegion == "" {
+		c.DefaultRegion = "US"
+	}
+	c.Limits.setDefaults()
+	if c.RateLimit.Requests == 0 {
+		c.RateLimit.Requests = 600
+	}
+	if c.RateLimit.Window <= 0 {
+		c.RateLimit.Window = time.Minute
+	}
+	if c.ReadYourWrites <= 0 {
+		c.ReadYourWrites = 2 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.NewID == nil {
+		c.NewID = newBatchID
+	}
+}
+
+// Validate reports every missing setting.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Commands == nil {
+		errs = append(errs, errors.New("Commands is required"))
+	}
+	if c.ReadModels == nil {
+		errs = append(errs, errors.New("ReadModels is required"))
+	}
+	if c.Projections == nil {
+		errs = append(errs, errors.New("Projections is required"))
+	}
+	if c.Keys == nil || c.Keys.Len() == 0 {
+		errs = append(errs, errors.New("Keys is required: at least one API key"))
+	}
+	if c.DefaultRegion != "" && !domain.ValidRegion(c.DefaultRegion) {
+		errs = append(errs, fmt.Errorf("DefaultRegion %q is not a known region", c.DefaultRegion))
+	}
+	return errors.Join(errs...)
+}
+
+type server struct {
+	cfg Config
+	log *slog.Logger
+}
+
+// NewHandler returns the HTTP handler of the whole API.
+func NewHandler(cfg Config) (http.Handler, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("api config: %w", err)
+	}
+	s := &server{cfg: cfg, log: cfg.Logger}
+
+	r := chi.NewRouter()
+	r.Use(middleware.RequestID, s.recoverer)
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, r, s.log, domain.Errorf(domain.ENOTFOUND, "no such endpoint"))
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusMethodNotAllowed, errorBody{Error: errorPayload{Code: "method_not_allowed", Message: "method not allowed"}})
+	})
+
+	r.Get("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	r.Get("/readyz", s.readyz)
+	if cfg.Metrics != nil {
+		r.Handle("/metrics", cfg.Metrics)
+	}
+
+	r.Group(func(r chi.Router) {
+		r.Use(s.authenticate)
+		if cfg.RateLimit.Requests > 0 {
+			r.Use(httprate.Limit(cfg.RateLimit.Requests, cfg.RateLimit.Window,
+				httprate.WithKeyFuncs(func(r *http.Request) (string, error) {
+					p, _ := PrincipalFrom(r.Context())
+					return p.KeyID, nil
+				}),
+				httprate.WithLimitHandler(func(w http.ResponseWriter, r *http.Request) {
+					writeError(w, r, s.log, domain.Errorf(domain.ERATELIMITED, "too many requests for this API key; retry after the time in Retry-After"))
+				}),
+			))
+		}
+		r.Post("/api/batch", s.createBatch)
+		r.Get("/api/batch", s.listBatches)
+		r.Get("/api/batch/{id}", s.getBatch)
+		r.Get("/api/batch/{id}/analytics", s.getAnalytics)
+		r.Get("/api/batch/{id}/errors", s.getErrors)
+		r.Post("/api/v2/batch/{id}/pause", s.act(s.cfg.Commands.PauseBatch))
+		r.Post("/api/v2/batch/{id}/resume", s.act(s.cfg.Commands.ResumeBatch))
+		r.Post("/api/v2/batch/{id}/start", s.act(s.cfg.Commands.StartBatch))
+		r.Post("/api/v2/batch/{id}/cancel", s.act(s.cfg.Commands.CancelBatch))
+	})
+	return r, nil
+}
+
+func (s *server) readyz(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.Ready != nil {
+		if err := s.cfg.Ready(); err != nil {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "unavailable", "reason": err.Error()})
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// recoverer answers a panic with a 500 and logs it; the server keeps running.
+func (s *server) recoverer(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				writeError(w, r, s.log, fmt.Errorf("panic: %v", v))
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}

@@ -1,0 +1,160 @@
+// Package commands holds smsbatch's command handlers: each loads a Batch, lets it
+// decide, and appends what it decided at the revision it decided on, retrying on
+// conflict. Creating a batch writes its recipients page by page first, so a batch
+// becomes visible and startable only once all of them are stored.
+package commands
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"iter"
+	"time"
+
+	"github.com/smsbatch/smsbatch/domain"
+	"github.com/smsbatch/smsbatch/eventstore"
+)
+
+// Handlers runs the commands on batches.
+type Handlers struct {
+	repo  *Repository
+	store eventstore.Store
+	now   func() time.Time
+}
+
+// New returns the command handlers. now is the clock; nil means time.Now.
+func New(store eventstore.Store, repo *Repository, now func() time.Time) (*Handlers, error) {
+	if store == nil || repo == nil {
+		return nil, errors.New("commands: nil store or repository")
+	}
+	if now == nil {
+		now = time.Now
+	}
+	return &Handlers{repo: repo, store: store, now: func() time.Time { return now().UTC() }}, nil
+}
+
+// Repository returns the batch repository the handlers use.
+func (h *Handlers) Repository() *Repository { return h.repo }
+
+// CreateBatch creates a batch from recipients that were already validated.
+type CreateBatch struct {
+	ID           string
+	Tenant       string
+	Template     domain.Template
+	Priority     domain.Priority
+	ScheduleTime *time.Time
+	AutoStart    bool
+	// Recipients yields the recipients in order, their Values in the template's
+	// variable order. An error it yields aborts the creation.
+	Recipients iter.Seq2[domain.Recipient, error]
+}
+
+// CreateBatch stores the recipients a page at a time in the batch's recipients
+// stream, then the BatchCreated event with the full count. If anything fails before
+// that last append, no batch exists: the pages written are never read.
+func (h *Handlers) CreateBatch(ctx context.Context, cmd CreateBatch) (Result, error) {
+	stream := domain.RecipientsStream(cmd.ID)
+	header := domain.EventHeader{BatchID: cmd.ID, Tenant: cmd.Tenant, At: h.now()}
+	page := domain.RecipientsPageAdded{EventHeader: header}
+	total, pages := 0, 0
+	flush := func() error {
+		if len(page.Recipients) == 0 {
+			return nil
+		}
+		page.Page, page.First = pages, total-len(page.Recipients)
+		data, err := encodeEvents([]domain.Event{page})
+		if err != nil {
+			return err
+		}
+		if _, err := h.store.Append(ctx, stream, eventstore.After(uint64(pages)), data); err != nil {
+			return fmt.Errorf("create batch %s: store recipients page %d: %w", cmd.ID, pages, err)
+		}
+		pages++
+		page.Recipients = page.Recipients[:0]
+		return nil
+	}
+	for r, err := range cmd.Recipients {
+		if err != nil {
+			return Result{}, err
+		}
+		page.Recipients = append(page.Recipients, r)
+		total++
+		if len(page.Recipients) == domain.RecipientPageSize {
+			if err := flush(); err != nil {
+				return Result{}, err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return Result{}, err
+	}
+	b, err := domain.NewBatch(domain.NewBatchParams{
+		ID: cmd.ID, Tenant: cmd.Tenant, Template: cmd.Template, Priority: cmd.Priority,
+		ScheduleTime: cmd.ScheduleTime, AutoStart: cmd.AutoStart, Total: total, Pages: pages,
+	}, h.now())
+	if err != nil {
+		return Result{}, err
+	}
+	pos, err := h.repo.Add(ctx, b)
+	if err != nil {
+		return Result{}, err
+	}
+	return Result{Batch: b.Clone(), Position: pos}, nil
+}
+
+// Act names a caller acting on a batch: only its own tenant may.
+type Act struct {
+	Tenant  string
+	BatchID string
+	// By names the caller for the record (an API key's name, "scheduler"...).
+	By string
+}
+
+// StartBatch starts a pending batch now, even one scheduled for later.
+func (h *Handlers) StartBatch(ctx context.Context, act Act) (Result, error) {
+	return h.act(ctx, act, func(b *domain.Batch) error { return b.Start(h.now(), act.By) })
+}
+
+// PauseBatch pauses a processing batch.
+func (h *Handlers) PauseBatch(ctx context.Context, act Act) (Result, error) {
+	return h.act(ctx, act, func(b *domain.Batch) error { return b.Pause(h.now(), act.By) })
+}
+
+// ResumeBatch resumes a paused batch.
+func (h *Handlers) ResumeBatch(ctx context.Context, act Act) (Result, error) {
+	return h.act(ctx, act, func(b *domain.Batch) error { return b.Resume(h.now(), act.By) })
+}
+
+// CancelBatch cancels a batch that has not finished.
+func (h *Handlers) CancelBatch(ctx context.Context, act Act) (Result, error) {
+	return h.act(ctx, act, func(b *domain.Batch) error { return b.Cancel(h.now(), act.By) })
+}
+
+// StartIfDue starts a scheduled, auto-starting batch whose time has come; it is the
+// scheduler's command and acts for every tenant.
+func (h *Handlers) StartIfDue(ctx context.Context, batchID string) (*domain.Batch, error) {
+	return h.repo.Update(ctx, batchID, func(b *domain.Batch) error {
+		b.StartIfDue(h.now())
+		return nil
+	})
+}
+
+// FailBatch marks a batch that cannot go on as failed.
+func (h *Handlers) FailBatch(ctx context.Context, batchID, reason string) (*domain.Batch, error) {
+	return h.repo.Update(ctx, batchID, func(b *domain.Batch) error {
+		if b.Status().Final() {
+			return nil
+		}
+		return b.Fail(h.now(), reason)
+	})
+}
+
+func (h *Handlers) act(ctx context.Context, act Act, decide func(b *domain.Batch) error) (Result, error) {
+	return h.repo.update(ctx, act.BatchID, func(b *domain.Batch) error {
+		// Another tenant's batch does not exist as far as the caller can tell.
+		if b.Tenant() != act.Tenant {
+			return domain.Errorf(domain.ENOTFOUND, "batch not found")
+		}
+		return decide(b)
+	})
+}

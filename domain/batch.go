@@ -1,0 +1,472 @@
+package domain
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"time"
+)
+
+// Status is where a batch is in its life.
+type Status string
+
+// The statuses a batch moves through. Completed, failed and cancelled are final.
+const (
+	StatusPending    Status = "pending"
+	StatusProcessing Status = "processing"
+	StatusPaused     Status = "paused"
+	StatusCompleted  Status = "completed"
+	StatusFailed     Status = "failed"
+	StatusCancelled  Status = "cancelled"
+)
+
+// Final reports whether no more messages will ever be dispatched.
+func (s Status) Final() bool {
+	return s == StatusCompleted || s == StatusFailed || s == StatusCancelled
+}
+
+// Errors the send processor branches on. They are not user errors: a worker that
+// meets one stops or drops a result, and nothing is appended.
+var (
+	// ErrNotRunning: the batch is not processing (paused, pending or final).
+	ErrNotRunning = errors.New("batch is not processing")
+	// ErrSuperseded: another work slice has taken the batch over.
+	ErrSuperseded = errors.New("work slice superseded by another")
+	// ErrStaleOutcome: the message is not in flight at that attempt any more (it
+	// already has an outcome, or it was re-dispatched by another slice).
+	ErrStaleOutcome = errors.New("outcome for a message not in flight at that attempt")
+)
+
+// Outstanding is a dispatched message without a final outcome: in flight, or
+// waiting for its retry when RetryAt is set.
+type Outstanding struct {
+	Index   int
+	Attempt int
+	// Slice is the work slice that dispatched the current attempt.
+	Slice string
+	// RetryAt is when a failed attempt may be tried again; zero while in flight.
+	RetryAt time.Time
+}
+
+// InFlight reports whether the attempt was handed to the provider and has no answer recorded.
+func (o Outstanding) InFlight() bool { return o.RetryAt.IsZero() }
+
+// Batch is the aggregate: it decides what may happen to a batch and keeps only
+// what those decisions need. Its fields change only in apply.
+type Batch struct {
+	id        string
+	tenant    string
+	version   uint64
+	status    Status
+	priority  Priority
+	text      string
+	variables []string
+	total     int
+	pages     int
+	autoStart bool
+	schedule  time.Time
+	createdAt time.Time
+
+	cursor      int
+	outstanding map[int]Outstanding
+	sent        int
+	failed      int
+
+	lastSlice      string
+	lastDispatchAt time.Time
+	lastEventAt    time.Time
+	pausedAt       time.Time
+	resumedAt      time.Time
+
+	changes []Event
+}
+
+// NewBatchParams describes a batch whose recipients are already stored.
+type NewBatchParams struct {
+	ID           string
+	Tenant       string
+	Template     Template
+	Priority     Priority
+	ScheduleTime *time.Time
+	AutoStart    bool
+	Total        int
+	Pages        int
+}
+
+// NewBatch creates a batch. With AutoStart and no future ScheduleTime it starts at
+// once; otherwise it stays pending until started or its schedule is due.
+func NewBatch(p NewBatchParams, now time.Time) (*Batch, error) {
+	switch {
+	case p.ID == "" || p.Tenant == "":
+		return nil, errors.New("new batch: id and tenant are required")
+	case p.Total <= 0:
+		return nil, Errorf(EINVALID, "a batch needs at least one recipient")
+	case p.Template.Text() == "":
+		return nil, Errorf(EINVALID, "a batch needs a template")
+	}
+	if p.Priority == "" {
+		p.Priority = PriorityNormal
+	}
+	var schedule *time.Time
+	if p.ScheduleTime != nil && !p.ScheduleTime.IsZero() {
+		t := p.ScheduleTime.UTC()
+		schedule = &t
+	}
+	b := &Batch{}
+	b.record(BatchCreated{
+		EventHeader:  EventHeader{BatchID: p.ID, Tenant: p.Tenant, At: now},
+		Text:         p.Template.Text(),
+		Variables:    slices.Clone(p.Template.Variables()),
+		Priority:     p.Priority,
+		ScheduleTime: schedule,
+		AutoStart:    p.AutoStart,
+		Total:        p.Total,
+		Pages:        p.Pages,
+	})
+	if p.AutoStart && (schedule == nil || !schedule.After(now)) {
+		b.record(BatchStarted{EventHeader: b.header(now), By: "auto"})
+	}
+	return b, nil
+}
+
+// LoadBatch rebuilds a batch from its stored events. It is not a constructor: it
+// makes no decisions and records no changes.
+func LoadBatch(history []Event) (*Batch, error) {
+	b := &Batch{}
+	for _, e := range history {
+		if err := b.Replay(e); err != nil {
+			return nil, err
+		}
+	}
+	return b, nil
+}
+
+// Replay applies one stored event, catching the batch up. The first event must be
+// BatchCreated.
+func (b *Batch) Replay(e Event) error {
+	if b.version == 0 {
+		if _, ok := e.(BatchCreated); !ok {
+			return fmt.Errorf("replay batch: first event is %s, want %s", e.EventType(), TypeBatchCreated)
+		}
+	}
+	b.apply(e)
+	return nil
+}
+
+// Changes returns the events recorded since the batch was loaded or last cleared.
+func (b *Batch) Changes() []Event { return b.changes }
+
+// ClearChanges forgets recorded changes, once they are stored.
+func (b *Batch) ClearChanges() { b.changes = nil }
+
+// Clone returns a deep copy, so that a decision can be tried without touching a
+// cached batch.
+func (b *Batch) Clone() *Batch {
+	c := *b
+	c.variables = slices.Clone(b.variables)
+	c.outstanding = maps.Clone(b.outstanding)
+	c.changes = slices.Clone(b.changes)
+	return &c
+}
+
+func (b *Batch) ID() string                { return b.id }
+func (b *Batch) Tenant() string            { return b.tenant }
+func (b *Batch) Status() Status            { return b.status }
+func (b *Batch) Priority() Priority        { return b.priority }
+func (b *Batch) Text() string              { return b.text }
+func (b *Batch) Variables() []string       { return b.variables }
+func (b *Batch) Total() int                { return b.total }
+func (b *Batch) Pages() int                { return b.pages }
+func (b *Batch) AutoStart() bool           { return b.autoStart }
+func (b *Batch) CreatedAt() time.Time      { return b.createdAt }
+func (b *Batch) Cursor() int               { return b.cursor }
+func (b *Batch) Sent() int                 { return b.sent }
+func (b *Batch) Failed() int               { return b.failed }
+func (b *Batch) LastSlice() string         { return b.lastSlice }
+func (b *Batch) LastDispatchAt() time.Time { return b.lastDispatchAt }
+func (b *Batch) LastEventAt() time.Time    { return b.lastEventAt }
+func (b *Batch) PausedAt() time.Time       { return b.pausedAt }
+func (b *Batch) ResumedAt() time.Time      { return b.resumedAt }
+
+// Version is the number of events the batch is built from; the stream's revision
+// is Version()-1.
+func (b *Batch) Version() uint64 { return b.version }
+
+// ScheduleTime is when a scheduled batch may start; zero when not scheduled.
+func (b *Batch) ScheduleTime() time.Time { return b.schedule }
+
+// Outstanding returns the dispatched messages without a final outcome, by index.
+func (b *Batch) Outstanding() []Outstanding {
+	out := slices.Collect(maps.Values(b.outstanding))
+	slices.SortFunc(out, func(x, y Outstanding) int { return x.Index - y.Index })
+	return out
+}
+
+// OutstandingFor returns the outstanding entry of index, if any.
+func (b *Batch) OutstandingFor(index int) (Outstanding, bool) {
+	o, ok := b.outstanding[index]
+	return o, ok
+}
+
+// NextRetryAt is the earliest time a waiting retry becomes due; zero if none waits.
+func (b *Batch) NextRetryAt() time.Time {
+	var next time.Time
+	for _, o := range b.outstanding {
+		if !o.InFlight() && (next.IsZero() || o.RetryAt.Before(next)) {
+			next = o.RetryAt
+		}
+	}
+	return next
+}
+
+// Done reports whether every recipient has a final outcome.
+func (b *Batch) Done() bool { return b.cursor >= b.total && len(b.outstanding) == 0 }
+
+// Start lets a pending batch send.
+func (b *Batch) Start(now time.Time, by string) error {
+	if b.status != StatusPending {
+		return b.conflict("started")
+	}
+	b.record(BatchStarted{EventHeader: b.header(now), By: by})
+	return nil
+}
+
+// StartIfDue starts a pending, auto-starting batch whose schedule has come. It
+// reports whether it did.
+func (b *Batch) StartIfDue(now time.Time) bool {
+	if b.status != StatusPending || !b.autoStart || b.schedule.After(now) {
+		return false
+	}
+	b.record(BatchStarted{EventHeader: b.header(now), By: "schedule"})
+	return true
+}
+
+// Pause stops new dispatches. Messages in flight still get their outcomes.
+func (b *Batch) Pause(now time.Time, by string) error {
+	if b.status != StatusProcessing {
+		return b.conflict("paused")
+	}
+	b.record(BatchPaused{EventHeader: b.header(now), By: by})
+	return nil
+}
+
+// Resume lets a paused batch send again, from the first recipient without an outcome.
+func (b *Batch) Resume(now time.Time, by string) error {
+	if b.status != StatusPaused {
+		return b.conflict("resumed")
+	}
+	b.record(BatchResumed{EventHeader: b.header(now), By: by})
+	return nil
+}
+
+// Cancel stops a batch for good. Messages in flight still get their outcomes.
+func (b *Batch) Cancel(now time.Time, by string) error {
+	if b.status.Final() {
+		return b.conflict("cancelled")
+	}
+	b.record(BatchCancelled{EventHeader: b.header(now), By: by})
+	return nil
+}
+
+// Fail stops a batch that cannot go on.
+func (b *Batch) Fail(now time.Time, reason string) error {
+	if b.status.Final() {
+		return b.conflict("failed")
+	}
+	b.record(BatchFailed{EventHeader: b.header(now), Reason: reason})
+	return nil
+}
+
+// DispatchRequest asks for messages to hand to the provider.
+type DispatchRequest struct {
+	// Slice identifies the work slice asking; PrevSlice is the slice its work
+	// message was handed on from (or the token of the start or resume that began
+	// the chain). A slice may dispatch only while the batch's last dispatching
+	// slice is PrevSlice or itself, so of two slices racing from the same work
+	// message, the first to dispatch wins and the other stops.
+	Slice, PrevSlice string
+	// Max is how many sends the rate allows now.
+	Max int
+	// MaxInFlight bounds the messages of the batch without an answer, including
+	// those waiting for a retry.
+	MaxInFlight int
+}
+
+// Dispatch decides which messages to send now: first those in doubt (dispatched
+// by an earlier slice that never recorded an answer), then due retries, then new
+// recipients from the cursor while there is room. Every returned message is sent
+// with attempt numbers newer than any earlier one, so late answers to older
+// attempts are recognised as stale.
+func (b *Batch) Dispatch(now time.Time, req DispatchRequest) ([]Dispatch, error) {
+	if b.status != StatusProcessing {
+		return nil, ErrNotRunning
+	}
+	if b.lastSlice != req.PrevSlice && b.lastSlice != req.Slice {
+		return nil, ErrSuperseded
+	}
+	var out []Dispatch
+	for _, o := range b.Outstanding() {
+		if len(out) >= req.Max {
+			break
+		}
+		inDoubt := o.InFlight() && o.Slice != req.Slice
+		dueRetry := !o.InFlight() && !o.RetryAt.After(now)
+		if inDoubt || dueRetry {
+			out = append(out, Dispatch{Index: o.Index, Attempt: o.Attempt + 1})
+		}
+	}
+	room := req.MaxInFlight - len(b.outstanding)
+	for next := b.cursor; len(out) < req.Max && room > 0 && next < b.total; next++ {
+		out = append(out, Dispatch{Index: next, Attempt: 1})
+		room--
+	}
+	if len(out) == 0 {
+		return nil, nil
+	}
+	b.record(MessagesDispatched{EventHeader: b.header(now), Slice: req.Slice, Messages: out})
+	return out, nil
+}
+
+// SentParams describes a message the provider accepted.
+type SentParams struct {
+	Index, Attempt int
+	ProviderID     string
+	Segments       int
+	Latency        time.Duration
+}
+
+// RecordSent records the final outcome "sent".
+func (b *Batch) RecordSent(now time.Time, p SentParams) error {
+	if err := b.checkInFlight(p.Index, p.Attempt); err != nil {
+		return err
+	}
+	b.record(MessageSent{
+		EventHeader: b.header(now), Index: p.Index, Attempt: p.Attempt,
+		ProviderID: p.ProviderID, Segments: p.Segments, LatencyMs: p.Latency.Milliseconds(),
+	})
+	b.completeIfDone(now)
+	return nil
+}
+
+// FailureParams describes a failed attempt.
+type FailureParams struct {
+	Index, Attempt int
+	Phone          string
+	Category       ErrorCategory
+	Code, Message  string
+	Latency        time.Duration
+}
+
+// RecordAttemptFailed records a recoverable failure to be retried at retryAt.
+func (b *Batch) RecordAttemptFailed(now time.Time, p FailureParams, retryAt time.Time) error {
+	if err := b.checkInFlight(p.Index, p.Attempt); err != nil {
+		return err
+	}
+	b.record(MessageAttemptFailed{
+		EventHeader: b.header(now), Index: p.Index, Attempt: p.Attempt,
+		Category: p.Category, Code: p.Code, Message: p.Message,
+		RetryAt: retryAt, LatencyMs: p.Latency.Milliseconds(),
+	})
+	return nil
+}
+
+// RecordFailed records the final outcome "failed".
+func (b *Batch) RecordFailed(now time.Time, p FailureParams) error {
+	if err := b.checkInFlight(p.Index, p.Attempt); err != nil {
+		return err
+	}
+	b.record(MessageFailed{
+		EventHeader: b.header(now), Index: p.Index, Attempt: p.Attempt, Phone: p.Phone,
+		Category: p.Category, Code: p.Code, Message: p.Message, LatencyMs: p.Latency.Milliseconds(),
+	})
+	b.completeIfDone(now)
+	return nil
+}
+
+func (b *Batch) checkInFlight(index, attempt int) error {
+	o, ok := b.outstanding[index]
+	if !ok || o.Attempt != attempt || !o.InFlight() {
+		return ErrStaleOutcome
+	}
+	return nil
+}
+
+// completeIfDone completes a batch once its last outcome is in, paused or not:
+// with nothing left to send there is nothing to resume.
+func (b *Batch) completeIfDone(now time.Time) {
+	if (b.status == StatusProcessing || b.status == StatusPaused) && b.Done() {
+		b.record(BatchCompleted{EventHeader: b.header(now), Sent: b.sent, Failed: b.failed})
+	}
+}
+
+func (b *Batch) conflict(verb string) error {
+	return Errorf(ECONFLICT, "batch %s is %s and cannot be %s", b.id, b.status, verb)
+}
+
+func (b *Batch) header(now time.Time) EventHeader {
+	return EventHeader{BatchID: b.id, Tenant: b.tenant, At: now}
+}
+
+func (b *Batch) record(e Event) {
+	b.apply(e)
+	b.changes = append(b.changes, e)
+}
+
+// ChainToken is the PrevSlice of the first work message after a start or resume
+// stored at revision rev: it ends every older chain of work messages.
+func ChainToken(rev uint64) string { return "rev-" + strconv.FormatUint(rev, 10) }
+
+func (b *Batch) apply(e Event) {
+	rev := b.version
+	b.version++
+	b.lastEventAt = e.Header().At
+	switch e := e.(type) {
+	case BatchCreated:
+		b.id, b.tenant = e.BatchID, e.Tenant
+		b.status = StatusPending
+		b.priority = e.Priority
+		b.text, b.variables = e.Text, e.Variables
+		b.total, b.pages = e.Total, e.Pages
+		b.autoStart = e.AutoStart
+		if e.ScheduleTime != nil {
+			b.schedule = *e.ScheduleTime
+		}
+		b.createdAt = e.At
+		b.outstanding = make(map[int]Outstanding)
+	case BatchStarted:
+		b.status = StatusProcessing
+		b.lastSlice = ChainToken(rev)
+	case MessagesDispatched:
+		for _, d := range e.Messages {
+			b.outstanding[d.Index] = Outstanding{Index: d.Index, Attempt: d.Attempt, Slice: e.Slice}
+			b.cursor = max(b.cursor, d.Index+1)
+		}
+		b.lastSlice = e.Slice
+		b.lastDispatchAt = e.At
+	case MessageSent:
+		delete(b.outstanding, e.Index)
+		b.sent++
+	case MessageAttemptFailed:
+		o := b.outstanding[e.Index]
+		o.RetryAt = e.RetryAt
+		b.outstanding[e.Index] = o
+	case MessageFailed:
+		delete(b.outstanding, e.Index)
+		b.failed++
+	case BatchPaused:
+		b.status = StatusPaused
+		b.pausedAt = e.At
+	case BatchResumed:
+		b.status = StatusProcessing
+		b.resumedAt = e.At
+		b.lastSlice = ChainToken(rev)
+	case BatchCompleted:
+		b.status = StatusCompleted
+	case BatchCancelled:
+		b.status = StatusCancelled
+	case BatchFailed:
+		b.status = StatusFailed
+	}
+}

@@ -1,0 +1,326 @@
+package domain
+
+import (
+	"errors"
+	"testing"
+	"time"
+)
+
+var t0 = time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+
+func newTestBatch(t *testing.T, total int, autoStart bool, schedule *time.Time) *Batch {
+	t.Helper()
+	tmpl, err := NewTemplate("Hi {{name}}", DefaultTemplateLimits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := NewBatch(NewBatchParams{
+		ID: "b1", Tenant: "acme", Template: tmpl, Priority: PriorityNormal,
+		ScheduleTime: schedule, AutoStart: autoStart, Total: total, Pages: 1,
+	}, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// roundTrip stores b's changes as JSON and loads a fresh batch from them, as the
+// repository does, so every test also checks that events replay to the same state.
+func roundTrip(t *testing.T, b *Batch, history *[]Event) *Batch {
+	t.Helper()
+	for _, e := range b.Changes() {
+		typ, data, err := EncodeEvent(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := DecodeEvent(typ, data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		*history = append(*history, back)
+	}
+	b.ClearChanges()
+	loaded, err := LoadBatch(*history)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return loaded
+}
+
+func TestNewBatchStarts(t *testing.T) {
+	future := t0.Add(time.Hour)
+	past := t0.Add(-time.Hour)
+	tests := []struct {
+		name      string
+		autoStart bool
+		schedule  *time.Time
+		want      Status
+	}{
+		{"auto start now", true, nil, StatusProcessing},
+		{"auto start, schedule passed", true, &past, StatusProcessing},
+		{"auto start, scheduled later", true, &future, StatusPending},
+		{"no auto start", false, nil, StatusPending},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := newTestBatch(t, 3, tt.autoStart, tt.schedule)
+			if b.Status() != tt.want {
+				t.Fatalf("status %s, want %s", b.Status(), tt.want)
+			}
+		})
+	}
+}
+
+func TestNewBatchRejectsEmpty(t *testing.T) {
+	tmpl, _ := NewTemplate("x", DefaultTemplateLimits)
+	_, err := NewBatch(NewBatchParams{ID: "b", Tenant: "t", Template: tmpl, Total: 0}, t0)
+	if ErrorCode(err) != EINVALID {
+		t.Fatalf("got %v, want an EINVALID error", err)
+	}
+}
+
+func TestScheduledBatchStartsWhenDue(t *testing.T) {
+	at := t0.Add(time.Minute)
+	b := newTestBatch(t, 1, true, &at)
+	if b.StartIfDue(t0) {
+		t.Fatal("started before its time")
+	}
+	if !b.StartIfDue(at) || b.Status() != StatusProcessing {
+		t.Fatalf("not started at its time: %s", b.Status())
+	}
+	manual := newTestBatch(t, 1, false, &at)
+	if manual.StartIfDue(at.Add(time.Hour)) {
+		t.Fatal("a batch without autoStart started by schedule")
+	}
+}
+
+func TestTransitions(t *testing.T) {
+	type step func(b *Batch) error
+	start := func(b *Batch) error { return b.Start(t0, "t") }
+	pause := func(b *Batch) error { return b.Pause(t0, "t") }
+	resume := func(b *Batch) error { return b.Resume(t0, "t") }
+	cancel := func(b *Batch) error { return b.Cancel(t0, "t") }
+	tests := []struct {
+		name      string
+		autoStart bool
+		steps     []step
+		wantErr   bool // of the last step
+		want      Status
+	}{
+		{"start pending", false, []step{start}, false, StatusProcessing},
+		{"start processing", true, []step{start}, true, StatusProcessing},
+		{"pause processing", true, []step{pause}, false, StatusPaused},
+		{"pause pending", false, []step{pause}, true, StatusPending},
+		{"pause paused", true, []step{pause, pause}, true, StatusPaused},
+		{"resume paused", true, []step{pause, resume}, false, StatusProcessing},
+		{"resume processing", true, []step{resume}, true, StatusProcessing},
+		{"cancel pending", false, []step{cancel}, false, StatusCancelled},
+		{"cancel paused", true, []step{pause, cancel}, false, StatusCancelled},
+		{"cancel cancelled", true, []step{cancel, cancel}, true, StatusCancelled},
+		{"resume cancelled", true, []step{cancel, resume}, true, StatusCancelled},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := newTestBatch(t, 2, tt.autoStart, nil)
+			var err error
+			for _, s := range tt.steps {
+				err = s(b)
+			}
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("last step error %v, want error %v", err, tt.wantErr)
+			}
+			if err != nil && ErrorCode(err) != ECONFLICT {
+				t.Fatalf("error code %s, want %s", ErrorCode(err), ECONFLICT)
+			}
+			if b.Status() != tt.want {
+				t.Fatalf("status %s, want %s", b.Status(), tt.want)
+			}
+		})
+	}
+}
+
+func req(slice, prev string, max int) DispatchRequest {
+	return DispatchRequest{Slice: slice, PrevSlice: prev, Max: max, MaxInFlight: 5}
+}
+
+func TestDispatchBoundsInFlight(t *testing.T) {
+	b := newTestBatch(t, 12, true, nil)
+	prev := b.LastSlice()
+	got, err := b.Dispatch(t0, req("s1", prev, 100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 5 || got[0].Index != 0 || got[4].Index != 4 {
+		t.Fatalf("dispatched %v, want indexes 0..4", got)
+	}
+	if more, _ := b.Dispatch(t0, req("s1", prev, 100)); len(more) != 0 {
+		t.Fatalf("dispatched %v past 5 in flight", more)
+	}
+	if err := b.RecordSent(t0, SentParams{Index: 2, Attempt: 1}); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = b.Dispatch(t0, req("s1", prev, 100))
+	if len(got) != 1 || got[0].Index != 5 {
+		t.Fatalf("after one answer dispatched %v, want [5]", got)
+	}
+	if b.Cursor() != 6 {
+		t.Fatalf("cursor %d, want 6", b.Cursor())
+	}
+}
+
+func TestPauseIsABarrier(t *testing.T) {
+	b := newTestBatch(t, 10, true, nil)
+	prev := b.LastSlice()
+	if _, err := b.Dispatch(t0, req("s1", prev, 2)); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Pause(t0, "t"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Dispatch(t0, req("s1", prev, 1)); !errors.Is(err, ErrNotRunning) {
+		t.Fatalf("dispatch while paused: %v, want ErrNotRunning", err)
+	}
+	// Messages in flight at the pause still get their outcomes.
+	if err := b.RecordSent(t0, SentParams{Index: 0, Attempt: 1}); err != nil {
+		t.Fatalf("outcome while paused: %v", err)
+	}
+	if b.Sent() != 1 || b.Cursor() != 2 {
+		t.Fatalf("sent %d cursor %d, want 1 and 2", b.Sent(), b.Cursor())
+	}
+	if err := b.Resume(t0, "t"); err != nil {
+		t.Fatal(err)
+	}
+	// The old chain ended at the pause; the resume starts a new one.
+	if _, err := b.Dispatch(t0, req("s2", prev, 1)); !errors.Is(err, ErrSuperseded) {
+		t.Fatalf("old chain dispatched after resume: %v", err)
+	}
+	got, err := b.Dispatch(t0, req("s2", b.LastSlice(), 5))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Index 1 was in flight in the old slice without an answer: it is in doubt
+	// and goes again (attempt 2), then the cursor continues at 2.
+	want := []Dispatch{{1, 2}, {2, 1}, {3, 1}, {4, 1}, {5, 1}}
+	if len(got) != len(want) {
+		t.Fatalf("dispatched %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("dispatched %v, want %v", got, want)
+		}
+	}
+}
+
+func TestRacingSlicesOnlyOneDispatches(t *testing.T) {
+	b := newTestBatch(t, 10, true, nil)
+	prev := b.LastSlice()
+	if _, err := b.Dispatch(t0, req("a", prev, 1)); err != nil {
+		t.Fatal(err)
+	}
+	// Slice b came from the same work message (a duplicate delivery).
+	if _, err := b.Dispatch(t0, req("b", prev, 1)); !errors.Is(err, ErrSuperseded) {
+		t.Fatalf("second slice of one work message dispatched: %v", err)
+	}
+	// The winner keeps going, and its successor may continue from it.
+	if _, err := b.Dispatch(t0, req("a", prev, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Dispatch(t0, req("c", "a", 1)); err != nil {
+		t.Fatalf("successor of the winner: %v", err)
+	}
+}
+
+func TestRetriesAndStaleOutcomes(t *testing.T) {
+	var history []Event
+	b := newTestBatch(t, 1, true, nil)
+	prev := b.LastSlice()
+	b.Dispatch(t0, req("s1", prev, 1))
+	retryAt := t0.Add(2 * time.Second)
+	fail := FailureParams{Index: 0, Attempt: 1, Phone: "+15551234567", Category: CategoryProviderUnavailable, Code: "503"}
+	if err := b.RecordAttemptFailed(t0, fail, retryAt); err != nil {
+		t.Fatal(err)
+	}
+	b = roundTrip(t, b, &history)
+	if got, _ := b.Dispatch(t0.Add(time.Second), req("s1", "s1", 1)); len(got) != 0 {
+		t.Fatalf("retried before its time: %v", got)
+	}
+	if !b.NextRetryAt().Equal(retryAt) {
+		t.Fatalf("next retry %v, want %v", b.NextRetryAt(), retryAt)
+	}
+	got, _ := b.Dispatch(retryAt, req("s1", "s1", 1))
+	if len(got) != 1 || got[0] != (Dispatch{Index: 0, Attempt: 2}) {
+		t.Fatalf("retry dispatched %v, want index 0 attempt 2", got)
+	}
+	// A late answer to attempt 1 is stale; the answer to attempt 2 counts.
+	if err := b.RecordSent(retryAt, SentParams{Index: 0, Attempt: 1}); !errors.Is(err, ErrStaleOutcome) {
+		t.Fatalf("stale outcome accepted: %v", err)
+	}
+	if err := b.RecordSent(retryAt, SentParams{Index: 0, Attempt: 2}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.RecordSent(retryAt, SentParams{Index: 0, Attempt: 2}); !errors.Is(err, ErrStaleOutcome) {
+		t.Fatalf("second outcome for one message accepted: %v", err)
+	}
+	b = roundTrip(t, b, &history)
+	if b.Status() != StatusCompleted || b.Sent() != 1 || b.Failed() != 0 {
+		t.Fatalf("status %s sent %d failed %d, want completed 1 0", b.Status(), b.Sent(), b.Failed())
+	}
+}
+
+func TestEveryRecipientGetsOneOutcome(t *testing.T) {
+	var history []Event
+	b := newTestBatch(t, 23, true, nil)
+	prev := b.LastSlice()
+	slice := "s1"
+	outcomes := map[int]int{}
+	for round := 0; !b.Status().Final(); round++ {
+		if round > 100 {
+			t.Fatal("batch did not complete")
+		}
+		got, err := b.Dispatch(t0, req(slice, prev, 3))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range got {
+			if d.Index%4 == 0 {
+				b.RecordFailed(t0, FailureParams{Index: d.Index, Attempt: d.Attempt, Category: CategoryBlocked})
+			} else {
+				b.RecordSent(t0, SentParams{Index: d.Index, Attempt: d.Attempt})
+			}
+			outcomes[d.Index]++
+		}
+		b = roundTrip(t, b, &history)
+		prev = slice
+	}
+	if b.Status() != StatusCompleted || b.Sent()+b.Failed() != 23 || len(outcomes) != 23 {
+		t.Fatalf("status %s, %d sent + %d failed, %d distinct", b.Status(), b.Sent(), b.Failed(), len(outcomes))
+	}
+	for i, n := range outcomes {
+		if n != 1 {
+			t.Fatalf("recipient %d has %d outcomes", i, n)
+		}
+	}
+	if b.Failed() != 6 {
+		t.Fatalf("failed %d, want 6 (every fourth)", b.Failed())
+	}
+}
+
+func TestPausedBatchCompletesWithLastOutcome(t *testing.T) {
+	b := newTestBatch(t, 2, true, nil)
+	b.Dispatch(t0, req("s", b.LastSlice(), 2))
+	b.Pause(t0, "t")
+	b.RecordSent(t0, SentParams{Index: 0, Attempt: 1})
+	if b.Status() != StatusPaused {
+		t.Fatalf("status %s, want paused", b.Status())
+	}
+	b.RecordSent(t0, SentParams{Index: 1, Attempt: 1})
+	if b.Status() != StatusCompleted {
+		t.Fatalf("status %s, want completed once every recipient has an outcome", b.Status())
+	}
+}
+
+func TestLoadBatchNeedsCreatedFirst(t *testing.T) {
+	if _, err := LoadBatch([]Event{BatchStarted{}}); err == nil {
+		t.Fatal("loaded a batch without BatchCreated")
+	}
+}

@@ -1,0 +1,232 @@
+package domain
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Stream names. The batch's decisions live in one stream and its recipients in
+// another, so that loading the aggregate never reads recipient data.
+const (
+	BatchStreamPrefix      = "batch-"
+	RecipientsStreamPrefix = "batchrecipients-"
+)
+
+// BatchStream is the name of the stream holding batch id's aggregate events.
+func BatchStream(id string) string { return BatchStreamPrefix + id }
+
+// RecipientsStream is the name of the stream holding batch id's recipient pages.
+func RecipientsStream(id string) string { return RecipientsStreamPrefix + id }
+
+// RecipientPageSize is how many recipients one RecipientsPageAdded event holds and
+// how many the send processor reads at a time.
+const RecipientPageSize = 1000
+
+// Event is a fact about a batch. Every event carries its batch, tenant and time.
+type Event interface {
+	// EventType is the stored type name; it never changes once released.
+	EventType() string
+	// Header returns the fields every event carries.
+	Header() EventHeader
+}
+
+// EventHeader is carried by every event.
+type EventHeader struct {
+	BatchID string    `json:"batchId"`
+	Tenant  string    `json:"tenant"`
+	At      time.Time `json:"at"`
+}
+
+// Header returns h itself, so that every event embedding EventHeader has it.
+func (h EventHeader) Header() EventHeader { return h }
+
+// Recipient is one recipient as stored: the E.164 number and the values of the
+// template's variables in the template's order. Only used variables are kept.
+type Recipient struct {
+	Phone  string   `json:"p"`
+	Values []string `json:"v,omitempty"`
+}
+
+// RecipientsPageAdded holds one page of a batch's recipients, in the recipients stream.
+type RecipientsPageAdded struct {
+	EventHeader
+	Page       int         `json:"page"`
+	First      int         `json:"first"`
+	Recipients []Recipient `json:"recipients"`
+}
+
+// BatchCreated records a batch whose recipients are all stored: it is written after
+// the last recipient page, so a batch is never startable half-uploaded.
+type BatchCreated struct {
+	EventHeader
+	Text         string     `json:"text"`
+	Variables    []string   `json:"variables"`
+	Priority     Priority   `json:"priority"`
+	ScheduleTime *time.Time `json:"scheduleTime,omitempty"`
+	AutoStart    bool       `json:"autoStart"`
+	Total        int        `json:"total"`
+	Pages        int        `json:"pages"`
+}
+
+// BatchStarted records that sending may begin.
+type BatchStarted struct {
+	EventHeader
+	// By names who started it: "auto", "schedule" or the caller.
+	By string `json:"by"`
+}
+
+// Dispatch names one message handed to the provider.
+type Dispatch struct {
+	Index   int `json:"i"`
+	Attempt int `json:"a"`
+}
+
+// MessagesDispatched fences sends: a message is handed to the provider only after
+// this event naming it was appended at the expected revision.
+type MessagesDispatched struct {
+	EventHeader
+	// Slice identifies the work slice that dispatched; see Batch.Dispatch.
+	Slice    string     `json:"slice"`
+	Messages []Dispatch `json:"messages"`
+}
+
+// MessageSent records that the provider accepted a message: its final outcome.
+type MessageSent struct {
+	EventHeader
+	Index      int    `json:"index"`
+	Attempt    int    `json:"attempt"`
+	ProviderID string `json:"providerId,omitempty"`
+	Segments   int    `json:"segments"`
+	LatencyMs  int64  `json:"latencyMs"`
+}
+
+// MessageAttemptFailed records a recoverable failure; the message is tried again
+// at RetryAt.
+type MessageAttemptFailed struct {
+	EventHeader
+	Index     int           `json:"index"`
+	Attempt   int           `json:"attempt"`
+	Category  ErrorCategory `json:"category"`
+	Code      string        `json:"code"`
+	Message   string        `json:"message"`
+	RetryAt   time.Time     `json:"retryAt"`
+	LatencyMs int64         `json:"latencyMs"`
+}
+
+// MessageFailed records that a message will not be sent: its final outcome.
+type MessageFailed struct {
+	EventHeader
+	Index     int           `json:"index"`
+	Attempt   int           `json:"attempt"`
+	Phone     string        `json:"phone"`
+	Category  ErrorCategory `json:"category"`
+	Code      string        `json:"code"`
+	Message   string        `json:"message"`
+	LatencyMs int64         `json:"latencyMs"`
+}
+
+// BatchPaused is the pause barrier: no MessagesDispatched follows it until BatchResumed.
+type BatchPaused struct {
+	EventHeader
+	By string `json:"by"`
+}
+
+// BatchResumed lets sending continue from the first recipient without an outcome.
+type BatchResumed struct {
+	EventHeader
+	By string `json:"by"`
+}
+
+// BatchCompleted records that every recipient has its final outcome.
+type BatchCompleted struct {
+	EventHeader
+	Sent   int `json:"sent"`
+	Failed int `json:"failed"`
+}
+
+// BatchCancelled records that no further message will be dispatched.
+type BatchCancelled struct {
+	EventHeader
+	By string `json:"by"`
+}
+
+// BatchFailed records that the batch cannot go on, e.g. its recipients are unreadable.
+type BatchFailed struct {
+	EventHeader
+	Reason string `json:"reason"`
+}
+
+// Event type names as stored.
+const (
+	TypeRecipientsPageAdded  = "RecipientsPageAdded"
+	TypeBatchCreated         = "BatchCreated"
+	TypeBatchStarted         = "BatchStarted"
+	TypeMessagesDispatched   = "MessagesDispatched"
+	TypeMessageSent          = "MessageSent"
+	TypeMessageAttemptFailed = "MessageAttemptFailed"
+	TypeMessageFailed        = "MessageFailed"
+	TypeBatchPaused          = "BatchPaused"
+	TypeBatchResumed         = "BatchResumed"
+	TypeBatchCompleted       = "BatchCompleted"
+	TypeBatchCancelled       = "BatchCancelled"
+	TypeBatchFailed          = "BatchFailed"
+)
+
+func (RecipientsPageAdded) EventType() string  { return TypeRecipientsPageAdded }
+func (BatchCreated) EventType() string         { return TypeBatchCreated }
+func (BatchStarted) EventType() string         { return TypeBatchStarted }
+func (MessagesDispatched) EventType() string   { return TypeMessagesDispatched }
+func (MessageSent) EventType() string          { return TypeMessageSent }
+func (MessageAttemptFailed) EventType() string { return TypeMessageAttemptFailed }
+func (MessageFailed) EventType() string        { return TypeMessageFailed }
+func (BatchPaused) EventType() string          { return TypeBatchPaused }
+func (BatchResumed) EventType() string         { return TypeBatchResumed }
+func (BatchCompleted) EventType() string       { return TypeBatchCompleted }
+func (BatchCancelled) EventType() string       { return TypeBatchCancelled }
+func (BatchFailed) EventType() string          { return TypeBatchFailed }
+
+// EncodeEvent returns the stored type name and JSON payload of e.
+func EncodeEvent(e Event) (string, []byte, error) {
+	data, err := json.Marshal(e)
+	if err != nil {
+		return "", nil, fmt.Errorf("encode %s: %w", e.EventType(), err)
+	}
+	return e.EventType(), data, nil
+}
+
+// DecodeEvent rebuilds an event from its stored type name and payload.
+func DecodeEvent(eventType string, data []byte) (Event, error) {
+	decode, ok := decoders[eventType]
+	if !ok {
+		return nil, fmt.Errorf("decode event: unknown type %q", eventType)
+	}
+	e, err := decode(data)
+	if err != nil {
+		return nil, fmt.Errorf("decode %s: %w", eventType, err)
+	}
+	return e, nil
+}
+
+var decoders = map[string]func([]byte) (Event, error){
+	TypeRecipientsPageAdded:  decode[RecipientsPageAdded],
+	TypeBatchCreated:         decode[BatchCreated],
+	TypeBatchStarted:         decode[BatchStarted],
+	TypeMessagesDispatched:   decode[MessagesDispatched],
+	TypeMessageSent:          decode[MessageSent],
+	TypeMessageAttemptFailed: decode[MessageAttemptFailed],
+	TypeMessageFailed:        decode[MessageFailed],
+	TypeBatchPaused:          decode[BatchPaused],
+	TypeBatchResumed:         decode[BatchResumed],
+	TypeBatchCompleted:       decode[BatchCompleted],
+	TypeBatchCancelled:       decode[BatchCancelled],
+	TypeBatchFailed:          decode[BatchFailed],
+}
+
+func decode[T Event](data []byte) (Event, error) {
+	var v T
+	if err := json.Unmarshal(data, &v); err != nil {
+		return nil, err
+	}
+	return v, nil
+}

@@ -1,0 +1,175 @@
+package bolt_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/smsbatch/smsbatch/eventstore"
+	"github.com/smsbatch/smsbatch/eventstore/bolt"
+	"github.com/smsbatch/smsbatch/eventstore/eventstoretest"
+)
+
+func open(t *testing.T, path string) *bolt.Store {
+	t.Helper()
+	s, err := bolt.Open(path, bolt.Options{})
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+func TestContract(t *testing.T) {
+	eventstoretest.Run(t, func(t *testing.T) eventstore.Store {
+		return open(t, filepath.Join(t.TempDir(), "events.db"))
+	})
+}
+
+func TestDurability(t *testing.T) {
+	eventstoretest.RunDurability(t, func(t *testing.T, dir string) eventstore.Store {
+		return open(t, filepath.Join(dir, "events.db"))
+	})
+}
+
+func TestOpenCreatesParentDirectories(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "data", "nested", "events.db")
+	s := open(t, path)
+	if s.Path() != path {
+		t.Errorf("Path() = %s, want %s", s.Path(), path)
+	}
+	if _, err := os.Stat(path); err != nil {
+		t.Errorf("store file: %v", err)
+	}
+}
+
+func TestSecondOpenFailsWhileInUse(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "events.db")
+	open(t, path)
+
+	const lockTimeout = 200 * time.Millisecond
+	began := time.Now()
+	s, err := bolt.Open(path, bolt.Options{LockTimeout: lockTimeout})
+	took := time.Since(began)
+	if err == nil {
+		_ = s.Close()
+		t.Fatal("second open of a file in use succeeded")
+	}
+	if !errors.Is(err, bolt.ErrInUse) || !strings.Contains(err.Error(), "data directory is in use by another process") {
+		t.Errorf("second open: %v; want ErrInUse saying the data directory is in use", err)
+	}
+	if took > lockTimeout+time.Second {
+		t.Errorf("second open failed after %s, lock timeout %s", took, lockTimeout)
+	}
+}
+
+func TestOpenAfterCloseSucceeds(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "events.db")
+	s := open(t, path)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	open(t, path)
+}
+
+func TestClockStampsEvents(t *testing.T) {
+	at := time.Date(2025, 3, 1, 12, 0, 0, 123456789, time.FixedZone("CET", 3600))
+	s, err := bolt.Open(filepath.Join(t.TempDir(), "events.db"), bolt.Options{Clock: func() time.Time { return at }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	if _, err := s.Append(ctx, "s", eventstore.NoStream(), []eventstore.EventData{{ID: "1", Type: "T"}}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.ReadStream(ctx, "s", 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got[0].Time.Equal(at) || got[0].Time.Location() != time.UTC {
+		t.Errorf("event time %s, want %s in UTC", got[0].Time, at)
+	}
+	if got[0].Position != (eventstore.Position{Commit: 1}) {
+		t.Errorf("first event at %s, want 1/0", got[0].Position)
+	}
+}
+
+func TestReusedEventIDIsRefused(t *testing.T) {
+	s := open(t, filepath.Join(t.TempDir(), "events.db"))
+	ctx := context.Background()
+	ev := eventstore.EventData{ID: "id-1", Type: "T", Data: []byte(`{}`)}
+	if _, err := s.Append(ctx, "a", eventstore.NoStream(), []eventstore.EventData{ev}); err != nil {
+		t.Fatal(err)
+	}
+	// Same ID in another stream, or with other data: not a retry.
+	if _, err := s.Append(ctx, "b", eventstore.NoStream(), []eventstore.EventData{ev}); !errors.Is(err, eventstore.ErrConcurrency) {
+		t.Errorf("same ID in another stream: %v, want ErrConcurrency", err)
+	}
+	changed := ev
+	changed.Data = []byte(`{"x":1}`)
+	if _, err := s.Append(ctx, "a", eventstore.Any(), []eventstore.EventData{changed}); !errors.Is(err, eventstore.ErrConcurrency) {
+		t.Errorf("same ID with other data: %v, want ErrConcurrency", err)
+	}
+	if got, _ := s.ReadAll(ctx, eventstore.Start, 10); len(got) != 1 {
+		t.Errorf("store holds %d events, want 1", len(got))
+	}
+}
+
+// TestCloseDuringAppends: appends racing Close either fail with ErrClosed or are
+// acknowledged, and every acknowledged one is there after reopening.
+func TestCloseDuringAppends(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "events.db")
+	s, err := bolt.Open(path, bolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	const workers = 8
+	acked := make([][]string, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			stream := "s-" + strconv.Itoa(w)
+			for i := 0; ; i++ {
+				id := stream + "-" + strconv.Itoa(i)
+				_, err := s.Append(ctx, stream, eventstore.Any(), []eventstore.EventData{{ID: id, Type: "T"}})
+				if errors.Is(err, eventstore.ErrClosed) {
+					return
+				}
+				if err != nil {
+					t.Errorf("append: %v", err)
+					return
+				}
+				acked[w] = append(acked[w], id)
+			}
+		})
+	}
+	time.Sleep(50 * time.Millisecond)
+	if err := s.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	wg.Wait()
+
+	s = open(t, path)
+	for w, ids := range acked {
+		got, err := s.ReadStream(ctx, "s-"+strconv.Itoa(w), 0, len(ids)+10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != len(ids) {
+			t.Fatalf("stream %d: %d events after reopening, %d acknowledged", w, len(got), len(ids))
+		}
+		for i, e := range got {
+			if e.ID != ids[i] {
+				t.Fatalf("stream %d, revision %d: %s, acknowledged %s", w, i, e.ID, ids[i])
+			}
+		}
+	}
+}

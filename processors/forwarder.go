@@ -1,0 +1,240 @@
+package processors
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+
+	"github.com/smsbatch/smsbatch/commands"
+	"github.com/smsbatch/smsbatch/domain"
+	"github.com/smsbatch/smsbatch/eventstore"
+)
+
+// Forwarder follows the event store and publishes batch lifecycle events to
+// Watermill. It keeps a small index of the batches that are not finished, which
+// drives the scheduler (pending batches whose time has come are started) and
+// recovery (processing batches nobody is working are handed a work message: at
+// start, and whenever one has had no event for StallTimeout).
+type Forwarder struct {
+	store    eventstore.Store
+	pub      message.Publisher
+	commands *commands.Handlers
+	cfg      Config
+	log      *slog.Logger
+
+	mu        sync.Mutex
+	batches   map[string]*indexed
+	caughtUp  bool
+	ready     chan struct{}
+	readyOnce sync.Once
+}
+
+// indexed is what the forwarder knows of an unfinished batch.
+type indexed struct {
+	status    domain.Status
+	lastSlice string
+	lastEvent time.Time
+	schedule  time.Time
+	autoStart bool
+}
+
+// NewForwarder returns a forwarder publishing to pub. cfg is the processor's
+// configuration: StallTimeout, RecoveryInterval, Logger and Now are used.
+func NewForwarder(store eventstore.Store, pub message.Publisher, cmds *commands.Handlers, cfg Config) (*Forwarder, error) {
+	if store == nil || pub == nil || cmds == nil {
+		return nil, errors.New("forwarder: nil store, publisher or commands")
+	}
+	cfg.setDefaults()
+	return &Forwarder{
+		store: store, pub: pub, commands: cmds, cfg: cfg, log: cfg.Logger,
+		batches: make(map[string]*indexed),
+		ready:   make(chan struct{}),
+	}, nil
+}
+
+// Ready is closed once the forwarder has caught up with the store and recovered
+// the batches that were running.
+func (f *Forwarder) Ready() <-chan struct{} { return f.ready }
+
+// Run follows the store until ctx is done.
+func (f *Forwarder) Run(ctx context.Context) error {
+	errc := make(chan error, 1)
+	go func() {
+		errc <- eventstore.SubscribeWith(ctx, f.store, eventstore.SubscribeOptions{
+			After:      eventstore.Start,
+			OnCaughtUp: func() { f.recoverAll(ctx) },
+		}, f.handle)
+	}()
+	ticker := time.NewTicker(f.cfg.RecoveryInterval)
+	defer ticker.Stop()
+	for {
+		select {
+		case err := <-errc:
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("forwarder: %w", err)
+		case <-ticker.C:
+			f.tick(ctx)
+		}
+	}
+}
+
+func (f *Forwarder) handle(ctx context.Context, events []eventstore.Event) error {
+	var out []*message.Message
+	f.mu.Lock()
+	for _, e := range events {
+		id, ok := strings.CutPrefix(e.Stream, domain.BatchStreamPrefix)
+		if !ok {
+			continue
+		}
+		if lifecycle := f.index(id, e); lifecycle && f.caughtUp {
+			msg, err := lifecycleMessage(Lifecycle{BatchID: id, Type: e.Type, Revision: e.Revision})
+			if err != nil {
+				f.mu.Unlock()
+				return err
+			}
+			out = append(out, msg)
+		}
+	}
+	f.mu.Unlock()
+	if len(out) > 0 {
+		if err := f.pub.Publish(TopicBatchEvents, out...); err != nil {
+			return fmt.Errorf("publish lifecycle events: %w", err)
+		}
+	}
+	return nil
+}
+
+// index updates the batch index with e and reports whether e is a lifecycle event.
+func (f *Forwarder) index(id string, e eventstore.Event) bool {
+	b := f.batches[id]
+	if b == nil {
+		if e.Type != domain.TypeBatchCreated {
+			return false // a finished batch, forgotten
+		}
+		b = &indexed{}
+		f.batches[id] = b
+	}
+	b.lastEvent = e.Time
+	switch e.Type {
+	case domain.TypeBatchCreated:
+		var c domain.BatchCreated
+		if err := json.Unmarshal(e.Data, &c); err == nil {
+			b.autoStart = c.AutoStart
+			if c.ScheduleTime != nil {
+				b.schedule = *c.ScheduleTime
+			}
+		}
+		b.status = domain.StatusPending
+	case domain.TypeBatchStarted, domain.TypeBatchResumed:
+		b.status = domain.StatusProcessing
+		b.lastSlice = domain.ChainToken(e.Revision)
+	case domain.TypeMessagesDispatched:
+		var d struct {
+			Slice string `json:"slice"`
+		}
+		if err := json.Unmarshal(e.Data, &d); err == nil {
+			b.lastSlice = d.Slice
+		}
+		return false
+	case domain.TypeBatchPaused:
+		b.status = domain.StatusPaused
+	case domain.TypeBatchCompleted, domain.TypeBatchCancelled, domain.TypeBatchFailed:
+		delete(f.batches, id)
+	default:
+		return false
+	}
+	return true
+}
+
+// recoverAll runs once the forwarder has caught up at start: every batch that was
+// processing gets a work message. Fencing makes one for a batch that another
+// instance is still working harmless.
+func (f *Forwarder) recoverAll(ctx context.Context) {
+	f.mu.Lock()
+	f.caughtUp = true
+	var work []Work
+	now := f.cfg.Now()
+	for id, b := range f.batches {
+		if b.status == domain.StatusProcessing {
+			work = append(work, Work{BatchID: id, PrevSlice: b.lastSlice})
+			b.lastEvent = now
+		}
+	}
+	f.mu.Unlock()
+	if len(work) > 0 {
+		f.log.Info("recovering processing batches", "count", len(work))
+	}
+	f.publishWork(work)
+	f.startDue(ctx)
+	f.readyOnce.Do(func() { close(f.ready) })
+}
+
+// tick hands stalled batches a work message and starts scheduled ones.
+func (f *Forwarder) tick(ctx context.Context) {
+	f.mu.Lock()
+	if !f.caughtUp {
+		f.mu.Unlock()
+		return
+	}
+	var work []Work
+	now := f.cfg.Now()
+	for id, b := range f.batches {
+		if b.status == domain.StatusProcessing && now.Sub(b.lastEvent) > f.cfg.StallTimeout {
+			f.log.Warn("batch stalled, handing it a new work message", "batch", id, "idle", now.Sub(b.lastEvent).Round(time.Second))
+			work = append(work, Work{BatchID: id, PrevSlice: b.lastSlice})
+			b.lastEvent = now
+		}
+	}
+	f.mu.Unlock()
+	f.publishWork(work)
+	f.startDue(ctx)
+}
+
+func (f *Forwarder) startDue(ctx context.Context) {
+	f.mu.Lock()
+	var due []string
+	now := f.cfg.Now()
+	for id, b := range f.batches {
+		if b.status == domain.StatusPending && b.autoStart && !b.schedule.After(now) {
+			due = append(due, id)
+		}
+	}
+	f.mu.Unlock()
+	for _, id := range due {
+		if _, err := f.commands.StartIfDue(ctx, id); err != nil && ctx.Err() == nil {
+			f.log.Error("starting scheduled batch failed", "batch", id, "err", err)
+		}
+	}
+}
+
+func (f *Forwarder) publishWork(work []Work) {
+	for _, w := range work {
+		msg, err := workMessage(w)
+		if err == nil {
+			err = f.pub.Publish(TopicWork, msg)
+		}
+		if err != nil {
+			f.log.Error("publishing work failed", "batch", w.BatchID, "err", err)
+		}
+	}
+}
+
+func lifecycleMessage(l Lifecycle) (*message.Message, error) {
+	payload, err := json.Marshal(l)
+	if err != nil {
+		return nil, fmt.Errorf("encode lifecycle message: %w", err)
+	}
+	msg := message.NewMessage(watermill.NewUUID(), payload)
+	msg.Metadata.Set("batch_id", l.BatchID)
+	return msg, nil
+}

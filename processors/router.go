@@ -1,0 +1,115 @@
+package processors
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+
+	"github.com/smsbatch/smsbatch/domain"
+)
+
+// Topics and handler names. They are part of the deployment (broker subscriptions
+// are named after them) and do not change.
+const (
+	TopicBatchEvents = "smsbatch.batch-events"
+	TopicWork        = "smsbatch.batch-work"
+
+	HandlerStartWork = "smsbatch.start-work"
+	HandlerSend      = "smsbatch.send"
+)
+
+// Lifecycle is the payload of a batch lifecycle message on TopicBatchEvents.
+type Lifecycle struct {
+	BatchID string `json:"batchId"`
+	Type    string `json:"type"`
+	// Revision is the event's revision in the batch's stream.
+	Revision uint64 `json:"revision"`
+}
+
+// NewRouter returns a Watermill router with the processor's handlers: one that
+// gives a started or resumed batch its work message, and the send handler that
+// works a batch for a slice and hands the work message on.
+func NewRouter(p *Processor, pub message.Publisher, sub message.Subscriber, logger *slog.Logger) (*message.Router, error) {
+	wlog := watermill.NewSlogLogger(logger)
+	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: p.cfg.SendTimeout + p.cfg.SliceDuration + 5*time.Second}, wlog)
+	if err != nil {
+		return nil, fmt.Errorf("new router: %w", err)
+	}
+	router.AddMiddleware(
+		dropFailed(logger),
+		middleware.Recoverer,
+		middleware.Retry{MaxRetries: 3, InitialInterval: 200 * time.Millisecond, MaxInterval: 2 * time.Second, Multiplier: 2, Logger: wlog}.Middleware,
+	)
+	router.AddHandler(HandlerStartWork, TopicBatchEvents, sub, TopicWork, pub, p.handleLifecycle)
+	router.AddHandler(HandlerSend, TopicWork, sub, TopicWork, pub, p.handleWork)
+	return router, nil
+}
+
+// dropFailed acknowledges a message whose handling failed after its retries, with
+// a log line. Redelivering it at once would spin; a batch whose work message is
+// dropped is picked up again by recovery once it stalls.
+func dropFailed(logger *slog.Logger) message.HandlerMiddleware {
+	return func(h message.HandlerFunc) message.HandlerFunc {
+		return func(msg *message.Message) ([]*message.Message, error) {
+			out, err := h(msg)
+			if err != nil {
+				logger.Error("message dropped after retries", "handler", message.HandlerNameFromCtx(msg.Context()), "uuid", msg.UUID, "err", err)
+				return nil, nil
+			}
+			return out, nil
+		}
+	}
+}
+
+func (p *Processor) handleLifecycle(msg *message.Message) ([]*message.Message, error) {
+	var l Lifecycle
+	if err := json.Unmarshal(msg.Payload, &l); err != nil {
+		p.log.Error("malformed lifecycle message dropped", "uuid", msg.UUID, "err", err)
+		return nil, nil
+	}
+	switch l.Type {
+	case domain.TypeBatchStarted, domain.TypeBatchResumed:
+		out, err := workMessage(Work{BatchID: l.BatchID, PrevSlice: domain.ChainToken(l.Revision)})
+		if err != nil {
+			return nil, err
+		}
+		return []*message.Message{out}, nil
+	}
+	return nil, nil
+}
+
+func (p *Processor) handleWork(msg *message.Message) ([]*message.Message, error) {
+	var w Work
+	if err := json.Unmarshal(msg.Payload, &w); err != nil || w.BatchID == "" {
+		p.log.Error("malformed work message dropped", "uuid", msg.UUID, "err", err)
+		return nil, nil
+	}
+	next, err := p.RunSlice(msg.Context(), w)
+	if err != nil {
+		return nil, err
+	}
+	if next == nil {
+		return nil, nil
+	}
+	out, err := workMessage(*next)
+	if err != nil {
+		return nil, err
+	}
+	return []*message.Message{out}, nil
+}
+
+func workMessage(w Work) (*message.Message, error) {
+	payload, err := json.Marshal(w)
+	if err != nil {
+		return nil, errors.New("encode work message")
+	}
+	msg := message.NewMessage(watermill.NewUUID(), payload)
+	msg.Metadata.Set("batch_id", w.BatchID)
+	return msg, nil
+}

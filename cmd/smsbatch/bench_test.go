@@ -1,0 +1,153 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"runtime"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+func benchMain(b *testing.B, mod func(*Config)) *client {
+	b.Helper()
+	cfg, err := ParseConfig(nil, func(string) string { return "" })
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg.Addr = "127.0.0.1:0"
+	cfg.DataDir = b.TempDir()
+	cfg.APIKeys = "acme:" + acmeKey
+	cfg.LogLevel = "error"
+	cfg.HTTPRateLimit = -1
+	cfg.MaxBodyBytes = 256 << 20
+	mod(&cfg)
+	m := NewMain(cfg, io.Discard)
+	if err := m.Run(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { m.Close() })
+	return &client{base: "http://" + m.Addr(), key: acmeKey, main: m}
+}
+
+func benchPost(b *testing.B, c *client, body []byte) string {
+	b.Helper()
+	req, _ := http.NewRequest("POST", c.base+"/api/batch", bytes.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+c.key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var st status
+	data, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 201 {
+		b.Fatalf("create: %d %s", resp.StatusCode, data)
+	}
+	json.Unmarshal(data, &st)
+	return st.ID
+}
+
+func benchStatus(b *testing.B, c *client, id string) status {
+	req, _ := http.NewRequest("GET", c.base+"/api/batch/"+id, nil)
+	req.Header.Set("Authorization", "Bearer "+c.key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var st status
+	json.NewDecoder(resp.Body).Decode(&st)
+	return st
+}
+
+func bodyOf(n int, autoStart bool) []byte {
+	body := batchBody(recipients(n), "normal")
+	body["options"] = map[string]any{"autoStart": autoStart}
+	data, _ := json.Marshal(body)
+	return data
+}
+
+// BenchmarkEndToEndThroughput: messages per second through the whole program on
+// the bolt store, with the rate limit lifted and a simulator answering at once.
+// Each iteration is one batch of 2,000 recipients; eight batches run at a time.
+func BenchmarkEndToEndThroughput(b *testing.B) {
+	c := benchMain(b, func(cfg *Config) {
+		cfg.RateUnlimited = true
+		cfg.SimLatency = 0
+	})
+	const perBatch = 2000
+	body := bodyOf(perBatch, true)
+	b.ResetTimer()
+	start := time.Now()
+	var sent atomic.Int64
+	sem := make(chan struct{}, 8)
+	done := make(chan struct{}, b.N)
+	for range b.N {
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; done <- struct{}{} }()
+			id := benchPost(b, c, body)
+			for {
+				st := benchStatus(b, c, id)
+				if st.Status == "completed" {
+					sent.Add(int64(st.Progress.Completed))
+					return
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}()
+	}
+	for range b.N {
+		<-done
+	}
+	b.ReportMetric(float64(sent.Load())/time.Since(start).Seconds(), "msgs/s")
+}
+
+// BenchmarkCreateBatch100k: time and peak heap to accept a batch of 100,000
+// recipients (validated, spooled and stored page by page).
+func BenchmarkCreateBatch100k(b *testing.B) {
+	c := benchMain(b, func(cfg *Config) {})
+	body := bodyOf(100_000, false)
+	b.SetBytes(int64(len(body)))
+	var peak atomic.Uint64
+	stop := make(chan struct{})
+	go func() {
+		var ms runtime.MemStats
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			runtime.ReadMemStats(&ms)
+			if ms.HeapInuse > peak.Load() {
+				peak.Store(ms.HeapInuse)
+			}
+		}
+	}()
+	runtime.GC()
+	var base runtime.MemStats
+	runtime.ReadMemStats(&base)
+	b.ResetTimer()
+	for range b.N {
+		req, _ := http.NewRequest("POST", c.base+"/api/batch", bytes.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+c.key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 201 {
+			b.Fatalf("create: %d", resp.StatusCode)
+		}
+	}
+	b.StopTimer()
+	close(stop)
+	b.ReportMetric(float64(peak.Load()-min(peak.Load(), base.HeapInuse))/(1<<20), "peak-heap-MiB")
+	b.ReportMetric(float64(len(body))/(1<<20), "body-MiB")
+}

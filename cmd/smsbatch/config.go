@@ -1,0 +1,179 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/smsbatch/smsbatch/domain"
+)
+
+// Config is every setting of `smsbatch serve`. Each is a flag and an SMSBATCH_
+// environment variable; the flag wins. The README's configuration table lists them.
+type Config struct {
+	Addr          string
+	DataDir       string
+	APIKeys       string
+	DefaultRegion string
+	LogLevel      string
+	LogFormat     string
+
+	Rates         domain.Rates
+	RateUnlimited bool
+	MaxInFlight   int
+	Slice         time.Duration
+	SendTimeout   time.Duration
+	MaxAttempts   int
+	BackoffInit   time.Duration
+	BackoffMax    time.Duration
+	StallTimeout  time.Duration
+
+	SimLatency     time.Duration
+	SimJitter      time.Duration
+	SimFailureRate float64
+	SimSeed        int64
+
+	HTTPRateLimit  int
+	HTTPRateWindow time.Duration
+	MaxBodyBytes   int64
+	MaxRecipients  int
+
+	ShutdownTimeout time.Duration
+}
+
+// setting registers one flag whose default comes from its environment variable.
+type settings struct {
+	fs   *flag.FlagSet
+	env  func(string) string
+	errs []error
+	rows [][3]string // flag, variable, default: for the usage text
+}
+
+func (s *settings) envOr(name, env, def string) string {
+	s.rows = append(s.rows, [3]string{"--" + name, env, def})
+	if v := s.env(env); v != "" {
+		return v
+	}
+	return def
+}
+
+func (s *settings) str(p *string, name, env, def, usage string) {
+	s.fs.StringVar(p, name, s.envOr(name, env, def), usage+" (env "+env+")")
+}
+
+func (s *settings) dur(p *time.Duration, name, env string, def time.Duration, usage string) {
+	v := s.envOr(name, env, def.String())
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		s.errs = append(s.errs, fmt.Errorf("%s: %q is not a duration such as 500ms or 2s", env, v))
+	}
+	s.fs.DurationVar(p, name, d, usage+" (env "+env+")")
+}
+
+func (s *settings) int(p *int, name, env string, def int, usage string) {
+	v := s.envOr(name, env, strconv.Itoa(def))
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		s.errs = append(s.errs, fmt.Errorf("%s: %q is not a whole number", env, v))
+	}
+	s.fs.IntVar(p, name, n, usage+" (env "+env+")")
+}
+
+func (s *settings) int64(p *int64, name, env string, def int64, usage string) {
+	v := s.envOr(name, env, strconv.FormatInt(def, 10))
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		s.errs = append(s.errs, fmt.Errorf("%s: %q is not a whole number", env, v))
+	}
+	s.fs.Int64Var(p, name, n, usage+" (env "+env+")")
+}
+
+func (s *settings) float(p *float64, name, env string, def float64, usage string) {
+	v := s.envOr(name, env, strconv.FormatFloat(def, 'g', -1, 64))
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil {
+		s.errs = append(s.errs, fmt.Errorf("%s: %q is not a number", env, v))
+	}
+	s.fs.Float64Var(p, name, f, usage+" (env "+env+")")
+}
+
+func (s *settings) bool(p *bool, name, env string, def bool, usage string) {
+	v := s.envOr(name, env, strconv.FormatBool(def))
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		s.errs = append(s.errs, fmt.Errorf("%s: %q is not true or false", env, v))
+	}
+	s.fs.BoolVar(p, name, b, usage+" (env "+env+")")
+}
+
+// ParseConfig reads the serve settings from args and the environment.
+func ParseConfig(args []string, env func(string) string) (Config, error) {
+	var c Config
+	fs := flag.NewFlagSet("smsbatch serve", flag.ContinueOnError)
+	s := &settings{fs: fs, env: env}
+	s.str(&c.Addr, "addr", "SMSBATCH_ADDR", "127.0.0.1:8080", "HTTP listen address")
+	s.str(&c.DataDir, "data-dir", "SMSBATCH_DATA_DIR", "./data", "directory of the embedded event store, the dev API key and the simulator outbox")
+	s.str(&c.APIKeys, "api-keys", "SMSBATCH_API_KEYS", "", "API keys as tenant:key,tenant:key; empty creates a dev key in the data directory")
+	s.str(&c.DefaultRegion, "default-region", "SMSBATCH_DEFAULT_REGION", "US", "region of phone numbers given without a country code")
+	s.str(&c.LogLevel, "log-level", "SMSBATCH_LOG_LEVEL", "info", "debug, info, warn or error")
+	s.str(&c.LogFormat, "log-format", "SMSBATCH_LOG_FORMAT", "text", "text or json")
+	s.float(&c.Rates.High, "rate-high", "SMSBATCH_RATE_HIGH", domain.DefaultRates.High, "messages per second of high-priority batches")
+	s.float(&c.Rates.Normal, "rate-normal", "SMSBATCH_RATE_NORMAL", domain.DefaultRates.Normal, "messages per second of normal-priority batches")
+	s.float(&c.Rates.Low, "rate-low", "SMSBATCH_RATE_LOW", domain.DefaultRates.Low, "messages per second of low-priority batches")
+	s.bool(&c.RateUnlimited, "rate-unlimited", "SMSBATCH_RATE_UNLIMITED", false, "lift the per-batch rate limit (benchmarks)")
+	s.int(&c.MaxInFlight, "max-in-flight", "SMSBATCH_MAX_IN_FLIGHT", 5, "messages of one batch handed to the provider without an answer")
+	s.dur(&c.Slice, "work-slice", "SMSBATCH_WORK_SLICE", 2*time.Second, "how long one work message sends for")
+	s.dur(&c.SendTimeout, "send-timeout", "SMSBATCH_SEND_TIMEOUT", 5*time.Second, "time limit of one call to the SMS provider")
+	s.int(&c.MaxAttempts, "max-attempts", "SMSBATCH_MAX_ATTEMPTS", 5, "tries of one message for retryable failures")
+	s.dur(&c.BackoffInit, "backoff-initial", "SMSBATCH_BACKOFF_INITIAL", 500*time.Millisecond, "wait before the first retry (doubles each time, ±50% jitter)")
+	s.dur(&c.BackoffMax, "backoff-max", "SMSBATCH_BACKOFF_MAX", 30*time.Second, "longest wait between retries")
+	s.dur(&c.StallTimeout, "stall-timeout", "SMSBATCH_STALL_TIMEOUT", 15*time.Second, "a processing batch without progress for this long is picked up again")
+	s.dur(&c.SimLatency, "sim-latency", "SMSBATCH_SIM_LATENCY", 50*time.Millisecond, "simulator: mean latency of a send")
+	s.dur(&c.SimJitter, "sim-jitter", "SMSBATCH_SIM_JITTER", 0, "simulator: latency varies by up to this much either way")
+	s.float(&c.SimFailureRate, "sim-failure-rate", "SMSBATCH_SIM_FAILURE_RATE", 0, "simulator: share of attempts that fail transiently, 0 to 1")
+	s.int64(&c.SimSeed, "sim-seed", "SMSBATCH_SIM_SEED", 1, "simulator: seed of the transient failures")
+	s.int(&c.HTTPRateLimit, "http-rate-limit", "SMSBATCH_HTTP_RATE_LIMIT", 600, "API requests per key per window; 0 or less disables")
+	s.dur(&c.HTTPRateWindow, "http-rate-window", "SMSBATCH_HTTP_RATE_WINDOW", time.Minute, "window of the API rate limit")
+	s.int64(&c.MaxBodyBytes, "max-body-bytes", "SMSBATCH_MAX_BODY_BYTES", 64<<20, "largest request body")
+	s.int(&c.MaxRecipients, "max-recipients", "SMSBATCH_MAX_RECIPIENTS", 1_000_000, "most recipients in one batch")
+	s.dur(&c.ShutdownTimeout, "shutdown-timeout", "SMSBATCH_SHUTDOWN_TIMEOUT", 30*time.Second, "how long shutdown waits for requests and in-flight sends")
+	if len(s.errs) > 0 {
+		return c, errors.Join(s.errs...)
+	}
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	return c, c.Validate()
+}
+
+// Validate reports settings that cannot work.
+func (c Config) Validate() error {
+	var errs []error
+	if err := c.Rates.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if !domain.ValidRegion(c.DefaultRegion) {
+		errs = append(errs, fmt.Errorf("default region %q is not a known region code", c.DefaultRegion))
+	}
+	if c.MaxInFlight < 1 {
+		errs = append(errs, errors.New("max in flight must be at least 1"))
+	}
+	if c.MaxAttempts < 1 {
+		errs = append(errs, errors.New("max attempts must be at least 1"))
+	}
+	if c.SimFailureRate < 0 || c.SimFailureRate > 1 {
+		errs = append(errs, errors.New("simulator failure rate must be between 0 and 1"))
+	}
+	switch c.LogFormat {
+	case "text", "json":
+	default:
+		errs = append(errs, fmt.Errorf("log format %q: want text or json", c.LogFormat))
+	}
+	return errors.Join(errs...)
+}

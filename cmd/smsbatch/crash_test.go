@@ -1,0 +1,190 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/smsbatch/smsbatch/domain"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// binary builds the real smsbatch binary once for the tests that kill it.
+func binary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "smsbatch-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "smsbatch")
+		out, err := exec.Command("go", "build", "-race", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// process is the binary running as its own process.
+type process struct {
+	cmd  *exec.Cmd
+	done chan error
+}
+
+func startBinary(t *testing.T, dataDir, addr string, extra ...string) (*process, *client) {
+	t.Helper()
+	args := append([]string{"serve", "--addr", addr, "--data-dir", dataDir,
+		"--api-keys", "acme:" + acmeKey, "--sim-latency", "30ms", "--work-slice", "1s",
+		"--stall-timeout", "3s", "--log-level", "warn"}, extra...)
+	cmd := exec.Command(binary(t), args...)
+	cmd.Env = append(os.Environ(), "GORACE=halt_on_error=1")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		s := bufio.NewScanner(stdout)
+		for s.Scan() {
+			t.Log("smsbatch: " + s.Text())
+		}
+	}()
+	p := &process{cmd: cmd, done: make(chan error, 1)}
+	go func() { p.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-p.done
+	})
+	c := &client{t: t, base: "http://" + addr, key: acmeKey}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		conn, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
+		if err == nil {
+			conn.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("binary did not start listening")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	c.waitReady()
+	return p, c
+}
+
+func (p *process) wait(t *testing.T, timeout time.Duration) error {
+	t.Helper()
+	select {
+	case err := <-p.done:
+		p.done <- err
+		return err
+	case <-time.After(timeout):
+		t.Fatal("process did not exit")
+		return nil
+	}
+}
+
+func TestCrashWithSIGKILLMidBatchFinishesOnRestart(t *testing.T) {
+	skipShort(t)
+	dataDir := t.TempDir()
+	addr := freeAddr(t)
+	p, c := startBinary(t, dataDir, addr)
+	st := c.create(batchBody(recipients(30), "high")) // ~3.6 s at 8/s
+	time.Sleep(1500 * time.Millisecond)
+	mid := c.status(st.ID)
+	if mid.Progress.Completed == 0 || mid.Progress.Completed >= 30 {
+		t.Fatalf("not mid-batch when killed: %+v", mid.Progress)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	p.wait(t, 10*time.Second)
+
+	p, c = startBinary(t, dataDir, addr)
+	done := c.waitStatus(st.ID, 40*time.Second, "completed")
+	if done.Progress.Completed != 30 {
+		t.Fatalf("after restart: %+v, want 30 sent", done.Progress)
+	}
+	if n := len(outbox(t, dataDir, st.ID)); n != 30 {
+		t.Fatalf("outbox holds %d distinct recipients, want 30", n)
+	}
+	// The store is locked while the binary runs: stop it to read the events.
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	p.wait(t, 30*time.Second)
+	assertExactlyOneOutcome(t, storedEvents(t, dataDir), st.ID, 30)
+}
+
+func TestSIGTERMFinishesInFlightSends(t *testing.T) {
+	skipShort(t)
+	dataDir := t.TempDir()
+	addr := freeAddr(t)
+	p, c := startBinary(t, dataDir, addr, "--sim-latency", "400ms", "--rate-unlimited")
+	st := c.create(batchBody(recipients(40), "normal"))
+	time.Sleep(600 * time.Millisecond)
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.wait(t, 30*time.Second); err != nil {
+		t.Fatalf("graceful shutdown exited with %v", err)
+	}
+	// Every message handed to the provider before the signal has its outcome.
+	events := storedEvents(t, dataDir)
+	dispatched, outcomes := map[int]bool{}, map[int]bool{}
+	for _, se := range events {
+		e, err := domain.DecodeEvent(se.Type, se.Data)
+		if err != nil {
+			continue
+		}
+		switch e := e.(type) {
+		case domain.MessagesDispatched:
+			for _, d := range e.Messages {
+				dispatched[d.Index] = true
+			}
+		case domain.MessageSent:
+			outcomes[e.Index] = true
+		case domain.MessageFailed:
+			outcomes[e.Index] = true
+		}
+	}
+	if len(dispatched) == 0 {
+		t.Fatal("nothing was dispatched before the signal")
+	}
+	for i := range dispatched {
+		if !outcomes[i] {
+			t.Fatalf("message %d was dispatched but has no outcome after a graceful shutdown", i)
+		}
+	}
+	if n := len(outbox(t, dataDir, st.ID)); n != len(outcomes) {
+		t.Fatalf("outbox %d, outcomes %d", n, len(outcomes))
+	}
+}

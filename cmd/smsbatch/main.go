@@ -1,0 +1,343 @@
+// Command smsbatch is the single smsbatch binary. `smsbatch serve` runs the
+// service; see `smsbatch help`. This package only wires the parts together.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/smsbatch/smsbatch/api"
+	"github.com/smsbatch/smsbatch/commands"
+	"github.com/smsbatch/smsbatch/eventstore"
+	"github.com/smsbatch/smsbatch/eventstore/bolt"
+	"github.com/smsbatch/smsbatch/processors"
+	"github.com/smsbatch/smsbatch/processors/sms/simulator"
+	"github.com/smsbatch/smsbatch/projections"
+	projmemory "github.com/smsbatch/smsbatch/projections/memory"
+)
+
+const usage = `smsbatch sends SMS campaigns.
+
+Usage:
+  smsbatch serve [flags]   run the service (flags: smsbatch serve -h)
+  smsbatch help            show this text
+`
+
+func main() {
+	args := os.Args[1:]
+	cmd := "serve"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "serve":
+		os.Exit(serve(args))
+	case "help", "-h", "--help":
+		fmt.Print(usage)
+	default:
+		fmt.Fprintf(os.Stderr, "unknown command %q\n\n%s", cmd, usage)
+		os.Exit(2)
+	}
+}
+
+func serve(args []string) int {
+	cfg, err := ParseConfig(args, os.Getenv)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "smsbatch: %v\n", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	m := NewMain(cfg, os.Stdout)
+	if err := m.Run(ctx); err != nil {
+		fmt.Fprintf(os.Stderr, "smsbatch: %v\n", err)
+		m.Close()
+		return 1
+	}
+	<-ctx.Done()
+	m.logger.Info("shutting down: finishing in-flight sends")
+	if err := m.Close(); err != nil {
+		fmt.Fprintf(os.Stderr, "smsbatch: shutdown: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+// Main is the running program: Run starts it, Close stops it gracefully. End-to-end
+// tests run the real program through it.
+type Main struct {
+	Config Config
+	out    io.Writer
+	logger *slog.Logger
+
+	store    eventstore.Store
+	sim      *simulator.Simulator
+	pubsub   *gochannel.GoChannel
+	router   *message.Router
+	runner   *projections.Runner
+	fwd      *processors.Forwarder
+	server   *http.Server
+	listener net.Listener
+	// DevKey is the API key created when none is configured.
+	DevKey string
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	errs   chan error
+}
+
+// NewMain returns a program with cfg, writing its logs and notices to out.
+func NewMain(cfg Config, out io.Writer) *Main {
+	return &Main{Config: cfg, out: out, errs: make(chan error, 8)}
+}
+
+// Addr is the address the API listens on, once Run has returned.
+func (m *Main) Addr() string { return m.listener.Addr().String() }
+
+// Run opens the stores, starts the processor, the projections and the API, and
+// returns once the API is listening.
+func (m *Main) Run(ctx context.Context) error {
+	cfg := m.Config
+	m.logger = newLogger(cfg, m.out)
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return fmt.Errorf("data directory: %w", err)
+	}
+
+	keys, err := m.keys()
+	if err != nil {
+		return err
+	}
+
+	store, err := bolt.Open(filepath.Join(cfg.DataDir, "events.db"), bolt.Options{})
+	if err != nil {
+		return fmt.Errorf("open event store: %w", err)
+	}
+	m.store = store
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	procMetrics := processors.NewMetrics(reg)
+	lag := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "smsbatch_projection_lag_seconds",
+		Help: "Time between now and the store time of the last event the read models applied.",
+	})
+	reg.MustRegister(lag)
+
+	repo, err := commands.NewRepository(store, 0)
+	if err != nil {
+		return err
+	}
+	cmds, err := commands.New(store, repo, nil)
+	if err != nil {
+		return err
+	}
+
+	m.sim, err = simulator.New(simulator.Config{
+		OutboxPath:           filepath.Join(cfg.DataDir, "sim-outbox.jsonl"),
+		Latency:              cfg.SimLatency,
+		LatencyJitter:        cfg.SimJitter,
+		TransientFailureRate: cfg.SimFailureRate,
+		Seed:                 cfg.SimSeed,
+		Logger:               m.logger,
+	})
+	if err != nil {
+		return fmt.Errorf("sms simulator: %w", err)
+	}
+
+	readModels := projmemory.New()
+	m.runner, err = projections.NewRunner(projections.RunnerConfig{
+		Events: store, Store: readModels, Logger: m.logger, Lag: lag,
+	})
+	if err != nil {
+		return err
+	}
+
+	procCfg := processors.Config{
+		Commands: cmds, Store: store, Provider: m.sim,
+		Rates: cfg.Rates, Unlimited: cfg.RateUnlimited, MaxInFlight: cfg.MaxInFlight,
+		SliceDuration: cfg.Slice, SendTimeout: cfg.SendTimeout, MaxAttempts: cfg.MaxAttempts,
+		BackoffInitial: cfg.BackoffInit, BackoffMax: cfg.BackoffMax, StallTimeout: cfg.StallTimeout,
+		Metrics: procMetrics, Logger: m.logger,
+	}
+	proc, err := processors.NewProcessor(procCfg)
+	if err != nil {
+		return err
+	}
+	m.pubsub = gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 64}, watermill.NewSlogLogger(m.logger.With("component", "gochannel")))
+	m.router, err = processors.NewRouter(proc, m.pubsub, m.pubsub, m.logger)
+	if err != nil {
+		return err
+	}
+	m.fwd, err = processors.NewForwarder(store, m.pubsub, cmds, procCfg)
+	if err != nil {
+		return err
+	}
+
+	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	m.cancel = cancel
+	m.goRun("projections", func() error { return m.runner.Run(bg) })
+	m.goRun("router", func() error { return m.router.Run(bg) })
+	select {
+	case <-m.router.Running():
+	case err := <-m.errs:
+		return err
+	}
+	m.goRun("forwarder", func() error { return m.fwd.Run(bg) })
+
+	handler, err := api.NewHandler(api.Config{
+		Commands: cmds, ReadModels: readModels, Projections: m.runner, Keys: keys,
+		DefaultRegion: cfg.DefaultRegion,
+		Limits:        api.Limits{MaxBodyBytes: cfg.MaxBodyBytes, MaxRecipients: cfg.MaxRecipients},
+		RateLimit:     api.RateLimit{Requests: cfg.HTTPRateLimit, Window: cfg.HTTPRateWindow},
+		Metrics:       promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
+		Ready:         m.ready,
+		Logger:        m.logger,
+	})
+	if err != nil {
+		return err
+	}
+	m.listener, err = net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
+	}
+	m.server = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(m.logger.Handler(), slog.LevelWarn)}
+	m.goRun("http", func() error {
+		if err := m.server.Serve(m.listener); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	m.logger.Info("smsbatch is serving", "url", "http://"+m.Addr(), "data_dir", cfg.DataDir, "event_store", "bolt")
+	return nil
+}
+
+func (m *Main) goRun(name string, run func() error) {
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		if err := run(); err != nil {
+			m.logger.Error("component stopped", "component", name, "err", err)
+			select {
+			case m.errs <- fmt.Errorf("%s: %w", name, err):
+			default:
+			}
+		}
+	}()
+}
+
+func (m *Main) ready() error {
+	for name, ch := range map[string]<-chan struct{}{"projections": m.runner.Ready(), "processor": m.fwd.Ready()} {
+		select {
+		case <-ch:
+		default:
+			return fmt.Errorf("%s catching up", name)
+		}
+	}
+	return nil
+}
+
+// Close stops taking requests, lets the work slices finish their in-flight sends
+// and record them, then closes the stores.
+func (m *Main) Close() error {
+	timeout := m.Config.ShutdownTimeout
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var errs []error
+	if m.server != nil {
+		if err := m.server.Shutdown(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("http shutdown: %w", err))
+		}
+	}
+	if m.router != nil {
+		// Closing the router cancels the handlers' contexts: slices stop
+		// dispatching, wait for their sends and append the outcomes.
+		if err := m.router.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("router: %w", err))
+		}
+	}
+	if m.cancel != nil {
+		m.cancel()
+	}
+	m.wg.Wait()
+	if m.pubsub != nil {
+		errs = append(errs, m.pubsub.Close())
+	}
+	if m.sim != nil {
+		errs = append(errs, m.sim.Close())
+	}
+	if m.store != nil {
+		errs = append(errs, m.store.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// keys returns the configured API keys, or the dev key kept in the data directory.
+func (m *Main) keys() (*api.Keyring, error) {
+	if m.Config.APIKeys != "" {
+		return api.ParseKeys(m.Config.APIKeys)
+	}
+	path := filepath.Join(m.Config.DataDir, "api-key")
+	key, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		buf := make([]byte, 24)
+		if _, err := rand.Read(buf); err != nil {
+			return nil, err
+		}
+		key = []byte("dev_" + hex.EncodeToString(buf))
+		if err := os.WriteFile(path, key, 0o600); err != nil {
+			return nil, fmt.Errorf("store dev API key: %w", err)
+		}
+	} else if err != nil {
+		return nil, fmt.Errorf("read dev API key: %w", err)
+	}
+	m.DevKey = strings.TrimSpace(string(key))
+	k := &api.Keyring{}
+	if err := k.Add("dev", m.DevKey); err != nil {
+		return nil, err
+	}
+	// Shown once on the terminal, on purpose: it is the only way a newcomer learns
+	// it. It is not passed to the logger.
+	fmt.Fprintf(m.out, "No SMSBATCH_API_KEYS set: using the dev API key in %s\n  export SMSBATCH_KEY=%s\n", path, m.DevKey)
+	return k, nil
+}
+
+func newLogger(cfg Config, out io.Writer) *slog.Logger {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		level = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(out, opts))
+	}
+	return slog.New(slog.NewTextHandler(out, opts))
+}

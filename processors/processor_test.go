@@ -1,0 +1,436 @@
+package processors
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"iter"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/smsbatch/smsbatch/commands"
+	"github.com/smsbatch/smsbatch/domain"
+	"github.com/smsbatch/smsbatch/eventstore"
+	"github.com/smsbatch/smsbatch/eventstore/memory"
+	"github.com/smsbatch/smsbatch/processors/sms"
+)
+
+// fakeProvider records every send, measures concurrency and can fail on demand.
+// Unlike the simulator it does not honour idempotency keys, so a test sees every
+// time a message was handed over.
+type fakeProvider struct {
+	latency time.Duration
+	// fail decides the answer to a key's n-th call (from 1); nil error succeeds.
+	fail func(key string, n int) error
+
+	mu          sync.Mutex
+	calls       map[string]int
+	accepted    map[string]int
+	times       []time.Time
+	inFlight    int
+	maxInFlight int
+}
+
+func newFakeProvider(latency time.Duration) *fakeProvider {
+	return &fakeProvider{latency: latency, calls: map[string]int{}, accepted: map[string]int{}}
+}
+
+func (f *fakeProvider) Send(ctx context.Context, msg sms.Message) (sms.Receipt, error) {
+	f.mu.Lock()
+	f.calls[msg.IdempotencyKey]++
+	n := f.calls[msg.IdempotencyKey]
+	f.times = append(f.times, time.Now())
+	f.inFlight++
+	f.maxInFlight = max(f.maxInFlight, f.inFlight)
+	f.mu.Unlock()
+	defer func() {
+		f.mu.Lock()
+		f.inFlight--
+		f.mu.Unlock()
+	}()
+	select {
+	case <-time.After(f.latency):
+	case <-ctx.Done():
+		return sms.Receipt{}, ctx.Err()
+	}
+	if f.fail != nil {
+		if err := f.fail(msg.IdempotencyKey, n); err != nil {
+			return sms.Receipt{}, err
+		}
+	}
+	f.mu.Lock()
+	f.accepted[msg.IdempotencyKey]++
+	f.mu.Unlock()
+	return sms.Receipt{ProviderID: "p-" + msg.IdempotencyKey}, nil
+}
+
+type harness struct {
+	t     *testing.T
+	store eventstore.Store
+	cmds  *commands.Handlers
+	prov  *fakeProvider
+}
+
+func newHarness(t *testing.T, prov *fakeProvider) *harness {
+	t.Helper()
+	store := memory.New()
+	t.Cleanup(func() { store.Close() })
+	repo, err := commands.NewRepository(store, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmds, err := commands.New(store, repo, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &harness{t: t, store: store, cmds: cmds, prov: prov}
+}
+
+// processor returns a processor with its own repository, as another instance
+// sharing the event store would have.
+func (h *harness) processor(cfg Config) *Processor {
+	h.t.Helper()
+	repo, _ := commands.NewRepository(h.store, 0)
+	cmds, _ := commands.New(h.store, repo, nil)
+	cfg.Commands, cfg.Store, cfg.Provider = cmds, h.store, h.prov
+	if cfg.SliceDuration == 0 {
+		cfg.SliceDuration = 300 * time.Millisecond
+	}
+	if cfg.BackoffInitial == 0 {
+		cfg.BackoffInitial = 20 * time.Millisecond
+	}
+	p, err := NewProcessor(cfg)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return p
+}
+
+func phones(n int) iter.Seq2[domain.Recipient, error] {
+	return func(yield func(domain.Recipient, error) bool) {
+		for i := range n {
+			if !yield(domain.Recipient{Phone: fmt.Sprintf("+1415555%04d", i), Values: []string{fmt.Sprint("n", i)}}, nil) {
+				return
+			}
+		}
+	}
+}
+
+func (h *harness) create(id string, n int, p domain.Priority) Work {
+	h.t.Helper()
+	tmpl, _ := domain.NewTemplate("Hello {{name}}", domain.DefaultTemplateLimits)
+	res, err := h.cmds.CreateBatch(context.Background(), commands.CreateBatch{
+		ID: id, Tenant: "acme", Template: tmpl, Priority: p, AutoStart: true, Recipients: phones(n),
+	})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return Work{BatchID: id, PrevSlice: res.Batch.LastSlice()}
+}
+
+// drive runs work messages one after another, as the router would, until the
+// chain ends.
+func drive(t *testing.T, p *Processor, w Work) {
+	t.Helper()
+	next := &w
+	for i := 0; next != nil; i++ {
+		if i > 1000 {
+			t.Fatal("work chain did not end")
+		}
+		var err error
+		if next, err = p.RunSlice(context.Background(), *next); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func (h *harness) events(id string) []eventstore.Event {
+	h.t.Helper()
+	events, err := h.store.ReadStream(context.Background(), domain.BatchStream(id), 0, 1_000_000)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return events
+}
+
+// outcomes counts final outcome events per recipient index.
+func (h *harness) outcomes(id string) map[int]int {
+	h.t.Helper()
+	out := map[int]int{}
+	for _, se := range h.events(id) {
+		e, err := domain.DecodeEvent(se.Type, se.Data)
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		switch e := e.(type) {
+		case domain.MessageSent:
+			out[e.Index]++
+		case domain.MessageFailed:
+			out[e.Index]++
+		}
+	}
+	return out
+}
+
+func assertOneOutcomeEach(t *testing.T, outcomes map[int]int, n int) {
+	t.Helper()
+	if len(outcomes) != n {
+		t.Fatalf("%d recipients have an outcome, want %d", len(outcomes), n)
+	}
+	for i, c := range outcomes {
+		if c != 1 {
+			t.Fatalf("recipient %d has %d outcomes", i, c)
+		}
+	}
+}
+
+func TestEveryRecipientSentOnceAcrossPages(t *testing.T) {
+	if testing.Short() {
+		t.Skip("sends 1,203 messages")
+	}
+	h := newHarness(t, newFakeProvider(0))
+	p := h.processor(Config{Unlimited: true})
+	const n = 2*domain.RecipientPageSize + 203
+	drive(t, p, h.create("b1", n, domain.PriorityNormal))
+	assertOneOutcomeEach(t, h.outcomes("b1"), n)
+	for key, c := range h.prov.calls {
+		if c != 1 {
+			t.Fatalf("%s handed to the provider %d times", key, c)
+		}
+	}
+	b, _ := h.cmds.Repository().Load(context.Background(), "b1")
+	if b.Status() != domain.StatusCompleted || b.Sent() != n {
+		t.Fatalf("status %s sent %d", b.Status(), b.Sent())
+	}
+}
+
+func TestAtMostFiveInFlight(t *testing.T) {
+	h := newHarness(t, newFakeProvider(60*time.Millisecond))
+	p := h.processor(Config{Unlimited: true})
+	drive(t, p, h.create("b1", 40, domain.PriorityNormal))
+	if h.prov.maxInFlight != 5 {
+		t.Fatalf("max in flight %d, want exactly 5 (never more, and reached)", h.prov.maxInFlight)
+	}
+	assertOneOutcomeEach(t, h.outcomes("b1"), 40)
+}
+
+func TestRateIsKeptAndReached(t *testing.T) {
+	h := newHarness(t, newFakeProvider(5*time.Millisecond))
+	const rate = 20.0
+	p := h.processor(Config{Rates: domain.Rates{High: rate, Normal: rate, Low: rate}})
+	const n = 41
+	drive(t, p, h.create("b1", n, domain.PriorityNormal))
+	times := h.prov.times
+	if len(times) != n {
+		t.Fatalf("%d sends, want %d", len(times), n)
+	}
+	// Never more than the rate in any one-second window (burst 1). Sends are
+	// timestamped inside the provider, after goroutine scheduling, so allow a few
+	// milliseconds of jitter at the window's edge.
+	for i := range times {
+		in := 0
+		for j := i; j < len(times) && times[j].Sub(times[i]) < time.Second-5*time.Millisecond; j++ {
+			in++
+		}
+		if in > int(rate) {
+			t.Fatalf("%d sends within one second from send %d, rate is %v", in, i, rate)
+		}
+	}
+	achieved := float64(n-1) / times[n-1].Sub(times[0]).Seconds()
+	if achieved < 0.9*rate {
+		t.Fatalf("achieved %.2f/s, want at least 90%% of %v", achieved, rate)
+	}
+	t.Logf("achieved %.2f msg/s at a rate of %v", achieved, rate)
+}
+
+func TestRacingInstancesNeverSendTwice(t *testing.T) {
+	h := newHarness(t, newFakeProvider(10*time.Millisecond))
+	w := h.create("b1", 60, domain.PriorityNormal)
+	var wg sync.WaitGroup
+	// Three instances get the same work message (a duplicate delivery) and each
+	// hands its successors on.
+	for range 3 {
+		p := h.processor(Config{Unlimited: true})
+		wg.Go(func() { drive(t, p, w) })
+	}
+	wg.Wait()
+	assertOneOutcomeEach(t, h.outcomes("b1"), 60)
+	for key, c := range h.prov.calls {
+		if c != 1 {
+			t.Fatalf("%s handed to the provider %d times", key, c)
+		}
+	}
+	if h.prov.maxInFlight > 5 {
+		t.Fatalf("max in flight %d across instances, want at most 5", h.prov.maxInFlight)
+	}
+}
+
+func TestPauseBarrierAndResume(t *testing.T) {
+	h := newHarness(t, newFakeProvider(30*time.Millisecond))
+	p := h.processor(Config{Rates: domain.Rates{High: 50, Normal: 50, Low: 50}})
+	w := h.create("b1", 30, domain.PriorityNormal)
+	ctx := context.Background()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		drive(t, p, w)
+	}()
+	time.Sleep(150 * time.Millisecond)
+	if _, err := h.cmds.PauseBatch(ctx, commands.Act{Tenant: "acme", BatchID: "b1", By: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the work chain did not stop after the pause")
+	}
+	b, _ := h.cmds.Repository().Load(ctx, "b1")
+	if b.Status() != domain.StatusPaused || len(b.Outstanding()) != 0 {
+		t.Fatalf("after pause: status %s with %d outstanding, want paused with in-flight messages recorded", b.Status(), len(b.Outstanding()))
+	}
+	if b.Sent() == 0 || b.Sent() == 30 {
+		t.Fatalf("sent %d before the pause, want some but not all", b.Sent())
+	}
+	paused := false
+	for _, e := range h.events("b1") {
+		switch e.Type {
+		case domain.TypeBatchPaused:
+			paused = true
+		case domain.TypeMessagesDispatched:
+			if paused {
+				t.Fatal("MessagesDispatched after BatchPaused")
+			}
+		}
+	}
+	res, err := h.cmds.ResumeBatch(ctx, commands.Act{Tenant: "acme", BatchID: "b1", By: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	drive(t, p, Work{BatchID: "b1", PrevSlice: res.Batch.LastSlice()})
+	assertOneOutcomeEach(t, h.outcomes("b1"), 30)
+}
+
+func TestRetryableFailuresAreRetried(t *testing.T) {
+	prov := newFakeProvider(0)
+	prov.fail = func(key string, n int) error {
+		if n == 1 {
+			return &sms.Error{Category: domain.CategoryProviderUnavailable, Code: "503", Message: "busy"}
+		}
+		return nil
+	}
+	h := newHarness(t, prov)
+	p := h.processor(Config{Unlimited: true})
+	drive(t, p, h.create("b1", 8, domain.PriorityNormal))
+	assertOneOutcomeEach(t, h.outcomes("b1"), 8)
+	retries := 0
+	for _, e := range h.events("b1") {
+		if e.Type == domain.TypeMessageAttemptFailed {
+			retries++
+		}
+	}
+	b, _ := h.cmds.Repository().Load(context.Background(), "b1")
+	if retries != 8 || b.Sent() != 8 {
+		t.Fatalf("%d retries and %d sent, want 8 and 8", retries, b.Sent())
+	}
+}
+
+func TestPermanentFailuresFailAtOnceAndRetriesAreBounded(t *testing.T) {
+	prov := newFakeProvider(0)
+	prov.fail = func(key string, n int) error {
+		switch {
+		case strings.HasSuffix(key, ":0"):
+			return &sms.Error{Category: domain.CategoryBlocked, Code: "21610", Message: "blocked"}
+		case strings.HasSuffix(key, ":1"):
+			return errors.New("connection reset") // unknown: retried, then failed
+		}
+		return nil
+	}
+	h := newHarness(t, prov)
+	p := h.processor(Config{Unlimited: true, MaxAttempts: 3})
+	drive(t, p, h.create("b1", 4, domain.PriorityNormal))
+	assertOneOutcomeEach(t, h.outcomes("b1"), 4)
+	if c := prov.calls["b1:0"]; c != 1 {
+		t.Fatalf("blocked number tried %d times, want 1", c)
+	}
+	if c := prov.calls["b1:1"]; c != 3 {
+		t.Fatalf("unknown failure tried %d times, want 3 (MaxAttempts)", c)
+	}
+	b, _ := h.cmds.Repository().Load(context.Background(), "b1")
+	if b.Sent() != 2 || b.Failed() != 2 || b.Status() != domain.StatusCompleted {
+		t.Fatalf("sent %d failed %d status %s", b.Sent(), b.Failed(), b.Status())
+	}
+}
+
+func TestRateLimitAnswerSlowsTheBatch(t *testing.T) {
+	prov := newFakeProvider(0)
+	var mu sync.Mutex
+	limited := 0
+	prov.fail = func(key string, n int) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if limited < 3 && n == 1 {
+			limited++
+			return &sms.Error{Category: domain.CategoryRateLimited, Code: "429", Message: "slow down", RetryAfter: 200 * time.Millisecond}
+		}
+		return nil
+	}
+	h := newHarness(t, prov)
+	metrics := NewMetrics(nil)
+	p := h.processor(Config{Rates: domain.Rates{High: 40, Normal: 40, Low: 40}, Metrics: metrics})
+	start := time.Now()
+	drive(t, p, h.create("b1", 20, domain.PriorityNormal))
+	assertOneOutcomeEach(t, h.outcomes("b1"), 20)
+	// 20 messages at 40/s take ~0.5s; the 429s hold the batch at least 200ms and
+	// halve its rate before it recovers.
+	if took := time.Since(start); took < 600*time.Millisecond {
+		t.Fatalf("took %s: the rate-limit answers did not slow the batch", took)
+	}
+	b, _ := h.cmds.Repository().Load(context.Background(), "b1")
+	if b.Sent() != 20 {
+		t.Fatalf("sent %d, want 20", b.Sent())
+	}
+}
+
+func TestInDoubtMessagesAreResentWithTheSameKey(t *testing.T) {
+	h := newHarness(t, newFakeProvider(0))
+	w := h.create("b1", 6, domain.PriorityNormal)
+	ctx := context.Background()
+	// A crashed instance dispatched three messages and never recorded answers.
+	_, err := h.cmds.Repository().Update(ctx, "b1", func(b *domain.Batch) error {
+		_, err := b.Dispatch(time.Now(), domain.DispatchRequest{Slice: "dead", PrevSlice: w.PrevSlice, Max: 3, MaxInFlight: 5})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Recovery hands the batch a work message continuing from the dead slice.
+	p := h.processor(Config{Unlimited: true})
+	drive(t, p, Work{BatchID: "b1", PrevSlice: "dead"})
+	assertOneOutcomeEach(t, h.outcomes("b1"), 6)
+	for i := range 6 {
+		if c := h.prov.calls[fmt.Sprintf("b1:%d", i)]; c != 1 {
+			t.Fatalf("b1:%d sent %d times", i, c)
+		}
+	}
+}
+
+func TestShutdownFinishesInFlightSends(t *testing.T) {
+	h := newHarness(t, newFakeProvider(200*time.Millisecond))
+	p := h.processor(Config{Unlimited: true, SliceDuration: 5 * time.Second})
+	w := h.create("b1", 50, domain.PriorityNormal)
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(100*time.Millisecond, cancel)
+	next, err := p.RunSlice(ctx, w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next == nil {
+		t.Fatal("no work handed on after shutdown; the batch would wait for recovery")
+	}
+	b, _ := h.cmds.Repository().Load(context.Background(), "b1")
+	if len(b.Outstanding()) != 0 || b.Sent() != 5 {
+		t.Fatalf("after shutdown: %d outstanding, %d sent; want the 5 in flight finished and recorded", len(b.Outstanding()), b.Sent())
+	}
+}

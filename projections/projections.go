@@ -1,0 +1,139 @@
+// Package projections builds what users read from the batch events: the status,
+// analytics and errors read models, the runner that follows the event store from a
+// checkpoint and applies events to them, and their stores (memory here; postgres in
+// its own package). Read models are pure functions of the events: replaying an
+// event twice changes nothing, and a rebuild from position 0 gives the same result.
+package projections
+
+import (
+	"context"
+	"time"
+
+	"github.com/smsbatch/smsbatch/eventstore"
+)
+
+// BatchStatus is the status read model of one batch: what GET /api/batch/{id} shows.
+type BatchStatus struct {
+	ID        string    `json:"id"`
+	Tenant    string    `json:"-"`
+	Status    string    `json:"status"`
+	Priority  string    `json:"priority"`
+	CreatedAt time.Time `json:"createdAt"`
+	// ScheduleTime is when a scheduled batch starts; nil when not scheduled.
+	ScheduleTime *time.Time `json:"scheduleTime,omitempty"`
+	Progress     Progress   `json:"progress"`
+	Metrics      Metrics    `json:"metrics"`
+	PauseInfo    *PauseInfo `json:"pauseInfo,omitempty"`
+	// UpdatedAt is the time of the last event applied to the batch.
+	UpdatedAt time.Time `json:"updatedAt"`
+}
+
+// Progress counts the batch's recipients.
+type Progress struct {
+	Total int `json:"total"`
+	// Pending counts messages handed to the provider without a final outcome (in
+	// flight or waiting for a retry).
+	Pending   int `json:"pending"`
+	Completed int `json:"completed"` // sent
+	Failed    int `json:"failed"`
+}
+
+// Metrics summarise the batch's sending.
+type Metrics struct {
+	// MessagesPerSecond is final outcomes per second of sending time (time spent
+	// processing, pauses excluded).
+	MessagesPerSecond float64 `json:"messagesPerSecond"`
+	// SuccessRate is sent / (sent + failed), 0 before any outcome.
+	SuccessRate float64 `json:"successRate"`
+}
+
+// PauseInfo is shown once a batch has been paused.
+type PauseInfo struct {
+	PauseTime  time.Time  `json:"pauseTime"`
+	ResumeTime *time.Time `json:"resumeTime,omitempty"`
+}
+
+// Analytics is the analytics read model of one batch.
+type Analytics struct {
+	BatchID string `json:"batchId"`
+	Totals  Totals `json:"totals"`
+	// ErrorCategories counts final failures by category.
+	ErrorCategories map[string]int `json:"errorCategories"`
+	// RetriedCategories counts failed attempts that were retried, by category.
+	RetriedCategories map[string]int    `json:"retriedCategories"`
+	Throughput        []ThroughputPoint `json:"throughput"`
+	LatencyMs         Latency           `json:"latencyMs"`
+}
+
+// Totals of a batch's outcomes.
+type Totals struct {
+	Sent     int `json:"sent"`
+	Failed   int `json:"failed"`
+	Retries  int `json:"retries"`
+	Segments int `json:"segments"`
+}
+
+// ThroughputPoint counts outcomes in one time bucket starting at Time.
+type ThroughputPoint struct {
+	Time   time.Time `json:"time"`
+	Sent   int       `json:"sent"`
+	Failed int       `json:"failed"`
+}
+
+// Latency percentiles of provider answers (final outcomes), in milliseconds.
+type Latency struct {
+	P50 float64 `json:"p50"`
+	P95 float64 `json:"p95"`
+	P99 float64 `json:"p99"`
+}
+
+// ErrorEntry is one recipient that failed for good.
+type ErrorEntry struct {
+	Index       int       `json:"index"`
+	PhoneNumber string    `json:"phoneNumber"`
+	Category    string    `json:"category"`
+	Code        string    `json:"code"`
+	Message     string    `json:"message"`
+	Attempts    int       `json:"attempts"`
+	Time        time.Time `json:"time"`
+}
+
+// ListQuery pages through a tenant's batches, newest first.
+type ListQuery struct {
+	Tenant string
+	// Limit is the page size (1..100; 0 means 20).
+	Limit int
+	// Cursor is the NextCursor of the previous page; empty for the first.
+	Cursor string
+}
+
+// ErrorQuery pages through a batch's errors in recipient order.
+type ErrorQuery struct {
+	Tenant, BatchID string
+	// Category filters to one category; empty for all.
+	Category string
+	// Limit is the page size (1..1000; 0 means 100).
+	Limit int
+	// Cursor is the NextCursor of the previous page; empty for the first.
+	Cursor string
+}
+
+// Store keeps the read models. Apply and the queries are safe for concurrent use.
+type Store interface {
+	// Apply applies events, in global order, to every read model and records the
+	// last one's position as the checkpoint, atomically. Events at or before the
+	// checkpoint are skipped, so applying an event twice changes nothing.
+	Apply(ctx context.Context, events []eventstore.Event) error
+	// Checkpoint is the position of the last event applied.
+	Checkpoint(ctx context.Context) (eventstore.Position, error)
+
+	// Batch returns a batch's status; ENOTFOUND when it does not exist or belongs
+	// to another tenant.
+	Batch(ctx context.Context, tenant, id string) (BatchStatus, error)
+	// Batches lists a tenant's batches newest first; the cursor is empty on the last page.
+	Batches(ctx context.Context, q ListQuery) (page []BatchStatus, nextCursor string, err error)
+	// Analytics returns a batch's analytics; ENOTFOUND as Batch.
+	Analytics(ctx context.Context, tenant, id string) (Analytics, error)
+	// Errors pages through a batch's failed recipients; ENOTFOUND as Batch.
+	Errors(ctx context.Context, q ErrorQuery) (page []ErrorEntry, nextCursor string, err error)
+}

@@ -1,0 +1,222 @@
+package projections
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cenkalti/backoff/v5"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/smsbatch/smsbatch/eventstore"
+)
+
+// DefaultRunnerBatchSize is how many events the runner applies at a time when
+// RunnerConfig.BatchSize is not set.
+const DefaultRunnerBatchSize = 500
+
+// RunnerConfig configures a Runner.
+type RunnerConfig struct {
+	// Events is the event store followed (required).
+	Events eventstore.Store
+	// Store keeps the read models and the checkpoint (required).
+	Store Store
+	// BatchSize is the most events applied in one Store.Apply; default 500.
+	BatchSize int
+	// Logger; default discards.
+	Logger *slog.Logger
+	// Lag, if set, is set after every page to the seconds between now and the
+	// store time of the last event applied.
+	Lag prometheus.Gauge
+
+	// backOff makes the wait between retries; tests shorten it.
+	backOff func() backoff.BackOff
+}
+
+func (c *RunnerConfig) setDefaults() {
+	if c.BatchSize <= 0 {
+		c.BatchSize = DefaultRunnerBatchSize
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.backOff == nil {
+		c.backOff = func() backoff.BackOff {
+			return &backoff.ExponentialBackOff{
+				InitialInterval:     100 * time.Millisecond,
+				RandomizationFactor: 0.5,
+				Multiplier:          2,
+				MaxInterval:         15 * time.Second,
+			}
+		}
+	}
+}
+
+// Validate reports every missing required field.
+func (c RunnerConfig) Validate() error {
+	var errs []error
+	if c.Events == nil {
+		errs = append(errs, errors.New("projections runner: Events is required"))
+	}
+	if c.Store == nil {
+		errs = append(errs, errors.New("projections runner: Store is required"))
+	}
+	return errors.Join(errs...)
+}
+
+// Runner keeps the read models up to date: it follows the event store from the
+// store's checkpoint and applies every page of events to the store. A page that
+// fails to apply is retried with backoff until it applies or the runner stops,
+// since skipping it would leave the read models wrong for good.
+type Runner struct {
+	cfg     RunnerConfig
+	running atomic.Bool
+
+	ready     chan struct{}
+	readyOnce sync.Once
+
+	mu  sync.Mutex
+	pos eventstore.Position
+	// moved is closed and replaced whenever pos moves, waking WaitFor.
+	moved chan struct{}
+}
+
+// NewRunner returns a runner; it does nothing until Run.
+func NewRunner(cfg RunnerConfig) (*Runner, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	return &Runner{cfg: cfg, ready: make(chan struct{}), moved: make(chan struct{})}, nil
+}
+
+// Run applies events until ctx is done, then returns nil. It returns an error
+// when the event store is closed, or when called while already running. Errors
+// reading the event store or applying events are logged and retried.
+func (r *Runner) Run(ctx context.Context) error {
+	if !r.running.CompareAndSwap(false, true) {
+		return errors.New("projections runner: already running")
+	}
+	defer r.running.Store(false)
+
+	checkpoint, err := retry(ctx, r, "read checkpoint", func() (eventstore.Position, error) {
+		return r.cfg.Store.Checkpoint(ctx)
+	})
+	if err != nil {
+		return r.stopped(ctx, err)
+	}
+	r.advance(checkpoint)
+	r.cfg.Logger.Info("projections: following events", "after", checkpoint.String())
+
+	// Not backoff.Retry: the wait starts again from its shortest once the
+	// subscription has made progress, however long ago its last failure was.
+	wait := r.cfg.backOff()
+	wait.Reset()
+	for {
+		from := r.Position()
+		err := eventstore.SubscribeWith(ctx, r.cfg.Events, eventstore.SubscribeOptions{
+			After:      from,
+			BatchSize:  r.cfg.BatchSize,
+			OnCaughtUp: r.caughtUp,
+		}, r.handle)
+		if ctx.Err() != nil || errors.Is(err, eventstore.ErrClosed) {
+			return r.stopped(ctx, err)
+		}
+		if from.Less(r.Position()) {
+			wait.Reset()
+		}
+		next := wait.NextBackOff()
+		r.cfg.Logger.Error("projections: following events failed; retrying",
+			"error", err, "wait", next, "position", r.Position().String())
+		select {
+		case <-time.After(next):
+		case <-ctx.Done():
+			return nil
+		}
+	}
+}
+
+func (r *Runner) stopped(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	return fmt.Errorf("projections runner: %w", err)
+}
+
+func (r *Runner) handle(ctx context.Context, events []eventstore.Event) error {
+	last := events[len(events)-1]
+	if _, err := retry(ctx, r, "apply events", func() (struct{}, error) {
+		return struct{}{}, r.cfg.Store.Apply(ctx, events)
+	}); err != nil {
+		return err
+	}
+	r.advance(last.Position)
+	if r.cfg.Lag != nil && !last.Time.IsZero() {
+		r.cfg.Lag.Set(max(time.Since(last.Time).Seconds(), 0))
+	}
+	return nil
+}
+
+func (r *Runner) caughtUp() {
+	r.readyOnce.Do(func() {
+		r.cfg.Logger.Info("projections: caught up", "position", r.Position().String())
+		close(r.ready)
+	})
+}
+
+func (r *Runner) advance(pos eventstore.Position) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.pos.Less(pos) {
+		r.pos = pos
+		close(r.moved)
+		r.moved = make(chan struct{})
+	}
+}
+
+// retry runs op until it succeeds or ctx is done, logging each failure.
+func retry[T any](ctx context.Context, r *Runner, what string, op func() (T, error)) (T, error) {
+	attempt := 0
+	return backoff.Retry(ctx, op,
+		backoff.WithBackOff(r.cfg.backOff()),
+		backoff.WithMaxElapsedTime(0),
+		backoff.WithNotify(func(err error, wait time.Duration) {
+			attempt++
+			r.cfg.Logger.Error("projections: "+what+" failed; retrying",
+				"error", err, "attempt", attempt, "wait", wait, "position", r.Position().String())
+		}))
+}
+
+// Ready is closed once the runner has applied every event that was in the store
+// when it started.
+func (r *Runner) Ready() <-chan struct{} { return r.ready }
+
+// Position is the position of the last event applied; Start before the first.
+func (r *Runner) Position() eventstore.Position {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.pos
+}
+
+// WaitFor blocks until the runner has applied the event at pos (or a later
+// one), so that a caller who appended an event reads its own write. It returns
+// ctx's error when ctx is done first.
+func (r *Runner) WaitFor(ctx context.Context, pos eventstore.Position) error {
+	for {
+		r.mu.Lock()
+		applied, moved := !r.pos.Less(pos), r.moved
+		r.mu.Unlock()
+		if applied {
+			return nil
+		}
+		select {
+		case <-moved:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}

@@ -76,7 +76,7 @@ type Config struct {
 	RateLimit     RateLimit
 	// SpoolDir holds the temporary files a batch upload is validated through; default os.TempDir().
 	SpoolDir string
-	// Metrics serves /metrics; nil answers 404.
+	// Metrics serves /metrics to authenticated callers; nil answers 404.
 	Metrics http.Handler
 	// Ready reports whether the service can answer; nil means always.
 	Ready func() error
@@ -156,9 +156,6 @@ func NewHandler(cfg Config) (http.Handler, error) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	r.Get("/readyz", s.readyz)
-	if cfg.Metrics != nil {
-		r.Handle("/metrics", cfg.Metrics)
-	}
 
 	r.Group(func(r chi.Router) {
 		r.Use(s.authenticate)
@@ -172,6 +169,11 @@ func NewHandler(cfg Config) (http.Handler, error) {
 					writeError(w, r, s.log, domain.Errorf(domain.ERATELIMITED, "too many requests for this API key; retry after the time in Retry-After"))
 				}),
 			))
+		}
+		// Metrics hold no tenant's data but are not a health check: a scraper
+		// sends a key like any client (Prometheus: authorization.credentials).
+		if cfg.Metrics != nil {
+			r.Handle("/metrics", cfg.Metrics)
 		}
 		r.Post("/api/batch", s.createBatch)
 		r.Get("/api/batch", s.listBatches)

@@ -175,7 +175,7 @@ type recipient struct {
 func recipients(n int) []recipient {
 	out := make([]recipient, n)
 	for i := range out {
-		out[i] = recipient{PhoneNumber: fmt.Sprintf("+1415555%04d", i), Variables: map[string]string{"name": fmt.Sprint("Ada ", i)}}
+		out[i] = recipient{PhoneNumber: fmt.Sprintf("+1415%03d%04d", 200+i/10000, i%10000), Variables: map[string]string{"name": fmt.Sprint("Ada ", i)}}
 	}
 	return out
 }

@@ -463,7 +463,11 @@ func TestHealthReadinessAndMetrics(t *testing.T) {
 	}
 	st := c.create(batchBody(recipients(2), "high"))
 	c.waitStatus(st.ID, 20*time.Second, "completed")
+	if code, _ := anon.do("GET", "/metrics", nil, nil); code != 401 {
+		t.Fatalf("/metrics without a key: %d, want 401", code)
+	}
 	req, _ := http.NewRequest("GET", c.base+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+acmeKey)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,185 @@
+package commands
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"iter"
+	"sync"
+	"testing"
+
+	"github.com/smsbatch/smsbatch/domain"
+	"github.com/smsbatch/smsbatch/eventstore"
+	"github.com/smsbatch/smsbatch/eventstore/memory"
+)
+
+func setup(t *testing.T) (eventstore.Store, *Handlers) {
+	t.Helper()
+	store := memory.New()
+	t.Cleanup(func() { store.Close() })
+	return store, handlers(t, store)
+}
+
+// handlers returns command handlers with their own repository and cache, as a
+// second instance sharing the store would have.
+func handlers(t *testing.T, store eventstore.Store) *Handlers {
+	t.Helper()
+	repo, err := NewRepository(store, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := New(store, repo, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func recipients(n int, failAt int) iter.Seq2[domain.Recipient, error] {
+	return func(yield func(domain.Recipient, error) bool) {
+		for i := range n {
+			if i == failAt {
+				yield(domain.Recipient{}, errors.New("upload broke"))
+				return
+			}
+			if !yield(domain.Recipient{Phone: fmt.Sprintf("+1415555%04d", i), Values: []string{"x"}}, nil) {
+				return
+			}
+		}
+	}
+}
+
+func create(t *testing.T, h *Handlers, id string, n int, autoStart bool) Result {
+	t.Helper()
+	tmpl, _ := domain.NewTemplate("Hi {{name}}", domain.DefaultTemplateLimits)
+	res, err := h.CreateBatch(context.Background(), CreateBatch{
+		ID: id, Tenant: "acme", Template: tmpl, AutoStart: autoStart, Recipients: recipients(n, -1),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+func TestCreateWritesPagesThenTheBatch(t *testing.T) {
+	store, h := setup(t)
+	res := create(t, h, "b1", 2500, true)
+	if res.Batch.Total() != 2500 || res.Batch.Pages() != 3 || res.Batch.Status() != domain.StatusProcessing {
+		t.Fatalf("batch total %d pages %d status %s", res.Batch.Total(), res.Batch.Pages(), res.Batch.Status())
+	}
+	pages, _ := store.ReadStream(context.Background(), domain.RecipientsStream("b1"), 0, 10)
+	if len(pages) != 3 {
+		t.Fatalf("%d recipient pages, want 3", len(pages))
+	}
+	e, _ := domain.DecodeEvent(pages[2].Type, pages[2].Data)
+	if p := e.(domain.RecipientsPageAdded); p.First != 2000 || len(p.Recipients) != 500 || p.Recipients[0].Phone != "+14155552000" {
+		t.Fatalf("last page first %d with %d recipients", p.First, len(p.Recipients))
+	}
+	all, _ := store.ReadAll(context.Background(), eventstore.Start, 100)
+	if last := all[len(all)-1]; last.Type != domain.TypeBatchStarted || all[len(all)-2].Type != domain.TypeBatchCreated {
+		t.Fatalf("the batch events do not come after every page: last is %s", last.Type)
+	}
+}
+
+func TestFailedUploadCreatesNoBatch(t *testing.T) {
+	_, h := setup(t)
+	tmpl, _ := domain.NewTemplate("Hi", domain.DefaultTemplateLimits)
+	_, err := h.CreateBatch(context.Background(), CreateBatch{
+		ID: "b1", Tenant: "acme", Template: tmpl, AutoStart: true, Recipients: recipients(1500, 1200),
+	})
+	if err == nil {
+		t.Fatal("a broken upload was accepted")
+	}
+	if _, err := h.Repository().Load(context.Background(), "b1"); domain.ErrorCode(err) != domain.ENOTFOUND {
+		t.Fatalf("after a broken upload the batch loads: %v", err)
+	}
+}
+
+func TestOtherTenantsBatchIsNotFound(t *testing.T) {
+	_, h := setup(t)
+	create(t, h, "b1", 1, true)
+	_, err := h.PauseBatch(context.Background(), Act{Tenant: "intruder", BatchID: "b1"})
+	if domain.ErrorCode(err) != domain.ENOTFOUND {
+		t.Fatalf("pause by another tenant: %v, want not found", err)
+	}
+	if _, err := h.PauseBatch(context.Background(), Act{Tenant: "acme", BatchID: "nope"}); domain.ErrorCode(err) != domain.ENOTFOUND {
+		t.Fatalf("pause of a missing batch: %v", err)
+	}
+}
+
+// Two instances act on one batch through their own caches: each catches up with
+// the other's events and none of their decisions is lost.
+func TestConcurrentWritersLoseNothing(t *testing.T) {
+	store, a := setup(t)
+	b := handlers(t, store)
+	create(t, a, "b1", 1, false)
+	ctx := context.Background()
+	if _, err := b.StartBatch(ctx, Act{Tenant: "acme", BatchID: "b1"}); err != nil {
+		t.Fatal(err)
+	}
+	// a's cache is behind: its pause must see the start.
+	if _, err := a.PauseBatch(ctx, Act{Tenant: "acme", BatchID: "b1"}); err != nil {
+		t.Fatalf("pause on a stale cache: %v", err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	ok := map[string]int{}
+	for i := range 20 {
+		h := a
+		if i%2 == 1 {
+			h = b
+		}
+		wg.Go(func() {
+			// Only one resume and one pause can win from any state; the rest conflict.
+			for _, step := range []struct {
+				name string
+				run  func(context.Context, Act) (Result, error)
+			}{{"resume", h.ResumeBatch}, {"pause", h.PauseBatch}} {
+				if _, err := step.run(ctx, Act{Tenant: "acme", BatchID: "b1"}); err == nil {
+					mu.Lock()
+					ok[step.name]++
+					mu.Unlock()
+				} else if domain.ErrorCode(err) != domain.ECONFLICT {
+					t.Errorf("%s: %v", step.name, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	events, _ := store.ReadStream(ctx, domain.BatchStream("b1"), 0, 1000)
+	resumes, pauses := 0, 0
+	for _, e := range events {
+		switch e.Type {
+		case domain.TypeBatchResumed:
+			resumes++
+		case domain.TypeBatchPaused:
+			pauses++
+		}
+	}
+	if resumes != ok["resume"] || pauses != ok["pause"]+1 {
+		t.Fatalf("stored %d resumes and %d pauses, callers were told %v", resumes, pauses, ok)
+	}
+	final, _ := a.Repository().Load(ctx, "b1")
+	if final.Version() != uint64(len(events)) {
+		t.Fatalf("cached batch at version %d, stream has %d events", final.Version(), len(events))
+	}
+}
+
+func TestRepositoryCacheEvictsAndReloads(t *testing.T) {
+	store := memory.New()
+	defer store.Close()
+	repo, _ := NewRepository(store, 4)
+	h, _ := New(store, repo, nil)
+	for i := range 10 {
+		create(t, h, fmt.Sprint("b", i), 1, true)
+	}
+	if n := len(repo.cache); n > 4 {
+		t.Fatalf("cache holds %d batches, limit 4", n)
+	}
+	for i := range 10 {
+		b, err := repo.Load(context.Background(), fmt.Sprint("b", i))
+		if err != nil || b.Status() != domain.StatusProcessing {
+			t.Fatalf("reload b%d: %v", i, err)
+		}
+	}
+}

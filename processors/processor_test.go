@@ -227,11 +227,12 @@ func TestRateIsKeptAndReached(t *testing.T) {
 		t.Fatalf("%d sends, want %d", len(times), n)
 	}
 	// Never more than the rate in any one-second window (burst 1). Sends are
-	// timestamped inside the provider, after goroutine scheduling, so allow a few
-	// milliseconds of jitter at the window's edge.
+	// timestamped inside the provider, after goroutine scheduling: on a loaded
+	// 2-core machine one send can start late by several milliseconds while the
+	// next is on time, so the window is shortened by that much jitter.
 	for i := range times {
 		in := 0
-		for j := i; j < len(times) && times[j].Sub(times[i]) < time.Second-5*time.Millisecond; j++ {
+		for j := i; j < len(times) && times[j].Sub(times[i]) < time.Second-20*time.Millisecond; j++ {
 			in++
 		}
 		if in > int(rate) {

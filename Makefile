@@ -2,6 +2,10 @@
 GO      ?= go
 BIN     ?= bin/smsbatch
 PKGS    ?= ./...
+# Extra `go test` flags; CI runs packages one at a time (-p 1) because the
+# PostgreSQL tests share one server, whose event store holds delivery back while
+# any transaction on the server is open.
+GOTESTFLAGS ?=
 
 .PHONY: run build test test-short bench vet fmt lint clean
 
@@ -15,7 +19,7 @@ build:
 
 ## test: the whole suite with the race detector
 test: vet
-	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+	$(GO) test -race -count=1 -timeout 30m $(GOTESTFLAGS) $(PKGS)
 
 ## test-short: the suite without the slow end-to-end tests
 test-short:

@@ -16,6 +16,10 @@ import (
 type Config struct {
 	Addr          string
 	DataDir       string
+	EventStore    string
+	EventStoreURL string
+	ReadStore     string
+	ReadStoreURL  string
 	APIKeys       string
 	DefaultRegion string
 	LogLevel      string
@@ -111,11 +115,24 @@ func (s *settings) bool(p *bool, name, env string, def bool, usage string) {
 
 // ParseConfig reads the serve settings from args and the environment.
 func ParseConfig(args []string, env func(string) string) (Config, error) {
+	c, rest, err := parseConfig("smsbatch serve", args, env)
+	if err == nil && len(rest) > 0 {
+		err = fmt.Errorf("unexpected arguments: %s", strings.Join(rest, " "))
+	}
+	return c, err
+}
+
+// parseConfig reads every setting and returns the arguments after the flags.
+func parseConfig(name string, args []string, env func(string) string) (Config, []string, error) {
 	var c Config
-	fs := flag.NewFlagSet("smsbatch serve", flag.ContinueOnError)
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	s := &settings{fs: fs, env: env}
 	s.str(&c.Addr, "addr", "SMSBATCH_ADDR", "127.0.0.1:8080", "HTTP listen address")
 	s.str(&c.DataDir, "data-dir", "SMSBATCH_DATA_DIR", "./data", "directory of the embedded event store, the dev API key and the simulator outbox")
+	s.str(&c.EventStore, "event-store", "SMSBATCH_EVENT_STORE", "bolt", "event store: bolt (embedded file in the data directory), postgres or kurrent")
+	s.str(&c.EventStoreURL, "event-store-url", "SMSBATCH_EVENT_STORE_URL", "", "URL of the event store: postgres://user@host:5432/db or esdb://host:2113?tls=false")
+	s.str(&c.ReadStore, "read-store", "SMSBATCH_READ_STORE", "memory", "read-model store: memory (rebuilt from the events at start) or postgres")
+	s.str(&c.ReadStoreURL, "read-store-url", "SMSBATCH_READ_STORE_URL", "", "PostgreSQL URL of the read models; default the event store's URL")
 	s.str(&c.APIKeys, "api-keys", "SMSBATCH_API_KEYS", "", "API keys as tenant:key,tenant:key; empty creates a dev key in the data directory")
 	s.str(&c.DefaultRegion, "default-region", "SMSBATCH_DEFAULT_REGION", "US", "region of phone numbers given without a country code")
 	s.str(&c.LogLevel, "log-level", "SMSBATCH_LOG_LEVEL", "info", "debug, info, warn or error")
@@ -141,15 +158,15 @@ func ParseConfig(args []string, env func(string) string) (Config, error) {
 	s.int(&c.MaxRecipients, "max-recipients", "SMSBATCH_MAX_RECIPIENTS", 1_000_000, "most recipients in one batch")
 	s.dur(&c.ShutdownTimeout, "shutdown-timeout", "SMSBATCH_SHUTDOWN_TIMEOUT", 30*time.Second, "how long shutdown waits for requests and in-flight sends")
 	if len(s.errs) > 0 {
-		return c, errors.Join(s.errs...)
+		return c, nil, errors.Join(s.errs...)
 	}
 	if err := fs.Parse(args); err != nil {
-		return c, err
+		return c, nil, err
 	}
-	if fs.NArg() > 0 {
-		return c, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	if c.ReadStore == "postgres" && c.ReadStoreURL == "" {
+		c.ReadStoreURL = c.EventStoreURL
 	}
-	return c, c.Validate()
+	return c, fs.Args(), c.Validate()
 }
 
 // Validate reports settings that cannot work.
@@ -169,6 +186,24 @@ func (c Config) Validate() error {
 	}
 	if c.SimFailureRate < 0 || c.SimFailureRate > 1 {
 		errs = append(errs, errors.New("simulator failure rate must be between 0 and 1"))
+	}
+	switch c.EventStore {
+	case "bolt":
+	case "postgres", "kurrent":
+		if c.EventStoreURL == "" {
+			errs = append(errs, fmt.Errorf("event store %s needs --event-store-url (SMSBATCH_EVENT_STORE_URL)", c.EventStore))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("event store %q: want bolt, postgres or kurrent", c.EventStore))
+	}
+	switch c.ReadStore {
+	case "memory":
+	case "postgres":
+		if c.ReadStoreURL == "" {
+			errs = append(errs, errors.New("read store postgres needs --read-store-url (SMSBATCH_READ_STORE_URL) or a postgres event store URL"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("read store %q: want memory or postgres", c.ReadStore))
 	}
 	switch c.LogFormat {
 	case "text", "json":

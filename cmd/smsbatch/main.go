@@ -31,18 +31,21 @@ import (
 	"github.com/smsbatch/smsbatch/api"
 	"github.com/smsbatch/smsbatch/commands"
 	"github.com/smsbatch/smsbatch/eventstore"
-	"github.com/smsbatch/smsbatch/eventstore/bolt"
 	"github.com/smsbatch/smsbatch/processors"
 	"github.com/smsbatch/smsbatch/processors/sms/simulator"
 	"github.com/smsbatch/smsbatch/projections"
-	projmemory "github.com/smsbatch/smsbatch/projections/memory"
 )
 
 const usage = `smsbatch sends SMS campaigns.
 
 Usage:
-  smsbatch serve [flags]   run the service (flags: smsbatch serve -h)
-  smsbatch help            show this text
+  smsbatch serve [flags]                     run the service (flags: smsbatch serve -h)
+  smsbatch migrate [flags]                   apply the PostgreSQL migrations
+  smsbatch projections rebuild [which]       rebuild the PostgreSQL read models from the events
+                                             (which: status, analytics, errors or all)
+  smsbatch help                              show this text
+
+Every command takes the settings of serve (flags or SMSBATCH_ variables).
 `
 
 func main() {
@@ -54,12 +57,50 @@ func main() {
 	switch cmd {
 	case "serve":
 		os.Exit(serve(args))
+	case "migrate":
+		os.Exit(tool("smsbatch migrate", args, func(ctx context.Context, cfg Config, rest []string) error {
+			if len(rest) > 0 {
+				return fmt.Errorf("unexpected arguments: %s", strings.Join(rest, " "))
+			}
+			return migrate(ctx, cfg, os.Stdout)
+		}))
+	case "projections":
+		if len(args) == 0 || args[0] != "rebuild" {
+			fmt.Fprintf(os.Stderr, "usage: smsbatch projections rebuild [status|analytics|errors|all]\n")
+			os.Exit(2)
+		}
+		os.Exit(tool("smsbatch projections rebuild", args[1:], func(ctx context.Context, cfg Config, rest []string) error {
+			which := "all"
+			if len(rest) > 0 {
+				which = rest[0]
+			}
+			return rebuildProjections(ctx, cfg, which, os.Stdout)
+		}))
 	case "help", "-h", "--help":
 		fmt.Print(usage)
 	default:
 		fmt.Fprintf(os.Stderr, "unknown command %q\n\n%s", cmd, usage)
 		os.Exit(2)
 	}
+}
+
+// tool runs a one-off command with the serve settings; Ctrl-C interrupts it.
+func tool(name string, args []string, run func(context.Context, Config, []string) error) int {
+	cfg, rest, err := parseConfig(name, args, os.Getenv)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "smsbatch: %v\n", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cfg, rest); err != nil {
+		fmt.Fprintf(os.Stderr, "smsbatch: %v\n", err)
+		return 1
+	}
+	return 0
 }
 
 func serve(args []string) int {
@@ -96,14 +137,15 @@ type Main struct {
 	out    io.Writer
 	logger *slog.Logger
 
-	store    eventstore.Store
-	sim      *simulator.Simulator
-	pubsub   *gochannel.GoChannel
-	router   *message.Router
-	runner   *projections.Runner
-	fwd      *processors.Forwarder
-	server   *http.Server
-	listener net.Listener
+	store      eventstore.Store
+	readModels readModels
+	sim        *simulator.Simulator
+	pubsub     *gochannel.GoChannel
+	router     *message.Router
+	runner     *projections.Runner
+	fwd        *processors.Forwarder
+	server     *http.Server
+	listener   net.Listener
 	// DevKey is the API key created when none is configured.
 	DevKey string
 
@@ -134,9 +176,9 @@ func (m *Main) Run(ctx context.Context) error {
 		return err
 	}
 
-	store, err := bolt.Open(filepath.Join(cfg.DataDir, "events.db"), bolt.Options{})
+	store, err := openEventStore(ctx, cfg)
 	if err != nil {
-		return fmt.Errorf("open event store: %w", err)
+		return err
 	}
 	m.store = store
 
@@ -170,7 +212,11 @@ func (m *Main) Run(ctx context.Context) error {
 		return fmt.Errorf("sms simulator: %w", err)
 	}
 
-	readModels := projmemory.New()
+	m.readModels, err = openReadModels(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	readModels := m.readModels.Store
 	m.runner, err = projections.NewRunner(projections.RunnerConfig{
 		Events: store, Store: readModels, Logger: m.logger, Lag: lag,
 	})
@@ -233,7 +279,8 @@ func (m *Main) Run(ctx context.Context) error {
 		}
 		return nil
 	})
-	m.logger.Info("smsbatch is serving", "url", "http://"+m.Addr(), "data_dir", cfg.DataDir, "event_store", "bolt")
+	m.logger.Info("smsbatch is serving", "url", "http://"+m.Addr(), "data_dir", cfg.DataDir,
+		"event_store", cfg.EventStore, "read_store", cfg.ReadStore)
 	return nil
 }
 
@@ -294,6 +341,7 @@ func (m *Main) Close() error {
 	if m.sim != nil {
 		errs = append(errs, m.sim.Close())
 	}
+	m.readModels.Close()
 	if m.store != nil {
 		errs = append(errs, m.store.Close())
 	}

@@ -1,0 +1,139 @@
+package main
+
+import (
+	"context"
+	"os"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/smsbatch/smsbatch/eventstore"
+	pgevents "github.com/smsbatch/smsbatch/eventstore/postgres"
+	"github.com/smsbatch/smsbatch/internal/pgtest"
+)
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+func postgresConfig(t *testing.T, url string) Config {
+	cfg := testConfig(t)
+	cfg.EventStore, cfg.EventStoreURL = "postgres", url
+	cfg.ReadStore, cfg.ReadStoreURL = "postgres", url
+	return cfg
+}
+
+// pgEvents reads every event of the PostgreSQL event store at url.
+func pgEvents(t *testing.T, url string) []eventstore.Event {
+	t.Helper()
+	store, err := pgevents.Open(context.Background(), url, pgevents.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	var all []eventstore.Event
+	pos := eventstore.Start
+	for {
+		page, err := store.ReadAll(context.Background(), pos, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page) == 0 {
+			return all
+		}
+		all = append(all, page...)
+		pos = page[len(page)-1].Position
+	}
+}
+
+func TestPostgresStoresRateAndPauseResume(t *testing.T) {
+	skipShort(t)
+	t.Parallel()
+	url := pgtest.Database(t)
+	cfg := postgresConfig(t, url)
+	c := startMain(t, cfg)
+	normal := c.create(batchBody(recipients(12), "normal"))
+	high := c.create(batchBody(recipients(30), "high"))
+	time.Sleep(1200 * time.Millisecond)
+	if code, _ := c.do("POST", "/api/v2/batch/"+high.ID+"/pause", nil, nil); code != 200 {
+		t.Fatalf("pause: %d", code)
+	}
+	time.Sleep(300 * time.Millisecond)
+	before := c.status(high.ID)
+	time.Sleep(time.Second)
+	if after := c.status(high.ID); after.Progress != before.Progress || after.Status != "paused" {
+		t.Fatalf("progress moved while paused: %+v -> %+v", before.Progress, after.Progress)
+	}
+	if code, _ := c.do("POST", "/api/v2/batch/"+high.ID+"/resume", nil, nil); code != 200 {
+		t.Fatalf("resume: %d", code)
+	}
+	c.waitStatus(normal.ID, 30*time.Second, "completed")
+	done := c.waitStatus(high.ID, 30*time.Second, "completed")
+	if done.Progress.Completed != 30 {
+		t.Fatalf("high batch %+v", done.Progress)
+	}
+	ts := sendTimes(outbox(t, cfg.DataDir, normal.ID))
+	if len(ts) != 12 || ts[11].Sub(ts[0]) < 2200*time.Millisecond-30*time.Millisecond {
+		t.Fatalf("normal batch: %d sent over %s", len(ts), ts[len(ts)-1].Sub(ts[0]))
+	}
+	if most := maxInWindow(sendTimes(outbox(t, cfg.DataDir, high.ID)), time.Second-20*time.Millisecond); most > 8 {
+		t.Fatalf("high batch sent %d within one second", most)
+	}
+	c.stop()
+	events := pgEvents(t, url)
+	assertExactlyOneOutcome(t, events, normal.ID, 12)
+	assertExactlyOneOutcome(t, events, high.ID, 30)
+}
+
+func TestPostgresRestartMidBatchLosesNothing(t *testing.T) {
+	skipShort(t)
+	cluster, err := pgtest.StartCluster()
+	if err != nil {
+		if os.Getenv("SMSBATCH_REQUIRE_POSTGRES") == "1" {
+			t.Fatalf("a throwaway PostgreSQL cluster is needed: %v", err)
+		}
+		t.Skipf("no initdb/pg_ctl for a throwaway cluster: %v", err)
+	}
+	defer cluster.Stop()
+	url := cluster.URL("postgres")
+	cfg := postgresConfig(t, url)
+	c := startMain(t, cfg)
+	st := c.create(batchBody(recipients(30), "high"))
+	time.Sleep(1500 * time.Millisecond)
+	if err := cluster.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	done := c.waitStatus(st.ID, 60*time.Second, "completed")
+	if done.Progress.Completed != 30 {
+		t.Fatalf("after the restart: %+v", done.Progress)
+	}
+	if n := len(outbox(t, cfg.DataDir, st.ID)); n != 30 {
+		t.Fatalf("outbox %d, want 30", n)
+	}
+	c.stop()
+	assertExactlyOneOutcome(t, pgEvents(t, url), st.ID, 30)
+}
+
+func TestCrashWithSIGKILLOnPostgres(t *testing.T) {
+	skipShort(t)
+	url := pgtest.Database(t)
+	dataDir := t.TempDir()
+	addr := freeAddr(t)
+	pg := []string{"--event-store", "postgres", "--event-store-url", url, "--read-store", "postgres"}
+	p, c := startBinary(t, dataDir, addr, pg...)
+	st := c.create(batchBody(recipients(30), "high"))
+	time.Sleep(1500 * time.Millisecond)
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	p.wait(t, 10*time.Second)
+	p, c = startBinary(t, dataDir, addr, pg...)
+	done := c.waitStatus(st.ID, 60*time.Second, "completed")
+	if done.Progress.Completed != 30 {
+		t.Fatalf("after restart: %+v", done.Progress)
+	}
+	if n := len(outbox(t, dataDir, st.ID)); n != 30 {
+		t.Fatalf("outbox holds %d, want 30", n)
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	p.wait(t, 30*time.Second)
+	assertExactlyOneOutcome(t, pgEvents(t, url), st.ID, 30)
+}

@@ -1,0 +1,462 @@
+// Package postgres owns the PostgreSQL projections store: the status, analytics
+// and errors read models in the tables of migrations/0002_readmodels.sql, kept by
+// the projection logic of package projections (a batch's BatchState is loaded,
+// folded in Go and written back as JSON), and the rebuild that replays every
+// event into a shadow copy of those tables and swaps it in.
+package postgres
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/smsbatch/smsbatch/domain"
+	"github.com/smsbatch/smsbatch/eventstore"
+	"github.com/smsbatch/smsbatch/projections"
+)
+
+// DefaultSchema is the schema the migrations create the read models in.
+const DefaultSchema = "readmodels"
+
+// checkpointName names the one checkpoint row of a schema.
+const checkpointName = "projections"
+
+// Options configures a Store.
+type Options struct {
+	// Schema holds the read model tables; default DefaultSchema. A rebuild points
+	// a store at its shadow schema.
+	Schema string
+}
+
+func (o *Options) setDefaults() {
+	if o.Schema == "" {
+		o.Schema = DefaultSchema
+	}
+}
+
+// Store is a projections.Store over PostgreSQL, safe for concurrent use. Apply
+// runs in one transaction that locks the checkpoint row, so several instances
+// may apply the same events: each event changes the read models once.
+type Store struct {
+	pool   *pgxpool.Pool
+	schema string
+	q      queries
+}
+
+var _ projections.Store = (*Store)(nil)
+
+// New returns a store over the tables of opts.Schema, which must exist (see
+// package migrations). Every query is prepared once, so that one that does not
+// match the tables fails here rather than at its first use.
+func New(ctx context.Context, pool *pgxpool.Pool, opts Options) (*Store, error) {
+	if pool == nil {
+		return nil, errors.New("postgres projections: pool is required")
+	}
+	opts.setDefaults()
+	s := &Store{pool: pool, schema: opts.Schema, q: newQueries(opts.Schema)}
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("postgres projections: new: %w", err)
+	}
+	defer conn.Release()
+	for _, sql := range s.q.all() {
+		if _, err := conn.Conn().Prepare(ctx, "", sql); err != nil {
+			return nil, fmt.Errorf("postgres projections: prepare %q: %w", sql, err)
+		}
+	}
+	if _, err := conn.Exec(ctx, s.q.ensureCheckpoint, checkpointName); err != nil {
+		return nil, fmt.Errorf("postgres projections: new: %w", err)
+	}
+	return s, nil
+}
+
+// queries are the store's SQL, naming the tables of one schema.
+type queries struct {
+	ensureCheckpoint, checkpoint, lockCheckpoint, writeCheckpoint string
+	loadStates, upsertStates, upsertErrors                        string
+	state, exists, list, listAfter, errors, errorsOf              string
+}
+
+func newQueries(schema string) queries {
+	t := func(table string) string { return pgx.Identifier{schema, table}.Sanitize() }
+	batches, errs, checkpoints := t("batches"), t("errors"), t("checkpoints")
+	return queries{
+		ensureCheckpoint: `INSERT INTO ` + checkpoints + ` (name) VALUES ($1) ON CONFLICT DO NOTHING`,
+		checkpoint:       `SELECT commit, prepare FROM ` + checkpoints + ` WHERE name = $1`,
+		lockCheckpoint:   `SELECT commit, prepare, applied FROM ` + checkpoints + ` WHERE name = $1 FOR UPDATE`,
+		writeCheckpoint:  `UPDATE ` + checkpoints + ` SET commit = $2, prepare = $3, applied = applied + $4 WHERE name = $1`,
+
+		loadStates: `SELECT state FROM ` + batches + ` WHERE id = ANY($1) FOR UPDATE`,
+		upsertStates: `INSERT INTO ` + batches + ` (id, tenant, created_ns, status, state)
+			SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::jsonb[])
+			ON CONFLICT (id) DO UPDATE SET status = excluded.status, state = excluded.state`,
+		// A second final failure of a recipient replaces the first, as in the
+		// memory store; replayed events never get here (the checkpoint skips them).
+		upsertErrors: `INSERT INTO ` + errs + ` (batch_id, idx, category, code, message, phone, attempts, time_ns)
+			SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int[], $8::bigint[])
+			ON CONFLICT (batch_id, idx) DO UPDATE SET category = excluded.category, code = excluded.code,
+				message = excluded.message, phone = excluded.phone, attempts = excluded.attempts, time_ns = excluded.time_ns`,
+
+		state:  `SELECT state FROM ` + batches + ` WHERE id = $1 AND tenant = $2`,
+		exists: `SELECT EXISTS (SELECT 1 FROM ` + batches + ` WHERE id = $1 AND tenant = $2)`,
+		list: `SELECT state FROM ` + batches + ` WHERE tenant = $1
+			ORDER BY created_ns DESC, id DESC LIMIT $2`,
+		listAfter: `SELECT state FROM ` + batches + ` WHERE tenant = $1 AND (created_ns, id) < ($2, $3)
+			ORDER BY created_ns DESC, id DESC LIMIT $4`,
+		errors: `SELECT idx, phone, category, code, message, attempts, time_ns FROM ` + errs + `
+			WHERE batch_id = $1 AND idx > $2 ORDER BY idx LIMIT $3`,
+		errorsOf: `SELECT idx, phone, category, code, message, attempts, time_ns FROM ` + errs + `
+			WHERE batch_id = $1 AND category = $2 AND idx > $3 ORDER BY idx LIMIT $4`,
+	}
+}
+
+func (q queries) all() []string {
+	return []string{q.ensureCheckpoint, q.checkpoint, q.lockCheckpoint, q.writeCheckpoint,
+		q.loadStates, q.upsertStates, q.upsertErrors,
+		q.state, q.exists, q.list, q.listAfter, q.errors, q.errorsOf}
+}
+
+// decoded is an event the read models use.
+type decoded struct {
+	event   eventstore.Event
+	batchID string
+	payload domain.Event
+}
+
+// Apply implements projections.Store. Every event is decoded before the
+// transaction starts, so a malformed one leaves the store and its checkpoint as
+// they were.
+func (s *Store) Apply(ctx context.Context, events []eventstore.Event) error {
+	if len(events) == 0 {
+		return nil
+	}
+	use, err := decodeAll(events)
+	if err != nil {
+		return err
+	}
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("postgres projections: apply: %w", err)
+	}
+	defer tx.Rollback(context.WithoutCancel(ctx))
+	if err := s.applyTx(ctx, tx, events, use); err != nil {
+		return err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("postgres projections: apply: commit: %w", err)
+	}
+	return nil
+}
+
+func decodeAll(events []eventstore.Event) ([]decoded, error) {
+	use := make([]decoded, 0, len(events))
+	for _, e := range events {
+		id, payload, ok, err := projections.Decode(e)
+		if err != nil {
+			return nil, fmt.Errorf("postgres projections: apply event %s at %s: %w", e.ID, e.Position, err)
+		}
+		if ok {
+			use = append(use, decoded{event: e, batchID: id, payload: payload})
+		}
+	}
+	return use, nil
+}
+
+// applyTx applies events (use being those of them the read models use) in tx:
+// it locks the checkpoint, folds the events after it into the touched batches'
+// states, writes the states, the new errors and the checkpoint back.
+func (s *Store) applyTx(ctx context.Context, tx pgx.Tx, events []eventstore.Event, use []decoded) error {
+	// The checkpoint row lock serialises every Apply on the schema, so the state
+	// rows locked below are never contended.
+	var commit, prepare, applied int64
+	if err := tx.QueryRow(ctx, s.q.lockCheckpoint, checkpointName).Scan(&commit, &prepare, &applied); err != nil {
+		return fmt.Errorf("postgres projections: apply: lock checkpoint: %w", err)
+	}
+	checkpoint := eventstore.Position{Commit: uint64(commit), Prepare: uint64(prepare)}
+	last := events[len(events)-1].Position
+	if !checkpoint.Less(last) {
+		return nil // all applied before
+	}
+	fresh := 0
+	for _, e := range events {
+		if checkpoint.Less(e.Position) {
+			fresh++
+		}
+	}
+	use = slices.DeleteFunc(use, func(d decoded) bool { return !checkpoint.Less(d.event.Position) })
+
+	states, err := s.loadStates(ctx, tx, use)
+	if err != nil {
+		return err
+	}
+	touched := make(map[string]bool)
+	var errs errorRows
+	for _, d := range use {
+		st := states[d.batchID]
+		if st == nil {
+			if _, created := d.payload.(domain.BatchCreated); !created {
+				continue // events of a batch whose creation was never applied
+			}
+			st = &projections.BatchState{}
+			states[d.batchID] = st
+		}
+		st.Apply(d.event, d.payload)
+		touched[d.batchID] = true
+		if entry, ok := projections.ErrorEntryOf(d.payload); ok {
+			errs.add(d.batchID, entry)
+		}
+	}
+
+	var rows stateRows
+	for _, id := range slices.Sorted(maps.Keys(touched)) {
+		if err := rows.add(states[id]); err != nil {
+			return fmt.Errorf("postgres projections: apply: encode state of %s: %w", id, err)
+		}
+	}
+	b := &pgx.Batch{}
+	if len(rows.id) > 0 {
+		b.Queue(s.q.upsertStates, rows.id, rows.tenant, rows.createdNs, rows.status, rows.state)
+	}
+	if len(errs.batchID) > 0 {
+		b.Queue(s.q.upsertErrors, errs.batchID, errs.idx, errs.category, errs.code, errs.message,
+			errs.phone, errs.attempts, errs.timeNs)
+	}
+	b.Queue(s.q.writeCheckpoint, checkpointName, int64(last.Commit), int64(last.Prepare), fresh)
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("postgres projections: apply: write: %w", err)
+	}
+	return nil
+}
+
+// loadStates locks and reads the state rows of the batches the events touch.
+func (s *Store) loadStates(ctx context.Context, tx pgx.Tx, use []decoded) (map[string]*projections.BatchState, error) {
+	states := make(map[string]*projections.BatchState)
+	ids := make([]string, 0, len(use))
+	seen := make(map[string]bool)
+	for _, d := range use {
+		if !seen[d.batchID] {
+			seen[d.batchID] = true
+			ids = append(ids, d.batchID)
+		}
+	}
+	if len(ids) == 0 {
+		return states, nil
+	}
+	rows, err := tx.Query(ctx, s.q.loadStates, ids)
+	if err != nil {
+		return nil, fmt.Errorf("postgres projections: apply: load states: %w", err)
+	}
+	var raw []byte
+	_, err = pgx.ForEachRow(rows, []any{&raw}, func() error {
+		st := &projections.BatchState{}
+		if err := json.Unmarshal(raw, st); err != nil {
+			return err
+		}
+		states[st.ID] = st
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("postgres projections: apply: load states: %w", err)
+	}
+	return states, nil
+}
+
+// stateRows are batch rows as columns, for one INSERT ... SELECT FROM unnest.
+type stateRows struct {
+	id, tenant, status []string
+	createdNs          []int64
+	state              []string
+}
+
+func (r *stateRows) add(st *projections.BatchState) error {
+	raw, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	r.id = append(r.id, st.ID)
+	r.tenant = append(r.tenant, st.Tenant)
+	r.createdNs = append(r.createdNs, st.CreatedAt.UnixNano())
+	r.status = append(r.status, string(st.Status))
+	r.state = append(r.state, string(raw))
+	return nil
+}
+
+// errorRows are error rows as columns. A recipient failing twice in one page
+// keeps its last entry: one INSERT may not touch a row twice.
+type errorRows struct {
+	batchID, category, code, message, phone []string
+	idx, attempts                           []int32
+	timeNs                                  []int64
+	at                                      map[errorKey]int
+}
+
+type errorKey struct {
+	batchID string
+	index   int
+}
+
+func (r *errorRows) add(batchID string, e projections.ErrorEntry) {
+	key := errorKey{batchID, e.Index}
+	if i, ok := r.at[key]; ok {
+		r.category[i], r.code[i], r.message[i], r.phone[i] = e.Category, e.Code, e.Message, e.PhoneNumber
+		r.attempts[i], r.timeNs[i] = int32(e.Attempts), e.Time.UnixNano()
+		return
+	}
+	if r.at == nil {
+		r.at = make(map[errorKey]int)
+	}
+	r.at[key] = len(r.batchID)
+	r.batchID = append(r.batchID, batchID)
+	r.idx = append(r.idx, int32(e.Index))
+	r.category = append(r.category, e.Category)
+	r.code = append(r.code, e.Code)
+	r.message = append(r.message, e.Message)
+	r.phone = append(r.phone, e.PhoneNumber)
+	r.attempts = append(r.attempts, int32(e.Attempts))
+	r.timeNs = append(r.timeNs, e.Time.UnixNano())
+}
+
+// Checkpoint implements projections.Store.
+func (s *Store) Checkpoint(ctx context.Context) (eventstore.Position, error) {
+	var commit, prepare int64
+	if err := s.pool.QueryRow(ctx, s.q.checkpoint, checkpointName).Scan(&commit, &prepare); err != nil {
+		return eventstore.Position{}, fmt.Errorf("postgres projections: checkpoint: %w", err)
+	}
+	return eventstore.Position{Commit: uint64(commit), Prepare: uint64(prepare)}, nil
+}
+
+// state loads a batch's state; ENOTFOUND when it does not exist or belongs to
+// another tenant.
+func (s *Store) state(ctx context.Context, op, tenant, id string) (*projections.BatchState, error) {
+	var raw []byte
+	err := s.pool.QueryRow(ctx, s.q.state, id, tenant).Scan(&raw)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, notFound()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("postgres projections: %s: %w", op, err)
+	}
+	st := &projections.BatchState{}
+	if err := json.Unmarshal(raw, st); err != nil {
+		return nil, fmt.Errorf("postgres projections: %s: decode state of %s: %w", op, id, err)
+	}
+	return st, nil
+}
+
+func unixNano(ns int64) time.Time { return time.Unix(0, ns).UTC() }
+
+func notFound() error { return domain.Errorf(domain.ENOTFOUND, "batch not found") }
+
+// Batch implements projections.Store.
+func (s *Store) Batch(ctx context.Context, tenant, id string) (projections.BatchStatus, error) {
+	st, err := s.state(ctx, "batch", tenant, id)
+	if err != nil {
+		return projections.BatchStatus{}, err
+	}
+	return st.StatusView(), nil
+}
+
+// Analytics implements projections.Store.
+func (s *Store) Analytics(ctx context.Context, tenant, id string) (projections.Analytics, error) {
+	st, err := s.state(ctx, "analytics", tenant, id)
+	if err != nil {
+		return projections.Analytics{}, err
+	}
+	return st.AnalyticsView(), nil
+}
+
+// Batches implements projections.Store. It reads one batch more than the page
+// holds to know whether another page follows.
+func (s *Store) Batches(ctx context.Context, q projections.ListQuery) ([]projections.BatchStatus, string, error) {
+	page, err := q.Page()
+	if err != nil {
+		return nil, "", err
+	}
+	var rows pgx.Rows
+	if page.After == nil {
+		rows, err = s.pool.Query(ctx, s.q.list, q.Tenant, page.Limit+1)
+	} else {
+		rows, err = s.pool.Query(ctx, s.q.listAfter, q.Tenant, page.After.CreatedAt.UnixNano(), page.After.ID, page.Limit+1)
+	}
+	if err != nil {
+		return nil, "", fmt.Errorf("postgres projections: list: %w", err)
+	}
+	out := make([]projections.BatchStatus, 0, page.Limit)
+	more := false
+	var raw []byte
+	_, err = pgx.ForEachRow(rows, []any{&raw}, func() error {
+		if len(out) == page.Limit {
+			more = true
+			return nil
+		}
+		var st projections.BatchState
+		if err := json.Unmarshal(raw, &st); err != nil {
+			return err
+		}
+		out = append(out, st.StatusView())
+		return nil
+	})
+	if err != nil {
+		return nil, "", fmt.Errorf("postgres projections: list: %w", err)
+	}
+	next := ""
+	if more {
+		next = projections.KeyOf(out[len(out)-1]).Cursor()
+	}
+	return out, next, nil
+}
+
+// Errors implements projections.Store. It reads one entry more than the page
+// holds to know whether another page follows.
+func (s *Store) Errors(ctx context.Context, q projections.ErrorQuery) ([]projections.ErrorEntry, string, error) {
+	page, err := q.Page()
+	if err != nil {
+		return nil, "", err
+	}
+	var exists bool
+	if err := s.pool.QueryRow(ctx, s.q.exists, q.BatchID, q.Tenant).Scan(&exists); err != nil {
+		return nil, "", fmt.Errorf("postgres projections: errors: %w", err)
+	}
+	if !exists {
+		return nil, "", notFound()
+	}
+	var rows pgx.Rows
+	if page.Category == "" {
+		rows, err = s.pool.Query(ctx, s.q.errors, q.BatchID, page.AfterIndex, page.Limit+1)
+	} else {
+		rows, err = s.pool.Query(ctx, s.q.errorsOf, q.BatchID, page.Category, page.AfterIndex, page.Limit+1)
+	}
+	if err != nil {
+		return nil, "", fmt.Errorf("postgres projections: errors: %w", err)
+	}
+	out := make([]projections.ErrorEntry, 0, min(page.Limit, 64))
+	more := false
+	var (
+		e      projections.ErrorEntry
+		timeNs int64
+	)
+	_, err = pgx.ForEachRow(rows, []any{&e.Index, &e.PhoneNumber, &e.Category, &e.Code, &e.Message, &e.Attempts, &timeNs}, func() error {
+		if len(out) == page.Limit {
+			more = true
+			return nil
+		}
+		e.Time = unixNano(timeNs)
+		out = append(out, e)
+		return nil
+	})
+	if err != nil {
+		return nil, "", fmt.Errorf("postgres projections: errors: %w", err)
+	}
+	next := ""
+	if more {
+		next = projections.ErrorCursor(out[len(out)-1])
+	}
+	return out, next, nil
+}

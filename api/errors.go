@@ -7,6 +7,7 @@ import (
 	"net/http"
 
 	"github.com/smsbatch/smsbatch/domain"
+	"github.com/smsbatch/smsbatch/eventstore"
 )
 
 // statusOf is the one table mapping application error codes to HTTP statuses.
@@ -36,6 +37,15 @@ type errorPayload struct {
 // writeError answers with err's status and code. Internal errors are logged and
 // answered with a generic message: their text may hold anything.
 func writeError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err error) {
+	if errors.Is(err, eventstore.ErrUnavailable) && domain.ErrorCode(err) == domain.EINTERNAL {
+		// A store restarting or out of reach: the client should try again, and
+		// nothing it sent was wrong.
+		logger.WarnContext(r.Context(), "store unavailable", "method", r.Method, "path", r.URL.Path, "err", err)
+		w.Header().Set("Retry-After", "1")
+		writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: errorPayload{
+			Code: domain.EUNAVAILABLE, Message: "the service's storage is unavailable; try again shortly"}})
+		return
+	}
 	code := domain.ErrorCode(err)
 	status, ok := statusOf[code]
 	if !ok {

@@ -101,7 +101,23 @@ func TestPostgresRestartMidBatchLosesNothing(t *testing.T) {
 	if err := cluster.Restart(); err != nil {
 		t.Fatal(err)
 	}
-	done := c.waitStatus(st.ID, 60*time.Second, "completed")
+	// While the database comes back, reads may answer 503 (try again), never 500.
+	var done status
+	deadline := time.Now().Add(60 * time.Second)
+	for done.Status != "completed" {
+		if time.Now().After(deadline) {
+			t.Fatalf("batch is %s after the restart: %+v", done.Status, done.Progress)
+		}
+		time.Sleep(50 * time.Millisecond)
+		var st2 status
+		switch code, _ := c.do("GET", "/api/batch/"+st.ID, nil, &st2); code {
+		case 200:
+			done = st2
+		case 503:
+		default:
+			t.Fatalf("status during the restart: %d, want 200 or 503", code)
+		}
+	}
 	if done.Progress.Completed != 30 {
 		t.Fatalf("after the restart: %+v", done.Progress)
 	}

@@ -568,6 +568,10 @@ func (s *Store) opErr(ctx context.Context, op string, err error) error {
 	return fmt.Errorf("%s: %w", op, dbErr(err))
 }
 
+// Classify is dbErr for other packages on the same database (the read models):
+// it marks errors worth retrying later with eventstore.ErrUnavailable.
+func Classify(err error) error { return dbErr(err) }
+
 // dbErr classifies an error from pgx: a stored ID reused concurrently becomes
 // ErrConcurrency; a lost connection, a server shutting down or refusing
 // connections, or a transaction the server aborted to break a deadlock becomes

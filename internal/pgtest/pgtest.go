@@ -161,7 +161,9 @@ func (c *Cluster) Start() error {
 // Restart restarts the server, dropping every connection.
 func (c *Cluster) Restart() error {
 	data := filepath.Join(c.Dir, "data")
-	if out, err := c.run("pg_ctl", "-D", data, "-m", "fast", "-w", "restart"); err != nil {
+	// -l keeps the server's output out of our pipe: without it the new server
+	// inherits the pipe and reading the command's output never ends.
+	if out, err := c.run("pg_ctl", "-D", data, "-m", "fast", "-l", filepath.Join(c.Dir, "log"), "-w", "restart"); err != nil {
 		return fmt.Errorf("pg_ctl restart: %v: %s", err, out)
 	}
 	return nil

@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -152,4 +154,38 @@ func TestCrashWithSIGKILLOnPostgres(t *testing.T) {
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	p.wait(t, 30*time.Second)
 	assertExactlyOneOutcome(t, pgEvents(t, url), st.ID, 30)
+}
+
+func TestProjectionsRebuildCommand(t *testing.T) {
+	skipShort(t)
+	t.Parallel()
+	url := pgtest.Database(t)
+	cfg := postgresConfig(t, url)
+	c := startMain(t, cfg)
+	st := c.create(batchBody(append(recipients(5), recipient{PhoneNumber: "+15005550004", Variables: map[string]string{"name": "x"}}), "high"))
+	before := c.waitStatus(st.ID, 30*time.Second, "completed")
+	var beforeErrors, afterErrors json.RawMessage
+	c.do("GET", "/api/batch/"+st.ID+"/errors", nil, &beforeErrors)
+	c.stop()
+
+	var out strings.Builder
+	if err := rebuildProjections(context.Background(), cfg, "all", &out); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "rebuild: ") || !strings.Contains(out.String(), "events/s") {
+		t.Fatalf("rebuild printed no progress: %q", out.String())
+	}
+	if err := rebuildProjections(context.Background(), cfg, "everything", &out); err == nil {
+		t.Fatal("an unknown read model was accepted")
+	}
+
+	c = startMain(t, cfg)
+	after := c.status(st.ID)
+	if after.Progress != before.Progress || after.Status != before.Status {
+		t.Fatalf("after the rebuild %+v, before %+v", after, before)
+	}
+	c.do("GET", "/api/batch/"+st.ID+"/errors", nil, &afterErrors)
+	if string(beforeErrors) != string(afterErrors) {
+		t.Fatalf("errors differ after the rebuild:\n%s\n%s", beforeErrors, afterErrors)
+	}
 }

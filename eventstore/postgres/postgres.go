@@ -604,3 +604,13 @@ func dbErr(err error) error {
 	}
 	return err
 }
+
+// Count returns the number of events stored; a projection rebuild uses it to
+// report how far along it is.
+func (s *Store) Count(ctx context.Context) (int64, error) {
+	var n int64
+	if err := s.pool.QueryRow(ctx, "SELECT count(*) FROM events").Scan(&n); err != nil {
+		return 0, fmt.Errorf("postgres: count events: %w", dbErr(err))
+	}
+	return n, nil
+}

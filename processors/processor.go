@@ -40,9 +40,12 @@ type batchState struct {
 	// turn admits one slice of the batch at a time in this process.
 	turn chan struct{}
 
-	limiter   *rate.Limiter
-	target    rate.Limit
-	holdUntil time.Time // a 429's Retry-After
+	limiter *rate.Limiter
+	target  rate.Limit
+	// lastDispatch is the time of the batch's last dispatch this instance knows
+	// of; a later one in the stream was made elsewhere.
+	lastDispatch time.Time
+	holdUntil    time.Time // a 429's Retry-After
 
 	template   *domain.Template
 	page       int
@@ -131,9 +134,15 @@ func (p *Processor) prepare(st *batchState, b *domain.Batch) error {
 			st.target = rate.Inf
 		}
 		st.limiter = rate.NewLimiter(st.target, 1)
-		if last := b.LastDispatchAt(); !last.IsZero() {
-			st.limiter.AllowN(last, 1)
-		}
+	}
+	// Another instance may have worked the batch since this one last did: its
+	// sends count against the rate here too. The event records when a dispatch
+	// was decided; its send went out up to the lookahead plus an append later,
+	// so assume the latest.
+	if last := b.LastDispatchAt(); last.After(st.lastDispatch) {
+		st.limiter = rate.NewLimiter(st.limiter.Limit(), 1)
+		st.limiter.AllowN(last.Add(handoverMargin), 1)
+		st.lastDispatch = last
 	}
 	return nil
 }
@@ -193,6 +202,10 @@ type slice struct {
 // lookahead lets a dispatch be decided this long before its token is due, so the
 // append's latency does not eat into the rate; the send itself waits for the token.
 const lookahead = 25 * time.Millisecond
+
+// handoverMargin is how much later than its recorded decision a dispatch may have
+// been sent: the lookahead plus a slow append.
+const handoverMargin = 100 * time.Millisecond
 
 func (s *slice) run(ctx context.Context) (*Work, error) {
 	p := s.p
@@ -391,6 +404,9 @@ func (s *slice) commit(ctx context.Context, dispatch bool) ([]domain.Dispatch, e
 	}
 	s.batch = b
 	s.finished = nil
+	if len(dispatched) > 0 {
+		s.st.lastDispatch = b.LastDispatchAt()
+	}
 	now := p.cfg.Now()
 	for _, r := range recorded {
 		p.count(r)

@@ -435,3 +435,33 @@ func TestShutdownFinishesInFlightSends(t *testing.T) {
 		t.Fatalf("after shutdown: %d outstanding, %d sent; want the 5 in flight finished and recorded", len(b.Outstanding()), b.Sent())
 	}
 }
+
+// Over a broker, consecutive slices of a batch may run on different instances,
+// each with its own limiter: the batch's rate must hold across the hops.
+func TestRateHeldWhenSlicesMoveBetweenInstances(t *testing.T) {
+	h := newHarness(t, newFakeProvider(5*time.Millisecond))
+	const rate = 20.0
+	cfg := Config{Rates: domain.Rates{High: rate, Normal: rate, Low: rate}, SliceDuration: 150 * time.Millisecond}
+	instances := []*Processor{h.processor(cfg), h.processor(cfg)}
+	const n = 41
+	next := new(h.create("b1", n, domain.PriorityNormal))
+	for i := 0; next != nil; i++ {
+		var err error
+		if next, err = instances[i%2].RunSlice(context.Background(), *next); err != nil {
+			t.Fatal(err)
+		}
+	}
+	times := h.prov.times
+	if len(times) != n {
+		t.Fatalf("%d sends, want %d", len(times), n)
+	}
+	for i := range times {
+		in := 0
+		for j := i; j < len(times) && times[j].Sub(times[i]) < time.Second-20*time.Millisecond; j++ {
+			in++
+		}
+		if in > int(rate) {
+			t.Fatalf("%d sends within one second from send %d across instance hops, rate is %v", in, i, rate)
+		}
+	}
+}

@@ -17,8 +17,8 @@ import (
 // Topics and handler names. They are part of the deployment (broker subscriptions
 // are named after them) and do not change.
 const (
-	TopicBatchEvents = "smsbatch.batch-events"
-	TopicWork        = "smsbatch.batch-work"
+	TopicBatchEvents = "smsbatch-batch-events"
+	TopicWork        = "smsbatch-batch-work"
 
 	HandlerStartWork = "smsbatch.start-work"
 	HandlerSend      = "smsbatch.send"

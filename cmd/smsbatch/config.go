@@ -20,10 +20,14 @@ type Config struct {
 	EventStoreURL string
 	ReadStore     string
 	ReadStoreURL  string
-	APIKeys       string
-	DefaultRegion string
-	LogLevel      string
-	LogFormat     string
+	NATSURL       string
+	NATSNamespace string
+	// NATSConcurrency bounds the work messages one instance handles at once.
+	NATSConcurrency int
+	APIKeys         string
+	DefaultRegion   string
+	LogLevel        string
+	LogFormat       string
 
 	Rates         domain.Rates
 	RateUnlimited bool
@@ -34,6 +38,15 @@ type Config struct {
 	BackoffInit   time.Duration
 	BackoffMax    time.Duration
 	StallTimeout  time.Duration
+
+	SMSProvider   string
+	SMSURL        string
+	SMSAccountSID string
+	SMSFrom       string
+	// SMSAuthToken comes from SMSBATCH_SMS_AUTH_TOKEN only: a flag would show
+	// in the process list.
+	SMSAuthToken string
+	SimRateLimit float64
 
 	SimLatency     time.Duration
 	SimJitter      time.Duration
@@ -133,6 +146,9 @@ func parseConfig(name string, args []string, env func(string) string) (Config, [
 	s.str(&c.EventStoreURL, "event-store-url", "SMSBATCH_EVENT_STORE_URL", "", "URL of the event store: postgres://user@host:5432/db or esdb://host:2113?tls=false")
 	s.str(&c.ReadStore, "read-store", "SMSBATCH_READ_STORE", "memory", "read-model store: memory (rebuilt from the events at start) or postgres")
 	s.str(&c.ReadStoreURL, "read-store-url", "SMSBATCH_READ_STORE_URL", "", "PostgreSQL URL of the read models; default the event store's URL")
+	s.str(&c.NATSURL, "nats-url", "SMSBATCH_NATS_URL", "", "NATS URL (JetStream) for the work messages; empty runs them in-process (GoChannel)")
+	s.str(&c.NATSNamespace, "nats-namespace", "SMSBATCH_NATS_NAMESPACE", "", "prefix of the NATS streams and subjects, for several deployments on one server")
+	s.int(&c.NATSConcurrency, "nats-concurrency", "SMSBATCH_NATS_CONCURRENCY", 64, "batches one instance works at once over NATS")
 	s.str(&c.APIKeys, "api-keys", "SMSBATCH_API_KEYS", "", "API keys as tenant:key,tenant:key; empty creates a dev key in the data directory")
 	s.str(&c.DefaultRegion, "default-region", "SMSBATCH_DEFAULT_REGION", "US", "region of phone numbers given without a country code")
 	s.str(&c.LogLevel, "log-level", "SMSBATCH_LOG_LEVEL", "info", "debug, info, warn or error")
@@ -148,6 +164,12 @@ func parseConfig(name string, args []string, env func(string) string) (Config, [
 	s.dur(&c.BackoffInit, "backoff-initial", "SMSBATCH_BACKOFF_INITIAL", 500*time.Millisecond, "wait before the first retry (doubles each time, ±50% jitter)")
 	s.dur(&c.BackoffMax, "backoff-max", "SMSBATCH_BACKOFF_MAX", 30*time.Second, "longest wait between retries")
 	s.dur(&c.StallTimeout, "stall-timeout", "SMSBATCH_STALL_TIMEOUT", 15*time.Second, "a processing batch without progress for this long is picked up again")
+	s.str(&c.SMSProvider, "sms-provider", "SMSBATCH_SMS_PROVIDER", "simulator", "simulator (built in) or http (a Twilio-style REST API)")
+	s.str(&c.SMSURL, "sms-url", "SMSBATCH_SMS_URL", "", "base URL of the http provider, e.g. https://api.twilio.com or a standalone simulator")
+	s.str(&c.SMSAccountSID, "sms-account-sid", "SMSBATCH_SMS_ACCOUNT_SID", "", "account SID of the http provider (and of the standalone simulator)")
+	s.str(&c.SMSFrom, "sms-from", "SMSBATCH_SMS_FROM", "", "sender number or ID of the http provider")
+	c.SMSAuthToken = env("SMSBATCH_SMS_AUTH_TOKEN")
+	s.float(&c.SimRateLimit, "sim-rate-limit", "SMSBATCH_SIM_RATE_LIMIT", 0, "standalone simulator: requests per second before it answers 429 (0: off)")
 	s.dur(&c.SimLatency, "sim-latency", "SMSBATCH_SIM_LATENCY", 50*time.Millisecond, "simulator: mean latency of a send")
 	s.dur(&c.SimJitter, "sim-jitter", "SMSBATCH_SIM_JITTER", 0, "simulator: latency varies by up to this much either way")
 	s.float(&c.SimFailureRate, "sim-failure-rate", "SMSBATCH_SIM_FAILURE_RATE", 0, "simulator: share of attempts that fail transiently, 0 to 1")
@@ -204,6 +226,15 @@ func (c Config) Validate() error {
 		}
 	default:
 		errs = append(errs, fmt.Errorf("read store %q: want memory or postgres", c.ReadStore))
+	}
+	switch c.SMSProvider {
+	case "simulator":
+	case "http":
+		if c.SMSURL == "" || c.SMSAccountSID == "" || c.SMSAuthToken == "" {
+			errs = append(errs, errors.New("sms provider http needs --sms-url, --sms-account-sid and SMSBATCH_SMS_AUTH_TOKEN"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("sms provider %q: want simulator or http", c.SMSProvider))
 	}
 	switch c.LogFormat {
 	case "text", "json":

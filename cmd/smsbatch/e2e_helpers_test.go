@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -14,9 +15,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/smsbatch/smsbatch/domain"
 	"github.com/smsbatch/smsbatch/eventstore"
 	"github.com/smsbatch/smsbatch/eventstore/bolt"
+	"github.com/smsbatch/smsbatch/processors"
 	"github.com/smsbatch/smsbatch/processors/sms/simulator"
 )
 
@@ -328,4 +332,43 @@ func assertExactlyOneOutcome(t *testing.T, events []eventstore.Event, batchID st
 			t.Fatalf("recipient %d has %d outcomes", i, n)
 		}
 	}
+}
+
+// natsURL is the NATS server with JetStream the scale-out tests use:
+// TEST_NATS_URL, or the machine's default port. Without one the test skips,
+// unless SMSBATCH_REQUIRE_NATS=1 (CI) makes that a failure.
+func natsURL(t *testing.T) string {
+	t.Helper()
+	url := os.Getenv("TEST_NATS_URL")
+	if url == "" {
+		url = "nats://127.0.0.1:4222"
+	}
+	conn, err := net.DialTimeout("tcp", strings.TrimPrefix(url, "nats://"), time.Second)
+	if err != nil {
+		if os.Getenv("SMSBATCH_REQUIRE_NATS") == "1" {
+			t.Fatalf("NATS required at %s: %v", url, err)
+		}
+		t.Skipf("no NATS at %s: %v", url, err)
+	}
+	conn.Close()
+	return url
+}
+
+// natsNamespace returns a namespace of the test's own on the NATS server and
+// deletes its streams when the test ends (after the program has stopped).
+func natsNamespace(t *testing.T, url string) string {
+	t.Helper()
+	ns := fmt.Sprintf("t%d-", time.Now().UnixNano())
+	t.Cleanup(func() {
+		nc, err := nats.Connect(url)
+		if err != nil {
+			return
+		}
+		defer nc.Close()
+		if js, err := nc.JetStream(); err == nil {
+			js.DeleteStream(ns + processors.TopicBatchEvents)
+			js.DeleteStream(ns + processors.TopicWork)
+		}
+	})
+	return ns
 }

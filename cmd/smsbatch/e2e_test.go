@@ -511,3 +511,25 @@ func TestConcurrentCreatesAllComplete(t *testing.T) {
 		}
 	}
 }
+
+func TestBatchOverNATSJetStream(t *testing.T) {
+	skipShort(t)
+	t.Parallel()
+	cfg := testConfig(t)
+	cfg.NATSURL = natsURL(t)
+	cfg.NATSNamespace = natsNamespace(t, cfg.NATSURL)
+	c := startMain(t, cfg)
+	st := c.create(batchBody(recipients(12), "high"))
+	time.Sleep(700 * time.Millisecond)
+	if code, _ := c.do("POST", "/api/v2/batch/"+st.ID+"/pause", nil, nil); code != 200 {
+		t.Fatalf("pause: %d", code)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if code, _ := c.do("POST", "/api/v2/batch/"+st.ID+"/resume", nil, nil); code != 200 {
+		t.Fatalf("resume: %d", code)
+	}
+	done := c.waitStatus(st.ID, 30*time.Second, "completed")
+	if done.Progress.Completed != 12 || len(outbox(t, cfg.DataDir, st.ID)) != 12 {
+		t.Fatalf("over NATS: %+v", done.Progress)
+	}
+}

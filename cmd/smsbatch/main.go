@@ -21,9 +21,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -32,7 +30,6 @@ import (
 	"github.com/smsbatch/smsbatch/commands"
 	"github.com/smsbatch/smsbatch/eventstore"
 	"github.com/smsbatch/smsbatch/processors"
-	"github.com/smsbatch/smsbatch/processors/sms/simulator"
 	"github.com/smsbatch/smsbatch/projections"
 )
 
@@ -43,6 +40,7 @@ Usage:
   smsbatch migrate [flags]                   apply the PostgreSQL migrations
   smsbatch projections rebuild [which]       rebuild the PostgreSQL read models from the events
                                              (which: status, analytics, errors or all)
+  smsbatch simulator [flags]                 serve the SMS simulator's Twilio-style API on --addr
   smsbatch help                              show this text
 
 Every command takes the settings of serve (flags or SMSBATCH_ variables).
@@ -63,6 +61,10 @@ func main() {
 				return fmt.Errorf("unexpected arguments: %s", strings.Join(rest, " "))
 			}
 			return migrate(ctx, cfg, os.Stdout)
+		}))
+	case "simulator":
+		os.Exit(tool("smsbatch simulator", args, func(ctx context.Context, cfg Config, rest []string) error {
+			return runSimulator(ctx, cfg, os.Stdout)
 		}))
 	case "projections":
 		if len(args) == 0 || args[0] != "rebuild" {
@@ -139,8 +141,8 @@ type Main struct {
 
 	store      eventstore.Store
 	readModels readModels
-	sim        *simulator.Simulator
-	pubsub     *gochannel.GoChannel
+	provider   io.Closer
+	transport  transport
 	router     *message.Router
 	runner     *projections.Runner
 	fwd        *processors.Forwarder
@@ -200,17 +202,11 @@ func (m *Main) Run(ctx context.Context) error {
 		return err
 	}
 
-	m.sim, err = simulator.New(simulator.Config{
-		OutboxPath:           filepath.Join(cfg.DataDir, "sim-outbox.jsonl"),
-		Latency:              cfg.SimLatency,
-		LatencyJitter:        cfg.SimJitter,
-		TransientFailureRate: cfg.SimFailureRate,
-		Seed:                 cfg.SimSeed,
-		Logger:               m.logger,
-	})
+	provider, closer, err := openProvider(cfg, m.logger)
 	if err != nil {
-		return fmt.Errorf("sms simulator: %w", err)
+		return err
 	}
+	m.provider = closer
 
 	m.readModels, err = openReadModels(ctx, cfg)
 	if err != nil {
@@ -225,7 +221,7 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 
 	procCfg := processors.Config{
-		Commands: cmds, Store: store, Provider: m.sim,
+		Commands: cmds, Store: store, Provider: provider,
 		Rates: cfg.Rates, Unlimited: cfg.RateUnlimited, MaxInFlight: cfg.MaxInFlight,
 		SliceDuration: cfg.Slice, SendTimeout: cfg.SendTimeout, MaxAttempts: cfg.MaxAttempts,
 		BackoffInitial: cfg.BackoffInit, BackoffMax: cfg.BackoffMax, StallTimeout: cfg.StallTimeout,
@@ -235,12 +231,15 @@ func (m *Main) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	m.pubsub = gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 64}, watermill.NewSlogLogger(m.logger.With("component", "gochannel")))
-	m.router, err = processors.NewRouter(proc, m.pubsub, m.pubsub, m.logger)
+	m.transport, err = openTransport(cfg, m.logger)
 	if err != nil {
 		return err
 	}
-	m.fwd, err = processors.NewForwarder(store, m.pubsub, cmds, procCfg)
+	m.router, err = processors.NewRouter(proc, m.transport.pub, m.transport.sub, m.logger)
+	if err != nil {
+		return err
+	}
+	m.fwd, err = processors.NewForwarder(store, m.transport.pub, cmds, procCfg)
 	if err != nil {
 		return err
 	}
@@ -280,7 +279,7 @@ func (m *Main) Run(ctx context.Context) error {
 		return nil
 	})
 	m.logger.Info("smsbatch is serving", "url", "http://"+m.Addr(), "data_dir", cfg.DataDir,
-		"event_store", cfg.EventStore, "read_store", cfg.ReadStore)
+		"event_store", cfg.EventStore, "read_store", cfg.ReadStore, "transport", m.transport.name)
 	return nil
 }
 
@@ -335,11 +334,9 @@ func (m *Main) Close() error {
 		m.cancel()
 	}
 	m.wg.Wait()
-	if m.pubsub != nil {
-		errs = append(errs, m.pubsub.Close())
-	}
-	if m.sim != nil {
-		errs = append(errs, m.sim.Close())
+	errs = append(errs, m.transport.Close())
+	if m.provider != nil {
+		errs = append(errs, m.provider.Close())
 	}
 	m.readModels.Close()
 	if m.store != nil {

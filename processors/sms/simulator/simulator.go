@@ -183,6 +183,9 @@ func New(cfg Config) (*Simulator, error) {
 // answered with the first receipt, marked Duplicate, and not written again. An empty
 // key is not deduplicated. The outbox line is written before Send returns.
 func (s *Simulator) Send(ctx context.Context, msg sms.Message) (sms.Receipt, error) {
+	// The outbox records when the message reached the provider, not when the
+	// simulated latency ended: that is the moment a sender's rate is judged by.
+	received := s.cfg.Clock().UTC()
 	if err := s.wait(ctx); err != nil {
 		return sms.Receipt{}, err
 	}
@@ -208,7 +211,7 @@ func (s *Simulator) Send(ctx context.Context, msg sms.Message) (sms.Receipt, err
 		To:         msg.To,
 		Body:       msg.Body,
 		ProviderID: newProviderID(),
-		Time:       s.cfg.Clock().UTC(),
+		Time:       received,
 	}
 	if err := s.append(entry); err != nil {
 		return sms.Receipt{}, err

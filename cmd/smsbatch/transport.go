@@ -1,0 +1,141 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	wmnats "github.com/ThreeDotsLabs/watermill-nats/v2/pkg/nats"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
+	"github.com/nats-io/nats.go"
+
+	"github.com/smsbatch/smsbatch/processors"
+)
+
+// transport is the Watermill publisher and subscriber the processor runs on.
+type transport struct {
+	pub    message.Publisher
+	sub    message.Subscriber
+	closer func() error
+	name   string
+}
+
+func (t transport) Close() error {
+	if t.closer == nil {
+		return nil
+	}
+	return t.closer()
+}
+
+// openTransport returns GoChannel for a single instance, or NATS JetStream when a
+// NATS URL is configured: durable streams so a restart loses no work message, one
+// queue group so each message is handled by one instance.
+func openTransport(cfg Config, logger *slog.Logger) (transport, error) {
+	wlog := watermill.NewSlogLogger(logger.With("component", "watermill"))
+	if cfg.NATSURL == "" {
+		gc := gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 64}, wlog)
+		return transport{pub: gc, sub: gc, closer: gc.Close, name: "gochannel"}, nil
+	}
+	ns := cfg.NATSNamespace
+	if err := provisionStreams(cfg.NATSURL, ns); err != nil {
+		return transport{}, err
+	}
+	opts := []nats.Option{nats.Name("smsbatch"), nats.MaxReconnects(-1), nats.ReconnectWait(500 * time.Millisecond)}
+	js := wmnats.JetStreamConfig{
+		AutoProvision: false, // provisionStreams made them as work queues
+		TrackMsgId:    true,
+		DurablePrefix: "smsbatch",
+		// The topic already carries the namespace.
+		DurableCalculator: func(prefix, topic string) string {
+			return prefix + "_" + strings.NewReplacer(".", "_", "-", "_").Replace(topic)
+		},
+		SubscribeOptions: []nats.SubOpt{nats.AckExplicit(), nats.DeliverAll(), nats.MaxAckPending(4096)},
+	}
+	pub, err := wmnats.NewPublisher(wmnats.PublisherConfig{
+		URL: cfg.NATSURL, NatsOptions: opts, Marshaler: &wmnats.NATSMarshaler{}, JetStream: js,
+	}, wlog)
+	if err != nil {
+		return transport{}, fmt.Errorf("NATS publisher: %w", err)
+	}
+	sub, err := wmnats.NewSubscriber(wmnats.SubscriberConfig{
+		URL:              cfg.NATSURL,
+		QueueGroupPrefix: ns + "smsbatch",
+		// Each subscriber holds one work message for a slice at a time, so this
+		// bounds the batches one instance works at once.
+		SubscribersCount: cfg.NATSConcurrency,
+		// Longer than a slice plus its last sends: an unacknowledged message is
+		// redelivered to another instance after this, which is how the work of an
+		// instance that died moves on.
+		AckWaitTimeout:   cfg.Slice + cfg.SendTimeout + 10*time.Second,
+		CloseTimeout:     cfg.Slice + cfg.SendTimeout + 5*time.Second,
+		SubscribeTimeout: 10 * time.Second,
+		NatsOptions:      opts,
+		Unmarshaler:      &wmnats.NATSMarshaler{},
+		JetStream:        js,
+	}, wlog)
+	if err != nil {
+		pub.Close()
+		return transport{}, fmt.Errorf("NATS subscriber: %w", err)
+	}
+	return transport{pub: namespaced{pub: pub, ns: ns}, sub: namespaced{sub: sub, ns: ns}, name: "nats", closer: func() error {
+		return errors.Join(sub.Close(), pub.Close())
+	}}, nil
+}
+
+// provisionStreams creates the JetStream streams of the two topics as work queues:
+// a message is removed once acknowledged, so the streams do not grow.
+func provisionStreams(url, ns string) error {
+	nc, err := nats.Connect(url, nats.Name("smsbatch-provision"), nats.Timeout(5*time.Second))
+	if err != nil {
+		return fmt.Errorf("connect to NATS: %w", err)
+	}
+	defer nc.Close()
+	js, err := nc.JetStream()
+	if err != nil {
+		return fmt.Errorf("NATS JetStream: %w", err)
+	}
+	for _, topic := range []string{ns + processors.TopicBatchEvents, ns + processors.TopicWork} {
+		if _, err := js.StreamInfo(topic); err == nil {
+			continue
+		}
+		_, err := js.AddStream(&nats.StreamConfig{
+			Name:      topic,
+			Subjects:  []string{topic},
+			Retention: nats.WorkQueuePolicy,
+			Storage:   nats.FileStorage,
+			MaxAge:    24 * time.Hour,
+		})
+		if err != nil && !errors.Is(err, nats.ErrStreamNameAlreadyInUse) {
+			return fmt.Errorf("create NATS stream %s: %w", topic, err)
+		}
+	}
+	return nil
+}
+
+// namespaced prefixes every topic, so that several deployments (or test runs) can
+// share one NATS server without taking each other's messages.
+type namespaced struct {
+	pub message.Publisher
+	sub message.Subscriber
+	ns  string
+}
+
+func (n namespaced) Publish(topic string, msgs ...*message.Message) error {
+	return n.pub.Publish(n.ns+topic, msgs...)
+}
+
+func (n namespaced) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	return n.sub.Subscribe(ctx, n.ns+topic)
+}
+
+func (n namespaced) Close() error {
+	if n.pub != nil {
+		return n.pub.Close()
+	}
+	return n.sub.Close()
+}

@@ -1,6 +1,7 @@
 // Package api is smsbatch's HTTP interface: the chi router, the REST handlers for
 // batch commands and queries, API-key authentication with per-key rate limits,
-// and the mapping of application errors to HTTP answers.
+// the mapping of application errors to HTTP answers, the WebSocket hub that
+// pushes batch changes, and (in api/web) the embedded dashboard.
 package api
 
 import (
@@ -15,6 +16,7 @@ import (
 	"github.com/go-chi/chi/v5/middleware"
 	"github.com/go-chi/httprate"
 
+	"github.com/smsbatch/smsbatch/api/web"
 	"github.com/smsbatch/smsbatch/commands"
 	"github.com/smsbatch/smsbatch/domain"
 	"github.com/smsbatch/smsbatch/eventstore"
@@ -85,6 +87,9 @@ type Config struct {
 	Logger         *slog.Logger
 	// NewID makes batch IDs; default UUIDv7 (time-ordered).
 	NewID func() (string, error)
+	// Live pushes batch changes over WebSocket (GET /api/ws, GET
+	// /api/batch/{id}/ws, POST /api/ws/ticket); nil leaves those routes out.
+	Live *Hub
 }
 
 func (c *Config) setDefaults() {
@@ -156,6 +161,10 @@ func NewHandler(cfg Config) (http.Handler, error) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	r.Get("/readyz", s.readyz)
+	// The dashboard holds no data: the browser calls the API with the key.
+	ui := web.Handler()
+	r.Handle("/", ui)
+	r.Handle("/static/*", ui)
 
 	r.Group(func(r chi.Router) {
 		r.Use(s.authenticate)
@@ -184,7 +193,19 @@ func NewHandler(cfg Config) (http.Handler, error) {
 		r.Post("/api/v2/batch/{id}/resume", s.act(s.cfg.Commands.ResumeBatch))
 		r.Post("/api/v2/batch/{id}/start", s.act(s.cfg.Commands.StartBatch))
 		r.Post("/api/v2/batch/{id}/cancel", s.act(s.cfg.Commands.CancelBatch))
+		if cfg.Live != nil {
+			r.Post("/api/ws/ticket", s.issueTicket)
+		}
 	})
+	if cfg.Live != nil {
+		// Outside the group above: a browser's WebSocket cannot send the bearer
+		// header, so these also take a ticket from POST /api/ws/ticket.
+		r.Group(func(r chi.Router) {
+			r.Use(s.authenticateLive)
+			r.Get("/api/ws", s.liveAll)
+			r.Get("/api/batch/{id}/ws", s.liveBatch)
+		})
+	}
 	return r, nil
 }
 

@@ -46,7 +46,10 @@ type Config struct {
 	// SMSAuthToken comes from SMSBATCH_SMS_AUTH_TOKEN only: a flag would show
 	// in the process list.
 	SMSAuthToken string
-	SimRateLimit float64
+	// WSTicketSecret signs WebSocket tickets; instances behind one load balancer
+	// need the same one. From SMSBATCH_WS_TICKET_SECRET only; empty: random.
+	WSTicketSecret string
+	SimRateLimit   float64
 
 	SimLatency     time.Duration
 	SimJitter      time.Duration
@@ -169,6 +172,7 @@ func parseConfig(name string, args []string, env func(string) string) (Config, [
 	s.str(&c.SMSAccountSID, "sms-account-sid", "SMSBATCH_SMS_ACCOUNT_SID", "", "account SID of the http provider (and of the standalone simulator)")
 	s.str(&c.SMSFrom, "sms-from", "SMSBATCH_SMS_FROM", "", "sender number or ID of the http provider")
 	c.SMSAuthToken = env("SMSBATCH_SMS_AUTH_TOKEN")
+	c.WSTicketSecret = env("SMSBATCH_WS_TICKET_SECRET")
 	s.float(&c.SimRateLimit, "sim-rate-limit", "SMSBATCH_SIM_RATE_LIMIT", 0, "standalone simulator: requests per second before it answers 429 (0: off)")
 	s.dur(&c.SimLatency, "sim-latency", "SMSBATCH_SIM_LATENCY", 50*time.Millisecond, "simulator: mean latency of a send")
 	s.dur(&c.SimJitter, "sim-jitter", "SMSBATCH_SIM_JITTER", 0, "simulator: latency varies by up to this much either way")
@@ -226,6 +230,9 @@ func (c Config) Validate() error {
 		}
 	default:
 		errs = append(errs, fmt.Errorf("read store %q: want memory or postgres", c.ReadStore))
+	}
+	if c.WSTicketSecret != "" && len(c.WSTicketSecret) < 32 {
+		errs = append(errs, errors.New("SMSBATCH_WS_TICKET_SECRET must be at least 32 characters"))
 	}
 	switch c.SMSProvider {
 	case "simulator":

@@ -255,7 +255,17 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	m.goRun("forwarder", func() error { return m.fwd.Run(bg) })
 
+	hub, err := api.NewHub(api.HubConfig{
+		Events: store, ReadModels: readModels, Projections: m.runner, Logger: m.logger,
+		TicketSecret: []byte(cfg.WSTicketSecret),
+	})
+	if err != nil {
+		return err
+	}
+	m.goRun("live updates", func() error { return hub.Run(bg) })
+
 	handler, err := api.NewHandler(api.Config{
+		Live:     hub,
 		Commands: cmds, ReadModels: readModels, Projections: m.runner, Keys: keys,
 		DefaultRegion: cfg.DefaultRegion,
 		Limits:        api.Limits{MaxBodyBytes: cfg.MaxBodyBytes, MaxRecipients: cfg.MaxRecipients},

@@ -93,6 +93,21 @@ func TestThreeInstancesSurviveOneKilled(t *testing.T) {
 	procs[1].wait(t, 10*time.Second)
 	killedAt := time.Now()
 
+	// Pause on one instance, resume on another: the low batch is still running.
+	low := batches[4]
+	if code, _ := clients[0].do("POST", "/api/v2/batch/"+low.id+"/pause", nil, nil); code != 200 {
+		t.Fatalf("pause through instance 0: %d", code)
+	}
+	time.Sleep(500 * time.Millisecond)
+	before := clients[2].status(low.id)
+	time.Sleep(1500 * time.Millisecond)
+	if after := clients[2].status(low.id); after.Status != "paused" || after.Progress != before.Progress {
+		t.Fatalf("paused through instance 0, instance 2 sees %s %+v -> %+v", after.Status, before.Progress, after.Progress)
+	}
+	if code, _ := clients[2].do("POST", "/api/v2/batch/"+low.id+"/resume", nil, nil); code != 200 {
+		t.Fatalf("resume through instance 2: %d", code)
+	}
+
 	for _, b := range batches {
 		done := clients[2].waitStatus(b.id, 90*time.Second, "completed")
 		if done.Progress.Completed != b.n {

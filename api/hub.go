@@ -1,0 +1,721 @@
+package api
+
+import (
+	"cmp"
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/smsbatch/smsbatch/domain"
+	"github.com/smsbatch/smsbatch/eventstore"
+	"github.com/smsbatch/smsbatch/projections"
+)
+
+// HubConfig configures the live-updates hub.
+type HubConfig struct {
+	// Events is the event store the hub follows (required).
+	Events eventstore.Store
+	// ReadModels is where every status sent is read from, so that it is the very
+	// object GET /api/batch/{id} returns (required).
+	ReadModels projections.Store
+	// Projections is waited on before a status is read, so the read models
+	// include the events the status is sent for (required): the projections Runner.
+	Projections Waiter
+	// BufferSize is how many messages wait for one client; a client further
+	// behind is disconnected. Default 64.
+	BufferSize int
+	// StatusInterval is the least time between two status messages of one batch;
+	// default 100ms (10 a second). The latest status is always sent at the end.
+	StatusInterval time.Duration
+	// PingInterval is how often an idle connection is pinged; default 20s.
+	PingInterval time.Duration
+	// PongWait is how long a client may stay silent (no pong) before it is
+	// dropped; default 60s. Must exceed PingInterval.
+	PongWait time.Duration
+	// WriteWait bounds one write to a client; default 10s.
+	WriteWait time.Duration
+	// TicketTTL is how long a WebSocket ticket is valid; default 30s.
+	TicketTTL time.Duration
+	// TicketSecret signs tickets. Instances behind one load balancer must share
+	// it, so a ticket issued by one is accepted by another. Optional: default
+	// random, which is right for a single instance. At least 32 bytes when set.
+	TicketSecret []byte
+	// MaxReplay bounds the batch.error messages a reconnecting client is sent
+	// for what it missed; a client further behind is refused with 409 and
+	// should reconnect without a position. Default 1000.
+	MaxReplay int
+	Logger    *slog.Logger
+
+	// now is the clock of ticket expiry; tests move it.
+	now func() time.Time
+}
+
+func (c *HubConfig) setDefaults() error {
+	if c.BufferSize <= 0 {
+		c.BufferSize = 64
+	}
+	if c.StatusInterval <= 0 {
+		c.StatusInterval = 100 * time.Millisecond
+	}
+	if c.PingInterval <= 0 {
+		c.PingInterval = 20 * time.Second
+	}
+	if c.PongWait <= 0 {
+		c.PongWait = 60 * time.Second
+	}
+	if c.WriteWait <= 0 {
+		c.WriteWait = 10 * time.Second
+	}
+	if c.TicketTTL <= 0 {
+		c.TicketTTL = 30 * time.Second
+	}
+	if c.MaxReplay <= 0 {
+		c.MaxReplay = 1000
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.now == nil {
+		c.now = time.Now
+	}
+	if len(c.TicketSecret) == 0 {
+		c.TicketSecret = make([]byte, 32)
+		if _, err := rand.Read(c.TicketSecret); err != nil {
+			return fmt.Errorf("ticket secret: %w", err)
+		}
+	}
+	return nil
+}
+
+// Validate reports every missing or inconsistent setting.
+func (c HubConfig) Validate() error {
+	var errs []error
+	if c.Events == nil {
+		errs = append(errs, errors.New("Events is required"))
+	}
+	if c.ReadModels == nil {
+		errs = append(errs, errors.New("ReadModels is required"))
+	}
+	if c.Projections == nil {
+		errs = append(errs, errors.New("Projections is required"))
+	}
+	if c.PingInterval > 0 && c.PongWait > 0 && c.PongWait <= c.PingInterval {
+		errs = append(errs, errors.New("PongWait must be longer than PingInterval"))
+	}
+	if len(c.TicketSecret) > 0 && len(c.TicketSecret) < 32 {
+		errs = append(errs, errors.New("TicketSecret must be at least 32 bytes"))
+	}
+	return errors.Join(errs...)
+}
+
+// Hub pushes batch changes to WebSocket clients. One subscription to the event
+// store feeds it; at most every StatusInterval it waits for the read models to
+// include what it has seen and sends every changed batch's status, read from the
+// read models, and every new final failure to the clients that follow the batch.
+// Each client has a bounded queue; the hub never waits for a client and drops one
+// whose queue is full.
+type Hub struct {
+	cfg HubConfig
+	log *slog.Logger
+
+	// mu orders a flush against a client's registration: a client receives
+	// everything after the position its first messages are complete at, and
+	// nothing twice.
+	mu      sync.Mutex
+	running bool
+	flushed eventstore.Position // every event up to here has been sent to the clients
+	clients map[*client]struct{}
+
+	// usedTickets remembers redeemed tickets until they expire: single use.
+	ticketMu    sync.Mutex
+	usedTickets map[string]time.Time
+}
+
+// NewHub returns a hub; it sends nothing until Run.
+func NewHub(cfg HubConfig) (*Hub, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("live hub config: %w", err)
+	}
+	if err := cfg.setDefaults(); err != nil {
+		return nil, fmt.Errorf("live hub: %w", err)
+	}
+	return &Hub{cfg: cfg, log: cfg.Logger, clients: make(map[*client]struct{}), usedTickets: make(map[string]time.Time)}, nil
+}
+
+// errHubStopped answers clients arriving while the hub is not running.
+var errHubStopped = domain.Errorf(domain.EUNAVAILABLE, "live updates are not available yet; try again shortly")
+
+// Run follows the event store from the read models' checkpoint and sends
+// changes until ctx is done, then disconnects every client and returns nil. It
+// returns an error when the event store is closed or Run is already running.
+func (h *Hub) Run(ctx context.Context) error {
+	start, err := h.cfg.ReadModels.Checkpoint(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("live hub: read checkpoint: %w", err)
+	}
+	h.mu.Lock()
+	if h.running {
+		h.mu.Unlock()
+		return errors.New("live hub: already running")
+	}
+	h.running, h.flushed = true, start
+	h.mu.Unlock()
+	defer h.stop()
+
+	ctx, cancel := context.WithCancel(ctx)
+	pages := make(chan []eventstore.Event)
+	subErr := make(chan error, 1)
+	followed := make(chan struct{})
+	go func() {
+		defer close(followed)
+		subErr <- h.follow(ctx, start, pages)
+	}()
+	defer func() {
+		cancel()
+		<-followed
+	}()
+
+	p := pending{batches: make(map[string]*dirtyBatch), head: start}
+	var lastFlush time.Time
+	var timer *time.Timer
+	var timerC <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-subErr:
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("live hub: %w", err)
+		case events := <-pages:
+			if err := p.collect(events); err != nil {
+				// A payload that does not decode cannot be shown; the read models
+				// will refuse it too and say so.
+				h.log.Error("live hub: skipping undecodable event", "error", err)
+			}
+			if timerC != nil {
+				continue // a flush is already due
+			}
+			if wait := h.cfg.StatusInterval - time.Since(lastFlush); wait > 0 {
+				timer = time.NewTimer(wait)
+				timerC = timer.C
+				continue
+			}
+		case <-timerC:
+		}
+		timerC = nil
+		if timer != nil {
+			timer.Stop()
+		}
+		if err := h.flush(ctx, &p); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			h.log.Error("live hub: flush failed", "error", err)
+		}
+		lastFlush = time.Now()
+		if len(p.batches) > 0 {
+			// Statuses that could not be read are tried again next time.
+			timer = time.NewTimer(h.cfg.StatusInterval)
+			timerC = timer.C
+		}
+	}
+}
+
+// follow hands every page of events after from to pages, resubscribing after
+// transient failures, until ctx is done or the store is closed.
+func (h *Hub) follow(ctx context.Context, from eventstore.Position, pages chan<- []eventstore.Event) error {
+	wait := 100 * time.Millisecond
+	for {
+		err := eventstore.SubscribeWith(ctx, h.cfg.Events, eventstore.SubscribeOptions{After: from}, func(ctx context.Context, events []eventstore.Event) error {
+			select {
+			case pages <- events:
+				from = events[len(events)-1].Position
+				wait = 100 * time.Millisecond
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		})
+		if ctx.Err() != nil || errors.Is(err, eventstore.ErrClosed) {
+			return err
+		}
+		h.log.Error("live hub: following events failed; retrying", "error", err, "wait", wait, "position", from.String())
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		wait = min(2*wait, 15*time.Second)
+	}
+}
+
+func (h *Hub) stop() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.running = false
+	for c := range h.clients {
+		h.dropLocked(c, websocket.CloseGoingAway, "server shutting down")
+	}
+}
+
+// pending is what the hub has seen and not yet sent.
+type pending struct {
+	head    eventstore.Position // the last event seen
+	batches map[string]*dirtyBatch
+	errors  []outMessage
+}
+
+type dirtyBatch struct {
+	tenant string
+	// last is the batch's last event seen; its status message carries it.
+	last eventstore.Position
+	// retried marks a batch whose status could not be read last time.
+	retried bool
+}
+
+func (p *pending) collect(events []eventstore.Event) error {
+	var errs []error
+	for _, e := range events {
+		p.head = e.Position
+		id, payload, ok, err := projections.Decode(e)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("event %s at %s: %w", e.Type, e.Position, err))
+			continue
+		}
+		if !ok {
+			continue
+		}
+		tenant := payload.Header().Tenant
+		if d := p.batches[id]; d != nil {
+			d.last = e.Position
+		} else {
+			p.batches[id] = &dirtyBatch{tenant: tenant, last: e.Position}
+		}
+		if entry, ok := projections.ErrorEntryOf(payload); ok {
+			p.errors = append(p.errors, errorMessage(tenant, id, e.Position, entry))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// outMessage is one message for the clients of its batch, encoded once.
+type outMessage struct {
+	tenant, batchID string
+	pos             eventstore.Position
+	isStatus        bool
+	data            []byte
+}
+
+// liveMessage is the JSON shape of every message a client receives.
+type liveMessage struct {
+	Type     string                   `json:"type"`
+	Position string                   `json:"position"`
+	Batch    *projections.BatchStatus `json:"batch,omitempty"`
+	BatchID  string                   `json:"batchId,omitempty"`
+	Error    *projections.ErrorEntry  `json:"error,omitempty"`
+}
+
+// Message types.
+const (
+	MessageBatchStatus = "batch.status"
+	MessageBatchError  = "batch.error"
+)
+
+func encodeMessage(m liveMessage) []byte {
+	data, err := json.Marshal(m)
+	if err != nil {
+		panic(fmt.Sprintf("live hub: encode message: %v", err)) // plain data always encodes
+	}
+	return data
+}
+
+func statusMessage(st projections.BatchStatus, pos eventstore.Position) outMessage {
+	return outMessage{tenant: st.Tenant, batchID: st.ID, pos: pos, isStatus: true,
+		data: encodeMessage(liveMessage{Type: MessageBatchStatus, Position: FormatPosition(pos), Batch: &st})}
+}
+
+func errorMessage(tenant, batchID string, pos eventstore.Position, entry projections.ErrorEntry) outMessage {
+	return outMessage{tenant: tenant, batchID: batchID, pos: pos,
+		data: encodeMessage(liveMessage{Type: MessageBatchError, Position: FormatPosition(pos), BatchID: batchID, Error: &entry})}
+}
+
+// sortMessages puts messages in position order, a batch's error before the
+// status that includes it, so that a client's last position covers everything
+// before it.
+func sortMessages(msgs []outMessage) {
+	slices.SortStableFunc(msgs, func(a, b outMessage) int {
+		if a.pos != b.pos {
+			if a.pos.Less(b.pos) {
+				return -1
+			}
+			return 1
+		}
+		return cmp.Compare(boolInt(a.isStatus), boolInt(b.isStatus))
+	})
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// flush sends what p holds to the clients that follow it and empties p.
+func (h *Hub) flush(ctx context.Context, p *pending) error {
+	head := p.head
+	if len(p.batches) > 0 || len(p.errors) > 0 {
+		if err := h.cfg.Projections.WaitFor(ctx, head); err != nil {
+			return fmt.Errorf("wait for read models at %s: %w", head, err)
+		}
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	msgs := make([]outMessage, 0, len(p.batches)+len(p.errors))
+	for _, m := range p.errors {
+		if h.followedLocked(m.tenant, m.batchID) {
+			msgs = append(msgs, m)
+		}
+	}
+	p.errors = p.errors[:0]
+	var readErr error
+	for id, d := range p.batches {
+		if !h.followedLocked(d.tenant, id) {
+			delete(p.batches, id)
+			continue
+		}
+		st, err := h.cfg.ReadModels.Batch(ctx, d.tenant, id)
+		if err != nil {
+			if domain.ErrorCode(err) == domain.ENOTFOUND {
+				delete(p.batches, id)
+				continue
+			}
+			d.retried = true
+			readErr = fmt.Errorf("read status of batch %s: %w", id, err)
+			continue
+		}
+		pos := d.last
+		if d.retried {
+			// Later than anything already sent, and the status includes it.
+			pos = head
+		}
+		msgs = append(msgs, statusMessage(st, pos))
+		delete(p.batches, id)
+	}
+	sortMessages(msgs)
+	for c := range h.clients {
+		for _, m := range msgs {
+			if !c.follows(m.tenant, m.batchID) || !c.after.Less(m.pos) {
+				continue
+			}
+			select {
+			case c.send <- m.data:
+			default:
+				h.dropLocked(c, websocket.ClosePolicyViolation, "too slow: buffer full")
+			}
+			if c.dropped {
+				break
+			}
+		}
+	}
+	if h.flushed.Less(head) {
+		h.flushed = head
+	}
+	return readErr
+}
+
+func (h *Hub) followedLocked(tenant, batchID string) bool {
+	for c := range h.clients {
+		if c.follows(tenant, batchID) {
+			return true
+		}
+	}
+	return false
+}
+
+// client is one WebSocket connection's view of the hub.
+type client struct {
+	tenant string
+	// batchID is the batch followed; empty follows every batch of the tenant.
+	batchID string
+	// after is the last position the client has been given (or has said it saw);
+	// later messages at or before it are duplicates. Guarded by Hub.mu.
+	after eventstore.Position
+	// initial is sent before anything queued in send.
+	initial [][]byte
+	send    chan []byte
+	// gone is closed when the hub drops the client, with code and reason.
+	gone    chan struct{}
+	dropped bool
+	code    int
+	reason  string
+}
+
+func (c *client) follows(tenant, batchID string) bool {
+	return c.tenant == tenant && (c.batchID == "" || c.batchID == batchID)
+}
+
+func (h *Hub) dropLocked(c *client, code int, reason string) {
+	if c.dropped {
+		return
+	}
+	c.dropped, c.code, c.reason = true, code, reason
+	close(c.gone)
+	delete(h.clients, c)
+}
+
+func (h *Hub) unregister(c *client) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	delete(h.clients, c)
+}
+
+// subscription is what a client asks for.
+type subscription struct {
+	tenant  string
+	batchID string // empty: every batch of the tenant
+	after   *eventstore.Position
+}
+
+// register adds a client and computes its first messages: without a position,
+// the current status of its batch (or of the tenant's 100 newest); with one,
+// what it missed since then. Live messages follow without a gap or duplicate.
+func (h *Hub) register(ctx context.Context, sub subscription) (*client, error) {
+	c := &client{tenant: sub.tenant, batchID: sub.batchID,
+		send: make(chan []byte, h.cfg.BufferSize), gone: make(chan struct{})}
+	if sub.after != nil {
+		return c, h.registerAfter(ctx, c, *sub.after)
+	}
+	// Read before the lock: the checkpoint the snapshot is at least as new as.
+	cp, err := h.cfg.ReadModels.Checkpoint(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read checkpoint: %w", err)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.running {
+		return nil, errHubStopped
+	}
+	c.after = h.flushed
+	if c.after.Less(cp) {
+		c.after = cp
+	}
+	var snapshot []projections.BatchStatus
+	if sub.batchID != "" {
+		st, err := h.cfg.ReadModels.Batch(ctx, sub.tenant, sub.batchID)
+		if err != nil {
+			return nil, err
+		}
+		snapshot = append(snapshot, st)
+	} else {
+		snapshot, _, err = h.cfg.ReadModels.Batches(ctx, projections.ListQuery{Tenant: sub.tenant, Limit: 100})
+		if err != nil {
+			return nil, err
+		}
+	}
+	for _, st := range snapshot {
+		c.initial = append(c.initial, statusMessage(st, c.after).data)
+	}
+	h.clients[c] = struct{}{}
+	return c, nil
+}
+
+// replay gathers what a client missed after a position from the event store.
+type replay struct {
+	tenant, batchID string
+	pos             eventstore.Position
+	scanned         int
+	last            map[string]eventstore.Position
+	errors          []outMessage
+}
+
+const replayPage = 512
+
+// maxReplayEvents bounds the events read to find what a reconnecting client
+// missed, whoever they belong to; a client further behind starts afresh.
+const maxReplayEvents = 100_000
+
+var errReplayTooLong = domain.Errorf(domain.ECONFLICT, "too much happened after the position to replay; reconnect without after and read the batch's errors")
+
+// scan reads events after r.pos up to and including to.
+func (h *Hub) scan(ctx context.Context, r *replay, to eventstore.Position) error {
+	for r.pos.Less(to) {
+		events, err := h.cfg.Events.ReadAll(ctx, r.pos, replayPage)
+		if err != nil {
+			return fmt.Errorf("read events after %s: %w", r.pos, err)
+		}
+		if len(events) == 0 {
+			return nil
+		}
+		if r.scanned += len(events); r.scanned > maxReplayEvents {
+			return errReplayTooLong
+		}
+		for _, e := range events {
+			if to.Less(e.Position) {
+				r.pos = to
+				return nil
+			}
+			r.pos = e.Position
+			id, payload, ok, err := projections.Decode(e)
+			if err != nil || !ok || payload.Header().Tenant != r.tenant || (r.batchID != "" && r.batchID != id) {
+				continue
+			}
+			r.last[id] = e.Position
+			if entry, ok := projections.ErrorEntryOf(payload); ok {
+				if len(r.errors) >= h.cfg.MaxReplay {
+					return errReplayTooLong
+				}
+				r.errors = append(r.errors, errorMessage(r.tenant, id, e.Position, entry))
+			}
+		}
+	}
+	return nil
+}
+
+func (h *Hub) registerAfter(ctx context.Context, c *client, after eventstore.Position) error {
+	if c.batchID != "" {
+		// Another tenant's batch, or none: 404 before anything else.
+		if _, err := h.cfg.ReadModels.Batch(ctx, c.tenant, c.batchID); err != nil {
+			return err
+		}
+	}
+	r := &replay{tenant: c.tenant, batchID: c.batchID, pos: after, last: make(map[string]eventstore.Position)}
+	// Most of the way without holding up the hub, the rest under its lock.
+	h.mu.Lock()
+	upTo := h.flushed
+	h.mu.Unlock()
+	if err := h.scan(ctx, r, upTo); err != nil {
+		return err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.running {
+		return errHubStopped
+	}
+	if err := h.scan(ctx, r, h.flushed); err != nil {
+		return err
+	}
+	msgs := r.errors
+	for id, pos := range r.last {
+		st, err := h.cfg.ReadModels.Batch(ctx, c.tenant, id)
+		if err != nil {
+			if domain.ErrorCode(err) == domain.ENOTFOUND {
+				continue
+			}
+			return err
+		}
+		msgs = append(msgs, statusMessage(st, pos))
+	}
+	sortMessages(msgs)
+	for _, m := range msgs {
+		c.initial = append(c.initial, m.data)
+	}
+	c.after = after
+	if c.after.Less(h.flushed) {
+		c.after = h.flushed
+	}
+	h.clients[c] = struct{}{}
+	return nil
+}
+
+// FormatPosition writes a position as clients see it: "commit.prepare".
+func FormatPosition(p eventstore.Position) string {
+	return strconv.FormatUint(p.Commit, 10) + "." + strconv.FormatUint(p.Prepare, 10)
+}
+
+// ParsePosition reads what FormatPosition wrote, and nothing else.
+func ParsePosition(s string) (eventstore.Position, error) {
+	commit, prepare, ok := strings.Cut(s, ".")
+	c, err1 := parseDecimal(commit)
+	p, err2 := parseDecimal(prepare)
+	if !ok || err1 != nil || err2 != nil {
+		return eventstore.Position{}, errors.New(`want "<commit>.<prepare>", two whole numbers as sent in a message's position`)
+	}
+	return eventstore.Position{Commit: c, Prepare: p}, nil
+}
+
+func parseDecimal(s string) (uint64, error) {
+	if s == "" || (len(s) > 1 && s[0] == '0') || strings.Trim(s, "0123456789") != "" {
+		return 0, errors.New("not a canonical decimal")
+	}
+	return strconv.ParseUint(s, 10, 64)
+}
+
+// ticket is what a WebSocket ticket vouches for.
+type ticket struct {
+	Tenant  string `json:"t"`
+	KeyID   string `json:"k"`
+	Expires int64  `json:"e"` // Unix milliseconds
+	Nonce   string `json:"n"`
+}
+
+// issueTicket returns a signed ticket for p, valid TicketTTL. It is signed rather
+// than stored so that any instance sharing TicketSecret accepts it.
+func (h *Hub) issueTicket(p Principal) (string, time.Time, error) {
+	nonce := make([]byte, 16)
+	if _, err := rand.Read(nonce); err != nil {
+		return "", time.Time{}, fmt.Errorf("ticket nonce: %w", err)
+	}
+	expires := h.cfg.now().Add(h.cfg.TicketTTL).UTC().Truncate(time.Millisecond)
+	body, err := json.Marshal(ticket{Tenant: p.Tenant, KeyID: p.KeyID, Expires: expires.UnixMilli(), Nonce: base64.RawURLEncoding.EncodeToString(nonce)})
+	if err != nil {
+		return "", time.Time{}, fmt.Errorf("encode ticket: %w", err)
+	}
+	payload := base64.RawURLEncoding.EncodeToString(body)
+	return payload + "." + base64.RawURLEncoding.EncodeToString(h.sign(payload)), expires, nil
+}
+
+func (h *Hub) sign(payload string) []byte {
+	m := hmac.New(sha256.New, h.cfg.TicketSecret)
+	m.Write([]byte(payload))
+	return m.Sum(nil)
+}
+
+// redeemTicket returns the principal a ticket vouches for, once.
+func (h *Hub) redeemTicket(s string) (Principal, bool) {
+	payload, sig, ok := strings.Cut(s, ".")
+	mac, err := base64.RawURLEncoding.DecodeString(sig)
+	if !ok || err != nil || !hmac.Equal(mac, h.sign(payload)) {
+		return Principal{}, false
+	}
+	body, err := base64.RawURLEncoding.DecodeString(payload)
+	var t ticket
+	if err != nil || json.Unmarshal(body, &t) != nil || t.Tenant == "" {
+		return Principal{}, false
+	}
+	now := h.cfg.now()
+	expires := time.UnixMilli(t.Expires)
+	if !now.Before(expires) {
+		return Principal{}, false
+	}
+	h.ticketMu.Lock()
+	defer h.ticketMu.Unlock()
+	for n, exp := range h.usedTickets {
+		if !now.Before(exp) {
+			delete(h.usedTickets, n)
+		}
+	}
+	if _, used := h.usedTickets[t.Nonce]; used {
+		return Principal{}, false
+	}
+	h.usedTickets[t.Nonce] = expires
+	return Principal{Tenant: t.Tenant, KeyID: t.KeyID}, true
+}

@@ -1,0 +1,325 @@
+// The batch page: progress, live rate, actions, throughput, latency and errors of
+// one batch, updated over the WebSocket feed or by polling.
+
+import { api, ApiError } from "./api.js";
+import { throughputChart } from "./chart.js";
+import { follow } from "./live.js";
+import { badge, errorAlert, formatTime, h, progressBar, setProgress } from "./ui.js";
+
+export const categories = [
+  "invalid_number",
+  "unroutable",
+  "blocked",
+  "not_sms_capable",
+  "rate_limited",
+  "provider_unavailable",
+  "timeout",
+  "unknown",
+];
+
+// Which actions each status allows (domain/batch.go): anything not final can be
+// cancelled.
+const allowed = {
+  pending: ["start", "cancel"],
+  processing: ["pause", "cancel"],
+  paused: ["resume", "cancel"],
+};
+
+const final = new Set(["completed", "failed", "cancelled"]);
+
+export function render(root, id) {
+  let current = null;
+  let lastAnalytics = 0;
+  let analyticsTimer = 0;
+  let stopLive = () => {};
+
+  const status = h("span", { id: "batch-status" });
+  const mode = h("span", { class: "live", "aria-live": "polite" }, "connecting");
+  const message = h("div", { "aria-live": "polite" });
+  const bar = progressBar(true);
+  bar.id = "batch-progress";
+  const num = (key) => h("strong", { id: `count-${key}` }, "0");
+  const counts = { completed: num("completed"), failed: num("failed"), pending: num("pending"), total: num("total") };
+  const remaining = num("remaining");
+  const rate = h("dd", { id: "rate" }, "0");
+  const success = h("dd", { id: "success-rate" }, "–");
+  const created = h("dd", {}, "");
+  const priority = h("dd", {}, "");
+  const pauseNote = h("p", { id: "pause-note", class: "pause-note", hidden: true });
+  const buttons = {};
+  for (const [action, label, cls] of [
+    ["start", "Start", "primary"],
+    ["pause", "Pause", ""],
+    ["resume", "Resume", "primary"],
+    ["cancel", "Cancel batch", "danger"],
+  ]) {
+    buttons[action] = h("button", { type: "button", id: `action-${action}`, class: cls, disabled: true, onclick: () => act(action) }, label);
+  }
+
+  const chart = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  chart.setAttribute("role", "img");
+  chart.id = "throughput";
+  const totals = {
+    sent: h("dd", { id: "total-sent" }, "0"),
+    failed: h("dd", { id: "total-failed" }, "0"),
+    retries: h("dd", {}, "0"),
+    segments: h("dd", {}, "0"),
+    p50: h("dd", { id: "latency-p50" }, "–"),
+    p95: h("dd", {}, "–"),
+    p99: h("dd", {}, "–"),
+  };
+
+  const category = h(
+    "select",
+    { id: "error-category", onchange: () => loadErrors(true) },
+    h("option", { value: "" }, "All categories"),
+    categories.map((c) => h("option", { value: c }, c)),
+  );
+  const errorRows = h("tbody");
+  const errorsMore = h("button", { type: "button", id: "errors-more", hidden: true, onclick: () => loadErrors(false) }, "Load more");
+  let errorsCursor = "";
+  let errorsShown = new Set();
+
+  const stat = (label, dd) => h("div", {}, h("dt", {}, label), dd);
+
+  root.replaceChildren(
+    h(
+      "div",
+      { class: "page-head" },
+      h(
+        "div",
+        {},
+        h("p", { class: "small" }, h("a", { href: "#/" }, "← All batches")),
+        h("h1", {}, "Batch ", h("span", { class: "mono" }, id)),
+        h("div", { class: "status-line" }, status, mode),
+      ),
+      h("div", { class: "actions", role: "group", "aria-label": "Batch actions" }, Object.values(buttons)),
+    ),
+    message,
+    h(
+      "section",
+      { class: "card", "aria-labelledby": "progress-title" },
+      h("h2", { id: "progress-title" }, "Progress"),
+      bar,
+      h(
+        "div",
+        { class: "legend" },
+        h("span", { class: "completed" }, counts.completed, " completed"),
+        h("span", { class: "failed" }, counts.failed, " failed"),
+        h("span", { class: "pending" }, counts.pending, " pending"),
+        h("span", { class: "remaining" }, remaining, " not sent yet"),
+        h("span", { class: "of" }, "of ", counts.total),
+      ),
+      pauseNote,
+      h(
+        "dl",
+        { class: "stats" },
+        stat("Messages / second", rate),
+        stat("Success rate", success),
+        stat("Priority", priority),
+        stat("Created", created),
+      ),
+    ),
+    h(
+      "section",
+      { class: "card chart", "aria-labelledby": "throughput-title" },
+      h("h2", { id: "throughput-title" }, "Throughput"),
+      chart,
+      h(
+        "dl",
+        { class: "stats" },
+        stat("Sent", totals.sent),
+        stat("Failed", totals.failed),
+        stat("Retries", totals.retries),
+        stat("Segments", totals.segments),
+        stat("Latency p50", totals.p50),
+        stat("Latency p95", totals.p95),
+        stat("Latency p99", totals.p99),
+      ),
+    ),
+    h(
+      "section",
+      { class: "card", "aria-labelledby": "errors-title" },
+      h("h2", { id: "errors-title" }, "Errors"),
+      h(
+        "div",
+        { class: "filters" },
+        h("div", { class: "field" }, h("label", { for: "error-category" }, "Category"), category),
+      ),
+      h(
+        "table",
+        { id: "errors" },
+        h(
+          "thead",
+          {},
+          h(
+            "tr",
+            {},
+            h("th", { scope: "col", class: "num" }, "#"),
+            h("th", { scope: "col" }, "Phone number"),
+            h("th", { scope: "col" }, "Category"),
+            h("th", { scope: "col" }, "Message"),
+            h("th", { scope: "col", class: "num" }, "Attempts"),
+            h("th", { scope: "col", class: "hide-sm" }, "Time"),
+          ),
+        ),
+        errorRows,
+      ),
+      h("div", { class: "actions" }, errorsMore),
+    ),
+  );
+  throughputChart(chart, []);
+
+  function show(b) {
+    const old = current;
+    current = b;
+    const p = b.progress || { total: 0, completed: 0, failed: 0, pending: 0 };
+    status.replaceChildren(badge(b.status));
+    setProgress(bar, p);
+    for (const k of ["completed", "failed", "pending", "total"]) counts[k].textContent = String(p[k] || 0);
+    remaining.textContent = String(Math.max(0, p.total - p.completed - p.failed - p.pending));
+    const m = b.metrics || {};
+    rate.textContent = (m.messagesPerSecond || 0).toFixed(1);
+    success.textContent = p.completed + p.failed > 0 ? `${Math.round((m.successRate || 0) * 100)}%` : "–";
+    priority.textContent = b.priority;
+    created.textContent = formatTime(b.createdAt);
+    const pi = b.pauseInfo;
+    if (b.status === "paused" && pi) {
+      pauseNote.hidden = false;
+      pauseNote.textContent = `Paused at ${formatTime(pi.pauseTime)}. Progress is kept; resume continues with the next unsent recipient.`;
+    } else if (pi && pi.resumeTime) {
+      pauseNote.hidden = false;
+      pauseNote.textContent = `Paused at ${formatTime(pi.pauseTime)}, resumed at ${formatTime(pi.resumeTime)}.`;
+    } else {
+      pauseNote.hidden = true;
+    }
+    const ok = allowed[b.status] || [];
+    for (const [action, btn] of Object.entries(buttons)) btn.disabled = !ok.includes(action);
+    buttons.pause.hidden = b.status === "paused";
+    buttons.resume.hidden = b.status !== "paused";
+    buttons.start.hidden = b.status !== "pending";
+
+    if (final.has(b.status)) {
+      // A finished batch changes no more: stop following it.
+      stopLive();
+      mode.className = "live";
+      mode.textContent = "finished";
+    }
+
+    const moved = !old || old.progress.completed !== p.completed || old.progress.failed !== p.failed || old.status !== b.status;
+    if (moved) scheduleAnalytics();
+    if (old && old.progress.failed !== p.failed && !errorsCursor) loadErrors(true);
+  }
+
+  // Analytics are heavier than the status: at most one request every 2 s.
+  function scheduleAnalytics() {
+    if (analyticsTimer) return;
+    const wait = Math.max(0, lastAnalytics + 2000 - Date.now());
+    analyticsTimer = setTimeout(async () => {
+      analyticsTimer = 0;
+      lastAnalytics = Date.now();
+      try {
+        const a = await api.analytics(id);
+        throughputChart(chart, a.throughput || []);
+        const t = a.totals || {};
+        for (const k of ["sent", "failed", "retries", "segments"]) totals[k].textContent = String(t[k] || 0);
+        const l = a.latencyMs || {};
+        for (const k of ["p50", "p95", "p99"]) totals[k].textContent = l[k] ? `${Math.round(l[k])} ms` : "–";
+      } catch {
+        // The next change tries again.
+      }
+    }, wait);
+  }
+
+  function errorRow(e) {
+    return h(
+      "tr",
+      {},
+      h("td", { class: "num" }, e.index),
+      h("td", { class: "mono" }, e.phoneNumber),
+      h("td", {}, h("code", {}, e.category)),
+      h("td", {}, e.message, e.code ? h("span", { class: "muted small" }, ` (${e.code})`) : ""),
+      h("td", { class: "num" }, e.attempts),
+      h("td", { class: "hide-sm" }, formatTime(e.time)),
+    );
+  }
+
+  let errorsSeq = 0;
+  async function loadErrors(reset) {
+    const seq = ++errorsSeq;
+    try {
+      const page = await api.errors(id, { category: category.value, cursor: reset ? "" : errorsCursor });
+      if (seq !== errorsSeq) return;
+      if (reset) {
+        errorRows.replaceChildren();
+        errorsShown = new Set();
+      }
+      for (const e of page.errors) {
+        errorsShown.add(e.index);
+        errorRows.append(errorRow(e));
+      }
+      errorsCursor = page.nextCursor || "";
+      errorsMore.hidden = !errorsCursor;
+      if (errorRows.children.length === 0) {
+        errorRows.append(h("tr", {}, h("td", { colspan: 6, class: "empty" }, category.value ? "No errors in this category." : "No errors.")));
+      }
+    } catch (err) {
+      message.replaceChildren(errorAlert(err));
+    }
+  }
+
+  async function act(action) {
+    for (const btn of Object.values(buttons)) btn.disabled = true;
+    try {
+      const b = await api.act(id, action);
+      message.replaceChildren();
+      if (b && b.id) show(b);
+      else show(await api.batch(id));
+    } catch (err) {
+      const text = err instanceof ApiError && err.status === 409 ? `Cannot ${action}: ${err.message}` : err.message;
+      message.replaceChildren(errorAlert(new Error(text)));
+      try {
+        show(await api.batch(id));
+      } catch {
+        if (current) show(current);
+      }
+    }
+  }
+
+  async function poll() {
+    show(await api.batch(id));
+  }
+
+  (async () => {
+    try {
+      show(await api.batch(id));
+    } catch (err) {
+      message.replaceChildren(errorAlert(err.status === 404 ? new Error("No such batch.") : err));
+    }
+  })();
+  loadErrors(true);
+  stopLive = follow({
+    path: `/api/batch/${encodeURIComponent(id)}/ws`,
+    poll,
+    onMode: (m) => {
+      mode.className = `live ${m === "live" ? "on" : "poll"}`;
+      mode.textContent = m === "live" ? "live" : "updating every second";
+    },
+    onMessage: (msg) => {
+      if (msg.type === "batch.status" && msg.batch && msg.batch.id === id) {
+        show(msg.batch);
+      } else if (msg.type === "batch.error" && msg.batchId === id && msg.error) {
+        const e = msg.error;
+        if (errorsCursor || errorsShown.has(e.index)) return; // load more will bring it
+        if (category.value && category.value !== e.category) return;
+        if (errorsShown.size === 0) errorRows.replaceChildren();
+        errorsShown.add(e.index);
+        errorRows.append(errorRow(e));
+      }
+    },
+  });
+  return () => {
+    stopLive();
+    clearTimeout(analyticsTimer);
+  };
+}

@@ -1,0 +1,231 @@
+// The create form: template with its variables and segment count as you type,
+// recipients as CSV (pasted or read from a file), options, and the API's
+// validation problems shown next to what caused them.
+
+import { api, ApiError } from "./api.js";
+import * as csv from "./csv.js";
+import { segments, variables } from "./sms.js";
+import { h } from "./ui.js";
+
+const example = "phoneNumber,name\n+14155550100,Ada\n+14155550101,Grace";
+
+export function render(root) {
+  const fieldError = (id) => h("p", { class: "field-error", id, role: "alert" });
+  const errors = {
+    text: fieldError("text-error"),
+    recipients: fieldError("recipients-error"),
+    priority: fieldError("priority-error"),
+    scheduleTime: fieldError("schedule-error"),
+    autoStart: fieldError("autostart-error"),
+  };
+  const summary = h("div", { id: "form-errors", "aria-live": "polite" });
+
+  const text = h("textarea", {
+    id: "template", name: "text", rows: 4, required: true, maxlength: 1600,
+    "aria-describedby": "template-info text-error",
+    placeholder: "Hi {{name}}, your order {{order}} has shipped",
+  });
+  const varsOut = h("span", { class: "chips", id: "template-vars" });
+  const segOut = h("output", { id: "template-segments", for: "template" });
+  const needs = h("span", { id: "csv-columns" });
+
+  const rcpts = h("textarea", {
+    id: "recipients", name: "recipients", rows: 8, class: "mono", spellcheck: "false",
+    "aria-describedby": "recipients-hint recipients-error", placeholder: example,
+  });
+  const file = h("input", { id: "recipients-file", type: "file", accept: ".csv,text/csv,text/plain" });
+  const rcptSummary = h("span", { id: "recipients-count", class: "hint" });
+  const rcptProblems = h("ul", { id: "recipient-problems", class: "field-error" });
+
+  const priority = h(
+    "select",
+    { id: "priority", name: "priority", "aria-describedby": "priority-error" },
+    h("option", { value: "high" }, "High"),
+    h("option", { value: "normal", selected: true }, "Normal"),
+    h("option", { value: "low" }, "Low"),
+  );
+  const schedule = h("input", { id: "schedule", name: "scheduleTime", type: "datetime-local", "aria-describedby": "schedule-hint schedule-error" });
+  const autoStart = h("input", { id: "autostart", name: "autoStart", type: "checkbox", checked: true });
+  const submit = h("button", { type: "submit", class: "primary", id: "create-submit" }, "Create batch");
+
+  const field = (key, ...children) => h("div", { class: "field", "data-field": key }, ...children);
+
+  const form = h(
+    "form",
+    { id: "create-form", novalidate: true, onsubmit: onSubmit },
+    h(
+      "section",
+      { class: "card" },
+      h("h2", {}, "Message"),
+      field(
+        "text",
+        h("label", { for: "template" }, "Template ", h("span", { class: "hint" }, "placeholders look like {{name}}")),
+        text,
+        h(
+          "div",
+          { class: "template-info", id: "template-info" },
+          h("span", {}, "Variables: ", varsOut),
+          h("span", {}, "Length: ", segOut),
+        ),
+        errors.text,
+      ),
+    ),
+    h(
+      "section",
+      { class: "card" },
+      h("h2", {}, "Recipients"),
+      field(
+        "recipients",
+        h("label", { for: "recipients" }, "Recipients as CSV ", rcptSummary),
+        h(
+          "p",
+          { class: "hint", id: "recipients-hint" },
+          "A header row with a phoneNumber column and one column per variable",
+          needs,
+          ", then one row per recipient. Paste it here or read a file.",
+        ),
+        rcpts,
+        h("div", { class: "actions" }, h("label", { for: "recipients-file", class: "hint" }, "CSV file"), file),
+        errors.recipients,
+        rcptProblems,
+      ),
+    ),
+    h(
+      "section",
+      { class: "card" },
+      h("h2", {}, "Options"),
+      h(
+        "div",
+        { class: "row" },
+        field("priority", h("label", { for: "priority" }, "Priority"), priority, errors.priority),
+        field(
+          "scheduleTime",
+          h("label", { for: "schedule" }, "Schedule ", h("span", { class: "hint", id: "schedule-hint" }, "your local time; empty sends now")),
+          schedule,
+          errors.scheduleTime,
+        ),
+        field("autoStart", h("label", { class: "check" }, autoStart, "Start automatically"), errors.autoStart),
+      ),
+      h("div", { class: "actions" }, submit, h("a", { class: "button", href: "#/" }, "Back to batches")),
+    ),
+  );
+
+  root.replaceChildren(h("div", { class: "page-head" }, h("h1", {}, "New batch")), summary, form);
+
+  function updateTemplate() {
+    const names = variables(text.value);
+    varsOut.replaceChildren(...(names.length ? names.map((n) => h("span", { class: "chip" }, n)) : ["none"]));
+    const s = segments(text.value);
+    const unit = s.encoding === "GSM-7" ? "characters" : "UTF-16 units";
+    segOut.textContent = text.value
+      ? `${s.units} ${unit}, ${s.encoding}, ${s.segments} segment${s.segments === 1 ? "" : "s"} (before variables are filled in)`
+      : "empty";
+    needs.textContent = names.length ? ` (${names.join(", ")})` : "";
+    updateRecipients();
+  }
+
+  function updateRecipients() {
+    const parsed = csv.recipients(rcpts.value);
+    rcptSummary.textContent = rcpts.value.trim() ? `(${parsed.recipients.length} recipient${parsed.recipients.length === 1 ? "" : "s"})` : "";
+    return parsed;
+  }
+
+  text.addEventListener("input", updateTemplate);
+  rcpts.addEventListener("input", updateRecipients);
+  file.addEventListener("change", async () => {
+    const f = file.files && file.files[0];
+    if (!f) return;
+    rcpts.value = await f.text();
+    updateRecipients();
+  });
+  updateTemplate();
+
+  function clearErrors() {
+    summary.replaceChildren();
+    for (const el of Object.values(errors)) el.textContent = "";
+    rcptProblems.replaceChildren();
+    for (const el of form.querySelectorAll(".field.invalid")) el.classList.remove("invalid");
+    for (const el of form.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
+  }
+
+  function mark(key, problem) {
+    const out = errors[key];
+    out.textContent = out.textContent ? `${out.textContent} ${problem}` : problem;
+    const f = form.querySelector(`.field[data-field="${key}"]`);
+    f.classList.add("invalid");
+    const input = f.querySelector("input, select, textarea");
+    if (input) input.setAttribute("aria-invalid", "true");
+  }
+
+  function recipientProblem(line, what) {
+    rcptProblems.append(h("li", {}, line ? `Row ${line}: ${what}` : what));
+    const f = form.querySelector('.field[data-field="recipients"]');
+    f.classList.add("invalid");
+    rcpts.setAttribute("aria-invalid", "true");
+  }
+
+  // showProblems puts each of the API's details next to its input; recipients[i]
+  // problems become a list naming the CSV row (line) of recipient i.
+  function showProblems(err, lines) {
+    const other = [];
+    for (const d of err.details) {
+      const f = d.field || "";
+      const m = /^recipients\[(\d+)\](?:\.(.*))?$/.exec(f);
+      if (m) {
+        const i = Number(m[1]);
+        const col = m[2] ? m[2].replace(/^variables\./, "") : "";
+        recipientProblem(lines[i], col ? `${col}: ${d.problem}` : d.problem);
+      } else if (f === "text") mark("text", d.problem);
+      else if (f === "recipients") mark("recipients", d.problem);
+      else if (f === "options.priority") mark("priority", d.problem);
+      else if (f === "options.scheduleTime") mark("scheduleTime", d.problem);
+      else if (f === "options.autoStart") mark("autoStart", d.problem);
+      else other.push(f ? `${f}: ${d.problem}` : d.problem);
+    }
+    summary.replaceChildren(
+      h(
+        "div",
+        { class: "alert error", role: "alert" },
+        err.details.length ? "The batch was not created: fix the problems marked below." : `The batch was not created: ${err.message}`,
+        other.length ? h("ul", {}, other.map((o) => h("li", {}, o))) : null,
+      ),
+    );
+  }
+
+  async function onSubmit(ev) {
+    ev.preventDefault();
+    clearErrors();
+    const parsed = updateRecipients();
+    if (parsed.problems.length) {
+      for (const p of parsed.problems) recipientProblem(p.line, p.problem);
+      summary.replaceChildren(h("div", { class: "alert error", role: "alert" }, "The recipients CSV cannot be read: see the rows listed."));
+      rcpts.focus();
+      return;
+    }
+    const options = { priority: priority.value, autoStart: autoStart.checked };
+    if (schedule.value) {
+      const when = new Date(schedule.value); // datetime-local is local time
+      if (Number.isNaN(when.getTime())) {
+        mark("scheduleTime", "not a valid date and time");
+        return;
+      }
+      options.scheduleTime = when.toISOString().replace(/\.\d{3}Z$/, "Z");
+    }
+    submit.disabled = true;
+    submit.textContent = "Creating…";
+    try {
+      const b = await api.create({ text: text.value, recipients: parsed.recipients, options });
+      location.hash = `#/batch/${encodeURIComponent(b.id)}`;
+    } catch (err) {
+      if (err instanceof ApiError) showProblems(err, parsed.lines);
+      else summary.replaceChildren(h("div", { class: "alert error", role: "alert" }, err.message));
+      const first = form.querySelector("[aria-invalid]");
+      (first || summary).focus?.();
+    } finally {
+      submit.disabled = false;
+      submit.textContent = "Create batch";
+    }
+  }
+
+  return () => {};
+}

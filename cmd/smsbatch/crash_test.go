@@ -22,7 +22,7 @@ var (
 )
 
 // binary builds the real smsbatch binary once for the tests that kill it.
-func binary(t *testing.T) string {
+func binary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "smsbatch-bin-")
@@ -42,7 +42,7 @@ func binary(t *testing.T) string {
 	return binPath
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -58,7 +58,7 @@ type process struct {
 	done chan error
 }
 
-func startBinary(t *testing.T, dataDir, addr string, extra ...string) (*process, *client) {
+func startBinary(t testing.TB, dataDir, addr string, extra ...string) (*process, *client) {
 	t.Helper()
 	args := append([]string{"serve", "--addr", addr, "--data-dir", dataDir,
 		"--api-keys", "acme:" + acmeKey, "--sim-latency", "30ms", "--work-slice", "1s",
@@ -102,7 +102,7 @@ func startBinary(t *testing.T, dataDir, addr string, extra ...string) (*process,
 	return p, c
 }
 
-func (p *process) wait(t *testing.T, timeout time.Duration) error {
+func (p *process) wait(t testing.TB, timeout time.Duration) error {
 	t.Helper()
 	select {
 	case err := <-p.done:

@@ -31,7 +31,7 @@ const (
 
 // testConfig is the configuration of an end-to-end test: the defaults of `serve`
 // with a temporary data directory, a free port and two tenants.
-func testConfig(t *testing.T) Config {
+func testConfig(t testing.TB) Config {
 	t.Helper()
 	cfg, err := ParseConfig(nil, func(string) string { return "" })
 	if err != nil {
@@ -49,7 +49,7 @@ func testConfig(t *testing.T) Config {
 }
 
 // startMain runs the real program in-process and stops it when the test ends.
-func startMain(t *testing.T, cfg Config) *client {
+func startMain(t testing.TB, cfg Config) *client {
 	t.Helper()
 	m := NewMain(cfg, &testWriter{t: t})
 	if err := m.Run(context.Background()); err != nil {
@@ -71,7 +71,7 @@ func startMain(t *testing.T, cfg Config) *client {
 	return c
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w *testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
@@ -79,7 +79,7 @@ func (w *testWriter) Write(p []byte) (int, error) {
 }
 
 type client struct {
-	t    *testing.T
+	t    testing.TB
 	base string
 	key  string
 	main *Main
@@ -240,7 +240,7 @@ func (c *client) waitStatus(id string, timeout time.Duration, want ...string) st
 
 // outbox returns the simulator's accepted messages of one batch by index, failing
 // the test if any recipient was sent twice.
-func outbox(t *testing.T, dataDir, batchID string) map[string]simulator.OutboxEntry {
+func outbox(t testing.TB, dataDir, batchID string) map[string]simulator.OutboxEntry {
 	t.Helper()
 	entries, err := simulator.ReadOutbox(filepath.Join(dataDir, "sim-outbox.jsonl"))
 	if err != nil && !os.IsNotExist(err) {
@@ -283,7 +283,7 @@ func maxInWindow(ts []time.Time, w time.Duration) int {
 }
 
 // storedEvents opens a stopped program's event store and returns every event.
-func storedEvents(t *testing.T, dataDir string) []eventstore.Event {
+func storedEvents(t testing.TB, dataDir string) []eventstore.Event {
 	t.Helper()
 	store, err := bolt.Open(filepath.Join(dataDir, "events.db"), bolt.Options{})
 	if err != nil {
@@ -306,7 +306,7 @@ func storedEvents(t *testing.T, dataDir string) []eventstore.Event {
 }
 
 // assertExactlyOneOutcome checks guarantee 1 on the stored events of a batch.
-func assertExactlyOneOutcome(t *testing.T, events []eventstore.Event, batchID string, total int) {
+func assertExactlyOneOutcome(t testing.TB, events []eventstore.Event, batchID string, total int) {
 	t.Helper()
 	outcomes := map[int]int{}
 	for _, se := range events {
@@ -337,7 +337,7 @@ func assertExactlyOneOutcome(t *testing.T, events []eventstore.Event, batchID st
 // natsURL is the NATS server with JetStream the scale-out tests use:
 // TEST_NATS_URL, or the machine's default port. Without one the test skips,
 // unless SMSBATCH_REQUIRE_NATS=1 (CI) makes that a failure.
-func natsURL(t *testing.T) string {
+func natsURL(t testing.TB) string {
 	t.Helper()
 	url := os.Getenv("TEST_NATS_URL")
 	if url == "" {
@@ -356,7 +356,7 @@ func natsURL(t *testing.T) string {
 
 // natsNamespace returns a namespace of the test's own on the NATS server and
 // deletes its streams when the test ends (after the program has stopped).
-func natsNamespace(t *testing.T, url string) string {
+func natsNamespace(t testing.TB, url string) string {
 	t.Helper()
 	ns := fmt.Sprintf("t%d-", time.Now().UnixNano())
 	t.Cleanup(func() {

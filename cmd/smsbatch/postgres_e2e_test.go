@@ -16,7 +16,7 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 
-func postgresConfig(t *testing.T, url string) Config {
+func postgresConfig(t testing.TB, url string) Config {
 	cfg := testConfig(t)
 	cfg.EventStore, cfg.EventStoreURL = "postgres", url
 	cfg.ReadStore, cfg.ReadStoreURL = "postgres", url
@@ -24,7 +24,7 @@ func postgresConfig(t *testing.T, url string) Config {
 }
 
 // pgEvents reads every event of the PostgreSQL event store at url.
-func pgEvents(t *testing.T, url string) []eventstore.Event {
+func pgEvents(t testing.TB, url string) []eventstore.Event {
 	t.Helper()
 	store, err := pgevents.Open(context.Background(), url, pgevents.Options{})
 	if err != nil {

@@ -12,7 +12,7 @@ import (
 )
 
 // startSimulatorBinary runs `smsbatch simulator` as its own process.
-func startSimulatorBinary(t *testing.T, dataDir, addr string) {
+func startSimulatorBinary(t testing.TB, dataDir, addr string) {
 	t.Helper()
 	cmd := exec.Command(binary(t), "simulator", "--addr", addr, "--data-dir", dataDir,
 		"--sms-account-sid", "ACtest", "--sim-latency", "30ms", "--log-level", "warn")

@@ -3,10 +3,15 @@ package main
 import (
 	"bufio"
 	"net"
+	"net/http"
 	"os/exec"
+	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/gorilla/websocket"
 
 	"github.com/smsbatch/smsbatch/internal/pgtest"
 )
@@ -86,6 +91,9 @@ func TestThreeInstancesSurviveOneKilled(t *testing.T) {
 		st := clients[i%3].create(batchBody(recipients(spec.n), spec.priority))
 		batches = append(batches, batch{st.ID, spec.n, spec.rate})
 	}
+	// A WebSocket client on instance 0 follows every batch, whichever instance
+	// created or works it.
+	final := followAll(t, clients[0])
 	time.Sleep(2 * time.Second)
 	if err := procs[1].cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -134,6 +142,11 @@ func TestThreeInstancesSurviveOneKilled(t *testing.T) {
 			t.Fatalf("batch %s at %v/s: %d sends within one second; gaps %v (killed at %s, first send %s)", b.id, b.rate, most, gaps, killedAt.Format("15:04:05.000"), ts[0].Format("15:04:05.000"))
 		}
 	}
+	for _, b := range batches {
+		if got := final(b.id, 10*time.Second); got != "completed" {
+			t.Fatalf("the WebSocket on instance 0 last saw batch %s as %q", b.id, got)
+		}
+	}
 	for _, p := range []*process{procs[0], procs[2]} {
 		p.cmd.Process.Signal(syscall.SIGTERM)
 		p.wait(t, 30*time.Second)
@@ -141,5 +154,50 @@ func TestThreeInstancesSurviveOneKilled(t *testing.T) {
 	events := pgEvents(t, url)
 	for _, b := range batches {
 		assertExactlyOneOutcome(t, events, b.id, b.n)
+	}
+}
+
+// followAll opens GET /api/ws on the instance and records the last status seen of
+// each batch; the returned function waits until a batch's last status is final.
+func followAll(t *testing.T, c *client) func(id string, timeout time.Duration) string {
+	t.Helper()
+	header := http.Header{"Authorization": {"Bearer " + c.key}}
+	conn, resp, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(c.base, "http")+"/api/ws", header)
+	if err != nil {
+		t.Fatalf("websocket: %v (%v)", err, resp)
+	}
+	t.Cleanup(func() { conn.Close() })
+	var mu sync.Mutex
+	last := map[string]string{}
+	go func() {
+		for {
+			var msg struct {
+				Type  string `json:"type"`
+				Batch struct {
+					ID     string `json:"id"`
+					Status string `json:"status"`
+				} `json:"batch"`
+			}
+			if err := conn.ReadJSON(&msg); err != nil {
+				return
+			}
+			if msg.Type == "batch.status" {
+				mu.Lock()
+				last[msg.Batch.ID] = msg.Batch.Status
+				mu.Unlock()
+			}
+		}
+	}()
+	return func(id string, timeout time.Duration) string {
+		deadline := time.Now().Add(timeout)
+		for {
+			mu.Lock()
+			got := last[id]
+			mu.Unlock()
+			if got == "completed" || time.Now().After(deadline) {
+				return got
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 	}
 }

@@ -104,13 +104,13 @@ func (c *HubConfig) setDefaults() error {
 func (c HubConfig) Validate() error {
 	var errs []error
 	if c.Events == nil {
-		errs = append(errs, errors.New("Events is required"))
+		errs = append(errs, errors.New("missing Events"))
 	}
 	if c.ReadModels == nil {
-		errs = append(errs, errors.New("ReadModels is required"))
+		errs = append(errs, errors.New("missing ReadModels"))
 	}
 	if c.Projections == nil {
-		errs = append(errs, errors.New("Projections is required"))
+		errs = append(errs, errors.New("missing Projections"))
 	}
 	if c.PingInterval > 0 && c.PongWait > 0 && c.PongWait <= c.PingInterval {
 		errs = append(errs, errors.New("PongWait must be longer than PingInterval"))

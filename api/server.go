@@ -118,16 +118,16 @@ func (c *Config) setDefaults() {
 func (c Config) Validate() error {
 	var errs []error
 	if c.Commands == nil {
-		errs = append(errs, errors.New("Commands is required"))
+		errs = append(errs, errors.New("missing Commands"))
 	}
 	if c.ReadModels == nil {
-		errs = append(errs, errors.New("ReadModels is required"))
+		errs = append(errs, errors.New("missing ReadModels"))
 	}
 	if c.Projections == nil {
-		errs = append(errs, errors.New("Projections is required"))
+		errs = append(errs, errors.New("missing Projections"))
 	}
 	if c.Keys == nil || c.Keys.Len() == 0 {
-		errs = append(errs, errors.New("Keys is required: at least one API key"))
+		errs = append(errs, errors.New("missing Keys: at least one API key is needed"))
 	}
 	if c.DefaultRegion != "" && !domain.ValidRegion(c.DefaultRegion) {
 		errs = append(errs, fmt.Errorf("DefaultRegion %q is not a known region", c.DefaultRegion))
@@ -169,11 +169,11 @@ func NewHandler(cfg Config) (http.Handler, error) {
 	r.Group(func(r chi.Router) {
 		r.Use(s.authenticate)
 		if cfg.RateLimit.Requests > 0 {
-			r.Use(httprate.Limit(cfg.RateLimit.Requests, cfg.RateLimit.Window,
-				httprate.WithKeyFuncs(func(r *http.Request) (string, error) {
+			r.Use(httprate.LimitBy(cfg.RateLimit.Requests, cfg.RateLimit.Window,
+				func(r *http.Request) (string, error) {
 					p, _ := PrincipalFrom(r.Context())
 					return p.KeyID, nil
-				}),
+				},
 				httprate.WithLimitHandler(func(w http.ResponseWriter, r *http.Request) {
 					writeError(w, r, s.log, domain.Errorf(domain.ERATELIMITED, "too many requests for this API key; retry after the time in Retry-After"))
 				}),

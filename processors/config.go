@@ -94,13 +94,13 @@ func (c *Config) setDefaults() {
 func (c Config) Validate() error {
 	var errs []error
 	if c.Commands == nil {
-		errs = append(errs, errors.New("Commands is required"))
+		errs = append(errs, errors.New("missing Commands"))
 	}
 	if c.Store == nil {
-		errs = append(errs, errors.New("Store is required"))
+		errs = append(errs, errors.New("missing Store"))
 	}
 	if c.Provider == nil {
-		errs = append(errs, errors.New("Provider is required"))
+		errs = append(errs, errors.New("missing Provider"))
 	}
 	if err := c.Rates.Validate(); err != nil && c.Rates != (domain.Rates{}) {
 		errs = append(errs, err)

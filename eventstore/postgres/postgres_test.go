@@ -251,10 +251,10 @@ func TestLateCommitsAreDeliveredInOrder(t *testing.T) {
 		t.Fatal("no append rolled back: the test proves nothing about rollbacks")
 	}
 
-	got := rec.waitFor(t, len(committed), 30*time.Second)
+	rec.waitFor(t, len(committed), 30*time.Second)
 	// Anything extra (a duplicate, a rolled-back event) would arrive by now too.
 	time.Sleep(2 * postgres.DefaultPollInterval)
-	got = rec.got()
+	got := rec.got()
 
 	seen := map[string]int{}
 	next := map[string]uint64{}

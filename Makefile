@@ -25,13 +25,18 @@ test: vet
 test-short:
 	$(GO) test -race -count=1 -short $(PKGS)
 
-## bench: the benchmarks (figures for the closing notes)
+## bench: the benchmarks (PostgreSQL ones on TEST_DATABASE_URL or a throwaway cluster;
+## the NATS ones on TEST_NATS_URL or 127.0.0.1:4222). The catch-up read covers
+## 1,000,000 events.
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s -timeout 30m $(PKGS)
+	SMSBATCH_BENCH_BIG=1 $(GO) test -run '^$$' -bench . -benchmem -benchtime 2s -timeout 60m -p 1 $(PKGS)
 
-## vet: go vet and gofmt
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
+## vet: go vet, staticcheck and gofmt
 vet:
 	$(GO) vet $(PKGS)
+	$(GO) run $(STATICCHECK) $(PKGS)
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed:"; gofmt -l .; exit 1; }
 
 fmt:

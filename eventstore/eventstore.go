@@ -169,3 +169,29 @@ type Store interface {
 	// Close releases the store. Operations after Close return ErrClosed.
 	Close() error
 }
+
+// ValidateAppend checks what every adapter requires of an append: a stream name,
+// at least one event, and events with an ID and a type, no ID twice. Adapters
+// add their own limits.
+func ValidateAppend(stream string, events []EventData) error {
+	if stream == "" {
+		return errors.New("stream name is empty")
+	}
+	if len(events) == 0 {
+		return errors.New("no events to append")
+	}
+	seen := make(map[string]struct{}, len(events))
+	for i, e := range events {
+		if e.ID == "" {
+			return fmt.Errorf("event %d has no ID", i)
+		}
+		if e.Type == "" {
+			return fmt.Errorf("event %s has no type", e.ID)
+		}
+		if _, dup := seen[e.ID]; dup {
+			return fmt.Errorf("event ID %s appears twice", e.ID)
+		}
+		seen[e.ID] = struct{}{}
+	}
+	return nil
+}

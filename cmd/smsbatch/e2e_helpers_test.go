@@ -290,6 +290,12 @@ func storedEvents(t testing.TB, dataDir string) []eventstore.Event {
 		t.Fatal(err)
 	}
 	defer store.Close()
+	return allEvents(t, store)
+}
+
+// allEvents reads every event of a store in global order.
+func allEvents(t testing.TB, store eventstore.Store) []eventstore.Event {
+	t.Helper()
 	var all []eventstore.Event
 	pos := eventstore.Start
 	for {

@@ -31,19 +31,7 @@ func pgEvents(t testing.TB, url string) []eventstore.Event {
 		t.Fatal(err)
 	}
 	defer store.Close()
-	var all []eventstore.Event
-	pos := eventstore.Start
-	for {
-		page, err := store.ReadAll(context.Background(), pos, 1000)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(page) == 0 {
-			return all
-		}
-		all = append(all, page...)
-		pos = page[len(page)-1].Position
-	}
+	return allEvents(t, store)
 }
 
 func TestPostgresStoresRateAndPauseResume(t *testing.T) {

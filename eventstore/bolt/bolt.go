@@ -211,32 +211,18 @@ func (s *Store) Append(ctx context.Context, stream string, expected eventstore.E
 	return r.result, nil
 }
 
-// validateAppend rejects appends that cannot be stored.
+// validateAppend adds bolt's key size limits to the port's rules.
 func validateAppend(stream string, events []eventstore.EventData) error {
-	if stream == "" {
-		return errors.New("stream name is empty")
+	if err := eventstore.ValidateAppend(stream, events); err != nil {
+		return err
 	}
 	if len(stream) > bbolt.MaxKeySize {
 		return fmt.Errorf("stream name is %d bytes, more than %d", len(stream), bbolt.MaxKeySize)
 	}
-	if len(events) == 0 {
-		return errors.New("no events to append")
-	}
-	seen := make(map[string]struct{}, len(events))
 	for i, e := range events {
-		if e.ID == "" {
-			return fmt.Errorf("event %d has no ID", i)
-		}
 		if len(e.ID) > bbolt.MaxKeySize {
 			return fmt.Errorf("event %d has an ID of %d bytes, more than %d", i, len(e.ID), bbolt.MaxKeySize)
 		}
-		if e.Type == "" {
-			return fmt.Errorf("event %s has no type", e.ID)
-		}
-		if _, dup := seen[e.ID]; dup {
-			return fmt.Errorf("event ID %s appears twice", e.ID)
-		}
-		seen[e.ID] = struct{}{}
 	}
 	return nil
 }

@@ -16,7 +16,6 @@ package memory
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -58,7 +57,7 @@ func NewWithClock(clock func() time.Time) *Store {
 
 // Append implements eventstore.Store.
 func (s *Store) Append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events []eventstore.EventData) (eventstore.AppendResult, error) {
-	if err := validateAppend(stream, events); err != nil {
+	if err := eventstore.ValidateAppend(stream, events); err != nil {
 		return eventstore.AppendResult{}, fmt.Errorf("memory: append to %s: %w", stream, err)
 	}
 	if err := ctx.Err(); err != nil {
@@ -134,30 +133,6 @@ func (s *Store) retried(stream string, expected eventstore.ExpectedRevision, eve
 func sameEvent(stored eventstore.Event, e eventstore.EventData) bool {
 	return stored.ID == e.ID && stored.Type == e.Type &&
 		bytes.Equal(stored.Data, e.Data) && bytes.Equal(stored.Metadata, e.Metadata)
-}
-
-// validateAppend rejects appends no adapter should store.
-func validateAppend(stream string, events []eventstore.EventData) error {
-	if stream == "" {
-		return errors.New("stream name is empty")
-	}
-	if len(events) == 0 {
-		return errors.New("no events to append")
-	}
-	seen := make(map[string]struct{}, len(events))
-	for i, e := range events {
-		if e.ID == "" {
-			return fmt.Errorf("event %d has no ID", i)
-		}
-		if e.Type == "" {
-			return fmt.Errorf("event %s has no type", e.ID)
-		}
-		if _, dup := seen[e.ID]; dup {
-			return fmt.Errorf("event ID %s appears twice", e.ID)
-		}
-		seen[e.ID] = struct{}{}
-	}
-	return nil
 }
 
 // ReadStream implements eventstore.Store.

@@ -173,7 +173,7 @@ func (s *Store) Append(ctx context.Context, stream string, expected eventstore.E
 }
 
 func (s *Store) append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events []eventstore.EventData) (eventstore.AppendResult, error) {
-	if err := validateAppend(stream, events); err != nil {
+	if err := eventstore.ValidateAppend(stream, events); err != nil {
 		return eventstore.AppendResult{}, err
 	}
 	if err := s.usable(ctx); err != nil {
@@ -315,30 +315,6 @@ func retried(stream string, expected eventstore.ExpectedRevision, events []event
 		last = got
 	}
 	return eventstore.AppendResult{NextExpected: last.Revision, Position: last.Position}, true
-}
-
-// validateAppend rejects appends that cannot be stored.
-func validateAppend(stream string, events []eventstore.EventData) error {
-	if stream == "" {
-		return errors.New("stream name is empty")
-	}
-	if len(events) == 0 {
-		return errors.New("no events to append")
-	}
-	seen := make(map[string]struct{}, len(events))
-	for i, e := range events {
-		if e.ID == "" {
-			return fmt.Errorf("event %d has no ID", i)
-		}
-		if e.Type == "" {
-			return fmt.Errorf("event %s has no type", e.ID)
-		}
-		if _, dup := seen[e.ID]; dup {
-			return fmt.Errorf("event ID %s appears twice", e.ID)
-		}
-		seen[e.ID] = struct{}{}
-	}
-	return nil
 }
 
 // columns are the events columns scanEvent reads, in its order.

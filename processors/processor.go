@@ -147,6 +147,10 @@ func (p *Processor) prepare(st *batchState, b *domain.Batch) error {
 	return nil
 }
 
+// errRecipientsBroken: the recipients stream does not hold what BatchCreated
+// promised. Retrying cannot help; the batch fails.
+var errRecipientsBroken = errors.New("recipients missing or unreadable")
+
 // recipient returns recipient index, reading its page when it is not the cached one.
 func (p *Processor) recipient(ctx context.Context, st *batchState, batchID string, index int) (domain.Recipient, error) {
 	page := index / domain.RecipientPageSize
@@ -156,21 +160,21 @@ func (p *Processor) recipient(ctx context.Context, st *batchState, batchID strin
 			return domain.Recipient{}, fmt.Errorf("read recipients page %d: %w", page, err)
 		}
 		if len(events) == 0 {
-			return domain.Recipient{}, fmt.Errorf("recipients page %d of batch %s is missing", page, batchID)
+			return domain.Recipient{}, fmt.Errorf("page %d: %w", page, errRecipientsBroken)
 		}
 		e, err := domain.DecodeEvent(events[0].Type, events[0].Data)
 		if err != nil {
-			return domain.Recipient{}, err
+			return domain.Recipient{}, fmt.Errorf("page %d: %w: %w", page, errRecipientsBroken, err)
 		}
 		rp, ok := e.(domain.RecipientsPageAdded)
 		if !ok {
-			return domain.Recipient{}, fmt.Errorf("recipients page %d of batch %s is a %s", page, batchID, e.EventType())
+			return domain.Recipient{}, fmt.Errorf("page %d is a %s: %w", page, e.EventType(), errRecipientsBroken)
 		}
 		st.page, st.recipients = page, rp.Recipients
 	}
 	i := index - page*domain.RecipientPageSize
 	if i < 0 || i >= len(st.recipients) {
-		return domain.Recipient{}, fmt.Errorf("recipient %d of batch %s is missing", index, batchID)
+		return domain.Recipient{}, fmt.Errorf("recipient %d: %w", index, errRecipientsBroken)
 	}
 	return st.recipients[i], nil
 }
@@ -229,6 +233,9 @@ func (s *slice) run(ctx context.Context) (*Work, error) {
 			if _, err := p.recipient(ctx, s.st, s.batch.ID(), min(s.batch.Cursor(), s.batch.Total()-1)); err != nil {
 				p.log.Error("recipients unreadable", "batch", s.batch.ID(), "err", err)
 				stopping, dispatch = true, false
+				if errors.Is(err, errRecipientsBroken) {
+					s.fail(keep, err)
+				}
 			}
 		}
 		if dispatch || len(s.finished) > 0 {
@@ -270,6 +277,17 @@ func (s *slice) run(ctx context.Context) (*Work, error) {
 		next.PrevSlice = s.id
 	}
 	return &next, nil
+}
+
+// fail marks the batch failed: it cannot go on. Messages in flight still get
+// their outcomes.
+func (s *slice) fail(ctx context.Context, cause error) {
+	b, err := s.p.cfg.Commands.FailBatch(ctx, s.batch.ID(), cause.Error())
+	if err != nil {
+		s.p.log.Error("failing the batch failed", "batch", s.batch.ID(), "err", err)
+		return
+	}
+	s.batch = b
 }
 
 func (s *slice) collect(r result) {

@@ -465,3 +465,24 @@ func TestRateHeldWhenSlicesMoveBetweenInstances(t *testing.T) {
 		}
 	}
 }
+
+func TestBatchWithMissingRecipientsFails(t *testing.T) {
+	h := newHarness(t, newFakeProvider(0))
+	tmpl, _ := domain.NewTemplate("Hi", domain.DefaultTemplateLimits)
+	// BatchCreated promises 5 recipients, but their page was never stored.
+	b, err := domain.NewBatch(domain.NewBatchParams{ID: "b1", Tenant: "acme", Template: tmpl, AutoStart: true, Total: 5, Pages: 1}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.cmds.Repository().Add(context.Background(), b); err != nil {
+		t.Fatal(err)
+	}
+	drive(t, h.processor(Config{Unlimited: true}), Work{BatchID: "b1", PrevSlice: b.LastSlice()})
+	got, _ := h.cmds.Repository().Load(context.Background(), "b1")
+	if got.Status() != domain.StatusFailed {
+		t.Fatalf("status %s, want failed: retrying cannot bring the recipients back", got.Status())
+	}
+	if len(h.prov.calls) != 0 {
+		t.Fatalf("%d sends for a batch without recipients", len(h.prov.calls))
+	}
+}

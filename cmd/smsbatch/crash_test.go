@@ -1,7 +1,7 @@
 package main
 
 import (
-	"bufio"
+	"bytes"
 	"fmt"
 	"net"
 	"os"
@@ -58,46 +58,74 @@ type process struct {
 	done chan error
 }
 
-func startBinary(t testing.TB, dataDir, addr string, extra ...string) (*process, *client) {
+// startProcess runs the binary with args; its output goes to the test log (exec
+// copies it, and Wait returns only once the copy is done, so nothing is logged
+// after the test). The process is killed when the test ends.
+func startProcess(t testing.TB, name string, args ...string) *process {
 	t.Helper()
-	args := append([]string{"serve", "--addr", addr, "--data-dir", dataDir,
-		"--api-keys", "acme:" + acmeKey, "--sim-latency", "30ms", "--work-slice", "1s",
-		"--stall-timeout", "3s", "--log-level", "warn"}, extra...)
 	cmd := exec.Command(binary(t), args...)
 	cmd.Env = append(os.Environ(), "GORACE=halt_on_error=1")
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = cmd.Stdout
+	out := &prefixWriter{t: t, prefix: name + ": "}
+	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() {
-		s := bufio.NewScanner(stdout)
-		for s.Scan() {
-			t.Log("smsbatch: " + s.Text())
-		}
-	}()
 	p := &process{cmd: cmd, done: make(chan error, 1)}
 	go func() { p.done <- cmd.Wait() }()
 	t.Cleanup(func() {
 		cmd.Process.Kill()
 		<-p.done
 	})
-	c := &client{t: t, base: "http://" + addr, key: acmeKey}
+	return p
+}
+
+// prefixWriter logs each line written to it.
+type prefixWriter struct {
+	t      testing.TB
+	prefix string
+	mu     sync.Mutex
+	buf    []byte
+}
+
+func (w *prefixWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf = append(w.buf, p...)
+	for {
+		i := bytes.IndexByte(w.buf, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		w.t.Log(w.prefix + string(w.buf[:i]))
+		w.buf = w.buf[i+1:]
+	}
+}
+
+// waitListening waits until something accepts connections on addr.
+func waitListening(t testing.TB, addr string) {
+	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		conn, err := net.DialTimeout("tcp", addr, 100*time.Millisecond)
-		if err == nil {
+		if conn, err := net.DialTimeout("tcp", addr, 100*time.Millisecond); err == nil {
 			conn.Close()
-			break
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("binary did not start listening")
+			t.Fatalf("nothing listens on %s", addr)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// startBinary runs `smsbatch serve` and returns it with a client once it is ready.
+func startBinary(t testing.TB, dataDir, addr string, extra ...string) (*process, *client) {
+	t.Helper()
+	args := append([]string{"serve", "--addr", addr, "--data-dir", dataDir,
+		"--api-keys", "acme:" + acmeKey, "--sim-latency", "30ms", "--work-slice", "1s",
+		"--stall-timeout", "3s", "--log-level", "warn"}, extra...)
+	p := startProcess(t, "smsbatch", args...)
+	waitListening(t, addr)
+	c := &client{t: t, base: "http://" + addr, key: acmeKey}
 	c.waitReady()
 	return p, c
 }

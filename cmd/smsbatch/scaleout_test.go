@@ -1,10 +1,7 @@
 package main
 
 import (
-	"bufio"
-	"net"
 	"net/http"
-	"os/exec"
 	"strings"
 	"sync"
 	"syscall"
@@ -19,37 +16,9 @@ import (
 // startSimulatorBinary runs `smsbatch simulator` as its own process.
 func startSimulatorBinary(t testing.TB, dataDir, addr string) {
 	t.Helper()
-	cmd := exec.Command(binary(t), "simulator", "--addr", addr, "--data-dir", dataDir,
+	startProcess(t, "simulator", "simulator", "--addr", addr, "--data-dir", dataDir,
 		"--sms-account-sid", "ACtest", "--sim-latency", "30ms", "--log-level", "warn")
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = cmd.Stdout
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		s := bufio.NewScanner(stdout)
-		for s.Scan() {
-			t.Log("simulator: " + s.Text())
-		}
-	}()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		cmd.Wait()
-	})
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if conn, err := net.DialTimeout("tcp", addr, 100*time.Millisecond); err == nil {
-			conn.Close()
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("simulator did not start")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitListening(t, addr)
 }
 
 // Three instances share one PostgreSQL, one NATS and one standalone simulator;

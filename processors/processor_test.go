@@ -226,19 +226,7 @@ func TestRateIsKeptAndReached(t *testing.T) {
 	if len(times) != n {
 		t.Fatalf("%d sends, want %d", len(times), n)
 	}
-	// Never more than the rate in any one-second window (burst 1). Sends are
-	// timestamped inside the provider, after goroutine scheduling: on a loaded
-	// 2-core machine one send can start late by several milliseconds while the
-	// next is on time, so the window is shortened by that much jitter.
-	for i := range times {
-		in := 0
-		for j := i; j < len(times) && times[j].Sub(times[i]) < time.Second-20*time.Millisecond; j++ {
-			in++
-		}
-		if in > int(rate) {
-			t.Fatalf("%d sends within one second from send %d, rate is %v", in, i, rate)
-		}
-	}
+	assertRate(t, times, rate)
 	achieved := float64(n-1) / times[n-1].Sub(times[0]).Seconds()
 	if achieved < 0.9*rate {
 		t.Fatalf("achieved %.2f/s, want at least 90%% of %v", achieved, rate)
@@ -455,15 +443,7 @@ func TestRateHeldWhenSlicesMoveBetweenInstances(t *testing.T) {
 	if len(times) != n {
 		t.Fatalf("%d sends, want %d", len(times), n)
 	}
-	for i := range times {
-		in := 0
-		for j := i; j < len(times) && times[j].Sub(times[i]) < time.Second-20*time.Millisecond; j++ {
-			in++
-		}
-		if in > int(rate) {
-			t.Fatalf("%d sends within one second from send %d across instance hops, rate is %v", in, i, rate)
-		}
-	}
+	assertRate(t, times, rate)
 }
 
 func TestBatchWithMissingRecipientsFails(t *testing.T) {
@@ -484,5 +464,22 @@ func TestBatchWithMissingRecipientsFails(t *testing.T) {
 	}
 	if len(h.prov.calls) != 0 {
 		t.Fatalf("%d sends for a batch without recipients", len(h.prov.calls))
+	}
+}
+
+// assertRate fails if more than rate sends fall within any one-second window
+// (burst 1). Sends are timestamped inside the provider, after goroutine
+// scheduling: on a loaded 2-core machine one send can start late by several
+// milliseconds while the next is on time, so the window is shortened by that much.
+func assertRate(t *testing.T, times []time.Time, rate float64) {
+	t.Helper()
+	for i := range times {
+		in := 0
+		for j := i; j < len(times) && times[j].Sub(times[i]) < time.Second-20*time.Millisecond; j++ {
+			in++
+		}
+		if in > int(rate) {
+			t.Fatalf("%d sends within one second from send %d, rate is %v", in, i, rate)
+		}
 	}
 }

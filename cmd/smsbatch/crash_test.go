@@ -145,8 +145,17 @@ func (p *process) wait(t testing.TB, timeout time.Duration) error {
 func TestCrashWithSIGKILLMidBatchFinishesOnRestart(t *testing.T) {
 	skipShort(t)
 	dataDir := t.TempDir()
+	id := crashAndRestart(t, dataDir)
+	assertExactlyOneOutcome(t, storedEvents(t, dataDir), id, 30)
+}
+
+// crashAndRestart kills the binary with SIGKILL in the middle of a batch of 30,
+// starts it again on the same data, waits for the batch to complete with every
+// recipient in the outbox once, stops it and returns the batch's ID.
+func crashAndRestart(t *testing.T, dataDir string, extra ...string) string {
+	t.Helper()
 	addr := freeAddr(t)
-	p, c := startBinary(t, dataDir, addr)
+	p, c := startBinary(t, dataDir, addr, extra...)
 	st := c.create(batchBody(recipients(30), "high")) // ~3.6 s at 8/s
 	time.Sleep(1500 * time.Millisecond)
 	mid := c.status(st.ID)
@@ -158,18 +167,18 @@ func TestCrashWithSIGKILLMidBatchFinishesOnRestart(t *testing.T) {
 	}
 	p.wait(t, 10*time.Second)
 
-	p, c = startBinary(t, dataDir, addr)
-	done := c.waitStatus(st.ID, 40*time.Second, "completed")
+	p, c = startBinary(t, dataDir, addr, extra...)
+	done := c.waitStatus(st.ID, 60*time.Second, "completed")
 	if done.Progress.Completed != 30 {
 		t.Fatalf("after restart: %+v, want 30 sent", done.Progress)
 	}
 	if n := len(outbox(t, dataDir, st.ID)); n != 30 {
 		t.Fatalf("outbox holds %d distinct recipients, want 30", n)
 	}
-	// The store is locked while the binary runs: stop it to read the events.
+	// Stop it gracefully: the bolt file is locked while the binary runs.
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	p.wait(t, 30*time.Second)
-	assertExactlyOneOutcome(t, storedEvents(t, dataDir), st.ID, 30)
+	return st.ID
 }
 
 func TestSIGTERMFinishesInFlightSends(t *testing.T) {

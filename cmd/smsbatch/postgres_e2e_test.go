@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"os"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -121,27 +120,8 @@ func TestPostgresRestartMidBatchLosesNothing(t *testing.T) {
 func TestCrashWithSIGKILLOnPostgres(t *testing.T) {
 	skipShort(t)
 	url := pgtest.Database(t)
-	dataDir := t.TempDir()
-	addr := freeAddr(t)
-	pg := []string{"--event-store", "postgres", "--event-store-url", url, "--read-store", "postgres"}
-	p, c := startBinary(t, dataDir, addr, pg...)
-	st := c.create(batchBody(recipients(30), "high"))
-	time.Sleep(1500 * time.Millisecond)
-	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	p.wait(t, 10*time.Second)
-	p, c = startBinary(t, dataDir, addr, pg...)
-	done := c.waitStatus(st.ID, 60*time.Second, "completed")
-	if done.Progress.Completed != 30 {
-		t.Fatalf("after restart: %+v", done.Progress)
-	}
-	if n := len(outbox(t, dataDir, st.ID)); n != 30 {
-		t.Fatalf("outbox holds %d, want 30", n)
-	}
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	p.wait(t, 30*time.Second)
-	assertExactlyOneOutcome(t, pgEvents(t, url), st.ID, 30)
+	id := crashAndRestart(t, t.TempDir(), "--event-store", "postgres", "--event-store-url", url, "--read-store", "postgres")
+	assertExactlyOneOutcome(t, pgEvents(t, url), id, 30)
 }
 
 func TestProjectionsRebuildCommand(t *testing.T) {

@@ -77,12 +77,7 @@ func BenchmarkFailover(b *testing.B) {
 	simDir := b.TempDir()
 	simAddr := freeAddr(b)
 	startSimulatorBinary(b, simDir, simAddr)
-	shared := []string{
-		"--event-store", "postgres", "--event-store-url", url, "--read-store", "postgres",
-		"--nats-url", nurl, "--nats-namespace", ns,
-		"--sms-provider", "http", "--sms-url", "http://" + simAddr, "--sms-account-sid", "ACtest",
-		"--log-level", "error",
-	}
+	shared := append(instanceArgs(url, nurl, ns, simAddr), "--log-level", "error")
 	var total time.Duration
 	for range b.N {
 		victim, vc := startBinary(b, b.TempDir(), freeAddr(b), shared...)

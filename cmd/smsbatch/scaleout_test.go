@@ -33,12 +33,7 @@ func TestThreeInstancesSurviveOneKilled(t *testing.T) {
 	simAddr := freeAddr(t)
 	startSimulatorBinary(t, simDir, simAddr)
 
-	shared := []string{
-		"--event-store", "postgres", "--event-store-url", url, "--read-store", "postgres",
-		"--nats-url", nurl, "--nats-namespace", ns,
-		"--sms-provider", "http", "--sms-url", "http://" + simAddr, "--sms-account-sid", "ACtest",
-		"--stall-timeout", "4s",
-	}
+	shared := append(instanceArgs(url, nurl, ns, simAddr), "--stall-timeout", "4s")
 	var procs []*process
 	var clients []*client
 	for range 3 {
@@ -168,5 +163,15 @@ func followAll(t *testing.T, c *client) func(id string, timeout time.Duration) s
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
+	}
+}
+
+// instanceArgs are the flags of an instance sharing PostgreSQL, NATS and the
+// standalone simulator (which takes SMSBATCH_SMS_AUTH_TOKEN from the environment).
+func instanceArgs(pgURL, natsURL, namespace, simAddr string) []string {
+	return []string{
+		"--event-store", "postgres", "--event-store-url", pgURL, "--read-store", "postgres",
+		"--nats-url", natsURL, "--nats-namespace", namespace,
+		"--sms-provider", "http", "--sms-url", "http://" + simAddr, "--sms-account-sid", "ACtest",
 	}
 }

@@ -39,6 +39,14 @@ func (s *server) getBatch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st, err := s.cfg.ReadModels.Batch(r.Context(), p.Tenant, id)
+	if domain.ErrorCode(err) == domain.ENOTFOUND {
+		// The read models may not have caught up with a batch just created (the
+		// create answered 201 from the aggregate): a batch that exists is never
+		// a 404.
+		if b, lerr := s.cfg.Commands.Repository().Load(r.Context(), id); lerr == nil && b.Tenant() == p.Tenant {
+			st, err = statusFromAggregate(b), nil
+		}
+	}
 	if err != nil {
 		writeError(w, r, s.log, err)
 		return
@@ -138,8 +146,18 @@ func (s *server) act(run func(context.Context, commands.Act) (commands.Result, e
 			writeError(w, r, s.log, err)
 			return
 		}
+		s.started(r.Context(), res)
 		writeJSON(w, http.StatusOK, s.statusAfter(r.Context(), p.Tenant, res))
 	}
+}
+
+// started tells Config.Started of a batch the request just started or resumed:
+// its last event is then the BatchStarted or BatchResumed.
+func (s *server) started(ctx context.Context, res commands.Result) {
+	if s.cfg.Started == nil || res.Batch == nil || res.Batch.Status() != domain.StatusProcessing || res.Batch.Version() == 0 {
+		return
+	}
+	s.cfg.Started(ctx, res.Batch.ID(), res.Batch.Version()-1)
 }
 
 // statusAfter is the batch's status once the read models include a command's

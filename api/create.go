@@ -132,6 +132,7 @@ func (s *server) createBatch(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.log, err)
 		return
 	}
+	s.started(r.Context(), res)
 	w.Header().Set("Location", "/api/batch/"+id)
 	writeJSON(w, http.StatusCreated, s.statusAfter(r.Context(), p.Tenant, res))
 }

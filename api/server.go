@@ -87,6 +87,10 @@ type Config struct {
 	Logger         *slog.Logger
 	// NewID makes batch IDs; default UUIDv7 (time-ordered).
 	NewID func() (string, error)
+	// Started, when set, is told of every batch a request started or resumed
+	// (revision: that of its BatchStarted or BatchResumed event), so that sending
+	// begins at once instead of when the event subscription delivers the event.
+	Started func(ctx context.Context, batchID string, revision uint64)
 	// Live pushes batch changes over WebSocket (GET /api/ws, GET
 	// /api/batch/{id}/ws, POST /api/ws/ticket); nil leaves those routes out.
 	Live *Hub

@@ -211,8 +211,17 @@ func (f *Forwarder) startDue(ctx context.Context) {
 	}
 	f.mu.Unlock()
 	for _, id := range due {
-		if _, err := f.commands.StartIfDue(ctx, id); err != nil && ctx.Err() == nil {
-			f.log.Error("starting scheduled batch failed", "batch", id, "err", err)
+		b, err := f.commands.StartIfDue(ctx, id)
+		if err != nil {
+			if ctx.Err() == nil {
+				f.log.Error("starting scheduled batch failed", "batch", id, "err", err)
+			}
+			continue
+		}
+		if b.Status() == domain.StatusProcessing {
+			if err := PublishWork(f.pub, id, b.Version()-1); err != nil {
+				f.log.Error("publishing work failed", "batch", id, "err", err)
+			}
 		}
 	}
 }

@@ -113,3 +113,16 @@ func workMessage(w Work) (*message.Message, error) {
 	msg.Metadata.Set("batch_id", w.BatchID)
 	return msg, nil
 }
+
+// PublishWork hands a batch that was just started or resumed (revision: that of
+// the BatchStarted or BatchResumed event) its first work message directly, so
+// sending does not wait for the event subscription to deliver the event. The
+// lifecycle handler publishes the same work message when the event arrives;
+// the two share one chain token, so only one of their slices can dispatch.
+func PublishWork(pub message.Publisher, batchID string, revision uint64) error {
+	msg, err := workMessage(Work{BatchID: batchID, PrevSlice: domain.ChainToken(revision)})
+	if err != nil {
+		return err
+	}
+	return pub.Publish(TopicWork, msg)
+}

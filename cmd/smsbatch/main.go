@@ -264,8 +264,14 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	m.goRun("live updates", func() error { return hub.Run(bg) })
 
+	pub := m.transport.pub
 	handler, err := api.NewHandler(api.Config{
-		Live:     hub,
+		Live: hub,
+		Started: func(ctx context.Context, batchID string, revision uint64) {
+			if err := processors.PublishWork(pub, batchID, revision); err != nil {
+				m.logger.Warn("publishing work failed; the event subscription will", "batch", batchID, "err", err)
+			}
+		},
 		Commands: cmds, ReadModels: readModels, Projections: m.runner, Keys: keys,
 		DefaultRegion: cfg.DefaultRegion,
 		Limits:        api.Limits{MaxBodyBytes: cfg.MaxBodyBytes, MaxRecipients: cfg.MaxRecipients},

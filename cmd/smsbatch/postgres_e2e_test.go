@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/smsbatch/smsbatch/eventstore"
 	pgevents "github.com/smsbatch/smsbatch/eventstore/postgres"
 	"github.com/smsbatch/smsbatch/internal/pgtest"
@@ -155,5 +157,44 @@ func TestProjectionsRebuildCommand(t *testing.T) {
 	c.do("GET", "/api/batch/"+st.ID+"/errors", nil, &afterErrors)
 	if string(beforeErrors) != string(afterErrors) {
 		t.Fatalf("errors differ after the rebuild:\n%s\n%s", beforeErrors, afterErrors)
+	}
+}
+
+// The PostgreSQL event store holds the global order back while any transaction
+// on the server is open (see eventstore/postgres). Sending must not wait for it:
+// a created batch goes out at once, and the read models catch up afterwards.
+func TestSendingDoesNotWaitForOtherTransactions(t *testing.T) {
+	skipShort(t)
+	url := pgtest.Database(t)
+	cfg := postgresConfig(t, url)
+	c := startMain(t, cfg)
+
+	ctx := context.Background()
+	other, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close(ctx)
+	tx, err := other.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "SELECT pg_current_xact_id()"); err != nil {
+		t.Fatal(err)
+	}
+
+	st := c.create(batchBody(recipients(5), "high"))
+	deadline := time.Now().Add(15 * time.Second)
+	for len(outbox(t, cfg.DataDir, st.ID)) < 5 {
+		if time.Now().After(deadline) {
+			t.Fatalf("with another transaction open, %d of 5 messages went out", len(outbox(t, cfg.DataDir, st.ID)))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if done := c.waitStatus(st.ID, 20*time.Second, "completed"); done.Progress.Completed != 5 {
+		t.Fatalf("after the transaction ended: %+v", done.Progress)
 	}
 }

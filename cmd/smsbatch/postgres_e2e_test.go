@@ -47,6 +47,8 @@ func TestPostgresStoresRateAndPauseResume(t *testing.T) {
 	if code, _ := c.do("POST", "/api/v2/batch/"+high.ID+"/pause", nil, nil); code != 200 {
 		t.Fatalf("pause: %d", code)
 	}
+	// The read models follow the events; on a shared server they may lag.
+	c.waitStatus(high.ID, 20*time.Second, "paused")
 	time.Sleep(300 * time.Millisecond)
 	before := c.status(high.ID)
 	time.Sleep(time.Second)

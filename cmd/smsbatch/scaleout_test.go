@@ -70,6 +70,7 @@ func TestThreeInstancesSurviveOneKilled(t *testing.T) {
 	if code, _ := clients[0].do("POST", "/api/v2/batch/"+low.id+"/pause", nil, nil); code != 200 {
 		t.Fatalf("pause through instance 0: %d", code)
 	}
+	clients[2].waitStatus(low.id, 20*time.Second, "paused")
 	time.Sleep(500 * time.Millisecond)
 	before := clients[2].status(low.id)
 	time.Sleep(1500 * time.Millisecond)

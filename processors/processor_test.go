@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -13,7 +14,10 @@ import (
 	"github.com/smsbatch/smsbatch/commands"
 	"github.com/smsbatch/smsbatch/domain"
 	"github.com/smsbatch/smsbatch/eventstore"
+	"github.com/smsbatch/smsbatch/eventstore/bolt"
 	"github.com/smsbatch/smsbatch/eventstore/memory"
+	"github.com/smsbatch/smsbatch/eventstore/postgres"
+	"github.com/smsbatch/smsbatch/internal/pgtest"
 	"github.com/smsbatch/smsbatch/processors/sms"
 )
 
@@ -77,6 +81,43 @@ func newHarness(t *testing.T, prov *fakeProvider) *harness {
 	t.Helper()
 	store := memory.New()
 	t.Cleanup(func() { store.Close() })
+	return newHarnessOn(t, store, prov)
+}
+
+// onEveryStore runs a guarantee's test against every event store adapter that
+// can run here: memory, bolt and PostgreSQL.
+func onEveryStore(t *testing.T, prov func() *fakeProvider, test func(t *testing.T, h *harness)) {
+	stores := []struct {
+		name string
+		open func(t *testing.T) eventstore.Store
+	}{
+		{"memory", func(t *testing.T) eventstore.Store { return memory.New() }},
+		{"bolt", func(t *testing.T) eventstore.Store {
+			s, err := bolt.Open(filepath.Join(t.TempDir(), "events.db"), bolt.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		}},
+		{"postgres", func(t *testing.T) eventstore.Store {
+			s, err := postgres.Open(t.Context(), pgtest.Database(t), postgres.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		}},
+	}
+	for _, st := range stores {
+		t.Run(st.name, func(t *testing.T) {
+			store := st.open(t)
+			t.Cleanup(func() { store.Close() })
+			test(t, newHarnessOn(t, store, prov()))
+		})
+	}
+}
+
+func newHarnessOn(t *testing.T, store eventstore.Store, prov *fakeProvider) *harness {
+	t.Helper()
 	repo, err := commands.NewRepository(store, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -187,23 +228,24 @@ func assertOneOutcomeEach(t *testing.T, outcomes map[int]int, n int) {
 }
 
 func TestEveryRecipientSentOnceAcrossPages(t *testing.T) {
-	if testing.Short() {
-		t.Skip("sends 1,203 messages")
-	}
-	h := newHarness(t, newFakeProvider(0))
-	p := h.processor(Config{Unlimited: true})
-	const n = 2*domain.RecipientPageSize + 203
-	drive(t, p, h.create("b1", n, domain.PriorityNormal))
-	assertOneOutcomeEach(t, h.outcomes("b1"), n)
-	for key, c := range h.prov.calls {
-		if c != 1 {
-			t.Fatalf("%s handed to the provider %d times", key, c)
+	onEveryStore(t, func() *fakeProvider { return newFakeProvider(0) }, func(t *testing.T, h *harness) {
+		if testing.Short() {
+			t.Skip("sends 1,203 messages")
 		}
-	}
-	b, _ := h.cmds.Repository().Load(context.Background(), "b1")
-	if b.Status() != domain.StatusCompleted || b.Sent() != n {
-		t.Fatalf("status %s sent %d", b.Status(), b.Sent())
-	}
+		p := h.processor(Config{Unlimited: true})
+		const n = 2*domain.RecipientPageSize + 203
+		drive(t, p, h.create("b1", n, domain.PriorityNormal))
+		assertOneOutcomeEach(t, h.outcomes("b1"), n)
+		for key, c := range h.prov.calls {
+			if c != 1 {
+				t.Fatalf("%s handed to the provider %d times", key, c)
+			}
+		}
+		b, _ := h.cmds.Repository().Load(context.Background(), "b1")
+		if b.Status() != domain.StatusCompleted || b.Sent() != n {
+			t.Fatalf("status %s sent %d", b.Status(), b.Sent())
+		}
+	})
 }
 
 func TestAtMostFiveInFlight(t *testing.T) {
@@ -235,70 +277,72 @@ func TestRateIsKeptAndReached(t *testing.T) {
 }
 
 func TestRacingInstancesNeverSendTwice(t *testing.T) {
-	h := newHarness(t, newFakeProvider(10*time.Millisecond))
-	w := h.create("b1", 60, domain.PriorityNormal)
-	var wg sync.WaitGroup
-	// Three instances get the same work message (a duplicate delivery) and each
-	// hands its successors on.
-	for range 3 {
-		p := h.processor(Config{Unlimited: true})
-		wg.Go(func() { drive(t, p, w) })
-	}
-	wg.Wait()
-	assertOneOutcomeEach(t, h.outcomes("b1"), 60)
-	for key, c := range h.prov.calls {
-		if c != 1 {
-			t.Fatalf("%s handed to the provider %d times", key, c)
+	onEveryStore(t, func() *fakeProvider { return newFakeProvider(10 * time.Millisecond) }, func(t *testing.T, h *harness) {
+		w := h.create("b1", 60, domain.PriorityNormal)
+		var wg sync.WaitGroup
+		// Three instances get the same work message (a duplicate delivery) and each
+		// hands its successors on.
+		for range 3 {
+			p := h.processor(Config{Unlimited: true})
+			wg.Go(func() { drive(t, p, w) })
 		}
-	}
-	if h.prov.maxInFlight > 5 {
-		t.Fatalf("max in flight %d across instances, want at most 5", h.prov.maxInFlight)
-	}
+		wg.Wait()
+		assertOneOutcomeEach(t, h.outcomes("b1"), 60)
+		for key, c := range h.prov.calls {
+			if c != 1 {
+				t.Fatalf("%s handed to the provider %d times", key, c)
+			}
+		}
+		if h.prov.maxInFlight > 5 {
+			t.Fatalf("max in flight %d across instances, want at most 5", h.prov.maxInFlight)
+		}
+	})
 }
 
 func TestPauseBarrierAndResume(t *testing.T) {
-	h := newHarness(t, newFakeProvider(30*time.Millisecond))
-	p := h.processor(Config{Rates: domain.Rates{High: 50, Normal: 50, Low: 50}})
-	w := h.create("b1", 30, domain.PriorityNormal)
-	ctx := context.Background()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		drive(t, p, w)
-	}()
-	time.Sleep(150 * time.Millisecond)
-	if _, err := h.cmds.PauseBatch(ctx, commands.Act{Tenant: "acme", BatchID: "b1", By: "test"}); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the work chain did not stop after the pause")
-	}
-	b, _ := h.cmds.Repository().Load(ctx, "b1")
-	if b.Status() != domain.StatusPaused || len(b.Outstanding()) != 0 {
-		t.Fatalf("after pause: status %s with %d outstanding, want paused with in-flight messages recorded", b.Status(), len(b.Outstanding()))
-	}
-	if b.Sent() == 0 || b.Sent() == 30 {
-		t.Fatalf("sent %d before the pause, want some but not all", b.Sent())
-	}
-	paused := false
-	for _, e := range h.events("b1") {
-		switch e.Type {
-		case domain.TypeBatchPaused:
-			paused = true
-		case domain.TypeMessagesDispatched:
-			if paused {
-				t.Fatal("MessagesDispatched after BatchPaused")
+	onEveryStore(t, func() *fakeProvider { return newFakeProvider(30 * time.Millisecond) }, func(t *testing.T, h *harness) {
+		p := h.processor(Config{Rates: domain.Rates{High: 50, Normal: 50, Low: 50}})
+		w := h.create("b1", 30, domain.PriorityNormal)
+		ctx := context.Background()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			drive(t, p, w)
+		}()
+		time.Sleep(150 * time.Millisecond)
+		if _, err := h.cmds.PauseBatch(ctx, commands.Act{Tenant: "acme", BatchID: "b1", By: "test"}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the work chain did not stop after the pause")
+		}
+		b, _ := h.cmds.Repository().Load(ctx, "b1")
+		if b.Status() != domain.StatusPaused || len(b.Outstanding()) != 0 {
+			t.Fatalf("after pause: status %s with %d outstanding, want paused with in-flight messages recorded", b.Status(), len(b.Outstanding()))
+		}
+		if b.Sent() == 0 || b.Sent() == 30 {
+			t.Fatalf("sent %d before the pause, want some but not all", b.Sent())
+		}
+		paused := false
+		for _, e := range h.events("b1") {
+			switch e.Type {
+			case domain.TypeBatchPaused:
+				paused = true
+			case domain.TypeMessagesDispatched:
+				if paused {
+					t.Fatal("MessagesDispatched after BatchPaused")
+				}
 			}
 		}
-	}
-	res, err := h.cmds.ResumeBatch(ctx, commands.Act{Tenant: "acme", BatchID: "b1", By: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	drive(t, p, Work{BatchID: "b1", PrevSlice: res.Batch.LastSlice()})
-	assertOneOutcomeEach(t, h.outcomes("b1"), 30)
+		res, err := h.cmds.ResumeBatch(ctx, commands.Act{Tenant: "acme", BatchID: "b1", By: "test"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		drive(t, p, Work{BatchID: "b1", PrevSlice: res.Batch.LastSlice()})
+		assertOneOutcomeEach(t, h.outcomes("b1"), 30)
+	})
 }
 
 func TestRetryableFailuresAreRetried(t *testing.T) {
@@ -383,26 +427,27 @@ func TestRateLimitAnswerSlowsTheBatch(t *testing.T) {
 }
 
 func TestInDoubtMessagesAreResentWithTheSameKey(t *testing.T) {
-	h := newHarness(t, newFakeProvider(0))
-	w := h.create("b1", 6, domain.PriorityNormal)
-	ctx := context.Background()
-	// A crashed instance dispatched three messages and never recorded answers.
-	_, err := h.cmds.Repository().Update(ctx, "b1", func(b *domain.Batch) error {
-		_, err := b.Dispatch(time.Now(), domain.DispatchRequest{Slice: "dead", PrevSlice: w.PrevSlice, Max: 3, MaxInFlight: 5})
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Recovery hands the batch a work message continuing from the dead slice.
-	p := h.processor(Config{Unlimited: true})
-	drive(t, p, Work{BatchID: "b1", PrevSlice: "dead"})
-	assertOneOutcomeEach(t, h.outcomes("b1"), 6)
-	for i := range 6 {
-		if c := h.prov.calls[fmt.Sprintf("b1:%d", i)]; c != 1 {
-			t.Fatalf("b1:%d sent %d times", i, c)
+	onEveryStore(t, func() *fakeProvider { return newFakeProvider(0) }, func(t *testing.T, h *harness) {
+		w := h.create("b1", 6, domain.PriorityNormal)
+		ctx := context.Background()
+		// A crashed instance dispatched three messages and never recorded answers.
+		_, err := h.cmds.Repository().Update(ctx, "b1", func(b *domain.Batch) error {
+			_, err := b.Dispatch(time.Now(), domain.DispatchRequest{Slice: "dead", PrevSlice: w.PrevSlice, Max: 3, MaxInFlight: 5})
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
+		// Recovery hands the batch a work message continuing from the dead slice.
+		p := h.processor(Config{Unlimited: true})
+		drive(t, p, Work{BatchID: "b1", PrevSlice: "dead"})
+		assertOneOutcomeEach(t, h.outcomes("b1"), 6)
+		for i := range 6 {
+			if c := h.prov.calls[fmt.Sprintf("b1:%d", i)]; c != 1 {
+				t.Fatalf("b1:%d sent %d times", i, c)
+			}
+		}
+	})
 }
 
 func TestShutdownFinishesInFlightSends(t *testing.T) {

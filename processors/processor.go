@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
@@ -45,7 +46,9 @@ type batchState struct {
 	// lastDispatch is the time of the batch's last dispatch this instance knows
 	// of; a later one in the stream was made elsewhere.
 	lastDispatch time.Time
-	holdUntil    time.Time // a 429's Retry-After
+	// waiting counts dispatched sends not yet holding their rate token.
+	waiting   atomic.Int32
+	holdUntil time.Time // a 429's Retry-After
 
 	template   *domain.Template
 	page       int
@@ -313,6 +316,11 @@ func (s *slice) canDispatch(t time.Time) bool {
 	if s.batch.Status() != domain.StatusProcessing || t.Before(s.st.holdUntil) || !s.st.hasToken(t) {
 		return false
 	}
+	// One send at a time waits for its token: deciding the next before it took
+	// its own would count the same token twice.
+	if s.st.limiter.Limit() != rate.Inf && s.st.waiting.Load() > 0 {
+		return false
+	}
 	sendable := s.sendableAt(t)
 	return !sendable.IsZero() && !sendable.After(t)
 }
@@ -350,6 +358,9 @@ func (s *slice) wakeAt(now, deadline time.Time, stopping bool) time.Time {
 		return deadline // nothing to send until an answer comes
 	}
 	wake := latest(sendable, latest(s.st.tokenAt(now).Add(-lookahead), s.st.holdUntil))
+	if s.st.waiting.Load() > 0 {
+		wake = latest(wake, now.Add(lookahead)) // until the waiting send takes its token
+	}
 	if wake.After(deadline) {
 		return deadline
 	}
@@ -516,22 +527,39 @@ func (s *slice) start(ctx context.Context, dispatched []domain.Dispatch) {
 			p.log.Error("recipient unreadable after dispatch", "batch", s.batch.ID(), "index", d.Index, "err", err)
 			continue
 		}
-		delay := s.st.limiter.ReserveN(p.cfg.Now(), 1).Delay()
+		lim, waiting := s.st.limiter, &s.st.waiting
+		waiting.Add(1)
 		body := s.st.template.Render(rcp.Values)
 		_, segments := domain.Segments(body)
 		msg := sms.Message{IdempotencyKey: s.batch.ID() + ":" + strconv.Itoa(d.Index), To: rcp.Phone, Body: body}
 		s.inFlight++
 		p.cfg.Metrics.InFlight.Inc()
 		go func() {
-			if delay > 0 {
-				time.Sleep(delay)
-			}
+			takeToken(lim, p.cfg.Now)
+			waiting.Add(-1)
 			start := p.cfg.Now()
 			sendCtx, cancel := context.WithTimeout(ctx, p.cfg.SendTimeout)
 			receipt, err := p.cfg.Provider.Send(sendCtx, msg)
 			cancel()
 			s.results <- result{d: d, phone: rcp.Phone, segments: segments, receipt: receipt, err: err, latency: p.cfg.Now().Sub(start)}
 		}()
+	}
+}
+
+// takeToken waits for the batch's next send and takes its token at the moment
+// it sends, not when the send was planned: a goroutine that wakes late then
+// pushes the following send back by as much, so no one-second window seen by the
+// provider holds more sends than the rate.
+func takeToken(lim *rate.Limiter, now func() time.Time) {
+	for {
+		t := now()
+		r := lim.ReserveN(t, 1)
+		d := r.DelayFrom(t)
+		if d <= 0 {
+			return
+		}
+		r.CancelAt(t)
+		time.Sleep(d)
 	}
 }
 

@@ -210,6 +210,10 @@ type slice struct {
 // append's latency does not eat into the rate; the send itself waits for the token.
 const lookahead = 25 * time.Millisecond
 
+// maxCommitFailures bounds how often a stopping slice retries recording its
+// answers (about a second apart) before it leaves them in doubt.
+const maxCommitFailures = 5
+
 // handoverMargin is how much later than its recorded decision a dispatch may have
 // been sent: the lookahead plus a slow append.
 const handoverMargin = 100 * time.Millisecond
@@ -222,6 +226,7 @@ func (s *slice) run(ctx context.Context) (*Work, error) {
 	// in flight at shutdown is finished and recorded, never abandoned.
 	keep := context.WithoutCancel(ctx)
 	stopping, handOn := false, true
+	failures := 0
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 
@@ -249,10 +254,20 @@ func (s *slice) run(ctx context.Context) (*Work, error) {
 			case err != nil:
 				p.log.Error("recording batch progress failed", "batch", s.batch.ID(), "err", err)
 				stopping = true
+				failures++
 			}
 			s.start(keep, dispatched)
 		}
 		if stopping && s.inFlight == 0 && len(s.finished) == 0 {
+			break
+		}
+		if stopping && s.inFlight == 0 && failures >= maxCommitFailures {
+			// The store keeps refusing: leave the answers unrecorded. Their
+			// messages stay in doubt and the next slice sends them again under
+			// the same key, which a provider that honours keys answers without
+			// sending twice.
+			p.log.Error("giving up recording answers; their messages will be re-sent under the same key",
+				"batch", s.batch.ID(), "answers", len(s.finished))
 			break
 		}
 		wake := s.wakeAt(now, deadline, stopping)

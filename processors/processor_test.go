@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -527,4 +528,45 @@ func assertRate(t *testing.T, times []time.Time, rate float64) {
 			t.Fatalf("%d sends within one second from send %d, rate is %v", in, i, rate)
 		}
 	}
+}
+
+// flakyStore refuses appends while broken is set, as a database going away would.
+type flakyStore struct {
+	eventstore.Store
+	broken atomic.Bool
+}
+
+func (f *flakyStore) Append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events []eventstore.EventData) (eventstore.AppendResult, error) {
+	if f.broken.Load() {
+		return eventstore.AppendResult{}, fmt.Errorf("store down: %w", eventstore.ErrUnavailable)
+	}
+	return f.Store.Append(ctx, stream, expected, events)
+}
+
+func TestSliceGivesUpOnAStoreThatKeepsFailingAndNothingIsLost(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for the slice's recording retries")
+	}
+	store := &flakyStore{Store: memory.New()}
+	t.Cleanup(func() { store.Close() })
+	h := newHarnessOn(t, store, newFakeProvider(100*time.Millisecond))
+	w := h.create("b1", 8, domain.PriorityNormal)
+	p := h.processor(Config{Unlimited: true, SliceDuration: 50 * time.Millisecond})
+	time.AfterFunc(30*time.Millisecond, func() { store.broken.Store(true) })
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.RunSlice(context.Background(), w)
+	}()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the slice hangs on a store that keeps failing")
+	}
+	store.broken.Store(false)
+	// Recovery would hand the batch a new work message; the answers the slice
+	// could not record are in doubt and go out again under the same key.
+	b, _ := h.cmds.Repository().Load(context.Background(), "b1")
+	drive(t, h.processor(Config{Unlimited: true}), Work{BatchID: "b1", PrevSlice: b.LastSlice()})
+	assertOneOutcomeEach(t, h.outcomes("b1"), 8)
 }

@@ -204,12 +204,6 @@ func (b *Batch) Outstanding() []Outstanding {
 	return out
 }
 
-// OutstandingFor returns the outstanding entry of index, if any.
-func (b *Batch) OutstandingFor(index int) (Outstanding, bool) {
-	o, ok := b.outstanding[index]
-	return o, ok
-}
-
 // NextRetryAt is the earliest time a waiting retry becomes due; zero if none waits.
 func (b *Batch) NextRetryAt() time.Time {
 	var next time.Time

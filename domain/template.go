@@ -202,12 +202,6 @@ func (t Template) Render(values []string) string {
 	return b.String()
 }
 
-// RenderMap is Render with values given by name; a missing name renders as "".
-// Prefer Render with stored Values in hot loops: it avoids a map lookup per slot.
-func (t Template) RenderMap(vars map[string]string) string {
-	return t.Render(t.Values(vars))
-}
-
 // Values returns the values of the template's variables, in Variables() order,
 // taken from vars; variables the template does not use are dropped, which is all a
 // batch needs to store per recipient. A missing name gives "": run CheckVariables

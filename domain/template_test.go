@@ -97,8 +97,8 @@ func TestNewTemplateParsesPlaceholders(t *testing.T) {
 			if got := tpl.Variables(); !slices.Equal(got, tt.variables) {
 				t.Errorf("Variables() = %q, want %q", got, tt.variables)
 			}
-			if got := tpl.RenderMap(tt.vars); got != tt.rendered {
-				t.Errorf("RenderMap() = %q, want %q", got, tt.rendered)
+			if got := tpl.Render(tpl.Values(tt.vars)); got != tt.rendered {
+				t.Errorf("Render(Values()) = %q, want %q", got, tt.rendered)
 			}
 			if got := tpl.Render(tpl.Values(tt.vars)); got != tt.rendered {
 				t.Errorf("Render(Values()) = %q, want %q", got, tt.rendered)
@@ -208,8 +208,8 @@ func TestTemplateVariablesIsACopy(t *testing.T) {
 	if got := tpl.Variables(); got[0] != "a" {
 		t.Errorf("changing the slice Variables returned changed the template: %q", got)
 	}
-	if got := tpl.RenderMap(map[string]string{"a": "1", "b": "2"}); got != "1 2" {
-		t.Errorf("RenderMap = %q, want %q", got, "1 2")
+	if got := tpl.Render(tpl.Values(map[string]string{"a": "1", "b": "2"})); got != "1 2" {
+		t.Errorf("Render(Values()) = %q, want %q", got, "1 2")
 	}
 }
 

@@ -90,23 +90,7 @@ func TestOpenFailureIsUnavailableAndHidesPassword(t *testing.T) {
 
 func TestReusedEventIDIsRefused(t *testing.T) {
 	s := open(t, pgtest.Database(t), postgres.Options{})
-	ctx := t.Context()
-	ev := eventstore.EventData{ID: "id-1", Type: "T", Data: []byte(`{}`)}
-	if _, err := s.Append(ctx, "a", eventstore.NoStream(), []eventstore.EventData{ev}); err != nil {
-		t.Fatal(err)
-	}
-	// Same ID in another stream, or with other data: not a retry.
-	if _, err := s.Append(ctx, "b", eventstore.NoStream(), []eventstore.EventData{ev}); !errors.Is(err, eventstore.ErrConcurrency) {
-		t.Errorf("same ID in another stream: %v, want ErrConcurrency", err)
-	}
-	changed := ev
-	changed.Data = []byte(`{"x":1}`)
-	if _, err := s.Append(ctx, "a", eventstore.Any(), []eventstore.EventData{changed}); !errors.Is(err, eventstore.ErrConcurrency) {
-		t.Errorf("same ID with other data: %v, want ErrConcurrency", err)
-	}
-	if got, _ := s.ReadAll(ctx, eventstore.Start, 10); len(got) != 1 {
-		t.Errorf("store holds %d events, want 1", len(got))
-	}
+	eventstoretest.ReusedIDIsRefused(t, s)
 }
 
 // commitPlan tells the append hook what to do with one append: wait, then commit

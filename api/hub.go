@@ -138,6 +138,8 @@ type Hub struct {
 	running bool
 	flushed eventstore.Position // every event up to here has been sent to the clients
 	clients map[*client]struct{}
+	// follower follows the event store once Run has started.
+	follower *eventstore.Follower
 
 	// usedTickets remembers redeemed tickets until they expire: single use.
 	ticketMu    sync.Mutex
@@ -239,32 +241,37 @@ func (h *Hub) Run(ctx context.Context) error {
 	}
 }
 
-// follow hands every page of events after from to pages, resubscribing after
-// transient failures, until ctx is done or the store is closed.
+// follow hands every page of events after from to pages until ctx is done or
+// the store is closed; the follower resubscribes after failures.
 func (h *Hub) follow(ctx context.Context, from eventstore.Position, pages chan<- []eventstore.Event) error {
-	wait := 100 * time.Millisecond
-	for {
-		err := eventstore.SubscribeWith(ctx, h.cfg.Events, eventstore.SubscribeOptions{After: from}, func(ctx context.Context, events []eventstore.Event) error {
+	f, err := eventstore.NewFollower(eventstore.FollowerConfig{Name: "live updates", Store: h.cfg.Events, After: from, Logger: h.log},
+		func(ctx context.Context, events []eventstore.Event) error {
 			select {
 			case pages <- events:
-				from = events[len(events)-1].Position
-				wait = 100 * time.Millisecond
 				return nil
 			case <-ctx.Done():
 				return ctx.Err()
 			}
 		})
-		if ctx.Err() != nil || errors.Is(err, eventstore.ErrClosed) {
-			return err
-		}
-		h.log.Error("live hub: following events failed; retrying", "error", err, "wait", wait, "position", from.String())
-		select {
-		case <-time.After(wait):
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		wait = min(2*wait, 15*time.Second)
+	if err != nil {
+		return err
 	}
+	h.mu.Lock()
+	h.follower = f
+	h.mu.Unlock()
+	return f.Run(ctx)
+}
+
+// Health is nil while the hub follows the events; an error when it has been
+// failing for a while or stopped.
+func (h *Hub) Health() error {
+	h.mu.Lock()
+	f := h.follower
+	h.mu.Unlock()
+	if f == nil {
+		return nil
+	}
+	return f.Health()
 }
 
 func (h *Hub) stop() {

@@ -93,7 +93,7 @@ func (r *Repository) update(ctx context.Context, id string, decide func(b *domai
 		if len(b.Changes()) == 0 {
 			return Result{Batch: b}, nil
 		}
-		pos, err := r.append(ctx, domain.BatchStream(id), expected, b.Changes())
+		pos, err := r.appendRetrying(ctx, domain.BatchStream(id), expected, b.Changes())
 		if errors.Is(err, eventstore.ErrConcurrency) && attempt < maxConflictRetries {
 			continue
 		}
@@ -124,6 +124,36 @@ func (r *Repository) append(ctx context.Context, stream string, expected eventst
 	}
 	res, err := r.store.Append(ctx, stream, expected, data)
 	return res.Position, err
+}
+
+// unknownOutcomeRetries bounds how often an append that failed in a way that
+// leaves its outcome unknown (the store went away mid-append) is sent again.
+const unknownOutcomeRetries = 3
+
+// appendRetrying appends events and, when the store fails in a way that leaves
+// the outcome unknown, sends the very same append again (same event IDs): every
+// adapter recognises a retried append that landed and answers it with the first
+// result, so a decision whose answer was lost is neither lost nor made twice. A
+// retry that meets ErrConcurrency means the first never landed and someone else
+// wrote since: the caller decides again.
+func (r *Repository) appendRetrying(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events []domain.Event) (eventstore.Position, error) {
+	data, err := encodeEvents(events)
+	if err != nil {
+		return eventstore.Position{}, err
+	}
+	wait := 50 * time.Millisecond
+	for try := 0; ; try++ {
+		res, err := r.store.Append(ctx, stream, expected, data)
+		if err == nil || !errors.Is(err, eventstore.ErrUnavailable) || try >= unknownOutcomeRetries || ctx.Err() != nil {
+			return res.Position, err
+		}
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return eventstore.Position{}, err
+		}
+		wait *= 4
+	}
 }
 
 // encodeEvents gives each event a fresh ID; a retried append is a new decision.

@@ -44,14 +44,37 @@ var (
 type Outstanding struct {
 	Index   int
 	Attempt int
-	// Slice is the work slice that dispatched the current attempt.
-	Slice string
+	// Slice is the work slice that dispatched the current attempt, and Instance
+	// the process it ran in: the one place that send can still be running.
+	Slice    string
+	Instance string
+	// Deadline is when no send of the current attempt can still be running: the
+	// dispatching instance gives up on it before then. Zero for dispatches
+	// recorded before deadlines existed, which count as long past.
+	Deadline time.Time
 	// RetryAt is when a failed attempt may be tried again; zero while in flight.
 	RetryAt time.Time
 }
 
 // InFlight reports whether the attempt was handed to the provider and has no answer recorded.
 func (o Outstanding) InFlight() bool { return o.RetryAt.IsZero() }
+
+// Settled tells whether a send of an in-flight message can no longer be running
+// for a reason the aggregate cannot see: its instance is known gone, or (for the
+// asking instance's own sends) it knows the send ended without an answer to
+// record. Nil means nothing is known beyond the deadline.
+type Settled func(o Outstanding) bool
+
+// InDoubt reports whether o is in flight without an answer although no send of
+// it can still be running at now: its deadline has passed or settled says so. Only
+// such a message may be sent again; one whose send may still be running is not,
+// whoever asks, because a second provider call with the same key is a second SMS.
+func (o Outstanding) InDoubt(now time.Time, settled Settled) bool {
+	if !o.InFlight() {
+		return false
+	}
+	return !now.Before(o.Deadline) || (settled != nil && settled(o))
+}
 
 // Batch is the aggregate: it decides what may happen to a batch and keeps only
 // what those decisions need. Its fields change only in apply.
@@ -76,6 +99,8 @@ type Batch struct {
 
 	lastSlice      string
 	lastDispatchAt time.Time
+	lastSendAt     time.Time
+	throttle       Throttle
 	lastEventAt    time.Time
 	pausedAt       time.Time
 	resumedAt      time.Time
@@ -186,6 +211,8 @@ func (b *Batch) Sent() int                 { return b.sent }
 func (b *Batch) Failed() int               { return b.failed }
 func (b *Batch) LastSlice() string         { return b.lastSlice }
 func (b *Batch) LastDispatchAt() time.Time { return b.lastDispatchAt }
+func (b *Batch) LastSendAt() time.Time     { return b.lastSendAt }
+func (b *Batch) Throttle() Throttle        { return b.throttle }
 func (b *Batch) LastEventAt() time.Time    { return b.lastEventAt }
 func (b *Batch) PausedAt() time.Time       { return b.pausedAt }
 func (b *Batch) ResumedAt() time.Time      { return b.resumedAt }
@@ -211,6 +238,37 @@ func (b *Batch) NextRetryAt() time.Time {
 		if !o.InFlight() && (next.IsZero() || o.RetryAt.Before(next)) {
 			next = o.RetryAt
 		}
+	}
+	return next
+}
+
+// NextDispatchAt is the earliest time, not before now, at which the batch has a
+// message it may dispatch, rate aside: now for a new recipient while fewer than
+// maxInFlight are outstanding or for a message in doubt; otherwise the earliest of
+// a retry's due time and an in-flight message's deadline; never inside a throttle
+// hold. It is zero when nothing can become sendable without an answer arriving.
+func (b *Batch) NextDispatchAt(now time.Time, maxInFlight int, settled Settled) time.Time {
+	var next time.Time
+	earliest := func(t time.Time) {
+		if next.IsZero() || t.Before(next) {
+			next = t
+		}
+	}
+	if b.cursor < b.total && len(b.outstanding) < maxInFlight {
+		earliest(now)
+	}
+	for _, o := range b.outstanding {
+		switch {
+		case o.InDoubt(now, settled):
+			earliest(now)
+		case o.InFlight():
+			earliest(o.Deadline)
+		default:
+			earliest(latest(o.RetryAt, now))
+		}
+	}
+	if !next.IsZero() && next.Before(b.throttle.Until) {
+		next = b.throttle.Until
 	}
 	return next
 }
@@ -281,6 +339,17 @@ type DispatchRequest struct {
 	// slice is PrevSlice or itself, so of two slices racing from the same work
 	// message, the first to dispatch wins and the other stops.
 	Slice, PrevSlice string
+	// Instance names the process that will send; Deadline is when it will have
+	// given up on every send of this dispatch (send timeout plus a margin for
+	// clocks), so that every instance agrees when they may be sent again.
+	Instance string
+	Deadline time.Time
+	// SendAt is the earliest moment the first message goes out (its rate token);
+	// another instance taking the batch over paces itself from it.
+	SendAt time.Time
+	// Settled is the asking instance's knowledge of sends that cannot be running
+	// any more; see Outstanding.InDoubt.
+	Settled Settled
 	// Max is how many sends the rate allows now.
 	Max int
 	// MaxInFlight bounds the messages of the batch without an answer, including
@@ -289,10 +358,13 @@ type DispatchRequest struct {
 }
 
 // Dispatch decides which messages to send now: first those in doubt (dispatched
-// by an earlier slice that never recorded an answer), then due retries, then new
-// recipients from the cursor while there is room. Every returned message is sent
-// with attempt numbers newer than any earlier one, so late answers to older
-// attempts are recognised as stale.
+// earlier, without an answer, and no longer possibly being sent), then due
+// retries, then new recipients from the cursor while there is room. A message
+// whose send may still be running elsewhere is never chosen: it keeps its place
+// among the outstanding until its answer or its deadline. Every returned message
+// is sent with an attempt number newer than any earlier one, so late answers to
+// older attempts are recognised as stale. Inside a throttle hold nothing is
+// dispatched.
 func (b *Batch) Dispatch(now time.Time, req DispatchRequest) ([]Dispatch, error) {
 	if b.status != StatusProcessing {
 		return nil, ErrNotRunning
@@ -300,14 +372,16 @@ func (b *Batch) Dispatch(now time.Time, req DispatchRequest) ([]Dispatch, error)
 	if b.lastSlice != req.PrevSlice && b.lastSlice != req.Slice {
 		return nil, ErrSuperseded
 	}
+	if now.Before(b.throttle.Until) {
+		return nil, nil
+	}
 	var out []Dispatch
 	for _, o := range b.Outstanding() {
 		if len(out) >= req.Max {
 			break
 		}
-		inDoubt := o.InFlight() && o.Slice != req.Slice
 		dueRetry := !o.InFlight() && !o.RetryAt.After(now)
-		if inDoubt || dueRetry {
+		if o.InDoubt(now, req.Settled) || dueRetry {
 			out = append(out, Dispatch{Index: o.Index, Attempt: o.Attempt + 1})
 		}
 	}
@@ -319,8 +393,33 @@ func (b *Batch) Dispatch(now time.Time, req DispatchRequest) ([]Dispatch, error)
 	if len(out) == 0 {
 		return nil, nil
 	}
-	b.record(MessagesDispatched{EventHeader: b.header(now), Slice: req.Slice, Messages: out})
+	b.record(MessagesDispatched{
+		EventHeader: b.header(now), Slice: req.Slice, Instance: req.Instance,
+		Deadline: req.Deadline, SendAt: req.SendAt, Messages: out,
+	})
 	return out, nil
+}
+
+// Throttle is a hold the provider asked for (429 with Retry-After) and the rate
+// the batch resumes at afterwards. It is recorded as an event so that whichever
+// instance works the batch next keeps to it.
+type Throttle struct {
+	// Until is when sending may resume.
+	Until time.Time
+	// Rate is the messages a second the batch resumes at after Until; the pace
+	// then climbs back towards the priority's rate. Zero: no reduction.
+	Rate float64
+}
+
+// SlowDown records a throttle: nothing is dispatched before until, and the batch
+// resumes at rate messages a second. A hold ending before the current one does
+// not shorten it.
+func (b *Batch) SlowDown(now, until time.Time, rate float64) error {
+	if b.status.Final() {
+		return ErrNotRunning
+	}
+	b.record(BatchThrottled{EventHeader: b.header(now), Until: latest(until, b.throttle.Until), Rate: rate})
+	return nil
 }
 
 // SentParams describes a message the provider accepted.
@@ -434,11 +533,16 @@ func (b *Batch) apply(e Event) {
 		b.lastSlice = ChainToken(rev)
 	case MessagesDispatched:
 		for _, d := range e.Messages {
-			b.outstanding[d.Index] = Outstanding{Index: d.Index, Attempt: d.Attempt, Slice: e.Slice}
+			b.outstanding[d.Index] = Outstanding{
+				Index: d.Index, Attempt: d.Attempt, Slice: e.Slice, Instance: e.Instance, Deadline: e.Deadline,
+			}
 			b.cursor = max(b.cursor, d.Index+1)
 		}
 		b.lastSlice = e.Slice
 		b.lastDispatchAt = e.At
+		b.lastSendAt = latest(e.SendAt, e.At)
+	case BatchThrottled:
+		b.throttle = Throttle{Until: e.Until, Rate: e.Rate}
 	case MessageSent:
 		delete(b.outstanding, e.Index)
 		b.sent++
@@ -463,4 +567,11 @@ func (b *Batch) apply(e Event) {
 	case BatchFailed:
 		b.status = StatusFailed
 	}
+}
+
+func latest(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }

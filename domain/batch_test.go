@@ -139,8 +139,11 @@ func TestTransitions(t *testing.T) {
 	}
 }
 
+// deadline is when the sends of a test dispatch decided at t0 have all ended.
+var deadline = t0.Add(10 * time.Second)
+
 func req(slice, prev string, max int) DispatchRequest {
-	return DispatchRequest{Slice: slice, PrevSlice: prev, Max: max, MaxInFlight: 5}
+	return DispatchRequest{Slice: slice, PrevSlice: prev, Instance: "i1", Deadline: deadline, Max: max, MaxInFlight: 5}
 }
 
 func TestDispatchBoundsInFlight(t *testing.T) {
@@ -194,13 +197,24 @@ func TestPauseIsABarrier(t *testing.T) {
 	if _, err := b.Dispatch(t0, req("s2", prev, 1)); !errors.Is(err, ErrSuperseded) {
 		t.Fatalf("old chain dispatched after resume: %v", err)
 	}
-	got, err := b.Dispatch(t0, req("s2", b.LastSlice(), 5))
+	r := req("s2", b.LastSlice(), 5)
+	r.Deadline = deadline.Add(time.Minute)
+	got, err := b.Dispatch(t0, r)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Index 1 was in flight in the old slice without an answer: it is in doubt
-	// and goes again (attempt 2), then the cursor continues at 2.
-	want := []Dispatch{{1, 2}, {2, 1}, {3, 1}, {4, 1}, {5, 1}}
+	// Index 1 is still in flight from before the pause and may still be being
+	// sent: it keeps its slot and is not sent again; the cursor goes on at 2.
+	assertDispatched(t, got, []Dispatch{{2, 1}, {3, 1}, {4, 1}, {5, 1}})
+	// Once its deadline has passed without an answer it is in doubt, and goes
+	// again under a new attempt.
+	b.RecordSent(t0, SentParams{Index: 2, Attempt: 1})
+	got, _ = b.Dispatch(deadline, req("s2", "s2", 5))
+	assertDispatched(t, got, []Dispatch{{1, 2}, {6, 1}})
+}
+
+func assertDispatched(t *testing.T, got, want []Dispatch) {
+	t.Helper()
 	if len(got) != len(want) {
 		t.Fatalf("dispatched %v, want %v", got, want)
 	}
@@ -208,6 +222,71 @@ func TestPauseIsABarrier(t *testing.T) {
 		if got[i] != want[i] {
 			t.Fatalf("dispatched %v, want %v", got, want)
 		}
+	}
+}
+
+// A message whose send may still be running somewhere is never dispatched
+// again, whoever asks, until its deadline passes or the asker knows the send
+// ended (its own instance not sending it, or the sending instance gone).
+func TestInFlightMessagesAreResentOnlyWhenNoSendCanBeRunning(t *testing.T) {
+	tests := []struct {
+		name    string
+		at      time.Time
+		settled Settled
+		want    []Dispatch
+	}{
+		{"before the deadline", deadline.Add(-time.Millisecond), nil, nil},
+		{"before the deadline, instance alive", deadline.Add(-time.Millisecond), func(Outstanding) bool { return false }, nil},
+		{"at the deadline", deadline, nil, []Dispatch{{0, 2}, {1, 2}}},
+		{"instance known gone", t0, func(o Outstanding) bool { return o.Instance == "i1" }, []Dispatch{{0, 2}, {1, 2}}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var history []Event
+			b := newTestBatch(t, 2, true, nil)
+			if _, err := b.Dispatch(t0, req("s1", b.LastSlice(), 2)); err != nil {
+				t.Fatal(err)
+			}
+			b = roundTrip(t, b, &history) // the deadline and instance survive storage
+			r := req("s2", "s1", 5)
+			r.Instance, r.Settled = "i2", tt.settled
+			got, err := b.Dispatch(tt.at, r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			assertDispatched(t, got, tt.want)
+			next := b.NextDispatchAt(tt.at, 5, tt.settled)
+			if tt.want == nil && !next.Equal(deadline) {
+				t.Fatalf("next dispatch at %v, want the deadline %v", next, deadline)
+			}
+		})
+	}
+}
+
+func TestThrottleHoldsDispatchAndSurvivesStorage(t *testing.T) {
+	var history []Event
+	b := newTestBatch(t, 3, true, nil)
+	until := t0.Add(3 * time.Second)
+	if err := b.SlowDown(t0, until, 2.5); err != nil {
+		t.Fatal(err)
+	}
+	b = roundTrip(t, b, &history)
+	if th := b.Throttle(); !th.Until.Equal(until) || th.Rate != 2.5 {
+		t.Fatalf("throttle %+v after replay, want until %v at 2.5/s", th, until)
+	}
+	if got, _ := b.Dispatch(until.Add(-time.Millisecond), req("s1", b.LastSlice(), 1)); len(got) != 0 {
+		t.Fatalf("dispatched %v during the hold", got)
+	}
+	if next := b.NextDispatchAt(t0, 5, nil); !next.Equal(until) {
+		t.Fatalf("next dispatch %v, want the end of the hold %v", next, until)
+	}
+	// A shorter hold does not cut the current one short.
+	b.SlowDown(t0, t0.Add(time.Second), 1)
+	if !b.Throttle().Until.Equal(until) {
+		t.Fatalf("hold shortened to %v", b.Throttle().Until)
+	}
+	if got, _ := b.Dispatch(until, req("s1", b.LastSlice(), 1)); len(got) != 1 {
+		t.Fatalf("dispatched %v after the hold, want one", got)
 	}
 }
 

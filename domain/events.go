@@ -87,7 +87,13 @@ type Dispatch struct {
 type MessagesDispatched struct {
 	EventHeader
 	// Slice identifies the work slice that dispatched; see Batch.Dispatch.
-	Slice    string     `json:"slice"`
+	Slice string `json:"slice"`
+	// Instance is the process that sends them. Deadline is when every send of
+	// them has ended, answered or given up: until then no one sends them again.
+	Instance string    `json:"instance,omitempty"`
+	Deadline time.Time `json:"deadline"`
+	// SendAt is the earliest moment the first of them goes out (its rate token).
+	SendAt   time.Time  `json:"sendAt"`
 	Messages []Dispatch `json:"messages"`
 }
 
@@ -124,6 +130,16 @@ type MessageFailed struct {
 	Code      string        `json:"code"`
 	Message   string        `json:"message"`
 	LatencyMs int64         `json:"latencyMs"`
+}
+
+// BatchThrottled records that the provider asked the batch to slow down (429
+// with Retry-After): nothing is dispatched before Until, and the batch resumes
+// at Rate messages a second, climbing back to its priority's rate. Every
+// instance keeps to it, whichever works the batch next.
+type BatchThrottled struct {
+	EventHeader
+	Until time.Time `json:"until"`
+	Rate  float64   `json:"rate"`
 }
 
 // BatchPaused is the pause barrier: no MessagesDispatched follows it until BatchResumed.
@@ -166,6 +182,7 @@ const (
 	TypeMessageSent          = "MessageSent"
 	TypeMessageAttemptFailed = "MessageAttemptFailed"
 	TypeMessageFailed        = "MessageFailed"
+	TypeBatchThrottled       = "BatchThrottled"
 	TypeBatchPaused          = "BatchPaused"
 	TypeBatchResumed         = "BatchResumed"
 	TypeBatchCompleted       = "BatchCompleted"
@@ -180,6 +197,7 @@ func (MessagesDispatched) EventType() string   { return TypeMessagesDispatched }
 func (MessageSent) EventType() string          { return TypeMessageSent }
 func (MessageAttemptFailed) EventType() string { return TypeMessageAttemptFailed }
 func (MessageFailed) EventType() string        { return TypeMessageFailed }
+func (BatchThrottled) EventType() string       { return TypeBatchThrottled }
 func (BatchPaused) EventType() string          { return TypeBatchPaused }
 func (BatchResumed) EventType() string         { return TypeBatchResumed }
 func (BatchCompleted) EventType() string       { return TypeBatchCompleted }
@@ -216,6 +234,7 @@ var decoders = map[string]func([]byte) (Event, error){
 	TypeMessageSent:          decode[MessageSent],
 	TypeMessageAttemptFailed: decode[MessageAttemptFailed],
 	TypeMessageFailed:        decode[MessageFailed],
+	TypeBatchThrottled:       decode[BatchThrottled],
 	TypeBatchPaused:          decode[BatchPaused],
 	TypeBatchResumed:         decode[BatchResumed],
 	TypeBatchCompleted:       decode[BatchCompleted],

@@ -44,6 +44,30 @@ type Config struct {
 	StallTimeout time.Duration
 	// RecoveryInterval is how often recovery and the scheduler look; default 1s.
 	RecoveryInterval time.Duration
+	// RecoverAtStart hands every processing batch a work message once the
+	// forwarder has caught up at start. Right for a transport that loses work
+	// messages on restart (GoChannel); over a durable broker the work messages
+	// survive and stall recovery covers the rest, so a joining instance does not
+	// take batches over from instances that are working them.
+	RecoverAtStart bool
+
+	// Instance names this process in the dispatches it records; default a new
+	// UUID at every start.
+	Instance string
+	// Gone reports whether the instance of that name is known to have stopped,
+	// so that the messages it left in flight may be sent again before their
+	// deadline. Optional: without it only deadlines tell. An embedded store held
+	// by one process at a time can say every other instance is gone.
+	Gone func(instance string) bool
+	// DeadlineMargin is added to a dispatch's deadline for clocks that differ
+	// between instances; default 2s.
+	DeadlineMargin time.Duration
+	// StateIdle is how long the state of a batch nobody sends for here is kept
+	// (its pace and template); default 30s.
+	StateIdle time.Duration
+	// RecipientPages bounds the pages of recipients kept in memory, across all
+	// batches; default 256 (at most 256,000 recipients).
+	RecipientPages int
 
 	Metrics *Metrics
 	Logger  *slog.Logger
@@ -78,6 +102,15 @@ func (c *Config) setDefaults() {
 	}
 	if c.RecoveryInterval <= 0 {
 		c.RecoveryInterval = time.Second
+	}
+	if c.DeadlineMargin <= 0 {
+		c.DeadlineMargin = 2 * time.Second
+	}
+	if c.StateIdle <= 0 {
+		c.StateIdle = 30 * time.Second
+	}
+	if c.RecipientPages <= 0 {
+		c.RecipientPages = 256
 	}
 	if c.Metrics == nil {
 		c.Metrics = NewMetrics(nil)

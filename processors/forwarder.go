@@ -31,6 +31,7 @@ type Forwarder struct {
 	log      *slog.Logger
 
 	mu        sync.Mutex
+	follower  *eventstore.Follower
 	batches   map[string]*indexed
 	caughtUp  bool
 	ready     chan struct{}
@@ -64,15 +65,21 @@ func NewForwarder(store eventstore.Store, pub message.Publisher, cmds *commands.
 // the batches that were running.
 func (f *Forwarder) Ready() <-chan struct{} { return f.ready }
 
-// Run follows the store until ctx is done.
+// Run follows the store until ctx is done. Failures to read the store or to
+// publish are retried with backoff by the follower; Health reports them.
 func (f *Forwarder) Run(ctx context.Context) error {
+	fl, err := eventstore.NewFollower(eventstore.FollowerConfig{
+		Name: "forwarder", Store: f.store, After: eventstore.Start, Logger: f.log,
+		OnCaughtUp: func() { f.caughtUpAtStart(ctx) },
+	}, f.handle)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	f.follower = fl
+	f.mu.Unlock()
 	errc := make(chan error, 1)
-	go func() {
-		errc <- eventstore.SubscribeWith(ctx, f.store, eventstore.SubscribeOptions{
-			After:      eventstore.Start,
-			OnCaughtUp: func() { f.recoverAll(ctx) },
-		}, f.handle)
-	}()
+	go func() { errc <- fl.Run(ctx) }()
 	ticker := time.NewTicker(f.cfg.RecoveryInterval)
 	defer ticker.Stop()
 	for {
@@ -86,6 +93,18 @@ func (f *Forwarder) Run(ctx context.Context) error {
 			f.tick(ctx)
 		}
 	}
+}
+
+// Health is nil while the forwarder follows the events; an error when it has
+// been failing for a while or stopped.
+func (f *Forwarder) Health() error {
+	f.mu.Lock()
+	fl := f.follower
+	f.mu.Unlock()
+	if fl == nil {
+		return nil
+	}
+	return fl.Health()
 }
 
 func (f *Forwarder) handle(ctx context.Context, events []eventstore.Event) error {
@@ -154,88 +173,6 @@ func (f *Forwarder) index(id string, e eventstore.Event) bool {
 		return false
 	}
 	return true
-}
-
-// recoverAll runs once the forwarder has caught up at start: every batch that was
-// processing gets a work message. Fencing makes one for a batch that another
-// instance is still working harmless.
-func (f *Forwarder) recoverAll(ctx context.Context) {
-	f.mu.Lock()
-	f.caughtUp = true
-	var work []Work
-	now := f.cfg.Now()
-	for id, b := range f.batches {
-		if b.status == domain.StatusProcessing {
-			work = append(work, Work{BatchID: id, PrevSlice: b.lastSlice})
-			b.lastEvent = now
-		}
-	}
-	f.mu.Unlock()
-	if len(work) > 0 {
-		f.log.Info("recovering processing batches", "count", len(work))
-	}
-	f.publishWork(work)
-	f.startDue(ctx)
-	f.readyOnce.Do(func() { close(f.ready) })
-}
-
-// tick hands stalled batches a work message and starts scheduled ones.
-func (f *Forwarder) tick(ctx context.Context) {
-	f.mu.Lock()
-	if !f.caughtUp {
-		f.mu.Unlock()
-		return
-	}
-	var work []Work
-	now := f.cfg.Now()
-	for id, b := range f.batches {
-		if b.status == domain.StatusProcessing && now.Sub(b.lastEvent) > f.cfg.StallTimeout {
-			f.log.Warn("batch stalled, handing it a new work message", "batch", id, "idle", now.Sub(b.lastEvent).Round(time.Second))
-			work = append(work, Work{BatchID: id, PrevSlice: b.lastSlice})
-			b.lastEvent = now
-		}
-	}
-	f.mu.Unlock()
-	f.publishWork(work)
-	f.startDue(ctx)
-}
-
-func (f *Forwarder) startDue(ctx context.Context) {
-	f.mu.Lock()
-	var due []string
-	now := f.cfg.Now()
-	for id, b := range f.batches {
-		if b.status == domain.StatusPending && b.autoStart && !b.schedule.After(now) {
-			due = append(due, id)
-		}
-	}
-	f.mu.Unlock()
-	for _, id := range due {
-		b, err := f.commands.StartIfDue(ctx, id)
-		if err != nil {
-			if ctx.Err() == nil {
-				f.log.Error("starting scheduled batch failed", "batch", id, "err", err)
-			}
-			continue
-		}
-		if b.Status() == domain.StatusProcessing {
-			if err := PublishWork(f.pub, id, b.Version()-1); err != nil {
-				f.log.Error("publishing work failed", "batch", id, "err", err)
-			}
-		}
-	}
-}
-
-func (f *Forwarder) publishWork(work []Work) {
-	for _, w := range work {
-		msg, err := workMessage(w)
-		if err == nil {
-			err = f.pub.Publish(TopicWork, msg)
-		}
-		if err != nil {
-			f.log.Error("publishing work failed", "batch", w.BatchID, "err", err)
-		}
-	}
 }
 
 func lifecycleMessage(l Lifecycle) (*message.Message, error) {

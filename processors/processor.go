@@ -2,15 +2,11 @@ package processors
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	"github.com/cenkalti/backoff/v5"
 	"github.com/google/uuid"
 	"golang.org/x/time/rate"
 
@@ -26,33 +22,65 @@ type Work struct {
 	PrevSlice string `json:"prevSlice"`
 }
 
-// Processor sends for batches, one bounded time slice per work message.
+// Processor sends for batches, one bounded time slice per work message. Sends
+// outlive the slice that dispatched them: a slice hands its work message on at
+// its end without waiting for the provider, and the answers are recorded by the
+// next slice of the batch on this instance or, if there is none, by a recorder
+// of their own. Until its answer is recorded a send counts as in flight here, and
+// no slice anywhere sends that message again before its recorded deadline.
 type Processor struct {
-	cfg  Config
-	repo *commands.Repository
-	log  *slog.Logger
+	cfg        Config
+	repo       *commands.Repository
+	log        *slog.Logger
+	instance   string
+	recipients *recipientPages
 
 	mu      sync.Mutex
 	batches map[string]*batchState
+	// sends counts send goroutines and recorders, for Drain.
+	sends sync.WaitGroup
+	// stop ends the recorders' retries once Drain has given up waiting.
+	stop     chan struct{}
+	stopOnce sync.Once
 }
 
-// batchState is what this instance remembers of a batch between slices.
+// batchState is what this instance holds of a batch while it works it: the
+// slice turn, the pace, and the sends it has in flight. It is dropped once no
+// slice runs, nothing is in flight and it has been idle for StateIdle, whoever
+// finished, paused or cancelled the batch.
 type batchState struct {
+	id string
 	// turn admits one slice of the batch at a time in this process.
 	turn chan struct{}
+	// pace and template are used under turn.
+	pace     *pace
+	template *domain.Template
 
-	limiter *rate.Limiter
-	target  rate.Limit
-	// lastDispatch is the time of the batch's last dispatch this instance knows
-	// of; a later one in the stream was made elsewhere.
-	lastDispatch time.Time
-	// waiting counts dispatched sends not yet holding their rate token.
-	waiting   atomic.Int32
-	holdUntil time.Time // a 429's Retry-After
+	mu sync.Mutex
+	// inFlight holds the attempt of every message this instance dispatched whose
+	// answer is not recorded yet, by index: its send may still be running, or
+	// its answer waits in answers.
+	inFlight map[int]int
+	answers  []answer
+	// signal wakes the active slice when an answer arrives.
+	signal    chan struct{}
+	active    bool // a slice holds the turn
+	recording bool // a recorder runs
+	idleSince time.Time
+}
 
-	template   *domain.Template
-	page       int
-	recipients []domain.Recipient
+// answer is the provider's answer to one dispatched message.
+type answer struct {
+	d        domain.Dispatch
+	phone    string
+	segments int
+	receipt  sms.Receipt
+	err      error
+	latency  time.Duration
+	// notSent: the send gave up before reaching the provider (its rate token
+	// would have come too late). Nothing is recorded; the message is dispatched
+	// again under a new attempt.
+	notSent bool
 }
 
 // NewProcessor returns a send processor.
@@ -61,35 +89,107 @@ func NewProcessor(cfg Config) (*Processor, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("processor config: %w", err)
 	}
+	instance := cfg.Instance
+	if instance == "" {
+		instance = uuid.NewString()
+	}
 	return &Processor{
-		cfg:     cfg,
-		repo:    cfg.Commands.Repository(),
-		log:     cfg.Logger,
-		batches: make(map[string]*batchState),
+		cfg:        cfg,
+		repo:       cfg.Commands.Repository(),
+		log:        cfg.Logger.With("instance", instance),
+		instance:   instance,
+		recipients: newRecipientPages(cfg.Store, cfg.RecipientPages),
+		batches:    make(map[string]*batchState),
+		stop:       make(chan struct{}),
 	}, nil
 }
 
+// Instance is the name this process dispatches under.
+func (p *Processor) Instance() string { return p.instance }
+
+// state returns the batch's state, creating it.
 func (p *Processor) state(id string) *batchState {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	st, ok := p.batches[id]
 	if !ok {
-		st = &batchState{turn: make(chan struct{}, 1), page: -1}
+		st = &batchState{id: id, turn: make(chan struct{}, 1), inFlight: make(map[int]int), signal: make(chan struct{}, 1)}
 		p.batches[id] = st
 	}
 	return st
 }
 
-func (p *Processor) forget(id string) {
+// States is how many batches this instance holds state for.
+func (p *Processor) States() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	delete(p.batches, id)
+	return len(p.batches)
+}
+
+// sweep drops the state of batches that have been idle for StateIdle.
+func (p *Processor) sweep(now time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for id, st := range p.batches {
+		st.mu.Lock()
+		idle := !st.active && !st.recording && len(st.inFlight) == 0 && len(st.answers) == 0 &&
+			!st.idleSince.IsZero() && now.Sub(st.idleSince) >= p.cfg.StateIdle
+		st.mu.Unlock()
+		if idle {
+			delete(p.batches, id)
+		}
+	}
+}
+
+// Run drops idle batch state every StateIdle until ctx is done.
+func (p *Processor) Run(ctx context.Context) error {
+	t := time.NewTicker(max(p.cfg.StateIdle/2, 10*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			p.sweep(p.cfg.Now())
+		}
+	}
+}
+
+// Drain waits until every send this instance started has ended and its answer is
+// recorded, or ctx is done. Call it after the router stopped handing out work:
+// it is how a graceful shutdown finishes what is in flight. Answers still
+// unrecorded when ctx ends are logged: their messages are in doubt and go out
+// again once their deadline passes.
+func (p *Processor) Drain(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		p.sends.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	p.stopOnce.Do(func() { close(p.stop) })
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var lost []string
+	for id, st := range p.batches {
+		st.mu.Lock()
+		for i, a := range st.inFlight {
+			lost = append(lost, fmt.Sprintf("%s:%d#%d", id, i, a))
+		}
+		st.mu.Unlock()
+	}
+	p.log.Error("shutdown: sends unanswered or answers unrecorded; they will be sent again after their deadline", "messages", lost)
+	return fmt.Errorf("drain: %d sends unrecorded: %w", len(lost), ctx.Err())
 }
 
 // RunSlice sends for one batch for up to SliceDuration and returns the work to
 // hand on, or nil when the batch needs no more work from this chain (paused,
 // finished, or taken over by another slice). When ctx is cancelled it stops
-// dispatching, lets the messages in flight finish and records them.
+// dispatching and hands the work on; its sends finish and are recorded anyway.
 func (p *Processor) RunSlice(ctx context.Context, w Work) (*Work, error) {
 	st := p.state(w.BatchID)
 	select {
@@ -97,7 +197,12 @@ func (p *Processor) RunSlice(ctx context.Context, w Work) (*Work, error) {
 	case <-ctx.Done():
 		return &w, nil
 	}
-	defer func() { <-st.turn }()
+	st.setActive(true)
+	defer func() {
+		st.setActive(false)
+		<-st.turn
+		p.recordLeftovers(st)
+	}()
 
 	b, err := p.repo.Load(ctx, w.BatchID)
 	if domain.ErrorCode(err) == domain.ENOTFOUND {
@@ -108,9 +213,7 @@ func (p *Processor) RunSlice(ctx context.Context, w Work) (*Work, error) {
 		return nil, err
 	}
 	if b.Status() != domain.StatusProcessing {
-		if b.Status().Final() {
-			p.forget(w.BatchID)
-		}
+		p.finished(b)
 		return nil, nil
 	}
 	if err := p.prepare(st, b); err != nil {
@@ -120,9 +223,7 @@ func (p *Processor) RunSlice(ctx context.Context, w Work) (*Work, error) {
 	return s.run(ctx)
 }
 
-// prepare readies the batch's template and rate limiter. A limiter made here is
-// seeded with the batch's last dispatch, so a slice on a fresh instance does not
-// send early.
+// prepare readies the batch's template and pace.
 func (p *Processor) prepare(st *batchState, b *domain.Batch) error {
 	if st.template == nil {
 		t, err := domain.NewTemplate(b.Text(), domain.TemplateLimits{MaxLength: 1 << 20, MaxVariables: 1 << 10})
@@ -131,456 +232,178 @@ func (p *Processor) prepare(st *batchState, b *domain.Batch) error {
 		}
 		st.template = &t
 	}
-	if st.limiter == nil {
-		st.target = rate.Limit(p.cfg.Rates.For(b.Priority()))
+	if st.pace == nil {
+		target := rate.Limit(p.cfg.Rates.For(b.Priority()))
 		if p.cfg.Unlimited {
-			st.target = rate.Inf
+			target = rate.Inf
 		}
-		st.limiter = rate.NewLimiter(st.target, 1)
+		st.pace = newPace(target)
 	}
-	// Another instance may have worked the batch since this one last did: its
-	// sends count against the rate here too. The event records when a dispatch
-	// was decided; its send went out up to the lookahead plus an append later,
-	// so assume the latest.
-	if last := b.LastDispatchAt(); last.After(st.lastDispatch) {
-		st.limiter = rate.NewLimiter(st.limiter.Limit(), 1)
-		st.limiter.AllowN(last.Add(handoverMargin), 1)
-		st.lastDispatch = last
-	}
+	st.pace.follow(b, p.cfg.Now())
 	return nil
 }
 
-// errRecipientsBroken: the recipients stream does not hold what BatchCreated
-// promised. Retrying cannot help; the batch fails.
-var errRecipientsBroken = errors.New("recipients missing or unreadable")
-
-// recipient returns recipient index, reading its page when it is not the cached one.
-func (p *Processor) recipient(ctx context.Context, st *batchState, batchID string, index int) (domain.Recipient, error) {
-	page := index / domain.RecipientPageSize
-	if page != st.page {
-		events, err := p.cfg.Store.ReadStream(ctx, domain.RecipientsStream(batchID), uint64(page), 1)
-		if err != nil {
-			return domain.Recipient{}, fmt.Errorf("read recipients page %d: %w", page, err)
-		}
-		if len(events) == 0 {
-			return domain.Recipient{}, fmt.Errorf("page %d: %w", page, errRecipientsBroken)
-		}
-		e, err := domain.DecodeEvent(events[0].Type, events[0].Data)
-		if err != nil {
-			return domain.Recipient{}, fmt.Errorf("page %d: %w: %w", page, errRecipientsBroken, err)
-		}
-		rp, ok := e.(domain.RecipientsPageAdded)
-		if !ok {
-			return domain.Recipient{}, fmt.Errorf("page %d is a %s: %w", page, e.EventType(), errRecipientsBroken)
-		}
-		st.page, st.recipients = page, rp.Recipients
+// finished forgets what only a batch that sends on needs.
+func (p *Processor) finished(b *domain.Batch) {
+	if b.Status().Final() {
+		p.recipients.forget(b.ID(), b.Pages())
 	}
-	i := index - page*domain.RecipientPageSize
-	if i < 0 || i >= len(st.recipients) {
-		return domain.Recipient{}, fmt.Errorf("recipient %d: %w", index, errRecipientsBroken)
-	}
-	return st.recipients[i], nil
 }
 
-// result is the provider's answer to one dispatched message.
-type result struct {
-	d        domain.Dispatch
-	phone    string
-	segments int
-	receipt  sms.Receipt
-	err      error
-	latency  time.Duration
+func (st *batchState) setActive(active bool) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.active = active
 }
 
-// slice is one work message's worth of sending.
-type slice struct {
-	p     *Processor
-	st    *batchState
-	w     Work
-	id    string
-	batch *domain.Batch
-	owned bool // this slice has dispatched, so it leads the chain
-
-	inFlight int
-	results  chan result
-	finished []result
+// takeAnswers returns the answers waiting to be recorded.
+func (st *batchState) takeAnswers() []answer {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	a := st.answers
+	st.answers = nil
+	return a
 }
 
-// lookahead lets a dispatch be decided this long before its token is due, so the
-// append's latency does not eat into the rate; the send itself waits for the token.
-const lookahead = 25 * time.Millisecond
-
-// maxCommitFailures bounds how often a stopping slice retries recording its
-// answers (about a second apart) before it leaves them in doubt.
-const maxCommitFailures = 5
-
-// handoverMargin is how much later than its recorded decision a dispatch may have
-// been sent: the lookahead plus a slow append.
-const handoverMargin = 100 * time.Millisecond
-
-func (s *slice) run(ctx context.Context) (*Work, error) {
-	p := s.p
-	s.results = make(chan result, p.cfg.MaxInFlight)
-	deadline := p.cfg.Now().Add(p.cfg.SliceDuration)
-	// Sends and the recording of their answers outlive a cancelled ctx: a message
-	// in flight at shutdown is finished and recorded, never abandoned.
-	keep := context.WithoutCancel(ctx)
-	stopping, handOn := false, true
-	failures := 0
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-
-	for {
-		now := p.cfg.Now()
-		if !stopping && (!now.Before(deadline) || ctx.Err() != nil) {
-			stopping = true
-		}
-		dispatch := !stopping && s.canDispatch(now.Add(lookahead))
-		if dispatch {
-			// Read ahead so the page is at hand once the dispatch is appended.
-			if _, err := p.recipient(ctx, s.st, s.batch.ID(), min(s.batch.Cursor(), s.batch.Total()-1)); err != nil {
-				p.log.Error("recipients unreadable", "batch", s.batch.ID(), "err", err)
-				stopping, dispatch = true, false
-				if errors.Is(err, errRecipientsBroken) {
-					s.fail(keep, err)
-				}
-			}
-		}
-		if dispatch || len(s.finished) > 0 {
-			dispatched, err := s.commit(keep, dispatch)
-			switch {
-			case errors.Is(err, domain.ErrNotRunning), errors.Is(err, domain.ErrSuperseded):
-				stopping, handOn = true, false
-			case err != nil:
-				p.log.Error("recording batch progress failed", "batch", s.batch.ID(), "err", err)
-				stopping = true
-				failures++
-			}
-			s.start(keep, dispatched)
-		}
-		if stopping && s.inFlight == 0 && len(s.finished) == 0 {
-			break
-		}
-		if stopping && s.inFlight == 0 && failures >= maxCommitFailures {
-			// The store keeps refusing: leave the answers unrecorded. Their
-			// messages stay in doubt and the next slice sends them again under
-			// the same key, which a provider that honours keys answers without
-			// sending twice.
-			p.log.Error("giving up recording answers; their messages will be re-sent under the same key",
-				"batch", s.batch.ID(), "answers", len(s.finished))
-			break
-		}
-		wake := s.wakeAt(now, deadline, stopping)
-		timer.Reset(max(wake.Sub(p.cfg.Now()), 0))
-		done := ctx.Done()
-		if stopping {
-			done = nil
-		}
-		select {
-		case r := <-s.results:
-			s.collect(r)
-		case <-timer.C:
-		case <-done:
-		}
-	}
-
-	if s.batch.Status().Final() {
-		p.forget(s.batch.ID())
-	}
-	if !handOn || s.batch.Status() != domain.StatusProcessing {
-		return nil, nil
-	}
-	next := Work{BatchID: s.w.BatchID, PrevSlice: s.w.PrevSlice}
-	if s.owned {
-		next.PrevSlice = s.id
-	}
-	return &next, nil
-}
-
-// fail marks the batch failed: it cannot go on. Messages in flight still get
-// their outcomes.
-func (s *slice) fail(ctx context.Context, cause error) {
-	b, err := s.p.cfg.Commands.FailBatch(ctx, s.batch.ID(), cause.Error())
-	if err != nil {
-		s.p.log.Error("failing the batch failed", "batch", s.batch.ID(), "err", err)
+// putBack returns answers whose recording failed, to be tried again.
+func (st *batchState) putBack(a []answer) {
+	if len(a) == 0 {
 		return
 	}
-	s.batch = b
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.answers = append(a, st.answers...)
 }
 
-func (s *slice) collect(r result) {
-	s.inFlight--
-	s.p.cfg.Metrics.InFlight.Dec()
-	s.finished = append(s.finished, r)
-	// Take every answer already there, so they are recorded in one append.
-	for {
+// dispatched notes sends about to start.
+func (st *batchState) dispatched(ds []domain.Dispatch) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	for _, d := range ds {
+		st.inFlight[d.Index] = d.Attempt
+	}
+}
+
+// recorded forgets sends whose answers are stored (or turned out stale).
+func (st *batchState) recorded(a []answer, now time.Time) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	for _, r := range a {
+		if st.inFlight[r.d.Index] == r.d.Attempt {
+			delete(st.inFlight, r.d.Index)
+		}
+	}
+	if len(st.inFlight) == 0 {
+		st.idleSince = now
+	}
+}
+
+// sending reports whether this instance still has index at attempt in flight.
+func (st *batchState) sending(index, attempt int) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	a, ok := st.inFlight[index]
+	return ok && a == attempt
+}
+
+// settled is this instance's knowledge of which in-flight messages cannot be
+// being sent: its own that it is not sending (it never sent them, or it is a
+// new process), and those of instances known to be gone.
+func (p *Processor) settled(st *batchState) domain.Settled {
+	return func(o domain.Outstanding) bool {
+		if o.Instance == p.instance {
+			return !st.sending(o.Index, o.Attempt)
+		}
+		return o.Instance == "" || (p.cfg.Gone != nil && p.cfg.Gone(o.Instance))
+	}
+}
+
+// answered takes a send's answer: the active slice records it, or a recorder
+// when no slice of the batch runs here.
+func (p *Processor) answered(st *batchState, a answer) {
+	st.mu.Lock()
+	st.answers = append(st.answers, a)
+	active := st.active
+	startRecorder := !active && !st.recording
+	if startRecorder {
+		st.recording = true
+		p.sends.Add(1)
+	}
+	st.mu.Unlock()
+	if active {
 		select {
-		case r := <-s.results:
-			s.inFlight--
-			s.p.cfg.Metrics.InFlight.Dec()
-			s.finished = append(s.finished, r)
+		case st.signal <- struct{}{}:
 		default:
+		}
+	}
+	if startRecorder {
+		go p.record(st)
+	}
+}
+
+// recordLeftovers starts a recorder for answers that arrived while the last
+// slice was ending.
+func (p *Processor) recordLeftovers(st *batchState) {
+	st.mu.Lock()
+	start := len(st.answers) > 0 && !st.active && !st.recording
+	if start {
+		st.recording = true
+		p.sends.Add(1)
+	}
+	if len(st.inFlight) == 0 && st.idleSince.IsZero() {
+		st.idleSince = p.cfg.Now()
+	}
+	st.mu.Unlock()
+	if start {
+		go p.record(st)
+	}
+}
+
+// record stores answers while no slice of the batch runs here: after the
+// batch's slices moved to another instance, or it paused, or this instance is
+// shutting down. It keeps trying while the store refuses, until Drain gives up.
+func (p *Processor) record(st *batchState) {
+	defer p.sends.Done()
+	wait := 100 * time.Millisecond
+	for {
+		st.mu.Lock()
+		if st.active || len(st.answers) == 0 {
+			st.recording = false
+			st.mu.Unlock()
 			return
 		}
-	}
-}
+		answers := st.answers
+		st.answers = nil
+		st.mu.Unlock()
 
-// canDispatch reports whether, at time t, the rate allows a send and the batch as
-// last seen has something to send.
-func (s *slice) canDispatch(t time.Time) bool {
-	if s.batch.Status() != domain.StatusProcessing || t.Before(s.st.holdUntil) || !s.st.hasToken(t) {
-		return false
-	}
-	// One send at a time waits for its token: deciding the next before it took
-	// its own would count the same token twice.
-	if s.st.limiter.Limit() != rate.Inf && s.st.waiting.Load() > 0 {
-		return false
-	}
-	sendable := s.sendableAt(t)
-	return !sendable.IsZero() && !sendable.After(t)
-}
-
-// sendableAt is the earliest time, not before now, at which the batch as last
-// seen has a message to send if the rate allows: now for a new recipient with
-// room in flight or a message in doubt, a retry's due time, or zero for nothing.
-func (s *slice) sendableAt(now time.Time) time.Time {
-	b := s.batch
-	outstanding := b.Outstanding()
-	if b.Cursor() < b.Total() && len(outstanding) < s.p.cfg.MaxInFlight {
-		return now
-	}
-	for _, o := range outstanding {
-		if o.InFlight() && o.Slice != s.id {
-			return now
-		}
-	}
-	if retry := b.NextRetryAt(); !retry.IsZero() {
-		return latest(retry, now)
-	}
-	return time.Time{}
-}
-
-// wakeAt is when the loop should look again if no answer arrives first.
-func (s *slice) wakeAt(now, deadline time.Time, stopping bool) time.Time {
-	if stopping {
-		return now.Add(time.Second) // only answers matter now; the timer is a safety net
-	}
-	if s.batch.Status() != domain.StatusProcessing {
-		return deadline
-	}
-	sendable := s.sendableAt(now)
-	if sendable.IsZero() {
-		return deadline // nothing to send until an answer comes
-	}
-	wake := latest(sendable, latest(s.st.tokenAt(now).Add(-lookahead), s.st.holdUntil))
-	if s.st.waiting.Load() > 0 {
-		wake = latest(wake, now.Add(lookahead)) // until the waiting send takes its token
-	}
-	if wake.After(deadline) {
-		return deadline
-	}
-	return wake
-}
-
-// hasToken reports whether the rate allows a send at t.
-func (st *batchState) hasToken(t time.Time) bool {
-	return st.limiter.Limit() == rate.Inf || st.limiter.TokensAt(t) >= 1
-}
-
-// tokenAt is when the next send is allowed, looking from now.
-func (st *batchState) tokenAt(now time.Time) time.Time {
-	if st.hasToken(now) || st.limiter.Limit() <= 0 {
-		return now
-	}
-	missing := 1 - st.limiter.TokensAt(now)
-	return now.Add(time.Duration(missing / float64(st.limiter.Limit()) * float64(time.Second)))
-}
-
-// observe adjusts the batch's pace to the provider's answers: a rate-limit answer
-// holds sending for its Retry-After and halves the rate; every success after that
-// wins a tenth of the target rate back.
-func (s *slice) observe(now time.Time, r recorded) {
-	st := s.st
-	switch {
-	case r.category == domain.CategoryRateLimited:
-		s.p.cfg.Metrics.RateLimitWaits.Inc()
-		wait := r.retryAfter
-		if wait <= 0 {
-			wait = time.Second
-		}
-		st.holdUntil = latest(st.holdUntil, now.Add(wait))
-		if st.target != rate.Inf {
-			st.limiter.SetLimitAt(now, max(st.limiter.Limit()/2, st.target/16))
-		}
-	case r.outcome == "sent" && st.limiter.Limit() < st.target:
-		st.limiter.SetLimitAt(now, min(st.target, st.limiter.Limit()+st.target/10))
-	}
-}
-
-// commit appends the answers collected so far and, when asked, a dispatch in the
-// same append. It returns the messages dispatched.
-func (s *slice) commit(ctx context.Context, dispatch bool) ([]domain.Dispatch, error) {
-	p := s.p
-	finished := s.finished
-	var dispatched []domain.Dispatch
-	var dispatchErr error
-	var recorded []recorded
-	b, err := p.repo.Update(ctx, s.batch.ID(), func(b *domain.Batch) error {
-		now := p.cfg.Now()
-		recorded = recorded[:0]
-		dispatched, dispatchErr = nil, nil
-		for _, r := range finished {
-			recorded = append(recorded, s.record(b, now, r))
-		}
-		if dispatch {
-			n := s.p.cfg.MaxInFlight
-			if s.st.limiter.Limit() != rate.Inf {
-				n = 1 // burst 1: one send per token
-			}
-			dispatched, dispatchErr = b.Dispatch(now, domain.DispatchRequest{
-				Slice: s.id, PrevSlice: s.w.PrevSlice, Max: n, MaxInFlight: p.cfg.MaxInFlight,
-			})
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	s.batch = b
-	s.finished = nil
-	if len(dispatched) > 0 {
-		s.st.lastDispatch = b.LastDispatchAt()
-	}
-	now := p.cfg.Now()
-	for _, r := range recorded {
-		p.count(r)
-		s.observe(now, r)
-	}
-	if len(dispatched) > 0 {
-		s.owned = true
-	}
-	return dispatched, dispatchErr
-}
-
-// recorded is what became of one answer, for the metrics.
-type recorded struct {
-	outcome    string // "sent", "retry", "failed", "stale"
-	category   domain.ErrorCategory
-	retryAfter time.Duration
-}
-
-// record decides what an answer means for the batch: sent, retried later, or
-// failed for good.
-func (s *slice) record(b *domain.Batch, now time.Time, r result) recorded {
-	p := s.p
-	if r.err == nil {
-		err := b.RecordSent(now, domain.SentParams{
-			Index: r.d.Index, Attempt: r.d.Attempt, ProviderID: r.receipt.ProviderID,
-			Segments: r.segments, Latency: r.latency,
-		})
-		if err != nil {
-			return recorded{outcome: "stale"}
-		}
-		return recorded{outcome: "sent"}
-	}
-	se := sms.Classify(r.err)
-	fp := domain.FailureParams{
-		Index: r.d.Index, Attempt: r.d.Attempt, Phone: r.phone,
-		Category: se.Category, Code: se.Code, Message: se.Message, Latency: r.latency,
-	}
-	if se.Category.Retryable() && r.d.Attempt < p.cfg.MaxAttempts {
-		retryAt := now.Add(p.backoff(r.d.Attempt))
-		if se.RetryAfter > 0 {
-			retryAt = latest(retryAt, now.Add(se.RetryAfter))
-		}
-		if b.RecordAttemptFailed(now, fp, retryAt) != nil {
-			return recorded{outcome: "stale"}
-		}
-		return recorded{outcome: "retry", category: se.Category, retryAfter: se.RetryAfter}
-	}
-	if b.RecordFailed(now, fp) != nil {
-		return recorded{outcome: "stale"}
-	}
-	return recorded{outcome: "failed", category: se.Category, retryAfter: se.RetryAfter}
-}
-
-func (p *Processor) count(r recorded) {
-	switch r.outcome {
-	case "sent":
-		p.cfg.Metrics.Sent.Inc()
-	case "retry":
-		p.cfg.Metrics.AttemptsFailed.WithLabelValues(string(r.category)).Inc()
-	case "failed":
-		p.cfg.Metrics.Failed.WithLabelValues(string(r.category)).Inc()
-	}
-}
-
-// backoff is the wait before attempt+1: exponential with jitter.
-func (p *Processor) backoff(attempt int) time.Duration {
-	b := &backoff.ExponentialBackOff{
-		InitialInterval:     p.cfg.BackoffInitial,
-		RandomizationFactor: 0.5,
-		Multiplier:          2,
-		MaxInterval:         p.cfg.BackoffMax,
-	}
-	b.Reset()
-	d := b.NextBackOff()
-	for range attempt - 1 {
-		d = b.NextBackOff()
-	}
-	return d
-}
-
-// start hands dispatched messages to the provider, each once its rate token is due.
-func (s *slice) start(ctx context.Context, dispatched []domain.Dispatch) {
-	p := s.p
-	for _, d := range dispatched {
-		rcp, err := p.recipient(ctx, s.st, s.batch.ID(), d.Index)
-		if err != nil {
-			// Dispatched but not sent: the message is in doubt and the next slice
-			// sends it again under the same key.
-			p.log.Error("recipient unreadable after dispatch", "batch", s.batch.ID(), "index", d.Index, "err", err)
+		// The answers of a shutting-down instance are recorded after its context
+		// is gone; the store call is bounded by its own timeouts.
+		ctx := context.Background()
+		c, err := p.commit(ctx, st, answers, nil)
+		if err == nil {
+			p.finished(c.batch)
+			p.afterCommit(st, answers, c.recorded)
+			wait = 100 * time.Millisecond
 			continue
 		}
-		lim, waiting := s.st.limiter, &s.st.waiting
-		waiting.Add(1)
-		body := s.st.template.Render(rcp.Values)
-		_, segments := domain.Segments(body)
-		msg := sms.Message{IdempotencyKey: s.batch.ID() + ":" + strconv.Itoa(d.Index), To: rcp.Phone, Body: body}
-		s.inFlight++
-		p.cfg.Metrics.InFlight.Inc()
-		go func() {
-			takeToken(lim, p.cfg.Now)
-			waiting.Add(-1)
-			start := p.cfg.Now()
-			sendCtx, cancel := context.WithTimeout(ctx, p.cfg.SendTimeout)
-			receipt, err := p.cfg.Provider.Send(sendCtx, msg)
-			cancel()
-			s.results <- result{d: d, phone: rcp.Phone, segments: segments, receipt: receipt, err: err, latency: p.cfg.Now().Sub(start)}
-		}()
-	}
-}
-
-// takeToken waits for the batch's next send and takes its token at the moment
-// it sends, not when the send was planned: a goroutine that wakes late then
-// pushes the following send back by as much, so no one-second window seen by the
-// provider holds more sends than the rate.
-func takeToken(lim *rate.Limiter, now func() time.Time) {
-	for {
-		t := now()
-		r := lim.ReserveN(t, 1)
-		d := r.DelayFrom(t)
-		if d <= 0 {
+		st.putBack(answers)
+		p.log.Error("recording answers failed; retrying", "batch", st.id, "answers", len(answers), "err", err, "wait", wait)
+		select {
+		case <-time.After(wait):
+		case <-p.stop:
+			st.mu.Lock()
+			st.recording = false
+			st.mu.Unlock()
 			return
 		}
-		r.CancelAt(t)
-		time.Sleep(d)
+		wait = min(2*wait, 5*time.Second)
 	}
 }
 
-func latest(a, b time.Time) time.Time {
-	if a.After(b) {
-		return a
+// afterCommit updates metrics and local state for answers just stored.
+func (p *Processor) afterCommit(st *batchState, answers []answer, recs []recorded) {
+	st.recorded(answers, p.cfg.Now())
+	for _, r := range recs {
+		p.count(r)
 	}
-	return b
 }

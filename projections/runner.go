@@ -69,9 +69,10 @@ func (c RunnerConfig) Validate() error {
 }
 
 // Runner keeps the read models up to date: it follows the event store from the
-// store's checkpoint and applies every page of events to the store. A page that
-// fails to apply is retried with backoff until it applies or the runner stops,
-// since skipping it would leave the read models wrong for good.
+// store's checkpoint with an eventstore.Follower and applies every page of events
+// to the store. A page that fails to apply is handed over again after a backoff
+// until it applies or the runner stops, since skipping it would leave the read
+// models wrong for good.
 type Runner struct {
 	cfg     RunnerConfig
 	running atomic.Bool
@@ -79,8 +80,9 @@ type Runner struct {
 	ready     chan struct{}
 	readyOnce sync.Once
 
-	mu  sync.Mutex
-	pos eventstore.Position
+	mu       sync.Mutex
+	pos      eventstore.Position
+	follower *eventstore.Follower
 	// moved is closed and replaced whenever pos moves, waking WaitFor.
 	moved chan struct{}
 }
@@ -95,8 +97,9 @@ func NewRunner(cfg RunnerConfig) (*Runner, error) {
 }
 
 // Run applies events until ctx is done, then returns nil. It returns an error
-// when the event store is closed, or when called while already running. Errors
-// reading the event store or applying events are logged and retried.
+// when the event store is closed or damaged, or when called while already
+// running. Errors reading the event store or applying events are logged and
+// retried; Health reports them once they last.
 func (r *Runner) Run(ctx context.Context) error {
 	if !r.running.CompareAndSwap(false, true) {
 		return errors.New("projections runner: already running")
@@ -112,36 +115,33 @@ func (r *Runner) Run(ctx context.Context) error {
 	r.advance(checkpoint)
 	r.cfg.Logger.Info("projections: following events", "after", checkpoint.String())
 
-	// Not backoff.Retry: the wait starts again from its shortest once the
-	// subscription has made progress, however long ago its last failure was.
-	wait := r.cfg.backOff()
-	wait.Reset()
-	for {
-		from := r.Position()
-		err := eventstore.SubscribeWith(ctx, r.cfg.Events, eventstore.SubscribeOptions{
-			After:      from,
-			BatchSize:  r.cfg.BatchSize,
-			OnCaughtUp: r.caughtUp,
-		}, r.handle)
-		if ctx.Err() != nil || errors.Is(err, eventstore.ErrClosed) {
-			return r.stopped(ctx, err)
-		}
-		if from.Less(r.Position()) {
-			wait.Reset()
-		}
-		next := wait.NextBackOff()
-		r.cfg.Logger.Error("projections: following events failed; retrying",
-			"error", err, "wait", next, "position", r.Position().String())
-		select {
-		case <-time.After(next):
-		case <-ctx.Done():
-			return nil
-		}
+	f, err := eventstore.NewFollower(eventstore.FollowerConfig{
+		Name: "projections", Store: r.cfg.Events, After: checkpoint, BatchSize: r.cfg.BatchSize,
+		OnCaughtUp: r.caughtUp, Backoff: r.cfg.backOff, Logger: r.cfg.Logger,
+	}, r.handle)
+	if err != nil {
+		return err
 	}
+	r.mu.Lock()
+	r.follower = f
+	r.mu.Unlock()
+	return r.stopped(ctx, f.Run(ctx))
+}
+
+// Health is nil while the runner follows the events; an error when it has been
+// failing for a while or stopped.
+func (r *Runner) Health() error {
+	r.mu.Lock()
+	f := r.follower
+	r.mu.Unlock()
+	if f == nil {
+		return nil
+	}
+	return f.Health()
 }
 
 func (r *Runner) stopped(ctx context.Context, err error) error {
-	if ctx.Err() != nil {
+	if ctx.Err() != nil || err == nil {
 		return nil
 	}
 	return fmt.Errorf("projections runner: %w", err)
@@ -149,10 +149,8 @@ func (r *Runner) stopped(ctx context.Context, err error) error {
 
 func (r *Runner) handle(ctx context.Context, events []eventstore.Event) error {
 	last := events[len(events)-1]
-	if _, err := retry(ctx, r, "apply events", func() (struct{}, error) {
-		return struct{}{}, r.cfg.Store.Apply(ctx, events)
-	}); err != nil {
-		return err
+	if err := r.cfg.Store.Apply(ctx, events); err != nil {
+		return fmt.Errorf("apply events: %w", err)
 	}
 	r.advance(last.Position)
 	if r.cfg.Lag != nil && !last.Time.IsZero() {

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -144,6 +145,8 @@ type Main struct {
 	provider   io.Closer
 	transport  transport
 	router     *message.Router
+	proc       *processors.Processor
+	hub        *api.Hub
 	runner     *projections.Runner
 	fwd        *processors.Forwarder
 	server     *http.Server
@@ -220,21 +223,30 @@ func (m *Main) Run(ctx context.Context) error {
 		return err
 	}
 
+	m.transport, err = openTransport(cfg, m.logger)
+	if err != nil {
+		return err
+	}
+	instance := uuid.NewString()
 	procCfg := processors.Config{
-		Commands: cmds, Store: store, Provider: provider,
+		Commands: cmds, Store: store, Provider: provider, Instance: instance,
+		// Work messages on GoChannel die with the process: recover them at start.
+		RecoverAtStart: m.transport.name == "gochannel",
 		Rates: cfg.Rates, Unlimited: cfg.RateUnlimited, MaxInFlight: cfg.MaxInFlight,
 		SliceDuration: cfg.Slice, SendTimeout: cfg.SendTimeout, MaxAttempts: cfg.MaxAttempts,
 		BackoffInitial: cfg.BackoffInit, BackoffMax: cfg.BackoffMax, StallTimeout: cfg.StallTimeout,
 		Metrics: procMetrics, Logger: m.logger,
 	}
-	proc, err := processors.NewProcessor(procCfg)
+	if exclusiveStore(cfg) {
+		// The store's file is held by one process at a time: any other instance
+		// that dispatched into it has stopped, and its sends with it.
+		procCfg.Gone = func(other string) bool { return other != instance }
+	}
+	m.proc, err = processors.NewProcessor(procCfg)
 	if err != nil {
 		return err
 	}
-	m.transport, err = openTransport(cfg, m.logger)
-	if err != nil {
-		return err
-	}
+	proc := m.proc
 	m.router, err = processors.NewRouter(proc, m.transport.pub, m.transport.sub, m.logger)
 	if err != nil {
 		return err
@@ -248,6 +260,7 @@ func (m *Main) Run(ctx context.Context) error {
 	m.cancel = cancel
 	m.goRun("projections", func() error { return m.runner.Run(bg) })
 	m.goRun("router", func() error { return m.router.Run(bg) })
+	m.goRun("processor", func() error { return proc.Run(bg) })
 	select {
 	case <-m.router.Running():
 	case err := <-m.errs:
@@ -262,6 +275,7 @@ func (m *Main) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	m.hub = hub
 	m.goRun("live updates", func() error { return hub.Run(bg) })
 
 	pub := m.transport.pub
@@ -321,7 +335,13 @@ func (m *Main) ready() error {
 			return fmt.Errorf("%s catching up", name)
 		}
 	}
-	return nil
+	// A component that follows the event log and keeps failing turns the
+	// instance red: it is not doing its job, even though it keeps trying.
+	var errs []error
+	for _, h := range []interface{ Health() error }{m.runner, m.fwd, m.hub} {
+		errs = append(errs, h.Health())
+	}
+	return errors.Join(errs...)
 }
 
 // Close stops taking requests, lets the work slices finish their in-flight sends
@@ -341,9 +361,16 @@ func (m *Main) Close() error {
 	}
 	if m.router != nil {
 		// Closing the router cancels the handlers' contexts: slices stop
-		// dispatching, wait for their sends and append the outcomes.
+		// dispatching and hand their work on.
 		if err := m.router.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("router: %w", err))
+		}
+	}
+	if m.proc != nil {
+		// The sends already handed to the provider finish and their answers
+		// are recorded before the store closes.
+		if err := m.proc.Drain(ctx); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if m.cancel != nil {

@@ -44,6 +44,12 @@ func openEventStore(ctx context.Context, cfg Config) (eventstore.Store, error) {
 	}
 }
 
+// exclusiveStore reports whether the configured event store can be open in one
+// process at a time (the embedded bbolt file is locked).
+func exclusiveStore(cfg Config) bool {
+	return cfg.EventStore != "kurrent" && cfg.EventStore != "postgres"
+}
+
 // readModels is the configured read-model store and what closes it.
 type readModels struct {
 	projections.Store

@@ -1,0 +1,318 @@
+package processors
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/smsbatch/smsbatch/commands"
+	"github.com/smsbatch/smsbatch/domain"
+	"github.com/smsbatch/smsbatch/eventstore"
+	"github.com/smsbatch/smsbatch/eventstore/memory"
+	"github.com/smsbatch/smsbatch/processors/sms"
+)
+
+// These tests hold the rule that a message is sent again only when no earlier
+// send of it can still be running, against a provider that records every call
+// and deduplicates nothing: every call counted there is an SMS a customer gets.
+
+// driveAsync runs a work chain like drive, in the background.
+func driveAsync(p *Processor, w Work) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		next := &w
+		for i := 0; next != nil; i++ {
+			if i > 1000 {
+				done <- errors.New("work chain did not end")
+				return
+			}
+			var err error
+			if next, err = p.RunSlice(context.Background(), *next); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	return done
+}
+
+func wait(t *testing.T, chains ...<-chan error) {
+	t.Helper()
+	for _, c := range chains {
+		select {
+		case err := <-c:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("a work chain did not end within 30s")
+		}
+	}
+}
+
+// assertNoDuplicateCalls fails when the provider was called twice for one key
+// or had more than five calls in flight at once.
+func (f *fakeProvider) assertNoDuplicateCalls(t *testing.T, n int) {
+	t.Helper()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.calls) != n {
+		t.Fatalf("%d keys reached the provider, want %d", len(f.calls), n)
+	}
+	for key, c := range f.calls {
+		if c != 1 {
+			t.Fatalf("%s reached the provider %d times: a duplicate SMS", key, c)
+		}
+	}
+	if f.maxInFlight > 5 {
+		t.Fatalf("%d calls of one batch in flight at once, want at most 5", f.maxInFlight)
+	}
+}
+
+// drained lets every send of the processors finish and be recorded.
+func drained(t *testing.T, ps ...*Processor) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, p := range ps {
+		if err := p.Drain(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// Cause 1: an instance that starts hands every processing batch a work message
+// continuing from the batch's last slice. If another instance is still inside
+// that slice, the newcomer must not send what the live slice has in flight.
+func TestJoiningInstanceDoesNotResendLiveWork(t *testing.T) {
+	onEveryStore(t, func() *fakeProvider { return newFakeProvider(400 * time.Millisecond) }, func(t *testing.T, h *harness) {
+		const n = 30
+		w := h.create("b1", n, domain.PriorityNormal)
+		live := h.processor(Config{Unlimited: true, SliceDuration: 2 * time.Second})
+		a := driveAsync(live, w)
+		// Wait until the live slice has five sends in flight.
+		h.eventually(t, "five messages in flight", func(b *domain.Batch) bool { return len(b.Outstanding()) == 5 }, "b1")
+		b, _ := h.cmds.Repository().Load(context.Background(), "b1")
+		joiner := h.processor(Config{Unlimited: true})
+		j := driveAsync(joiner, Work{BatchID: "b1", PrevSlice: b.LastSlice()})
+		wait(t, a, j)
+		drained(t, live, joiner)
+		h.prov.assertNoDuplicateCalls(t, n)
+		assertOneOutcomeEach(t, h.outcomes("b1"), n)
+	})
+}
+
+// Cause 2: a batch paused while its slice waits for answers, then resumed at
+// once on another instance, must not have those messages sent again.
+func TestResumeElsewhereDoesNotResendWhatThePauseLeftInFlight(t *testing.T) {
+	onEveryStore(t, func() *fakeProvider { return newFakeProvider(500 * time.Millisecond) }, func(t *testing.T, h *harness) {
+		const n = 20
+		ctx := context.Background()
+		w := h.create("b1", n, domain.PriorityNormal)
+		first := h.processor(Config{Unlimited: true, SliceDuration: 2 * time.Second})
+		a := driveAsync(first, w)
+		h.eventually(t, "five messages in flight", func(b *domain.Batch) bool { return len(b.Outstanding()) == 5 }, "b1")
+		act := commands.Act{Tenant: "acme", BatchID: "b1", By: "test"}
+		if _, err := h.cmds.PauseBatch(ctx, act); err != nil {
+			t.Fatal(err)
+		}
+		res, err := h.cmds.ResumeBatch(ctx, act)
+		if err != nil {
+			t.Fatal(err)
+		}
+		second := h.processor(Config{Unlimited: true})
+		b := driveAsync(second, Work{BatchID: "b1", PrevSlice: res.Batch.LastSlice()})
+		wait(t, a, b)
+		drained(t, first, second)
+		h.prov.assertNoDuplicateCalls(t, n)
+		assertOneOutcomeEach(t, h.outcomes("b1"), n)
+	})
+}
+
+// lossyStore stores appends but answers the first lose of them that dispatch
+// with an error, as a connection dropping after the commit would.
+type lossyStore struct {
+	eventstore.Store
+	lose atomic.Int32
+}
+
+func (l *lossyStore) Append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events []eventstore.EventData) (eventstore.AppendResult, error) {
+	res, err := l.Store.Append(ctx, stream, expected, events)
+	if err != nil {
+		return res, err
+	}
+	for _, e := range events {
+		if e.Type == domain.TypeMessagesDispatched && l.lose.Add(-1) >= 0 {
+			return eventstore.AppendResult{}, fmt.Errorf("connection lost after commit: %w", eventstore.ErrUnavailable)
+		}
+	}
+	return res, nil
+}
+
+// Cause 3: a dispatch that was stored but whose answer was lost must not end
+// the work chain: the batch goes on at once, not after stall recovery, and its
+// messages still reach the provider once each.
+func TestLostAnswerToADispatchDoesNotEndTheChain(t *testing.T) {
+	for _, lose := range []int32{1, 20} {
+		t.Run(fmt.Sprintf("%d answers lost", lose), func(t *testing.T) {
+			store := &lossyStore{Store: memory.New()}
+			t.Cleanup(func() { store.Close() })
+			h := newHarnessOn(t, store, newFakeProvider(5*time.Millisecond))
+			const n = 12
+			w := h.create("b1", n, domain.PriorityNormal)
+			store.lose.Store(lose)
+			p := h.processor(Config{Unlimited: true})
+			drive(t, p, w)
+			drained(t, p)
+			b, _ := h.cmds.Repository().Load(context.Background(), "b1")
+			if b.Status() != domain.StatusCompleted {
+				t.Fatalf("the work chain ended with the batch %s and %d sent: it waits for stall recovery", b.Status(), b.Sent())
+			}
+			h.prov.assertNoDuplicateCalls(t, n)
+			assertOneOutcomeEach(t, h.outcomes("b1"), n)
+		})
+	}
+}
+
+// Cause 5: a 429's hold and reduced rate must be kept by whichever instance
+// works the batch next.
+func TestThrottleIsKeptAcrossInstances(t *testing.T) {
+	prov := newFakeProvider(5 * time.Millisecond)
+	var limitedAt atomic.Int64
+	prov.fail = func(key string, n int) error {
+		if key == "b1:8" && n == 1 {
+			limitedAt.Store(time.Now().UnixNano())
+			return &sms.Error{Category: domain.CategoryRateLimited, Code: "429", Message: "slow down", RetryAfter: time.Second}
+		}
+		return nil
+	}
+	h := newHarness(t, prov)
+	const rate = 20.0
+	cfg := Config{Rates: domain.Rates{High: rate, Normal: rate, Low: rate}, SliceDuration: 150 * time.Millisecond}
+	instances := []*Processor{h.processor(cfg), h.processor(cfg)}
+	const n = 60
+	next := new(h.create("b1", n, domain.PriorityNormal))
+	for i := 0; next != nil; i++ {
+		var err error
+		if next, err = instances[i%2].RunSlice(context.Background(), *next); err != nil {
+			t.Fatal(err)
+		}
+	}
+	drained(t, instances...)
+	assertOneOutcomeEach(t, h.outcomes("b1"), n)
+	at := time.Unix(0, limitedAt.Load())
+	holdEnd := at.Add(time.Second)
+	during, firstSecond := 0, 0
+	for _, s := range prov.times {
+		switch {
+		case s.After(at.Add(20*time.Millisecond)) && s.Before(holdEnd.Add(-20*time.Millisecond)):
+			during++
+		case !s.Before(holdEnd) && s.Before(holdEnd.Add(time.Second)):
+			firstSecond++
+		}
+	}
+	if during > 0 {
+		t.Fatalf("%d sends during the provider's 1s Retry-After", during)
+	}
+	// Halved to 10/s, climbing back by 2/s each second: about 11 in the first
+	// second after the hold, far below the 20 of the full rate.
+	if firstSecond > 13 {
+		t.Fatalf("%d sends in the second after the hold, want the rate reduced (about 11)", firstSecond)
+	}
+}
+
+// Cause 6: slices hand over without losing a provider latency: the batch
+// reaches its rate whatever the provider's latency, up to what five messages
+// in flight allow.
+func TestRateReachedAtProviderLatencies(t *testing.T) {
+	if testing.Short() {
+		t.Skip("sends for a few seconds at each latency")
+	}
+	tests := []struct {
+		latency  time.Duration
+		priority domain.Priority
+		rate     float64
+	}{
+		{50 * time.Millisecond, domain.PriorityHigh, 8},
+		{400 * time.Millisecond, domain.PriorityHigh, 8},
+		// Five in flight at 1s each allow 5/s at most: normal priority's rate.
+		{time.Second, domain.PriorityNormal, 5},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprint(tt.latency), func(t *testing.T) {
+			t.Parallel()
+			h := newHarness(t, newFakeProvider(tt.latency))
+			// Short slices: many handovers, each of which used to cost a latency.
+			p := h.processor(Config{SliceDuration: 500 * time.Millisecond})
+			n := int(tt.rate*4) + 1
+			drive(t, p, h.create("b1", n, tt.priority))
+			drained(t, p)
+			times := h.prov.times
+			if len(times) != n {
+				t.Fatalf("%d sends, want %d", len(times), n)
+			}
+			assertRate(t, times, tt.rate)
+			achieved := float64(n-1) / times[n-1].Sub(times[0]).Seconds()
+			t.Logf("latency %s: %.3f msg/s, %.1f%% of %v", tt.latency, achieved, 100*achieved/tt.rate, tt.rate)
+			if achieved < 0.95*tt.rate {
+				t.Fatalf("achieved %.2f/s at %s latency, want at least 95%% of %v", achieved, tt.latency, tt.rate)
+			}
+		})
+	}
+}
+
+// Cause 7: what an instance holds for a batch is freed once nobody sends for it
+// there, whichever instance finished, paused or cancelled it.
+func TestBatchStateIsFreedWhoeverEndedTheBatch(t *testing.T) {
+	h := newHarness(t, newFakeProvider(2*time.Millisecond))
+	cfg := Config{Unlimited: true, SliceDuration: 50 * time.Millisecond, StateIdle: 50 * time.Millisecond}
+	ps := []*Processor{h.processor(cfg), h.processor(cfg), h.processor(cfg)}
+	ctx := context.Background()
+	const batches = 30
+	var wg sync.WaitGroup
+	for i := range batches {
+		id := fmt.Sprintf("b%d", i)
+		next := new(h.create(id, 3, domain.PriorityNormal))
+		wg.Go(func() {
+			// The slices of each batch hop from instance to instance.
+			for j := i; next != nil; j++ {
+				var err error
+				if next, err = ps[j%3].RunSlice(ctx, *next); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	// One batch paused for good and one cancelled while paused, each after one
+	// instance sent for it.
+	for _, id := range []string{"paused", "cancelled"} {
+		w := h.create(id, 2000, domain.PriorityNormal)
+		if _, err := ps[0].RunSlice(ctx, w); err != nil {
+			t.Fatal(err)
+		}
+		act := commands.Act{Tenant: "acme", BatchID: id, By: "test"}
+		if _, err := h.cmds.PauseBatch(ctx, act); err != nil {
+			t.Fatal(err)
+		}
+		if id == "cancelled" {
+			if _, err := h.cmds.CancelBatch(ctx, act); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	drained(t, ps...)
+	time.Sleep(cfg.StateIdle + 10*time.Millisecond)
+	for i, p := range ps {
+		p.sweep(time.Now())
+		if n := p.States(); n != 0 {
+			t.Fatalf("instance %d holds state for %d batches nobody sends for", i, n)
+		}
+	}
+}

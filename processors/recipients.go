@@ -1,0 +1,83 @@
+package processors
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	lru "github.com/hashicorp/golang-lru/v2"
+
+	"github.com/smsbatch/smsbatch/domain"
+	"github.com/smsbatch/smsbatch/eventstore"
+)
+
+// errRecipientsBroken: the recipients stream does not hold what BatchCreated
+// promised. Retrying cannot help; the batch fails.
+var errRecipientsBroken = errors.New("recipients missing or unreadable")
+
+// recipientPages reads recipients a page at a time and keeps the most recently
+// used pages of every batch this instance sends for, up to a bound, so that
+// memory does not grow with the number of batches and a batch whose slices hop
+// between instances reads each page about once per instance.
+type recipientPages struct {
+	store eventstore.Store
+	pages *lru.Cache[pageKey, []domain.Recipient]
+}
+
+type pageKey struct {
+	batchID string
+	page    int
+}
+
+func newRecipientPages(store eventstore.Store, maxPages int) *recipientPages {
+	pages, err := lru.New[pageKey, []domain.Recipient](maxPages)
+	if err != nil {
+		panic(fmt.Sprintf("recipient page cache of %d pages: %v", maxPages, err)) // only for a size <= 0
+	}
+	return &recipientPages{store: store, pages: pages}
+}
+
+// get returns recipient index of batchID.
+func (r *recipientPages) get(ctx context.Context, batchID string, index int) (domain.Recipient, error) {
+	page := index / domain.RecipientPageSize
+	key := pageKey{batchID, page}
+	recipients, ok := r.pages.Get(key)
+	if !ok {
+		var err error
+		if recipients, err = r.read(ctx, batchID, page); err != nil {
+			return domain.Recipient{}, err
+		}
+		r.pages.Add(key, recipients)
+	}
+	i := index - page*domain.RecipientPageSize
+	if i < 0 || i >= len(recipients) {
+		return domain.Recipient{}, fmt.Errorf("recipient %d: %w", index, errRecipientsBroken)
+	}
+	return recipients[i], nil
+}
+
+func (r *recipientPages) read(ctx context.Context, batchID string, page int) ([]domain.Recipient, error) {
+	events, err := r.store.ReadStream(ctx, domain.RecipientsStream(batchID), uint64(page), 1)
+	if err != nil {
+		return nil, fmt.Errorf("read recipients page %d: %w", page, err)
+	}
+	if len(events) == 0 {
+		return nil, fmt.Errorf("page %d: %w", page, errRecipientsBroken)
+	}
+	e, err := domain.DecodeEvent(events[0].Type, events[0].Data)
+	if err != nil {
+		return nil, fmt.Errorf("page %d: %w: %w", page, errRecipientsBroken, err)
+	}
+	rp, ok := e.(domain.RecipientsPageAdded)
+	if !ok {
+		return nil, fmt.Errorf("page %d is a %s: %w", page, e.EventType(), errRecipientsBroken)
+	}
+	return rp.Recipients, nil
+}
+
+// forget drops the pages of a batch that will send no more.
+func (r *recipientPages) forget(batchID string, pages int) {
+	for page := range pages {
+		r.pages.Remove(pageKey{batchID, page})
+	}
+}

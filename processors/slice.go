@@ -1,0 +1,379 @@
+package processors
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/cenkalti/backoff/v5"
+	"golang.org/x/time/rate"
+
+	"github.com/smsbatch/smsbatch/domain"
+	"github.com/smsbatch/smsbatch/processors/sms"
+)
+
+// slice is one work message's worth of sending.
+type slice struct {
+	p     *Processor
+	st    *batchState
+	w     Work
+	id    string
+	batch *domain.Batch
+	owned bool // this slice has dispatched, so it leads the chain
+}
+
+// maxCommitFailures bounds how often a slice tries to store its progress before
+// it hands its work message on; its answers stay with the batch's state here and
+// are recorded later.
+const maxCommitFailures = 5
+
+// maxStartDelay bounds how long after its dispatch a send may still go out. A
+// send whose rate token would come later gives up before reaching the provider,
+// so the dispatch's deadline can be known when it is appended.
+const maxStartDelay = time.Second
+
+func (s *slice) run(ctx context.Context) (*Work, error) {
+	p, st := s.p, s.st
+	deadline := p.cfg.Now().Add(p.cfg.SliceDuration)
+	// Sends and the recording of their answers outlive a cancelled ctx: a message
+	// in flight at shutdown is finished and recorded, never abandoned.
+	keep := context.WithoutCancel(ctx)
+	settled := p.settled(st)
+	handOn, failures := true, 0
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+
+	for {
+		now := p.cfg.Now()
+		if !now.Before(deadline) || ctx.Err() != nil {
+			break
+		}
+		answers := st.takeAnswers()
+		dispatch := s.canDispatch(now.Add(lookahead), settled)
+		if dispatch {
+			// Read ahead so the page is at hand once the dispatch is appended.
+			if _, err := p.recipients.get(ctx, s.batch.ID(), min(s.batch.Cursor(), s.batch.Total()-1)); err != nil {
+				p.log.Error("recipients unreadable", "batch", s.batch.ID(), "err", err)
+				dispatch = false
+				if errors.Is(err, errRecipientsBroken) {
+					s.fail(keep, err)
+				}
+			}
+		}
+		if dispatch || len(answers) > 0 {
+			var ask dispatchFunc
+			if dispatch {
+				ask = s.ask(settled)
+			}
+			c, err := p.commit(keep, st, answers, ask)
+			if err != nil {
+				st.putBack(answers)
+				p.log.Error("recording batch progress failed", "batch", s.batch.ID(), "err", err)
+				s.checkOwnership(keep)
+				if failures++; failures >= maxCommitFailures {
+					break
+				}
+				sleep(ctx, time.Duration(failures)*200*time.Millisecond)
+				continue
+			}
+			failures = 0
+			s.batch = c.batch
+			if len(c.dispatched) > 0 {
+				s.owned = true
+				st.pace.sent(c.batch)
+			}
+			st.pace.follow(c.batch, p.cfg.Now())
+			st.dispatched(c.dispatched)
+			p.afterCommit(st, answers, c.recorded)
+			s.start(keep, c.dispatched, c.batch.LastDispatchAt())
+			if errors.Is(c.dispatchErr, domain.ErrNotRunning) || errors.Is(c.dispatchErr, domain.ErrSuperseded) {
+				handOn = false
+				break
+			}
+		}
+		if s.batch.Status() != domain.StatusProcessing {
+			break
+		}
+		timer.Reset(max(s.wakeAt(now, deadline, settled).Sub(p.cfg.Now()), 0))
+		select {
+		case <-st.signal:
+		case <-timer.C:
+		case <-ctx.Done():
+		}
+	}
+
+	p.finished(s.batch)
+	if !handOn || s.batch.Status() != domain.StatusProcessing {
+		return nil, nil
+	}
+	next := Work{BatchID: s.w.BatchID, PrevSlice: s.w.PrevSlice}
+	if s.owned {
+		next.PrevSlice = s.id
+	}
+	return &next, nil
+}
+
+// checkOwnership learns, after an append whose answer was lost, whether it was
+// stored after all: if the batch's last dispatch is this slice's, the slice leads
+// the chain and must hand on its own ID, or its successor would be refused.
+func (s *slice) checkOwnership(ctx context.Context) {
+	b, err := s.p.repo.Load(ctx, s.batch.ID())
+	if err != nil {
+		return
+	}
+	s.batch = b
+	if b.LastSlice() == s.id {
+		s.owned = true
+	}
+}
+
+// fail marks the batch failed: it cannot go on. Messages in flight still get
+// their outcomes.
+func (s *slice) fail(ctx context.Context, cause error) {
+	b, err := s.p.cfg.Commands.FailBatch(ctx, s.batch.ID(), cause.Error())
+	if err != nil {
+		s.p.log.Error("failing the batch failed", "batch", s.batch.ID(), "err", err)
+		return
+	}
+	s.batch = b
+}
+
+// canDispatch reports whether, at time t, the rate allows a send and the batch as
+// last seen has something it may send.
+func (s *slice) canDispatch(t time.Time, settled domain.Settled) bool {
+	b := s.batch
+	if b.Status() != domain.StatusProcessing {
+		return false
+	}
+	next := b.NextDispatchAt(t, s.p.cfg.MaxInFlight, settled)
+	if next.IsZero() || next.After(t) {
+		return false
+	}
+	return s.st.pace.ready(t)
+}
+
+// wakeAt is when the loop should look again if no answer arrives first.
+func (s *slice) wakeAt(now, deadline time.Time, settled domain.Settled) time.Time {
+	next := s.batch.NextDispatchAt(now, s.p.cfg.MaxInFlight, settled)
+	if next.IsZero() {
+		return deadline // nothing to send until an answer comes
+	}
+	wake := latest(next, s.st.pace.wakeAt(now))
+	if wake.After(deadline) {
+		return deadline
+	}
+	return wake
+}
+
+// ask is the slice's dispatch decision, made on the batch as it is at commit time.
+func (s *slice) ask(settled domain.Settled) dispatchFunc {
+	p, pc := s.p, s.st.pace
+	return func(b *domain.Batch, now time.Time) ([]domain.Dispatch, error) {
+		n := 1 // burst 1: one send per token
+		if pc.unlimited() {
+			n = p.cfg.MaxInFlight
+		}
+		return b.Dispatch(now, domain.DispatchRequest{
+			Slice: s.id, PrevSlice: s.w.PrevSlice,
+			Instance: p.instance, Deadline: p.deadline(now), SendAt: pc.tokenAt(now), Settled: settled,
+			Max: n, MaxInFlight: p.cfg.MaxInFlight,
+		})
+	}
+}
+
+// deadline is when every send of a dispatch decided at now has ended: it starts
+// within maxStartDelay and the provider call is cut at SendTimeout. The margin
+// covers clocks that differ between instances.
+func (p *Processor) deadline(now time.Time) time.Time {
+	return now.Add(maxStartDelay + p.cfg.SendTimeout + p.cfg.DeadlineMargin)
+}
+
+// dispatchFunc decides a dispatch on the batch as loaded for a commit.
+type dispatchFunc func(b *domain.Batch, now time.Time) ([]domain.Dispatch, error)
+
+// committed is what one commit stored.
+type committed struct {
+	batch       *domain.Batch
+	recorded    []recorded
+	dispatched  []domain.Dispatch
+	dispatchErr error
+}
+
+// commit appends answers and, when ask is set, a dispatch in the same append. A
+// rate-limit answer among them also records a throttle, so that the batch slows
+// down on whichever instance works it next.
+func (p *Processor) commit(ctx context.Context, st *batchState, answers []answer, ask dispatchFunc) (committed, error) {
+	var c committed
+	b, err := p.repo.Update(ctx, st.id, func(b *domain.Batch) error {
+		now := p.cfg.Now()
+		c.recorded, c.dispatched, c.dispatchErr = c.recorded[:0], nil, nil
+		var hold time.Duration
+		limited := false
+		for _, a := range answers {
+			if a.notSent {
+				continue // never reached the provider: nothing to record
+			}
+			r := p.recordAnswer(b, now, a)
+			c.recorded = append(c.recorded, r)
+			if r.outcome != "stale" && r.category == domain.CategoryRateLimited {
+				limited = true
+				hold = max(hold, r.retryAfter)
+			}
+		}
+		if limited && !b.Status().Final() {
+			if hold <= 0 {
+				hold = time.Second
+			}
+			_ = b.SlowDown(now, now.Add(hold), slowedRate(p.target(b), now, b.Throttle()))
+		}
+		if ask != nil {
+			c.dispatched, c.dispatchErr = ask(b, now)
+		}
+		return nil
+	})
+	if err != nil {
+		return committed{}, err
+	}
+	c.batch = b
+	return c, nil
+}
+
+// target is the batch's rate when the provider keeps up.
+func (p *Processor) target(b *domain.Batch) rate.Limit {
+	if p.cfg.Unlimited {
+		return rate.Inf
+	}
+	return rate.Limit(p.cfg.Rates.For(b.Priority()))
+}
+
+// recorded is what became of one answer, for the metrics.
+type recorded struct {
+	outcome    string // "sent", "retry", "failed", "stale"
+	category   domain.ErrorCategory
+	retryAfter time.Duration
+}
+
+// recordAnswer decides what an answer means for the batch: sent, retried later,
+// or failed for good.
+func (p *Processor) recordAnswer(b *domain.Batch, now time.Time, a answer) recorded {
+	if a.err == nil {
+		err := b.RecordSent(now, domain.SentParams{
+			Index: a.d.Index, Attempt: a.d.Attempt, ProviderID: a.receipt.ProviderID,
+			Segments: a.segments, Latency: a.latency,
+		})
+		if err != nil {
+			return recorded{outcome: "stale"}
+		}
+		return recorded{outcome: "sent"}
+	}
+	se := sms.Classify(a.err)
+	fp := domain.FailureParams{
+		Index: a.d.Index, Attempt: a.d.Attempt, Phone: a.phone,
+		Category: se.Category, Code: se.Code, Message: se.Message, Latency: a.latency,
+	}
+	if se.Category.Retryable() && a.d.Attempt < p.cfg.MaxAttempts {
+		retryAt := now.Add(p.backoff(a.d.Attempt))
+		if se.RetryAfter > 0 {
+			retryAt = latest(retryAt, now.Add(se.RetryAfter))
+		}
+		if b.RecordAttemptFailed(now, fp, retryAt) != nil {
+			return recorded{outcome: "stale"}
+		}
+		return recorded{outcome: "retry", category: se.Category, retryAfter: se.RetryAfter}
+	}
+	if b.RecordFailed(now, fp) != nil {
+		return recorded{outcome: "stale"}
+	}
+	return recorded{outcome: "failed", category: se.Category, retryAfter: se.RetryAfter}
+}
+
+func (p *Processor) count(r recorded) {
+	switch r.outcome {
+	case "sent":
+		p.cfg.Metrics.Sent.Inc()
+	case "retry":
+		p.cfg.Metrics.AttemptsFailed.WithLabelValues(string(r.category)).Inc()
+	case "failed":
+		p.cfg.Metrics.Failed.WithLabelValues(string(r.category)).Inc()
+	}
+	if r.category == domain.CategoryRateLimited && r.outcome != "stale" {
+		p.cfg.Metrics.RateLimitWaits.Inc()
+	}
+}
+
+// backoff is the wait before attempt+1: exponential with jitter.
+func (p *Processor) backoff(attempt int) time.Duration {
+	b := &backoff.ExponentialBackOff{
+		InitialInterval:     p.cfg.BackoffInitial,
+		RandomizationFactor: 0.5,
+		Multiplier:          2,
+		MaxInterval:         p.cfg.BackoffMax,
+	}
+	b.Reset()
+	d := b.NextBackOff()
+	for range attempt - 1 {
+		d = b.NextBackOff()
+	}
+	return d
+}
+
+// start hands dispatched messages to the provider, each once its rate token is
+// due. Each send's answer goes to the batch's state here, whichever slice is
+// running by then.
+func (s *slice) start(ctx context.Context, dispatched []domain.Dispatch, at time.Time) {
+	p, st := s.p, s.st
+	startBy := at.Add(maxStartDelay)
+	for _, d := range dispatched {
+		rcp, err := p.recipients.get(ctx, st.id, d.Index)
+		if err != nil {
+			// Dispatched but never sent: it goes out again under a new attempt.
+			p.log.Error("recipient unreadable after dispatch", "batch", st.id, "index", d.Index, "err", err)
+			p.answered(st, answer{d: d, notSent: true})
+			continue
+		}
+		pc := st.pace
+		lim := pc.reserve()
+		body := st.template.Render(rcp.Values)
+		_, segments := domain.Segments(body)
+		msg := sms.Message{IdempotencyKey: st.id + ":" + strconv.Itoa(d.Index), To: rcp.Phone, Body: body}
+		p.cfg.Metrics.InFlight.Inc()
+		p.sends.Add(1)
+		go func() {
+			defer p.sends.Done()
+			a := answer{d: d, phone: rcp.Phone, segments: segments}
+			if pc.take(ctx, lim, p.cfg.Now, startBy) {
+				begin := p.cfg.Now()
+				sendCtx, cancel := context.WithTimeout(ctx, p.cfg.SendTimeout)
+				a.receipt, a.err = p.cfg.Provider.Send(sendCtx, msg)
+				cancel()
+				a.latency = p.cfg.Now().Sub(begin)
+			} else {
+				a.notSent = true
+			}
+			p.cfg.Metrics.InFlight.Dec()
+			p.answered(st, a)
+		}()
+	}
+}
+
+// slowedRate is the rate a batch resumes at after the provider asked it to slow
+// down at now: half of what it was allowed, never below a sixteenth of its
+// target. Zero for an unlimited batch, which is only held.
+func slowedRate(target rate.Limit, now time.Time, th domain.Throttle) float64 {
+	if target == rate.Inf {
+		return 0
+	}
+	p := pace{target: target}
+	return float64(max(p.rateAt(now, th)/2, target/16))
+}
+
+// sleep waits d or until ctx is done.
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}

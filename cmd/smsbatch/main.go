@@ -232,7 +232,7 @@ func (m *Main) Run(ctx context.Context) error {
 		Commands: cmds, Store: store, Provider: provider, Instance: instance,
 		// Work messages on GoChannel die with the process: recover them at start.
 		RecoverAtStart: m.transport.name == "gochannel",
-		Rates: cfg.Rates, Unlimited: cfg.RateUnlimited, MaxInFlight: cfg.MaxInFlight,
+		Rates:          cfg.Rates, Unlimited: cfg.RateUnlimited, MaxInFlight: cfg.MaxInFlight,
 		SliceDuration: cfg.Slice, SendTimeout: cfg.SendTimeout, MaxAttempts: cfg.MaxAttempts,
 		BackoffInitial: cfg.BackoffInit, BackoffMax: cfg.BackoffMax, StallTimeout: cfg.StallTimeout,
 		Metrics: procMetrics, Logger: m.logger,

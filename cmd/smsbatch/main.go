@@ -230,13 +230,13 @@ func (m *Main) Run(ctx context.Context) error {
 	instance := uuid.NewString()
 	procCfg := processors.Config{
 		Commands: cmds, Store: store, Provider: provider, Instance: instance,
-		// Work messages on GoChannel die with the process: recover them at start.
-		RecoverAtStart: m.transport.name == "gochannel",
-		Rates:          cfg.Rates, Unlimited: cfg.RateUnlimited, MaxInFlight: cfg.MaxInFlight,
+		Rates: cfg.Rates, Unlimited: cfg.RateUnlimited, MaxInFlight: cfg.MaxInFlight,
 		SliceDuration: cfg.Slice, SendTimeout: cfg.SendTimeout, MaxAttempts: cfg.MaxAttempts,
 		BackoffInitial: cfg.BackoffInit, BackoffMax: cfg.BackoffMax, StallTimeout: cfg.StallTimeout,
 		Metrics: procMetrics, Logger: m.logger,
 	}
+	// Work messages on GoChannel die with the process: recover them at start.
+	procCfg.RecoverAtStart = m.transport.name == "gochannel"
 	if exclusiveStore(cfg) {
 		// The store's file is held by one process at a time: any other instance
 		// that dispatched into it has stopped, and its sends with it.

@@ -141,13 +141,26 @@ func (s *server) act(run func(context.Context, commands.Act) (commands.Result, e
 			writeError(w, r, s.log, err)
 			return
 		}
-		res, err := run(r.Context(), commands.Act{Tenant: p.Tenant, BatchID: id, By: p.KeyID})
+		key, err := idempotencyKey(r)
 		if err != nil {
 			writeError(w, r, s.log, err)
 			return
 		}
-		s.started(r.Context(), res)
-		writeJSON(w, http.StatusOK, s.statusAfter(r.Context(), p.Tenant, res))
+		do := func(w http.ResponseWriter) {
+			res, err := run(r.Context(), commands.Act{Tenant: p.Tenant, BatchID: id, By: p.KeyID})
+			if err != nil {
+				writeError(w, r, s.log, err)
+				return
+			}
+			s.started(r.Context(), res)
+			writeJSON(w, http.StatusOK, s.statusAfter(r.Context(), p.Tenant, res))
+		}
+		if key == "" {
+			do(w)
+			return
+		}
+		// A lifecycle command has no body: method and path make the request.
+		s.underKey(w, r, p.Tenant, key, newFingerprint(r).sum(), "", nil, do)
 	}
 }
 

@@ -84,7 +84,14 @@ func (s *server) createBatch(w http.ResponseWriter, r *http.Request) {
 		os.Remove(spool.Name())
 	}()
 
-	body := http.MaxBytesReader(w, r.Body, s.cfg.Limits.MaxBodyBytes)
+	key, err := idempotencyKey(r)
+	if err != nil {
+		writeError(w, r, s.log, err)
+		return
+	}
+	// The body is fingerprinted as it streams by, for the idempotency key.
+	fp := newFingerprint(r)
+	body := io.TeeReader(http.MaxBytesReader(w, r.Body, s.cfg.Limits.MaxBodyBytes), fp)
 	req, count, probs, err := s.decodeCreate(body, spool)
 	if err != nil {
 		writeError(w, r, s.log, err)
@@ -113,28 +120,47 @@ func (s *server) createBatch(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.log, fmt.Errorf("new batch id: %w", err))
 		return
 	}
-	res, err := s.cfg.Commands.CreateBatch(r.Context(), commands.CreateBatch{
-		ID: id, Tenant: p.Tenant, Template: tmpl, Priority: priority,
-		ScheduleTime: schedule, AutoStart: autoStart,
-		Recipients: func(yield func(domain.Recipient, error) bool) {
-			for _, rcp := range readSpool(spool) {
-				if rcp.err != nil {
-					yield(domain.Recipient{}, rcp.err)
-					return
+	create := func(w http.ResponseWriter) {
+		res, err := s.cfg.Commands.CreateBatch(r.Context(), commands.CreateBatch{
+			ID: id, Tenant: p.Tenant, Template: tmpl, Priority: priority,
+			ScheduleTime: schedule, AutoStart: autoStart,
+			Recipients: func(yield func(domain.Recipient, error) bool) {
+				for _, rcp := range readSpool(spool) {
+					if rcp.err != nil {
+						yield(domain.Recipient{}, rcp.err)
+						return
+					}
+					if !yield(domain.Recipient{Phone: rcp.Phone, Values: tmpl.Values(rcp.Vars)}, nil) {
+						return
+					}
 				}
-				if !yield(domain.Recipient{Phone: rcp.Phone, Values: tmpl.Values(rcp.Vars)}, nil) {
-					return
-				}
-			}
-		},
-	})
-	if err != nil {
-		writeError(w, r, s.log, err)
+			},
+		})
+		if err != nil {
+			writeError(w, r, s.log, err)
+			return
+		}
+		s.started(r.Context(), res)
+		w.Header().Set("Location", "/api/batch/"+id)
+		writeJSON(w, http.StatusCreated, s.statusAfter(r.Context(), p.Tenant, res))
+	}
+	if key == "" {
+		create(w)
 		return
 	}
-	s.started(r.Context(), res)
-	w.Header().Set("Location", "/api/batch/"+id)
-	writeJSON(w, http.StatusCreated, s.statusAfter(r.Context(), p.Tenant, res))
+	// Only a valid request claims its key: a refused one stores nothing, and its
+	// retry is refused the same way.
+	s.underKey(w, r, p.Tenant, key, fp.sum(), id, func(old *domain.IdempotencyRecord, w http.ResponseWriter) bool {
+		// An earlier request with this key stopped without an answer. If its
+		// batch exists, it was created: answer with it rather than make another.
+		b, err := s.cfg.Commands.Repository().Load(r.Context(), old.Started.BatchID)
+		if err != nil || b.Tenant() != p.Tenant {
+			return false
+		}
+		w.Header().Set("Location", "/api/batch/"+b.ID())
+		writeJSON(w, http.StatusCreated, s.statusAfter(r.Context(), p.Tenant, commands.Result{Batch: b}))
+		return true
+	}, create)
 }
 
 // decodeCreate streams the body, spooling recipients. It returns an error for a

@@ -53,6 +53,10 @@ type HubConfig struct {
 	// it, so a ticket issued by one is accepted by another. Optional: default
 	// random, which is right for a single instance. At least 32 bytes when set.
 	TicketSecret []byte
+	// Redeem records a ticket's nonce as used, once across every instance, and
+	// reports whether this was the first use (commands.Handlers.RedeemOnce).
+	// Optional: without it tickets are single-use within this process only.
+	Redeem func(ctx context.Context, nonce string, at time.Time) (bool, error)
 	// MaxReplay bounds the batch.error messages a reconnecting client is sent
 	// for what it missed; a client further behind is refused with 409 and
 	// should reconnect without a position. Default 1000.
@@ -696,22 +700,31 @@ func (h *Hub) sign(payload string) []byte {
 	return m.Sum(nil)
 }
 
-// redeemTicket returns the principal a ticket vouches for, once.
-func (h *Hub) redeemTicket(s string) (Principal, bool) {
+// redeemTicket returns the principal a ticket vouches for, once across every
+// instance sharing the event store (with Redeem). An error means the ticket
+// could not be checked.
+func (h *Hub) redeemTicket(ctx context.Context, s string) (Principal, bool, error) {
 	payload, sig, ok := strings.Cut(s, ".")
 	mac, err := base64.RawURLEncoding.DecodeString(sig)
 	if !ok || err != nil || !hmac.Equal(mac, h.sign(payload)) {
-		return Principal{}, false
+		return Principal{}, false, nil
 	}
 	body, err := base64.RawURLEncoding.DecodeString(payload)
 	var t ticket
 	if err != nil || json.Unmarshal(body, &t) != nil || t.Tenant == "" {
-		return Principal{}, false
+		return Principal{}, false, nil
 	}
 	now := h.cfg.now()
 	expires := time.UnixMilli(t.Expires)
 	if !now.Before(expires) {
-		return Principal{}, false
+		return Principal{}, false, nil
+	}
+	if h.cfg.Redeem != nil {
+		first, err := h.cfg.Redeem(ctx, t.Nonce, now)
+		if err != nil || !first {
+			return Principal{}, false, err
+		}
+		return Principal{Tenant: t.Tenant, KeyID: t.KeyID}, true, nil
 	}
 	h.ticketMu.Lock()
 	defer h.ticketMu.Unlock()
@@ -721,8 +734,8 @@ func (h *Hub) redeemTicket(s string) (Principal, bool) {
 		}
 	}
 	if _, used := h.usedTickets[t.Nonce]; used {
-		return Principal{}, false
+		return Principal{}, false, nil
 	}
 	h.usedTickets[t.Nonce] = expires
-	return Principal{Tenant: t.Tenant, KeyID: t.KeyID}, true
+	return Principal{Tenant: t.Tenant, KeyID: t.KeyID}, true, nil
 }

@@ -54,7 +54,11 @@ func (s *server) authenticateLive(next http.Handler) http.Handler {
 			bearer.ServeHTTP(w, r)
 			return
 		}
-		p, ok := s.cfg.Live.redeemTicket(t)
+		p, ok, err := s.cfg.Live.redeemTicket(r.Context(), t)
+		if err != nil {
+			writeError(w, r, s.log, err)
+			return
+		}
 		if !ok {
 			writeError(w, r, s.log, domain.Errorf(domain.EUNAUTHORIZED, "invalid, used or expired ticket: get a new one from POST /api/ws/ticket"))
 			return

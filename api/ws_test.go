@@ -50,6 +50,13 @@ type liveEnv struct {
 func newLive(t *testing.T, tweak func(*HubConfig)) *liveEnv {
 	t.Helper()
 	es := esmemory.New()
+	t.Cleanup(func() { es.Close() }) // after the env's own cleanup
+	return newLiveOn(t, es, tweak)
+}
+
+// newLiveOn is newLive over a given event store: several "instances" may share one.
+func newLiveOn(t *testing.T, es *esmemory.Store, tweak func(*HubConfig)) *liveEnv {
+	t.Helper()
 	rm := memory.New()
 	runner, err := projections.NewRunner(projections.RunnerConfig{Events: es, Store: rm})
 	if err != nil {
@@ -98,7 +105,6 @@ func newLive(t *testing.T, tweak func(*HubConfig)) *liveEnv {
 		env.srv.Close()
 		cancel()
 		wg.Wait()
-		es.Close()
 	})
 	liveEventually(t, "hub running", func() bool {
 		hub.mu.Lock()
@@ -739,6 +745,40 @@ func TestLiveAuthentication(t *testing.T) {
 	for _, bad := range []string{"", "1", "1.", ".1", "01.0", "-1.0", "1.0.0", "1/0", "x.y", "18446744073709551616.0", "%201.0", "1.0%20"} {
 		if status, code := liveDialStatus(t, url+"?after="+bad, liveBearer(liveAcmeKey)); status != http.StatusBadRequest || code != domain.EMALFORMED {
 			t.Errorf("after=%q: %d %s, want 400", bad, status, code)
+		}
+	}
+}
+
+// Cause 9: a ticket redeemed on one instance is refused by every other one.
+func TestTicketsAreSingleUseAcrossInstances(t *testing.T) {
+	es := esmemory.New()
+	t.Cleanup(func() { es.Close() })
+	repo, _ := commands.NewRepository(es, 10)
+	cmds, _ := commands.New(es, repo, nil)
+	secret := []byte(strings.Repeat("s", 32))
+	shared := func(c *HubConfig) { c.TicketSecret, c.Redeem = secret, cmds.RedeemOnce }
+	a, b := newLiveOn(t, es, shared), newLiveOn(t, es, shared)
+	batch := a.batch("acme")
+	a.settle(t, a.add(t, func() []eventstore.Event { return []eventstore.Event{batch.Created(1)} }))
+	b.settle(t, a.runnerPosition())
+
+	req, _ := http.NewRequest(http.MethodPost, a.srv.URL+"/api/ws/ticket", nil)
+	req.Header = liveBearer(liveAcmeKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tk ticketAnswer
+	json.NewDecoder(resp.Body).Decode(&tk)
+	resp.Body.Close()
+
+	path := "/api/batch/" + batch.ID + "/ws?ticket=" + tk.Ticket
+	if m := liveDial(t, b.wsURL(path), nil).read().next(t); m.status.ID != batch.ID {
+		t.Fatalf("ticket from instance a on instance b: %+v", m)
+	}
+	for name, env := range map[string]*liveEnv{"a": a, "b": b} {
+		if status, _ := liveDialStatus(t, env.wsURL(path), nil); status != http.StatusUnauthorized {
+			t.Errorf("ticket used on b, then again on %s: %d, want 401", name, status)
 		}
 	}
 }

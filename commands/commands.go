@@ -19,6 +19,7 @@ import (
 type Handlers struct {
 	repo  *Repository
 	store eventstore.Store
+	keys  *IdempotencyKeys
 	now   func() time.Time
 }
 
@@ -30,11 +31,18 @@ func New(store eventstore.Store, repo *Repository, now func() time.Time) (*Handl
 	if now == nil {
 		now = time.Now
 	}
-	return &Handlers{repo: repo, store: store, now: func() time.Time { return now().UTC() }}, nil
+	keys, err := NewIdempotencyKeys(store, DefaultIdempotencyPolicy, now)
+	if err != nil {
+		return nil, err
+	}
+	return &Handlers{repo: repo, store: store, keys: keys, now: func() time.Time { return now().UTC() }}, nil
 }
 
 // Repository returns the batch repository the handlers use.
 func (h *Handlers) Repository() *Repository { return h.repo }
+
+// IdempotencyKeys returns the store of requests' Idempotency-Keys.
+func (h *Handlers) IdempotencyKeys() *IdempotencyKeys { return h.keys }
 
 // CreateBatch creates a batch from recipients that were already validated.
 type CreateBatch struct {

@@ -93,7 +93,7 @@ func (r *Repository) update(ctx context.Context, id string, decide func(b *domai
 		if len(b.Changes()) == 0 {
 			return Result{Batch: b}, nil
 		}
-		pos, err := r.appendRetrying(ctx, domain.BatchStream(id), expected, b.Changes())
+		pos, err := r.append(ctx, domain.BatchStream(id), expected, b.Changes())
 		if errors.Is(err, eventstore.ErrConcurrency) && attempt < maxConflictRetries {
 			continue
 		}
@@ -117,26 +117,17 @@ func (r *Repository) Add(ctx context.Context, b *domain.Batch) (eventstore.Posit
 	return pos, nil
 }
 
-func (r *Repository) append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events []domain.Event) (eventstore.Position, error) {
-	data, err := encodeEvents(events)
-	if err != nil {
-		return eventstore.Position{}, err
-	}
-	res, err := r.store.Append(ctx, stream, expected, data)
-	return res.Position, err
-}
-
 // unknownOutcomeRetries bounds how often an append that failed in a way that
 // leaves its outcome unknown (the store went away mid-append) is sent again.
 const unknownOutcomeRetries = 3
 
-// appendRetrying appends events and, when the store fails in a way that leaves
+// append appends events and, when the store fails in a way that leaves
 // the outcome unknown, sends the very same append again (same event IDs): every
 // adapter recognises a retried append that landed and answers it with the first
 // result, so a decision whose answer was lost is neither lost nor made twice. A
 // retry that meets ErrConcurrency means the first never landed and someone else
 // wrote since: the caller decides again.
-func (r *Repository) appendRetrying(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events []domain.Event) (eventstore.Position, error) {
+func (r *Repository) append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events []domain.Event) (eventstore.Position, error) {
 	data, err := encodeEvents(events)
 	if err != nil {
 		return eventstore.Position{}, err

@@ -46,10 +46,20 @@ func NewRouter(p *Processor, pub message.Publisher, sub message.Subscriber, logg
 		middleware.Recoverer,
 		middleware.Retry{MaxRetries: 3, InitialInterval: 200 * time.Millisecond, MaxInterval: 2 * time.Second, Multiplier: 2, Logger: wlog}.Middleware,
 	)
-	router.AddHandler(HandlerStartWork, TopicBatchEvents, sub, TopicWork, pub, p.handleLifecycle)
-	router.AddHandler(HandlerSend, TopicWork, sub, TopicWork, pub, p.handleWork)
+	// Watermill closes a handler's publisher as soon as its subscription ends,
+	// while handlers still running may be publishing the work they hand on: at
+	// shutdown those successors would be lost. The publisher is the caller's,
+	// closed once the router has stopped.
+	out := keepOpen{pub}
+	router.AddHandler(HandlerStartWork, TopicBatchEvents, sub, TopicWork, out, p.handleLifecycle)
+	router.AddHandler(HandlerSend, TopicWork, sub, TopicWork, out, p.handleWork)
 	return router, nil
 }
+
+// keepOpen is a publisher the router cannot close.
+type keepOpen struct{ message.Publisher }
+
+func (keepOpen) Close() error { return nil }
 
 // dropFailed acknowledges a message whose handling failed after its retries, with
 // a log line. Redelivering it at once would spin; a batch whose work message is

@@ -55,6 +55,9 @@ type Config struct {
 	SimJitter      time.Duration
 	SimFailureRate float64
 	SimSeed        int64
+	// SimRecordEveryCall makes the simulator ignore idempotency keys and write
+	// every call to sim-calls.jsonl: tests see real duplicates.
+	SimRecordEveryCall bool
 
 	HTTPRateLimit  int
 	HTTPRateWindow time.Duration
@@ -178,6 +181,7 @@ func parseConfig(name string, args []string, env func(string) string) (Config, [
 	s.dur(&c.SimJitter, "sim-jitter", "SMSBATCH_SIM_JITTER", 0, "simulator: latency varies by up to this much either way")
 	s.float(&c.SimFailureRate, "sim-failure-rate", "SMSBATCH_SIM_FAILURE_RATE", 0, "simulator: share of attempts that fail transiently, 0 to 1")
 	s.int64(&c.SimSeed, "sim-seed", "SMSBATCH_SIM_SEED", 1, "simulator: seed of the transient failures")
+	s.bool(&c.SimRecordEveryCall, "sim-record-every-call", "SMSBATCH_SIM_RECORD_EVERY_CALL", false, "simulator: ignore idempotency keys, as Twilio's Messages API does, and record every call with its times in sim-calls.jsonl")
 	s.int(&c.HTTPRateLimit, "http-rate-limit", "SMSBATCH_HTTP_RATE_LIMIT", 600, "API requests per key per window; 0 or less disables")
 	s.dur(&c.HTTPRateWindow, "http-rate-window", "SMSBATCH_HTTP_RATE_WINDOW", time.Minute, "window of the API rate limit")
 	s.int64(&c.MaxBodyBytes, "max-body-bytes", "SMSBATCH_MAX_BODY_BYTES", 64<<20, "largest request body")

@@ -270,7 +270,7 @@ func (m *Main) Run(ctx context.Context) error {
 
 	hub, err := api.NewHub(api.HubConfig{
 		Events: store, ReadModels: readModels, Projections: m.runner, Logger: m.logger,
-		TicketSecret: []byte(cfg.WSTicketSecret),
+		TicketSecret: []byte(cfg.WSTicketSecret), Redeem: cmds.RedeemOnce,
 	})
 	if err != nil {
 		return err

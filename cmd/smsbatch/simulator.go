@@ -25,6 +25,8 @@ func newSimulator(cfg Config, logger *slog.Logger) (*simulator.Simulator, error)
 		LatencyJitter:        cfg.SimJitter,
 		TransientFailureRate: cfg.SimFailureRate,
 		Seed:                 cfg.SimSeed,
+		RecordEveryCall:      cfg.SimRecordEveryCall,
+		CallsPath:            filepath.Join(cfg.DataDir, "sim-calls.jsonl"),
 		Logger:               logger,
 	})
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"math"
 	"net/http"
 	"strconv"
+	"time"
 	"unicode/utf8"
 
 	"golang.org/x/time/rate"
@@ -161,6 +162,8 @@ func (s *server) createMessage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if s.limiter != nil && !s.limiter.Allow() {
+		now := time.Now().UTC()
+		s.sim.RecordCall(Call{Key: r.Header.Get(IdempotencyHeader), Start: now, End: now, Outcome: string(domain.CategoryRateLimited)})
 		w.Header().Set("Retry-After", "1")
 		writeError(w, apiError{Status: http.StatusTooManyRequests, Code: 20429, Message: "Too Many Requests"})
 		return

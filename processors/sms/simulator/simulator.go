@@ -57,6 +57,17 @@ type Config struct {
 	// been asked to send that key.
 	Seed int64
 
+	// RecordEveryCall makes the simulator behave like a provider that ignores
+	// idempotency keys (Twilio's Messages API takes none): every call that
+	// succeeds is a new message with its own outbox line, however often its key
+	// was seen. Every call, whatever its answer, is also written to CallsPath with
+	// when it started and ended, so that a test sees real duplicates and how many
+	// calls of a batch overlapped.
+	RecordEveryCall bool
+	// CallsPath is the JSON-lines file calls are written to; required with
+	// RecordEveryCall.
+	CallsPath string
+
 	// Sync fsyncs the outbox after every line. Off by default: the simulator stands
 	// in for a remote provider, and losing the last lines to a power cut only makes
 	// it forget keys, which a re-send then records again.
@@ -90,6 +101,9 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("negative LatencyJitter %s", c.LatencyJitter))
 	}
 	// The negated comparison also rejects NaN.
+	if c.RecordEveryCall && c.CallsPath == "" {
+		errs = append(errs, errors.New("CallsPath is required with RecordEveryCall"))
+	}
 	if !(c.TransientFailureRate >= 0 && c.TransientFailureRate <= 1) {
 		errs = append(errs, fmt.Errorf("TransientFailureRate %v is outside 0..1", c.TransientFailureRate))
 	}
@@ -103,6 +117,17 @@ type OutboxEntry struct {
 	Body       string    `json:"body"`
 	ProviderID string    `json:"providerId"`
 	Time       time.Time `json:"time"` // encoded as RFC 3339 with nanoseconds
+}
+
+// Call is one line of the calls file: one call to the provider, whatever its answer.
+type Call struct {
+	Key   string    `json:"key"`
+	To    string    `json:"to"`
+	Start time.Time `json:"start"`
+	End   time.Time `json:"end"`
+	// Outcome is "accepted", the failure's category, or "abandoned" when the
+	// caller gave up before the answer.
+	Outcome string `json:"outcome"`
 }
 
 // Stats counts what a Simulator did since New.
@@ -135,6 +160,8 @@ type Simulator struct {
 	// crash or a failed write); the next append starts with one.
 	midLine bool
 	closed  bool
+	// calls is the calls file, with RecordEveryCall.
+	calls *os.File
 }
 
 var _ sms.Provider = (*Simulator)(nil)
@@ -169,6 +196,14 @@ func New(cfg Config) (*Simulator, error) {
 			s.accepted[e.Key] = e.ProviderID
 		}
 	}
+	if cfg.RecordEveryCall {
+		// Keys are not honoured: nothing read back answers a send.
+		clear(s.accepted)
+		if s.calls, err = os.OpenFile(cfg.CallsPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644); err != nil {
+			_ = f.Close()
+			return nil, fmt.Errorf("simulator: open calls file: %w", err)
+		}
+	}
 	s.stats.Restored = len(s.accepted)
 	if skipped > 0 {
 		cfg.Logger.Warn("simulator: skipped unreadable outbox lines, most likely torn by a crash; their keys count as never sent",
@@ -182,16 +217,19 @@ func New(cfg Config) (*Simulator, error) {
 // or fails it as Twilio would. A key accepted before (also before a restart) is
 // answered with the first receipt, marked Duplicate, and not written again. An empty
 // key is not deduplicated. The outbox line is written before Send returns.
-func (s *Simulator) Send(ctx context.Context, msg sms.Message) (sms.Receipt, error) {
+func (s *Simulator) Send(ctx context.Context, msg sms.Message) (receipt sms.Receipt, err error) {
 	// The outbox records when the message reached the provider, not when the
 	// simulated latency ended: that is the moment a sender's rate is judged by.
 	received := s.cfg.Clock().UTC()
+	if s.cfg.RecordEveryCall {
+		defer func() { s.recordCall(msg, received, err) }()
+	}
 	if err := s.wait(ctx); err != nil {
 		return sms.Receipt{}, err
 	}
 
 	key := msg.IdempotencyKey
-	if key != "" {
+	if key != "" && !s.cfg.RecordEveryCall {
 		receipt, done, err := s.claim(ctx, key)
 		if err != nil || receipt.Duplicate {
 			return receipt, err
@@ -218,13 +256,64 @@ func (s *Simulator) Send(ctx context.Context, msg sms.Message) (sms.Receipt, err
 	}
 
 	s.mu.Lock()
-	if key != "" {
+	if key != "" && !s.cfg.RecordEveryCall {
 		s.accepted[key] = entry.ProviderID
 		delete(s.attempts, key)
 	}
 	s.stats.Accepted++
 	s.mu.Unlock()
 	return sms.Receipt{ProviderID: entry.ProviderID}, nil
+}
+
+// recordCall writes one call to the calls file. A failure to write is logged:
+// the calls file is a witness, and the send itself went as answered.
+func (s *Simulator) recordCall(msg sms.Message, start time.Time, err error) {
+	c := Call{Key: msg.IdempotencyKey, To: msg.To, Start: start, End: s.cfg.Clock().UTC(), Outcome: "accepted"}
+	var se *sms.Error
+	switch {
+	case errors.As(err, &se):
+		c.Outcome = string(se.Category)
+	case err != nil:
+		c.Outcome = "abandoned"
+	}
+	s.RecordCall(c)
+}
+
+// RecordCall writes c to the calls file when RecordEveryCall is set: the HTTP
+// server uses it for calls it answers itself (429).
+func (s *Simulator) RecordCall(c Call) {
+	if !s.cfg.RecordEveryCall {
+		return
+	}
+	line, err := json.Marshal(c)
+	if err != nil {
+		return
+	}
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	if s.closed {
+		return
+	}
+	if _, err := s.calls.Write(append(line, '\n')); err != nil {
+		s.cfg.Logger.Error("simulator: write calls file", slog.Any("error", err))
+	}
+}
+
+// ReadCalls returns the calls recorded at path, in the order they ended.
+func ReadCalls(path string) ([]Call, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("simulator: read calls: %w", err)
+	}
+	var calls []Call
+	for line := range bytes.SplitSeq(data, []byte("\n")) {
+		var c Call
+		if len(bytes.TrimSpace(line)) == 0 || json.Unmarshal(line, &c) != nil {
+			continue
+		}
+		calls = append(calls, c)
+	}
+	return calls, nil
 }
 
 // wait sleeps the latency, or until ctx ends.
@@ -410,10 +499,16 @@ func (s *Simulator) Close() error {
 		return nil
 	}
 	s.closed = true
+	var errs []error
 	if err := s.f.Close(); err != nil {
-		return fmt.Errorf("simulator: close outbox: %w", err)
+		errs = append(errs, fmt.Errorf("simulator: close outbox: %w", err))
 	}
-	return nil
+	if s.calls != nil {
+		if err := s.calls.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("simulator: close calls file: %w", err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // ReadOutbox returns the entries of the outbox at path, in the order they were

@@ -149,6 +149,46 @@ func TestSameKeyTwiceWritesOnce(t *testing.T) {
 	}
 }
 
+// With RecordEveryCall the simulator is a provider that ignores keys, as Twilio's
+// Messages API does: a second send of a key is a second SMS, and the calls file
+// shows every call with its times, so tests can see real duplicates.
+func TestRecordEveryCallCountsEverySendAsAMessage(t *testing.T) {
+	dir := t.TempDir()
+	out, calls := filepath.Join(dir, "sim-outbox.jsonl"), filepath.Join(dir, "sim-calls.jsonl")
+	// Keys already in the outbox are not honoured either.
+	seed := newSim(t, simulator.Config{OutboxPath: out})
+	if _, err := seed.Send(t.Context(), msg("b1:7", okNumber)); err != nil {
+		t.Fatal(err)
+	}
+	seed.Close()
+	s := newSim(t, simulator.Config{OutboxPath: out, RecordEveryCall: true, CallsPath: calls, Latency: 5 * time.Millisecond})
+	for range 2 {
+		r, err := s.Send(t.Context(), msg("b1:7", okNumber))
+		if err != nil || r.Duplicate {
+			t.Fatalf("send: %+v %v, want a new message each time", r, err)
+		}
+	}
+	if _, err := s.Send(t.Context(), msg("b1:8", "+15005550001")); err == nil {
+		t.Fatal("a test number succeeded")
+	}
+	s.Close()
+	if got := readOutbox(t, out); len(got) != 3 {
+		t.Fatalf("outbox has %d lines, want 3 (one before, two now)", len(got))
+	}
+	got, err := simulator.ReadCalls(calls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 3 || got[0].Key != "b1:7" || got[1].Key != "b1:7" || got[2].Outcome != string(domain.CategoryInvalidNumber) {
+		t.Fatalf("calls %+v, want two accepted calls of b1:7 and one invalid_number", got)
+	}
+	for _, c := range got {
+		if c.End.Sub(c.Start) < 5*time.Millisecond {
+			t.Fatalf("call %+v ended before its latency", c)
+		}
+	}
+}
+
 func TestConcurrentSendsOfOneKeyWriteOnce(t *testing.T) {
 	path := outboxPath(t)
 	s := newSim(t, simulator.Config{OutboxPath: path, Latency: time.Millisecond, LatencyJitter: time.Millisecond})

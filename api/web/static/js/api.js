@@ -32,14 +32,36 @@ export function whenUnauthorized(fn) {
   onUnauthorized = fn;
 }
 
-export async function request(method, path, body) {
+// newKey returns a fresh Idempotency-Key.
+function newKey() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+}
+
+// request sends one API request. A command (create, pause, resume...) carries an
+// Idempotency-Key and is retried with the same key when the network fails or the
+// service answers 503: the retry gets the first answer, never a second batch.
+export async function request(method, path, body, { command = false } = {}) {
   const headers = { Authorization: `Bearer ${getKey()}` };
   const init = { method, headers, cache: "no-store" };
   if (body !== undefined) {
     headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
-  const resp = await fetch(path, init);
+  if (command) headers["Idempotency-Key"] = newKey();
+  let resp;
+  for (let attempt = 0; ; attempt++) {
+    try {
+      resp = await fetch(path, init);
+    } catch (err) {
+      if (!command || attempt >= 2) throw err;
+      await new Promise((r) => setTimeout(r, 500 * (attempt + 1)));
+      continue;
+    }
+    if (!command || attempt >= 2 || (resp.status !== 503 && resp.status !== 409) || !resp.headers.get("Retry-After")) break;
+    await new Promise((r) => setTimeout(r, 1000 * (attempt + 1)));
+  }
   let data = null;
   const text = await resp.text();
   if (text) {
@@ -71,7 +93,7 @@ export const api = {
     if (cursor) q.set("cursor", cursor);
     return request("GET", `/api/batch/${encodeURIComponent(id)}/errors?${q}`);
   },
-  act: (id, action) => request("POST", `/api/v2/batch/${encodeURIComponent(id)}/${action}`),
-  create: (body) => request("POST", "/api/batch", body),
+  act: (id, action) => request("POST", `/api/v2/batch/${encodeURIComponent(id)}/${action}`, undefined, { command: true }),
+  create: (body) => request("POST", "/api/batch", body, { command: true }),
   ticket: () => request("POST", "/api/ws/ticket"),
 };

@@ -273,12 +273,18 @@ func TestBatchStateIsFreedWhoeverEndedTheBatch(t *testing.T) {
 	cfg := Config{Unlimited: true, SliceDuration: 50 * time.Millisecond, StateIdle: 50 * time.Millisecond}
 	ps := []*Processor{h.processor(cfg), h.processor(cfg), h.processor(cfg)}
 	ctx := context.Background()
-	const batches = 30
+	batches := 10_000
+	if testing.Short() {
+		batches = 30
+	}
 	var wg sync.WaitGroup
+	sem := make(chan struct{}, 64)
 	for i := range batches {
 		id := fmt.Sprintf("b%d", i)
 		next := new(h.create(id, 3, domain.PriorityNormal))
+		sem <- struct{}{}
 		wg.Go(func() {
+			defer func() { <-sem }()
 			// The slices of each batch hop from instance to instance.
 			for j := i; next != nil; j++ {
 				var err error
@@ -314,5 +320,9 @@ func TestBatchStateIsFreedWhoeverEndedTheBatch(t *testing.T) {
 		if n := p.States(); n != 0 {
 			t.Fatalf("instance %d holds state for %d batches nobody sends for", i, n)
 		}
+		if n := p.recipients.pages.Len(); n > p.cfg.RecipientPages {
+			t.Fatalf("instance %d caches %d recipient pages, bound %d", i, n, p.cfg.RecipientPages)
+		}
 	}
+	t.Logf("%d batches finished across 3 instances; none holds state for any", batches)
 }

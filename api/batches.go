@@ -198,6 +198,9 @@ func statusFromAggregate(b *domain.Batch) projections.BatchStatus {
 	if t := b.ScheduleTime(); !t.IsZero() {
 		st.ScheduleTime = &t
 	}
+	if h := b.Hold(); h.Reason != "" && b.Status() == domain.StatusProcessing {
+		st.Hold = &projections.Hold{Reason: h.Reason, Since: h.Since}
+	}
 	if outcomes := b.Sent() + b.Failed(); outcomes > 0 {
 		st.Metrics.SuccessRate = float64(b.Sent()) / float64(outcomes)
 	}

@@ -54,6 +54,9 @@ type Outstanding struct {
 	Deadline time.Time
 	// RetryAt is when a failed attempt may be tried again; zero while in flight.
 	RetryAt time.Time
+	// Failures counts the failed attempts that use up the message's attempts:
+	// those whose category is not an outage of the provider.
+	Failures int
 }
 
 // InFlight reports whether the attempt was handed to the provider and has no answer recorded.
@@ -101,6 +104,7 @@ type Batch struct {
 	lastDispatchAt time.Time
 	lastSendAt     time.Time
 	throttle       Throttle
+	hold           Hold
 	lastEventAt    time.Time
 	pausedAt       time.Time
 	resumedAt      time.Time
@@ -213,6 +217,7 @@ func (b *Batch) LastSlice() string         { return b.lastSlice }
 func (b *Batch) LastDispatchAt() time.Time { return b.lastDispatchAt }
 func (b *Batch) LastSendAt() time.Time     { return b.lastSendAt }
 func (b *Batch) Throttle() Throttle        { return b.throttle }
+func (b *Batch) Hold() Hold                { return b.hold }
 func (b *Batch) LastEventAt() time.Time    { return b.lastEventAt }
 func (b *Batch) PausedAt() time.Time       { return b.pausedAt }
 func (b *Batch) ResumedAt() time.Time      { return b.resumedAt }
@@ -229,6 +234,12 @@ func (b *Batch) Outstanding() []Outstanding {
 	out := slices.Collect(maps.Values(b.outstanding))
 	slices.SortFunc(out, func(x, y Outstanding) int { return x.Index - y.Index })
 	return out
+}
+
+// OutstandingAt returns the outstanding message at index, if there is one.
+func (b *Batch) OutstandingAt(index int) (Outstanding, bool) {
+	o, ok := b.outstanding[index]
+	return o, ok
 }
 
 // NextRetryAt is the earliest time a waiting retry becomes due; zero if none waits.
@@ -400,6 +411,34 @@ func (b *Batch) Dispatch(now time.Time, req DispatchRequest) ([]Dispatch, error)
 	return out, nil
 }
 
+// Hold says why a batch is not sending although nobody paused it: the provider
+// is out (its circuit breaker is open). Zero when it is not held.
+type Hold struct {
+	Reason string
+	Since  time.Time
+}
+
+// HoldReasonProviderOutage is the reason of a batch held because sends to the
+// provider keep failing on its side.
+const HoldReasonProviderOutage = "provider_outage"
+
+// HoldFor records that the batch is held for reason; a batch held for that
+// reason already records nothing.
+func (b *Batch) HoldFor(now time.Time, reason string) {
+	if b.status.Final() || b.hold.Reason == reason {
+		return
+	}
+	b.record(BatchHeld{EventHeader: b.header(now), Reason: reason})
+}
+
+// Unhold records that the batch sends again after a hold.
+func (b *Batch) Unhold(now time.Time) {
+	if b.hold.Reason == "" {
+		return
+	}
+	b.record(BatchUnheld{EventHeader: b.header(now)})
+}
+
 // Throttle is a hold the provider asked for (429 with Retry-After) and the rate
 // the batch resumes at afterwards. It is recorded as an event so that whichever
 // instance works the batch next keeps to it.
@@ -535,6 +574,7 @@ func (b *Batch) apply(e Event) {
 		for _, d := range e.Messages {
 			b.outstanding[d.Index] = Outstanding{
 				Index: d.Index, Attempt: d.Attempt, Slice: e.Slice, Instance: e.Instance, Deadline: e.Deadline,
+				Failures: b.outstanding[d.Index].Failures,
 			}
 			b.cursor = max(b.cursor, d.Index+1)
 		}
@@ -549,7 +589,14 @@ func (b *Batch) apply(e Event) {
 	case MessageAttemptFailed:
 		o := b.outstanding[e.Index]
 		o.RetryAt = e.RetryAt
+		if !e.Category.Outage() {
+			o.Failures++
+		}
 		b.outstanding[e.Index] = o
+	case BatchHeld:
+		b.hold = Hold{Reason: e.Reason, Since: e.At}
+	case BatchUnheld:
+		b.hold = Hold{}
 	case MessageFailed:
 		delete(b.outstanding, e.Index)
 		b.failed++
@@ -562,6 +609,7 @@ func (b *Batch) apply(e Event) {
 		b.lastSlice = ChainToken(rev)
 	case BatchCompleted:
 		b.status = StatusCompleted
+		b.hold = Hold{}
 	case BatchCancelled:
 		b.status = StatusCancelled
 	case BatchFailed:

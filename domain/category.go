@@ -38,6 +38,20 @@ func (c ErrorCategory) Retryable() bool {
 	}
 }
 
+// Outage reports whether a failure of this category says something about the
+// provider rather than the recipient: it was down, unreachable, slow or busy. Such
+// failures do not use up a recipient's attempts: an outage must never fail a
+// recipient for good. They trip the provider's circuit breaker instead, which
+// holds the batches until the provider answers again.
+func (c ErrorCategory) Outage() bool {
+	switch c {
+	case CategoryRateLimited, CategoryProviderUnavailable, CategoryTimeout:
+		return true
+	default:
+		return false
+	}
+}
+
 // ParseErrorCategory returns the category named s.
 func ParseErrorCategory(s string) (ErrorCategory, error) {
 	for _, c := range Categories {

@@ -142,6 +142,19 @@ type BatchThrottled struct {
 	Rate  float64   `json:"rate"`
 }
 
+// BatchHeld records that the batch stopped sending for a reason of the
+// provider's (its circuit breaker opened): a status, not a decision. The batch
+// sends again by itself once the provider answers.
+type BatchHeld struct {
+	EventHeader
+	Reason string `json:"reason"`
+}
+
+// BatchUnheld records that a held batch sends again.
+type BatchUnheld struct {
+	EventHeader
+}
+
 // BatchPaused is the pause barrier: no MessagesDispatched follows it until BatchResumed.
 type BatchPaused struct {
 	EventHeader
@@ -183,6 +196,8 @@ const (
 	TypeMessageAttemptFailed = "MessageAttemptFailed"
 	TypeMessageFailed        = "MessageFailed"
 	TypeBatchThrottled       = "BatchThrottled"
+	TypeBatchHeld            = "BatchHeld"
+	TypeBatchUnheld          = "BatchUnheld"
 	TypeBatchPaused          = "BatchPaused"
 	TypeBatchResumed         = "BatchResumed"
 	TypeBatchCompleted       = "BatchCompleted"
@@ -198,6 +213,8 @@ func (MessageSent) EventType() string          { return TypeMessageSent }
 func (MessageAttemptFailed) EventType() string { return TypeMessageAttemptFailed }
 func (MessageFailed) EventType() string        { return TypeMessageFailed }
 func (BatchThrottled) EventType() string       { return TypeBatchThrottled }
+func (BatchHeld) EventType() string            { return TypeBatchHeld }
+func (BatchUnheld) EventType() string          { return TypeBatchUnheld }
 func (BatchPaused) EventType() string          { return TypeBatchPaused }
 func (BatchResumed) EventType() string         { return TypeBatchResumed }
 func (BatchCompleted) EventType() string       { return TypeBatchCompleted }
@@ -235,6 +252,8 @@ var decoders = map[string]func([]byte) (Event, error){
 	TypeMessageAttemptFailed: decode[MessageAttemptFailed],
 	TypeMessageFailed:        decode[MessageFailed],
 	TypeBatchThrottled:       decode[BatchThrottled],
+	TypeBatchHeld:            decode[BatchHeld],
+	TypeBatchUnheld:          decode[BatchUnheld],
 	TypeBatchPaused:          decode[BatchPaused],
 	TypeBatchResumed:         decode[BatchResumed],
 	TypeBatchCompleted:       decode[BatchCompleted],

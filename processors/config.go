@@ -34,8 +34,15 @@ type Config struct {
 	SliceDuration time.Duration
 	// SendTimeout bounds one call to the provider; default 5s.
 	SendTimeout time.Duration
-	// MaxAttempts bounds the tries of one message for retryable failures; default 5.
+	// MaxAttempts bounds the tries of one message for retryable failures that
+	// are not the provider's outage (those never fail a message); default 5.
 	MaxAttempts int
+	// BreakerThreshold is how many sends in a row may fail on the provider's
+	// side (unavailable, unreachable, timeout, 429) before sending is held;
+	// default 5. BreakerProbeAfter is how long it is held before one probe;
+	// default 5s.
+	BreakerThreshold  int
+	BreakerProbeAfter time.Duration
 	// Backoff between attempts: exponential from BackoffInitial (default 500ms),
 	// doubling, capped at BackoffMax (default 30s), with ±50% jitter.
 	BackoffInitial, BackoffMax time.Duration
@@ -102,6 +109,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.RecoveryInterval <= 0 {
 		c.RecoveryInterval = time.Second
+	}
+	if c.BreakerThreshold <= 0 {
+		c.BreakerThreshold = 5
+	}
+	if c.BreakerProbeAfter <= 0 {
+		c.BreakerProbeAfter = 5 * time.Second
 	}
 	if c.DeadlineMargin <= 0 {
 		c.DeadlineMargin = 2 * time.Second

@@ -326,3 +326,67 @@ func TestBatchStateIsFreedWhoeverEndedTheBatch(t *testing.T) {
 	}
 	t.Logf("%d batches finished across 3 instances; none holds state for any", batches)
 }
+
+// A provider outage holds the batch instead of failing its recipients: the
+// breaker opens after a few failures, the batch is marked held, a probe goes out
+// now and then, and once the provider answers the batch completes with no
+// recipient failed for the outage.
+func TestProviderOutageHoldsTheBatchAndFailsNobody(t *testing.T) {
+	prov := newFakeProvider(5 * time.Millisecond)
+	var outageFrom, outageTo atomic.Int64
+	prov.fail = func(key string, n int) error {
+		now := time.Now().UnixNano()
+		if from := outageFrom.Load(); from != 0 && now >= from && now < outageTo.Load() {
+			return &sms.Error{Category: domain.CategoryProviderUnavailable, Code: "503", Message: "down"}
+		}
+		return nil
+	}
+	h := newHarness(t, prov)
+	p := h.processor(Config{
+		Rates: domain.Rates{High: 40, Normal: 40, Low: 40}, MaxAttempts: 2,
+		BreakerThreshold: 3, BreakerProbeAfter: 200 * time.Millisecond, BackoffMax: 100 * time.Millisecond,
+	})
+	const n = 60
+	w := h.create("b1", n, domain.PriorityNormal)
+	done := driveAsync(p, w)
+	h.eventually(t, "ten sent", func(b *domain.Batch) bool { return b.Sent() >= 10 }, "b1")
+	start := time.Now()
+	outageFrom.Store(start.UnixNano())
+	outageTo.Store(start.Add(1500 * time.Millisecond).UnixNano())
+	held := h.eventually(t, "the batch held", func(b *domain.Batch) bool { return b.Hold().Reason != "" }, "b1")
+	if held.Hold().Reason != domain.HoldReasonProviderOutage || held.Status() != domain.StatusProcessing {
+		t.Fatalf("held batch: %s %+v", held.Status(), held.Hold())
+	}
+	wait(t, done)
+	drained(t, p)
+
+	b, _ := h.cmds.Repository().Load(context.Background(), "b1")
+	if b.Status() != domain.StatusCompleted || b.Failed() != 0 || b.Sent() != n {
+		t.Fatalf("after the outage: %s, %d sent, %d failed; want every recipient sent", b.Status(), b.Sent(), b.Failed())
+	}
+	if b.Hold().Reason != "" {
+		t.Fatalf("still held after completing: %+v", b.Hold())
+	}
+	assertOneOutcomeEach(t, h.outcomes("b1"), n)
+	// While the provider was down the breaker let through the sends that tripped
+	// it and a probe every 200 ms, not a send per token (40/s).
+	calls := 0
+	for _, at := range prov.times {
+		if !at.Before(start) && at.Before(start.Add(1500*time.Millisecond)) {
+			calls++
+		}
+	}
+	if calls > 3+5+1500/200+2 {
+		t.Fatalf("%d calls during a 1.5 s outage: the breaker did not hold sending", calls)
+	}
+	t.Logf("%d calls during the outage", calls)
+	unheld := false
+	for _, e := range h.events("b1") {
+		if e.Type == domain.TypeBatchUnheld {
+			unheld = true
+		}
+	}
+	if !unheld {
+		t.Fatal("no BatchUnheld: the status would show the batch held")
+	}
+}

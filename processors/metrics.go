@@ -11,6 +11,8 @@ type Metrics struct {
 	AttemptsFailed *prometheus.CounterVec
 	RateLimitWaits prometheus.Counter
 	InFlight       prometheus.Gauge
+	// ProviderCircuitOpen is 1 while the provider's circuit breaker holds sends.
+	ProviderCircuitOpen prometheus.Gauge
 }
 
 // NewMetrics creates the metrics and registers them with reg when it is not nil.
@@ -31,9 +33,12 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		InFlight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "smsbatch_messages_in_flight", Help: "Messages handed to the provider without an answer yet.",
 		}),
+		ProviderCircuitOpen: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "smsbatch_provider_circuit_open", Help: "1 while failures on the provider's side hold sending (open or probing), else 0.",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.Sent, m.Failed, m.AttemptsFailed, m.RateLimitWaits, m.InFlight)
+		reg.MustRegister(m.Sent, m.Failed, m.AttemptsFailed, m.RateLimitWaits, m.InFlight, m.ProviderCircuitOpen)
 	}
 	return m
 }

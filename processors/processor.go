@@ -34,6 +34,7 @@ type Processor struct {
 	log        *slog.Logger
 	instance   string
 	recipients *recipientPages
+	outage     *outage
 
 	mu      sync.Mutex
 	batches map[string]*batchState
@@ -99,6 +100,7 @@ func NewProcessor(cfg Config) (*Processor, error) {
 		log:        cfg.Logger.With("instance", instance),
 		instance:   instance,
 		recipients: newRecipientPages(cfg.Store, cfg.RecipientPages),
+		outage:     newOutage(cfg, cfg.Logger, cfg.Metrics),
 		batches:    make(map[string]*batchState),
 		stop:       make(chan struct{}),
 	}, nil

@@ -61,7 +61,7 @@ func (s *slice) run(ctx context.Context) (*Work, error) {
 				}
 			}
 		}
-		if dispatch || len(answers) > 0 {
+		if dispatch || len(answers) > 0 || p.outage.holdStale(s.batch) {
 			var ask dispatchFunc
 			if dispatch {
 				ask = s.ask(settled)
@@ -150,7 +150,7 @@ func (s *slice) canDispatch(t time.Time, settled domain.Settled) bool {
 	if next.IsZero() || next.After(t) {
 		return false
 	}
-	return s.st.pace.ready(t)
+	return s.st.pace.ready(t) && s.p.outage.admits()
 }
 
 // wakeAt is when the loop should look again if no answer arrives first.
@@ -160,6 +160,13 @@ func (s *slice) wakeAt(now, deadline time.Time, settled domain.Settled) time.Tim
 		return deadline // nothing to send until an answer comes
 	}
 	wake := latest(next, s.st.pace.wakeAt(now))
+	if !s.p.outage.admits() {
+		// Held by the provider's outage: look again when the probe may go.
+		wake = latest(wake, s.p.outage.probeAt())
+		if !wake.After(now) {
+			wake = now.Add(50 * time.Millisecond) // the probe is out: wait for its answer
+		}
+	}
 	if wake.After(deadline) {
 		return deadline
 	}
@@ -227,6 +234,7 @@ func (p *Processor) commit(ctx context.Context, st *batchState, answers []answer
 			}
 			_ = b.SlowDown(now, now.Add(hold), slowedRate(p.target(b), now, b.Throttle()))
 		}
+		p.outage.markHold(b, now)
 		if ask != nil {
 			c.dispatched, c.dispatchErr = ask(b, now)
 		}
@@ -272,8 +280,11 @@ func (p *Processor) recordAnswer(b *domain.Batch, now time.Time, a answer) recor
 		Index: a.d.Index, Attempt: a.d.Attempt, Phone: a.phone,
 		Category: se.Category, Code: se.Code, Message: se.Message, Latency: a.latency,
 	}
-	if se.Category.Retryable() && a.d.Attempt < p.cfg.MaxAttempts {
-		retryAt := now.Add(p.backoff(a.d.Attempt))
+	// An outage of the provider never fails a recipient for good: it is retried
+	// until the provider answers. Other retryable failures use up attempts.
+	o, _ := b.OutstandingAt(a.d.Index)
+	if se.Category.Outage() || (se.Category.Retryable() && o.Failures+1 < p.cfg.MaxAttempts) {
+		retryAt := now.Add(p.backoff(min(a.d.Attempt, 16)))
 		if se.RetryAfter > 0 {
 			retryAt = latest(retryAt, now.Add(se.RetryAfter))
 		}
@@ -341,15 +352,18 @@ func (s *slice) start(ctx context.Context, dispatched []domain.Dispatch, at time
 		p.sends.Add(1)
 		go func() {
 			defer p.sends.Done()
-			a := answer{d: d, phone: rcp.Phone, segments: segments}
+			a := answer{d: d, phone: rcp.Phone, segments: segments, notSent: true}
 			if pc.take(ctx, lim, p.cfg.Now, startBy) {
-				begin := p.cfg.Now()
-				sendCtx, cancel := context.WithTimeout(ctx, p.cfg.SendTimeout)
-				a.receipt, a.err = p.cfg.Provider.Send(sendCtx, msg)
-				cancel()
-				a.latency = p.cfg.Now().Sub(begin)
-			} else {
-				a.notSent = true
+				// The breaker may have opened since the dispatch: then the
+				// message never reaches the provider and goes again later.
+				if done, ok := p.outage.allow(); ok {
+					begin := p.cfg.Now()
+					sendCtx, cancel := context.WithTimeout(ctx, p.cfg.SendTimeout)
+					a.receipt, a.err = p.cfg.Provider.Send(sendCtx, msg)
+					cancel()
+					done(a.err)
+					a.latency, a.notSent = p.cfg.Now().Sub(begin), false
+				}
 			}
 			p.cfg.Metrics.InFlight.Dec()
 			p.answered(st, a)

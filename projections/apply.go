@@ -35,6 +35,9 @@ var projected = map[string]bool{
 	domain.TypeBatchCompleted:       true,
 	domain.TypeBatchCancelled:       true,
 	domain.TypeBatchFailed:          true,
+	domain.TypeBatchHeld:            true,
+	domain.TypeBatchUnheld:          true,
+	domain.TypeBatchThrottled:       true,
 }
 
 // Decode returns the batch a stored event belongs to and its payload. ok is false
@@ -76,6 +79,11 @@ type BatchState struct {
 	// while still paused).
 	PausedAt  time.Time `json:"pausedAt,omitzero"`
 	ResumedAt time.Time `json:"resumedAt,omitzero"`
+	// Hold is why the batch is not sending although nobody paused it (the
+	// provider is out); nil while it is not held.
+	Hold *Hold `json:"hold,omitempty"`
+	// ThrottledUntil is the end of the last hold the provider asked for (429).
+	ThrottledUntil time.Time `json:"throttledUntil,omitzero"`
 
 	// Outstanding holds the indexes dispatched without a final outcome, sorted. The
 	// aggregate bounds them by its in-flight limit, so the slice stays short.
@@ -187,8 +195,15 @@ func (s *BatchState) Apply(e eventstore.Event, payload domain.Event) {
 		s.Status = domain.StatusProcessing
 		s.ResumedAt = at
 		s.Active.open(at)
+	case domain.BatchHeld:
+		s.Hold = &Hold{Reason: p.Reason, Since: at}
+	case domain.BatchUnheld:
+		s.Hold = nil
+	case domain.BatchThrottled:
+		s.ThrottledUntil = p.Until.UTC()
 	case domain.BatchCompleted:
 		s.Status = domain.StatusCompleted
+		s.Hold = nil
 		s.Active.close(at)
 	case domain.BatchCancelled:
 		s.Status = domain.StatusCancelled
@@ -226,6 +241,10 @@ func (s *BatchState) StatusView() BatchStatus {
 	if s.ScheduleTime != nil {
 		t := *s.ScheduleTime
 		st.ScheduleTime = &t
+	}
+	if s.Hold != nil && s.Status == domain.StatusProcessing {
+		h := *s.Hold
+		st.Hold = &h
 	}
 	if outcomes := s.Sent + s.Failed; outcomes > 0 {
 		st.Metrics.SuccessRate = float64(s.Sent) / float64(outcomes)

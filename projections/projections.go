@@ -24,8 +24,19 @@ type BatchStatus struct {
 	Progress     Progress   `json:"progress"`
 	Metrics      Metrics    `json:"metrics"`
 	PauseInfo    *PauseInfo `json:"pauseInfo,omitempty"`
+	// Hold says why a processing batch is not sending (the provider is out);
+	// absent while it sends.
+	Hold *Hold `json:"hold,omitempty"`
 	// UpdatedAt is the time of the last event applied to the batch.
 	UpdatedAt time.Time `json:"updatedAt"`
+}
+
+// Hold is why a processing batch waits without being paused, and since when.
+// It resumes by itself.
+type Hold struct {
+	// Reason is "provider_outage": sends keep failing on the provider's side.
+	Reason string    `json:"reason"`
+	Since  time.Time `json:"since"`
 }
 
 // Progress counts the batch's recipients.

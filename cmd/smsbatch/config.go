@@ -38,6 +38,9 @@ type Config struct {
 	BackoffInit   time.Duration
 	BackoffMax    time.Duration
 	StallTimeout  time.Duration
+	// BreakerThreshold and BreakerProbeAfter tune the provider's circuit breaker.
+	BreakerThreshold  int
+	BreakerProbeAfter time.Duration
 
 	SMSProvider   string
 	SMSURL        string
@@ -169,6 +172,8 @@ func parseConfig(name string, args []string, env func(string) string) (Config, [
 	s.int(&c.MaxAttempts, "max-attempts", "SMSBATCH_MAX_ATTEMPTS", 5, "tries of one message for retryable failures")
 	s.dur(&c.BackoffInit, "backoff-initial", "SMSBATCH_BACKOFF_INITIAL", 500*time.Millisecond, "wait before the first retry (doubles each time, ±50% jitter)")
 	s.dur(&c.BackoffMax, "backoff-max", "SMSBATCH_BACKOFF_MAX", 30*time.Second, "longest wait between retries")
+	s.int(&c.BreakerThreshold, "breaker-threshold", "SMSBATCH_BREAKER_THRESHOLD", 5, "sends failing in a row on the provider's side (down, unreachable, timeout, 429) before sending is held")
+	s.dur(&c.BreakerProbeAfter, "breaker-probe-after", "SMSBATCH_BREAKER_PROBE_AFTER", 5*time.Second, "how long sending is held before one probe send")
 	s.dur(&c.StallTimeout, "stall-timeout", "SMSBATCH_STALL_TIMEOUT", 15*time.Second, "a processing batch without progress for this long is picked up again")
 	s.str(&c.SMSProvider, "sms-provider", "SMSBATCH_SMS_PROVIDER", "simulator", "simulator (built in) or http (a Twilio-style REST API)")
 	s.str(&c.SMSURL, "sms-url", "SMSBATCH_SMS_URL", "", "base URL of the http provider, e.g. https://api.twilio.com or a standalone simulator")

@@ -233,6 +233,7 @@ func (m *Main) Run(ctx context.Context) error {
 		Rates: cfg.Rates, Unlimited: cfg.RateUnlimited, MaxInFlight: cfg.MaxInFlight,
 		SliceDuration: cfg.Slice, SendTimeout: cfg.SendTimeout, MaxAttempts: cfg.MaxAttempts,
 		BackoffInitial: cfg.BackoffInit, BackoffMax: cfg.BackoffMax, StallTimeout: cfg.StallTimeout,
+		BreakerThreshold: cfg.BreakerThreshold, BreakerProbeAfter: cfg.BreakerProbeAfter,
 		Metrics: procMetrics, Logger: m.logger,
 	}
 	// Work messages on GoChannel die with the process: recover them at start.

@@ -251,8 +251,14 @@ func (s *Simulator) Send(ctx context.Context, msg sms.Message) (receipt sms.Rece
 		ProviderID: newProviderID(),
 		Time:       received,
 	}
-	if err := s.append(entry); err != nil {
+	if err := s.append(entry); errors.Is(err, ErrClosed) {
 		return sms.Receipt{}, err
+	} else if err != nil {
+		// The simulator stands in for a provider: its outbox failing is the
+		// provider failing, an outage, not something about the recipient.
+		s.cfg.Logger.Error("simulator: outbox write failed", slog.Any("error", err))
+		return sms.Receipt{}, &sms.Error{Category: domain.CategoryProviderUnavailable, Code: "outbox",
+			Message: "the provider could not take the message"}
 	}
 
 	s.mu.Lock()

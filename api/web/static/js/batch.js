@@ -46,6 +46,7 @@ export function render(root, id) {
   const created = h("dd", {}, "");
   const priority = h("dd", {}, "");
   const pauseNote = h("p", { id: "pause-note", class: "pause-note", hidden: true });
+  const holdNote = h("p", { id: "hold-note", class: "hold-note", role: "status", hidden: true });
   const buttons = {};
   for (const [action, label, cls] of [
     ["start", "Start", "primary"],
@@ -111,6 +112,7 @@ export function render(root, id) {
         h("span", { class: "of" }, "of ", counts.total),
       ),
       pauseNote,
+      holdNote,
       h(
         "dl",
         { class: "stats" },
@@ -192,6 +194,16 @@ export function render(root, id) {
       pauseNote.textContent = `Paused at ${formatTime(pi.pauseTime)}, resumed at ${formatTime(pi.resumeTime)}.`;
     } else {
       pauseNote.hidden = true;
+    }
+    const hold = b.hold;
+    if (hold && b.status === "processing") {
+      holdNote.hidden = false;
+      holdNote.textContent =
+        hold.reason === "provider_outage"
+          ? `Held since ${formatTime(hold.since)}: the SMS provider is failing on its side. Sending resumes by itself once it answers; no recipient fails because of it.`
+          : `Held since ${formatTime(hold.since)}: ${hold.reason}.`;
+    } else {
+      holdNote.hidden = true;
     }
     const ok = allowed[b.status] || [];
     for (const [action, btn] of Object.entries(buttons)) btn.disabled = !ok.includes(action);

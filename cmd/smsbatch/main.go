@@ -38,8 +38,9 @@ const usage = `smsbatch sends SMS campaigns.
 Usage:
   smsbatch serve [flags]                     run the service (flags: smsbatch serve -h)
   smsbatch migrate [flags]                   apply the PostgreSQL migrations
-  smsbatch projections rebuild [which]       rebuild the PostgreSQL read models from the events
-                                             (which: status, analytics, errors or all)
+  smsbatch projections rebuild [which]       rebuild the read models from the events (embedded:
+                                             with the service stopped; which: status,
+                                             analytics, errors or all)
   smsbatch simulator [flags]                 serve the SMS simulator's Twilio-style API on --addr
   smsbatch help                              show this text
 
@@ -208,7 +209,7 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	m.provider = closer
 
-	m.readModels, err = openReadModels(ctx, cfg)
+	m.readModels, err = openReadModels(ctx, cfg, store, m.logger)
 	if err != nil {
 		return err
 	}
@@ -354,7 +355,7 @@ func (m *Main) Close() error {
 	if m.provider != nil {
 		errs = append(errs, m.provider.Close())
 	}
-	m.readModels.Close()
+	errs = append(errs, m.readModels.Close())
 	if m.store != nil {
 		errs = append(errs, m.store.Close())
 	}

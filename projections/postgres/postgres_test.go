@@ -175,10 +175,10 @@ func TestRebuildGivesTheLiveTables(t *testing.T) {
 	if _, err := pool.Exec(t.Context(), "UPDATE readmodels.batches SET state = jsonb_set(state, '{sent}', '0') WHERE id = 'batch-02'"); err != nil {
 		t.Fatal(err)
 	}
-	var reports []postgres.Progress
+	var reports []projections.RebuildProgress
 	err := postgres.Rebuild(t.Context(), pool, es, postgres.RebuildOptions{
 		BatchSize: 100,
-		Progress:  func(p postgres.Progress) { reports = append(reports, p) },
+		Progress:  func(p projections.RebuildProgress) { reports = append(reports, p) },
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -341,7 +341,7 @@ func TestRebuildResumesAfterInterruption(t *testing.T) {
 	var interruptedAt int64
 	err := postgres.Rebuild(ctx, pool, es, postgres.RebuildOptions{
 		BatchSize: 100,
-		Progress: func(p postgres.Progress) {
+		Progress: func(p projections.RebuildProgress) {
 			if p.Done >= 300 && interruptedAt == 0 {
 				interruptedAt = p.Done
 				cancel()
@@ -356,7 +356,7 @@ func TestRebuildResumesAfterInterruption(t *testing.T) {
 	var resumedAt int64 = -1
 	err = postgres.Rebuild(t.Context(), pool, es, postgres.RebuildOptions{
 		BatchSize: 100,
-		Progress: func(p postgres.Progress) {
+		Progress: func(p projections.RebuildProgress) {
 			if resumedAt < 0 {
 				resumedAt = p.Done - 100
 			}

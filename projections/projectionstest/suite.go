@@ -37,7 +37,7 @@ func Run(t *testing.T, newStore func(t *testing.T) projections.Store) {
 	t.Run("ConcurrentReads", func(t *testing.T) { testConcurrent(t, newStore(t)) })
 }
 
-func ctx(t *testing.T) context.Context { return t.Context() }
+func ctx(t testing.TB) context.Context { return t.Context() }
 
 // apply applies events in pages of size n.
 func apply(t *testing.T, s projections.Store, events []eventstore.Event, n int) {
@@ -49,7 +49,7 @@ func apply(t *testing.T, s projections.Store, events []eventstore.Event, n int) 
 	}
 }
 
-func checkpoint(t *testing.T, s projections.Store) eventstore.Position {
+func checkpoint(t testing.TB, s projections.Store) eventstore.Position {
 	t.Helper()
 	pos, err := s.Checkpoint(ctx(t))
 	if err != nil {
@@ -86,8 +86,16 @@ func twoTenants() *Events {
 
 var tenants = []string{"acme", "globex"}
 
-// snapshot is everything the store shows, as JSON, for comparing stores.
+// snapshot is everything the store shows of the suite's tenants.
 func snapshot(t *testing.T, s projections.Store) string {
+	t.Helper()
+	return Snapshot(t, s, tenants...)
+}
+
+// Snapshot is everything s shows of tenants, as indented JSON, for comparing
+// stores (see SameSnapshot): the checkpoint, every tenant's list read in
+// pages, and the status, analytics and errors of every batch listed.
+func Snapshot(t testing.TB, s projections.Store, tenants ...string) string {
 	t.Helper()
 	view := map[string]any{"checkpoint": checkpoint(t, s)}
 	for _, tenant := range tenants {
@@ -130,7 +138,7 @@ func snapshot(t *testing.T, s projections.Store) string {
 	return string(out)
 }
 
-func allErrors(t *testing.T, s projections.Store, q projections.ErrorQuery) []projections.ErrorEntry {
+func allErrors(t testing.TB, s projections.Store, q projections.ErrorQuery) []projections.ErrorEntry {
 	t.Helper()
 	all := []projections.ErrorEntry{}
 	for pages := 0; ; pages++ {
@@ -152,8 +160,8 @@ func allErrors(t *testing.T, s projections.Store, q projections.ErrorQuery) []pr
 	}
 }
 
-// sameSnapshot fails the test at the first line where the snapshots differ.
-func sameSnapshot(t *testing.T, what, got, want string) {
+// SameSnapshot fails the test at the first line where two snapshots differ.
+func SameSnapshot(t testing.TB, what, got, want string) {
 	t.Helper()
 	if got == want {
 		return
@@ -268,11 +276,11 @@ func testReplay(t *testing.T, s projections.Store) {
 	want := snapshot(t, s)
 
 	apply(t, s, events, 5)
-	sameSnapshot(t, "after applying every event again", snapshot(t, s), want)
+	SameSnapshot(t, "after applying every event again", snapshot(t, s), want)
 	apply(t, s, events[len(events)/3:len(events)/2], 3)
-	sameSnapshot(t, "after applying a stretch again", snapshot(t, s), want)
+	SameSnapshot(t, "after applying a stretch again", snapshot(t, s), want)
 	apply(t, s, events[len(events)-1:], 1)
-	sameSnapshot(t, "after applying the last event again", snapshot(t, s), want)
+	SameSnapshot(t, "after applying the last event again", snapshot(t, s), want)
 }
 
 func testRebuild(t *testing.T, live, rebuilt projections.Store) {
@@ -285,7 +293,7 @@ func testRebuild(t *testing.T, live, rebuilt projections.Store) {
 		}
 	}
 	apply(t, rebuilt, events, len(events))
-	sameSnapshot(t, "rebuilt from position 0", snapshot(t, rebuilt), snapshot(t, live))
+	SameSnapshot(t, "rebuilt from position 0", snapshot(t, rebuilt), snapshot(t, live))
 }
 
 func testSkips(t *testing.T, noisy, clean projections.Store) {
@@ -346,7 +354,7 @@ func testMalformed(t *testing.T, s projections.Store) {
 	if err := s.Apply(ctx(t), h.List()[1:]); err == nil {
 		t.Fatal("apply a page holding a malformed event: no error")
 	}
-	sameSnapshot(t, "after a page holding a malformed event failed", snapshot(t, s), before)
+	SameSnapshot(t, "after a page holding a malformed event failed", snapshot(t, s), before)
 }
 
 func testNotFound(t *testing.T, s projections.Store) {

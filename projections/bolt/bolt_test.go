@@ -1,10 +1,12 @@
 package bolt_test
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -246,19 +248,31 @@ func TestCrashChild(t *testing.T) {
 		t.Fatal(err)
 	}
 	events := crashHistory().List()
+	fmt.Println(applyingLine)
 	apply(t, s, events[len(upTo(events, checkpoint)):], 3)
 }
 
-func crashHistory() *projectionstest.Events { return history(40, 300) }
+// applyingLine is what TestCrashChild prints once it starts applying.
+const applyingLine = "crash child: applying"
 
-// crashChild starts TestCrashChild on path.
+func crashHistory() *projectionstest.Events { return history(20, 300) }
+
+// crashChild starts TestCrashChild on path and returns once it is applying.
 func crashChild(t *testing.T, path string, env ...string) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
 	cmd.Env = append(os.Environ(), append(env, "BOLT_CRASH_PATH="+path)...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	lines := bufio.NewScanner(out)
+	for lines.Scan() && lines.Text() != applyingLine {
+	}
+	go io.Copy(io.Discard, out) // the rest, so that the child never blocks writing
 	return cmd
 }
 
@@ -308,7 +322,7 @@ func TestKilledAtRandomMoments(t *testing.T) {
 	midway := 0
 	for round := 0; round < 8 && last != end; round++ {
 		child := crashChild(t, path)
-		time.Sleep(time.Duration(100+rng.IntN(300)) * time.Millisecond)
+		time.Sleep(time.Duration(rng.IntN(300)) * time.Millisecond)
 		if err := child.Process.Kill(); err != nil {
 			t.Fatal(err)
 		}

@@ -559,22 +559,32 @@ func TestOpenForStartsAfreshOnAnotherHistory(t *testing.T) {
 }
 
 // BenchmarkApply measures how fast the read models follow the events: a store
-// fed the events of many batches in the runner's page size, every page fsynced.
+// fed the events of many batches in pages of the runner's size (catching up)
+// and of 5 (following a quiet log: an fsync for every few events).
 func BenchmarkApply(b *testing.B) {
 	events := history(20, 1000).List()
-	for b.Loop() {
-		b.StopTimer()
-		s, err := bolt.Open(tempPath(b), bolt.Options{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.StartTimer()
-		apply(b, s, events, projections.DefaultRunnerBatchSize)
-		b.StopTimer()
-		s.Close()
-		b.StartTimer()
+	for _, page := range []int{projections.DefaultRunnerBatchSize, 5} {
+		b.Run(fmt.Sprintf("page=%d", page), func(b *testing.B) {
+			n := len(events)
+			if page < 100 {
+				n = 5000 // an fsync per page: a sample is enough
+			}
+			for b.Loop() {
+				b.StopTimer()
+				s, err := bolt.Open(tempPath(b), bolt.Options{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				apply(b, s, events[:n], page)
+				b.StopTimer()
+				s.Close()
+				b.StartTimer()
+			}
+			b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "events/s")
+			b.ReportMetric(b.Elapsed().Seconds()*1e3/float64(b.N*n/page), "ms/page")
+		})
 	}
-	b.ReportMetric(float64(b.N*len(events))/b.Elapsed().Seconds(), "events/s")
 }
 
 // BenchmarkRebuild measures a rebuild of the same events into a new file.

@@ -11,8 +11,7 @@
 //   - bucket "meta": "format" -> the layout version; "checkpoint" -> the
 //     position of the last event applied (commit and prepare, big-endian
 //     uint64s); "checkpoint-id" -> that event's ID; "checkpoint-prev" -> the
-//     position of the event before it; "applied" -> how many events have been
-//     applied (big-endian uint64). The last three let Follows check that the
+//     position of the event before it. The last two let Follows check that the
 //     event store still holds the event the checkpoint names.
 //   - bucket "batches": one nested bucket per batch ID holding "tenant" -> the
 //     tenant, "state" -> the batch's projections.BatchState as JSON, and, once
@@ -93,7 +92,6 @@ var (
 	keyCheckpoint     = []byte("checkpoint")
 	keyCheckpointID   = []byte("checkpoint-id")
 	keyCheckpointPrev = []byte("checkpoint-prev")
-	keyApplied        = []byte("applied")
 	keyTenant         = []byte("tenant")
 	keyState          = []byte("state")
 )
@@ -267,27 +265,16 @@ func (s *Store) applyTx(tx *bbolt.Tx, events []eventstore.Event, use []decoded) 
 		}
 	}
 
-	fresh := uint64(0)
-	for _, e := range events {
-		if checkpoint.Less(e.Position) {
-			fresh++
-		}
-	}
 	// The event before the last is where a read of the event store finds the
 	// checkpoint's event again (see Follows).
 	prev := checkpoint
 	if len(events) > 1 {
 		prev = events[len(events)-2].Position
 	}
-	applied := uint64(0)
-	if v := meta.Get(keyApplied); len(v) == 8 {
-		applied = binary.BigEndian.Uint64(v)
-	}
 	for _, kv := range [][2][]byte{
 		{keyCheckpoint, positionKey(last.Position)},
 		{keyCheckpointPrev, positionKey(prev)},
 		{keyCheckpointID, []byte(last.ID)},
-		{keyApplied, binary.BigEndian.AppendUint64(nil, applied+fresh)},
 	} {
 		if err := meta.Put(kv[0], kv[1]); err != nil {
 			return fmt.Errorf("write checkpoint: %w", err)
@@ -382,26 +369,6 @@ func (s *Store) Checkpoint(ctx context.Context) (eventstore.Position, error) {
 		return eventstore.Position{}, fmt.Errorf("bolt projections: checkpoint: %w", err)
 	}
 	return pos, nil
-}
-
-// applied returns the checkpoint and the number of events applied up to it.
-func (s *Store) applied() (eventstore.Position, int64, error) {
-	var (
-		pos eventstore.Position
-		n   int64
-	)
-	err := s.db.View(func(tx *bbolt.Tx) error {
-		meta := tx.Bucket(bucketMeta)
-		var err error
-		if pos, err = readPosition(meta.Get(keyCheckpoint)); err != nil {
-			return err
-		}
-		if v := meta.Get(keyApplied); len(v) == 8 {
-			n = int64(binary.BigEndian.Uint64(v))
-		}
-		return nil
-	})
-	return pos, n, err
 }
 
 // Follows reports whether the read models were built from events: whether the

@@ -72,10 +72,18 @@ func main() {
 			fmt.Fprintf(os.Stderr, "usage: smsbatch projections rebuild [status|analytics|errors|all]\n")
 			os.Exit(2)
 		}
-		os.Exit(tool("smsbatch projections rebuild", args[1:], func(ctx context.Context, cfg Config, rest []string) error {
-			which := "all"
+		// The read model's name may come before the flags or after them: flags
+		// after it would otherwise be dropped, and the rebuild run elsewhere.
+		which, flags := "", args[1:]
+		if len(flags) > 0 && !strings.HasPrefix(flags[0], "-") {
+			which, flags = flags[0], flags[1:]
+		}
+		os.Exit(tool("smsbatch projections rebuild", flags, func(ctx context.Context, cfg Config, rest []string) error {
+			if which == "" && len(rest) > 0 {
+				which, rest = rest[0], rest[1:]
+			}
 			if len(rest) > 0 {
-				which = rest[0]
+				return fmt.Errorf("unexpected arguments: %s", strings.Join(rest, " "))
 			}
 			return rebuildProjections(ctx, cfg, which, os.Stdout)
 		}))

@@ -112,4 +112,14 @@ func TestEmbeddedReadModelsPersistAndRebuild(t *testing.T) {
 	}
 	c = startMain(t, cfg)
 	sameReads(t, "after the rebuild command", c.readAll(first.ID, second.ID), want)
+
+	// A mistyped data directory is an error, not an empty rebuild.
+	typo := cfg
+	typo.DataDir = filepath.Join(t.TempDir(), "dta")
+	if err := rebuildProjections(context.Background(), typo, "all", &out); err == nil || !strings.Contains(err.Error(), "no event store") {
+		t.Errorf("rebuild in a data directory without events: %v, want an error", err)
+	}
+	if _, err := os.Stat(typo.DataDir); !os.IsNotExist(err) {
+		t.Errorf("the rebuild created the data directory it did not find: %v", err)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -150,6 +151,13 @@ func rebuildProjections(ctx context.Context, cfg Config, which string, out io.Wr
 	}
 	if cfg.ReadStore == "memory" {
 		return errors.New("projections rebuild: in-memory read models are rebuilt at every start; nothing to rebuild")
+	}
+	if cfg.EventStore == "bolt" {
+		// Opening the event store would create an empty one: a mistyped data
+		// directory would then "rebuild" nothing.
+		if _, err := os.Stat(filepath.Join(cfg.DataDir, "events.db")); err != nil {
+			return fmt.Errorf("projections rebuild: no event store in the data directory %s: %w", cfg.DataDir, err)
+		}
 	}
 	events, err := openEventStore(ctx, cfg)
 	if errors.Is(err, bolt.ErrInUse) {

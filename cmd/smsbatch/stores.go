@@ -60,29 +60,38 @@ func (r readModels) Close() error {
 	return r.close()
 }
 
-// openReadModels opens the configured read models for events. The embedded
-// ones (bolt) are kept in the data directory with their checkpoint; a data
-// directory without them (a new one, or one of a version that kept them in
-// memory) gets an empty file, which the runner builds from the events once.
+// openReadModels opens the configured read models for events.
 func openReadModels(ctx context.Context, cfg Config, events eventstore.Store, logger *slog.Logger) (readModels, error) {
 	switch cfg.ReadStore {
 	case "memory":
 		return readModels{Store: projmemory.New()}, nil
 	case "postgres":
+		return openPostgresReadModels(ctx, cfg)
 	default:
-		path := filepath.Join(cfg.DataDir, projbolt.FileName)
-		store, reset, err := projbolt.OpenFor(ctx, path, events, projbolt.Options{})
-		if errors.Is(err, projbolt.ErrInUse) {
-			return readModels{}, fmt.Errorf("open read models: %w: is another smsbatch running on %s?", err, cfg.DataDir)
-		}
-		if err != nil {
-			return readModels{}, fmt.Errorf("open read models: %w", err)
-		}
-		if reset != "" {
-			logger.Warn("projections: read models removed, rebuilding them from the events", "path", path, "reason", reset)
-		}
-		return readModels{Store: store, close: store.Close}, nil
+		return openEmbeddedReadModels(ctx, cfg, events, logger)
 	}
+}
+
+// openEmbeddedReadModels opens the read models kept in the data directory with
+// their checkpoint. A data directory without them (a new one, or one of a
+// version that kept them in memory) gets an empty file, which the runner builds
+// from the events once.
+func openEmbeddedReadModels(ctx context.Context, cfg Config, events eventstore.Store, logger *slog.Logger) (readModels, error) {
+	path := filepath.Join(cfg.DataDir, projbolt.FileName)
+	store, reset, err := projbolt.OpenFor(ctx, path, events, projbolt.Options{})
+	if errors.Is(err, projbolt.ErrInUse) {
+		return readModels{}, fmt.Errorf("open read models: %w: is another smsbatch running on %s?", err, cfg.DataDir)
+	}
+	if err != nil {
+		return readModels{}, fmt.Errorf("open read models: %w", err)
+	}
+	if reset != "" {
+		logger.Warn("projections: read models removed, rebuilding them from the events", "path", path, "reason", reset)
+	}
+	return readModels{Store: store, close: store.Close}, nil
+}
+
+func openPostgresReadModels(ctx context.Context, cfg Config) (readModels, error) {
 	pool, err := openPool(ctx, cfg.ReadStoreURL)
 	if err != nil {
 		return readModels{}, fmt.Errorf("read store: %w", err)

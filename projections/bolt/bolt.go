@@ -175,13 +175,6 @@ func (s *Store) Close() error {
 	return nil
 }
 
-// decoded is an event the read models use, decoded before the transaction.
-type decoded struct {
-	event   eventstore.Event
-	batchID string
-	payload domain.Event
-}
-
 // touched is a batch changed by the page being applied.
 type touched struct {
 	bucket  *bbolt.Bucket
@@ -200,15 +193,9 @@ func (s *Store) Apply(ctx context.Context, events []eventstore.Event) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("bolt projections: apply: %w", err)
 	}
-	use := make([]decoded, 0, len(events))
-	for _, e := range events {
-		id, payload, ok, err := projections.Decode(e)
-		if err != nil {
-			return fmt.Errorf("bolt projections: apply event %s at %s: %w", e.ID, e.Position, err)
-		}
-		if ok {
-			use = append(use, decoded{event: e, batchID: id, payload: payload})
-		}
+	use, err := projections.DecodePage(events)
+	if err != nil {
+		return fmt.Errorf("bolt projections: apply: %w", err)
 	}
 	if err := s.db.Update(func(tx *bbolt.Tx) error { return s.applyTx(tx, events, use) }); err != nil {
 		return fmt.Errorf("bolt projections: apply: %w", err)
@@ -216,7 +203,7 @@ func (s *Store) Apply(ctx context.Context, events []eventstore.Event) error {
 	return nil
 }
 
-func (s *Store) applyTx(tx *bbolt.Tx, events []eventstore.Event, use []decoded) error {
+func (s *Store) applyTx(tx *bbolt.Tx, events []eventstore.Event, use []projections.Decoded) error {
 	meta := tx.Bucket(bucketMeta)
 	checkpoint, err := readPosition(meta.Get(keyCheckpoint))
 	if err != nil {
@@ -230,10 +217,10 @@ func (s *Store) applyTx(tx *bbolt.Tx, events []eventstore.Event, use []decoded) 
 	changed := make(map[string]*touched)
 	var order []string
 	for _, d := range use {
-		if !checkpoint.Less(d.event.Position) {
+		if !checkpoint.Less(d.Event.Position) {
 			continue
 		}
-		b := changed[d.batchID]
+		b := changed[d.BatchID]
 		if b == nil {
 			if b, err = loadBatch(batches, d); err != nil {
 				return err
@@ -241,13 +228,13 @@ func (s *Store) applyTx(tx *bbolt.Tx, events []eventstore.Event, use []decoded) 
 			if b == nil {
 				continue // events of a batch whose creation was never applied
 			}
-			changed[d.batchID] = b
-			order = append(order, d.batchID)
+			changed[d.BatchID] = b
+			order = append(order, d.BatchID)
 		}
-		b.state.Apply(d.event, d.payload)
-		if entry, ok := projections.ErrorEntryOf(d.payload); ok {
+		b.state.Apply(d.Event, d.Payload)
+		if entry, ok := projections.ErrorEntryOf(d.Payload); ok {
 			if err := putError(b.bucket, entry); err != nil {
-				return fmt.Errorf("write error of %s: %w", d.batchID, err)
+				return fmt.Errorf("write error of %s: %w", d.BatchID, err)
 			}
 		}
 	}
@@ -282,20 +269,20 @@ func (s *Store) applyTx(tx *bbolt.Tx, events []eventstore.Event, use []decoded) 
 
 // loadBatch returns the stored batch d belongs to, a new one when d creates it,
 // or nil when d belongs to a batch never created.
-func loadBatch(batches *bbolt.Bucket, d decoded) (*touched, error) {
-	if bucket := batches.Bucket([]byte(d.batchID)); bucket != nil {
+func loadBatch(batches *bbolt.Bucket, d projections.Decoded) (*touched, error) {
+	if bucket := batches.Bucket([]byte(d.BatchID)); bucket != nil {
 		st := &projections.BatchState{}
 		if err := json.Unmarshal(bucket.Get(keyState), st); err != nil {
-			return nil, fmt.Errorf("decode state of %s: %w", d.batchID, err)
+			return nil, fmt.Errorf("decode state of %s: %w", d.BatchID, err)
 		}
 		return &touched{bucket: bucket, state: st}, nil
 	}
-	if _, created := d.payload.(domain.BatchCreated); !created {
+	if _, created := d.Payload.(domain.BatchCreated); !created {
 		return nil, nil
 	}
-	bucket, err := batches.CreateBucket([]byte(d.batchID))
+	bucket, err := batches.CreateBucket([]byte(d.BatchID))
 	if err != nil {
-		return nil, fmt.Errorf("create batch %s: %w", d.batchID, err)
+		return nil, fmt.Errorf("create batch %s: %w", d.BatchID, err)
 	}
 	return &touched{bucket: bucket, state: &projections.BatchState{}, created: true}, nil
 }

@@ -168,7 +168,7 @@ func swap(ctx context.Context, pool *pgxpool.Pool, events eventstore.Store, shad
 		return err
 	}
 	_, _, err = projections.Replay(ctx, events, func(ctx context.Context, page []eventstore.Event) error {
-		use, err := decodeAll(page)
+		use, err := projections.DecodePage(page)
 		if err != nil {
 			return err
 		}

@@ -2,6 +2,7 @@ package projections
 
 import (
 	"cmp"
+	"fmt"
 	"maps"
 	"math"
 	"slices"
@@ -55,6 +56,32 @@ func Decode(e eventstore.Event) (batchID string, payload domain.Event, ok bool, 
 		return "", nil, false, err
 	}
 	return batchID, payload, true, nil
+}
+
+// Decoded is a stored event the read models use, with its batch and payload
+// (see Decode).
+type Decoded struct {
+	Event   eventstore.Event
+	BatchID string
+	Payload domain.Event
+}
+
+// DecodePage decodes the events of a page that the read models use and skips
+// the others. Stores decode a whole page before they change anything, so that
+// a page holding a malformed event leaves the read models and their checkpoint
+// as they were.
+func DecodePage(events []eventstore.Event) ([]Decoded, error) {
+	use := make([]Decoded, 0, len(events))
+	for _, e := range events {
+		id, payload, ok, err := Decode(e)
+		if err != nil {
+			return nil, fmt.Errorf("event %s at %s: %w", e.ID, e.Position, err)
+		}
+		if ok {
+			use = append(use, Decoded{Event: e, BatchID: id, Payload: payload})
+		}
+	}
+	return use, nil
 }
 
 // BatchState is everything the status and analytics read models of one batch are

@@ -150,10 +150,10 @@ func parseConfig(name string, args []string, env func(string) string) (Config, [
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	s := &settings{fs: fs, env: env}
 	s.str(&c.Addr, "addr", "SMSBATCH_ADDR", "127.0.0.1:8080", "HTTP listen address")
-	s.str(&c.DataDir, "data-dir", "SMSBATCH_DATA_DIR", "./data", "directory of the embedded event store, the dev API key and the simulator outbox")
+	s.str(&c.DataDir, "data-dir", "SMSBATCH_DATA_DIR", "./data", "directory of the embedded event store and read models, the dev API key and the simulator outbox")
 	s.str(&c.EventStore, "event-store", "SMSBATCH_EVENT_STORE", "bolt", "event store: bolt (embedded file in the data directory), postgres or kurrent")
 	s.str(&c.EventStoreURL, "event-store-url", "SMSBATCH_EVENT_STORE_URL", "", "URL of the event store: postgres://user@host:5432/db or esdb://host:2113?tls=false")
-	s.str(&c.ReadStore, "read-store", "SMSBATCH_READ_STORE", "memory", "read-model store: memory (rebuilt from the events at start) or postgres")
+	s.str(&c.ReadStore, "read-store", "SMSBATCH_READ_STORE", "bolt", "read-model store: bolt (embedded file in the data directory), postgres, or memory (rebuilt from the events at every start; tests)")
 	s.str(&c.ReadStoreURL, "read-store-url", "SMSBATCH_READ_STORE_URL", "", "PostgreSQL URL of the read models; default the event store's URL")
 	s.str(&c.NATSURL, "nats-url", "SMSBATCH_NATS_URL", "", "NATS URL (JetStream) for the work messages; empty runs them in-process (GoChannel)")
 	s.str(&c.NATSNamespace, "nats-namespace", "SMSBATCH_NATS_NAMESPACE", "", "prefix of the NATS streams and subjects, for several deployments on one server")
@@ -232,13 +232,13 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("event store %q: want bolt, postgres or kurrent", c.EventStore))
 	}
 	switch c.ReadStore {
-	case "memory":
+	case "bolt", "memory":
 	case "postgres":
 		if c.ReadStoreURL == "" {
 			errs = append(errs, errors.New("read store postgres needs --read-store-url (SMSBATCH_READ_STORE_URL) or a postgres event store URL"))
 		}
 	default:
-		errs = append(errs, fmt.Errorf("read store %q: want memory or postgres", c.ReadStore))
+		errs = append(errs, fmt.Errorf("read store %q: want bolt, postgres or memory", c.ReadStore))
 	}
 	if c.WSTicketSecret != "" && len(c.WSTicketSecret) < 32 {
 		errs = append(errs, errors.New("SMSBATCH_WS_TICKET_SECRET must be at least 32 characters"))

@@ -39,8 +39,9 @@ const usage = `smsbatch sends SMS campaigns.
 Usage:
   smsbatch serve [flags]                     run the service (flags: smsbatch serve -h)
   smsbatch migrate [flags]                   apply the PostgreSQL migrations
-  smsbatch projections rebuild [which]       rebuild the PostgreSQL read models from the events
-                                             (which: status, analytics, errors or all)
+  smsbatch projections rebuild [which]       rebuild the read models from the events (embedded:
+                                             with the service stopped; which: status,
+                                             analytics, errors or all)
   smsbatch simulator [flags]                 serve the SMS simulator's Twilio-style API on --addr
   smsbatch help                              show this text
 
@@ -72,10 +73,18 @@ func main() {
 			fmt.Fprintf(os.Stderr, "usage: smsbatch projections rebuild [status|analytics|errors|all]\n")
 			os.Exit(2)
 		}
-		os.Exit(tool("smsbatch projections rebuild", args[1:], func(ctx context.Context, cfg Config, rest []string) error {
-			which := "all"
+		// The read model's name may come before the flags or after them: flags
+		// after it would otherwise be dropped, and the rebuild run elsewhere.
+		which, flags := "", args[1:]
+		if len(flags) > 0 && !strings.HasPrefix(flags[0], "-") {
+			which, flags = flags[0], flags[1:]
+		}
+		os.Exit(tool("smsbatch projections rebuild", flags, func(ctx context.Context, cfg Config, rest []string) error {
+			if which == "" && len(rest) > 0 {
+				which, rest = rest[0], rest[1:]
+			}
 			if len(rest) > 0 {
-				which = rest[0]
+				return fmt.Errorf("unexpected arguments: %s", strings.Join(rest, " "))
 			}
 			return rebuildProjections(ctx, cfg, which, os.Stdout)
 		}))
@@ -211,7 +220,7 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	m.provider = closer
 
-	m.readModels, err = openReadModels(ctx, cfg)
+	m.readModels, err = openReadModels(ctx, cfg, store, m.logger)
 	if err != nil {
 		return err
 	}
@@ -382,7 +391,7 @@ func (m *Main) Close() error {
 	if m.provider != nil {
 		errs = append(errs, m.provider.Close())
 	}
-	m.readModels.Close()
+	errs = append(errs, m.readModels.Close())
 	if m.store != nil {
 		errs = append(errs, m.store.Close())
 	}

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 	pgevents "github.com/smsbatch/smsbatch/eventstore/postgres"
 	"github.com/smsbatch/smsbatch/migrations"
 	"github.com/smsbatch/smsbatch/projections"
+	projbolt "github.com/smsbatch/smsbatch/projections/bolt"
 	projmemory "github.com/smsbatch/smsbatch/projections/memory"
 	projpg "github.com/smsbatch/smsbatch/projections/postgres"
 )
@@ -53,19 +56,48 @@ func exclusiveStore(cfg Config) bool {
 // readModels is the configured read-model store and what closes it.
 type readModels struct {
 	projections.Store
-	pool *pgxpool.Pool
+	close func() error
 }
 
-func (r readModels) Close() {
-	if r.pool != nil {
-		r.pool.Close()
+func (r readModels) Close() error {
+	if r.close == nil {
+		return nil
 	}
+	return r.close()
 }
 
-func openReadModels(ctx context.Context, cfg Config) (readModels, error) {
-	if cfg.ReadStore != "postgres" {
+// openReadModels opens the configured read models for events.
+func openReadModels(ctx context.Context, cfg Config, events eventstore.Store, logger *slog.Logger) (readModels, error) {
+	switch cfg.ReadStore {
+	case "memory":
 		return readModels{Store: projmemory.New()}, nil
+	case "postgres":
+		return openPostgresReadModels(ctx, cfg)
+	default:
+		return openEmbeddedReadModels(ctx, cfg, events, logger)
 	}
+}
+
+// openEmbeddedReadModels opens the read models kept in the data directory with
+// their checkpoint. A data directory without them (a new one, or one of a
+// version that kept them in memory) gets an empty file, which the runner builds
+// from the events once.
+func openEmbeddedReadModels(ctx context.Context, cfg Config, events eventstore.Store, logger *slog.Logger) (readModels, error) {
+	path := filepath.Join(cfg.DataDir, projbolt.FileName)
+	store, reset, err := projbolt.OpenFor(ctx, path, events, projbolt.Options{})
+	if errors.Is(err, projbolt.ErrInUse) {
+		return readModels{}, fmt.Errorf("open read models: %w: is another smsbatch running on %s?", err, cfg.DataDir)
+	}
+	if err != nil {
+		return readModels{}, fmt.Errorf("open read models: %w", err)
+	}
+	if reset != "" {
+		logger.Warn("projections: read models removed, rebuilding them from the events", "path", path, "reason", reset)
+	}
+	return readModels{Store: store, close: store.Close}, nil
+}
+
+func openPostgresReadModels(ctx context.Context, cfg Config) (readModels, error) {
 	pool, err := openPool(ctx, cfg.ReadStoreURL)
 	if err != nil {
 		return readModels{}, fmt.Errorf("read store: %w", err)
@@ -79,7 +111,7 @@ func openReadModels(ctx context.Context, cfg Config) (readModels, error) {
 		pool.Close()
 		return readModels{}, err
 	}
-	return readModels{Store: store, pool: pool}, nil
+	return readModels{Store: store, close: func() error { pool.Close(); return nil }}, nil
 }
 
 func openPool(ctx context.Context, url string) (*pgxpool.Pool, error) {
@@ -123,23 +155,42 @@ func migrate(ctx context.Context, cfg Config, out io.Writer) error {
 	return nil
 }
 
-// rebuildProjections replays every event into fresh read-model tables and swaps
-// them in. The read models share one state table per batch, so status, analytics
-// and errors are rebuilt together whichever is named.
+// rebuildProjections replays every event into fresh read models and swaps them
+// in. The read models share one state per batch, so status, analytics and
+// errors are rebuilt together whichever is named.
 func rebuildProjections(ctx context.Context, cfg Config, which string, out io.Writer) error {
 	switch which {
 	case "", "all", "status", "analytics", "errors":
 	default:
 		return fmt.Errorf("projections rebuild %q: want status, analytics, errors or all", which)
 	}
-	if cfg.ReadStore != "postgres" {
-		return errors.New("projections rebuild needs --read-store postgres: in-memory read models are rebuilt at every start")
+	if cfg.ReadStore == "memory" {
+		return errors.New("projections rebuild: in-memory read models are rebuilt at every start; nothing to rebuild")
+	}
+	if cfg.EventStore == "bolt" {
+		// Opening the event store would create an empty one: a mistyped data
+		// directory would then "rebuild" nothing.
+		if _, err := os.Stat(filepath.Join(cfg.DataDir, "events.db")); err != nil {
+			return fmt.Errorf("projections rebuild: no event store in the data directory %s: %w", cfg.DataDir, err)
+		}
 	}
 	events, err := openEventStore(ctx, cfg)
+	if errors.Is(err, bolt.ErrInUse) {
+		return fmt.Errorf("projections rebuild: %w: stop the service first (it holds %s)", err, cfg.DataDir)
+	}
 	if err != nil {
 		return err
 	}
 	defer events.Close()
+	progress := &progressPrinter{out: out}
+	if cfg.ReadStore != "postgres" {
+		path := filepath.Join(cfg.DataDir, projbolt.FileName)
+		err := projbolt.Rebuild(ctx, path, events, projbolt.RebuildOptions{Progress: progress.report})
+		if errors.Is(err, projbolt.ErrInUse) {
+			return fmt.Errorf("projections rebuild: %w: stop the service first", err)
+		}
+		return progress.done(err)
+	}
 	pool, err := openPool(ctx, cfg.ReadStoreURL)
 	if err != nil {
 		return err
@@ -148,18 +199,33 @@ func rebuildProjections(ctx context.Context, cfg Config, which string, out io.Wr
 	if _, err := migrations.Apply(ctx, pool); err != nil {
 		return err
 	}
-	last := time.Time{}
-	return projpg.Rebuild(ctx, pool, events, projpg.RebuildOptions{
-		Progress: func(p projpg.Progress) {
-			if time.Since(last) < time.Second && p.Total != p.Done {
-				return
-			}
-			last = time.Now()
-			total := "?"
-			if p.Total > 0 {
-				total = fmt.Sprint(p.Total)
-			}
-			fmt.Fprintf(out, "rebuild: %d/%s events, %.0f events/s, %s left\n", p.Done, total, p.Rate, p.Remaining.Round(time.Second))
-		},
-	})
+	return progress.done(projpg.Rebuild(ctx, pool, events, projpg.RebuildOptions{Progress: progress.report}))
+}
+
+// progressPrinter prints a rebuild's progress, at most a line a second, and
+// a last line once it is done.
+type progressPrinter struct {
+	out     io.Writer
+	printed time.Time
+	last    projections.RebuildProgress
+}
+
+func (p *progressPrinter) report(r projections.RebuildProgress) {
+	p.last = r
+	if time.Since(p.printed) < time.Second {
+		return
+	}
+	p.printed = time.Now()
+	total := "?"
+	if r.Total > 0 {
+		total = fmt.Sprint(r.Total)
+	}
+	fmt.Fprintf(p.out, "rebuild: %d/%s events, %.0f events/s, %s left\n", r.Done, total, r.Rate, r.Remaining.Round(time.Second))
+}
+
+func (p *progressPrinter) done(err error) error {
+	if err == nil {
+		fmt.Fprintf(p.out, "rebuild: done, %d events, %.0f events/s\n", p.last.Done, p.last.Rate)
+	}
+	return err
 }

@@ -41,13 +41,6 @@ func New() *Store {
 	}
 }
 
-// decoded is an event the read models use, decoded before the lock is taken.
-type decoded struct {
-	event   eventstore.Event
-	batchID string
-	payload domain.Event
-}
-
 // Apply implements projections.Store. Every event is decoded before anything
 // changes, so a malformed one leaves the store and its checkpoint as they were.
 func (s *Store) Apply(ctx context.Context, events []eventstore.Event) error {
@@ -57,21 +50,15 @@ func (s *Store) Apply(ctx context.Context, events []eventstore.Event) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("memory projections: apply: %w", err)
 	}
-	use := make([]decoded, 0, len(events))
-	for _, e := range events {
-		id, payload, ok, err := projections.Decode(e)
-		if err != nil {
-			return fmt.Errorf("memory projections: apply event %s at %s: %w", e.ID, e.Position, err)
-		}
-		if ok {
-			use = append(use, decoded{event: e, batchID: id, payload: payload})
-		}
+	use, err := projections.DecodePage(events)
+	if err != nil {
+		return fmt.Errorf("memory projections: apply: %w", err)
 	}
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, d := range use {
-		if s.checkpoint.Less(d.event.Position) {
+		if s.checkpoint.Less(d.Event.Position) {
 			s.apply(d)
 		}
 	}
@@ -81,20 +68,20 @@ func (s *Store) Apply(ctx context.Context, events []eventstore.Event) error {
 	return nil
 }
 
-func (s *Store) apply(d decoded) {
-	b := s.batches[d.batchID]
+func (s *Store) apply(d projections.Decoded) {
+	b := s.batches[d.BatchID]
 	if b == nil {
-		if _, created := d.payload.(domain.BatchCreated); !created {
+		if _, created := d.Payload.(domain.BatchCreated); !created {
 			return // events of a batch whose creation we never saw
 		}
 		b = &batch{}
 	}
-	b.state.Apply(d.event, d.payload)
-	if s.batches[d.batchID] == nil {
-		s.batches[d.batchID] = b
+	b.state.Apply(d.Event, d.Payload)
+	if s.batches[d.BatchID] == nil {
+		s.batches[d.BatchID] = b
 		s.index(b)
 	}
-	if entry, ok := projections.ErrorEntryOf(d.payload); ok {
+	if entry, ok := projections.ErrorEntryOf(d.Payload); ok {
 		i, found := slices.BinarySearchFunc(b.errors, entry.Index, func(e projections.ErrorEntry, index int) int {
 			return e.Index - index
 		})

@@ -124,13 +124,6 @@ func (q queries) all() []string {
 		q.state, q.exists, q.list, q.listAfter, q.errors, q.errorsOf}
 }
 
-// decoded is an event the read models use.
-type decoded struct {
-	event   eventstore.Event
-	batchID string
-	payload domain.Event
-}
-
 // Apply implements projections.Store. Every event is decoded before the
 // transaction starts, so a malformed one leaves the store and its checkpoint as
 // they were.
@@ -138,9 +131,9 @@ func (s *Store) Apply(ctx context.Context, events []eventstore.Event) error {
 	if len(events) == 0 {
 		return nil
 	}
-	use, err := decodeAll(events)
+	use, err := projections.DecodePage(events)
 	if err != nil {
-		return err
+		return fmt.Errorf("postgres projections: apply: %w", err)
 	}
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
@@ -156,24 +149,10 @@ func (s *Store) Apply(ctx context.Context, events []eventstore.Event) error {
 	return nil
 }
 
-func decodeAll(events []eventstore.Event) ([]decoded, error) {
-	use := make([]decoded, 0, len(events))
-	for _, e := range events {
-		id, payload, ok, err := projections.Decode(e)
-		if err != nil {
-			return nil, fmt.Errorf("postgres projections: apply event %s at %s: %w", e.ID, e.Position, err)
-		}
-		if ok {
-			use = append(use, decoded{event: e, batchID: id, payload: payload})
-		}
-	}
-	return use, nil
-}
-
 // applyTx applies events (use being those of them the read models use) in tx:
 // it locks the checkpoint, folds the events after it into the touched batches'
 // states, writes the states, the new errors and the checkpoint back.
-func (s *Store) applyTx(ctx context.Context, tx pgx.Tx, events []eventstore.Event, use []decoded) error {
+func (s *Store) applyTx(ctx context.Context, tx pgx.Tx, events []eventstore.Event, use []projections.Decoded) error {
 	// The checkpoint row lock serialises every Apply on the schema, so the state
 	// rows locked below are never contended.
 	var commit, prepare, applied int64
@@ -191,7 +170,7 @@ func (s *Store) applyTx(ctx context.Context, tx pgx.Tx, events []eventstore.Even
 			fresh++
 		}
 	}
-	use = slices.DeleteFunc(use, func(d decoded) bool { return !checkpoint.Less(d.event.Position) })
+	use = slices.DeleteFunc(use, func(d projections.Decoded) bool { return !checkpoint.Less(d.Event.Position) })
 
 	states, err := s.loadStates(ctx, tx, use)
 	if err != nil {
@@ -200,18 +179,18 @@ func (s *Store) applyTx(ctx context.Context, tx pgx.Tx, events []eventstore.Even
 	touched := make(map[string]bool)
 	var errs errorRows
 	for _, d := range use {
-		st := states[d.batchID]
+		st := states[d.BatchID]
 		if st == nil {
-			if _, created := d.payload.(domain.BatchCreated); !created {
+			if _, created := d.Payload.(domain.BatchCreated); !created {
 				continue // events of a batch whose creation was never applied
 			}
 			st = &projections.BatchState{}
-			states[d.batchID] = st
+			states[d.BatchID] = st
 		}
-		st.Apply(d.event, d.payload)
-		touched[d.batchID] = true
-		if entry, ok := projections.ErrorEntryOf(d.payload); ok {
-			errs.add(d.batchID, entry)
+		st.Apply(d.Event, d.Payload)
+		touched[d.BatchID] = true
+		if entry, ok := projections.ErrorEntryOf(d.Payload); ok {
+			errs.add(d.BatchID, entry)
 		}
 	}
 
@@ -237,14 +216,14 @@ func (s *Store) applyTx(ctx context.Context, tx pgx.Tx, events []eventstore.Even
 }
 
 // loadStates locks and reads the state rows of the batches the events touch.
-func (s *Store) loadStates(ctx context.Context, tx pgx.Tx, use []decoded) (map[string]*projections.BatchState, error) {
+func (s *Store) loadStates(ctx context.Context, tx pgx.Tx, use []projections.Decoded) (map[string]*projections.BatchState, error) {
 	states := make(map[string]*projections.BatchState)
 	ids := make([]string, 0, len(use))
 	seen := make(map[string]bool)
 	for _, d := range use {
-		if !seen[d.batchID] {
-			seen[d.batchID] = true
-			ids = append(ids, d.batchID)
+		if !seen[d.BatchID] {
+			seen[d.BatchID] = true
+			ids = append(ids, d.BatchID)
 		}
 	}
 	if len(ids) == 0 {

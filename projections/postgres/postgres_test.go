@@ -71,15 +71,6 @@ func history(batches, recipients int) *projectionstest.Events {
 	return h
 }
 
-func apply(t testing.TB, s projections.Store, events []eventstore.Event, n int) {
-	t.Helper()
-	for page := range slices.Chunk(events, n) {
-		if err := s.Apply(t.Context(), page); err != nil {
-			t.Fatalf("apply events %s..%s: %v", page[0].Position, page[len(page)-1].Position, err)
-		}
-	}
-}
-
 // tables dumps every row of the live read model tables, in key order.
 func tables(t testing.TB, pool *pgxpool.Pool) string {
 	t.Helper()
@@ -129,14 +120,14 @@ func TestApplyTwiceChangesNothing(t *testing.T) {
 	pool := database(t)
 	s := newStore(t, pool)
 	events := history(4, 80).List()
-	apply(t, s, events, 50)
+	projectionstest.Apply(t, s, events, 50)
 	want := tables(t, pool)
 	if !strings.Contains(want, "invalid_number") {
 		t.Fatalf("no error rows after a history with failures:\n%s", want)
 	}
-	apply(t, s, events, 37)
+	projectionstest.Apply(t, s, events, 37)
 	sameTables(t, "after applying every event again", tables(t, pool), want)
-	apply(t, s, events[len(events)/2:], 1000)
+	projectionstest.Apply(t, s, events[len(events)/2:], 1000)
 	sameTables(t, "after applying the second half again", tables(t, pool), want)
 }
 
@@ -159,7 +150,7 @@ func followed(t *testing.T, events []eventstore.Event) (*pgxpool.Pool, *postgres
 	}
 	pool := database(t)
 	live := newStore(t, pool)
-	apply(t, live, events, 7)
+	projectionstest.Apply(t, live, events, 7)
 	return pool, live, es
 }
 
@@ -175,10 +166,10 @@ func TestRebuildGivesTheLiveTables(t *testing.T) {
 	if _, err := pool.Exec(t.Context(), "UPDATE readmodels.batches SET state = jsonb_set(state, '{sent}', '0') WHERE id = 'batch-02'"); err != nil {
 		t.Fatal(err)
 	}
-	var reports []postgres.Progress
+	var reports []projections.RebuildProgress
 	err := postgres.Rebuild(t.Context(), pool, es, postgres.RebuildOptions{
 		BatchSize: 100,
-		Progress:  func(p postgres.Progress) { reports = append(reports, p) },
+		Progress:  func(p projections.RebuildProgress) { reports = append(reports, p) },
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -278,7 +269,7 @@ func TestRebuildWhileLive(t *testing.T) {
 
 	got := tables(t, pool)
 	fresh := database(t)
-	apply(t, newStore(t, fresh), more.List(), 500)
+	projectionstest.Apply(t, newStore(t, fresh), more.List(), 500)
 	sameTables(t, "rebuilt while live, then followed", got, tables(t, fresh))
 }
 
@@ -297,14 +288,14 @@ func TestRebuildTwice(t *testing.T) {
 	if _, err := projectionstest.AppendTo(t.Context(), es, second); err != nil {
 		t.Fatal(err)
 	}
-	apply(t, live, second, 9)
+	projectionstest.Apply(t, live, second, 9)
 	want := tables(t, pool)
 	if err := postgres.Rebuild(t.Context(), pool, es, postgres.RebuildOptions{BatchSize: 30}); err != nil {
 		t.Fatal(err)
 	}
 	sameTables(t, "rebuilt twice", tables(t, pool), want)
 	fresh := database(t)
-	apply(t, newStore(t, fresh), h.List(), 500)
+	projectionstest.Apply(t, newStore(t, fresh), h.List(), 500)
 	sameTables(t, "rebuilt twice, against applied once", tables(t, pool), tables(t, fresh))
 }
 
@@ -341,7 +332,7 @@ func TestRebuildResumesAfterInterruption(t *testing.T) {
 	var interruptedAt int64
 	err := postgres.Rebuild(ctx, pool, es, postgres.RebuildOptions{
 		BatchSize: 100,
-		Progress: func(p postgres.Progress) {
+		Progress: func(p projections.RebuildProgress) {
 			if p.Done >= 300 && interruptedAt == 0 {
 				interruptedAt = p.Done
 				cancel()
@@ -356,7 +347,7 @@ func TestRebuildResumesAfterInterruption(t *testing.T) {
 	var resumedAt int64 = -1
 	err = postgres.Rebuild(t.Context(), pool, es, postgres.RebuildOptions{
 		BatchSize: 100,
-		Progress: func(p postgres.Progress) {
+		Progress: func(p projections.RebuildProgress) {
 			if resumedAt < 0 {
 				resumedAt = p.Done - 100
 			}
@@ -390,7 +381,7 @@ func TestRebuildRunsOnce(t *testing.T) {
 func TestOtherTenantIsNotFound(t *testing.T) {
 	pool := database(t)
 	s := newStore(t, pool)
-	apply(t, s, history(2, 20).List(), 100)
+	projectionstest.Apply(t, s, history(2, 20).List(), 100)
 	_, err := s.Batch(t.Context(), "tenant-1", "batch-00")
 	if domain.ErrorCode(err) != domain.ENOTFOUND {
 		t.Errorf("another tenant's batch: %v, want ENOTFOUND", err)
@@ -411,7 +402,7 @@ func BenchmarkApplyPostgres(b *testing.B) {
 			b.Fatal(err)
 		}
 		b.StartTimer()
-		apply(b, s, events, page)
+		projectionstest.Apply(b, s, events, page)
 	}
 	b.ReportMetric(float64(b.N*len(events))/b.Elapsed().Seconds(), "events/s")
 }

@@ -11,11 +11,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/smsbatch/smsbatch/eventstore"
+	"github.com/smsbatch/smsbatch/projections"
 )
-
-// DefaultRebuildBatchSize is how many events a rebuild applies at a time when
-// RebuildOptions.BatchSize is not set.
-const DefaultRebuildBatchSize = 2000
 
 // ErrRebuildRunning is returned by Rebuild when another rebuild of the same
 // schema holds the rebuild lock.
@@ -27,10 +24,10 @@ type RebuildOptions struct {
 	// is Schema + "_rebuild".
 	Schema string
 	// BatchSize is the most events applied in one transaction; default
-	// DefaultRebuildBatchSize.
+	// projections.DefaultReplayBatchSize.
 	BatchSize int
 	// Progress, if set, is called after every page applied and once caught up.
-	Progress func(Progress)
+	Progress func(projections.RebuildProgress)
 	// Logger; default discards.
 	Logger *slog.Logger
 }
@@ -40,32 +37,11 @@ func (o *RebuildOptions) setDefaults() {
 		o.Schema = DefaultSchema
 	}
 	if o.BatchSize <= 0 {
-		o.BatchSize = DefaultRebuildBatchSize
+		o.BatchSize = projections.DefaultReplayBatchSize
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-}
-
-// Progress of a rebuild.
-type Progress struct {
-	// Done counts the events replayed into the shadow copy, earlier interrupted
-	// runs included.
-	Done int64
-	// Total is the number of events in the store when the rebuild began; 0 when
-	// the event store cannot count them (see Counter).
-	Total int64
-	// Rate is events per second replayed by this run.
-	Rate float64
-	// Remaining estimates the time left; 0 when Total is unknown.
-	Remaining time.Duration
-}
-
-// Counter is implemented by event stores that can count their events cheaply;
-// Rebuild uses it, when the store has it, to report Progress.Total.
-type Counter interface {
-	// Count returns the number of events stored.
-	Count(ctx context.Context) (int64, error)
 }
 
 // Rebuild replays every event of events into a shadow copy of the read model
@@ -110,48 +86,18 @@ func Rebuild(ctx context.Context, pool *pgxpool.Pool, events eventstore.Store, o
 		return fmt.Errorf("postgres projections: rebuild: %w", err)
 	}
 
-	var total int64
-	if c, ok := events.(Counter); ok {
-		if total, err = c.Count(ctx); err != nil {
-			return fmt.Errorf("postgres projections: rebuild: count events: %w", err)
-		}
-	}
 	pos, done, err := shadow.progress(ctx)
 	if err != nil {
 		return err
 	}
-	opts.Logger.Info("projections: rebuilding", "schema", opts.Schema, "from", pos.String(), "done", done, "total", total)
-	began, startDone := time.Now(), done
-	report := func() {
-		if opts.Progress == nil {
-			return
-		}
-		p := Progress{Done: done, Total: total}
-		if elapsed := time.Since(began).Seconds(); elapsed > 0 {
-			p.Rate = float64(done-startDone) / elapsed
-		}
-		if p.Rate > 0 && total > done {
-			p.Remaining = time.Duration(float64(total-done) / p.Rate * float64(time.Second))
-		}
-		opts.Progress(p)
+	opts.Logger.Info("projections: rebuilding", "schema", opts.Schema, "from", pos.String(), "done", done)
+	began := time.Now()
+	_, done, err = projections.Replay(ctx, events, shadow.Apply, projections.ReplayOptions{
+		After: pos, Done: done, BatchSize: opts.BatchSize, Progress: opts.Progress,
+	})
+	if err != nil {
+		return fmt.Errorf("postgres projections: rebuild: %w", err)
 	}
-
-	for {
-		page, err := events.ReadAll(ctx, pos, opts.BatchSize)
-		if err != nil {
-			return fmt.Errorf("postgres projections: rebuild: read events after %s: %w", pos, err)
-		}
-		if len(page) == 0 {
-			break
-		}
-		if err := shadow.Apply(ctx, page); err != nil {
-			return fmt.Errorf("postgres projections: rebuild: %w", err)
-		}
-		pos = page[len(page)-1].Position
-		done += int64(len(page))
-		report()
-	}
-	report()
 
 	if err := swap(ctx, pool, events, shadow, opts); err != nil {
 		return err
@@ -221,22 +167,15 @@ func swap(ctx context.Context, pool *pgxpool.Pool, events eventstore.Store, shad
 	if err != nil {
 		return err
 	}
-	for {
-		page, err := events.ReadAll(ctx, pos, opts.BatchSize)
+	_, _, err = projections.Replay(ctx, events, func(ctx context.Context, page []eventstore.Event) error {
+		use, err := projections.DecodePage(page)
 		if err != nil {
-			return fmt.Errorf("postgres projections: rebuild: swap: read events after %s: %w", pos, err)
+			return err
 		}
-		if len(page) == 0 {
-			break
-		}
-		use, err := decodeAll(page)
-		if err != nil {
-			return fmt.Errorf("postgres projections: rebuild: swap: %w", err)
-		}
-		if err := shadow.applyTx(ctx, tx, page, use); err != nil {
-			return fmt.Errorf("postgres projections: rebuild: swap: %w", err)
-		}
-		pos = page[len(page)-1].Position
+		return shadow.applyTx(ctx, tx, page, use)
+	}, projections.ReplayOptions{After: pos, BatchSize: opts.BatchSize})
+	if err != nil {
+		return fmt.Errorf("postgres projections: rebuild: swap: %w", err)
 	}
 	for _, sql := range []string{
 		"DROP SCHEMA IF EXISTS " + pgx.Identifier{old}.Sanitize() + " CASCADE",

@@ -37,10 +37,11 @@ func Run(t *testing.T, newStore func(t *testing.T) projections.Store) {
 	t.Run("ConcurrentReads", func(t *testing.T) { testConcurrent(t, newStore(t)) })
 }
 
-func ctx(t *testing.T) context.Context { return t.Context() }
+func ctx(t testing.TB) context.Context { return t.Context() }
 
-// apply applies events in pages of size n.
-func apply(t *testing.T, s projections.Store, events []eventstore.Event, n int) {
+// Apply applies events to s in pages of n, as a runner would, failing the test
+// on an error.
+func Apply(t testing.TB, s projections.Store, events []eventstore.Event, n int) {
 	t.Helper()
 	for page := range slices.Chunk(events, n) {
 		if err := s.Apply(ctx(t), page); err != nil {
@@ -49,7 +50,7 @@ func apply(t *testing.T, s projections.Store, events []eventstore.Event, n int) 
 	}
 }
 
-func checkpoint(t *testing.T, s projections.Store) eventstore.Position {
+func checkpoint(t testing.TB, s projections.Store) eventstore.Position {
 	t.Helper()
 	pos, err := s.Checkpoint(ctx(t))
 	if err != nil {
@@ -86,8 +87,16 @@ func twoTenants() *Events {
 
 var tenants = []string{"acme", "globex"}
 
-// snapshot is everything the store shows, as JSON, for comparing stores.
+// snapshot is everything the store shows of the suite's tenants.
 func snapshot(t *testing.T, s projections.Store) string {
+	t.Helper()
+	return Snapshot(t, s, tenants...)
+}
+
+// Snapshot is everything s shows of tenants, as indented JSON, for comparing
+// stores (see SameSnapshot): the checkpoint, every tenant's list read in
+// pages, and the status, analytics and errors of every batch listed.
+func Snapshot(t testing.TB, s projections.Store, tenants ...string) string {
 	t.Helper()
 	view := map[string]any{"checkpoint": checkpoint(t, s)}
 	for _, tenant := range tenants {
@@ -130,7 +139,7 @@ func snapshot(t *testing.T, s projections.Store) string {
 	return string(out)
 }
 
-func allErrors(t *testing.T, s projections.Store, q projections.ErrorQuery) []projections.ErrorEntry {
+func allErrors(t testing.TB, s projections.Store, q projections.ErrorQuery) []projections.ErrorEntry {
 	t.Helper()
 	all := []projections.ErrorEntry{}
 	for pages := 0; ; pages++ {
@@ -152,8 +161,8 @@ func allErrors(t *testing.T, s projections.Store, q projections.ErrorQuery) []pr
 	}
 }
 
-// sameSnapshot fails the test at the first line where the snapshots differ.
-func sameSnapshot(t *testing.T, what, got, want string) {
+// SameSnapshot fails the test at the first line where two snapshots differ.
+func SameSnapshot(t testing.TB, what, got, want string) {
 	t.Helper()
 	if got == want {
 		return
@@ -175,16 +184,16 @@ func testCheckpoint(t *testing.T, s projections.Store) {
 		t.Fatalf("apply no events: %v", err)
 	}
 	events := twoTenants().List()
-	apply(t, s, events[:10], 4)
+	Apply(t, s, events[:10], 4)
 	if got := checkpoint(t, s); got != events[9].Position {
 		t.Errorf("checkpoint after 10 events is %s, want %s", got, events[9].Position)
 	}
-	apply(t, s, events[10:], 1000)
+	Apply(t, s, events[10:], 1000)
 	if got, want := checkpoint(t, s), events[len(events)-1].Position; got != want {
 		t.Errorf("checkpoint after all events is %s, want %s", got, want)
 	}
 	// A page entirely at or before the checkpoint does not move it back.
-	apply(t, s, events[:5], 5)
+	Apply(t, s, events[:5], 5)
 	if got, want := checkpoint(t, s), events[len(events)-1].Position; got != want {
 		t.Errorf("checkpoint after replaying old events is %s, want %s", got, want)
 	}
@@ -195,7 +204,7 @@ func testCheckpoint(t *testing.T, s projections.Store) {
 func testServesProjection(t *testing.T, s projections.Store) {
 	h := twoTenants()
 	events := h.List()
-	apply(t, s, events, 17)
+	Apply(t, s, events, 17)
 
 	states := map[string]*projections.BatchState{}
 	errs := map[string][]projections.ErrorEntry{}
@@ -264,28 +273,28 @@ func sameJSON(t *testing.T, what string, got, want any) {
 
 func testReplay(t *testing.T, s projections.Store) {
 	events := twoTenants().List()
-	apply(t, s, events, 7)
+	Apply(t, s, events, 7)
 	want := snapshot(t, s)
 
-	apply(t, s, events, 5)
-	sameSnapshot(t, "after applying every event again", snapshot(t, s), want)
-	apply(t, s, events[len(events)/3:len(events)/2], 3)
-	sameSnapshot(t, "after applying a stretch again", snapshot(t, s), want)
-	apply(t, s, events[len(events)-1:], 1)
-	sameSnapshot(t, "after applying the last event again", snapshot(t, s), want)
+	Apply(t, s, events, 5)
+	SameSnapshot(t, "after applying every event again", snapshot(t, s), want)
+	Apply(t, s, events[len(events)/3:len(events)/2], 3)
+	SameSnapshot(t, "after applying a stretch again", snapshot(t, s), want)
+	Apply(t, s, events[len(events)-1:], 1)
+	SameSnapshot(t, "after applying the last event again", snapshot(t, s), want)
 }
 
 func testRebuild(t *testing.T, live, rebuilt projections.Store) {
 	events := twoTenants().List()
 	// The live store follows the events one at a time, read between pages.
 	for i, e := range events {
-		apply(t, live, []eventstore.Event{e}, 1)
+		Apply(t, live, []eventstore.Event{e}, 1)
 		if i%50 == 0 {
 			snapshot(t, live)
 		}
 	}
-	apply(t, rebuilt, events, len(events))
-	sameSnapshot(t, "rebuilt from position 0", snapshot(t, rebuilt), snapshot(t, live))
+	Apply(t, rebuilt, events, len(events))
+	SameSnapshot(t, "rebuilt from position 0", snapshot(t, rebuilt), snapshot(t, live))
 }
 
 func testSkips(t *testing.T, noisy, clean projections.Store) {
@@ -306,11 +315,11 @@ func testSkips(t *testing.T, noisy, clean projections.Store) {
 	pure = append(pure, b.Advance(time.Second).Sent(0, 1, 90*time.Millisecond))
 	last := h.AppendRaw("invoice-7", "InvoicePaid", []byte(`{}`), b.Now)
 
-	apply(t, noisy, h.List(), 100)
+	Apply(t, noisy, h.List(), 100)
 	if got := checkpoint(t, noisy); got != last.Position {
 		t.Errorf("checkpoint after a page ending with another stream's event is %s, want %s", got, last.Position)
 	}
-	apply(t, clean, pure, 100)
+	Apply(t, clean, pure, 100)
 	for _, query := range []func(projections.Store) (any, error){
 		func(s projections.Store) (any, error) { return s.Batch(ctx(t), "acme", "b1") },
 		func(s projections.Store) (any, error) { return s.Analytics(ctx(t), "acme", "b1") },
@@ -337,7 +346,7 @@ func testMalformed(t *testing.T, s projections.Store) {
 	h := NewEvents()
 	b := h.Batch("acme", "b1", t0)
 	b.Created(3)
-	apply(t, s, h.List(), 10)
+	Apply(t, s, h.List(), 10)
 	before := snapshot(t, s)
 
 	b.Advance(time.Second).Started()
@@ -346,11 +355,11 @@ func testMalformed(t *testing.T, s projections.Store) {
 	if err := s.Apply(ctx(t), h.List()[1:]); err == nil {
 		t.Fatal("apply a page holding a malformed event: no error")
 	}
-	sameSnapshot(t, "after a page holding a malformed event failed", snapshot(t, s), before)
+	SameSnapshot(t, "after a page holding a malformed event failed", snapshot(t, s), before)
 }
 
 func testNotFound(t *testing.T, s projections.Store) {
-	apply(t, s, twoTenants().List(), 100)
+	Apply(t, s, twoTenants().List(), 100)
 	_, err := s.Batch(ctx(t), "acme", "nope")
 	wantCode(t, "batch that does not exist", err, domain.ENOTFOUND)
 	_, err = s.Analytics(ctx(t), "acme", "nope")
@@ -360,7 +369,7 @@ func testNotFound(t *testing.T, s projections.Store) {
 }
 
 func testTenants(t *testing.T, s projections.Store) {
-	apply(t, s, twoTenants().List(), 100)
+	Apply(t, s, twoTenants().List(), 100)
 	for _, c := range []struct{ tenant, other string }{{"acme", "globex-done"}, {"globex", "acme-done"}, {"", "acme-done"}} {
 		_, err := s.Batch(ctx(t), c.tenant, c.other)
 		wantCode(t, fmt.Sprintf("tenant %q reads %s", c.tenant, c.other), err, domain.ENOTFOUND)
@@ -409,7 +418,7 @@ func testList(t *testing.T, s projections.Store) {
 	for i, k := range want {
 		wantIDs[i] = k.ID
 	}
-	apply(t, s, h.List(), 100)
+	Apply(t, s, h.List(), 100)
 
 	list := func(limit int, cursor string) ([]string, string) {
 		t.Helper()
@@ -449,7 +458,7 @@ func testList(t *testing.T, s projections.Store) {
 	// A batch created between two pages does not shift the pages that follow.
 	first, next := list(10, "")
 	h.Batch("acme", "batch-new", t0.Add(2*time.Hour)).Created(1)
-	apply(t, s, h.List()[n+1:], 10)
+	Apply(t, s, h.List()[n+1:], 10)
 	second, _ := list(10, next)
 	if got := append(first, second...); !slices.Equal(got, wantIDs[:20]) {
 		t.Errorf("pages around a new batch: %v, want %v", got, wantIDs[:20])
@@ -477,7 +486,7 @@ func testErrors(t *testing.T, s projections.Store) {
 			}
 		}
 	}
-	apply(t, s, h.List(), 13)
+	Apply(t, s, h.List(), 13)
 
 	all := allErrors(t, s, projections.ErrorQuery{Tenant: "acme", BatchID: "b1", Limit: 7})
 	if len(all) != 30 {
@@ -517,7 +526,7 @@ func testErrors(t *testing.T, s projections.Store) {
 }
 
 func testInvalid(t *testing.T, s projections.Store) {
-	apply(t, s, twoTenants().List(), 100)
+	Apply(t, s, twoTenants().List(), 100)
 	_, listNext, err := s.Batches(ctx(t), projections.ListQuery{Tenant: "acme", Limit: 1})
 	if err != nil || listNext == "" {
 		t.Fatalf("list one: next %q, %v", listNext, err)
@@ -583,7 +592,7 @@ func testConcurrent(t *testing.T, s projections.Store) {
 			}
 		})
 	}
-	apply(t, s, events, 3)
+	Apply(t, s, events, 3)
 	close(done)
 	wg.Wait()
 	st, err := s.Batch(ctx(t), "acme", "b1")

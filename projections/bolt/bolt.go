@@ -1,0 +1,625 @@
+// Package bolt owns the embedded projections store: the status, analytics and
+// errors read models in a bbolt file beside the event store (readmodels.db in
+// the data directory), kept by the projection logic of package projections, and
+// their rebuild into a fresh file swapped in by a rename. The read models
+// survive restarts with their checkpoint, so a start applies only the events
+// after it, and every query reads the few keys it needs from the file: nothing
+// is loaded whole into memory, whatever the history.
+//
+// # Layout
+//
+//   - bucket "meta": "format" -> the layout version; "checkpoint" -> the
+//     position of the last event applied (commit and prepare, big-endian
+//     uint64s); "checkpoint-id" -> that event's ID; "checkpoint-prev" -> the
+//     position of the event before it. The last two let Follows check that the
+//     event store still holds the event the checkpoint names.
+//   - bucket "batches": one nested bucket per batch ID holding "tenant" -> the
+//     tenant, "state" -> the batch's projections.BatchState as JSON, and, once
+//     a recipient has failed, nested buckets "errors" (big-endian uint64
+//     recipient index -> projections.ErrorEntry as JSON) and "categories"
+//     (category, a zero byte, big-endian index -> empty): the second is the
+//     index of the first by category, so a filtered page reads only its rows.
+//   - bucket "lists": one nested bucket per tenant, key = creation time in
+//     nanoseconds (big-endian, sign bit flipped so that it sorts) followed by
+//     the batch ID, value empty. Keys sort oldest first; a tenant's list,
+//     newest first, is a walk backwards from the cursor.
+//
+// # Durability
+//
+// Apply writes the read model changes and the checkpoint in one bbolt
+// transaction, fsynced before Apply returns: after any crash, power loss
+// included, the file holds both as of the same page, and the runner carries on
+// after that checkpoint. Skipping the fsync (bbolt's NoSync) is not a safe
+// trade for a live file: bbolt orders its writes with the fsyncs, and without
+// them a power loss can leave a meta page naming pages that never reached the
+// disk, a file neither ahead nor behind but broken. The fsync costs little
+// here because the runner applies what has accumulated as one page: the busier
+// the log, the more events share an fsync. A rebuild, which writes a file
+// nothing reads until it is complete, skips the fsyncs and syncs once before
+// the rename. The freelist is kept in the file (not NoFreelistSync), because
+// without it bbolt walks every page of the file at open to find the free ones:
+// start-up time and memory would grow with history again.
+package bolt
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"iter"
+	"os"
+	"path/filepath"
+	"time"
+
+	bbolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
+
+	"github.com/smsbatch/smsbatch/domain"
+	"github.com/smsbatch/smsbatch/eventstore"
+	"github.com/smsbatch/smsbatch/projections"
+)
+
+// FileName is the read models' file in the data directory.
+const FileName = "readmodels.db"
+
+// ErrInUse is returned by Open and Rebuild when another process holds the file
+// open (a running service).
+var ErrInUse = errors.New("read models are in use by another process")
+
+// ErrFormat is returned by Open for a file of another layout version. The read
+// models are derived from the events, so such a file can be removed and built
+// again.
+var ErrFormat = errors.New("read models file has another layout")
+
+// DefaultLockTimeout is how long Open waits for the file lock by default.
+const DefaultLockTimeout = time.Second
+
+// formatVersion is the layout written in the "meta" bucket. Change it whenever
+// the layout or the encoding of a value changes: Open then refuses older files
+// with ErrFormat, and they are rebuilt from the events.
+const formatVersion = "1"
+
+var (
+	bucketMeta       = []byte("meta")
+	bucketBatches    = []byte("batches")
+	bucketLists      = []byte("lists")
+	bucketErrors     = []byte("errors")
+	bucketCategories = []byte("categories")
+
+	keyFormat         = []byte("format")
+	keyCheckpoint     = []byte("checkpoint")
+	keyCheckpointID   = []byte("checkpoint-id")
+	keyCheckpointPrev = []byte("checkpoint-prev")
+	keyTenant         = []byte("tenant")
+	keyState          = []byte("state")
+)
+
+// Options configures Open. The zero value is ready to use.
+type Options struct {
+	// LockTimeout is how long Open waits for another process to release the
+	// file before failing with ErrInUse. Optional; DefaultLockTimeout when <= 0.
+	LockTimeout time.Duration
+
+	// noSync skips the fsync of every commit: only for a file nothing reads
+	// until it has been synced and renamed into place (see Rebuild).
+	noSync bool
+}
+
+func (o *Options) setDefaults() {
+	if o.LockTimeout <= 0 {
+		o.LockTimeout = DefaultLockTimeout
+	}
+}
+
+// Store is a projections.Store in a bbolt file, safe for concurrent use: Apply
+// calls take turns, queries read a consistent snapshot alongside them.
+type Store struct {
+	db *bbolt.DB
+
+	// beforeCheckpoint, when set (by tests), runs inside Apply's transaction
+	// after the read models were written and before the checkpoint is.
+	beforeCheckpoint func() error
+}
+
+var _ projections.Store = (*Store)(nil)
+
+// Open opens the read models in the bbolt file at path, creating the file and
+// its directory if needed. It fails with an error wrapping ErrInUse when
+// another process holds the file and does not let go within opts.LockTimeout,
+// and with one wrapping ErrFormat when the file has another layout.
+func Open(path string, opts Options) (*Store, error) {
+	opts.setDefaults()
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, fmt.Errorf("bolt projections: open %s: %w", path, err)
+	}
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{
+		Timeout:      opts.LockTimeout,
+		FreelistType: bbolt.FreelistMapType,
+		NoSync:       opts.noSync,
+	})
+	if errors.Is(err, berrors.ErrTimeout) {
+		return nil, fmt.Errorf("bolt projections: open %s: %w (file lock not released within %s)", path, ErrInUse, opts.LockTimeout)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("bolt projections: open %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bbolt.Tx) error {
+		for _, name := range [][]byte{bucketMeta, bucketBatches, bucketLists} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
+		}
+		meta := tx.Bucket(bucketMeta)
+		switch v := meta.Get(keyFormat); {
+		case v == nil:
+			return meta.Put(keyFormat, []byte(formatVersion))
+		case string(v) != formatVersion:
+			return fmt.Errorf("%w: version %q, this build reads %q", ErrFormat, v, formatVersion)
+		}
+		return nil
+	})
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("bolt projections: open %s: %w", path, err)
+	}
+	return &Store{db: db}, nil
+}
+
+// Close releases the file.
+func (s *Store) Close() error {
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("bolt projections: close: %w", err)
+	}
+	return nil
+}
+
+// touched is a batch changed by the page being applied.
+type touched struct {
+	bucket  *bbolt.Bucket
+	state   *projections.BatchState
+	created bool
+}
+
+// Apply implements projections.Store. Every event is decoded before the
+// transaction begins, and the read models and the checkpoint are written in
+// one transaction: a malformed event, a failure or a crash leaves both as they
+// were.
+func (s *Store) Apply(ctx context.Context, events []eventstore.Event) error {
+	if len(events) == 0 {
+		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("bolt projections: apply: %w", err)
+	}
+	use, err := projections.DecodePage(events)
+	if err != nil {
+		return fmt.Errorf("bolt projections: apply: %w", err)
+	}
+	if err := s.db.Update(func(tx *bbolt.Tx) error { return s.applyTx(tx, events, use) }); err != nil {
+		return fmt.Errorf("bolt projections: apply: %w", err)
+	}
+	return nil
+}
+
+func (s *Store) applyTx(tx *bbolt.Tx, events []eventstore.Event, use []projections.Decoded) error {
+	meta := tx.Bucket(bucketMeta)
+	checkpoint, err := readPosition(meta.Get(keyCheckpoint))
+	if err != nil {
+		return err
+	}
+	last := events[len(events)-1]
+	if !checkpoint.Less(last.Position) {
+		return nil // all applied before
+	}
+	batches := tx.Bucket(bucketBatches)
+	changed := make(map[string]*touched)
+	var order []string
+	for _, d := range use {
+		if !checkpoint.Less(d.Event.Position) {
+			continue
+		}
+		b := changed[d.BatchID]
+		if b == nil {
+			if b, err = loadBatch(batches, d); err != nil {
+				return err
+			}
+			if b == nil {
+				continue // events of a batch whose creation was never applied
+			}
+			changed[d.BatchID] = b
+			order = append(order, d.BatchID)
+		}
+		b.state.Apply(d.Event, d.Payload)
+		if entry, ok := projections.ErrorEntryOf(d.Payload); ok {
+			if err := putError(b.bucket, entry); err != nil {
+				return fmt.Errorf("write error of %s: %w", d.BatchID, err)
+			}
+		}
+	}
+	for _, id := range order {
+		if err := changed[id].save(tx); err != nil {
+			return fmt.Errorf("write batch %s: %w", id, err)
+		}
+	}
+	if s.beforeCheckpoint != nil {
+		if err := s.beforeCheckpoint(); err != nil {
+			return err
+		}
+	}
+
+	// The event before the last is where a read of the event store finds the
+	// checkpoint's event again (see Follows).
+	prev := checkpoint
+	if len(events) > 1 {
+		prev = events[len(events)-2].Position
+	}
+	for _, kv := range [][2][]byte{
+		{keyCheckpoint, positionKey(last.Position)},
+		{keyCheckpointPrev, positionKey(prev)},
+		{keyCheckpointID, []byte(last.ID)},
+	} {
+		if err := meta.Put(kv[0], kv[1]); err != nil {
+			return fmt.Errorf("write checkpoint: %w", err)
+		}
+	}
+	return nil
+}
+
+// loadBatch returns the stored batch d belongs to, a new one when d creates it,
+// or nil when d belongs to a batch never created.
+func loadBatch(batches *bbolt.Bucket, d projections.Decoded) (*touched, error) {
+	if bucket := batches.Bucket([]byte(d.BatchID)); bucket != nil {
+		st := &projections.BatchState{}
+		if err := json.Unmarshal(bucket.Get(keyState), st); err != nil {
+			return nil, fmt.Errorf("decode state of %s: %w", d.BatchID, err)
+		}
+		return &touched{bucket: bucket, state: st}, nil
+	}
+	if _, created := d.Payload.(domain.BatchCreated); !created {
+		return nil, nil
+	}
+	bucket, err := batches.CreateBucket([]byte(d.BatchID))
+	if err != nil {
+		return nil, fmt.Errorf("create batch %s: %w", d.BatchID, err)
+	}
+	return &touched{bucket: bucket, state: &projections.BatchState{}, created: true}, nil
+}
+
+// save writes the batch's state and, for a new batch, its place in its
+// tenant's list.
+func (b *touched) save(tx *bbolt.Tx) error {
+	raw, err := json.Marshal(b.state)
+	if err != nil {
+		return err
+	}
+	if err := b.bucket.Put(keyState, raw); err != nil {
+		return err
+	}
+	if !b.created {
+		return nil
+	}
+	if err := b.bucket.Put(keyTenant, []byte(b.state.Tenant)); err != nil {
+		return err
+	}
+	if b.state.Tenant == "" {
+		// The domain refuses such a batch and no key belongs to no tenant; a
+		// bucket cannot be named "", and failing here would stop the runner.
+		return nil
+	}
+	list, err := tx.Bucket(bucketLists).CreateBucketIfNotExists([]byte(b.state.Tenant))
+	if err != nil {
+		return err
+	}
+	return list.Put(listKey(projections.ListKey{CreatedAt: b.state.CreatedAt, ID: b.state.ID}), nil)
+}
+
+// putError records a recipient's final failure. A second final failure of the
+// same recipient replaces the first, as in the other stores.
+func putError(batch *bbolt.Bucket, entry projections.ErrorEntry) error {
+	errs, err := batch.CreateBucketIfNotExists(bucketErrors)
+	if err != nil {
+		return err
+	}
+	cats, err := batch.CreateBucketIfNotExists(bucketCategories)
+	if err != nil {
+		return err
+	}
+	key := indexKey(entry.Index)
+	if old := errs.Get(key); old != nil {
+		var was projections.ErrorEntry
+		if err := json.Unmarshal(old, &was); err != nil {
+			return fmt.Errorf("decode error %d: %w", entry.Index, err)
+		}
+		if err := cats.Delete(categoryKey(was.Category, entry.Index)); err != nil {
+			return err
+		}
+	}
+	raw, err := json.Marshal(entry)
+	if err != nil {
+		return err
+	}
+	if err := errs.Put(key, raw); err != nil {
+		return err
+	}
+	return cats.Put(categoryKey(entry.Category, entry.Index), nil)
+}
+
+// Checkpoint implements projections.Store.
+func (s *Store) Checkpoint(ctx context.Context) (eventstore.Position, error) {
+	var pos eventstore.Position
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		var err error
+		pos, err = readPosition(tx.Bucket(bucketMeta).Get(keyCheckpoint))
+		return err
+	})
+	if err != nil {
+		return eventstore.Position{}, fmt.Errorf("bolt projections: checkpoint: %w", err)
+	}
+	return pos, nil
+}
+
+// Follows reports whether the read models were built from events: whether the
+// event store holds the event of the checkpoint, with its ID, right after the
+// event before it. Read models of another history (an event store replaced,
+// or restored from an older copy than the read models) do not, and would
+// otherwise skip every new event up to their checkpoint. Empty read models
+// follow any event store.
+func (s *Store) Follows(ctx context.Context, events eventstore.Store) (bool, error) {
+	var (
+		checkpoint, prev eventstore.Position
+		id               string
+	)
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		var err error
+		if checkpoint, err = readPosition(meta.Get(keyCheckpoint)); err != nil {
+			return err
+		}
+		if prev, err = readPosition(meta.Get(keyCheckpointPrev)); err != nil {
+			return err
+		}
+		id = string(meta.Get(keyCheckpointID))
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("bolt projections: follows: %w", err)
+	}
+	if checkpoint == eventstore.Start {
+		return true, nil
+	}
+	page, err := events.ReadAll(ctx, prev, 1)
+	if err != nil {
+		return false, fmt.Errorf("bolt projections: follows: read the checkpoint's event: %w", err)
+	}
+	return len(page) == 1 && page[0].Position == checkpoint && page[0].ID == id, nil
+}
+
+func notFound() error { return domain.Errorf(domain.ENOTFOUND, "batch not found") }
+
+// batchOf returns the bucket of a tenant's batch; ENOTFOUND when there is none
+// or it belongs to another tenant.
+func batchOf(tx *bbolt.Tx, tenant, id string) (*bbolt.Bucket, error) {
+	if id == "" {
+		return nil, notFound()
+	}
+	b := tx.Bucket(bucketBatches).Bucket([]byte(id))
+	if b == nil || string(b.Get(keyTenant)) != tenant {
+		return nil, notFound()
+	}
+	return b, nil
+}
+
+func stateOf(b *bbolt.Bucket) (*projections.BatchState, error) {
+	st := &projections.BatchState{}
+	if err := json.Unmarshal(b.Get(keyState), st); err != nil {
+		return nil, fmt.Errorf("decode state: %w", err)
+	}
+	return st, nil
+}
+
+// state loads a batch's state; ENOTFOUND as batchOf.
+func (s *Store) state(op, tenant, id string) (*projections.BatchState, error) {
+	var st *projections.BatchState
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		b, err := batchOf(tx, tenant, id)
+		if err != nil {
+			return err
+		}
+		st, err = stateOf(b)
+		return err
+	})
+	if err != nil {
+		if domain.ErrorCode(err) == domain.ENOTFOUND {
+			return nil, err
+		}
+		return nil, fmt.Errorf("bolt projections: %s %s: %w", op, id, err)
+	}
+	return st, nil
+}
+
+// Batch implements projections.Store.
+func (s *Store) Batch(ctx context.Context, tenant, id string) (projections.BatchStatus, error) {
+	st, err := s.state("batch", tenant, id)
+	if err != nil {
+		return projections.BatchStatus{}, err
+	}
+	return st.StatusView(), nil
+}
+
+// Analytics implements projections.Store.
+func (s *Store) Analytics(ctx context.Context, tenant, id string) (projections.Analytics, error) {
+	st, err := s.state("analytics", tenant, id)
+	if err != nil {
+		return projections.Analytics{}, err
+	}
+	return st.AnalyticsView(), nil
+}
+
+// Batches implements projections.Store. It walks the tenant's list backwards
+// from the cursor and reads one key more than the page holds to know whether
+// another page follows.
+func (s *Store) Batches(ctx context.Context, q projections.ListQuery) ([]projections.BatchStatus, string, error) {
+	page, err := q.Page()
+	if err != nil {
+		return nil, "", err
+	}
+	out := make([]projections.BatchStatus, 0, page.Limit)
+	more := false
+	err = s.db.View(func(tx *bbolt.Tx) error {
+		if q.Tenant == "" {
+			return nil
+		}
+		list := tx.Bucket(bucketLists).Bucket([]byte(q.Tenant))
+		if list == nil {
+			return nil
+		}
+		batches := tx.Bucket(bucketBatches)
+		c := list.Cursor()
+		var k []byte
+		if page.After == nil {
+			k, _ = c.Last()
+		} else if k, _ = c.Seek(listKey(*page.After)); k == nil {
+			k, _ = c.Last() // every batch is older than the cursor's
+		} else {
+			k, _ = c.Prev() // the key found is the cursor's or a newer one
+		}
+		for ; k != nil; k, _ = c.Prev() {
+			if len(out) == page.Limit {
+				more = true
+				return nil
+			}
+			id := k[8:]
+			b := batches.Bucket(id)
+			if b == nil {
+				return fmt.Errorf("batch %s is listed but not stored", id)
+			}
+			st, err := stateOf(b)
+			if err != nil {
+				return fmt.Errorf("batch %s: %w", id, err)
+			}
+			out = append(out, st.StatusView())
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, "", fmt.Errorf("bolt projections: list: %w", err)
+	}
+	next := ""
+	if more {
+		next = projections.KeyOf(out[len(out)-1]).Cursor()
+	}
+	return out, next, nil
+}
+
+// Errors implements projections.Store. A page of one category walks that
+// category's index; either way it reads one entry more than the page holds to
+// know whether another page follows.
+func (s *Store) Errors(ctx context.Context, q projections.ErrorQuery) ([]projections.ErrorEntry, string, error) {
+	page, err := q.Page()
+	if err != nil {
+		return nil, "", err
+	}
+	out := make([]projections.ErrorEntry, 0, min(page.Limit, 64))
+	more := false
+	err = s.db.View(func(tx *bbolt.Tx) error {
+		b, err := batchOf(tx, q.Tenant, q.BatchID)
+		if err != nil {
+			return err
+		}
+		errs := b.Bucket(bucketErrors)
+		if errs == nil {
+			return nil // no recipient has failed
+		}
+		for key := range errorKeys(b, page) {
+			if len(out) == page.Limit {
+				more = true
+				return nil
+			}
+			var e projections.ErrorEntry
+			if err := json.Unmarshal(errs.Get(key), &e); err != nil {
+				return fmt.Errorf("decode error of %s: %w", q.BatchID, err)
+			}
+			out = append(out, e)
+		}
+		return nil
+	})
+	if err != nil {
+		if domain.ErrorCode(err) == domain.ENOTFOUND {
+			return nil, "", err
+		}
+		return nil, "", fmt.Errorf("bolt projections: errors: %w", err)
+	}
+	next := ""
+	if more {
+		next = projections.ErrorCursor(out[len(out)-1])
+	}
+	return out, next, nil
+}
+
+// errorKeys yields the keys in a batch's "errors" bucket of the entries after
+// page.AfterIndex, in index order, of page.Category when it is set.
+func errorKeys(batch *bbolt.Bucket, page projections.ErrorPage) iter.Seq[[]byte] {
+	return func(yield func([]byte) bool) {
+		if page.Category == "" {
+			c := batch.Bucket(bucketErrors).Cursor()
+			for k, _ := seekAfter(c, nil, page.AfterIndex); k != nil; k, _ = c.Next() {
+				if !yield(k) {
+					return
+				}
+			}
+			return
+		}
+		prefix := append([]byte(page.Category), 0)
+		c := batch.Bucket(bucketCategories).Cursor()
+		for k, _ := seekAfter(c, prefix, page.AfterIndex); bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			if !yield(k[len(prefix):]) {
+				return
+			}
+		}
+	}
+}
+
+// seekAfter moves c to the first key of prefix followed by an index greater
+// than after (-1: the first of prefix).
+func seekAfter(c *bbolt.Cursor, prefix []byte, after int) ([]byte, []byte) {
+	if after < 0 {
+		return c.Seek(prefix)
+	}
+	key := append(bytes.Clone(prefix), indexKey(after)...)
+	k, v := c.Seek(key)
+	if bytes.Equal(k, key) {
+		return c.Next()
+	}
+	return k, v
+}
+
+// indexKey is a recipient index as a key that sorts in index order.
+func indexKey(i int) []byte { return binary.BigEndian.AppendUint64(nil, uint64(i)) }
+
+// categoryKey is a failed recipient's key in the categories index.
+func categoryKey(category string, i int) []byte {
+	return append(append([]byte(category), 0), indexKey(i)...)
+}
+
+// listKey is a batch's key in its tenant's list: the creation time with its
+// sign bit flipped, so that times before 1970 sort too, then the ID.
+func listKey(k projections.ListKey) []byte {
+	key := binary.BigEndian.AppendUint64(nil, uint64(k.CreatedAt.UnixNano())^(1<<63))
+	return append(key, k.ID...)
+}
+
+func positionKey(p eventstore.Position) []byte {
+	return binary.BigEndian.AppendUint64(binary.BigEndian.AppendUint64(nil, p.Commit), p.Prepare)
+}
+
+func readPosition(v []byte) (eventstore.Position, error) {
+	switch len(v) {
+	case 0:
+		return eventstore.Start, nil
+	case 16:
+		return eventstore.Position{Commit: binary.BigEndian.Uint64(v), Prepare: binary.BigEndian.Uint64(v[8:])}, nil
+	}
+	return eventstore.Position{}, fmt.Errorf("stored position has %d bytes, want 16", len(v))
+}

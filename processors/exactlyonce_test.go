@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -388,5 +389,54 @@ func TestProviderOutageHoldsTheBatchAndFailsNobody(t *testing.T) {
 	}
 	if !unheld {
 		t.Fatal("no BatchUnheld: the status would show the batch held")
+	}
+}
+
+// countingStore counts appends to batch streams.
+type countingStore struct {
+	eventstore.Store
+	appends atomic.Int64
+}
+
+func (c *countingStore) Append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events []eventstore.EventData) (eventstore.AppendResult, error) {
+	if strings.HasPrefix(stream, domain.BatchStreamPrefix) {
+		c.appends.Add(1)
+	}
+	return c.Store.Append(ctx, stream, expected, events)
+}
+
+// At a limited rate a message costs at most one append (its dispatch carries an
+// earlier message's answer); with the rate lifted, well under one.
+func TestAppendsPerMessage(t *testing.T) {
+	tests := []struct {
+		name    string
+		cfg     Config
+		latency time.Duration
+		max     float64
+	}{
+		// One per message, and one for the last answers, which no dispatch follows.
+		{"rate 20/s, 30 ms provider", Config{Rates: domain.Rates{High: 20, Normal: 20, Low: 20}}, 30 * time.Millisecond, 1 + 2.0/60},
+		{"rate 20/s, 300 ms provider", Config{Rates: domain.Rates{High: 20, Normal: 20, Low: 20}}, 300 * time.Millisecond, 1 + 2.0/60},
+		{"rate lifted, no latency", Config{Unlimited: true}, 0, 0.4},
+		{"rate lifted, 20 ms provider", Config{Unlimited: true}, 20 * time.Millisecond, 0.4},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			store := &countingStore{Store: memory.New()}
+			t.Cleanup(func() { store.Close() })
+			h := newHarnessOn(t, store, newFakeProvider(tt.latency))
+			const n = 60
+			w := h.create("b1", n, domain.PriorityNormal)
+			before := store.appends.Load()
+			p := h.processor(tt.cfg)
+			drive(t, p, w)
+			drained(t, p)
+			assertOneOutcomeEach(t, h.outcomes("b1"), n)
+			per := float64(store.appends.Load()-before) / n
+			t.Logf("%.2f appends per message", per)
+			if per > tt.max {
+				t.Fatalf("%.2f appends per message, want at most %.2f", per, tt.max)
+			}
+		})
 	}
 }

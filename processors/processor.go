@@ -78,6 +78,8 @@ type answer struct {
 	receipt  sms.Receipt
 	err      error
 	latency  time.Duration
+	// at is when the answer came.
+	at time.Time
 	// notSent: the send gave up before reaching the provider (its rate token
 	// would have come too late). Nothing is recorded; the message is dispatched
 	// again under a new attempt.
@@ -300,6 +302,13 @@ func (st *batchState) recorded(a []answer, now time.Time) {
 	}
 }
 
+// sendingCount is how many of its sends this instance has not recorded yet.
+func (st *batchState) sendingCount() int {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return len(st.inFlight)
+}
+
 // sending reports whether this instance still has index at attempt in flight.
 func (st *batchState) sending(index, attempt int) bool {
 	st.mu.Lock()
@@ -323,6 +332,7 @@ func (p *Processor) settled(st *batchState) domain.Settled {
 // answered takes a send's answer: the active slice records it, or a recorder
 // when no slice of the batch runs here.
 func (p *Processor) answered(st *batchState, a answer) {
+	a.at = p.cfg.Now()
 	st.mu.Lock()
 	st.answers = append(st.answers, a)
 	active := st.active

@@ -28,6 +28,16 @@ type slice struct {
 // are recorded later.
 const maxCommitFailures = 5
 
+// answerDelay is how long an answer may wait to ride along with the next
+// dispatch's append: at a limited rate every message then costs one append,
+// the dispatch of the next message carrying the answer of an earlier one.
+const answerDelay = 500 * time.Millisecond
+
+// gatherDelay is how long a batch whose rate is lifted waits for the answers of
+// its other sends before dispatching, so that one append records several
+// answers and dispatches as many messages: well under one append per message.
+const gatherDelay = 5 * time.Millisecond
+
 // maxStartDelay bounds how long after its dispatch a send may still go out. A
 // send whose rate token would come later gives up before reaching the provider,
 // so the dispatch's deadline can be known when it is appended.
@@ -44,13 +54,18 @@ func (s *slice) run(ctx context.Context) (*Work, error) {
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 
+	// held are answers taken from the batch's state and not recorded yet: they
+	// wait for the next dispatch to ride along with, up to answerDelay.
+	var held []answer
+	defer func() { st.putBack(held) }()
 	for {
 		now := p.cfg.Now()
 		if !now.Before(deadline) || ctx.Err() != nil {
 			break
 		}
-		answers := st.takeAnswers()
-		dispatch := s.canDispatch(now.Add(lookahead), settled)
+		held = append(held, st.takeAnswers()...)
+		view := s.withAnswers(held, now)
+		dispatch := s.canDispatch(view, now.Add(lookahead), settled) && !s.gathering(held, now)
 		if dispatch {
 			// Read ahead so the page is at hand once the dispatch is appended.
 			if _, err := p.recipients.get(ctx, s.batch.ID(), min(s.batch.Cursor(), s.batch.Total()-1)); err != nil {
@@ -61,14 +76,17 @@ func (s *slice) run(ctx context.Context) (*Work, error) {
 				}
 			}
 		}
-		if dispatch || len(answers) > 0 || p.outage.holdStale(s.batch) {
+		record := len(held) > 0 && (dispatch || s.recordNow(view, held, now, settled))
+		if dispatch || record || p.outage.holdStale(s.batch) {
 			var ask dispatchFunc
 			if dispatch {
 				ask = s.ask(settled)
 			}
+			answers := held
+			held = nil
 			c, err := p.commit(keep, st, answers, ask)
 			if err != nil {
-				st.putBack(answers)
+				held = answers
 				p.log.Error("recording batch progress failed", "batch", s.batch.ID(), "err", err)
 				s.checkOwnership(keep)
 				if failures++; failures >= maxCommitFailures {
@@ -91,11 +109,19 @@ func (s *slice) run(ctx context.Context) (*Work, error) {
 				handOn = false
 				break
 			}
+			continue // look again at once: the answers may have made room
 		}
 		if s.batch.Status() != domain.StatusProcessing {
 			break
 		}
-		timer.Reset(max(s.wakeAt(now, deadline, settled).Sub(p.cfg.Now()), 0))
+		wake := s.wakeAt(view, now, deadline, settled)
+		if len(held) > 0 {
+			wake = earliest(wake, held[0].at.Add(answerDelay))
+			if s.gathering(held, now) {
+				wake = earliest(wake, held[0].at.Add(gatherDelay))
+			}
+		}
+		timer.Reset(max(wake.Sub(p.cfg.Now()), 0))
 		select {
 		case <-st.signal:
 		case <-timer.C:
@@ -139,10 +165,59 @@ func (s *slice) fail(ctx context.Context, cause error) {
 	s.batch = b
 }
 
-// canDispatch reports whether, at time t, the rate allows a send and the batch as
-// last seen has something it may send.
-func (s *slice) canDispatch(t time.Time, settled domain.Settled) bool {
-	b := s.batch
+// withAnswers is the batch as it will be once the held answers are recorded, to
+// decide on: an answer frees the slot its message held.
+func (s *slice) withAnswers(held []answer, now time.Time) *domain.Batch {
+	if len(held) == 0 {
+		return s.batch
+	}
+	b := s.batch.Clone()
+	for _, a := range held {
+		if !a.notSent {
+			s.p.recordAnswer(b, now, a)
+		}
+	}
+	return b
+}
+
+// gathering reports whether a batch whose rate is lifted should wait a little
+// for more answers before it dispatches: some of its sends here are still out
+// and the oldest answer held is recent.
+func (s *slice) gathering(held []answer, now time.Time) bool {
+	if !s.st.pace.unlimited() || len(held) == 0 || now.Sub(held[0].at) >= gatherDelay {
+		return false
+	}
+	return s.st.sendingCount() > len(held)
+}
+
+// recordNow reports whether held answers must be recorded without waiting for a
+// dispatch to carry them. They wait, up to answerDelay from the oldest, while a
+// dispatch is coming within that time or while this instance's other sends of
+// the batch may still answer (so the last answers of a batch share an append).
+// A failure is recorded at once: it must show, and a 429 must hold every
+// instance.
+func (s *slice) recordNow(view *domain.Batch, held []answer, now time.Time, settled domain.Settled) bool {
+	for _, a := range held {
+		if a.err != nil {
+			return true
+		}
+	}
+	if view.Status() != domain.StatusProcessing || !s.p.outage.admits() {
+		return true
+	}
+	until := held[0].at.Add(answerDelay)
+	if !now.Before(until) {
+		return true
+	}
+	if next := view.NextDispatchAt(now, s.p.cfg.MaxInFlight, settled); !next.IsZero() && !latest(next, s.st.pace.tokenAt(now)).After(until) {
+		return false
+	}
+	return s.st.sendingCount() == len(held)
+}
+
+// canDispatch reports whether, at time t, the rate allows a send and the batch b
+// has something it may send.
+func (s *slice) canDispatch(b *domain.Batch, t time.Time, settled domain.Settled) bool {
 	if b.Status() != domain.StatusProcessing {
 		return false
 	}
@@ -153,9 +228,9 @@ func (s *slice) canDispatch(t time.Time, settled domain.Settled) bool {
 	return s.st.pace.ready(t) && s.p.outage.admits()
 }
 
-// wakeAt is when the loop should look again if no answer arrives first.
-func (s *slice) wakeAt(now, deadline time.Time, settled domain.Settled) time.Time {
-	next := s.batch.NextDispatchAt(now, s.p.cfg.MaxInFlight, settled)
+// wakeAt is when the loop should look again at b if no answer arrives first.
+func (s *slice) wakeAt(b *domain.Batch, now, deadline time.Time, settled domain.Settled) time.Time {
+	next := b.NextDispatchAt(now, s.p.cfg.MaxInFlight, settled)
 	if next.IsZero() {
 		return deadline // nothing to send until an answer comes
 	}
@@ -380,6 +455,13 @@ func slowedRate(target rate.Limit, now time.Time, th domain.Throttle) float64 {
 	}
 	p := pace{target: target}
 	return float64(max(p.rateAt(now, th)/2, target/16))
+}
+
+func earliest(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
 }
 
 // sleep waits d or until ctx is done.

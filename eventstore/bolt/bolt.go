@@ -485,6 +485,56 @@ func (s *Store) readStream(ctx context.Context, stream string, from uint64, max 
 	return events, storeErr(err)
 }
 
+// ReadStreamBackward implements eventstore.Store.
+func (s *Store) ReadStreamBackward(ctx context.Context, stream string, from uint64, max int) ([]eventstore.Event, error) {
+	events, err := s.readStreamBackward(ctx, stream, from, max)
+	if err != nil {
+		return nil, fmt.Errorf("bolt: read stream %s backward from %d: %w", stream, from, err)
+	}
+	return events, nil
+}
+
+func (s *Store) readStreamBackward(ctx context.Context, stream string, from uint64, max int) ([]eventstore.Event, error) {
+	if max <= 0 {
+		return nil, fmt.Errorf("max must be positive, got %d", max)
+	}
+	if err := s.usable(ctx); err != nil {
+		return nil, err
+	}
+	var events []eventstore.Event
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		sb := tx.Bucket(bucketStreams).Bucket([]byte(stream))
+		if sb == nil || sb.Sequence() == 0 {
+			return nil
+		}
+		from = min(from, sb.Sequence()-1)
+		all := tx.Bucket(bucketAll)
+		events = make([]eventstore.Event, 0, min(uint64(max), from+1, 1024))
+		c := sb.Cursor()
+		// Revisions are contiguous, so Seek lands on from itself; the other cases
+		// only guard against an index with holes.
+		k, v := c.Seek(u64(from))
+		switch {
+		case k == nil:
+			k, v = c.Last()
+		case binary.BigEndian.Uint64(k) > from:
+			k, v = c.Prev()
+		}
+		for ; k != nil && len(events) < max; k, v = c.Prev() {
+			if len(v) != 8 {
+				return fmt.Errorf("revision %d: corrupt index entry", binary.BigEndian.Uint64(k))
+			}
+			e, err := readEvent(all, binary.BigEndian.Uint64(v))
+			if err != nil {
+				return err
+			}
+			events = append(events, e)
+		}
+		return nil
+	})
+	return events, storeErr(err)
+}
+
 // ReadAll implements eventstore.Store.
 func (s *Store) ReadAll(ctx context.Context, after eventstore.Position, max int) ([]eventstore.Event, error) {
 	events, err := s.readAll(ctx, after, max)

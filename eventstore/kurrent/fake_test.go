@@ -35,9 +35,11 @@ type fakeClient struct {
 	closed  bool
 
 	// recorded calls
-	appends      []fakeAppend
-	readAllFrom  []esdb.AllPosition
-	subscribedAt []esdb.AllPosition
+	appends     []fakeAppend
+	readAllFrom []esdb.AllPosition
+	// readBackwardFrom records where each backward stream read started.
+	readBackwardFrom []esdb.StreamPosition
+	subscribedAt     []esdb.AllPosition
 
 	// failAppend, if set, decides the error of the n-th append call (from 0).
 	failAppend func(n int) error
@@ -144,6 +146,40 @@ func (f *fakeClient) readStream(ctx context.Context, stream string, from uint64,
 	var out []*esdb.RecordedEvent
 	for i := from; i < uint64(len(have)) && uint64(len(out)) < count; i++ {
 		out = append(out, copyRec(have[i]))
+	}
+	return out, nil
+}
+
+// readStreamBackward reads as the server does: from a revision it covers only
+// revisions from-count+1 to from, even past the stream's end.
+func (f *fakeClient) readStreamBackward(ctx context.Context, stream string, from esdb.StreamPosition, count uint64) ([]*esdb.RecordedEvent, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.readBackwardFrom = append(f.readBackwardFrom, from)
+	if f.closed {
+		return nil, codedErr{esdb.ErrorCodeConnectionClosed, "closed"}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	have, ok := f.streams[stream]
+	if !ok {
+		return nil, codedErr{esdb.ErrorCodeResourceNotFound, "stream '" + stream + "' is not found"}
+	}
+	var end uint64
+	switch p := from.(type) {
+	case esdb.End:
+		end = uint64(len(have)) - 1
+	case esdb.StreamRevision:
+		end = p.Value
+	default:
+		return nil, fmt.Errorf("fake: unexpected stream position %T", from)
+	}
+	var out []*esdb.RecordedEvent
+	for i := int64(end); i >= 0 && end-uint64(i) < count; i-- {
+		if uint64(i) < uint64(len(have)) {
+			out = append(out, copyRec(have[i]))
+		}
 	}
 	return out, nil
 }

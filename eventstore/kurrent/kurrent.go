@@ -350,6 +350,38 @@ func (s *Store) ReadStream(ctx context.Context, stream string, from uint64, max 
 	return out, nil
 }
 
+// ReadStreamBackward implements eventstore.Store.
+func (s *Store) ReadStreamBackward(ctx context.Context, stream string, from uint64, max int) ([]eventstore.Event, error) {
+	if max <= 0 {
+		return nil, fmt.Errorf("kurrent: read stream %s backward: max must be positive, got %d", stream, max)
+	}
+	if err := s.usable(); err != nil {
+		return nil, fmt.Errorf("kurrent: read stream %s backward: %w", stream, err)
+	}
+	var start esdb.StreamPosition = esdb.End{}
+	if from != eventstore.StreamEnd {
+		start = esdb.Revision(from)
+	}
+	recs, err := s.client.readStreamBackward(ctx, stream, start, uint64(max))
+	if err == nil && from != eventstore.StreamEnd && (len(recs) == 0 || recs[0].EventNumber != from) {
+		// The server reads only revisions up to max below from, so a from past
+		// the stream's end misses events the port promises; everything in the
+		// stream is at or before from then, so reading from its end is the same.
+		recs, err = s.client.readStreamBackward(ctx, stream, esdb.End{}, uint64(max))
+	}
+	if isCode(err, esdb.ErrorCodeResourceNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kurrent: read stream %s backward from %d: %w", stream, from, s.mapError(ctx, err))
+	}
+	out := make([]eventstore.Event, 0, len(recs))
+	for _, r := range recs {
+		out = append(out, toEvent(r))
+	}
+	return out, nil
+}
+
 // ReadAll implements eventstore.Store, keeping the streams named by
 // Options.StreamPrefixes (see the package doc).
 func (s *Store) ReadAll(ctx context.Context, after eventstore.Position, max int) ([]eventstore.Event, error) {

@@ -29,8 +29,9 @@
 // subscription to $all per store, which wakes waiters when an event of our streams
 // appears and resubscribes from where it stopped after a drop.
 //
-// Stream metadata (max age, truncation, ACLs) is not used: smsbatch keeps no
-// snapshot or scratch streams that would need it.
+// Stream metadata (max age, truncation, ACLs) is not used. The one kind of stream
+// that only its end matters of, snapshots, grows by a thousandth of its batch's
+// stream, too little to truncate, and is read from its end with a backward read.
 package kurrent
 
 import (

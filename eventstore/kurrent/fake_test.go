@@ -133,15 +133,9 @@ func copyRec(r *esdb.RecordedEvent) *esdb.RecordedEvent {
 func (f *fakeClient) readStream(ctx context.Context, stream string, from uint64, count uint64) ([]*esdb.RecordedEvent, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.closed {
-		return nil, codedErr{esdb.ErrorCodeConnectionClosed, "closed"}
-	}
-	if err := ctx.Err(); err != nil {
+	have, err := f.stream(ctx, stream)
+	if err != nil {
 		return nil, err
-	}
-	have, ok := f.streams[stream]
-	if !ok {
-		return nil, codedErr{esdb.ErrorCodeResourceNotFound, "stream '" + stream + "' is not found"}
 	}
 	var out []*esdb.RecordedEvent
 	for i := from; i < uint64(len(have)) && uint64(len(out)) < count; i++ {
@@ -150,12 +144,9 @@ func (f *fakeClient) readStream(ctx context.Context, stream string, from uint64,
 	return out, nil
 }
 
-// readStreamBackward reads as the server does: from a revision it covers only
-// revisions from-count+1 to from, even past the stream's end.
-func (f *fakeClient) readStreamBackward(ctx context.Context, stream string, from esdb.StreamPosition, count uint64) ([]*esdb.RecordedEvent, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.readBackwardFrom = append(f.readBackwardFrom, from)
+// stream returns the events of a stream as the server would find them, or the
+// server's error; callers hold f.mu.
+func (f *fakeClient) stream(ctx context.Context, stream string) ([]*esdb.RecordedEvent, error) {
 	if f.closed {
 		return nil, codedErr{esdb.ErrorCodeConnectionClosed, "closed"}
 	}
@@ -165,6 +156,19 @@ func (f *fakeClient) readStreamBackward(ctx context.Context, stream string, from
 	have, ok := f.streams[stream]
 	if !ok {
 		return nil, codedErr{esdb.ErrorCodeResourceNotFound, "stream '" + stream + "' is not found"}
+	}
+	return have, nil
+}
+
+// readStreamBackward reads as the server does: from a revision it covers only
+// revisions from-count+1 to from, even past the stream's end.
+func (f *fakeClient) readStreamBackward(ctx context.Context, stream string, from esdb.StreamPosition, count uint64) ([]*esdb.RecordedEvent, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.readBackwardFrom = append(f.readBackwardFrom, from)
+	have, err := f.stream(ctx, stream)
+	if err != nil {
+		return nil, err
 	}
 	var end uint64
 	switch p := from.(type) {

@@ -70,7 +70,9 @@ type BatchSnapshot struct {
 	ResumedAt      time.Time `json:"resumedAt,omitzero"`
 }
 
-// OutstandingSnapshot is an Outstanding message in a snapshot, field for field.
+// OutstandingSnapshot is an Outstanding message in a snapshot, field for field:
+// Snapshot and RestoreBatch convert one into the other, so a field added to
+// Outstanding alone does not compile.
 type OutstandingSnapshot struct {
 	Index   int       `json:"index"`
 	Attempt int       `json:"attempt"`
@@ -116,10 +118,7 @@ func (b *Batch) Snapshot() (BatchSnapshot, error) {
 	}
 	// Sorted, so that one state always gives the same snapshot.
 	for _, i := range slices.Sorted(maps.Keys(b.outstanding)) {
-		o := b.outstanding[i]
-		s.Outstanding = append(s.Outstanding, OutstandingSnapshot{
-			Index: o.Index, Attempt: o.Attempt, Slice: o.Slice, RetryAt: o.RetryAt,
-		})
+		s.Outstanding = append(s.Outstanding, OutstandingSnapshot(b.outstanding[i]))
 	}
 	return s, nil
 }
@@ -161,7 +160,7 @@ func RestoreBatch(s BatchSnapshot) (*Batch, error) {
 		resumedAt:      s.ResumedAt,
 	}
 	for _, o := range s.Outstanding {
-		b.outstanding[o.Index] = Outstanding{Index: o.Index, Attempt: o.Attempt, Slice: o.Slice, RetryAt: o.RetryAt}
+		b.outstanding[o.Index] = Outstanding(o)
 	}
 	return b, nil
 }

@@ -29,9 +29,9 @@
 // subscription to $all per store, which wakes waiters when an event of our streams
 // appears and resubscribes from where it stopped after a drop.
 //
-// Stream metadata (max age, truncation, ACLs) is not used. The one kind of stream
-// that only its end matters of, snapshots, grows by a thousandth of its batch's
-// stream, too little to truncate, and is read from its end with a backward read.
+// Stream metadata (max age, truncation, ACLs) is not used. Snapshot streams, of
+// which only the last event is ever read (backward), grow by about a thousandth
+// of their batch's stream: too little to be worth truncating.
 package kurrent
 
 import (
@@ -368,7 +368,11 @@ func (s *Store) ReadStreamBackward(ctx context.Context, stream string, from uint
 		// The server reads only revisions up to max below from, so a from past
 		// the stream's end misses events the port promises; everything in the
 		// stream is at or before from then, so reading from its end is the same.
+		// (In a stream truncated after from, nothing is at or before from.)
 		recs, err = s.client.readStreamBackward(ctx, stream, esdb.End{}, uint64(max))
+		for len(recs) > 0 && recs[0].EventNumber > from {
+			recs = recs[1:]
+		}
 	}
 	if isCode(err, esdb.ErrorCodeResourceNotFound) {
 		return nil, nil

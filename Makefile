@@ -26,8 +26,9 @@ test-short:
 	$(GO) test -race -count=1 -short $(PKGS)
 
 ## bench: the benchmarks (PostgreSQL ones on TEST_DATABASE_URL or a throwaway cluster;
-## the NATS ones on TEST_NATS_URL or 127.0.0.1:4222). The catch-up read covers
-## 1,000,000 events.
+## the NATS ones on TEST_NATS_URL or 127.0.0.1:4222). SMSBATCH_BENCH_BIG=1 makes the
+## catch-up read cover 1,000,000 events, the cold loads a batch of 1,000,000 outcomes
+## on memory, bolt and PostgreSQL, and adds loads across 5,000 batches.
 bench:
 	SMSBATCH_BENCH_BIG=1 $(GO) test -run '^$$' -bench . -benchmem -benchtime 2s -timeout 60m -p 1 $(PKGS)
 

@@ -1,13 +1,13 @@
 package commands
 
 import (
+	"container/list"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"maps"
-	"slices"
+	"log/slog"
 	"sync"
-	"time"
 
 	"github.com/google/uuid"
 
@@ -23,45 +23,126 @@ const readPage = 1000
 // same moment, so a handful of retries is plenty.
 const maxConflictRetries = 32
 
+// DefaultMaxCached is how many batches a repository keeps in memory unless told
+// otherwise. A cached batch is small (status, counts, cursor, a handful of
+// outstanding messages, the template text), a few KiB at most, and a miss costs
+// a snapshot read and at most SnapshotEvery events; so the cache is sized for
+// many more batches than one instance sends at once.
+const DefaultMaxCached = 10_000
+
+// DefaultSnapshotEvery is how many events of a batch lie between two snapshots
+// unless told otherwise: a cold load replays at most that many.
+const DefaultSnapshotEvery = 1000
+
+// RepositoryConfig configures NewRepositoryFromConfig.
+type RepositoryConfig struct {
+	// Store holds the batches' streams and their snapshot streams. Required.
+	Store eventstore.Store
+	// MaxCached bounds the batches kept in memory; the least recently used goes
+	// first. Optional; DefaultMaxCached when <= 0.
+	MaxCached int
+	// SnapshotEvery is how many events of a batch's stream lie between two
+	// snapshots. Optional; DefaultSnapshotEvery when 0. Negative writes none
+	// (snapshots already stored are still read).
+	SnapshotEvery int
+	// Logger receives snapshots that could not be written or read. Optional;
+	// slog.Default() when nil.
+	Logger *slog.Logger
+}
+
+func (c *RepositoryConfig) setDefaults() {
+	if c.MaxCached <= 0 {
+		c.MaxCached = DefaultMaxCached
+	}
+	if c.SnapshotEvery == 0 {
+		c.SnapshotEvery = DefaultSnapshotEvery
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Validate reports what is wrong with the configuration.
+func (c RepositoryConfig) Validate() error {
+	if c.Store == nil {
+		return errors.New("commands: repository: nil event store")
+	}
+	return nil
+}
+
 // Repository loads and stores Batch aggregates. It keeps loaded batches in memory
-// and catches a cached batch up from its last revision, so that loading a batch
-// with a million outcomes replays them once, not on every load.
+// and catches a cached batch up from its last revision. A batch it does not hold
+// is restored from its newest snapshot, and only the events after it are read;
+// it writes a snapshot every SnapshotEvery events. So loading a batch with a
+// million outcomes costs about the same as loading one with a thousand, cached
+// or not.
 type Repository struct {
-	store     eventstore.Store
-	maxCached int
+	store         eventstore.Store
+	maxCached     int
+	snapshotEvery int
+	log           *slog.Logger
 
 	mu    sync.Mutex
-	cache map[string]*cachedBatch
+	cache map[string]*list.Element // of *cachedBatch
+	lru   *list.List               // of *cachedBatch, the most recently used first
 }
 
 type cachedBatch struct {
-	mu       sync.Mutex
-	batch    *domain.Batch
-	lastUsed time.Time
+	id    string
+	mu    sync.Mutex
+	batch *domain.Batch
 }
 
 // NewRepository returns a repository over store keeping up to maxCached batches in
-// memory (1000 when maxCached <= 0).
+// memory (DefaultMaxCached when maxCached <= 0), with the other settings at their
+// defaults.
 func NewRepository(store eventstore.Store, maxCached int) (*Repository, error) {
-	if store == nil {
-		return nil, errors.New("commands: nil event store")
+	return NewRepositoryFromConfig(RepositoryConfig{Store: store, MaxCached: maxCached})
+}
+
+// NewRepositoryFromConfig returns a repository configured by cfg.
+func NewRepositoryFromConfig(cfg RepositoryConfig) (*Repository, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
-	if maxCached <= 0 {
-		maxCached = 1000
-	}
-	return &Repository{store: store, maxCached: maxCached, cache: make(map[string]*cachedBatch)}, nil
+	return &Repository{
+		store:         cfg.Store,
+		maxCached:     cfg.MaxCached,
+		snapshotEvery: cfg.SnapshotEvery,
+		log:           cfg.Logger,
+		cache:         make(map[string]*list.Element),
+		lru:           list.New(),
+	}, nil
 }
 
 // Load returns a copy of the batch, caught up with its stream. A batch that does
 // not exist is an ENOTFOUND error.
 func (r *Repository) Load(ctx context.Context, id string) (*domain.Batch, error) {
+	b, replayed, err := r.load(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if r.snapshotEvery > 0 && replayed >= uint64(r.snapshotEvery) {
+		// The batch had no snapshot within SnapshotEvery events of its end (it
+		// predates snapshots, or its newest one was unreadable or never written):
+		// spare the next cold load the same replay.
+		r.writeSnapshot(ctx, b)
+	}
+	return b, nil
+}
+
+// load returns a copy of the cached batch caught up with its stream, and how many
+// events that took replaying.
+func (r *Repository) load(ctx context.Context, id string) (*domain.Batch, uint64, error) {
 	entry := r.entry(id)
 	entry.mu.Lock()
 	defer entry.mu.Unlock()
-	if err := r.catchUp(ctx, id, entry); err != nil {
-		return nil, err
+	replayed, err := r.catchUp(ctx, id, entry)
+	if err != nil {
+		return nil, 0, err
 	}
-	return entry.batch.Clone(), nil
+	return entry.batch.Clone(), replayed, nil
 }
 
 // Update loads the batch, lets decide record changes on it, and appends them at the
@@ -86,7 +167,8 @@ func (r *Repository) update(ctx context.Context, id string, decide func(b *domai
 		if err != nil {
 			return Result{}, err
 		}
-		expected := eventstore.After(b.Version())
+		loaded := b.Version()
+		expected := eventstore.After(loaded)
 		if err := decide(b); err != nil {
 			return Result{}, err
 		}
@@ -102,6 +184,7 @@ func (r *Repository) update(ctx context.Context, id string, decide func(b *domai
 		}
 		b.ClearChanges()
 		r.remember(id, b)
+		r.snapshotIfDue(ctx, loaded, b)
 		return Result{Batch: b.Clone(), Position: pos}, nil
 	}
 }
@@ -114,6 +197,7 @@ func (r *Repository) Add(ctx context.Context, b *domain.Batch) (eventstore.Posit
 	}
 	b.ClearChanges()
 	r.remember(b.ID(), b)
+	r.snapshotIfDue(ctx, 0, b)
 	return pos, nil
 }
 
@@ -164,8 +248,19 @@ func encodeEvents(events []domain.Event) ([]eventstore.EventData, error) {
 	return out, nil
 }
 
-func (r *Repository) catchUp(ctx context.Context, id string, entry *cachedBatch) error {
+// catchUp brings entry's batch up to the end of its stream, restoring a batch
+// that is not cached from its newest snapshot first, and reports how many events
+// it replayed.
+func (r *Repository) catchUp(ctx context.Context, id string, entry *cachedBatch) (uint64, error) {
+	if entry.batch == nil {
+		b, err := r.restore(ctx, id)
+		if err != nil {
+			return 0, err
+		}
+		entry.batch = b
+	}
 	stream := domain.BatchStream(id)
+	var replayed uint64
 	for {
 		var from uint64
 		if entry.batch != nil {
@@ -173,22 +268,23 @@ func (r *Repository) catchUp(ctx context.Context, id string, entry *cachedBatch)
 		}
 		events, err := r.store.ReadStream(ctx, stream, from, readPage)
 		if err != nil {
-			return fmt.Errorf("load batch %s: %w", id, err)
+			return replayed, fmt.Errorf("load batch %s: %w", id, err)
 		}
 		for _, se := range events {
 			e, err := domain.DecodeEvent(se.Type, se.Data)
 			if err != nil {
-				return fmt.Errorf("load batch %s at revision %d: %w", id, se.Revision, err)
+				return replayed, fmt.Errorf("load batch %s at revision %d: %w", id, se.Revision, err)
 			}
 			if entry.batch == nil {
 				entry.batch, err = domain.LoadBatch(nil)
 				if err != nil {
-					return err
+					return replayed, err
 				}
 			}
 			if err := entry.batch.Replay(e); err != nil {
-				return fmt.Errorf("load batch %s: %w", id, err)
+				return replayed, fmt.Errorf("load batch %s: %w", id, err)
 			}
+			replayed++
 		}
 		if len(events) < readPage {
 			break
@@ -196,23 +292,104 @@ func (r *Repository) catchUp(ctx context.Context, id string, entry *cachedBatch)
 	}
 	if entry.batch == nil {
 		r.forget(id, entry)
-		return domain.Errorf(domain.ENOTFOUND, "batch not found")
+		return replayed, domain.Errorf(domain.ENOTFOUND, "batch not found")
 	}
-	return nil
+	return replayed, nil
 }
 
+// restore returns the batch as of its newest snapshot, or nil when it has none
+// that this build can restore: a snapshot only spares reading events, so one
+// that cannot be used means replaying from the start, never a failed load.
+func (r *Repository) restore(ctx context.Context, id string) (*domain.Batch, error) {
+	events, err := r.store.ReadStreamBackward(ctx, domain.SnapshotStream(id), eventstore.StreamEnd, 1)
+	if err != nil {
+		return nil, fmt.Errorf("load batch %s: read its newest snapshot: %w", id, err)
+	}
+	if len(events) == 0 {
+		return nil, nil
+	}
+	e := events[0]
+	var s domain.BatchSnapshot
+	err = json.Unmarshal(e.Data, &s)
+	var b *domain.Batch
+	switch {
+	case e.Type != domain.TypeBatchSnapshot:
+		err = fmt.Errorf("event of type %q", e.Type)
+	case err == nil && s.ID != id:
+		err = fmt.Errorf("snapshot of batch %q", s.ID)
+	case err == nil:
+		b, err = domain.RestoreBatch(s)
+	}
+	if err != nil {
+		r.log.Info("batch snapshot ignored; replaying the batch from its start",
+			"batch", id, "snapshot_revision", e.Revision, "error", err)
+		return nil, nil
+	}
+	return b, nil
+}
+
+// snapshotIfDue writes a snapshot of b, just stored, when appending took its
+// stream from before events across a multiple of SnapshotEvery.
+func (r *Repository) snapshotIfDue(ctx context.Context, before uint64, b *domain.Batch) {
+	if every := uint64(r.snapshotEvery); r.snapshotEvery > 0 && before/every != b.Version()/every {
+		r.writeSnapshot(ctx, b)
+	}
+}
+
+// writeSnapshot appends a snapshot of b to its snapshot stream. A snapshot only
+// spares later loads some reading, so failing to write one is logged, not
+// returned. Snapshots are appended at any revision: two instances writing one
+// each is harmless, loads take whichever came last.
+func (r *Repository) writeSnapshot(ctx context.Context, b *domain.Batch) {
+	err := r.appendSnapshot(ctx, b)
+	if err == nil {
+		return
+	}
+	level := slog.LevelWarn
+	if ctx.Err() != nil {
+		level = slog.LevelDebug // shutting down or the slice ended: nothing is wrong
+	}
+	r.log.Log(ctx, level, "batch snapshot not written; cold loads replay more events until the next one",
+		"batch", b.ID(), "version", b.Version(), "error", err)
+}
+
+func (r *Repository) appendSnapshot(ctx context.Context, b *domain.Batch) error {
+	s, err := b.Snapshot()
+	if err != nil {
+		return err
+	}
+	data, err := json.Marshal(s)
+	if err != nil {
+		return fmt.Errorf("encode snapshot: %w", err)
+	}
+	id, err := uuid.NewV7()
+	if err != nil {
+		return fmt.Errorf("event id: %w", err)
+	}
+	_, err = r.store.Append(ctx, domain.SnapshotStream(b.ID()), eventstore.Any(),
+		[]eventstore.EventData{{ID: id.String(), Type: domain.TypeBatchSnapshot, Data: data}})
+	return err
+}
+
+// entry returns id's cache entry, making it the most recently used, or a new,
+// empty one; a new entry beyond MaxCached pushes out the least recently used.
+// Both are O(1), so a cache full of batches costs nothing more per load.
 func (r *Repository) entry(id string) *cachedBatch {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	e, ok := r.cache[id]
-	if !ok {
-		if len(r.cache) >= r.maxCached {
-			r.evictLocked()
-		}
-		e = &cachedBatch{}
-		r.cache[id] = e
+	if el, ok := r.cache[id]; ok {
+		r.lru.MoveToFront(el)
+		return el.Value.(*cachedBatch)
 	}
-	e.lastUsed = time.Now()
+	e := &cachedBatch{id: id}
+	r.cache[id] = r.lru.PushFront(e)
+	if r.lru.Len() > r.maxCached {
+		// A caller still holding the evicted entry finishes with it; the next
+		// load of that batch makes a new one.
+		oldest := r.lru.Back()
+		r.lru.Remove(oldest)
+		delete(r.cache, oldest.Value.(*cachedBatch).id)
+	}
 	return e
 }
 
@@ -229,17 +406,8 @@ func (r *Repository) remember(id string, b *domain.Batch) {
 func (r *Repository) forget(id string, entry *cachedBatch) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.cache[id] == entry {
-		delete(r.cache, id)
-	}
-}
-
-// evictLocked drops the least recently used quarter of the cache, so that the
-// cost of sorting is paid rarely.
-func (r *Repository) evictLocked() {
-	ids := slices.Collect(maps.Keys(r.cache))
-	slices.SortFunc(ids, func(a, b string) int { return r.cache[a].lastUsed.Compare(r.cache[b].lastUsed) })
-	for _, id := range ids[:max(1, len(ids)/4)] {
+	if el, ok := r.cache[id]; ok && el.Value == entry {
+		r.lru.Remove(el)
 		delete(r.cache, id)
 	}
 }

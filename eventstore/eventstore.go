@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 )
 
@@ -94,6 +95,10 @@ func (e ExpectedRevision) String() string {
 	}
 }
 
+// StreamEnd is past every revision a stream can hold: ReadStreamBackward from
+// StreamEnd starts at the stream's last event.
+const StreamEnd uint64 = math.MaxUint64
+
 // Position is a place in the global order of all events. Commit orders first,
 // Prepare breaks ties; adapters with a single counter leave Prepare at 0. The zero
 // Position is before the first event. Positions are exclusive when reading: ReadAll
@@ -160,6 +165,12 @@ type Store interface {
 	// ReadStream returns up to max events of stream with revision >= from, in
 	// revision order. A stream that does not exist reads as empty.
 	ReadStream(ctx context.Context, stream string, from uint64, max int) ([]Event, error)
+
+	// ReadStreamBackward returns up to max events of stream with revision <= from,
+	// newest first; from StreamEnd (or any revision past the last) it starts at the
+	// stream's last event. A stream that does not exist reads as empty. It finds
+	// the latest events of a stream, a snapshot, without reading from the start.
+	ReadStreamBackward(ctx context.Context, stream string, from uint64, max int) ([]Event, error)
 
 	// ReadAll returns up to max events of all streams strictly after the position,
 	// in global order. It never returns an event and later return one that sorts

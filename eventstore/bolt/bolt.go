@@ -447,14 +447,25 @@ func duplicateID(all *bbolt.Bucket, id string, seq uint64) error {
 
 // ReadStream implements eventstore.Store.
 func (s *Store) ReadStream(ctx context.Context, stream string, from uint64, max int) ([]eventstore.Event, error) {
-	events, err := s.readStream(ctx, stream, from, max)
+	events, err := s.readStream(ctx, stream, from, max, false)
 	if err != nil {
 		return nil, fmt.Errorf("bolt: read stream %s from %d: %w", stream, from, err)
 	}
 	return events, nil
 }
 
-func (s *Store) readStream(ctx context.Context, stream string, from uint64, max int) ([]eventstore.Event, error) {
+// ReadStreamBackward implements eventstore.Store.
+func (s *Store) ReadStreamBackward(ctx context.Context, stream string, from uint64, max int) ([]eventstore.Event, error) {
+	events, err := s.readStream(ctx, stream, from, max, true)
+	if err != nil {
+		return nil, fmt.Errorf("bolt: read stream %s backward from %d: %w", stream, from, err)
+	}
+	return events, nil
+}
+
+// readStream reads up to max events of stream from revision from on, towards
+// its end or, backward, towards its start.
+func (s *Store) readStream(ctx context.Context, stream string, from uint64, max int, backward bool) ([]eventstore.Event, error) {
 	if max <= 0 {
 		return nil, fmt.Errorf("max must be positive, got %d", max)
 	}
@@ -464,13 +475,31 @@ func (s *Store) readStream(ctx context.Context, stream string, from uint64, max 
 	var events []eventstore.Event
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		sb := tx.Bucket(bucketStreams).Bucket([]byte(stream))
-		if sb == nil || from >= sb.Sequence() {
+		if sb == nil || sb.Sequence() == 0 || !backward && from >= sb.Sequence() {
 			return nil
 		}
+		left := sb.Sequence() - from // events from `from` to the end
+		if backward {
+			from = min(from, sb.Sequence()-1)
+			left = from + 1
+		}
 		all := tx.Bucket(bucketAll)
-		events = make([]eventstore.Event, 0, min(uint64(max), sb.Sequence()-from, 1024))
+		events = make([]eventstore.Event, 0, min(uint64(max), left, 1024))
 		c := sb.Cursor()
-		for k, v := c.Seek(u64(from)); k != nil && len(events) < max; k, v = c.Next() {
+		k, v := c.Seek(u64(from))
+		next := c.Next
+		if backward {
+			next = c.Prev
+			// Revisions are contiguous, so Seek lands on from itself; the other
+			// cases only guard against an index with holes.
+			switch {
+			case k == nil:
+				k, v = c.Last()
+			case binary.BigEndian.Uint64(k) > from:
+				k, v = c.Prev()
+			}
+		}
+		for ; k != nil && len(events) < max; k, v = next() {
 			if len(v) != 8 {
 				return fmt.Errorf("revision %d: corrupt index entry", binary.BigEndian.Uint64(k))
 			}

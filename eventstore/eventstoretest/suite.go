@@ -39,6 +39,8 @@ func Run(t *testing.T, newStore func(t *testing.T) eventstore.Store) {
 		{"EmptyAppendIsAnError", testEmptyAppend},
 		{"CancelledContextWritesNothing", testCancelledContext},
 		{"ReadStreamFromRevisionWithMax", testReadStreamRange},
+		{"ReadStreamBackwardNewestFirst", testReadStreamBackward},
+		{"ReadStreamBackwardSeesEveryAppend", testReadStreamBackwardSeesEveryAppend},
 		{"RevisionsStartAtZeroAndAreContiguous", testRevisionsContiguous},
 		{"StoredEventsAreCopies", testCopies},
 		{"GlobalOrderAcrossStreams", testGlobalOrder},
@@ -172,6 +174,9 @@ func testCancelledContext(t *testing.T, f *fixture) {
 	}
 	if _, err := f.s.ReadAll(ctx, eventstore.Start, 10); err == nil {
 		t.Error("read all with a cancelled context succeeded")
+	}
+	if _, err := f.s.ReadStreamBackward(ctx, stream, eventstore.StreamEnd, 10); err == nil {
+		t.Error("read stream backward with a cancelled context succeeded")
 	}
 }
 
@@ -771,6 +776,9 @@ func testClosed(t *testing.T, f *fixture) {
 	}
 	if _, err := f.s.ReadStream(f.ctx, stream, 0, 10); !errors.Is(err, eventstore.ErrClosed) {
 		t.Errorf("read stream after Close: %v, want ErrClosed", err)
+	}
+	if _, err := f.s.ReadStreamBackward(f.ctx, stream, eventstore.StreamEnd, 10); !errors.Is(err, eventstore.ErrClosed) {
+		t.Errorf("read stream backward after Close: %v, want ErrClosed", err)
 	}
 	if _, err := f.s.ReadAll(f.ctx, eventstore.Start, 10); !errors.Is(err, eventstore.ErrClosed) {
 		t.Errorf("read all after Close: %v, want ErrClosed", err)

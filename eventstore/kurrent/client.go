@@ -21,6 +21,13 @@ type client interface {
 	// (inclusive). A missing stream fails with ErrorCodeResourceNotFound.
 	readStream(ctx context.Context, stream string, from uint64, count uint64) ([]*esdb.RecordedEvent, error)
 
+	// readStreamBackward returns up to count events of stream backwards from from
+	// (esdb.End{} or a revision, inclusive), newest first. As on the server, a
+	// revision past the stream's end is not moved back to its last event: the read
+	// covers only revisions from-count+1 to from. A missing stream fails with
+	// ErrorCodeResourceNotFound.
+	readStreamBackward(ctx context.Context, stream string, from esdb.StreamPosition, count uint64) ([]*esdb.RecordedEvent, error)
+
 	// readAll returns up to count events of $all forwards from from (inclusive: the
 	// event at from, if any, comes first), unfiltered.
 	readAll(ctx context.Context, from esdb.AllPosition, count uint64) ([]*esdb.RecordedEvent, error)
@@ -62,6 +69,14 @@ func (e esdbClient) appendToStream(ctx context.Context, stream string, expected 
 
 func (e esdbClient) readStream(ctx context.Context, stream string, from uint64, count uint64) ([]*esdb.RecordedEvent, error) {
 	rs, err := e.c.ReadStream(ctx, stream, esdb.ReadStreamOptions{From: esdb.Revision(from)}, count)
+	if err != nil {
+		return nil, err
+	}
+	return drain(rs, count)
+}
+
+func (e esdbClient) readStreamBackward(ctx context.Context, stream string, from esdb.StreamPosition, count uint64) ([]*esdb.RecordedEvent, error) {
+	rs, err := e.c.ReadStream(ctx, stream, esdb.ReadStreamOptions{From: from, Direction: esdb.Backwards}, count)
 	if err != nil {
 		return nil, err
 	}

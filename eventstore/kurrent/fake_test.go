@@ -35,9 +35,11 @@ type fakeClient struct {
 	closed  bool
 
 	// recorded calls
-	appends      []fakeAppend
-	readAllFrom  []esdb.AllPosition
-	subscribedAt []esdb.AllPosition
+	appends     []fakeAppend
+	readAllFrom []esdb.AllPosition
+	// readBackwardFrom records where each backward stream read started.
+	readBackwardFrom []esdb.StreamPosition
+	subscribedAt     []esdb.AllPosition
 
 	// failAppend, if set, decides the error of the n-th append call (from 0).
 	failAppend func(n int) error
@@ -131,6 +133,20 @@ func copyRec(r *esdb.RecordedEvent) *esdb.RecordedEvent {
 func (f *fakeClient) readStream(ctx context.Context, stream string, from uint64, count uint64) ([]*esdb.RecordedEvent, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	have, err := f.stream(ctx, stream)
+	if err != nil {
+		return nil, err
+	}
+	var out []*esdb.RecordedEvent
+	for i := from; i < uint64(len(have)) && uint64(len(out)) < count; i++ {
+		out = append(out, copyRec(have[i]))
+	}
+	return out, nil
+}
+
+// stream returns the events of a stream as the server would find them, or the
+// server's error; callers hold f.mu.
+func (f *fakeClient) stream(ctx context.Context, stream string) ([]*esdb.RecordedEvent, error) {
 	if f.closed {
 		return nil, codedErr{esdb.ErrorCodeConnectionClosed, "closed"}
 	}
@@ -141,9 +157,33 @@ func (f *fakeClient) readStream(ctx context.Context, stream string, from uint64,
 	if !ok {
 		return nil, codedErr{esdb.ErrorCodeResourceNotFound, "stream '" + stream + "' is not found"}
 	}
+	return have, nil
+}
+
+// readStreamBackward reads as the server does: from a revision it covers only
+// revisions from-count+1 to from, even past the stream's end.
+func (f *fakeClient) readStreamBackward(ctx context.Context, stream string, from esdb.StreamPosition, count uint64) ([]*esdb.RecordedEvent, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.readBackwardFrom = append(f.readBackwardFrom, from)
+	have, err := f.stream(ctx, stream)
+	if err != nil {
+		return nil, err
+	}
+	var end uint64
+	switch p := from.(type) {
+	case esdb.End:
+		end = uint64(len(have)) - 1
+	case esdb.StreamRevision:
+		end = p.Value
+	default:
+		return nil, fmt.Errorf("fake: unexpected stream position %T", from)
+	}
 	var out []*esdb.RecordedEvent
-	for i := from; i < uint64(len(have)) && uint64(len(out)) < count; i++ {
-		out = append(out, copyRec(have[i]))
+	for i := int64(end); i >= 0 && end-uint64(i) < count; i-- {
+		if uint64(i) < uint64(len(have)) {
+			out = append(out, copyRec(have[i]))
+		}
 	}
 	return out, nil
 }

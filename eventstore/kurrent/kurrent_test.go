@@ -306,6 +306,47 @@ func TestRetriedAppendReportsTheOriginalPosition(t *testing.T) {
 	}
 }
 
+// TestReadStreamBackwardRequests: the newest snapshot costs one request from the
+// stream's end; a from past the end, which the server would answer short, is read
+// from the end instead.
+func TestReadStreamBackwardRequests(t *testing.T) {
+	fake := newFakeClient()
+	s := newTestStore(t, fake, Options{})
+	evs := newEvents(10, 10)
+	if _, err := s.Append(t.Context(), "batchsnapshot-1", eventstore.NoStream(), evs); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		from     uint64
+		max      int
+		requests []esdb.StreamPosition
+		first    uint64
+	}{
+		{eventstore.StreamEnd, 1, []esdb.StreamPosition{esdb.End{}}, 9},
+		{4, 2, []esdb.StreamPosition{esdb.Revision(4)}, 4},
+		{9, 3, []esdb.StreamPosition{esdb.Revision(9)}, 9},
+		{12, 5, []esdb.StreamPosition{esdb.Revision(12), esdb.End{}}, 9},
+	}
+	for _, tt := range tests {
+		fake.mu.Lock()
+		fake.readBackwardFrom = nil
+		fake.mu.Unlock()
+		got, err := s.ReadStreamBackward(t.Context(), "batchsnapshot-1", tt.from, tt.max)
+		if err != nil || len(got) != tt.max || got[0].Revision != tt.first || got[0].ID != evs[tt.first].ID {
+			t.Fatalf("from %d max %d: %d events from revision %v, %v; want %d from %d", tt.from, tt.max, len(got), got, err, tt.max, tt.first)
+		}
+		fake.mu.Lock()
+		requests := slices.Clone(fake.readBackwardFrom)
+		fake.mu.Unlock()
+		if !slices.Equal(requests, tt.requests) {
+			t.Errorf("from %d: asked the server from %v, want %v", tt.from, requests, tt.requests)
+		}
+	}
+	if got, err := s.ReadStreamBackward(t.Context(), "batchsnapshot-missing", eventstore.StreamEnd, 1); err != nil || len(got) != 0 {
+		t.Errorf("missing stream: %d events, %v; want none and no error", len(got), err)
+	}
+}
+
 func TestReadStreamErrors(t *testing.T) {
 	fake := newFakeClient()
 	s := newTestStore(t, fake, Options{})

@@ -163,6 +163,31 @@ func (s *Store) ReadStream(ctx context.Context, stream string, from uint64, max 
 	return out, nil
 }
 
+// ReadStreamBackward implements eventstore.Store.
+func (s *Store) ReadStreamBackward(ctx context.Context, stream string, from uint64, max int) ([]eventstore.Event, error) {
+	if max <= 0 {
+		return nil, fmt.Errorf("memory: read stream %s backward: max must be positive, got %d", stream, max)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("memory: read stream %s backward: %w", stream, err)
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return nil, fmt.Errorf("memory: read stream %s backward: %w", stream, eventstore.ErrClosed)
+	}
+	indexes := s.streams[stream]
+	if len(indexes) == 0 {
+		return nil, nil
+	}
+	last := min(from, uint64(len(indexes))-1)
+	out := make([]eventstore.Event, 0, min(uint64(max), last+1))
+	for rev := int64(last); rev >= 0 && len(out) < max; rev-- {
+		out = append(out, clone(s.all[indexes[rev]]))
+	}
+	return out, nil
+}
+
 // ReadAll implements eventstore.Store.
 func (s *Store) ReadAll(ctx context.Context, after eventstore.Position, max int) ([]eventstore.Event, error) {
 	if max <= 0 {

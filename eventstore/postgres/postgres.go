@@ -361,6 +361,19 @@ func (s *Store) ReadStream(ctx context.Context, stream string, from uint64, max 
 	return events, nil
 }
 
+// ReadStreamBackward implements eventstore.Store. The primary key (stream,
+// revision) serves it as a backward index scan.
+func (s *Store) ReadStreamBackward(ctx context.Context, stream string, from uint64, max int) ([]eventstore.Event, error) {
+	events, err := s.read(ctx, `SELECT `+columns+` FROM events
+		WHERE stream = $1 AND revision <= $2
+		ORDER BY revision DESC LIMIT $3`,
+		max, stream, int64(min(from, math.MaxInt64)), max)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: read stream %s backward from %d: %w", stream, from, err)
+	}
+	return events, nil
+}
+
 // ReadAll implements eventstore.Store. See the package doc for why it stops at the
 // oldest running transaction.
 func (s *Store) ReadAll(ctx context.Context, after eventstore.Position, max int) ([]eventstore.Event, error) {

@@ -32,7 +32,7 @@ const TypeBatchSnapshot = "BatchSnapshot"
 // format, so snapshots written before the change are ignored rather than restored
 // without the new state. TestSnapshotFormatFollowsItsShape holds the shape of
 // each format.
-const SnapshotFormat = 1
+const SnapshotFormat = 2
 
 // ErrSnapshotFormat is returned by RestoreBatch for a snapshot of another format.
 var ErrSnapshotFormat = errors.New("snapshot of another format")
@@ -65,6 +65,11 @@ type BatchSnapshot struct {
 
 	LastSlice      string    `json:"lastSlice"`
 	LastDispatchAt time.Time `json:"lastDispatchAt,omitzero"`
+	LastSendAt     time.Time `json:"lastSendAt,omitzero"`
+	ThrottleUntil  time.Time `json:"throttleUntil,omitzero"`
+	ThrottleRate   float64   `json:"throttleRate,omitempty"`
+	HoldReason     string    `json:"holdReason,omitempty"`
+	HoldSince      time.Time `json:"holdSince,omitzero"`
 	LastEventAt    time.Time `json:"lastEventAt"`
 	PausedAt       time.Time `json:"pausedAt,omitzero"`
 	ResumedAt      time.Time `json:"resumedAt,omitzero"`
@@ -74,10 +79,13 @@ type BatchSnapshot struct {
 // Snapshot and RestoreBatch convert one into the other, so a field added to
 // Outstanding alone does not compile.
 type OutstandingSnapshot struct {
-	Index   int       `json:"index"`
-	Attempt int       `json:"attempt"`
-	Slice   string    `json:"slice"`
-	RetryAt time.Time `json:"retryAt,omitzero"`
+	Index    int       `json:"index"`
+	Attempt  int       `json:"attempt"`
+	Slice    string    `json:"slice"`
+	Instance string    `json:"instance,omitempty"`
+	Deadline time.Time `json:"deadline,omitzero"`
+	RetryAt  time.Time `json:"retryAt,omitzero"`
+	Failures int       `json:"failures,omitempty"`
 }
 
 // Snapshot returns the batch's state. Only a stored state can be a snapshot: a
@@ -112,6 +120,11 @@ func (b *Batch) Snapshot() (BatchSnapshot, error) {
 
 		LastSlice:      b.lastSlice,
 		LastDispatchAt: b.lastDispatchAt,
+		LastSendAt:     b.lastSendAt,
+		ThrottleUntil:  b.throttle.Until,
+		ThrottleRate:   b.throttle.Rate,
+		HoldReason:     b.hold.Reason,
+		HoldSince:      b.hold.Since,
 		LastEventAt:    b.lastEventAt,
 		PausedAt:       b.pausedAt,
 		ResumedAt:      b.resumedAt,
@@ -155,6 +168,9 @@ func RestoreBatch(s BatchSnapshot) (*Batch, error) {
 
 		lastSlice:      s.LastSlice,
 		lastDispatchAt: s.LastDispatchAt,
+		lastSendAt:     s.LastSendAt,
+		throttle:       Throttle{Until: s.ThrottleUntil, Rate: s.ThrottleRate},
+		hold:           Hold{Reason: s.HoldReason, Since: s.HoldSince},
 		lastEventAt:    s.LastEventAt,
 		pausedAt:       s.PausedAt,
 		resumedAt:      s.ResumedAt,

@@ -145,6 +145,12 @@ var snapshotShapes = map[int]string{
 		"text string; variables []string; total int; pages int; autoStart bool; schedule time.Time; createdAt time.Time; " +
 		"cursor int; outstanding []{index int; attempt int; slice string; retryAt time.Time}; sent int; failed int; " +
 		"lastSlice string; lastDispatchAt time.Time; lastEventAt time.Time; pausedAt time.Time; resumedAt time.Time",
+	2: "format int; version uint64; id string; tenant string; status domain.Status; priority domain.Priority; " +
+		"text string; variables []string; total int; pages int; autoStart bool; schedule time.Time; createdAt time.Time; " +
+		"cursor int; outstanding []{index int; attempt int; slice string; instance string; deadline time.Time; retryAt time.Time; failures int}; " +
+		"sent int; failed int; lastSlice string; lastDispatchAt time.Time; lastSendAt time.Time; " +
+		"throttleUntil time.Time; throttleRate float64; holdReason string; holdSince time.Time; " +
+		"lastEventAt time.Time; pausedAt time.Time; resumedAt time.Time",
 }
 
 // shape describes a type's JSON fields, nested structs inline.
@@ -242,7 +248,11 @@ func randomHistory(t *testing.T, r *rand.Rand) []Event {
 				slices++
 				slice = fmt.Sprint("s", slices)
 			}
-			_, _ = b.Dispatch(now, DispatchRequest{Slice: slice, PrevSlice: b.LastSlice(), Max: 1 + r.IntN(5), MaxInFlight: 5})
+			_, _ = b.Dispatch(now, DispatchRequest{
+				Slice: slice, PrevSlice: b.LastSlice(), Instance: fmt.Sprint("i", r.IntN(3)),
+				Deadline: now.Add(time.Duration(r.IntN(8)) * time.Second), SendAt: now.Add(time.Duration(r.IntN(300)) * time.Millisecond),
+				Max: 1 + r.IntN(5), MaxInFlight: 5,
+			})
 		case 10, 11, 12, 13:
 			if o, ok := pick(); ok {
 				_ = b.RecordSent(now, SentParams{Index: o.Index, Attempt: o.Attempt, Segments: 1})
@@ -258,6 +268,14 @@ func randomHistory(t *testing.T, r *rand.Rand) []Event {
 		case 17:
 			if r.IntN(10) == 0 {
 				_ = b.Fail(now, "recipients unreadable")
+			}
+		case 18:
+			_ = b.SlowDown(now, now.Add(time.Duration(r.IntN(5))*time.Second), float64(r.IntN(5)))
+		case 19:
+			if r.IntN(2) == 0 {
+				b.HoldFor(now, HoldReasonProviderOutage)
+			} else {
+				b.Unhold(now)
 			}
 		}
 	}
@@ -327,9 +345,15 @@ func TestRandomHistoriesCoverTheStates(t *testing.T) {
 		if len(b.Outstanding()) > 0 {
 			seen["outstanding"] = true
 		}
+		if !b.Throttle().Until.IsZero() {
+			seen["throttled"] = true
+		}
+		if b.Hold().Reason != "" {
+			seen["held"] = true
+		}
 	}
 	for _, want := range []string{"pending", "processing", "paused", "completed", "cancelled", "failed",
-		"waiting retry", "sent and failed", "paused and resumed", "outstanding"} {
+		"waiting retry", "sent and failed", "paused and resumed", "outstanding", "throttled", "held"} {
 		if !seen[want] {
 			t.Errorf("no random history ends %s", want)
 		}

@@ -205,7 +205,7 @@ func (m *Main) Run(ctx context.Context) error {
 	})
 	reg.MustRegister(lag)
 
-	repo, err := commands.NewRepository(store, 0)
+	repo, err := commands.NewRepositoryFromConfig(commands.RepositoryConfig{Store: store, Logger: m.logger})
 	if err != nil {
 		return err
 	}

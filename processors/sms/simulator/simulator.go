@@ -4,8 +4,10 @@
 // see exactly what was sent and how often.
 //
 // It behaves like a provider that honours idempotency keys, across restarts too: the
-// outbox is read back at start, and a key found there is answered as a duplicate
-// without writing again. It answers Twilio's documented test numbers as Twilio does,
+// keys of the most recently accepted messages (Config.RememberKeys) are read back
+// from the end of the outbox at start, and a key found there is answered as a
+// duplicate without writing again. Start-up reads only that tail, so it does not
+// grow with the outbox. It answers Twilio's documented test numbers as Twilio does,
 // and can add latency and deterministic transient failures.
 //
 // One Simulator owns one outbox file; two processes sharing a file would not see each
@@ -68,6 +70,11 @@ type Config struct {
 	// RecordEveryCall.
 	CallsPath string
 
+	// RememberKeys is how many of the most recently accepted messages' keys are
+	// honoured (also across a restart: New reads them back from the end of the
+	// outbox, however long it is). Default 200,000.
+	RememberKeys int
+
 	// Sync fsyncs the outbox after every line. Off by default: the simulator stands
 	// in for a remote provider, and losing the last lines to a power cut only makes
 	// it forget keys, which a re-send then records again.
@@ -85,6 +92,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.RememberKeys <= 0 {
+		c.RememberKeys = 200_000
 	}
 }
 
@@ -148,7 +158,7 @@ type Simulator struct {
 	cfg Config
 
 	mu       sync.Mutex
-	accepted map[string]string        // idempotency key -> provider ID
+	accepted *recentKeys              // idempotency key -> provider ID, the most recent
 	inflight map[string]chan struct{} // closed when the key's current send ends
 	attempts map[string]int           // sends of a not yet accepted key, for the failure roll
 	stats    Stats
@@ -177,34 +187,34 @@ func New(cfg Config) (*Simulator, error) {
 	if err != nil {
 		return nil, fmt.Errorf("simulator: open outbox: %w", err)
 	}
-	entries, skipped, midLine, err := readOutbox(f)
+	entries, skipped, midLine, err := readOutboxTail(f, cfg.RememberKeys)
 	if err != nil {
 		_ = f.Close()
 		return nil, fmt.Errorf("simulator: read outbox %s: %w", cfg.OutboxPath, err)
 	}
 	s := &Simulator{
 		cfg:      cfg,
-		accepted: make(map[string]string, len(entries)),
+		accepted: newRecentKeys(cfg.RememberKeys),
 		inflight: make(map[string]chan struct{}),
 		attempts: make(map[string]int),
 		stats:    Stats{Failed: make(map[domain.ErrorCategory]int)},
 		f:        f,
 		midLine:  midLine,
 	}
-	for _, e := range entries {
-		if e.Key != "" {
-			s.accepted[e.Key] = e.ProviderID
+	if !cfg.RecordEveryCall { // otherwise keys are not honoured: nothing read back answers a send
+		for _, e := range entries {
+			if e.Key != "" {
+				s.accepted.add(e.Key, e.ProviderID)
+			}
 		}
 	}
 	if cfg.RecordEveryCall {
-		// Keys are not honoured: nothing read back answers a send.
-		clear(s.accepted)
 		if s.calls, err = os.OpenFile(cfg.CallsPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644); err != nil {
 			_ = f.Close()
 			return nil, fmt.Errorf("simulator: open calls file: %w", err)
 		}
 	}
-	s.stats.Restored = len(s.accepted)
+	s.stats.Restored = s.accepted.len()
 	if skipped > 0 {
 		cfg.Logger.Warn("simulator: skipped unreadable outbox lines, most likely torn by a crash; their keys count as never sent",
 			slog.String("path", cfg.OutboxPath), slog.Int("lines", skipped))
@@ -263,7 +273,7 @@ func (s *Simulator) Send(ctx context.Context, msg sms.Message) (receipt sms.Rece
 
 	s.mu.Lock()
 	if key != "" && !s.cfg.RecordEveryCall {
-		s.accepted[key] = entry.ProviderID
+		s.accepted.add(key, entry.ProviderID)
 		delete(s.attempts, key)
 	}
 	s.stats.Accepted++
@@ -348,7 +358,7 @@ func (s *Simulator) wait(ctx context.Context) error {
 func (s *Simulator) claim(ctx context.Context, key string) (receipt sms.Receipt, done func(), err error) {
 	for {
 		s.mu.Lock()
-		if id, ok := s.accepted[key]; ok {
+		if id, ok := s.accepted.get(key); ok {
 			s.stats.Duplicates++
 			s.mu.Unlock()
 			return sms.Receipt{ProviderID: id, Duplicate: true}, nil, nil

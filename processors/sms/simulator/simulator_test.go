@@ -510,3 +510,39 @@ func BenchmarkSend(b *testing.B) {
 		i++
 	}
 }
+
+// Only the most recent keys are remembered, and a restart reads them back from
+// the end of the outbox without reading all of it.
+func TestRecentKeysAreRememberedAcrossARestart(t *testing.T) {
+	path := outboxPath(t)
+	s := newSim(t, simulator.Config{OutboxPath: path})
+	body := strings.Repeat("x", 1000) // 300 lines of ~1 KiB span several read chunks
+	for i := range 300 {
+		if _, err := s.Send(t.Context(), sms.Message{IdempotencyKey: fmt.Sprintf("b1:%d", i), To: okNumber, Body: body}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close()
+	// A torn last line, as a crash mid-write leaves.
+	f, _ := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	f.WriteString(`{"key":"b1:torn","to":"+1`)
+	f.Close()
+
+	r := newSim(t, simulator.Config{OutboxPath: path, RememberKeys: 100})
+	if st := r.Stats(); st.Restored != 100 {
+		t.Fatalf("restored %d keys, want the last 100", st.Restored)
+	}
+	again, err := r.Send(t.Context(), msg("b1:299", okNumber))
+	if err != nil || !again.Duplicate {
+		t.Fatalf("the last key sent again: %+v %v, want a duplicate", again, err)
+	}
+	old, err := r.Send(t.Context(), msg("b1:0", okNumber))
+	if err != nil || old.Duplicate {
+		t.Fatalf("a key older than the last 100: %+v %v, want a new message", old, err)
+	}
+	r.Close()
+	entries := readOutbox(t, path)
+	if len(entries) != 301 || entries[300].Key != "b1:0" {
+		t.Fatalf("outbox has %d entries ending %+v, want 301 ending with b1:0 written after the torn line", len(entries), entries[len(entries)-1].Key)
+	}
+}

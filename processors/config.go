@@ -57,6 +57,11 @@ type Config struct {
 	// survive and stall recovery covers the rest, so a joining instance does not
 	// take batches over from instances that are working them.
 	RecoverAtStart bool
+	// StartPoint, when set, gives the forwarder the unfinished batches at a
+	// position of the log, so that it follows the log from there: start-up does
+	// not grow with history. Without it the forwarder reads the log from its
+	// start.
+	StartPoint StartPoint
 
 	// Instance names this process in the dispatches it records; default a new
 	// UUID at every start.

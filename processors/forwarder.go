@@ -41,11 +41,25 @@ type Forwarder struct {
 // indexed is what the forwarder knows of an unfinished batch.
 type indexed struct {
 	status    domain.Status
-	lastSlice string
 	lastEvent time.Time
 	schedule  time.Time
 	autoStart bool
 }
+
+// Unfinished is a batch that is not final, as the forwarder starts from it.
+type Unfinished struct {
+	ID           string
+	Status       domain.Status
+	ScheduleTime time.Time
+	AutoStart    bool
+	// LastEvent is the time of the batch's last event.
+	LastEvent time.Time
+}
+
+// StartPoint gives the forwarder the batches that were unfinished at a position
+// of the log, so that it follows the log from there instead of from its start
+// (the read models keep them, with their checkpoint).
+type StartPoint func(ctx context.Context) ([]Unfinished, eventstore.Position, error)
 
 // NewForwarder returns a forwarder publishing to pub. cfg is the processor's
 // configuration: StallTimeout, RecoveryInterval, Logger and Now are used.
@@ -68,8 +82,15 @@ func (f *Forwarder) Ready() <-chan struct{} { return f.ready }
 // Run follows the store until ctx is done. Failures to read the store or to
 // publish are retried with backoff by the follower; Health reports them.
 func (f *Forwarder) Run(ctx context.Context) error {
+	from, err := f.start(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
 	fl, err := eventstore.NewFollower(eventstore.FollowerConfig{
-		Name: "forwarder", Store: f.store, After: eventstore.Start, Logger: f.log,
+		Name: "forwarder", Store: f.store, After: from, Logger: f.log,
 		OnCaughtUp: func() { f.caughtUpAtStart(ctx) },
 	}, f.handle)
 	if err != nil {
@@ -92,6 +113,34 @@ func (f *Forwarder) Run(ctx context.Context) error {
 		case <-ticker.C:
 			f.tick(ctx)
 		}
+	}
+}
+
+// start fills the index from the start point, retrying while it fails, and
+// returns the position to follow from.
+func (f *Forwarder) start(ctx context.Context) (eventstore.Position, error) {
+	if f.cfg.StartPoint == nil {
+		return eventstore.Start, nil
+	}
+	wait := 100 * time.Millisecond
+	for {
+		batches, at, err := f.cfg.StartPoint(ctx)
+		if err == nil {
+			f.mu.Lock()
+			for _, b := range batches {
+				f.batches[b.ID] = &indexed{status: b.Status, lastEvent: b.LastEvent, schedule: b.ScheduleTime, autoStart: b.AutoStart}
+			}
+			f.mu.Unlock()
+			f.log.Info("forwarder: following events", "after", at.String(), "unfinished", len(batches))
+			return at, nil
+		}
+		f.log.Error("forwarder: reading the unfinished batches failed; retrying", "err", err, "wait", wait)
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return eventstore.Start, ctx.Err()
+		}
+		wait = min(2*wait, 10*time.Second)
 	}
 }
 
@@ -156,15 +205,6 @@ func (f *Forwarder) index(id string, e eventstore.Event) bool {
 		b.status = domain.StatusPending
 	case domain.TypeBatchStarted, domain.TypeBatchResumed:
 		b.status = domain.StatusProcessing
-		b.lastSlice = domain.ChainToken(e.Revision)
-	case domain.TypeMessagesDispatched:
-		var d struct {
-			Slice string `json:"slice"`
-		}
-		if err := json.Unmarshal(e.Data, &d); err == nil {
-			b.lastSlice = d.Slice
-		}
-		return false
 	case domain.TypeBatchPaused:
 		b.status = domain.StatusPaused
 	case domain.TypeBatchCompleted, domain.TypeBatchCancelled, domain.TypeBatchFailed:

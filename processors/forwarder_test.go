@@ -134,3 +134,96 @@ func TestForwarderRidesOutStoreAndBrokerFailures(t *testing.T) {
 		t.Fatalf("forwarder reports %v after recovering", err)
 	}
 }
+
+// readsAfter records the earliest position ReadAll was asked to read after.
+type readsAfter struct {
+	eventstore.Store
+	mu    sync.Mutex
+	first *eventstore.Position
+}
+
+func (r *readsAfter) ReadAll(ctx context.Context, after eventstore.Position, max int) ([]eventstore.Event, error) {
+	r.mu.Lock()
+	if r.first == nil || after.Less(*r.first) {
+		r.first = &after
+	}
+	r.mu.Unlock()
+	return r.Store.ReadAll(ctx, after, max)
+}
+
+// A restart with a long history reads nothing before the start point: the
+// unfinished batches come from it, and recovery and the scheduler still act on
+// them.
+func TestForwarderStartsFromItsStartPoint(t *testing.T) {
+	store := &readsAfter{Store: memory.New()}
+	t.Cleanup(func() { store.Close() })
+	h := newHarnessOn(t, store, newFakeProvider(0))
+	ctx := context.Background()
+	p := h.processor(Config{Unlimited: true})
+	for i := range 20 { // history: finished batches
+		drive(t, p, h.create(fmt.Sprintf("old%d", i), 5, domain.PriorityNormal))
+	}
+	running := h.create("running", 5, domain.PriorityNormal)
+	tmpl, _ := domain.NewTemplate("Hi", domain.DefaultTemplateLimits)
+	due := time.Now().Add(500 * time.Millisecond)
+	if _, err := h.cmds.CreateBatch(ctx, commands.CreateBatch{ID: "scheduled", Tenant: "acme", Template: tmpl,
+		ScheduleTime: &due, AutoStart: true, Recipients: phones(1)}); err != nil {
+		t.Fatal(err)
+	}
+	last, err := store.Store.ReadAll(ctx, eventstore.Start, 100_000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := last[len(last)-1].Position
+
+	pub := &recordingPublisher{}
+	fwd, err := NewForwarder(store, pub, h.cmds, Config{
+		RecoverAtStart: true, RecoveryInterval: 20 * time.Millisecond,
+		StartPoint: func(context.Context) ([]Unfinished, eventstore.Position, error) {
+			return []Unfinished{
+				{ID: "running", Status: domain.StatusProcessing, LastEvent: time.Now()},
+				{ID: "scheduled", Status: domain.StatusPending, ScheduleTime: due, AutoStart: true, LastEvent: time.Now()},
+			}, at, nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- fwd.Run(runCtx) }()
+	defer func() { cancel(); <-done }()
+	select {
+	case <-fwd.Ready():
+	case <-time.After(5 * time.Second):
+		t.Fatal("forwarder not ready")
+	}
+	store.mu.Lock()
+	first := *store.first
+	store.mu.Unlock()
+	if first.Less(at) {
+		t.Fatalf("the forwarder read the log after %s, before its start point %s", first, at)
+	}
+	work := func() map[string]string {
+		pub.mu.Lock()
+		defer pub.mu.Unlock()
+		out := map[string]string{}
+		for _, m := range pub.msgs[TopicWork] {
+			var w Work
+			json.Unmarshal(m.Payload, &w)
+			out[w.BatchID] = w.PrevSlice
+		}
+		return out
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(work()) < 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	got := work()
+	if got["running"] != running.PrevSlice {
+		t.Fatalf("recovery work for the running batch continues from %q, want its last slice %q", got["running"], running.PrevSlice)
+	}
+	if _, ok := got["scheduled"]; !ok {
+		t.Fatalf("work published %v: the scheduled batch from the start point was not started", got)
+	}
+}

@@ -34,10 +34,13 @@ type pace struct {
 // append's latency does not eat into the rate; the send itself waits for the token.
 const lookahead = 25 * time.Millisecond
 
-// handoverMargin is how much later than its recorded SendAt a send of another
-// instance may have gone out (a goroutine waking late). A bucket reseeded from
-// another instance's dispatch starts counting that much later.
-const handoverMargin = 20 * time.Millisecond
+// handoverMargin is how much later than its recorded SendAt a send may go out:
+// a send whose goroutine wakes later than that gives up before reaching the
+// provider (and goes again under a new attempt). A bucket reseeded from another
+// instance's dispatch therefore starts counting that much after its SendAt, and
+// the provider never sees two sends of a batch closer than the rate allows
+// because a slice moved to another instance.
+const handoverMargin = 50 * time.Millisecond
 
 // rampPerSecond is the share of the target rate a throttled batch wins back
 // every second after its hold.
@@ -115,7 +118,7 @@ func (p *pace) reserve() *rate.Limiter {
 // take waits for the send's token and takes it at the moment it sends, not when
 // it was planned: a goroutine that wakes late then pushes the following send back
 // by as much, so no one-second window seen by the provider holds more sends than
-// the rate. It gives up, reporting false, when the token would come after startBy.
+// the rate. It gives up, reporting false, when it would send after startBy.
 func (p *pace) take(ctx context.Context, lim *rate.Limiter, now func() time.Time, startBy time.Time) bool {
 	defer p.waiting.Add(-1)
 	if p.unlimited() {
@@ -123,6 +126,9 @@ func (p *pace) take(ctx context.Context, lim *rate.Limiter, now func() time.Time
 	}
 	for {
 		t := now()
+		if t.After(startBy) {
+			return false // woke too late: going now could crowd the next instance's sends
+		}
 		r := lim.ReserveN(t, 1)
 		d := r.DelayFrom(t)
 		if d <= 0 {

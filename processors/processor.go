@@ -334,6 +334,10 @@ func (p *Processor) settled(st *batchState) domain.Settled {
 func (p *Processor) answered(st *batchState, a answer) {
 	a.at = p.cfg.Now()
 	st.mu.Lock()
+	if a.notSent && st.inFlight[a.d.Index] == a.d.Attempt {
+		// Known never to have reached the provider: it may go again at once.
+		delete(st.inFlight, a.d.Index)
+	}
 	st.answers = append(st.answers, a)
 	active := st.active
 	startRecorder := !active && !st.recording

@@ -17,21 +17,21 @@ import (
 func (f *Forwarder) caughtUpAtStart(ctx context.Context) {
 	f.mu.Lock()
 	f.caughtUp = true
-	var work []Work
+	var ids []string
 	now := f.cfg.Now()
 	if f.cfg.RecoverAtStart {
 		for id, b := range f.batches {
 			if b.status == domain.StatusProcessing {
-				work = append(work, Work{BatchID: id, PrevSlice: b.lastSlice})
+				ids = append(ids, id)
 				b.lastEvent = now
 			}
 		}
 	}
 	f.mu.Unlock()
-	if len(work) > 0 {
-		f.log.Info("recovering processing batches", "count", len(work))
+	if len(ids) > 0 {
+		f.log.Info("recovering processing batches", "count", len(ids))
 	}
-	f.publishWork(work)
+	f.publishWork(ctx, ids)
 	f.startDue(ctx)
 	f.readyOnce.Do(func() { close(f.ready) })
 }
@@ -43,28 +43,38 @@ func (f *Forwarder) tick(ctx context.Context) {
 		f.mu.Unlock()
 		return
 	}
-	var work []Work
+	var ids []string
 	now := f.cfg.Now()
 	for id, b := range f.batches {
 		if b.status == domain.StatusProcessing && now.Sub(b.lastEvent) > f.cfg.StallTimeout {
 			f.log.Warn("batch stalled, handing it a new work message", "batch", id, "idle", now.Sub(b.lastEvent).Round(time.Second))
-			work = append(work, Work{BatchID: id, PrevSlice: b.lastSlice})
+			ids = append(ids, id)
 			b.lastEvent = now
 		}
 	}
 	f.mu.Unlock()
-	f.publishWork(work)
+	f.publishWork(ctx, ids)
 	f.startDue(ctx)
 }
 
-func (f *Forwarder) publishWork(work []Work) {
-	for _, w := range work {
-		msg, err := workMessage(w)
+// publishWork hands each batch a work message continuing from its last slice,
+// as the batch stands now (loading it is cheap: cached, or from a snapshot).
+func (f *Forwarder) publishWork(ctx context.Context, ids []string) {
+	for _, id := range ids {
+		b, err := f.commands.Repository().Load(ctx, id)
+		if err != nil {
+			f.log.Error("loading a batch to recover failed", "batch", id, "err", err)
+			continue
+		}
+		if b.Status() != domain.StatusProcessing {
+			continue
+		}
+		msg, err := workMessage(Work{BatchID: id, PrevSlice: b.LastSlice()})
 		if err == nil {
 			err = f.pub.Publish(TopicWork, msg)
 		}
 		if err != nil {
-			f.log.Error("publishing work failed", "batch", w.BatchID, "err", err)
+			f.log.Error("publishing work failed", "batch", id, "err", err)
 		}
 	}
 }

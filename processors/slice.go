@@ -104,7 +104,7 @@ func (s *slice) run(ctx context.Context) (*Work, error) {
 			st.pace.follow(c.batch, p.cfg.Now())
 			st.dispatched(c.dispatched)
 			p.afterCommit(st, answers, c.recorded)
-			s.start(keep, c.dispatched, c.batch.LastDispatchAt())
+			s.start(keep, c.dispatched, c.batch.LastSendAt())
 			if errors.Is(c.dispatchErr, domain.ErrNotRunning) || errors.Is(c.dispatchErr, domain.ErrSuperseded) {
 				handOn = false
 				break
@@ -405,11 +405,13 @@ func (p *Processor) backoff(attempt int) time.Duration {
 }
 
 // start hands dispatched messages to the provider, each once its rate token is
-// due. Each send's answer goes to the batch's state here, whichever slice is
+// due (sendAt, the dispatch's recorded SendAt). Each send's answer goes to the batch's state here, whichever slice is
 // running by then.
-func (s *slice) start(ctx context.Context, dispatched []domain.Dispatch, at time.Time) {
+func (s *slice) start(ctx context.Context, dispatched []domain.Dispatch, sendAt time.Time) {
 	p, st := s.p, s.st
-	startBy := at.Add(maxStartDelay)
+	// A send goes out by its token time plus handoverMargin, or not at all: the
+	// next instance to work the batch paces itself from that bound.
+	startBy := sendAt.Add(handoverMargin)
 	for _, d := range dispatched {
 		rcp, err := p.recipients.get(ctx, st.id, d.Index)
 		if err != nil {

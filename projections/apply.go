@@ -100,6 +100,7 @@ type BatchState struct {
 	Priority     string        `json:"priority"`
 	CreatedAt    time.Time     `json:"createdAt"`
 	ScheduleTime *time.Time    `json:"scheduleTime,omitempty"`
+	AutoStart    bool          `json:"autoStart"`
 	UpdatedAt    time.Time     `json:"updatedAt"`
 	Total        int           `json:"total"`
 	// PausedAt is the last pause, ResumedAt the resume that followed it (zero
@@ -192,6 +193,7 @@ func (s *BatchState) Apply(e eventstore.Event, payload domain.Event) {
 			t := p.ScheduleTime.UTC()
 			s.ScheduleTime = &t
 		}
+		s.AutoStart = p.AutoStart
 		s.Total = p.Total
 	case domain.BatchStarted:
 		s.Status = domain.StatusProcessing
@@ -257,6 +259,7 @@ func (s *BatchState) StatusView() BatchStatus {
 		Status:    string(s.Status),
 		Priority:  s.Priority,
 		CreatedAt: s.CreatedAt,
+		AutoStart: s.AutoStart,
 		Progress: Progress{
 			Total:     s.Total,
 			Pending:   len(s.Outstanding),

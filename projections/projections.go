@@ -21,9 +21,11 @@ type BatchStatus struct {
 	CreatedAt time.Time `json:"createdAt"`
 	// ScheduleTime is when a scheduled batch starts; nil when not scheduled.
 	ScheduleTime *time.Time `json:"scheduleTime,omitempty"`
-	Progress     Progress   `json:"progress"`
-	Metrics      Metrics    `json:"metrics"`
-	PauseInfo    *PauseInfo `json:"pauseInfo,omitempty"`
+	// AutoStart: the batch starts by itself (at once, or at its schedule).
+	AutoStart bool       `json:"autoStart"`
+	Progress  Progress   `json:"progress"`
+	Metrics   Metrics    `json:"metrics"`
+	PauseInfo *PauseInfo `json:"pauseInfo,omitempty"`
 	// Hold says why a processing batch is not sending (the provider is out);
 	// absent while it sends.
 	Hold *Hold `json:"hold,omitempty"`
@@ -147,4 +149,8 @@ type Store interface {
 	Analytics(ctx context.Context, tenant, id string) (Analytics, error)
 	// Errors pages through a batch's failed recipients; ENOTFOUND as Batch.
 	Errors(ctx context.Context, q ErrorQuery) (page []ErrorEntry, nextCursor string, err error)
+	// Unfinished returns every tenant's batches that are not final (pending,
+	// processing or paused) and the checkpoint they are read at, together: the
+	// send processor starts from them instead of reading the whole log.
+	Unfinished(ctx context.Context) (batches []BatchStatus, at eventstore.Position, err error)
 }

@@ -29,6 +29,7 @@ import (
 
 	"github.com/smsbatch/smsbatch/api"
 	"github.com/smsbatch/smsbatch/commands"
+	"github.com/smsbatch/smsbatch/domain"
 	"github.com/smsbatch/smsbatch/eventstore"
 	"github.com/smsbatch/smsbatch/processors"
 	"github.com/smsbatch/smsbatch/projections"
@@ -247,6 +248,20 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	// Work messages on GoChannel die with the process: recover them at start.
 	procCfg.RecoverAtStart = m.transport.name == "gochannel"
+	// The forwarder starts from the unfinished batches the read models hold, at
+	// their checkpoint, not from the start of the log.
+	procCfg.StartPoint = func(ctx context.Context) ([]processors.Unfinished, eventstore.Position, error) {
+		batches, at, err := readModels.Unfinished(ctx)
+		out := make([]processors.Unfinished, 0, len(batches))
+		for _, b := range batches {
+			u := processors.Unfinished{ID: b.ID, Status: domain.Status(b.Status), AutoStart: b.AutoStart, LastEvent: b.UpdatedAt}
+			if b.ScheduleTime != nil {
+				u.ScheduleTime = *b.ScheduleTime
+			}
+			out = append(out, u)
+		}
+		return out, at, err
+	}
 	if exclusiveStore(cfg) {
 		// The store's file is held by one process at a time: any other instance
 		// that dispatched into it has stopped, and its sends with it.

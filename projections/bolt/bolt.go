@@ -19,6 +19,8 @@
 //     recipient index -> projections.ErrorEntry as JSON) and "categories"
 //     (category, a zero byte, big-endian index -> empty): the second is the
 //     index of the first by category, so a filtered page reads only its rows.
+//   - bucket "unfinished": batch ID -> empty, for every batch not final
+//     (pending, processing, paused): what the send processor starts from.
 //   - bucket "lists": one nested bucket per tenant, key = creation time in
 //     nanoseconds (big-endian, sign bit flipped so that it sorts) followed by
 //     the batch ID, value empty. Keys sort oldest first; a tenant's list,
@@ -79,12 +81,13 @@ const DefaultLockTimeout = time.Second
 // formatVersion is the layout written in the "meta" bucket. Change it whenever
 // the layout or the encoding of a value changes: Open then refuses older files
 // with ErrFormat, and they are rebuilt from the events.
-const formatVersion = "1"
+const formatVersion = "2"
 
 var (
 	bucketMeta       = []byte("meta")
 	bucketBatches    = []byte("batches")
 	bucketLists      = []byte("lists")
+	bucketUnfinished = []byte("unfinished")
 	bucketErrors     = []byte("errors")
 	bucketCategories = []byte("categories")
 
@@ -146,7 +149,7 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("bolt projections: open %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bbolt.Tx) error {
-		for _, name := range [][]byte{bucketMeta, bucketBatches, bucketLists} {
+		for _, name := range [][]byte{bucketMeta, bucketBatches, bucketLists, bucketUnfinished} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
@@ -297,6 +300,15 @@ func (b *touched) save(tx *bbolt.Tx) error {
 	if err := b.bucket.Put(keyState, raw); err != nil {
 		return err
 	}
+	unfinished := tx.Bucket(bucketUnfinished)
+	if b.state.Status.Final() {
+		err = unfinished.Delete([]byte(b.state.ID))
+	} else if b.state.ID != "" {
+		err = unfinished.Put([]byte(b.state.ID), nil)
+	}
+	if err != nil {
+		return err
+	}
 	if !b.created {
 		return nil
 	}
@@ -358,6 +370,36 @@ func (s *Store) Checkpoint(ctx context.Context) (eventstore.Position, error) {
 		return eventstore.Position{}, fmt.Errorf("bolt projections: checkpoint: %w", err)
 	}
 	return pos, nil
+}
+
+// Unfinished implements projections.Store: the batches and the checkpoint are
+// read in one transaction.
+func (s *Store) Unfinished(ctx context.Context) ([]projections.BatchStatus, eventstore.Position, error) {
+	var out []projections.BatchStatus
+	var pos eventstore.Position
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		var err error
+		if pos, err = readPosition(tx.Bucket(bucketMeta).Get(keyCheckpoint)); err != nil {
+			return err
+		}
+		batches := tx.Bucket(bucketBatches)
+		return tx.Bucket(bucketUnfinished).ForEach(func(id, _ []byte) error {
+			b := batches.Bucket(id)
+			if b == nil {
+				return fmt.Errorf("unfinished batch %s has no state", id)
+			}
+			st, err := stateOf(b)
+			if err != nil {
+				return err
+			}
+			out = append(out, st.StatusView())
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, eventstore.Position{}, fmt.Errorf("bolt projections: unfinished: %w", err)
+	}
+	return out, pos, nil
 }
 
 // Follows reports whether the read models were built from events: whether the

@@ -115,6 +115,19 @@ func (s *Store) Checkpoint(ctx context.Context) (eventstore.Position, error) {
 	return s.checkpoint, nil
 }
 
+// Unfinished implements projections.Store.
+func (s *Store) Unfinished(ctx context.Context) ([]projections.BatchStatus, eventstore.Position, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []projections.BatchStatus
+	for _, b := range s.batches {
+		if !b.state.Status.Final() {
+			out = append(out, b.state.StatusView())
+		}
+	}
+	return out, s.checkpoint, nil
+}
+
 // Batch implements projections.Store.
 func (s *Store) Batch(ctx context.Context, tenant, id string) (projections.BatchStatus, error) {
 	s.mu.RLock()

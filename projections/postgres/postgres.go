@@ -83,6 +83,7 @@ type queries struct {
 	ensureCheckpoint, checkpoint, lockCheckpoint, writeCheckpoint string
 	loadStates, upsertStates, upsertErrors                        string
 	state, exists, list, listAfter, errors, errorsOf              string
+	unfinished                                                    string
 }
 
 func newQueries(schema string) queries {
@@ -115,13 +116,15 @@ func newQueries(schema string) queries {
 			WHERE batch_id = $1 AND idx > $2 ORDER BY idx LIMIT $3`,
 		errorsOf: `SELECT idx, phone, category, code, message, attempts, time_ns FROM ` + errs + `
 			WHERE batch_id = $1 AND category = $2 AND idx > $3 ORDER BY idx LIMIT $4`,
+		// Served by the partial index batches_unfinished (migration 0003).
+		unfinished: `SELECT state FROM ` + batches + ` WHERE status IN ('pending', 'processing', 'paused')`,
 	}
 }
 
 func (q queries) all() []string {
 	return []string{q.ensureCheckpoint, q.checkpoint, q.lockCheckpoint, q.writeCheckpoint,
 		q.loadStates, q.upsertStates, q.upsertErrors,
-		q.state, q.exists, q.list, q.listAfter, q.errors, q.errorsOf}
+		q.state, q.exists, q.list, q.listAfter, q.errors, q.errorsOf, q.unfinished}
 }
 
 // Apply implements projections.Store. Every event is decoded before the
@@ -310,6 +313,38 @@ func (s *Store) Checkpoint(ctx context.Context) (eventstore.Position, error) {
 		return eventstore.Position{}, fmt.Errorf("postgres projections: checkpoint: %w", err)
 	}
 	return eventstore.Position{Commit: uint64(commit), Prepare: uint64(prepare)}, nil
+}
+
+// Unfinished implements projections.Store: the batches and the checkpoint are
+// read in one snapshot.
+func (s *Store) Unfinished(ctx context.Context) ([]projections.BatchStatus, eventstore.Position, error) {
+	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, eventstore.Position{}, fmt.Errorf("postgres projections: unfinished: %w", pgevents.Classify(err))
+	}
+	defer tx.Rollback(ctx)
+	var commit, prepare int64
+	if err := tx.QueryRow(ctx, s.q.checkpoint, checkpointName).Scan(&commit, &prepare); err != nil {
+		return nil, eventstore.Position{}, fmt.Errorf("postgres projections: unfinished: %w", pgevents.Classify(err))
+	}
+	rows, err := tx.Query(ctx, s.q.unfinished)
+	if err != nil {
+		return nil, eventstore.Position{}, fmt.Errorf("postgres projections: unfinished: %w", pgevents.Classify(err))
+	}
+	var out []projections.BatchStatus
+	var raw []byte
+	_, err = pgx.ForEachRow(rows, []any{&raw}, func() error {
+		var st projections.BatchState
+		if err := json.Unmarshal(raw, &st); err != nil {
+			return err
+		}
+		out = append(out, st.StatusView())
+		return nil
+	})
+	if err != nil {
+		return nil, eventstore.Position{}, fmt.Errorf("postgres projections: unfinished: %w", pgevents.Classify(err))
+	}
+	return out, eventstore.Position{Commit: uint64(commit), Prepare: uint64(prepare)}, nil
 }
 
 // state loads a batch's state; ENOTFOUND when it does not exist or belongs to

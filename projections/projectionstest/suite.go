@@ -35,6 +35,7 @@ func Run(t *testing.T, newStore func(t *testing.T) projections.Store) {
 	t.Run("ErrorPages", func(t *testing.T) { testErrors(t, newStore(t)) })
 	t.Run("InvalidQueries", func(t *testing.T) { testInvalid(t, newStore(t)) })
 	t.Run("ConcurrentReads", func(t *testing.T) { testConcurrent(t, newStore(t)) })
+	t.Run("Unfinished", func(t *testing.T) { testUnfinished(t, newStore(t)) })
 }
 
 func ctx(t testing.TB) context.Context { return t.Context() }
@@ -598,5 +599,53 @@ func testConcurrent(t *testing.T, s projections.Store) {
 	st, err := s.Batch(ctx(t), "acme", "b1")
 	if err != nil || st.Status != "completed" || st.Progress.Completed+st.Progress.Failed != 200 {
 		t.Errorf("after concurrent reads: %+v, %v; want completed with 200 outcomes", st, err)
+	}
+}
+
+// testUnfinished: every tenant's batches not final, at the checkpoint they are
+// read at, as the send processor starts from them.
+func testUnfinished(t *testing.T, s projections.Store) {
+	h := twoTenants()
+	running := h.Batch("globex", "globex-running", t0.Add(5*time.Minute))
+	running.Created(4)
+	running.Advance(time.Second).Started()
+	running.Advance(time.Second).Dispatched(0)
+	events := h.List()
+	Apply(t, s, events[:len(events)-1], 7)
+	got, at, err := s.Unfinished(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if at != events[len(events)-2].Position {
+		t.Fatalf("unfinished read at %s, want the checkpoint %s", at, events[len(events)-2].Position)
+	}
+	want := map[string]string{"acme-paused": "paused", "acme-pending": "pending", "globex-running": "processing"}
+	if len(got) != len(want) {
+		t.Fatalf("unfinished %v, want %v", ids(got), want)
+	}
+	for _, b := range got {
+		if want[b.ID] != b.Status {
+			t.Fatalf("unfinished %s is %s, want %q", b.ID, b.Status, want[b.ID])
+		}
+		if b.ID == "globex-running" && !b.UpdatedAt.Equal(running.Now.Add(-time.Second)) {
+			t.Fatalf("unfinished %s updated at %v, want its last event's time", b.ID, b.UpdatedAt)
+		}
+	}
+	// A batch that finishes leaves the set.
+	Apply(t, s, events[len(events)-1:], 1)
+	done := h.Batch("acme", "acme-paused", t0)
+	done.Now = t0.Add(10 * time.Minute)
+	Apply(t, s, []eventstore.Event{done.Cancelled()}, 1)
+	got, _, err = s.Unfinished(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range got {
+		if b.ID == "acme-paused" {
+			t.Fatal("a cancelled batch is still unfinished")
+		}
+	}
+	if len(got) != 2 {
+		t.Fatalf("unfinished %v after a cancel, want acme-pending and globex-running", ids(got))
 	}
 }

@@ -359,3 +359,6 @@ func malformed(err error, problem string) error {
 	}
 	return domain.Errorf(domain.EMALFORMED, "%s", msg)
 }
+
+// CleanSpoolDir is not written yet.
+func CleanSpoolDir(dir string) (int, error) { return 0, nil }

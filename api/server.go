@@ -56,6 +56,11 @@ type RateLimit struct {
 	Window   time.Duration
 }
 
+// UploadLimits bound batch uploads.
+type UploadLimits struct {
+	PerKey int
+}
+
 // Waiter is told the position of a command's last event and returns once the read
 // models include it, so that a client reads its own writes.
 type Waiter interface {
@@ -76,6 +81,10 @@ type Config struct {
 	DefaultRegion string
 	Limits        Limits
 	RateLimit     RateLimit
+	// AuthFailures bounds failed authentications per client address.
+	AuthFailures RateLimit
+	// Uploads bounds batch uploads.
+	Uploads UploadLimits
 	// SpoolDir holds the temporary files a batch upload is validated through; default os.TempDir().
 	SpoolDir string
 	// Metrics serves /metrics to authenticated callers; nil answers 404.

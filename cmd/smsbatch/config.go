@@ -62,6 +62,13 @@ type Config struct {
 	MaxRecipients  int
 
 	ShutdownTimeout time.Duration
+
+	HTTPReadTimeout   time.Duration
+	HTTPWriteTimeout  time.Duration
+	HTTPIdleTimeout   time.Duration
+	UploadMinRate     int64
+	UploadRateWindow  time.Duration
+	AuthFailureLimit  int
 }
 
 // setting registers one flag whose default comes from its environment variable.

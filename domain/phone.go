@@ -32,8 +32,8 @@ const maxPhoneLength = 32
 //
 // Refused, wrapping ErrInvalidPhone: empty input, input longer than 32 characters,
 // letters (vanity numbers such as 1-800-FLOWERS are not what a recipient list
-// means), extensions (an SMS cannot reach one), unknown country codes and numbers
-// that are not valid. An unknown non-empty defaultRegion is a configuration error
+// means), control characters inside the number, extensions (an SMS cannot reach
+// one), unknown country codes and numbers that are not valid. An unknown non-empty defaultRegion is a configuration error
 // (check it at start with ValidRegion) and does not wrap ErrInvalidPhone.
 func NormalizePhone(raw string, defaultRegion string) (string, error) {
 	region := strings.ToUpper(defaultRegion)
@@ -50,6 +50,10 @@ func NormalizePhone(raw string, defaultRegion string) (string, error) {
 		return "", phoneError(s, fmt.Sprintf("longer than %d characters", maxPhoneLength))
 	case strings.ContainsFunc(s, unicode.IsLetter):
 		return "", phoneError(s, "contains letters")
+	case strings.ContainsFunc(s, unicode.IsControl):
+		// The parser skips what is not a digit, so "+1415\x005550100" would
+		// otherwise pass as a clean number.
+		return "", phoneError(s, "contains a control character")
 	}
 
 	n, err := phonenumbers.Parse(s, region)

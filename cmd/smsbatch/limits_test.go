@@ -78,10 +78,11 @@ func TestSlowClientsAreCutOff(t *testing.T) {
 	cfg.HTTPIdleTimeout = time.Second
 	cfg.UploadMinRate = 1024
 	cfg.UploadRateWindow = time.Second
+	const each = 10
+	cfg.UploadsPerKey = each // all of them run, to be cut off by the rate
 	c := startMain(t, cfg)
 	addr := strings.TrimPrefix(c.base, "http://")
 
-	const each = 10
 	bound := 4 * time.Second
 	type result struct {
 		kind string

@@ -289,6 +289,12 @@ func (s *server) checkRecipient(i int, in recipientIn, probs *problems, seen map
 	}
 	vars := make(map[string]string, len(in.Variables))
 	for _, name := range slices.Sorted(maps.Keys(in.Variables)) {
+		// A name is never sent, but one that is not text is not what the client
+		// meant either (encoding/json has turned its bad bytes into U+FFFD).
+		if strings.ContainsRune(name, utf8.RuneError) || domain.CheckText(name) != nil {
+			probs.add(field+".variables", fmt.Sprintf("variable name %q is not valid text", name))
+			continue
+		}
 		v, problem := scalarString(in.Variables[name])
 		if problem != "" {
 			// Kept, empty, so that it is not reported missing as well; the

@@ -73,6 +73,8 @@ func TestBadTextIsRefusedNamingTheField(t *testing.T) {
 		{"unpaired surrogate in a variable", rcp(`"+14155550100"`, `{"name": "\udfff"}`), "recipients[0].variables.name"},
 		{"control character in a variable", rcp(`"+14155550100"`, `{"name": "A\u0007da"}`), "recipients[0].variables.name"},
 		{"control character in an unused variable", rcp(`"+14155550100"`, `{"name": "Ada", "note": "x\u0000"}`), "recipients[0].variables.note"},
+		{"invalid UTF-8 in a variable name", rcp(`"+14155550100"`, "{\"name\": \"Ada\", \"n\xffote\": \"x\"}"), "recipients[0].variables"},
+		{"control character in a variable name", rcp(`"+14155550100"`, `{"name": "Ada", "n\u0000": "x"}`), "recipients[0].variables"},
 		{"invalid UTF-8 in a phone number", rcp("\"+1415555\xff0100\"", `{"name": "Ada"}`), "recipients[0].phoneNumber"},
 		{"NUL in a phone number", rcp(`"+1415\u00005550100"`, `{"name": "Ada"}`), "recipients[0].phoneNumber"},
 		{"escape in a phone number", rcp(`"+1415\u001b5550100"`, `{"name": "Ada"}`), "recipients[0].phoneNumber"},

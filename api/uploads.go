@@ -28,7 +28,8 @@ type UploadLimits struct {
 	// RateWindow is the span MinRate is measured over; default 20s.
 	RateWindow time.Duration
 	// PerKey bounds the uploads one API key runs at once; the next gets 429
-	// with Retry-After. Default 4.
+	// with Retry-After. Default 16: clients create batches in parallel, and 16
+	// bodies of 64 MiB is still a bounded share of the disk.
 	PerKey int
 }
 
@@ -40,7 +41,7 @@ func (l *UploadLimits) setDefaults() {
 		l.RateWindow = 20 * time.Second
 	}
 	if l.PerKey == 0 {
-		l.PerKey = 4
+		l.PerKey = 16
 	}
 }
 

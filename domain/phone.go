@@ -93,8 +93,17 @@ func NormalizePhone(raw string, defaultRegion string) (string, error) {
 		}
 		return "", phoneError(s, fmt.Sprintf("not a valid number for country code +%d", cc))
 	}
-	return phonenumbers.Format(n, phonenumbers.E164), nil
+	e164 := phonenumbers.Format(n, phonenumbers.E164)
+	if len(e164)-1 > maxE164Digits {
+		// The metadata of some countries (Germany's) allows longer numbers
+		// than E.164 does; no provider takes them.
+		return "", phoneError(s, fmt.Sprintf("too long: more than the %d digits E.164 allows", maxE164Digits))
+	}
+	return e164, nil
 }
+
+// maxE164Digits is the most digits an E.164 number has, country code included.
+const maxE164Digits = 15
 
 // isTwilioTestNumber reports whether n is in Twilio's test range, +1 500 555 xxxx.
 func isTwilioTestNumber(n *phonenumbers.PhoneNumber) bool {

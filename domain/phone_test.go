@@ -80,6 +80,7 @@ func TestNormalizePhoneRejects(t *testing.T) {
 		{name: "US area code 555 does not exist", raw: "(555) 123-4567", region: "US", want: "not a valid number for region US"},
 		{name: "invalid number of another country", raw: "+44 11 1111 1111", region: "US", want: "not a valid number for country code +44"},
 		{name: "00 is not the international prefix from the US", raw: "0044 20 7946 0958", region: "US", want: "invalid phone number"},
+		{name: "valid for Germany but longer than E.164", raw: "20100000000 0000", region: "DE", want: "more than the 15 digits E.164 allows"},
 		{name: "Twilio range needs ten digits", raw: "+1 500 555 000", region: "US", want: "too short"},
 	}
 	for _, tt := range tests {

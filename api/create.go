@@ -2,7 +2,6 @@ package api
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,7 +20,6 @@ import (
 
 	"github.com/smsbatch/smsbatch/commands"
 	"github.com/smsbatch/smsbatch/domain"
-	"github.com/smsbatch/smsbatch/projections"
 )
 
 // createRequest is what POST /api/batch reads, less the recipients, which are
@@ -86,49 +84,28 @@ func (p *problems) err() error {
 	return &domain.Error{Code: domain.EINVALID, Message: msg, Details: p.list}
 }
 
-// createBatch answers POST /api/batch. The server's timeouts are made for small
-// requests; an upload of a million recipients may take minutes to arrive and to
-// store, so it is bounded by the minimum transfer rate while it arrives, and its
-// answer gets the write timeout from when it is ready.
+// createBatch reads the body as a stream: each recipient is decoded, normalised
+// and written to a spool file, so a million recipients never sit in memory at
+// once. Only when every recipient and option is valid is anything stored.
 func (s *server) createBatch(w http.ResponseWriter, r *http.Request) {
 	p, _ := PrincipalFrom(r.Context())
-	release, ok := s.uploads.acquire(p.KeyID)
-	if !ok {
-		writeError(w, r, s.log, uploadsFull(w, s.cfg.Uploads.PerKey))
-		return
-	}
-	defer release()
-	rc := http.NewResponseController(w)
-	_ = rc.SetWriteDeadline(time.Time{})
-	body := http.MaxBytesReader(w, s.minRate(rc, r.Body), s.cfg.Limits.MaxBodyBytes)
-	res, err := s.create(r.Context(), p, body)
-	var st projections.BatchStatus
-	if err == nil {
-		s.started(r.Context(), res)
-		st = s.statusAfter(r.Context(), p.Tenant, res)
-	}
-	_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.Timeouts.Write))
+	w, body, release, err := s.beginUpload(w, r, p)
 	if err != nil {
 		writeError(w, r, s.log, err)
 		return
 	}
-	w.Header().Set("Location", "/api/batch/"+res.Batch.ID())
-	writeJSON(w, http.StatusCreated, st)
-}
-
-// create reads the body as a stream: each recipient is decoded, normalised and
-// written to a spool file, so a million recipients never sit in memory at once.
-// Only when every recipient and option is valid is anything stored.
-func (s *server) create(ctx context.Context, p Principal, body io.Reader) (commands.Result, error) {
+	defer release()
 	spool, done, err := newSpool(s.cfg.SpoolDir)
 	if err != nil {
-		return commands.Result{}, err
+		writeError(w, r, s.log, err)
+		return
 	}
 	defer done()
 
 	req, count, probs, err := s.decodeCreate(body, spool)
 	if err != nil {
-		return commands.Result{}, err
+		writeError(w, r, s.log, err)
+		return
 	}
 	tmpl, priority, schedule, autoStart := s.checkCreate(req, count, probs)
 	if tmpl.Text() != "" {
@@ -137,7 +114,8 @@ func (s *server) create(ctx context.Context, p Principal, body io.Reader) (comma
 		// wrong: one answer lists every problem.
 		for i, rcp := range readSpool(spool) {
 			if rcp.err != nil {
-				return commands.Result{}, internalError("the upload could not be read back from the service's disk", rcp.err)
+				writeError(w, r, s.log, internalError("the upload could not be read back from the service's disk", rcp.err))
+				return
 			}
 			for _, fp := range tmpl.CheckVariables(rcp.Vars, s.cfg.Limits.Variables) {
 				probs.add(fmt.Sprintf("recipients[%d].%s", i, fp.Field), fp.Problem)
@@ -145,14 +123,16 @@ func (s *server) create(ctx context.Context, p Principal, body io.Reader) (comma
 		}
 	}
 	if err := probs.err(); err != nil {
-		return commands.Result{}, err
+		writeError(w, r, s.log, err)
+		return
 	}
 
 	id, err := s.cfg.NewID()
 	if err != nil {
-		return commands.Result{}, fmt.Errorf("new batch id: %w", err)
+		writeError(w, r, s.log, fmt.Errorf("new batch id: %w", err))
+		return
 	}
-	return s.cfg.Commands.CreateBatch(ctx, commands.CreateBatch{
+	res, err := s.cfg.Commands.CreateBatch(r.Context(), commands.CreateBatch{
 		ID: id, Tenant: p.Tenant, Template: tmpl, Priority: priority,
 		ScheduleTime: schedule, AutoStart: autoStart,
 		Recipients: func(yield func(domain.Recipient, error) bool) {
@@ -167,6 +147,13 @@ func (s *server) create(ctx context.Context, p Principal, body io.Reader) (comma
 			}
 		},
 	})
+	if err != nil {
+		writeError(w, r, s.log, err)
+		return
+	}
+	s.started(r.Context(), res)
+	w.Header().Set("Location", "/api/batch/"+id)
+	writeJSON(w, http.StatusCreated, s.statusAfter(r.Context(), p.Tenant, res))
 }
 
 // decodeCreate streams the body, spooling recipients. It returns an error for a

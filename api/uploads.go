@@ -45,6 +45,53 @@ func (l *UploadLimits) setDefaults() {
 	}
 }
 
+// beginUpload takes one of p's upload slots and sets the limits of an upload
+// on its connection: the server's timeouts are made for small requests, and a
+// million recipients may take minutes to arrive and to store. While the body
+// arrives it is held to the minimum rate instead of the read timeout; the write
+// timeout is lifted, and the answer gets it whole from its first byte, through
+// the ResponseWriter returned. Call release once answered. On error, w is the
+// one given.
+func (s *server) beginUpload(w http.ResponseWriter, r *http.Request, p Principal) (http.ResponseWriter, io.Reader, func(), error) {
+	release, ok := s.uploads.acquire(p.KeyID)
+	if !ok {
+		w.Header().Set("Retry-After", uploadRetryAfter)
+		return w, nil, nil, domain.Errorf(domain.ERATELIMITED, "this API key already has %d uploads in progress, the most it may run at once; retry after the time in Retry-After", s.cfg.Uploads.PerKey)
+	}
+	rc := http.NewResponseController(w)
+	_ = rc.SetWriteDeadline(time.Time{})
+	body := http.MaxBytesReader(w, s.minRate(rc, r.Body), s.cfg.Limits.MaxBodyBytes)
+	return &answerDeadline{ResponseWriter: w, rc: rc, timeout: s.cfg.Timeouts.Write}, body, release, nil
+}
+
+// answerDeadline sets the write deadline when the answer starts.
+type answerDeadline struct {
+	http.ResponseWriter
+	rc      *http.ResponseController
+	timeout time.Duration
+	started bool
+}
+
+func (a *answerDeadline) start() {
+	if !a.started {
+		a.started = true
+		_ = a.rc.SetWriteDeadline(time.Now().Add(a.timeout))
+	}
+}
+
+func (a *answerDeadline) WriteHeader(code int) {
+	a.start()
+	a.ResponseWriter.WriteHeader(code)
+}
+
+func (a *answerDeadline) Write(b []byte) (int, error) {
+	a.start()
+	return a.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the connection.
+func (a *answerDeadline) Unwrap() http.ResponseWriter { return a.ResponseWriter }
+
 // uploadRetryAfter is what a client over its upload cap is told to wait, in
 // seconds: about the time a small upload takes.
 const uploadRetryAfter = "5"
@@ -182,10 +229,4 @@ func CleanSpoolDir(dir string) (int, error) {
 		return removed, fmt.Errorf("clean spool directory: %w", err)
 	}
 	return removed, nil
-}
-
-// uploadsFull is the answer to an upload over its key's cap.
-func uploadsFull(w http.ResponseWriter, perKey int) error {
-	w.Header().Set("Retry-After", uploadRetryAfter)
-	return domain.Errorf(domain.ERATELIMITED, "this API key already has %d uploads in progress, the most it may run at once; retry after the time in Retry-After", perKey)
 }

@@ -212,8 +212,8 @@ func NewServer(cfg Config) (*http.Server, error) {
 	}, nil
 }
 
-// NewHandler returns the HTTP handler of the whole API. Serve it with NewServer,
-// whose timeouts the upload route relies on.
+// NewHandler returns the HTTP handler of the whole API; NewServer serves it with
+// the configured timeouts.
 func NewHandler(cfg Config) (http.Handler, error) {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {

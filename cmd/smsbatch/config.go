@@ -284,18 +284,20 @@ func (c Config) Validate() error {
 // apiLimits sets the HTTP server's limits of a, as the settings give them: here 0
 // (or less) turns a limit off, where in api.Config zero means the default.
 func (c Config) apiLimits(a *api.Config) {
-	off := func(n int64) int64 {
-		if n <= 0 {
-			return -1
-		}
-		return n
-	}
 	a.Limits = api.Limits{MaxBodyBytes: c.MaxBodyBytes, MaxRecipients: c.MaxRecipients}
-	a.RateLimit = api.RateLimit{Requests: int(off(int64(c.HTTPRateLimit))), Window: c.HTTPRateWindow}
-	a.AuthFailures = api.RateLimit{Requests: int(off(int64(c.AuthFailureLimit))), Window: c.AuthFailureWindow}
-	a.Uploads = api.UploadLimits{MinRate: off(c.UploadMinRate), RateWindow: c.UploadRateWindow, PerKey: int(off(int64(c.UploadsPerKey)))}
+	a.RateLimit = api.RateLimit{Requests: off(c.HTTPRateLimit), Window: c.HTTPRateWindow}
+	a.AuthFailures = api.RateLimit{Requests: off(c.AuthFailureLimit), Window: c.AuthFailureWindow}
+	a.Uploads = api.UploadLimits{MinRate: off(c.UploadMinRate), RateWindow: c.UploadRateWindow, PerKey: off(c.UploadsPerKey)}
 	a.Timeouts = api.Timeouts{Read: c.HTTPReadTimeout, Write: c.HTTPWriteTimeout, Idle: c.HTTPIdleTimeout}
 	a.SpoolDir = c.spoolDir()
+}
+
+// off maps a limit of 0 or less, "off" on the command line, to api's "off".
+func off[T int | int64](n T) T {
+	if n <= 0 {
+		return -1
+	}
+	return n
 }
 
 // spoolDir holds the temporary files of uploads in progress: under the data

@@ -1,8 +1,10 @@
 package api
 
 import (
+	"bufio"
 	"encoding/json"
-	"io"
+	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -81,73 +83,69 @@ func TestConcurrentUploadsPerKeyAreCapped(t *testing.T) {
 	})
 	srv := httptest.NewServer(env.handler)
 	t.Cleanup(srv.Close)
-	post := func(key string, body io.Reader) (*http.Response, error) {
-		req, _ := http.NewRequest("POST", srv.URL+"/api/batch", body)
-		req.Header.Set("Authorization", "Bearer "+key)
-		return http.DefaultClient.Do(req)
-	}
-
-	// The first upload sends half its body, then waits.
-	pr, pw := io.Pipe()
-	t.Cleanup(func() { pw.CloseWithError(io.ErrUnexpectedEOF) }) // before the server's Close
-	first := make(chan *http.Response, 1)
-	go func() {
-		resp, err := post(testKey, pr)
-		if err != nil {
-			t.Errorf("first upload: %v", err)
-			close(first)
-			return
-		}
-		first <- resp
-	}()
 	body := createBody(`"Hi {{name}}"`, "")
-	if _, err := pw.Write([]byte(body[:40])); err != nil {
-		t.Fatal(err)
-	}
-
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		resp, err := post(testKey, strings.NewReader(body))
+	post := func(key string) (int, apiErrorBody, http.Header) {
+		t.Helper()
+		req, _ := http.NewRequest("POST", srv.URL+"/api/batch", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
+		defer resp.Body.Close()
 		var e apiErrorBody
 		json.NewDecoder(resp.Body).Decode(&e)
-		resp.Body.Close()
-		if resp.StatusCode == http.StatusTooManyRequests {
-			if e.Error.Code != domain.ERATELIMITED || resp.Header.Get("Retry-After") == "" {
-				t.Fatalf("429 %+v, Retry-After %q", e.Error, resp.Header.Get("Retry-After"))
+		return resp.StatusCode, e, resp.Header
+	}
+
+	// The first upload sends part of its body over a connection of its own,
+	// then waits. A probe may take the only slot just as it arrives: then the
+	// first is answered 429 at once, and starts again.
+	var first net.Conn
+	begin := func() {
+		var err error
+		if first, err = net.Dial("tcp", srv.Listener.Addr().String()); err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(first, "POST /api/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\n\r\n%s", testKey, len(body), body[:40])
+	}
+	answered := func() bool {
+		first.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+		n, _ := first.Read(make([]byte, 1))
+		return n > 0
+	}
+	begin()
+	t.Cleanup(func() { first.Close() })
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		code, e, hdr := post(testKey)
+		if code == http.StatusTooManyRequests {
+			if e.Error.Code != domain.ERATELIMITED || hdr.Get("Retry-After") == "" {
+				t.Fatalf("429 %+v, Retry-After %q", e.Error, hdr.Get("Retry-After"))
 			}
 			break
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("a second concurrent upload of one key: %d, want 429", resp.StatusCode)
+		if code != http.StatusCreated || time.Now().After(deadline) {
+			t.Fatalf("a second concurrent upload of one key: %d, want 429", code)
 		}
-		time.Sleep(10 * time.Millisecond)
+		if answered() {
+			first.Close()
+			begin()
+		}
 	}
-	resp, err := post(testOtherKey, strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated {
-		t.Fatalf("another key's upload: %d, want 201", resp.StatusCode)
+	if code, _, _ := post(testOtherKey); code != http.StatusCreated {
+		t.Fatalf("another key's upload: %d, want 201", code)
 	}
 
 	// The first upload finishes; its slot is free again.
-	pw.Write([]byte(body[40:]))
-	pw.Close()
-	if r, ok := <-first; !ok || r.StatusCode != http.StatusCreated {
-		t.Fatalf("first upload did not complete with 201: %v", r)
-	} else {
-		r.Body.Close()
-	}
-	resp, err = post(testKey, strings.NewReader(body))
-	if err != nil {
+	first.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := first.Write([]byte(body[40:])); err != nil {
 		t.Fatal(err)
 	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusCreated {
-		t.Fatalf("after the first finished: %d, want 201", resp.StatusCode)
+	resp, err := http.ReadResponse(bufio.NewReader(first), nil)
+	if err != nil || resp.StatusCode != http.StatusCreated {
+		t.Fatalf("the first upload: %v, %v; want 201", resp, err)
+	}
+	if code, _, _ := post(testKey); code != http.StatusCreated {
+		t.Fatalf("after the first finished: %d, want 201", code)
 	}
 }

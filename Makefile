@@ -7,7 +7,7 @@ PKGS    ?= ./...
 # any transaction on the server is open.
 GOTESTFLAGS ?=
 
-.PHONY: run build test test-short bench vet fmt lint clean
+.PHONY: run build test test-short fuzz bench vet fmt lint clean
 
 ## run: start the service on the embedded default (bolt file + simulator under ./data)
 run: build
@@ -17,9 +17,25 @@ run: build
 build:
 	$(GO) build -o $(BIN) ./cmd/smsbatch
 
-## test: the whole suite with the race detector
+## test: the whole suite with the race detector, then a short fuzz run
 test: vet
 	$(GO) test -race -count=1 -timeout 30m $(GOTESTFLAGS) $(PKGS)
+	$(MAKE) fuzz FUZZTIME=$(TEST_FUZZTIME)
+
+# How long `make fuzz` runs each fuzz target, and how long `make test` does.
+FUZZTIME      ?= 10s
+TEST_FUZZTIME ?= 4s
+
+## fuzz: run every fuzz target (func FuzzXxx in a _test.go file) for FUZZTIME each;
+## `go test` takes one target per package per run, hence the loop. A failing
+## input is written to the package's testdata/fuzz: commit it with the fix.
+fuzz:
+	@set -e; for dir in $$(grep -rl --include='*_test.go' '^func Fuzz' . | xargs -n1 dirname | sort -u); do \
+	  for target in $$(grep -ho '^func Fuzz[A-Za-z0-9_]*' $$dir/*_test.go | cut -c6-); do \
+	    echo "fuzz $$dir $$target for $(FUZZTIME)"; \
+	    $(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) $$dir; \
+	  done; \
+	done
 
 ## test-short: the suite without the slow end-to-end tests
 test-short:

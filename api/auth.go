@@ -6,8 +6,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
+	"net"
 	"net/http"
+	"strconv"
 	"strings"
+
+	"github.com/go-chi/httprate"
 
 	"github.com/smsbatch/smsbatch/domain"
 )
@@ -79,19 +84,76 @@ func PrincipalFrom(ctx context.Context) (Principal, bool) {
 	return p, ok
 }
 
-// authenticate admits requests with a known bearer key.
+// authenticate admits requests with a known bearer key. An address that has
+// failed too often is refused before its key is even looked at: answering a
+// right key there would let it go on guessing at full speed.
 func (s *server) authenticate(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		addr := clientAddr(r)
+		if s.authFailures.blocked(addr) {
+			w.Header().Set("Retry-After", s.authFailures.retryAfter)
+			writeError(w, r, s.log, domain.Errorf(domain.ERATELIMITED, "too many failed authentications from this address; retry after the time in Retry-After"))
+			return
+		}
 		key, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		if !ok || key == "" {
+			s.authFailures.failed(w, r, addr)
 			writeError(w, r, s.log, domain.Errorf(domain.EUNAUTHORIZED, "missing API key: send Authorization: Bearer <key>"))
 			return
 		}
 		p, ok := s.cfg.Keys.Lookup(strings.TrimSpace(key))
 		if !ok {
+			s.authFailures.failed(w, r, addr)
 			writeError(w, r, s.log, domain.Errorf(domain.EUNAUTHORIZED, "unknown API key"))
 			return
 		}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), principalKey{}, p)))
 	})
+}
+
+// authFailures counts failed authentications per client address, with
+// httprate's sliding window.
+type authFailures struct {
+	limiter    *httprate.RateLimiter
+	limit      int
+	retryAfter string
+}
+
+// newAuthFailures returns the limit of l; nil when l turns it off.
+func newAuthFailures(l RateLimit) *authFailures {
+	if l.Requests < 0 {
+		return nil
+	}
+	return &authFailures{
+		// No X-RateLimit-* headers: they would read as the per-key limit's.
+		limiter: httprate.NewRateLimiter(l.Requests, l.Window, httprate.WithResponseHeaders(httprate.ResponseHeaders{})),
+		limit:   l.Requests, retryAfter: strconv.Itoa(int(math.Ceil(l.Window.Seconds()))),
+	}
+}
+
+// blocked reports whether addr has used up its failures for now.
+func (a *authFailures) blocked(addr string) bool {
+	if a == nil {
+		return false
+	}
+	_, rate, err := a.limiter.Status(addr)
+	return err == nil && int(math.Round(rate)) >= a.limit
+}
+
+// failed counts one failure of addr.
+func (a *authFailures) failed(w http.ResponseWriter, r *http.Request, addr string) {
+	if a != nil {
+		a.limiter.OnLimit(w, r, addr)
+	}
+}
+
+// clientAddr is the address of the connection's far end: a header naming
+// another could be written by anyone. IPv6 addresses count per /64, which one
+// client usually holds whole.
+func clientAddr(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	return httprate.CanonicalizeIP(host)
 }

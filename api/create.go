@@ -8,11 +8,15 @@ import (
 	"hash/maphash"
 	"io"
 	"iter"
+	"maps"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf16"
+	"unicode/utf8"
 
 	"github.com/smsbatch/smsbatch/commands"
 	"github.com/smsbatch/smsbatch/domain"
@@ -21,8 +25,10 @@ import (
 // createRequest is what POST /api/batch reads, less the recipients, which are
 // streamed.
 type createRequest struct {
-	text    *string
-	options createOptions
+	text *string
+	// textProblem is what is wrong with the text's raw JSON, if anything.
+	textProblem string
+	options     createOptions
 }
 
 type createOptions struct {
@@ -31,8 +37,10 @@ type createOptions struct {
 	AutoStart    *bool   `json:"autoStart"`
 }
 
+// recipientIn keeps its strings raw: encoding/json would silently replace bytes
+// that are not UTF-8 with U+FFFD, and they must be refused instead.
 type recipientIn struct {
-	PhoneNumber string                     `json:"phoneNumber"`
+	PhoneNumber json.RawMessage            `json:"phoneNumber"`
 	Variables   map[string]json.RawMessage `json:"variables"`
 }
 
@@ -41,6 +49,15 @@ type spooled struct {
 	Phone string            `json:"p"`
 	Vars  map[string]string `json:"v,omitempty"`
 }
+
+// A scheduleTime must lie in this window around now. The past allows for clocks
+// that differ a little (such a batch starts at once); a year ahead is further
+// than any campaign is planned, and further is a typo such as 9999-12-31, which
+// would hold a batch pending forever.
+const (
+	scheduleGrace   = 5 * time.Minute
+	scheduleHorizon = 1 // year
+)
 
 // problems collects per-field problems up to a limit, counting the rest.
 type problems struct {
@@ -55,8 +72,6 @@ func (p *problems) add(field, problem string) {
 		p.list = append(p.list, domain.FieldProblem{Field: field, Problem: problem})
 	}
 }
-
-func (p *problems) full() bool { return p.total >= p.max }
 
 func (p *problems) err() error {
 	if p.total == 0 {
@@ -74,15 +89,18 @@ func (p *problems) err() error {
 // once. Only when every recipient and option is valid is anything stored.
 func (s *server) createBatch(w http.ResponseWriter, r *http.Request) {
 	p, _ := PrincipalFrom(r.Context())
-	spool, err := os.CreateTemp(s.cfg.SpoolDir, "smsbatch-upload-*.jsonl")
+	w, body, release, err := s.beginUpload(w, r, p)
 	if err != nil {
-		writeError(w, r, s.log, fmt.Errorf("create spool file: %w", err))
+		writeError(w, r, s.log, err)
 		return
 	}
-	defer func() {
-		spool.Close()
-		os.Remove(spool.Name())
-	}()
+	defer release()
+	spool, done, err := newSpool(s.cfg.SpoolDir)
+	if err != nil {
+		writeError(w, r, s.log, err)
+		return
+	}
+	defer done()
 
 	key, err := idempotencyKey(r)
 	if err != nil {
@@ -91,19 +109,20 @@ func (s *server) createBatch(w http.ResponseWriter, r *http.Request) {
 	}
 	// The body is fingerprinted as it streams by, for the idempotency key.
 	fp := newFingerprint(r)
-	body := io.TeeReader(http.MaxBytesReader(w, r.Body, s.cfg.Limits.MaxBodyBytes), fp)
-	req, count, probs, err := s.decodeCreate(body, spool)
+	req, count, probs, err := s.decodeCreate(io.TeeReader(body, fp), spool)
 	if err != nil {
 		writeError(w, r, s.log, err)
 		return
 	}
 	tmpl, priority, schedule, autoStart := s.checkCreate(req, count, probs)
-	if probs.total == 0 {
-		// Variables are checked against the template once both are known: the
-		// text may come after the recipients in the body.
+	if tmpl.Text() != "" {
+		// Variables are checked against the template once both are known (the
+		// text may come after the recipients in the body), whatever else is
+		// wrong: one answer lists every problem.
 		for i, rcp := range readSpool(spool) {
-			if probs.full() {
-				break
+			if rcp.err != nil {
+				writeError(w, r, s.log, internalError("the upload could not be read back from the service's disk", rcp.err))
+				return
 			}
 			for _, fp := range tmpl.CheckVariables(rcp.Vars, s.cfg.Limits.Variables) {
 				probs.add(fmt.Sprintf("recipients[%d].%s", i, fp.Field), fp.Problem)
@@ -175,6 +194,7 @@ func (s *server) decodeCreate(body io.Reader, spool *os.File) (createRequest, in
 	enc := json.NewEncoder(out)
 	seen := make(map[uint64]int)
 	seed := maphash.MakeSeed()
+	given := make(map[string]bool)
 	count := 0
 
 	if err := expectDelim(dec, '{', "the request body must be a JSON object"); err != nil {
@@ -186,13 +206,24 @@ func (s *server) decodeCreate(body io.Reader, spool *os.File) (createRequest, in
 			return req, 0, nil, malformed(err, "")
 		}
 		field, _ := tok.(string)
+		if given[field] {
+			probs.add(field, "given more than once")
+		}
+		given[field] = true
 		switch field {
 		case "text":
-			var text string
-			if err := dec.Decode(&text); err != nil {
+			var raw json.RawMessage
+			if err := dec.Decode(&raw); err != nil {
 				return req, 0, nil, malformed(err, "text must be a string")
 			}
-			req.text = &text
+			text, problem, ok := decodeString(raw)
+			if !ok {
+				return req, 0, nil, domain.Errorf(domain.EMALFORMED, "text must be a string")
+			}
+			req.text, req.textProblem = &text, problem
+			if string(raw) == "null" {
+				req.text = nil
+			}
 		case "options":
 			if err := dec.Decode(&req.options); err != nil {
 				return req, 0, nil, malformed(err, "options must be an object with scheduleTime (string), priority (string) and autoStart (boolean)")
@@ -209,11 +240,11 @@ func (s *server) decodeCreate(body io.Reader, spool *os.File) (createRequest, in
 				if count++; count > s.cfg.Limits.MaxRecipients {
 					return req, 0, nil, domain.Errorf(domain.ETOOLARGE, "a batch may have at most %d recipients", s.cfg.Limits.MaxRecipients)
 				}
-				rcp := s.checkRecipient(count-1, in, probs, seen, seed)
-				if probs.total == 0 {
-					if err := enc.Encode(rcp); err != nil {
-						return req, 0, nil, fmt.Errorf("spool recipient: %w", err)
-					}
+				// Every recipient is spooled, valid or not, so that the
+				// variables of all of them can be checked once the template
+				// is known.
+				if err := enc.Encode(s.checkRecipient(count-1, in, probs, seen, seed)); err != nil {
+					return req, 0, nil, internalError("the upload could not be written to the service's disk", fmt.Errorf("spool recipient: %w", err))
 				}
 			}
 			if err := expectDelim(dec, ']', "recipients must be an array"); err != nil {
@@ -230,11 +261,14 @@ func (s *server) decodeCreate(body io.Reader, spool *os.File) (createRequest, in
 	if err := expectDelim(dec, '}', "the request body must be a JSON object"); err != nil {
 		return req, 0, nil, err
 	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return req, 0, nil, malformed(err, "unexpected data after the JSON object")
+	switch _, err := dec.Token(); {
+	case err == nil:
+		return req, 0, nil, domain.Errorf(domain.EMALFORMED, "unexpected data after the JSON object: the body must be one object")
+	case !errors.Is(err, io.EOF):
+		return req, 0, nil, malformed(err, "unexpected data after the JSON object: the body must be one object")
 	}
 	if err := out.Flush(); err != nil {
-		return req, 0, nil, fmt.Errorf("spool recipients: %w", err)
+		return req, 0, nil, internalError("the upload could not be written to the service's disk", fmt.Errorf("spool recipients: %w", err))
 	}
 	return req, count, probs, nil
 }
@@ -242,10 +276,20 @@ func (s *server) decodeCreate(body io.Reader, spool *os.File) (createRequest, in
 // checkRecipient normalises one recipient's number and variables, adding problems.
 func (s *server) checkRecipient(i int, in recipientIn, probs *problems, seen map[uint64]int, seed maphash.Seed) spooled {
 	field := "recipients[" + strconv.Itoa(i) + "]"
-	phone, err := domain.NormalizePhone(in.PhoneNumber, s.cfg.DefaultRegion)
-	if err != nil {
-		probs.add(field+".phoneNumber", err.Error())
-	} else {
+	var phone string
+	raw, problem, ok := decodeString(in.PhoneNumber)
+	switch {
+	case !ok:
+		probs.add(field+".phoneNumber", "must be a string")
+	case problem != "":
+		probs.add(field+".phoneNumber", problem)
+	default:
+		p, err := domain.NormalizePhone(raw, s.cfg.DefaultRegion)
+		if err != nil {
+			probs.add(field+".phoneNumber", err.Error())
+			break
+		}
+		phone = p
 		// A second message to the same number costs money and annoys the customer:
 		// refuse the batch rather than guess which was meant. Numbers are compared
 		// by a 64-bit hash, which keeps a million of them in a few MiB.
@@ -257,11 +301,18 @@ func (s *server) checkRecipient(i int, in recipientIn, probs *problems, seen map
 		}
 	}
 	vars := make(map[string]string, len(in.Variables))
-	for name, raw := range in.Variables {
-		v, ok := scalarString(raw)
-		if !ok {
-			probs.add(field+".variables."+name, "must be a string, number or boolean")
+	for _, name := range slices.Sorted(maps.Keys(in.Variables)) {
+		// A name is never sent, but one that is not text is not what the client
+		// meant either (encoding/json has turned its bad bytes into U+FFFD).
+		if strings.ContainsRune(name, utf8.RuneError) || domain.CheckText(name) != nil {
+			probs.add(field+".variables", fmt.Sprintf("variable name %q is not valid text", name))
 			continue
+		}
+		v, problem := scalarString(in.Variables[name])
+		if problem != "" {
+			// Kept, empty, so that it is not reported missing as well; the
+			// problem refuses the batch.
+			probs.add(field+".variables."+name, problem)
 		}
 		vars[name] = v
 	}
@@ -270,28 +321,42 @@ func (s *server) checkRecipient(i int, in recipientIn, probs *problems, seen map
 
 // checkCreate validates the template and options.
 func (s *server) checkCreate(req createRequest, count int, probs *problems) (tmpl domain.Template, priority domain.Priority, schedule *time.Time, autoStart bool) {
-	if req.text == nil {
+	switch {
+	case req.textProblem != "":
+		probs.add("text", req.textProblem)
+	case req.text == nil:
 		probs.add("text", "required")
-	} else if t, err := domain.NewTemplate(*req.text, s.cfg.Limits.Template); err != nil {
-		probs.add("text", err.Error())
-	} else {
-		tmpl = t
+	default:
+		if err := domain.CheckText(*req.text); err != nil {
+			probs.add("text", err.Error())
+		} else if t, err := domain.NewTemplate(*req.text, s.cfg.Limits.Template); err != nil {
+			probs.add("text", err.Error())
+		} else {
+			tmpl = t
+		}
 	}
 	if count == 0 {
 		probs.add("recipients", "at least one recipient is required")
 	}
-	var err error
 	priority = domain.PriorityNormal
 	if req.options.Priority != nil {
-		if priority, err = domain.ParsePriority(*req.options.Priority); err != nil {
-			probs.add("options.priority", "must be high, normal or low")
+		p, err := domain.ParsePriority(*req.options.Priority)
+		if err != nil || *req.options.Priority == "" {
+			probs.add("options.priority", "must be high, normal or low; leave it out for normal")
 		}
+		priority = p
 	}
 	if req.options.ScheduleTime != nil && *req.options.ScheduleTime != "" {
 		t, err := time.Parse(time.RFC3339, *req.options.ScheduleTime)
-		if err != nil {
+		now := time.Now()
+		switch {
+		case err != nil:
 			probs.add("options.scheduleTime", "must be an RFC 3339 time such as 2026-12-01T09:00:00Z")
-		} else {
+		case t.Before(now.Add(-scheduleGrace)):
+			probs.add("options.scheduleTime", fmt.Sprintf("is more than %s in the past; leave it out to send now", scheduleGrace))
+		case t.After(now.AddDate(scheduleHorizon, 0, 0)):
+			probs.add("options.scheduleTime", "is more than a year ahead")
+		default:
 			schedule = &t
 		}
 	}
@@ -329,21 +394,87 @@ func readSpool(f *os.File) iter.Seq2[int, spoolItem] {
 	}
 }
 
-func scalarString(raw json.RawMessage) (string, bool) {
-	var v any
-	if err := json.Unmarshal(raw, &v); err != nil {
-		return "", false
-	}
-	switch v := v.(type) {
-	case string:
-		return v, true
-	case float64:
+// scalarString returns a variable's value as text: a string as given, a number
+// as written, a boolean as true or false; or what is wrong with it.
+func scalarString(raw json.RawMessage) (string, string) {
+	switch {
+	case len(raw) == 0:
+	case raw[0] == '"':
+		v, problem, _ := decodeString(raw)
+		return v, problem
+	case string(raw) == "true" || string(raw) == "false":
+		return string(raw), ""
+	case raw[0] == '-' || '0' <= raw[0] && raw[0] <= '9':
 		// Keep the number as written ("007" cannot occur in JSON, "1e3" can).
-		return string(raw), true
-	case bool:
-		return strconv.FormatBool(v), true
+		return string(raw), ""
 	}
-	return "", false
+	return "", "must be a string, number or boolean"
+}
+
+// decodeString decodes raw, one JSON value, as message text: ok is false when it
+// is not a string (null and nothing read as ""), problem says why the string may
+// not go into a message. Invalid UTF-8 is found on the raw bytes: encoding/json
+// would turn it, and escapes of unpaired surrogates (\ud800), into U+FFFD.
+func decodeString(raw json.RawMessage) (s, problem string, ok bool) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return "", "", true
+	}
+	if raw[0] != '"' || json.Unmarshal(raw, &s) != nil {
+		return "", "", false
+	}
+	if !validJSONString(raw) {
+		return "", "is not valid UTF-8", true
+	}
+	if err := domain.CheckText(s); err != nil {
+		return "", err.Error(), true
+	}
+	return s, "", true
+}
+
+// validJSONString reports whether raw, a JSON string literal the decoder
+// accepted, holds only valid UTF-8 and no \u escape of an unpaired surrogate.
+func validJSONString(raw []byte) bool {
+	if !utf8.Valid(raw) {
+		return false
+	}
+	for i := 0; i < len(raw); i++ {
+		if raw[i] != '\\' {
+			continue
+		}
+		i++
+		if i >= len(raw) || raw[i] != 'u' {
+			continue // a one-character escape, now skipped
+		}
+		r, ok := hex4(raw[i+1:])
+		if !ok {
+			return false
+		}
+		i += 4
+		switch {
+		case utf16.IsSurrogate(r) && r < 0xdc00:
+			// A high surrogate must be followed by an escaped low one.
+			if i+2 >= len(raw) || raw[i+1] != '\\' || raw[i+2] != 'u' {
+				return false
+			}
+			low, ok := hex4(raw[i+3:])
+			if !ok || low < 0xdc00 || low > 0xdfff {
+				return false
+			}
+			i += 6
+		case utf16.IsSurrogate(r):
+			return false
+		}
+	}
+	return true
+}
+
+// hex4 reads the four hex digits of a \u escape.
+func hex4(b []byte) (rune, bool) {
+	if len(b) < 4 {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(string(b[:4]), 16, 16)
+	return rune(n), err == nil
 }
 
 func expectDelim(dec *json.Decoder, want json.Delim, problem string) error {
@@ -357,16 +488,23 @@ func expectDelim(dec *json.Decoder, want json.Delim, problem string) error {
 	return nil
 }
 
-// malformed turns a decoding error into the answer a client needs: too large, or
-// not the JSON we expect. The decoder's message says where.
+// malformed turns a decoding error into the answer a client needs: too large,
+// too slow, or not the JSON we expect. The decoder's message says where.
 func malformed(err error, problem string) error {
-	var tooLarge *http.MaxBytesError
-	if errors.As(err, &tooLarge) {
-		return domain.Errorf(domain.ETOOLARGE, "the request body exceeds %d bytes", tooLarge.Limit)
-	}
 	msg := "the request body is not valid JSON"
 	if problem != "" {
 		msg = problem
+	}
+	if err == nil {
+		return domain.Errorf(domain.EMALFORMED, "%s", msg)
+	}
+	var appErr *domain.Error
+	if errors.As(err, &appErr) {
+		return err // the body's reader knows best (minRateBody)
+	}
+	var tooLarge *http.MaxBytesError
+	if errors.As(err, &tooLarge) {
+		return domain.Errorf(domain.ETOOLARGE, "the request body exceeds %d bytes", tooLarge.Limit)
 	}
 	var syntax *json.SyntaxError
 	var typeErr *json.UnmarshalTypeError

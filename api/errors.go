@@ -3,8 +3,10 @@ package api
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
+	"syscall"
 
 	"github.com/smsbatch/smsbatch/domain"
 	"github.com/smsbatch/smsbatch/eventstore"
@@ -18,6 +20,7 @@ var statusOf = map[string]int{
 	domain.ENOTFOUND:     http.StatusNotFound,
 	domain.ECONFLICT:     http.StatusConflict,
 	domain.ETOOLARGE:     http.StatusRequestEntityTooLarge,
+	domain.ETOOSLOW:      http.StatusRequestTimeout,
 	domain.ERATELIMITED:  http.StatusTooManyRequests,
 	domain.EUNAVAILABLE:  http.StatusServiceUnavailable,
 	domain.EINTERNAL:     http.StatusInternalServerError,
@@ -35,18 +38,17 @@ type errorPayload struct {
 }
 
 // writeError answers with err's status and code. Internal errors are logged and
-// answered with a generic message: their text may hold anything.
+// answered with their *domain.Error's message if they carry one (it names the
+// cause), else a generic one: their own text may hold anything.
 func writeError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err error) {
-	if errors.Is(err, eventstore.ErrUnavailable) && domain.ErrorCode(err) == domain.EINTERNAL {
-		// A store restarting or out of reach: the client should try again, and
-		// nothing it sent was wrong.
-		logger.WarnContext(r.Context(), "store unavailable", "method", r.Method, "path", r.URL.Path, "err", err)
-		w.Header().Set("Retry-After", "1")
-		writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: errorPayload{
-			Code: domain.EUNAVAILABLE, Message: "the service's storage is unavailable; try again shortly"}})
-		return
-	}
 	code := domain.ErrorCode(err)
+	message := domain.ErrorMessage(err)
+	retryAfter := "1"
+	if code == domain.EINTERNAL {
+		if fault, wait := storageFault(err); fault != "" {
+			code, message, retryAfter = domain.EUNAVAILABLE, fault, wait
+		}
+	}
 	status, ok := statusOf[code]
 	if !ok {
 		status = http.StatusInternalServerError
@@ -56,14 +58,40 @@ func writeError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err
 	if errors.As(err, &appErr) {
 		details = appErr.Details
 	}
-	if status >= 500 {
+	switch {
+	case status == http.StatusServiceUnavailable:
+		// Nothing the client sent was wrong: the same request may work later.
+		w.Header().Set("Retry-After", retryAfter)
+		logger.WarnContext(r.Context(), "request failed: unavailable", "method", r.Method, "path", r.URL.Path, "err", err)
+	case status >= 500:
 		logger.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 	}
-	writeJSON(w, status, errorBody{Error: errorPayload{Code: code, Message: domain.ErrorMessage(err), Details: details}})
+	writeJSON(w, status, errorBody{Error: errorPayload{Code: code, Message: message, Details: details}})
+}
+
+// storageFault names the cause when err says storage is out of reach or full,
+// with the Retry-After to answer; "" otherwise.
+func storageFault(err error) (message, retryAfter string) {
+	switch {
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		return "the service's storage is full; try again later", "30"
+	case errors.Is(err, eventstore.ErrUnavailable):
+		return "the service's storage is unavailable; try again shortly", "1"
+	}
+	return "", ""
+}
+
+// internalError marks err as the service's own failure with a message that names
+// the cause without its details, which are only logged.
+func internalError(message string, err error) error {
+	return fmt.Errorf("%w: %w", &domain.Error{Code: domain.EINTERNAL, Message: message}, err)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
+	// Error messages echo bits of the request; a browser must never render an
+	// answer as anything but JSON.
+	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(status)
 	enc := json.NewEncoder(w)
 	enc.SetEscapeHTML(false)

@@ -21,13 +21,13 @@ import (
 	"github.com/smsbatch/smsbatch/projections/memory"
 )
 
-// apiEnv is the whole API over an event store, without live updates.
-type apiEnv struct {
+// keyedEnv is the whole API over an event store, without live updates.
+type keyedEnv struct {
 	srv   *httptest.Server
 	store eventstore.Store
 }
 
-func newAPI(t *testing.T, store eventstore.Store) *apiEnv {
+func newKeyedAPI(t *testing.T, store eventstore.Store) *keyedEnv {
 	t.Helper()
 	rm := memory.New()
 	runner, err := projections.NewRunner(projections.RunnerConfig{Events: store, Store: rm})
@@ -50,16 +50,16 @@ func newAPI(t *testing.T, store eventstore.Store) *apiEnv {
 	go func() { defer close(done); runner.Run(ctx) }()
 	srv := httptest.NewServer(handler)
 	t.Cleanup(func() { srv.Close(); cancel(); <-done })
-	return &apiEnv{srv: srv, store: store}
+	return &keyedEnv{srv: srv, store: store}
 }
 
-type answer struct {
+type keyedAnswer struct {
 	status int
 	header http.Header
 	body   []byte
 }
 
-func (e *apiEnv) post(t *testing.T, path, key, idemKey, body string) answer {
+func (e *keyedEnv) post(t *testing.T, path, key, idemKey, body string) keyedAnswer {
 	t.Helper()
 	req, _ := http.NewRequest(http.MethodPost, e.srv.URL+path, strings.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+key)
@@ -72,10 +72,10 @@ func (e *apiEnv) post(t *testing.T, path, key, idemKey, body string) answer {
 	}
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(resp.Body)
-	return answer{resp.StatusCode, resp.Header, data}
+	return keyedAnswer{resp.StatusCode, resp.Header, data}
 }
 
-func (a answer) id(t *testing.T) string {
+func (a keyedAnswer) id(t *testing.T) string {
 	t.Helper()
 	var st struct{ ID string }
 	if err := json.Unmarshal(a.body, &st); err != nil || st.ID == "" {
@@ -84,7 +84,7 @@ func (a answer) id(t *testing.T) string {
 	return st.ID
 }
 
-func (a answer) code(t *testing.T) string {
+func (a keyedAnswer) code(t *testing.T) string {
 	t.Helper()
 	var e errorBody
 	json.Unmarshal(a.body, &e)
@@ -92,7 +92,7 @@ func (a answer) code(t *testing.T) string {
 }
 
 // created counts the batches stored.
-func (e *apiEnv) created(t *testing.T) int {
+func (e *keyedEnv) created(t *testing.T) int {
 	t.Helper()
 	n := 0
 	pos := eventstore.Start
@@ -113,17 +113,17 @@ func (e *apiEnv) created(t *testing.T) int {
 	}
 }
 
-func createBody(name string) string {
+func keyedBody(name string) string {
 	return fmt.Sprintf(`{"text":"Hi {{name}}","recipients":[{"phoneNumber":"+14155550100","variables":{"name":%q}}],"options":{"autoStart":false}}`, name)
 }
 
 func TestCreateRetriedWithTheSameKeyGetsTheFirstAnswer(t *testing.T) {
-	env := newAPI(t, esmemory.New())
-	first := env.post(t, "/api/batch", liveAcmeKey, "order-1", createBody("Ada"))
+	env := newKeyedAPI(t, esmemory.New())
+	first := env.post(t, "/api/batch", liveAcmeKey, "order-1", keyedBody("Ada"))
 	if first.status != http.StatusCreated {
 		t.Fatalf("create: %d %s", first.status, first.body)
 	}
-	again := env.post(t, "/api/batch", liveAcmeKey, "order-1", createBody("Ada"))
+	again := env.post(t, "/api/batch", liveAcmeKey, "order-1", keyedBody("Ada"))
 	if again.status != http.StatusCreated || !bytes.Equal(again.body, first.body) || again.header.Get(ReplayedHeader) != "true" {
 		t.Fatalf("retry: %d %s (replayed %q), want the first answer %s", again.status, again.body, again.header.Get(ReplayedHeader), first.body)
 	}
@@ -133,22 +133,22 @@ func TestCreateRetriedWithTheSameKeyGetsTheFirstAnswer(t *testing.T) {
 	if n := env.created(t); n != 1 {
 		t.Fatalf("%d batches stored, want 1", n)
 	}
-	other := env.post(t, "/api/batch", liveAcmeKey, "order-1", createBody("Grace"))
+	other := env.post(t, "/api/batch", liveAcmeKey, "order-1", keyedBody("Grace"))
 	if other.status != http.StatusUnprocessableEntity || other.code(t) != domain.EINVALID || !strings.Contains(string(other.body), IdempotencyHeader) {
 		t.Fatalf("same key, other body: %d %s, want 422 naming the header", other.status, other.body)
 	}
 	// Keys belong to a tenant: another tenant's same key is another request.
-	if g := env.post(t, "/api/batch", liveGlobexKey, "order-1", createBody("Ada")); g.status != http.StatusCreated || g.id(t) == first.id(t) {
+	if g := env.post(t, "/api/batch", liveGlobexKey, "order-1", keyedBody("Ada")); g.status != http.StatusCreated || g.id(t) == first.id(t) {
 		t.Fatalf("globex with acme's key: %d %s", g.status, g.body)
 	}
 	// A refused request claims nothing: fixing it under the same key works.
 	if bad := env.post(t, "/api/batch", liveAcmeKey, "order-2", `{"text":"Hi {{name}}","recipients":[]}`); bad.status != http.StatusUnprocessableEntity {
 		t.Fatalf("bad create: %d", bad.status)
 	}
-	if ok := env.post(t, "/api/batch", liveAcmeKey, "order-2", createBody("Ada")); ok.status != http.StatusCreated {
+	if ok := env.post(t, "/api/batch", liveAcmeKey, "order-2", keyedBody("Ada")); ok.status != http.StatusCreated {
 		t.Fatalf("fixed create under the key of a refused one: %d %s", ok.status, ok.body)
 	}
-	if bad := env.post(t, "/api/batch", liveAcmeKey, strings.Repeat("k", 256), createBody("Ada")); bad.status != http.StatusUnprocessableEntity {
+	if bad := env.post(t, "/api/batch", liveAcmeKey, strings.Repeat("k", 256), keyedBody("Ada")); bad.status != http.StatusUnprocessableEntity {
 		t.Fatalf("256-character key: %d, want 422", bad.status)
 	}
 }
@@ -172,33 +172,33 @@ func (l *loseCreated) Append(ctx context.Context, stream string, expected events
 // not make a second batch.
 func TestCreateWhoseAnswerWasLostIsNotMadeTwice(t *testing.T) {
 	store := &loseCreated{Store: esmemory.New()}
-	env := newAPI(t, store)
+	env := newKeyedAPI(t, store)
 	store.lose.Store(100)
-	first := env.post(t, "/api/batch", liveAcmeKey, "order-9", createBody("Ada"))
+	first := env.post(t, "/api/batch", liveAcmeKey, "order-9", keyedBody("Ada"))
 	if first.status != http.StatusServiceUnavailable {
 		t.Fatalf("create with its answer lost: %d %s, want 503", first.status, first.body)
 	}
 	store.lose.Store(0)
-	retry := env.post(t, "/api/batch", liveAcmeKey, "order-9", createBody("Ada"))
+	retry := env.post(t, "/api/batch", liveAcmeKey, "order-9", keyedBody("Ada"))
 	if retry.status != http.StatusCreated {
 		t.Fatalf("retry: %d %s", retry.status, retry.body)
 	}
 	if n := env.created(t); n != 1 {
 		t.Fatalf("%d batches stored after the retry, want 1", n)
 	}
-	if again := env.post(t, "/api/batch", liveAcmeKey, "order-9", createBody("Ada")); !bytes.Equal(again.body, retry.body) {
+	if again := env.post(t, "/api/batch", liveAcmeKey, "order-9", keyedBody("Ada")); !bytes.Equal(again.body, retry.body) {
 		t.Fatalf("second retry %s, want %s", again.body, retry.body)
 	}
 }
 
 func TestConcurrentCreatesWithOneKeyMakeOneBatch(t *testing.T) {
-	env := newAPI(t, esmemory.New())
+	env := newKeyedAPI(t, esmemory.New())
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	ids := map[string]bool{}
 	for range 8 {
 		wg.Go(func() {
-			a := env.post(t, "/api/batch", liveAcmeKey, "same", createBody("Ada"))
+			a := env.post(t, "/api/batch", liveAcmeKey, "same", keyedBody("Ada"))
 			switch a.status {
 			case http.StatusCreated:
 				mu.Lock()
@@ -217,8 +217,8 @@ func TestConcurrentCreatesWithOneKeyMakeOneBatch(t *testing.T) {
 }
 
 func TestLifecycleCommandRetriedWithItsKeyGetsTheFirstAnswer(t *testing.T) {
-	env := newAPI(t, esmemory.New())
-	id := env.post(t, "/api/batch", liveAcmeKey, "", createBody("Ada")).id(t)
+	env := newKeyedAPI(t, esmemory.New())
+	id := env.post(t, "/api/batch", liveAcmeKey, "", keyedBody("Ada")).id(t)
 	start := env.post(t, "/api/v2/batch/"+id+"/start", liveAcmeKey, "start-1", "")
 	if start.status != http.StatusOK {
 		t.Fatalf("start: %d %s", start.status, start.body)

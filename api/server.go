@@ -49,11 +49,48 @@ func (l *Limits) setDefaults() {
 	}
 }
 
-// RateLimit bounds requests per API key.
+// RateLimit bounds requests per Window. A zero field takes its default (which
+// differs per use, see Config); negative Requests turns the limit off.
 type RateLimit struct {
-	// Requests per Window; default 600 per minute. Negative disables the limit.
 	Requests int
 	Window   time.Duration
+}
+
+func (l *RateLimit) setDefaults(requests int, window time.Duration) {
+	if l.Requests == 0 {
+		l.Requests = requests
+	}
+	if l.Window <= 0 {
+		l.Window = window
+	}
+}
+
+// Timeouts bound how long one connection may hold the server. A zero field takes
+// its default.
+type Timeouts struct {
+	// Read bounds reading a request, headers and body; default 30s. Headers get
+	// at most 10s of it. A batch upload's body is bounded by UploadLimits.MinRate
+	// instead, so that a large upload arriving at a steady rate is never cut off.
+	Read time.Duration
+	// Write bounds the time from the end of a request's headers to the end of
+	// its answer; default 30s. A batch upload's answer gets it from when the
+	// batch is stored. WebSocket connections are not bounded by it.
+	Write time.Duration
+	// Idle bounds how long a kept-alive connection may wait for its next
+	// request; default 60s.
+	Idle time.Duration
+}
+
+func (t *Timeouts) setDefaults() {
+	if t.Read <= 0 {
+		t.Read = 30 * time.Second
+	}
+	if t.Write <= 0 {
+		t.Write = 30 * time.Second
+	}
+	if t.Idle <= 0 {
+		t.Idle = time.Minute
+	}
 }
 
 // Waiter is told the position of a command's last event and returns once the read
@@ -75,8 +112,19 @@ type Config struct {
 	// DefaultRegion is the region of phone numbers given without a country code; default "US".
 	DefaultRegion string
 	Limits        Limits
-	RateLimit     RateLimit
-	// SpoolDir holds the temporary files a batch upload is validated through; default os.TempDir().
+	// RateLimit bounds requests per API key; default 600 per minute.
+	RateLimit RateLimit
+	// AuthFailures bounds failed authentications per client address (the
+	// connection's, not a header's): past it, the address gets 429 whatever key
+	// it sends until the window has passed. Default 10 per minute.
+	AuthFailures RateLimit
+	// Uploads bounds batch uploads (POST /api/batch).
+	Uploads UploadLimits
+	// Timeouts bound connections; NewServer applies them.
+	Timeouts Timeouts
+	// SpoolDir holds the temporary files a batch upload is validated through;
+	// default os.TempDir(). Give the service a directory of its own and clean it
+	// at start with CleanSpoolDir.
 	SpoolDir string
 	// Metrics serves /metrics to authenticated callers; nil answers 404.
 	Metrics http.Handler
@@ -101,12 +149,10 @@ func (c *Config) setDefaults() {
 		c.DefaultRegion = "US"
 	}
 	c.Limits.setDefaults()
-	if c.RateLimit.Requests == 0 {
-		c.RateLimit.Requests = 600
-	}
-	if c.RateLimit.Window <= 0 {
-		c.RateLimit.Window = time.Minute
-	}
+	c.RateLimit.setDefaults(600, time.Minute)
+	c.AuthFailures.setDefaults(10, time.Minute)
+	c.Uploads.setDefaults()
+	c.Timeouts.setDefaults()
 	if c.ReadYourWrites <= 0 {
 		c.ReadYourWrites = 2 * time.Second
 	}
@@ -142,15 +188,39 @@ func (c Config) Validate() error {
 type server struct {
 	cfg Config
 	log *slog.Logger
+	// uploads counts the uploads running per API key.
+	uploads *uploadSlots
+	// authFailures counts failed authentications per client address; nil: no limit.
+	authFailures *authFailures
 }
 
-// NewHandler returns the HTTP handler of the whole API.
+// NewServer returns the HTTP server of the whole API, with cfg's timeouts.
+func NewServer(cfg Config) (*http.Server, error) {
+	h, err := NewHandler(cfg)
+	if err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	t := cfg.Timeouts
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: min(t.Read, 10*time.Second),
+		ReadTimeout:       t.Read,
+		WriteTimeout:      t.Write,
+		IdleTimeout:       t.Idle,
+		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
+	}, nil
+}
+
+// NewHandler returns the HTTP handler of the whole API; NewServer serves it with
+// the configured timeouts.
 func NewHandler(cfg Config) (http.Handler, error) {
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("api config: %w", err)
 	}
-	s := &server{cfg: cfg, log: cfg.Logger}
+	s := &server{cfg: cfg, log: cfg.Logger, uploads: newUploadSlots(cfg.Uploads.PerKey),
+		authFailures: newAuthFailures(cfg.AuthFailures)}
 
 	r := chi.NewRouter()
 	r.Use(middleware.RequestID, s.recoverer)

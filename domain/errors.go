@@ -14,6 +14,7 @@ const (
 	ECONFLICT     = "conflict"     // the batch's state does not allow it
 	EUNAUTHORIZED = "unauthorized" // no or wrong credentials
 	ETOOLARGE     = "too_large"    // over a documented limit
+	ETOOSLOW      = "too_slow"     // the request arrived slower than the documented minimum rate
 	ERATELIMITED  = "rate_limited" // too many requests
 	EUNAVAILABLE  = "unavailable"  // a dependency is down; try again
 	EINTERNAL     = "internal"     // a bug or an unexpected failure; never shown in detail

@@ -32,8 +32,8 @@ const maxPhoneLength = 32
 //
 // Refused, wrapping ErrInvalidPhone: empty input, input longer than 32 characters,
 // letters (vanity numbers such as 1-800-FLOWERS are not what a recipient list
-// means), extensions (an SMS cannot reach one), unknown country codes and numbers
-// that are not valid. An unknown non-empty defaultRegion is a configuration error
+// means), control characters inside the number, extensions (an SMS cannot reach
+// one), unknown country codes and numbers that are not valid. An unknown non-empty defaultRegion is a configuration error
 // (check it at start with ValidRegion) and does not wrap ErrInvalidPhone.
 func NormalizePhone(raw string, defaultRegion string) (string, error) {
 	region := strings.ToUpper(defaultRegion)
@@ -50,6 +50,10 @@ func NormalizePhone(raw string, defaultRegion string) (string, error) {
 		return "", phoneError(s, fmt.Sprintf("longer than %d characters", maxPhoneLength))
 	case strings.ContainsFunc(s, unicode.IsLetter):
 		return "", phoneError(s, "contains letters")
+	case strings.ContainsFunc(s, unicode.IsControl):
+		// The parser skips what is not a digit, so "+1415\x005550100" would
+		// otherwise pass as a clean number.
+		return "", phoneError(s, "contains a control character")
 	}
 
 	n, err := phonenumbers.Parse(s, region)
@@ -89,8 +93,17 @@ func NormalizePhone(raw string, defaultRegion string) (string, error) {
 		}
 		return "", phoneError(s, fmt.Sprintf("not a valid number for country code +%d", cc))
 	}
-	return phonenumbers.Format(n, phonenumbers.E164), nil
+	e164 := phonenumbers.Format(n, phonenumbers.E164)
+	if len(e164)-1 > maxE164Digits {
+		// The metadata of some countries (Germany's) allows longer numbers
+		// than E.164 does; no provider takes them.
+		return "", phoneError(s, fmt.Sprintf("too long: more than the %d digits E.164 allows", maxE164Digits))
+	}
+	return e164, nil
 }
+
+// maxE164Digits is the most digits an E.164 number has, country code included.
+const maxE164Digits = 15
 
 // isTwilioTestNumber reports whether n is in Twilio's test range, +1 500 555 xxxx.
 func isTwilioTestNumber(n *phonenumbers.PhoneNumber) bool {

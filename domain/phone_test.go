@@ -68,6 +68,9 @@ func TestNormalizePhoneRejects(t *testing.T) {
 		{name: "extension with #", raw: "+1 415 555 2671 #12", region: "US", want: "has an extension"},
 		{name: "33 characters", raw: "+1 415 555 2671 " + strings.Repeat("1", 17), region: "US", want: "longer than 32 characters"},
 		{name: "invalid UTF-8", raw: "+1415\xff5552671", region: "US", want: "not valid UTF-8"},
+		{name: "NUL inside", raw: "+1415\x005552671", region: "US", want: "contains a control character"},
+		{name: "escape inside", raw: "+1 415 \x1b555 2671", region: "US", want: "contains a control character"},
+		{name: "DEL inside", raw: "+1415\x7f5552671", region: "US", want: "contains a control character"},
 		{name: "punctuation only", raw: "+", region: "US", want: "not a phone number"},
 		{name: "too short", raw: "+1 415", region: "US", want: "too short"},
 		{name: "seven digits without area code", raw: "555-1234", region: "US", want: "too short"},
@@ -77,6 +80,7 @@ func TestNormalizePhoneRejects(t *testing.T) {
 		{name: "US area code 555 does not exist", raw: "(555) 123-4567", region: "US", want: "not a valid number for region US"},
 		{name: "invalid number of another country", raw: "+44 11 1111 1111", region: "US", want: "not a valid number for country code +44"},
 		{name: "00 is not the international prefix from the US", raw: "0044 20 7946 0958", region: "US", want: "invalid phone number"},
+		{name: "valid for Germany but longer than E.164", raw: "20100000000 0000", region: "DE", want: "more than the 15 digits E.164 allows"},
 		{name: "Twilio range needs ten digits", raw: "+1 500 555 000", region: "US", want: "too short"},
 	}
 	for _, tt := range tests {

@@ -4,12 +4,37 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 )
 
 // ErrInvalidTemplate is wrapped by every error NewTemplate returns, so the API layer
 // can answer a bad template with a 4xx without parsing messages.
 var ErrInvalidTemplate = errors.New("invalid template")
+
+// ErrInvalidText is wrapped by every error CheckText returns.
+var ErrInvalidText = errors.New("invalid text")
+
+// CheckText reports whether s may go into a message: valid UTF-8, and no control
+// character but newline and tab. A NUL, an escape sequence or a stray carriage
+// return reaches a handset as garbage, or not at all, and is never what a
+// campaign meant. The API checks template texts and variable values with it
+// before anything is stored; NewTemplate does not, so that a batch stored before
+// the rule existed still renders. Errors give the rune offset (0-based).
+func CheckText(s string) error {
+	i := 0
+	for b, r := range s {
+		switch {
+		case r == utf8.RuneError && !strings.HasPrefix(s[b:], "\uFFFD"):
+			// A U+FFFD written as such is text; a byte that is not UTF-8 is not.
+			return fmt.Errorf("%w: not valid UTF-8 at character %d", ErrInvalidText, i)
+		case unicode.IsControl(r) && r != '\n' && r != '\t':
+			return fmt.Errorf("%w: control character U+%04X at character %d; only newline and tab may appear", ErrInvalidText, r, i)
+		}
+		i++
+	}
+	return nil
+}
 
 // maxVariableNameLength bounds a placeholder's name, in bytes (names are ASCII).
 const maxVariableNameLength = 64

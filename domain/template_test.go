@@ -325,3 +325,27 @@ func BenchmarkRender(b *testing.B) {
 		_ = tpl.Render(values)
 	}
 }
+
+func TestCheckText(t *testing.T) {
+	for _, ok := range []string{"", "Hi Ada", "line one\nline two", "col\tcol", "é 😀 中文", "a literal \uFFFD is text", "\u2028 is a separator, not a control"} {
+		if err := CheckText(ok); err != nil {
+			t.Errorf("CheckText(%q) = %v, want nil", ok, err)
+		}
+	}
+	tests := []struct{ text, want string }{
+		{"Hi \x00", "control character U+0000 at character 3"},
+		{"\r\n", "control character U+000D at character 0"},
+		{"é\x1b[31m", "control character U+001B at character 1"},
+		{"del\x7f", "U+007F"},
+		{"c1\u0085", "U+0085"},
+		{"bad \xff byte", "not valid UTF-8 at character 4"},
+		{"cut \xe2\x82", "not valid UTF-8 at character 4"},
+		{"\xed\xa0\x80 surrogate", "not valid UTF-8 at character 0"},
+	}
+	for _, tt := range tests {
+		err := CheckText(tt.text)
+		if !errors.Is(err, ErrInvalidText) || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("CheckText(%q) = %v, want ErrInvalidText saying %q", tt.text, err, tt.want)
+		}
+	}
+}

@@ -4,10 +4,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/smsbatch/smsbatch/api"
 	"github.com/smsbatch/smsbatch/domain"
 )
 
@@ -66,6 +68,17 @@ type Config struct {
 	HTTPRateWindow time.Duration
 	MaxBodyBytes   int64
 	MaxRecipients  int
+
+	// HTTP server limits: see api.Timeouts, api.UploadLimits and
+	// api.Config.AuthFailures. On the command line 0 turns a limit off.
+	HTTPReadTimeout   time.Duration
+	HTTPWriteTimeout  time.Duration
+	HTTPIdleTimeout   time.Duration
+	UploadMinRate     int64
+	UploadRateWindow  time.Duration
+	UploadsPerKey     int
+	AuthFailureLimit  int
+	AuthFailureWindow time.Duration
 
 	ShutdownTimeout time.Duration
 }
@@ -191,6 +204,14 @@ func parseConfig(name string, args []string, env func(string) string) (Config, [
 	s.dur(&c.HTTPRateWindow, "http-rate-window", "SMSBATCH_HTTP_RATE_WINDOW", time.Minute, "window of the API rate limit")
 	s.int64(&c.MaxBodyBytes, "max-body-bytes", "SMSBATCH_MAX_BODY_BYTES", 64<<20, "largest request body")
 	s.int(&c.MaxRecipients, "max-recipients", "SMSBATCH_MAX_RECIPIENTS", 1_000_000, "most recipients in one batch")
+	s.dur(&c.HTTPReadTimeout, "http-read-timeout", "SMSBATCH_HTTP_READ_TIMEOUT", 30*time.Second, "time to read a request, headers and body (a batch upload's body: see --upload-min-rate)")
+	s.dur(&c.HTTPWriteTimeout, "http-write-timeout", "SMSBATCH_HTTP_WRITE_TIMEOUT", 30*time.Second, "time to answer a request once its headers are read (a batch upload's: once it is stored)")
+	s.dur(&c.HTTPIdleTimeout, "http-idle-timeout", "SMSBATCH_HTTP_IDLE_TIMEOUT", time.Minute, "how long a kept-alive connection may wait for its next request")
+	s.int64(&c.UploadMinRate, "upload-min-rate", "SMSBATCH_UPLOAD_MIN_RATE", 4096, "slowest a batch upload may arrive, in bytes per second over --upload-rate-window; 0 disables")
+	s.dur(&c.UploadRateWindow, "upload-rate-window", "SMSBATCH_UPLOAD_RATE_WINDOW", 20*time.Second, "span the upload rate is measured over")
+	s.int(&c.UploadsPerKey, "uploads-per-key", "SMSBATCH_UPLOADS_PER_KEY", 16, "batch uploads one API key may run at once; 0 disables")
+	s.int(&c.AuthFailureLimit, "auth-failure-limit", "SMSBATCH_AUTH_FAILURE_LIMIT", 10, "failed authentications per client address per window before it gets 429; 0 disables")
+	s.dur(&c.AuthFailureWindow, "auth-failure-window", "SMSBATCH_AUTH_FAILURE_WINDOW", time.Minute, "window of the failed-authentication limit")
 	s.dur(&c.ShutdownTimeout, "shutdown-timeout", "SMSBATCH_SHUTDOWN_TIMEOUT", 30*time.Second, "how long shutdown waits for requests and in-flight sends")
 	if len(s.errs) > 0 {
 		return c, nil, errors.Join(s.errs...)
@@ -218,6 +239,15 @@ func (c Config) Validate() error {
 	}
 	if c.MaxAttempts < 1 {
 		errs = append(errs, errors.New("max attempts must be at least 1"))
+	}
+	for _, d := range []struct {
+		name string
+		d    time.Duration
+	}{{"http read timeout", c.HTTPReadTimeout}, {"http write timeout", c.HTTPWriteTimeout}, {"http idle timeout", c.HTTPIdleTimeout},
+		{"upload rate window", c.UploadRateWindow}, {"auth failure window", c.AuthFailureWindow}, {"http rate window", c.HTTPRateWindow}} {
+		if d.d <= 0 {
+			errs = append(errs, fmt.Errorf("%s must be positive", d.name))
+		}
 	}
 	if c.SimFailureRate < 0 || c.SimFailureRate > 1 {
 		errs = append(errs, errors.New("simulator failure rate must be between 0 and 1"))
@@ -259,3 +289,27 @@ func (c Config) Validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// apiLimits sets the HTTP server's limits of a, as the settings give them: here 0
+// (or less) turns a limit off, where in api.Config zero means the default.
+func (c Config) apiLimits(a *api.Config) {
+	a.Limits = api.Limits{MaxBodyBytes: c.MaxBodyBytes, MaxRecipients: c.MaxRecipients}
+	a.RateLimit = api.RateLimit{Requests: off(c.HTTPRateLimit), Window: c.HTTPRateWindow}
+	a.AuthFailures = api.RateLimit{Requests: off(c.AuthFailureLimit), Window: c.AuthFailureWindow}
+	a.Uploads = api.UploadLimits{MinRate: off(c.UploadMinRate), RateWindow: c.UploadRateWindow, PerKey: off(c.UploadsPerKey)}
+	a.Timeouts = api.Timeouts{Read: c.HTTPReadTimeout, Write: c.HTTPWriteTimeout, Idle: c.HTTPIdleTimeout}
+	a.SpoolDir = c.spoolDir()
+}
+
+// off maps a limit of 0 or less, "off" on the command line, to api's "off".
+func off[T int | int64](n T) T {
+	if n <= 0 {
+		return -1
+	}
+	return n
+}
+
+// spoolDir holds the temporary files of uploads in progress: under the data
+// directory, which is the service's own, so that what a crash leaves there can be
+// removed at start.
+func (c Config) spoolDir() string { return filepath.Join(c.DataDir, "uploads") }

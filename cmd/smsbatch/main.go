@@ -303,8 +303,13 @@ func (m *Main) Run(ctx context.Context) error {
 	m.hub = hub
 	m.goRun("live updates", func() error { return hub.Run(bg) })
 
+	if n, err := api.CleanSpoolDir(cfg.spoolDir()); err != nil {
+		return err
+	} else if n > 0 {
+		m.logger.Info("removed the spool files of uploads an earlier run left unfinished", "files", n)
+	}
 	pub := m.transport.pub
-	handler, err := api.NewHandler(api.Config{
+	apiCfg := api.Config{
 		Live: hub,
 		Started: func(ctx context.Context, batchID string, revision uint64) {
 			if err := processors.PublishWork(pub, batchID, revision); err != nil {
@@ -313,12 +318,12 @@ func (m *Main) Run(ctx context.Context) error {
 		},
 		Commands: cmds, ReadModels: readModels, Projections: m.runner, Keys: keys,
 		DefaultRegion: cfg.DefaultRegion,
-		Limits:        api.Limits{MaxBodyBytes: cfg.MaxBodyBytes, MaxRecipients: cfg.MaxRecipients},
-		RateLimit:     api.RateLimit{Requests: cfg.HTTPRateLimit, Window: cfg.HTTPRateWindow},
 		Metrics:       promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
 		Ready:         m.ready,
 		Logger:        m.logger,
-	})
+	}
+	cfg.apiLimits(&apiCfg)
+	m.server, err = api.NewServer(apiCfg)
 	if err != nil {
 		return err
 	}
@@ -326,7 +331,6 @@ func (m *Main) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
 	}
-	m.server = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(m.logger.Handler(), slog.LevelWarn)}
 	m.goRun("http", func() error {
 		if err := m.server.Serve(m.listener); !errors.Is(err, http.ErrServerClosed) {
 			return err

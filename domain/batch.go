@@ -99,6 +99,7 @@ type Batch struct {
 	outstanding map[int]Outstanding
 	sent        int
 	failed      int
+	skipped     int
 
 	lastSlice      string
 	lastDispatchAt time.Time
@@ -213,6 +214,7 @@ func (b *Batch) CreatedAt() time.Time      { return b.createdAt }
 func (b *Batch) Cursor() int               { return b.cursor }
 func (b *Batch) Sent() int                 { return b.sent }
 func (b *Batch) Failed() int               { return b.failed }
+func (b *Batch) Skipped() int              { return b.skipped }
 func (b *Batch) LastSlice() string         { return b.lastSlice }
 func (b *Batch) LastDispatchAt() time.Time { return b.lastDispatchAt }
 func (b *Batch) LastSendAt() time.Time     { return b.lastSendAt }
@@ -517,6 +519,39 @@ func (b *Batch) RecordFailed(now time.Time, p FailureParams) error {
 	return nil
 }
 
+// SkipParams describes a message that will not be sent.
+type SkipParams struct {
+	Index    int
+	Phone    string
+	Category ErrorCategory
+	Message  string
+}
+
+// Skip records the final outcome "skipped" for the next recipient never
+// dispatched (the cursor) or for an outstanding message whose send cannot be
+// running (waiting for its retry, or in doubt at now). A message that may be in
+// flight cannot be skipped: its answer decides.
+func (b *Batch) Skip(now time.Time, p SkipParams, settled Settled) error {
+	attempt := 0
+	if o, ok := b.outstanding[p.Index]; ok {
+		if o.InFlight() && !o.InDoubt(now, settled) {
+			return ErrStaleOutcome
+		}
+		attempt = o.Attempt
+	} else if p.Index != b.cursor || b.cursor >= b.total {
+		return ErrStaleOutcome
+	}
+	if b.status.Final() {
+		return ErrNotRunning
+	}
+	b.record(MessageSkipped{
+		EventHeader: b.header(now), Index: p.Index, Attempt: attempt, Phone: p.Phone,
+		Category: p.Category, Message: p.Message,
+	})
+	b.completeIfDone(now)
+	return nil
+}
+
 func (b *Batch) checkInFlight(index, attempt int) error {
 	o, ok := b.outstanding[index]
 	if !ok || o.Attempt != attempt || !o.InFlight() {
@@ -529,7 +564,7 @@ func (b *Batch) checkInFlight(index, attempt int) error {
 // with nothing left to send there is nothing to resume.
 func (b *Batch) completeIfDone(now time.Time) {
 	if (b.status == StatusProcessing || b.status == StatusPaused) && b.Done() {
-		b.record(BatchCompleted{EventHeader: b.header(now), Sent: b.sent, Failed: b.failed})
+		b.record(BatchCompleted{EventHeader: b.header(now), Sent: b.sent, Failed: b.failed, Skipped: b.skipped})
 	}
 }
 
@@ -600,6 +635,10 @@ func (b *Batch) apply(e Event) {
 	case MessageFailed:
 		delete(b.outstanding, e.Index)
 		b.failed++
+	case MessageSkipped:
+		delete(b.outstanding, e.Index)
+		b.cursor = max(b.cursor, e.Index+1)
+		b.skipped++
 	case BatchPaused:
 		b.status = StatusPaused
 		b.pausedAt = e.At

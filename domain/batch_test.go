@@ -403,3 +403,36 @@ func TestLoadBatchNeedsCreatedFirst(t *testing.T) {
 		t.Fatal("loaded a batch without BatchCreated")
 	}
 }
+
+func TestSkipEndsARecipientWithoutSendingIt(t *testing.T) {
+	var history []Event
+	b := newTestBatch(t, 3, true, nil)
+	if _, err := b.Dispatch(t0, req("s1", b.LastSlice(), 1)); err != nil {
+		t.Fatal(err)
+	}
+	// In flight and maybe being sent: only its answer decides.
+	if err := b.Skip(t0, SkipParams{Index: 0, Category: CategoryOptedOut}, nil); !errors.Is(err, ErrStaleOutcome) {
+		t.Fatalf("skip of a message in flight: %v", err)
+	}
+	// Beyond the cursor: not the next one.
+	if err := b.Skip(t0, SkipParams{Index: 2, Category: CategoryOptedOut}, nil); !errors.Is(err, ErrStaleOutcome) {
+		t.Fatalf("skip past the cursor: %v", err)
+	}
+	if err := b.Skip(t0, SkipParams{Index: 1, Phone: "+14155550101", Category: CategoryOptedOut}, nil); err != nil {
+		t.Fatal(err)
+	}
+	b = roundTrip(t, b, &history)
+	if b.Cursor() != 2 || b.Skipped() != 1 {
+		t.Fatalf("cursor %d skipped %d, want 2 and 1", b.Cursor(), b.Skipped())
+	}
+	// A message waiting for its retry may be skipped (its validity ran out).
+	b.RecordAttemptFailed(t0, FailureParams{Index: 0, Attempt: 1, Category: CategoryTimeout}, t0.Add(time.Minute))
+	if err := b.Skip(t0, SkipParams{Index: 0, Category: CategoryExpired}, nil); err != nil {
+		t.Fatal(err)
+	}
+	b.Skip(t0, SkipParams{Index: 2, Category: CategoryExpired}, nil)
+	b = roundTrip(t, b, &history)
+	if b.Status() != StatusCompleted || b.Skipped() != 3 || b.Sent()+b.Failed() != 0 {
+		t.Fatalf("status %s skipped %d sent %d failed %d, want completed with 3 skipped", b.Status(), b.Skipped(), b.Sent(), b.Failed())
+	}
+}

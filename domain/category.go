@@ -17,12 +17,16 @@ const (
 	CategoryProviderUnavailable ErrorCategory = "provider_unavailable"
 	CategoryTimeout             ErrorCategory = "timeout"
 	CategoryUnknown             ErrorCategory = "unknown"
+	// The reasons a message is skipped (MessageSkipped): neither sent nor failed.
+	CategoryOptedOut ErrorCategory = "opted_out" // the recipient asked not to be sent to
+	CategoryExpired  ErrorCategory = "expired"   // the message's validity ran out first
 )
 
 // Categories lists every category, in the order the API documents them.
 var Categories = []ErrorCategory{
 	CategoryInvalidNumber, CategoryUnroutable, CategoryBlocked, CategoryNotSMSCapable,
 	CategoryRateLimited, CategoryProviderUnavailable, CategoryTimeout, CategoryUnknown,
+	CategoryOptedOut, CategoryExpired,
 }
 
 // Retryable reports whether a failure of this category may succeed when tried again:

@@ -3,7 +3,10 @@ package domain
 import (
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"time"
+
+	"github.com/google/uuid"
 )
 
 // Stream names. The batch's decisions live in one stream and its recipients in
@@ -107,6 +110,45 @@ type MessageSent struct {
 	LatencyMs  int64  `json:"latencyMs"`
 }
 
+// MessageSkipped records that a message will not be sent, for a reason that is
+// not a failure: the recipient opted out (CategoryOptedOut) or the message's
+// validity ran out (CategoryExpired). It is a final outcome, counted apart from
+// sent and failed.
+type MessageSkipped struct {
+	EventHeader
+	Index int `json:"index"`
+	// Attempt is the attempt in flight or waiting for its retry that the skip
+	// ends; 0 for a message never dispatched.
+	Attempt  int           `json:"attempt"`
+	Phone    string        `json:"phone"`
+	Category ErrorCategory `json:"category"`
+	Message  string        `json:"message"`
+}
+
+// MessageDelivered records the provider's receipt that a sent message reached
+// the handset. It comes after the outcome (sent), often after the batch
+// completed; it changes no decision. Its event ID is derived from the batch and
+// index (DeliveryReceiptID), so a repeated receipt is refused by the store.
+type MessageDelivered struct {
+	EventHeader
+	Index      int    `json:"index"`
+	ProviderID string `json:"providerId,omitempty"`
+	// SentAt is when the message was handed to the provider, for the delivery
+	// latency.
+	SentAt time.Time `json:"sentAt,omitzero"`
+}
+
+// MessageUndelivered records the provider's receipt that a sent message could
+// not be delivered (Twilio's undelivered or failed).
+type MessageUndelivered struct {
+	EventHeader
+	Index      int       `json:"index"`
+	ProviderID string    `json:"providerId,omitempty"`
+	SentAt     time.Time `json:"sentAt,omitzero"`
+	Code       string    `json:"code,omitempty"`
+	Message    string    `json:"message,omitempty"`
+}
+
 // MessageAttemptFailed records a recoverable failure; the message is tried again
 // at RetryAt.
 type MessageAttemptFailed struct {
@@ -170,8 +212,9 @@ type BatchResumed struct {
 // BatchCompleted records that every recipient has its final outcome.
 type BatchCompleted struct {
 	EventHeader
-	Sent   int `json:"sent"`
-	Failed int `json:"failed"`
+	Sent    int `json:"sent"`
+	Failed  int `json:"failed"`
+	Skipped int `json:"skipped,omitempty"`
 }
 
 // BatchCancelled records that no further message will be dispatched.
@@ -195,6 +238,9 @@ const (
 	TypeMessageSent          = "MessageSent"
 	TypeMessageAttemptFailed = "MessageAttemptFailed"
 	TypeMessageFailed        = "MessageFailed"
+	TypeMessageSkipped       = "MessageSkipped"
+	TypeMessageDelivered     = "MessageDelivered"
+	TypeMessageUndelivered   = "MessageUndelivered"
 	TypeBatchThrottled       = "BatchThrottled"
 	TypeBatchHeld            = "BatchHeld"
 	TypeBatchUnheld          = "BatchUnheld"
@@ -205,13 +251,25 @@ const (
 	TypeBatchFailed          = "BatchFailed"
 )
 
-func (RecipientsPageAdded) EventType() string  { return TypeRecipientsPageAdded }
-func (BatchCreated) EventType() string         { return TypeBatchCreated }
-func (BatchStarted) EventType() string         { return TypeBatchStarted }
-func (MessagesDispatched) EventType() string   { return TypeMessagesDispatched }
+func (RecipientsPageAdded) EventType() string { return TypeRecipientsPageAdded }
+func (BatchCreated) EventType() string        { return TypeBatchCreated }
+func (BatchStarted) EventType() string        { return TypeBatchStarted }
+func (MessagesDispatched) EventType() string  { return TypeMessagesDispatched }
+
+// DeliveryReceiptID is the event ID of a message's delivery receipt: one per
+// message, so the store refuses a repeated or late second receipt.
+func DeliveryReceiptID(batchID string, index int) string {
+	return uuid.NewSHA1(deliveryReceipts, []byte(batchID+":"+strconv.Itoa(index))).String()
+}
+
+var deliveryReceipts = uuid.MustParse("6f1b1f38-3b0e-4d0b-9d5c-5d2f0e2b7a11")
+
 func (MessageSent) EventType() string          { return TypeMessageSent }
 func (MessageAttemptFailed) EventType() string { return TypeMessageAttemptFailed }
 func (MessageFailed) EventType() string        { return TypeMessageFailed }
+func (MessageSkipped) EventType() string       { return TypeMessageSkipped }
+func (MessageDelivered) EventType() string     { return TypeMessageDelivered }
+func (MessageUndelivered) EventType() string   { return TypeMessageUndelivered }
 func (BatchThrottled) EventType() string       { return TypeBatchThrottled }
 func (BatchHeld) EventType() string            { return TypeBatchHeld }
 func (BatchUnheld) EventType() string          { return TypeBatchUnheld }
@@ -251,6 +309,9 @@ var decoders = map[string]func([]byte) (Event, error){
 	TypeMessageSent:          decode[MessageSent],
 	TypeMessageAttemptFailed: decode[MessageAttemptFailed],
 	TypeMessageFailed:        decode[MessageFailed],
+	TypeMessageSkipped:       decode[MessageSkipped],
+	TypeMessageDelivered:     decode[MessageDelivered],
+	TypeMessageUndelivered:   decode[MessageUndelivered],
 	TypeBatchThrottled:       decode[BatchThrottled],
 	TypeBatchHeld:            decode[BatchHeld],
 	TypeBatchUnheld:          decode[BatchUnheld],

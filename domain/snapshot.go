@@ -32,7 +32,7 @@ const TypeBatchSnapshot = "BatchSnapshot"
 // format, so snapshots written before the change are ignored rather than restored
 // without the new state. TestSnapshotFormatFollowsItsShape holds the shape of
 // each format.
-const SnapshotFormat = 2
+const SnapshotFormat = 3
 
 // ErrSnapshotFormat is returned by RestoreBatch for a snapshot of another format.
 var ErrSnapshotFormat = errors.New("snapshot of another format")
@@ -62,6 +62,7 @@ type BatchSnapshot struct {
 	Outstanding []OutstandingSnapshot `json:"outstanding"`
 	Sent        int                   `json:"sent"`
 	Failed      int                   `json:"failed"`
+	Skipped     int                   `json:"skipped"`
 
 	LastSlice      string    `json:"lastSlice"`
 	LastDispatchAt time.Time `json:"lastDispatchAt,omitzero"`
@@ -117,6 +118,7 @@ func (b *Batch) Snapshot() (BatchSnapshot, error) {
 		Outstanding: make([]OutstandingSnapshot, 0, len(b.outstanding)),
 		Sent:        b.sent,
 		Failed:      b.failed,
+		Skipped:     b.skipped,
 
 		LastSlice:      b.lastSlice,
 		LastDispatchAt: b.lastDispatchAt,
@@ -165,6 +167,7 @@ func RestoreBatch(s BatchSnapshot) (*Batch, error) {
 		outstanding: make(map[int]Outstanding, len(s.Outstanding)),
 		sent:        s.Sent,
 		failed:      s.Failed,
+		skipped:     s.Skipped,
 
 		lastSlice:      s.LastSlice,
 		lastDispatchAt: s.LastDispatchAt,
@@ -194,7 +197,7 @@ func (s BatchSnapshot) check() error {
 		return errors.New("no id or tenant")
 	case s.Version == 0:
 		return errors.New("version 0 holds no event")
-	case s.Total < 0 || s.Cursor < 0 || s.Cursor > s.Total || s.Sent < 0 || s.Failed < 0:
+	case s.Total < 0 || s.Cursor < 0 || s.Cursor > s.Total || s.Sent < 0 || s.Failed < 0 || s.Skipped < 0:
 		return fmt.Errorf("counts out of range: total %d, cursor %d, sent %d, failed %d", s.Total, s.Cursor, s.Sent, s.Failed)
 	}
 	seen := make(map[int]bool, len(s.Outstanding))

@@ -151,6 +151,12 @@ var snapshotShapes = map[int]string{
 		"sent int; failed int; lastSlice string; lastDispatchAt time.Time; lastSendAt time.Time; " +
 		"throttleUntil time.Time; throttleRate float64; holdReason string; holdSince time.Time; " +
 		"lastEventAt time.Time; pausedAt time.Time; resumedAt time.Time",
+	3: "format int; version uint64; id string; tenant string; status domain.Status; priority domain.Priority; " +
+		"text string; variables []string; total int; pages int; autoStart bool; schedule time.Time; createdAt time.Time; " +
+		"cursor int; outstanding []{index int; attempt int; slice string; instance string; deadline time.Time; retryAt time.Time; failures int}; " +
+		"sent int; failed int; skipped int; lastSlice string; lastDispatchAt time.Time; lastSendAt time.Time; " +
+		"throttleUntil time.Time; throttleRate float64; holdReason string; holdSince time.Time; " +
+		"lastEventAt time.Time; pausedAt time.Time; resumedAt time.Time",
 }
 
 // shape describes a type's JSON fields, nested structs inline.
@@ -262,8 +268,10 @@ func randomHistory(t *testing.T, r *rand.Rand) []Event {
 				_ = b.RecordAttemptFailed(now, FailureParams{Index: o.Index, Attempt: o.Attempt, Category: CategoryTimeout}, now.Add(time.Second))
 			}
 		case 16:
-			if o, ok := pick(); ok {
+			if o, ok := pick(); ok && r.IntN(2) == 0 {
 				_ = b.RecordFailed(now, FailureParams{Index: o.Index, Attempt: o.Attempt, Category: CategoryBlocked})
+			} else {
+				_ = b.Skip(now, SkipParams{Index: b.Cursor(), Category: CategoryOptedOut}, nil)
 			}
 		case 17:
 			if r.IntN(10) == 0 {

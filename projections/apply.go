@@ -31,6 +31,9 @@ var projected = map[string]bool{
 	domain.TypeMessageSent:          true,
 	domain.TypeMessageAttemptFailed: true,
 	domain.TypeMessageFailed:        true,
+	domain.TypeMessageSkipped:       true,
+	domain.TypeMessageDelivered:     true,
+	domain.TypeMessageUndelivered:   true,
 	domain.TypeBatchPaused:          true,
 	domain.TypeBatchResumed:         true,
 	domain.TypeBatchCompleted:       true,
@@ -117,10 +120,15 @@ type BatchState struct {
 	// aggregate bounds them by its in-flight limit, so the slice stays short.
 	Outstanding []int `json:"outstanding,omitempty"`
 
-	Sent     int `json:"sent"`
-	Failed   int `json:"failed"`
-	Retries  int `json:"retries"`
-	Segments int `json:"segments"`
+	Sent   int `json:"sent"`
+	Failed int `json:"failed"`
+	// Skipped counts recipients never sent for a reason that is not a failure
+	// (opted out, expired); Delivered and Undelivered count delivery receipts.
+	Skipped     int `json:"skipped,omitempty"`
+	Delivered   int `json:"delivered,omitempty"`
+	Undelivered int `json:"undelivered,omitempty"`
+	Retries     int `json:"retries"`
+	Segments    int `json:"segments"`
 	// ErrorCategories counts final failures, RetriedCategories retried attempts.
 	ErrorCategories   map[string]int `json:"errorCategories,omitempty"`
 	RetriedCategories map[string]int `json:"retriedCategories,omitempty"`
@@ -212,6 +220,14 @@ func (s *BatchState) Apply(e eventstore.Event, payload domain.Event) {
 		s.Failed++
 		s.ErrorCategories = increment(s.ErrorCategories, string(p.Category))
 		s.outcome(at, p.LatencyMs, false)
+	case domain.MessageSkipped:
+		s.Outstanding = removeIndex(s.Outstanding, p.Index)
+		s.Skipped++
+		s.ErrorCategories = increment(s.ErrorCategories, string(p.Category))
+	case domain.MessageDelivered:
+		s.Delivered++
+	case domain.MessageUndelivered:
+		s.Undelivered++
 	case domain.MessageAttemptFailed:
 		// The index stays outstanding: it waits for its retry.
 		s.Retries++
@@ -261,10 +277,13 @@ func (s *BatchState) StatusView() BatchStatus {
 		CreatedAt: s.CreatedAt,
 		AutoStart: s.AutoStart,
 		Progress: Progress{
-			Total:     s.Total,
-			Pending:   len(s.Outstanding),
-			Completed: s.Sent,
-			Failed:    s.Failed,
+			Total:       s.Total,
+			Pending:     len(s.Outstanding),
+			Completed:   s.Sent,
+			Failed:      s.Failed,
+			Skipped:     s.Skipped,
+			Delivered:   s.Delivered,
+			Undelivered: s.Undelivered,
 		},
 		UpdatedAt: s.UpdatedAt,
 	}
@@ -307,6 +326,12 @@ func (s *BatchState) AnalyticsView() Analytics {
 // ErrorEntryOf returns the error entry a final failure adds to its batch's errors;
 // ok is false for every other event.
 func ErrorEntryOf(payload domain.Event) (entry ErrorEntry, ok bool) {
+	if sk, ok := payload.(domain.MessageSkipped); ok {
+		return ErrorEntry{
+			Index: sk.Index, PhoneNumber: sk.Phone, Category: string(sk.Category), Code: string(sk.Category),
+			Message: sk.Message, Attempts: sk.Attempt, Time: sk.At.UTC(),
+		}, true
+	}
 	f, ok := payload.(domain.MessageFailed)
 	if !ok {
 		return ErrorEntry{}, false

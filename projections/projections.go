@@ -49,6 +49,13 @@ type Progress struct {
 	Pending   int `json:"pending"`
 	Completed int `json:"completed"` // sent
 	Failed    int `json:"failed"`
+	// Skipped counts recipients not sent for a reason that is not a failure
+	// (opted out, expired): a final outcome, apart from failed.
+	Skipped int `json:"skipped"`
+	// Delivered and Undelivered count the provider's delivery receipts of sent
+	// messages; they may come after the batch completed.
+	Delivered   int `json:"delivered"`
+	Undelivered int `json:"undelivered"`
 }
 
 // Metrics summarise the batch's sending.

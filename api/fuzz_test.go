@@ -13,6 +13,7 @@ import (
 
 	"github.com/smsbatch/smsbatch/domain"
 	"github.com/smsbatch/smsbatch/eventstore"
+	"github.com/smsbatch/smsbatch/live"
 )
 
 // Fuzz targets of the API's input parsing. `make fuzz` runs each for a while;
@@ -114,23 +115,6 @@ func assertStoredIsText(t *testing.T, events []eventstore.Event) {
 	}
 }
 
-// ParsePosition reads what FormatPosition writes and nothing else.
-func FuzzParsePosition(f *testing.F) {
-	for _, seed := range []string{"0.0", "12.7", "18446744073709551615.0", "18446744073709551616.0", "01.2", "1.", ".1", "1.2.3", "-1.0", "+1.0", " 1.0", "1_0.0", "٣.٣"} {
-		f.Add(seed, uint64(0), uint64(0))
-	}
-	f.Add("", uint64(1<<63), uint64(42))
-	f.Fuzz(func(t *testing.T, s string, commit, prepare uint64) {
-		if p, err := ParsePosition(s); err == nil && FormatPosition(p) != s {
-			t.Fatalf("ParsePosition(%q) = %v, written back as %q", s, p, FormatPosition(p))
-		}
-		p := eventstore.Position{Commit: commit, Prepare: prepare}
-		if back, err := ParsePosition(FormatPosition(p)); err != nil || back != p {
-			t.Fatalf("%v round-trips as %v, %v", p, back, err)
-		}
-	})
-}
-
 // Any query string on the WebSocket routes is answered with a 4xx envelope (the
 // fuzzer's requests are no WebSocket handshakes), never 5xx: a ticket the
 // service did not issue is a 401, and ?after= is read by ParsePosition's rule.
@@ -147,7 +131,7 @@ func FuzzLiveQuery(f *testing.F) {
 		f.Add(seed.query, seed.bearer, true)
 	}
 	env := newAPI(f, func(cfg *Config, es eventstore.Store) eventstore.Store {
-		hub, err := NewHub(HubConfig{Events: es, ReadModels: cfg.ReadModels, Projections: cfg.Projections})
+		hub, err := live.NewHub(live.Config{Events: es, ReadModels: cfg.ReadModels, Projections: cfg.Projections})
 		if err != nil {
 			f.Fatal(err)
 		}
@@ -202,7 +186,7 @@ func FuzzLiveQuery(f *testing.F) {
 				t.Fatalf("no credentials: %d, want 401", a.Code)
 			}
 		case q.Has("after"):
-			_, perr := ParsePosition(q.Get("after"))
+			_, perr := live.ParsePosition(q.Get("after"))
 			if (perr != nil) != e.names("after") {
 				t.Fatalf("after=%q (ParsePosition: %v) answered %d %+v", q.Get("after"), perr, a.Code, e.Error)
 			}

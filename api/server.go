@@ -1,7 +1,8 @@
 // Package api is smsbatch's HTTP interface: the chi router, the REST handlers for
 // batch commands and queries, API-key authentication with per-key rate limits,
-// the mapping of application errors to HTTP answers, the WebSocket hub that
-// pushes batch changes, and (in api/web) the embedded dashboard.
+// the mapping of application errors to HTTP answers, the WebSocket transport of
+// the live updates (package live holds the hub) with its tickets, and (in api/web)
+// the embedded dashboard.
 package api
 
 import (
@@ -20,6 +21,7 @@ import (
 	"github.com/smsbatch/smsbatch/commands"
 	"github.com/smsbatch/smsbatch/domain"
 	"github.com/smsbatch/smsbatch/eventstore"
+	"github.com/smsbatch/smsbatch/live"
 	"github.com/smsbatch/smsbatch/projections"
 )
 
@@ -141,7 +143,34 @@ type Config struct {
 	Started func(ctx context.Context, batchID string, revision uint64)
 	// Live pushes batch changes over WebSocket (GET /api/ws, GET
 	// /api/batch/{id}/ws, POST /api/ws/ticket); nil leaves those routes out.
-	Live *Hub
+	Live *live.Hub
+	// WebSocket tunes the connections of Live; Tickets the tickets browsers
+	// connect with.
+	WebSocket WebSocket
+	Tickets   Tickets
+}
+
+// WebSocket tunes the live-update connections.
+type WebSocket struct {
+	// PingInterval is how often an idle connection is pinged; default 20s.
+	PingInterval time.Duration
+	// PongWait is how long a client may stay silent (no pong) before it is
+	// dropped; default 60s. Must exceed PingInterval.
+	PongWait time.Duration
+	// WriteWait bounds one write to a client; default 10s.
+	WriteWait time.Duration
+}
+
+func (c *WebSocket) setDefaults() {
+	if c.PingInterval <= 0 {
+		c.PingInterval = 20 * time.Second
+	}
+	if c.PongWait <= 0 {
+		c.PongWait = 60 * time.Second
+	}
+	if c.WriteWait <= 0 {
+		c.WriteWait = 10 * time.Second
+	}
 }
 
 func (c *Config) setDefaults() {
@@ -153,6 +182,7 @@ func (c *Config) setDefaults() {
 	c.AuthFailures.setDefaults(10, time.Minute)
 	c.Uploads.setDefaults()
 	c.Timeouts.setDefaults()
+	c.WebSocket.setDefaults()
 	if c.ReadYourWrites <= 0 {
 		c.ReadYourWrites = 2 * time.Second
 	}
@@ -182,6 +212,12 @@ func (c Config) Validate() error {
 	if c.DefaultRegion != "" && !domain.ValidRegion(c.DefaultRegion) {
 		errs = append(errs, fmt.Errorf("DefaultRegion %q is not a known region", c.DefaultRegion))
 	}
+	if w := c.WebSocket; w.PingInterval > 0 && w.PongWait > 0 && w.PongWait <= w.PingInterval {
+		errs = append(errs, errors.New("WebSocket.PongWait must be longer than PingInterval"))
+	}
+	if err := c.Tickets.validate(); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
 }
 
@@ -192,6 +228,7 @@ type server struct {
 	uploads *uploadSlots
 	// authFailures counts failed authentications per client address; nil: no limit.
 	authFailures *authFailures
+	tickets      *ticketBook
 }
 
 // NewServer returns the HTTP server of the whole API, with cfg's timeouts.
@@ -219,8 +256,12 @@ func NewHandler(cfg Config) (http.Handler, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("api config: %w", err)
 	}
+	if err := cfg.Tickets.setDefaults(); err != nil {
+		return nil, fmt.Errorf("api config: %w", err)
+	}
 	s := &server{cfg: cfg, log: cfg.Logger, uploads: newUploadSlots(cfg.Uploads.PerKey),
-		authFailures: newAuthFailures(cfg.AuthFailures)}
+		authFailures: newAuthFailures(cfg.AuthFailures),
+		tickets:      &ticketBook{cfg: cfg.Tickets, used: make(map[string]time.Time)}}
 
 	r := chi.NewRouter()
 	r.Use(middleware.RequestID, s.recoverer)

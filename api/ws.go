@@ -8,6 +8,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/smsbatch/smsbatch/domain"
+	"github.com/smsbatch/smsbatch/live"
 )
 
 // upgrader accepts WebSocket connections from any origin: callers authenticate
@@ -36,7 +37,7 @@ type ticketAnswer struct {
 // that in the URL, where the key itself must never appear.
 func (s *server) issueTicket(w http.ResponseWriter, r *http.Request) {
 	p, _ := PrincipalFrom(r.Context())
-	t, expires, err := s.cfg.Live.issueTicket(p)
+	t, expires, err := s.tickets.issue(p)
 	if err != nil {
 		writeError(w, r, s.log, err)
 		return
@@ -54,7 +55,7 @@ func (s *server) authenticateLive(next http.Handler) http.Handler {
 			bearer.ServeHTTP(w, r)
 			return
 		}
-		p, ok, err := s.cfg.Live.redeemTicket(r.Context(), t)
+		p, ok, err := s.tickets.redeem(r.Context(), t)
 		if err != nil {
 			writeError(w, r, s.log, err)
 			return
@@ -82,44 +83,54 @@ func (s *server) liveAll(w http.ResponseWriter, r *http.Request) { s.live(w, r, 
 
 func (s *server) live(w http.ResponseWriter, r *http.Request, batchID string) {
 	p, _ := PrincipalFrom(r.Context())
-	sub := subscription{tenant: p.Tenant, batchID: batchID}
+	sub := live.Subscription{Tenant: p.Tenant, BatchID: batchID}
 	if q := r.URL.Query(); q.Has("after") {
-		pos, err := ParsePosition(q.Get("after"))
+		pos, err := live.ParsePosition(q.Get("after"))
 		if err != nil {
 			writeError(w, r, s.log, &domain.Error{Code: domain.EMALFORMED, Message: "invalid query parameter",
 				Details: []domain.FieldProblem{{Field: "after", Problem: err.Error()}}})
 			return
 		}
-		sub.after = &pos
+		sub.After = &pos
 	}
-	// Registered before the upgrade, so that an unknown batch is a 404 answer
+	// Subscribed before the upgrade, so that an unknown batch is a 404 answer
 	// rather than a closed socket, and no change is missed in between.
-	c, err := s.cfg.Live.register(r.Context(), sub)
+	c, err := s.cfg.Live.Subscribe(r.Context(), sub)
 	if err != nil {
 		writeError(w, r, s.log, err)
 		return
 	}
 	conn, err := upgrader.Upgrade(w, r, nil)
 	if err != nil {
-		s.cfg.Live.unregister(c) // the upgrader has answered
+		s.cfg.Live.Unsubscribe(c) // the upgrader has answered
 		return
 	}
-	s.cfg.Live.serve(conn, c)
+	s.serve(conn, c)
+}
+
+// closeCodes says to a client why the hub dropped it.
+var closeCodes = map[live.Drop]struct {
+	code   int
+	reason string
+}{
+	live.DropTooSlow:  {websocket.ClosePolicyViolation, "too slow: buffer full"},
+	live.DropShutdown: {websocket.CloseGoingAway, "server shutting down"},
 }
 
 // serve writes c's messages to conn until either side goes away. A separate
 // goroutine reads, which is what makes pongs and the client's close arrive.
-func (h *Hub) serve(conn *websocket.Conn, c *client) {
+func (s *server) serve(conn *websocket.Conn, c *live.Client) {
+	ws := s.cfg.WebSocket
 	defer conn.Close()
-	defer h.unregister(c)
+	defer s.cfg.Live.Unsubscribe(c)
 
 	conn.SetReadLimit(maxClientMessage)
 	readerDone := make(chan struct{})
 	go func() {
 		defer close(readerDone)
-		_ = conn.SetReadDeadline(time.Now().Add(h.cfg.PongWait))
+		_ = conn.SetReadDeadline(time.Now().Add(ws.PongWait))
 		conn.SetPongHandler(func(string) error {
-			return conn.SetReadDeadline(time.Now().Add(h.cfg.PongWait))
+			return conn.SetReadDeadline(time.Now().Add(ws.PongWait))
 		})
 		for {
 			if _, _, err := conn.ReadMessage(); err != nil {
@@ -129,42 +140,42 @@ func (h *Hub) serve(conn *websocket.Conn, c *client) {
 	}()
 
 	write := func(data []byte) error {
-		_ = conn.SetWriteDeadline(time.Now().Add(h.cfg.WriteWait))
+		_ = conn.SetWriteDeadline(time.Now().Add(ws.WriteWait))
 		return conn.WriteMessage(websocket.TextMessage, data)
 	}
-	for _, m := range c.initial {
+	closeWith := func() {
+		why := closeCodes[c.Why()]
+		_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(why.code, why.reason), time.Now().Add(ws.WriteWait))
+	}
+	for _, m := range c.Initial() {
 		if write(m) != nil {
 			return
 		}
 	}
-	ping := time.NewTicker(h.cfg.PingInterval)
+	ping := time.NewTicker(ws.PingInterval)
 	defer ping.Stop()
 	for {
 		// Once dropped, queued messages are not worth sending: say why and go.
 		select {
-		case <-c.gone:
-			h.closeWith(conn, c.code, c.reason)
+		case <-c.Gone():
+			closeWith()
 			return
 		default:
 		}
 		select {
-		case <-c.gone:
-			h.closeWith(conn, c.code, c.reason)
+		case <-c.Gone():
+			closeWith()
 			return
 		case <-readerDone:
 			return
-		case data := <-c.send:
+		case data := <-c.Messages():
 			if write(data) != nil {
 				return
 			}
 		case <-ping.C:
-			if conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(h.cfg.WriteWait)) != nil {
+			if conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(ws.WriteWait)) != nil {
 				return
 			}
 		}
 	}
-}
-
-func (h *Hub) closeWith(conn *websocket.Conn, code int, reason string) {
-	_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(h.cfg.WriteWait))
 }

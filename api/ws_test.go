@@ -22,6 +22,7 @@ import (
 	"github.com/smsbatch/smsbatch/domain"
 	"github.com/smsbatch/smsbatch/eventstore"
 	esmemory "github.com/smsbatch/smsbatch/eventstore/memory"
+	"github.com/smsbatch/smsbatch/live"
 	"github.com/smsbatch/smsbatch/projections"
 	"github.com/smsbatch/smsbatch/projections/memory"
 	"github.com/smsbatch/smsbatch/projections/projectionstest"
@@ -41,13 +42,13 @@ type liveEnv struct {
 	es     *esmemory.Store
 	rm     *memory.Store
 	runner *projections.Runner
-	hub    *Hub
+	hub    *live.Hub
 	srv    *httptest.Server
 	events *projectionstest.Events
 	mu     sync.Mutex // guards events
 }
 
-func newLive(t *testing.T, tweak func(*HubConfig)) *liveEnv {
+func newLive(t *testing.T, tweak func(*liveTweaks)) *liveEnv {
 	t.Helper()
 	es := esmemory.New()
 	t.Cleanup(func() { es.Close() }) // after the env's own cleanup
@@ -55,18 +56,25 @@ func newLive(t *testing.T, tweak func(*HubConfig)) *liveEnv {
 }
 
 // newLiveOn is newLive over a given event store: several "instances" may share one.
-func newLiveOn(t *testing.T, es *esmemory.Store, tweak func(*HubConfig)) *liveEnv {
+// liveTweaks are the settings a test may change: the hub's and the API's.
+type liveTweaks struct {
+	Hub *live.Config
+	API *Config
+}
+
+func newLiveOn(t *testing.T, es *esmemory.Store, tweak func(*liveTweaks)) *liveEnv {
 	t.Helper()
 	rm := memory.New()
 	runner, err := projections.NewRunner(projections.RunnerConfig{Events: es, Store: rm})
 	if err != nil {
 		t.Fatal(err)
 	}
-	hcfg := HubConfig{Events: es, ReadModels: rm, Projections: runner}
+	hcfg := live.Config{Events: es, ReadModels: rm, Projections: runner}
+	acfg := Config{ReadModels: rm, Projections: runner, RateLimit: RateLimit{Requests: -1}}
 	if tweak != nil {
-		tweak(&hcfg)
+		tweak(&liveTweaks{Hub: &hcfg, API: &acfg})
 	}
-	hub, err := NewHub(hcfg)
+	hub, err := live.NewHub(hcfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,8 +90,8 @@ func newLiveOn(t *testing.T, es *esmemory.Store, tweak func(*HubConfig)) *liveEn
 	if err != nil {
 		t.Fatal(err)
 	}
-	handler, err := NewHandler(Config{Commands: cmds, ReadModels: rm, Projections: runner, Keys: keys,
-		Live: hub, RateLimit: RateLimit{Requests: -1}})
+	acfg.Commands, acfg.Keys, acfg.Live = cmds, keys, hub
+	handler, err := NewHandler(acfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,11 +114,7 @@ func newLiveOn(t *testing.T, es *esmemory.Store, tweak func(*HubConfig)) *liveEn
 		cancel()
 		wg.Wait()
 	})
-	liveEventually(t, "hub running", func() bool {
-		hub.mu.Lock()
-		defer hub.mu.Unlock()
-		return hub.running
-	})
+	liveEventually(t, "hub running", hub.Running)
 	return env
 }
 
@@ -173,9 +177,7 @@ func (env *liveEnv) settle(t *testing.T, pos eventstore.Position) {
 }
 
 func (env *liveEnv) clients() int {
-	env.hub.mu.Lock()
-	defer env.hub.mu.Unlock()
-	return len(env.hub.clients)
+	return env.hub.Clients()
 }
 
 func (env *liveEnv) wsURL(path string) string {
@@ -218,7 +220,7 @@ type liveMsg struct {
 
 func (m liveMsg) pos(t *testing.T) eventstore.Position {
 	t.Helper()
-	p, err := ParsePosition(m.Position)
+	p, err := live.ParsePosition(m.Position)
 	if err != nil {
 		t.Fatalf("liveMsg position %q: %v", m.Position, err)
 	}
@@ -294,7 +296,7 @@ func (c *wsClient) read() *wsClient {
 				return
 			}
 			m.at = time.Now()
-			if m.Type == MessageBatchStatus {
+			if m.Type == live.MessageBatchStatus {
 				_ = json.Unmarshal(m.Batch, &m.status)
 			}
 			c.messages <- m
@@ -363,7 +365,7 @@ func liveCheckOrder(t *testing.T, msgs []liveMsg) {
 			t.Fatalf("liveMsg %d at %s after %s", i, p, last)
 		}
 		last = p
-		if m.Type == MessageBatchStatus {
+		if m.Type == live.MessageBatchStatus {
 			n := m.status.Progress.Completed + m.status.Progress.Failed
 			if n < done[m.status.ID] {
 				t.Fatalf("liveMsg %d: batch %s progress went back from %d to %d", i, m.status.ID, done[m.status.ID], n)
@@ -383,8 +385,8 @@ func TestLiveBatchSendsStatusThenChanges(t *testing.T) {
 
 	c := liveDial(t, env.wsURL(path+"/ws"), liveBearer(liveAcmeKey)).read()
 	first := c.next(t)
-	if first.Type != MessageBatchStatus {
-		t.Fatalf("first liveMsg %q, want %s", first.Type, MessageBatchStatus)
+	if first.Type != live.MessageBatchStatus {
+		t.Fatalf("first liveMsg %q, want %s", first.Type, live.MessageBatchStatus)
 	}
 	liveSameJSON(t, "first status", first.batchJSON(t), env.getJSON(t, path, liveAcmeKey))
 
@@ -395,7 +397,7 @@ func TestLiveBatchSendsStatusThenChanges(t *testing.T) {
 	liveCheckOrder(t, append([]liveMsg{first}, got...))
 	var errs []liveMsg
 	for _, m := range got {
-		if m.Type == MessageBatchError {
+		if m.Type == live.MessageBatchError {
 			errs = append(errs, m)
 		}
 	}
@@ -485,7 +487,7 @@ func TestLiveAllBatchesOfTenant(t *testing.T) {
 }
 
 func TestLiveDropsSlowClientOnly(t *testing.T) {
-	env := newLive(t, func(c *HubConfig) { c.BufferSize = 64; c.WriteWait = liveWait })
+	env := newLive(t, func(c *liveTweaks) { c.Hub.BufferSize = 64; c.API.WebSocket.WriteWait = liveWait })
 	b := env.batch("acme")
 	env.settle(t, env.add(t, func() []eventstore.Event { return []eventstore.Event{b.Created(100000), b.Started()} }))
 	url := env.wsURL("/api/batch/" + b.ID + "/ws")
@@ -534,10 +536,10 @@ func TestLiveDropsSlowClientOnly(t *testing.T) {
 	pos := env.add(t, func() []eventstore.Event { return []eventstore.Event{b.Paused()} })
 	errs := map[int]int{}
 	fast.until(t, func(m liveMsg) bool {
-		if m.Type == MessageBatchError {
+		if m.Type == live.MessageBatchError {
 			errs[m.Error.Index]++
 		}
-		return m.Type == MessageBatchStatus && m.status.Status == string(domain.StatusPaused)
+		return m.Type == live.MessageBatchStatus && m.status.Status == string(domain.StatusPaused)
 	})
 	if len(errs) != failed {
 		t.Errorf("fast client got %d distinct failures, want %d", len(errs), failed)
@@ -588,21 +590,21 @@ func TestLiveReconnectReplaysWhatWasMissed(t *testing.T) {
 	}))
 
 	c = liveDial(t, url+"?after="+lastSeen, liveBearer(liveAcmeKey)).read()
-	replayed := c.until(t, func(m liveMsg) bool { return m.Type == MessageBatchStatus })
+	replayed := c.until(t, func(m liveMsg) bool { return m.Type == live.MessageBatchStatus })
 	if len(replayed) != 3 || replayed[0].Error.Index != 1 || replayed[1].Error.Index != 3 {
 		t.Fatalf("replayed %d messages %+v, want errors 1 and 3 then the status", len(replayed), replayed)
 	}
 	liveSameJSON(t, "replayed status", replayed[2].batchJSON(t), env.getJSON(t, "/api/batch/"+b.ID, liveAcmeKey))
 
 	env.add(t, func() []eventstore.Event { return []eventstore.Event{b.Failed(4, 1, domain.CategoryBlocked)} })
-	live := c.until(t, func(m liveMsg) bool { return m.Type == MessageBatchStatus })
-	if len(live) != 2 || live[0].Error == nil || live[0].Error.Index != 4 {
-		t.Fatalf("live %+v, want error 4 once then the status", live)
+	after := c.until(t, func(m liveMsg) bool { return m.Type == live.MessageBatchStatus })
+	if len(after) != 2 || after[0].Error == nil || after[0].Error.Index != 4 {
+		t.Fatalf("live %+v, want error 4 once then the status", after)
 	}
-	liveCheckOrder(t, append(replayed, live...))
+	liveCheckOrder(t, append(replayed, after...))
 
 	// Nothing changed after the last position: nothing is sent.
-	c2 := liveDial(t, url+"?after="+live[1].Position, liveBearer(liveAcmeKey)).read()
+	c2 := liveDial(t, url+"?after="+after[1].Position, liveBearer(liveAcmeKey)).read()
 	c2.quiet(t, 300*time.Millisecond)
 }
 
@@ -612,7 +614,7 @@ func TestLiveReconnectReplaysWhatWasMissed(t *testing.T) {
 func TestLiveReconnectSeamUnderLoad(t *testing.T) {
 	// The queue is not what this test is about: a burst of failures in one
 	// flush must not fill it.
-	env := newLive(t, func(c *HubConfig) { c.BufferSize = 1024 })
+	env := newLive(t, func(c *liveTweaks) { c.Hub.BufferSize = 1024 })
 	b := env.batch("acme")
 	const n = 300
 	env.settle(t, env.add(t, func() []eventstore.Event { return []eventstore.Event{b.Created(n), b.Started()} }))
@@ -635,14 +637,14 @@ func TestLiveReconnectSeamUnderLoad(t *testing.T) {
 		}
 	}()
 	liveEventually(t, "a third appended", func() bool { return afterIndex.Load() > 0 })
-	c := liveDial(t, env.wsURL("/api/ws?after="+FormatPosition(after)), liveBearer(liveAcmeKey)).read()
+	c := liveDial(t, env.wsURL("/api/ws?after="+live.FormatPosition(after)), liveBearer(liveAcmeKey)).read()
 	<-done
 	got := map[int]int{}
 	msgs := c.until(t, func(m liveMsg) bool {
-		if m.Type == MessageBatchError {
+		if m.Type == live.MessageBatchError {
 			got[m.Error.Index]++
 		}
-		return m.Type == MessageBatchStatus && m.status.Progress.Failed == n
+		return m.Type == live.MessageBatchStatus && m.status.Progress.Failed == n
 	})
 	liveCheckOrder(t, msgs)
 	for i := n/3 + 1; i < n; i++ {
@@ -658,8 +660,8 @@ func TestLiveReconnectSeamUnderLoad(t *testing.T) {
 func TestLiveAuthentication(t *testing.T) {
 	now := liveT0
 	var clock sync.Mutex
-	env := newLive(t, func(c *HubConfig) {
-		c.now = func() time.Time { clock.Lock(); defer clock.Unlock(); return now }
+	env := newLive(t, func(c *liveTweaks) {
+		c.API.Tickets.now = func() time.Time { clock.Lock(); defer clock.Unlock(); return now }
 	})
 	b := env.batch("acme")
 	env.settle(t, env.add(t, func() []eventstore.Event { return []eventstore.Event{b.Created(1)} }))
@@ -756,7 +758,7 @@ func TestTicketsAreSingleUseAcrossInstances(t *testing.T) {
 	repo, _ := commands.NewRepository(es, 10)
 	cmds, _ := commands.New(es, repo, nil)
 	secret := []byte(strings.Repeat("s", 32))
-	shared := func(c *HubConfig) { c.TicketSecret, c.Redeem = secret, cmds.RedeemOnce }
+	shared := func(c *liveTweaks) { c.API.Tickets.Secret, c.API.Tickets.Redeem = secret, cmds.RedeemOnce }
 	a, b := newLiveOn(t, es, shared), newLiveOn(t, es, shared)
 	batch := a.batch("acme")
 	a.settle(t, a.add(t, func() []eventstore.Event { return []eventstore.Event{batch.Created(1)} }))
@@ -784,7 +786,10 @@ func TestTicketsAreSingleUseAcrossInstances(t *testing.T) {
 }
 
 func TestLivePingsAndDropsDeadClients(t *testing.T) {
-	env := newLive(t, func(c *HubConfig) { c.PingInterval = 20 * time.Millisecond; c.PongWait = 150 * time.Millisecond })
+	env := newLive(t, func(c *liveTweaks) {
+		c.API.WebSocket.PingInterval = 20 * time.Millisecond
+		c.API.WebSocket.PongWait = 150 * time.Millisecond
+	})
 	b := env.batch("acme")
 	env.settle(t, env.add(t, func() []eventstore.Event { return []eventstore.Event{b.Created(1)} }))
 	url := env.wsURL("/api/batch/" + b.ID + "/ws")
@@ -804,28 +809,15 @@ func TestLivePingsAndDropsDeadClients(t *testing.T) {
 	}
 }
 
-func TestPositionRoundTrip(t *testing.T) {
-	for _, p := range []eventstore.Position{{}, {Commit: 1}, {Commit: 42, Prepare: 7}, {Commit: 1<<64 - 1, Prepare: 1<<64 - 1}} {
-		got, err := ParsePosition(FormatPosition(p))
-		if err != nil || got != p {
-			t.Errorf("%v: round trip gave %v, %v", p, got, err)
-		}
-	}
-}
-
 func TestLiveRefusesReplayTooLong(t *testing.T) {
-	env := newLive(t, func(c *HubConfig) { c.MaxReplay = 2 })
+	env := newLive(t, func(c *liveTweaks) { c.Hub.MaxReplay = 2 })
 	b := env.batch("acme")
 	created := env.add(t, func() []eventstore.Event { return []eventstore.Event{b.Created(3), b.Started()} })
 	env.settle(t, env.add(t, func() []eventstore.Event {
 		return []eventstore.Event{b.Failed(0, 1, domain.CategoryBlocked), b.Failed(1, 1, domain.CategoryBlocked), b.Failed(2, 1, domain.CategoryBlocked)}
 	}))
-	url := env.wsURL("/api/batch/" + b.ID + "/ws?after=" + FormatPosition(created))
-	liveEventually(t, "hub caught up", func() bool {
-		env.hub.mu.Lock()
-		defer env.hub.mu.Unlock()
-		return !env.hub.flushed.Less(env.runnerPosition())
-	})
+	url := env.wsURL("/api/batch/" + b.ID + "/ws?after=" + live.FormatPosition(created))
+	liveEventually(t, "hub caught up", func() bool { return !env.hub.Flushed().Less(env.runnerPosition()) })
 	if status, code := liveDialStatus(t, url, liveBearer(liveAcmeKey)); status != http.StatusConflict || code != domain.ECONFLICT {
 		t.Fatalf("replay of 3 failures with MaxReplay 2: %d %s, want 409", status, code)
 	}

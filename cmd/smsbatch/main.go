@@ -31,6 +31,7 @@ import (
 	"github.com/smsbatch/smsbatch/commands"
 	"github.com/smsbatch/smsbatch/domain"
 	"github.com/smsbatch/smsbatch/eventstore"
+	"github.com/smsbatch/smsbatch/live"
 	"github.com/smsbatch/smsbatch/processors"
 	"github.com/smsbatch/smsbatch/projections"
 )
@@ -156,7 +157,7 @@ type Main struct {
 	transport  transport
 	router     *message.Router
 	proc       *processors.Processor
-	hub        *api.Hub
+	hub        *live.Hub
 	runner     *projections.Runner
 	fwd        *processors.Forwarder
 	server     *http.Server
@@ -293,10 +294,7 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	m.goRun("forwarder", func() error { return m.fwd.Run(bg) })
 
-	hub, err := api.NewHub(api.HubConfig{
-		Events: store, ReadModels: readModels, Projections: m.runner, Logger: m.logger,
-		TicketSecret: []byte(cfg.WSTicketSecret), Redeem: cmds.RedeemOnce,
-	})
+	hub, err := live.NewHub(live.Config{Events: store, ReadModels: readModels, Projections: m.runner, Logger: m.logger})
 	if err != nil {
 		return err
 	}
@@ -310,7 +308,8 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	pub := m.transport.pub
 	apiCfg := api.Config{
-		Live: hub,
+		Live:    hub,
+		Tickets: api.Tickets{Secret: []byte(cfg.WSTicketSecret), Redeem: cmds.RedeemOnce},
 		Started: func(ctx context.Context, batchID string, revision uint64) {
 			if err := processors.PublishWork(pub, batchID, revision); err != nil {
 				m.logger.Warn("publishing work failed; the event subscription will", "batch", batchID, "err", err)

@@ -1,12 +1,13 @@
-package api
+// Package live owns the read side's push: the hub that follows the event log,
+// waits until the read models include what it saw, and hands every change of a
+// batch's status (and every new final failure) to the clients that follow it,
+// each through a small bounded queue. It knows nothing of WebSocket: package
+// api carries the messages to browsers and authenticates them.
+package live
 
 import (
 	"cmp"
 	"context"
-	"crypto/hmac"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,15 +18,18 @@ import (
 	"sync"
 	"time"
 
-	"github.com/gorilla/websocket"
-
 	"github.com/smsbatch/smsbatch/domain"
 	"github.com/smsbatch/smsbatch/eventstore"
 	"github.com/smsbatch/smsbatch/projections"
 )
 
-// HubConfig configures the live-updates hub.
-type HubConfig struct {
+// Waiter is told a position and returns once the read models include it.
+type Waiter interface {
+	WaitFor(ctx context.Context, pos eventstore.Position) error
+}
+
+// Config configures the hub.
+type Config struct {
 	// Events is the event store the hub follows (required).
 	Events eventstore.Store
 	// ReadModels is where every status sent is read from, so that it is the very
@@ -40,51 +44,19 @@ type HubConfig struct {
 	// StatusInterval is the least time between two status messages of one batch;
 	// default 100ms (10 a second). The latest status is always sent at the end.
 	StatusInterval time.Duration
-	// PingInterval is how often an idle connection is pinged; default 20s.
-	PingInterval time.Duration
-	// PongWait is how long a client may stay silent (no pong) before it is
-	// dropped; default 60s. Must exceed PingInterval.
-	PongWait time.Duration
-	// WriteWait bounds one write to a client; default 10s.
-	WriteWait time.Duration
-	// TicketTTL is how long a WebSocket ticket is valid; default 30s.
-	TicketTTL time.Duration
-	// TicketSecret signs tickets. Instances behind one load balancer must share
-	// it, so a ticket issued by one is accepted by another. Optional: default
-	// random, which is right for a single instance. At least 32 bytes when set.
-	TicketSecret []byte
-	// Redeem records a ticket's nonce as used, once across every instance, and
-	// reports whether this was the first use (commands.Handlers.RedeemOnce).
-	// Optional: without it tickets are single-use within this process only.
-	Redeem func(ctx context.Context, nonce string, at time.Time) (bool, error)
 	// MaxReplay bounds the batch.error messages a reconnecting client is sent
 	// for what it missed; a client further behind is refused with 409 and
 	// should reconnect without a position. Default 1000.
 	MaxReplay int
 	Logger    *slog.Logger
-
-	// now is the clock of ticket expiry; tests move it.
-	now func() time.Time
 }
 
-func (c *HubConfig) setDefaults() error {
+func (c *Config) setDefaults() {
 	if c.BufferSize <= 0 {
 		c.BufferSize = 64
 	}
 	if c.StatusInterval <= 0 {
 		c.StatusInterval = 100 * time.Millisecond
-	}
-	if c.PingInterval <= 0 {
-		c.PingInterval = 20 * time.Second
-	}
-	if c.PongWait <= 0 {
-		c.PongWait = 60 * time.Second
-	}
-	if c.WriteWait <= 0 {
-		c.WriteWait = 10 * time.Second
-	}
-	if c.TicketTTL <= 0 {
-		c.TicketTTL = 30 * time.Second
 	}
 	if c.MaxReplay <= 0 {
 		c.MaxReplay = 1000
@@ -92,20 +64,10 @@ func (c *HubConfig) setDefaults() error {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	if c.now == nil {
-		c.now = time.Now
-	}
-	if len(c.TicketSecret) == 0 {
-		c.TicketSecret = make([]byte, 32)
-		if _, err := rand.Read(c.TicketSecret); err != nil {
-			return fmt.Errorf("ticket secret: %w", err)
-		}
-	}
-	return nil
 }
 
-// Validate reports every missing or inconsistent setting.
-func (c HubConfig) Validate() error {
+// Validate reports every missing setting.
+func (c Config) Validate() error {
 	var errs []error
 	if c.Events == nil {
 		errs = append(errs, errors.New("missing Events"))
@@ -116,23 +78,17 @@ func (c HubConfig) Validate() error {
 	if c.Projections == nil {
 		errs = append(errs, errors.New("missing Projections"))
 	}
-	if c.PingInterval > 0 && c.PongWait > 0 && c.PongWait <= c.PingInterval {
-		errs = append(errs, errors.New("PongWait must be longer than PingInterval"))
-	}
-	if len(c.TicketSecret) > 0 && len(c.TicketSecret) < 32 {
-		errs = append(errs, errors.New("TicketSecret must be at least 32 bytes"))
-	}
 	return errors.Join(errs...)
 }
 
-// Hub pushes batch changes to WebSocket clients. One subscription to the event
+// Hub pushes batch changes to subscribed clients. One follower of the event
 // store feeds it; at most every StatusInterval it waits for the read models to
 // include what it has seen and sends every changed batch's status, read from the
 // read models, and every new final failure to the clients that follow the batch.
 // Each client has a bounded queue; the hub never waits for a client and drops one
 // whose queue is full.
 type Hub struct {
-	cfg HubConfig
+	cfg Config
 	log *slog.Logger
 
 	// mu orders a flush against a client's registration: a client receives
@@ -141,24 +97,39 @@ type Hub struct {
 	mu      sync.Mutex
 	running bool
 	flushed eventstore.Position // every event up to here has been sent to the clients
-	clients map[*client]struct{}
+	clients map[*Client]struct{}
 	// follower follows the event store once Run has started.
 	follower *eventstore.Follower
-
-	// usedTickets remembers redeemed tickets until they expire: single use.
-	ticketMu    sync.Mutex
-	usedTickets map[string]time.Time
 }
 
 // NewHub returns a hub; it sends nothing until Run.
-func NewHub(cfg HubConfig) (*Hub, error) {
+func NewHub(cfg Config) (*Hub, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("live hub config: %w", err)
 	}
-	if err := cfg.setDefaults(); err != nil {
-		return nil, fmt.Errorf("live hub: %w", err)
-	}
-	return &Hub{cfg: cfg, log: cfg.Logger, clients: make(map[*client]struct{}), usedTickets: make(map[string]time.Time)}, nil
+	cfg.setDefaults()
+	return &Hub{cfg: cfg, log: cfg.Logger, clients: make(map[*Client]struct{})}, nil
+}
+
+// Running reports whether the hub follows the log and takes subscriptions.
+func (h *Hub) Running() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.running
+}
+
+// Flushed is the position up to which every event has been sent to the clients.
+func (h *Hub) Flushed() eventstore.Position {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.flushed
+}
+
+// Clients is how many clients are subscribed.
+func (h *Hub) Clients() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.clients)
 }
 
 // errHubStopped answers clients arriving while the hub is not running.
@@ -283,7 +254,7 @@ func (h *Hub) stop() {
 	defer h.mu.Unlock()
 	h.running = false
 	for c := range h.clients {
-		h.dropLocked(c, websocket.CloseGoingAway, "server shutting down")
+		h.dropLocked(c, DropShutdown)
 	}
 }
 
@@ -440,7 +411,7 @@ func (h *Hub) flush(ctx context.Context, p *pending) error {
 			select {
 			case c.send <- m.data:
 			default:
-				h.dropLocked(c, websocket.ClosePolicyViolation, "too slow: buffer full")
+				h.dropLocked(c, DropTooSlow)
 			}
 			if c.dropped {
 				break
@@ -463,7 +434,9 @@ func (h *Hub) followedLocked(tenant, batchID string) bool {
 }
 
 // client is one WebSocket connection's view of the hub.
-type client struct {
+// Client is one subscriber's view of the hub: its first messages, then a queue
+// of live ones, until the hub drops it.
+type Client struct {
 	tenant string
 	// batchID is the batch followed; empty follows every batch of the tenant.
 	batchID string
@@ -473,47 +446,73 @@ type client struct {
 	// initial is sent before anything queued in send.
 	initial [][]byte
 	send    chan []byte
-	// gone is closed when the hub drops the client, with code and reason.
+	// gone is closed when the hub drops the client, with why.
 	gone    chan struct{}
 	dropped bool
-	code    int
-	reason  string
+	why     Drop
 }
 
-func (c *client) follows(tenant, batchID string) bool {
+// Drop says why the hub let a client go.
+type Drop int
+
+const (
+	// DropTooSlow: the client's queue was full; it fell behind.
+	DropTooSlow Drop = iota + 1
+	// DropShutdown: the hub stopped.
+	DropShutdown
+)
+
+// Initial returns the messages to send before any from Messages: the current
+// status of what the client follows, or what it missed since its position.
+func (c *Client) Initial() [][]byte { return c.initial }
+
+// Messages delivers the live messages, each an encoded JSON message.
+func (c *Client) Messages() <-chan []byte { return c.send }
+
+// Gone is closed when the hub drops the client; Why then says why.
+func (c *Client) Gone() <-chan struct{} { return c.gone }
+
+// Why says why the client was dropped, once Gone is closed.
+func (c *Client) Why() Drop { return c.why }
+
+func (c *Client) follows(tenant, batchID string) bool {
 	return c.tenant == tenant && (c.batchID == "" || c.batchID == batchID)
 }
 
-func (h *Hub) dropLocked(c *client, code int, reason string) {
+func (h *Hub) dropLocked(c *Client, why Drop) {
 	if c.dropped {
 		return
 	}
-	c.dropped, c.code, c.reason = true, code, reason
+	c.dropped, c.why = true, why
 	close(c.gone)
 	delete(h.clients, c)
 }
 
-func (h *Hub) unregister(c *client) {
+// Unsubscribe removes a client that went away.
+func (h *Hub) Unsubscribe(c *Client) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	delete(h.clients, c)
 }
 
-// subscription is what a client asks for.
-type subscription struct {
-	tenant  string
-	batchID string // empty: every batch of the tenant
-	after   *eventstore.Position
+// Subscription is what a client asks for.
+type Subscription struct {
+	Tenant  string
+	BatchID string // empty: every batch of the tenant
+	// After is the last position the client saw, when it reconnects; nil for a
+	// fresh start.
+	After *eventstore.Position
 }
 
-// register adds a client and computes its first messages: without a position,
+// Subscribe adds a client and computes its first messages: without a position,
 // the current status of its batch (or of the tenant's 100 newest); with one,
 // what it missed since then. Live messages follow without a gap or duplicate.
-func (h *Hub) register(ctx context.Context, sub subscription) (*client, error) {
-	c := &client{tenant: sub.tenant, batchID: sub.batchID,
+// Another tenant's batch, or none, is ENOTFOUND; too much missed is ECONFLICT.
+func (h *Hub) Subscribe(ctx context.Context, sub Subscription) (*Client, error) {
+	c := &Client{tenant: sub.Tenant, batchID: sub.BatchID,
 		send: make(chan []byte, h.cfg.BufferSize), gone: make(chan struct{})}
-	if sub.after != nil {
-		return c, h.registerAfter(ctx, c, *sub.after)
+	if sub.After != nil {
+		return c, h.registerAfter(ctx, c, *sub.After)
 	}
 	// Read before the lock: the checkpoint the snapshot is at least as new as.
 	cp, err := h.cfg.ReadModels.Checkpoint(ctx)
@@ -530,14 +529,14 @@ func (h *Hub) register(ctx context.Context, sub subscription) (*client, error) {
 		c.after = cp
 	}
 	var snapshot []projections.BatchStatus
-	if sub.batchID != "" {
-		st, err := h.cfg.ReadModels.Batch(ctx, sub.tenant, sub.batchID)
+	if sub.BatchID != "" {
+		st, err := h.cfg.ReadModels.Batch(ctx, sub.Tenant, sub.BatchID)
 		if err != nil {
 			return nil, err
 		}
 		snapshot = append(snapshot, st)
 	} else {
-		snapshot, _, err = h.cfg.ReadModels.Batches(ctx, projections.ListQuery{Tenant: sub.tenant, Limit: 100})
+		snapshot, _, err = h.cfg.ReadModels.Batches(ctx, projections.ListQuery{Tenant: sub.Tenant, Limit: 100})
 		if err != nil {
 			return nil, err
 		}
@@ -601,7 +600,7 @@ func (h *Hub) scan(ctx context.Context, r *replay, to eventstore.Position) error
 	return nil
 }
 
-func (h *Hub) registerAfter(ctx context.Context, c *client, after eventstore.Position) error {
+func (h *Hub) registerAfter(ctx context.Context, c *Client, after eventstore.Position) error {
 	if c.batchID != "" {
 		// Another tenant's batch, or none: 404 before anything else.
 		if _, err := h.cfg.ReadModels.Batch(ctx, c.tenant, c.batchID); err != nil {
@@ -668,74 +667,4 @@ func parseDecimal(s string) (uint64, error) {
 		return 0, errors.New("not a canonical decimal")
 	}
 	return strconv.ParseUint(s, 10, 64)
-}
-
-// ticket is what a WebSocket ticket vouches for.
-type ticket struct {
-	Tenant  string `json:"t"`
-	KeyID   string `json:"k"`
-	Expires int64  `json:"e"` // Unix milliseconds
-	Nonce   string `json:"n"`
-}
-
-// issueTicket returns a signed ticket for p, valid TicketTTL. It is signed rather
-// than stored so that any instance sharing TicketSecret accepts it.
-func (h *Hub) issueTicket(p Principal) (string, time.Time, error) {
-	nonce := make([]byte, 16)
-	if _, err := rand.Read(nonce); err != nil {
-		return "", time.Time{}, fmt.Errorf("ticket nonce: %w", err)
-	}
-	expires := h.cfg.now().Add(h.cfg.TicketTTL).UTC().Truncate(time.Millisecond)
-	body, err := json.Marshal(ticket{Tenant: p.Tenant, KeyID: p.KeyID, Expires: expires.UnixMilli(), Nonce: base64.RawURLEncoding.EncodeToString(nonce)})
-	if err != nil {
-		return "", time.Time{}, fmt.Errorf("encode ticket: %w", err)
-	}
-	payload := base64.RawURLEncoding.EncodeToString(body)
-	return payload + "." + base64.RawURLEncoding.EncodeToString(h.sign(payload)), expires, nil
-}
-
-func (h *Hub) sign(payload string) []byte {
-	m := hmac.New(sha256.New, h.cfg.TicketSecret)
-	m.Write([]byte(payload))
-	return m.Sum(nil)
-}
-
-// redeemTicket returns the principal a ticket vouches for, once across every
-// instance sharing the event store (with Redeem). An error means the ticket
-// could not be checked.
-func (h *Hub) redeemTicket(ctx context.Context, s string) (Principal, bool, error) {
-	payload, sig, ok := strings.Cut(s, ".")
-	mac, err := base64.RawURLEncoding.DecodeString(sig)
-	if !ok || err != nil || !hmac.Equal(mac, h.sign(payload)) {
-		return Principal{}, false, nil
-	}
-	body, err := base64.RawURLEncoding.DecodeString(payload)
-	var t ticket
-	if err != nil || json.Unmarshal(body, &t) != nil || t.Tenant == "" {
-		return Principal{}, false, nil
-	}
-	now := h.cfg.now()
-	expires := time.UnixMilli(t.Expires)
-	if !now.Before(expires) {
-		return Principal{}, false, nil
-	}
-	if h.cfg.Redeem != nil {
-		first, err := h.cfg.Redeem(ctx, t.Nonce, now)
-		if err != nil || !first {
-			return Principal{}, false, err
-		}
-		return Principal{Tenant: t.Tenant, KeyID: t.KeyID}, true, nil
-	}
-	h.ticketMu.Lock()
-	defer h.ticketMu.Unlock()
-	for n, exp := range h.usedTickets {
-		if !now.Before(exp) {
-			delete(h.usedTickets, n)
-		}
-	}
-	if _, used := h.usedTickets[t.Nonce]; used {
-		return Principal{}, false, nil
-	}
-	h.usedTickets[t.Nonce] = expires
-	return Principal{Tenant: t.Tenant, KeyID: t.KeyID}, true, nil
 }

@@ -41,7 +41,7 @@ func (l *UploadLimits) setDefaults() {
 		l.RateWindow = 20 * time.Second
 	}
 	if l.PerKey == 0 {
-		l.PerKey = 16
+		l.PerKey = 64
 	}
 }
 

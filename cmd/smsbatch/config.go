@@ -209,7 +209,7 @@ func parseConfig(name string, args []string, env func(string) string) (Config, [
 	s.dur(&c.HTTPIdleTimeout, "http-idle-timeout", "SMSBATCH_HTTP_IDLE_TIMEOUT", time.Minute, "how long a kept-alive connection may wait for its next request")
 	s.int64(&c.UploadMinRate, "upload-min-rate", "SMSBATCH_UPLOAD_MIN_RATE", 4096, "slowest a batch upload may arrive, in bytes per second over --upload-rate-window; 0 disables")
 	s.dur(&c.UploadRateWindow, "upload-rate-window", "SMSBATCH_UPLOAD_RATE_WINDOW", 20*time.Second, "span the upload rate is measured over")
-	s.int(&c.UploadsPerKey, "uploads-per-key", "SMSBATCH_UPLOADS_PER_KEY", 16, "batch uploads one API key may run at once; 0 disables")
+	s.int(&c.UploadsPerKey, "uploads-per-key", "SMSBATCH_UPLOADS_PER_KEY", 64, "batch uploads one API key may run at once; 0 disables")
 	s.int(&c.AuthFailureLimit, "auth-failure-limit", "SMSBATCH_AUTH_FAILURE_LIMIT", 10, "failed authentications per client address per window before it gets 429; 0 disables")
 	s.dur(&c.AuthFailureWindow, "auth-failure-window", "SMSBATCH_AUTH_FAILURE_WINDOW", time.Minute, "window of the failed-authentication limit")
 	s.dur(&c.ShutdownTimeout, "shutdown-timeout", "SMSBATCH_SHUTDOWN_TIMEOUT", 30*time.Second, "how long shutdown waits for requests and in-flight sends")

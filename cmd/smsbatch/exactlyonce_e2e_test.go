@@ -144,7 +144,8 @@ func TestExactlyOnceAtTheProviderWhileInstancesComeAndGo(t *testing.T) {
 	simAddr := freeAddr(t)
 	startRecordingSimulator(t, simDir, simAddr, 300*time.Millisecond, 24)
 
-	shared := append(instanceArgs(url, nurl, ns, simAddr), "--stall-timeout", "4s", "--sim-latency", "300ms")
+	// The test polls statuses often: no per-key request limit.
+	shared := append(instanceArgs(url, nurl, ns, simAddr), "--stall-timeout", "4s", "--sim-latency", "300ms", "--http-rate-limit", "0")
 	type instance struct {
 		proc   *process
 		client *client
@@ -272,6 +273,9 @@ func TestExactlyOnceAtTheProviderWhileInstancesComeAndGo(t *testing.T) {
 	killedAt := time.Now().UTC()
 	victim.proc.cmd.Process.Signal(syscall.SIGKILL)
 	victim.proc.wait(t, 10*time.Second)
+	// Requests the process wrote before it died may still be read by the
+	// provider a moment after it is reaped, on a loaded machine.
+	lastWords := time.Now().UTC().Add(time.Second)
 	t.Logf("SIGKILL %s", victim.addr)
 	for _, b := range killed {
 		survivor.client.waitStatus(b.id, 120*time.Second, "completed")
@@ -282,7 +286,7 @@ func TestExactlyOnceAtTheProviderWhileInstancesComeAndGo(t *testing.T) {
 		// already on their way, which the provider reads a moment later.
 		inFlight := map[string]bool{}
 		for _, c := range calls[b.id] {
-			if !c.Start.After(killedAt.Add(250*time.Millisecond)) && !c.End.Before(killedAt) {
+			if !c.Start.After(lastWords) && !c.End.Before(killedAt) {
 				inFlight[c.Key] = true
 			}
 		}

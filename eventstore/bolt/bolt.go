@@ -134,8 +134,8 @@ type Store struct {
 
 	mu     sync.Mutex
 	closed bool
-	broken error // set once corrupt data was met; wraps eventstore.ErrCorrupt
-	stuck  bool  // a rollback failed: bbolt may hold its writer lock for good
+	broken error  // set once corrupt data was met; wraps eventstore.ErrCorrupt
+	stuck  bool   // a rollback failed: bbolt may hold its writer lock for good
 	last   uint64 // global sequence of the last committed event
 	// wake is closed and replaced on every commit that wrote events and when the
 	// store fails, and closed on Close, so that WaitForEvents can block on it

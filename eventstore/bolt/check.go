@@ -211,9 +211,17 @@ func (r *Report) check(ctx context.Context, tx *bbolt.Tx, held string) error {
 			if damaged[seq] {
 				r.damagedStream(stream)
 				r.problem("%s: stream %s revision %d is the damaged event %d", r.Path, stream, n, seq)
-			} else if all.Get(v) == nil {
+				return nil
+			}
+			rec := all.Get(v)
+			if rec == nil {
 				r.damagedStream(stream)
 				r.problem("%s: stream %s revision %d: points to event %d, which is missing", r.Path, stream, n, seq)
+				return nil
+			}
+			if e, err := decode(seq, rec); err == nil && (e.Stream != stream || e.Revision != n) {
+				r.damagedStream(stream)
+				r.problem("%s: stream %s revision %d: points to event %d, which is revision %d of %s", r.Path, stream, n, seq, e.Revision, e.Stream)
 			}
 			return nil
 		})

@@ -14,7 +14,7 @@ import (
 
 // migrateChunk is how many records one migration transaction rewrites, so that a
 // large store is not rewritten in one transaction held in memory.
-const migrateChunk = 10_000
+var migrateChunk = 10_000
 
 // migrateV1 turns a store of layout "1" into the current one: it rewrites every
 // record with its checksum, a chunk per transaction, then records the layout and

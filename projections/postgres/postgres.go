@@ -19,7 +19,7 @@ import (
 
 	"github.com/smsbatch/smsbatch/domain"
 	"github.com/smsbatch/smsbatch/eventstore"
-	pgevents "github.com/smsbatch/smsbatch/eventstore/postgres"
+	"github.com/smsbatch/smsbatch/internal/pgerr"
 	"github.com/smsbatch/smsbatch/projections"
 )
 
@@ -342,7 +342,7 @@ func (s *Store) state(ctx context.Context, op, tenant, id string) (*projections.
 		return nil, notFound()
 	}
 	if err != nil {
-		return nil, fmt.Errorf("postgres projections: %s: %w", op, pgevents.Classify(err))
+		return nil, fmt.Errorf("postgres projections: %s: %w", op, pgerr.Classify(err))
 	}
 	st := &projections.BatchState{}
 	if err := json.Unmarshal(raw, st); err != nil {
@@ -387,7 +387,7 @@ func (s *Store) Batches(ctx context.Context, q projections.ListQuery) ([]project
 		rows, err = s.pool.Query(ctx, s.q.listAfter, q.Tenant, page.After.CreatedAt.UnixNano(), page.After.ID, page.Limit+1)
 	}
 	if err != nil {
-		return nil, "", fmt.Errorf("postgres projections: list: %w", pgevents.Classify(err))
+		return nil, "", fmt.Errorf("postgres projections: list: %w", pgerr.Classify(err))
 	}
 	out := make([]projections.BatchStatus, 0, page.Limit)
 	more := false
@@ -405,7 +405,7 @@ func (s *Store) Batches(ctx context.Context, q projections.ListQuery) ([]project
 		return nil
 	})
 	if err != nil {
-		return nil, "", fmt.Errorf("postgres projections: list: %w", pgevents.Classify(err))
+		return nil, "", fmt.Errorf("postgres projections: list: %w", pgerr.Classify(err))
 	}
 	next := ""
 	if more {
@@ -423,7 +423,7 @@ func (s *Store) Errors(ctx context.Context, q projections.ErrorQuery) ([]project
 	}
 	var exists bool
 	if err := s.pool.QueryRow(ctx, s.q.exists, q.BatchID, q.Tenant).Scan(&exists); err != nil {
-		return nil, "", fmt.Errorf("postgres projections: errors: %w", pgevents.Classify(err))
+		return nil, "", fmt.Errorf("postgres projections: errors: %w", pgerr.Classify(err))
 	}
 	if !exists {
 		return nil, "", notFound()
@@ -435,7 +435,7 @@ func (s *Store) Errors(ctx context.Context, q projections.ErrorQuery) ([]project
 		rows, err = s.pool.Query(ctx, s.q.errorsOf, q.BatchID, page.Category, page.AfterIndex, page.Limit+1)
 	}
 	if err != nil {
-		return nil, "", fmt.Errorf("postgres projections: errors: %w", pgevents.Classify(err))
+		return nil, "", fmt.Errorf("postgres projections: errors: %w", pgerr.Classify(err))
 	}
 	out := make([]projections.ErrorEntry, 0, min(page.Limit, 64))
 	more := false
@@ -453,7 +453,7 @@ func (s *Store) Errors(ctx context.Context, q projections.ErrorQuery) ([]project
 		return nil
 	})
 	if err != nil {
-		return nil, "", fmt.Errorf("postgres projections: errors: %w", pgevents.Classify(err))
+		return nil, "", fmt.Errorf("postgres projections: errors: %w", pgerr.Classify(err))
 	}
 	next := ""
 	if more {

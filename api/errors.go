@@ -34,32 +34,55 @@ type errorPayload struct {
 	Details []domain.FieldProblem `json:"details,omitempty"`
 }
 
+// storageErrors are the store ports' sentinels a request may fail with through no
+// fault of the client, as the application error it is shown, with the Retry-After
+// to send. They apply only to errors that carry no application code, whichever
+// store (events or read models) they come from.
+var storageErrors = []struct {
+	sentinel   error
+	shown      *domain.Error
+	retryAfter string
+}{
+	// Damaged data does not heal by waiting: an operator must repair the store.
+	{eventstore.ErrCorrupt, &domain.Error{Code: domain.EUNAVAILABLE,
+		Message: "the event store is damaged; the service takes no requests that need it until an operator repairs it"}, ""},
+	// A store restarting, out of reach or out of disk space.
+	{eventstore.ErrUnavailable, &domain.Error{Code: domain.EUNAVAILABLE,
+		Message: "the service's storage is unavailable; try again shortly"}, "1"},
+}
+
 // writeError answers with err's status and code. Internal errors are logged and
 // answered with a generic message: their text may hold anything.
 func writeError(w http.ResponseWriter, r *http.Request, logger *slog.Logger, err error) {
-	if errors.Is(err, eventstore.ErrUnavailable) && domain.ErrorCode(err) == domain.EINTERNAL {
-		// A store restarting or out of reach: the client should try again, and
-		// nothing it sent was wrong.
-		logger.WarnContext(r.Context(), "store unavailable", "method", r.Method, "path", r.URL.Path, "err", err)
-		w.Header().Set("Retry-After", "1")
-		writeJSON(w, http.StatusServiceUnavailable, errorBody{Error: errorPayload{
-			Code: domain.EUNAVAILABLE, Message: "the service's storage is unavailable; try again shortly"}})
-		return
-	}
-	code := domain.ErrorCode(err)
-	status, ok := statusOf[code]
+	shown, retryAfter := shownError(err)
+	status, ok := statusOf[shown.Code]
 	if !ok {
 		status = http.StatusInternalServerError
 	}
-	var details []domain.FieldProblem
-	var appErr *domain.Error
-	if errors.As(err, &appErr) {
-		details = appErr.Details
-	}
-	if status >= 500 {
+	switch {
+	case status == http.StatusServiceUnavailable:
+		logger.WarnContext(r.Context(), "storage unavailable", "method", r.Method, "path", r.URL.Path, "err", err)
+	case status >= 500:
 		logger.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 	}
-	writeJSON(w, status, errorBody{Error: errorPayload{Code: code, Message: domain.ErrorMessage(err), Details: details}})
+	if retryAfter != "" {
+		w.Header().Set("Retry-After", retryAfter)
+	}
+	writeJSON(w, status, errorBody{Error: errorPayload{Code: shown.Code, Message: shown.Message, Details: shown.Details}})
+}
+
+// shownError is what a client is told about err: its application error, the
+// storage condition it wraps, or a generic internal error.
+func shownError(err error) (shown *domain.Error, retryAfter string) {
+	if errors.As(err, &shown) {
+		return shown, ""
+	}
+	for _, s := range storageErrors {
+		if errors.Is(err, s.sentinel) {
+			return s.shown, s.retryAfter
+		}
+	}
+	return &domain.Error{Code: domain.EINTERNAL, Message: domain.ErrorMessage(err)}, ""
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

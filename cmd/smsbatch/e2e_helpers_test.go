@@ -48,8 +48,17 @@ func testConfig(t testing.TB) Config {
 	return cfg
 }
 
-// startMain runs the real program in-process and stops it when the test ends.
+// startMain runs the real program in-process, waits until it is ready, and stops
+// it when the test ends.
 func startMain(t testing.TB, cfg Config) *client {
+	t.Helper()
+	c := runMain(t, cfg)
+	c.waitReady()
+	return c
+}
+
+// runMain is startMain without waiting for readiness.
+func runMain(t testing.TB, cfg Config) *client {
 	t.Helper()
 	m := NewMain(cfg, &testWriter{t: t})
 	if err := m.Run(context.Background()); err != nil {
@@ -67,7 +76,6 @@ func startMain(t testing.TB, cfg Config) *client {
 			t.Errorf("close: %v", err)
 		}
 	}}
-	c.waitReady()
 	return c
 }
 

@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"path/filepath"
+	"log/slog"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -21,7 +21,7 @@ import (
 )
 
 // openEventStore opens the configured event store.
-func openEventStore(ctx context.Context, cfg Config) (eventstore.Store, error) {
+func openEventStore(ctx context.Context, cfg Config, logger *slog.Logger) (eventstore.Store, error) {
 	switch cfg.EventStore {
 	case "kurrent":
 		store, err := kurrent.Open(cfg.EventStoreURL, kurrent.Options{})
@@ -36,12 +36,25 @@ func openEventStore(ctx context.Context, cfg Config) (eventstore.Store, error) {
 		}
 		return store, nil
 	default:
-		store, err := bolt.Open(filepath.Join(cfg.DataDir, "events.db"), bolt.Options{})
+		store, err := bolt.Open(eventsFile(cfg.DataDir), bolt.Options{Logger: logger})
 		if err != nil {
 			return nil, fmt.Errorf("open event store: %w", err)
 		}
 		return store, nil
 	}
+}
+
+// storeHealth is why the event store can serve nothing more (the embedded store
+// met corrupt data), or nil: readiness turns red on it.
+func storeHealth(store eventstore.Store) error {
+	h, ok := store.(interface{ Health() error })
+	if !ok {
+		return nil
+	}
+	if err := h.Health(); err != nil {
+		return fmt.Errorf("event store: %w", err)
+	}
+	return nil
 }
 
 // readModels is the configured read-model store and what closes it.
@@ -129,7 +142,7 @@ func rebuildProjections(ctx context.Context, cfg Config, which string, out io.Wr
 	if cfg.ReadStore != "postgres" {
 		return errors.New("projections rebuild needs --read-store postgres: in-memory read models are rebuilt at every start")
 	}
-	events, err := openEventStore(ctx, cfg)
+	events, err := openEventStore(ctx, cfg, slog.New(slog.NewTextHandler(out, nil)))
 	if err != nil {
 		return err
 	}

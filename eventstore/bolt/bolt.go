@@ -463,8 +463,10 @@ func finishAll(group []*appendRequest, err error) {
 
 // writeFailed classifies a commit that failed to write: bbolt rolled it back, so
 // the store is as it was and a later append may succeed once the cause is gone
-// (a full disk, a quota, an I/O error). It wraps eventstore.ErrUnavailable, and
-// says so plainly when the disk is full.
+// (a full disk, a quota, a file size limit, an I/O error). It wraps
+// eventstore.ErrUnavailable, and says so plainly when the disk is full. (A file
+// size limit shows as bbolt's "file resize error: ... file too large": bbolt
+// formats the error of growing the file with %s, so its errno is lost.)
 func writeFailed(err error) error {
 	err = storeErr(err)
 	switch {
@@ -472,8 +474,6 @@ func writeFailed(err error) error {
 		return err
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
 		return fmt.Errorf("the disk is full: %w: %w", eventstore.ErrUnavailable, err)
-	case errors.Is(err, syscall.EFBIG):
-		return fmt.Errorf("the file size limit is reached: %w: %w", eventstore.ErrUnavailable, err)
 	default:
 		return fmt.Errorf("%w: %w", eventstore.ErrUnavailable, err)
 	}

@@ -144,8 +144,9 @@ func (r *Report) check(ctx context.Context, tx *bbolt.Tx, held string) error {
 		r.problem("%s: bbolt consistency check: %v", r.Path, err)
 	}
 
-	// Every record: its checksum, and the indexes pointing back at it.
-	var damaged = map[uint64]bool{}
+	// Every record: its checksum, and the indexes pointing back at it. A damaged
+	// record is reported with the stream whose index points to it, below.
+	damaged := map[uint64]error{}
 	var lastSeq uint64
 	c := all.Cursor()
 	for k, v := c.First(); k != nil; k, v = c.Next() {
@@ -163,9 +164,8 @@ func (r *Report) check(ctx context.Context, tx *bbolt.Tx, held string) error {
 		r.Events++
 		e, err := decode(seq, v)
 		if err != nil {
-			damaged[seq] = true
+			damaged[seq] = err
 			r.DamagedEvents = append(r.DamagedEvents, seq)
-			r.problem("%s: %v", r.Path, err)
 			continue
 		}
 		r.Streams[e.Stream]++
@@ -191,6 +191,7 @@ func (r *Report) check(ctx context.Context, tx *bbolt.Tx, held string) error {
 		stream := string(name)
 		sb := streams.Bucket(name)
 		var n uint64 // entries seen, and the revision expected next
+		damagedIn := map[string]uint64{}
 		err := sb.ForEach(func(k, v []byte) error {
 			if len(k) != 8 {
 				r.damagedStream(stream)
@@ -208,9 +209,11 @@ func (r *Report) check(ctx context.Context, tx *bbolt.Tx, held string) error {
 				return nil
 			}
 			seq := binary.BigEndian.Uint64(v)
-			if damaged[seq] {
+			if err, ok := damaged[seq]; ok {
 				r.damagedStream(stream)
-				r.problem("%s: stream %s revision %d is the damaged event %d", r.Path, stream, n, seq)
+				r.problem("%s: stream %s revision %d: %v", r.Path, stream, n, err)
+				damagedIn[stream]++
+				delete(damaged, seq)
 				return nil
 			}
 			rec := all.Get(v)
@@ -232,7 +235,7 @@ func (r *Report) check(ctx context.Context, tx *bbolt.Tx, held string) error {
 			r.damagedStream(stream)
 			r.problem("%s: stream %s: its index holds %d events, its length says %d", r.Path, stream, n, sb.Sequence())
 		}
-		if got := r.Streams[stream]; got+countIn(damaged, sb) != n {
+		if got := r.Streams[stream]; got+damagedIn[stream] != n {
 			r.damagedStream(stream)
 			r.problem("%s: stream %s: its index holds %d events, its records %d", r.Path, stream, n, got)
 		}
@@ -240,6 +243,11 @@ func (r *Report) check(ctx context.Context, tx *bbolt.Tx, held string) error {
 	})
 	if err != nil {
 		return err
+	}
+	for _, seq := range r.DamagedEvents {
+		if err, ok := damaged[seq]; ok {
+			r.problem("%s: %v (no stream index points to it)", r.Path, err)
+		}
 	}
 	for stream := range r.Streams {
 		if streams.Bucket([]byte(stream)) == nil {
@@ -251,21 +259,6 @@ func (r *Report) check(ctx context.Context, tx *bbolt.Tx, held string) error {
 		r.problem("%s: the event ID index holds %d IDs, the records are %d", r.Path, n, r.Events)
 	}
 	return nil
-}
-
-// countIn counts the entries of a stream index that point at damaged records.
-func countIn(damaged map[uint64]bool, sb *bbolt.Bucket) uint64 {
-	if len(damaged) == 0 {
-		return 0
-	}
-	var n uint64
-	_ = sb.ForEach(func(_, v []byte) error {
-		if len(v) == 8 && damaged[binary.BigEndian.Uint64(v)] {
-			n++
-		}
-		return nil
-	})
-	return n
 }
 
 func pointsTo(at []byte) string {

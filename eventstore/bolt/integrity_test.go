@@ -16,7 +16,7 @@ import (
 
 	"github.com/smsbatch/smsbatch/eventstore"
 	"github.com/smsbatch/smsbatch/eventstore/bolt"
-	"github.com/smsbatch/smsbatch/internal/tmpfs"
+	"github.com/smsbatch/smsbatch/internal/faultfs"
 )
 
 // fill appends n events of about size bytes to each of the streams, in appends
@@ -49,38 +49,6 @@ func fill(t *testing.T, path string, streams []string, n, size int) {
 
 func marker(stream string, i int) string { return fmt.Sprintf("<<%s#%d>>", stream, i) }
 
-// flip flips one bit in every copy of needle in the file (bbolt may keep an older
-// copy of a page among its free pages) and returns how many it flipped.
-func flip(t testing.TB, path string, needle string) int {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	for off := 0; ; {
-		i := bytes.Index(data[off:], []byte(needle))
-		if i < 0 {
-			break
-		}
-		at := int64(off + i + len(needle)/2)
-		if _, err := f.WriteAt([]byte{data[at] ^ 0x01}, at); err != nil {
-			t.Fatal(err)
-		}
-		n++
-		off += i + len(needle)
-	}
-	if n == 0 {
-		t.Fatalf("%q is not in %s", needle, path)
-	}
-	return n
-}
-
 func wantCorrupt(t *testing.T, what string, err error) {
 	t.Helper()
 	if !errors.Is(err, eventstore.ErrCorrupt) {
@@ -99,7 +67,7 @@ func TestFlippedRecordFailsTheStore(t *testing.T) {
 			if whileOpen {
 				s = open(t, path) // bbolt reads through a shared mapping: it sees the change
 			}
-			flip(t, path, marker("a", 7))
+			faultfs.Flip(t, path, marker("a", 7))
 			if !whileOpen {
 				s = open(t, path)
 			}
@@ -150,7 +118,7 @@ func TestReadAllFindsAFlippedRecord(t *testing.T) {
 	ctx := context.Background()
 	waited := make(chan error, 1)
 	go func() { waited <- s.WaitForEvents(ctx, eventstore.Position{Commit: 10}) }()
-	flip(t, path, marker("a", 3))
+	faultfs.Flip(t, path, marker("a", 3))
 	_, err := s.ReadAll(ctx, eventstore.Start, 100)
 	wantCorrupt(t, "read all", err)
 	select {
@@ -381,7 +349,7 @@ func TestCheck(t *testing.T) {
 		t.Fatalf("check of a clean store: %+v", r)
 	}
 
-	flip(t, path, marker("b", 33))
+	faultfs.Flip(t, path, marker("b", 33))
 	r, err = bolt.Check(ctx, path, bolt.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -404,7 +372,7 @@ func TestCheck(t *testing.T) {
 // ErrUnavailable saying so, nothing half written stays, and appends succeed
 // again once there is room.
 func TestFullDiskIsUnavailableAndRecovers(t *testing.T) {
-	dir := tmpfs.Mount(t, 2<<20)
+	dir := faultfs.Mount(t, 2<<20)
 	path := filepath.Join(dir, "events.db")
 	s, err := bolt.Open(path, bolt.Options{})
 	if err != nil {
@@ -412,7 +380,7 @@ func TestFullDiskIsUnavailableAndRecovers(t *testing.T) {
 	}
 	defer s.Close()
 	ctx := context.Background()
-	filler := tmpfs.Fill(t, dir)
+	filler := faultfs.Fill(t, dir)
 
 	data := bytes.Repeat([]byte("y"), 3000)
 	acked := 0

@@ -1,4 +1,4 @@
-package tmpfs
+package faultfs
 
 import "syscall"
 

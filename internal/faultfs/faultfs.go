@@ -1,10 +1,11 @@
-// Package tmpfs gives tests a small file system of their own that fills up: a
-// tmpfs of a given size, mounted for the test and unmounted after it. Mounting
-// needs root (or CAP_SYS_ADMIN); where it is not allowed the test is skipped,
-// saying why.
-package tmpfs
+// Package faultfs puts storage faults in front of tests: a small file system of
+// their own that fills up (a tmpfs of a given size, mounted for the test and
+// unmounted after it; mounting needs root or CAP_SYS_ADMIN, and where it is not
+// allowed the test is skipped, saying why), and bytes flipped in a file.
+package faultfs
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -55,3 +56,37 @@ func Fill(t testing.TB, dir string) string {
 }
 
 func sizeOption(size int64) string { return fmt.Sprintf("size=%d", size) }
+
+// Flip flips one bit in the middle of every copy of needle in the file at path
+// and returns how many it flipped; none fails the test. It writes through the
+// file, so a process that has the file mapped sees the change at once. Every copy,
+// because bbolt may keep older copies of a page among its free pages.
+func Flip(t testing.TB, path, needle string) int {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	n := 0
+	for off := 0; ; {
+		i := bytes.Index(data[off:], []byte(needle))
+		if i < 0 {
+			break
+		}
+		at := int64(off + i + len(needle)/2)
+		if _, err := f.WriteAt([]byte{data[at] ^ 0x01}, at); err != nil {
+			t.Fatal(err)
+		}
+		n++
+		off += i + len(needle)
+	}
+	if n == 0 {
+		t.Fatalf("%q is not in %s", needle, path)
+	}
+	return n
+}

@@ -1,6 +1,6 @@
 //go:build !linux
 
-package tmpfs
+package faultfs
 
 import "errors"
 

@@ -2,7 +2,6 @@ package bolt
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -17,15 +16,7 @@ import (
 // encodeRecordV1 is the record encoding of layout "1", kept here to build the
 // stores that earlier builds wrote.
 func encodeRecordV1(stream string, revision uint64, unixNano int64, e eventstore.EventData) []byte {
-	b := []byte{recordVersionV1}
-	b = binary.AppendUvarint(b, revision)
-	b = binary.BigEndian.AppendUint64(b, uint64(unixNano))
-	b = appendField(b, stream)
-	b = appendField(b, e.ID)
-	b = appendField(b, e.Type)
-	b = binary.AppendUvarint(b, uint64(len(e.Metadata)))
-	b = append(b, e.Metadata...)
-	return append(b, e.Data...)
+	return appendBody([]byte{recordVersionV1}, stream, revision, unixNano, e)
 }
 
 // writeV1Store writes a store of layout "1" as an earlier build did: n events

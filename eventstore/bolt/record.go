@@ -48,6 +48,14 @@ func encodeRecord(seq uint64, stream string, revision uint64, unixNano int64, e 
 		len(stream) + len(e.ID) + len(e.Type) + len(e.Metadata) + len(e.Data)
 	b := make([]byte, recordHeader, n)
 	b[0] = recordVersion
+	b = appendBody(b, stream, revision, unixNano, e)
+	binary.BigEndian.PutUint32(b[1:recordHeader], recordSum(seq, b[recordHeader:]))
+	return b
+}
+
+// appendBody appends what follows a record's header; layout "1" had the same
+// body after its version byte.
+func appendBody(b []byte, stream string, revision uint64, unixNano int64, e eventstore.EventData) []byte {
 	b = binary.AppendUvarint(b, revision)
 	b = binary.BigEndian.AppendUint64(b, uint64(unixNano))
 	b = appendField(b, stream)
@@ -55,9 +63,7 @@ func encodeRecord(seq uint64, stream string, revision uint64, unixNano int64, e 
 	b = appendField(b, e.Type)
 	b = binary.AppendUvarint(b, uint64(len(e.Metadata)))
 	b = append(b, e.Metadata...)
-	b = append(b, e.Data...)
-	binary.BigEndian.PutUint32(b[1:recordHeader], recordSum(seq, b[recordHeader:]))
-	return b
+	return append(b, e.Data...)
 }
 
 func recordSum(seq uint64, body []byte) uint32 {
@@ -138,16 +144,6 @@ func sameEvent(stored eventstore.Event, e eventstore.EventData) bool {
 type decoder struct {
 	b   []byte
 	err bool
-}
-
-func (d *decoder) readByte() byte {
-	if len(d.b) < 1 {
-		d.err = true
-		return 0
-	}
-	v := d.b[0]
-	d.b = d.b[1:]
-	return v
 }
 
 func (d *decoder) uvarint() uint64 {

@@ -23,13 +23,10 @@ var ErrClosed = errors.New("eventstore: closed")
 // (a server restarting, a network blip, a deadline). Callers may retry.
 var ErrUnavailable = errors.New("eventstore: unavailable")
 
-// ErrCorrupt wraps errors about stored data that fails the store's own integrity
-// checks: a record whose checksum does not match, an index that disagrees with its
-// records, a store file that was emptied, truncated or replaced. Retrying cannot
-// help; an operator must repair or restore the store. An adapter that meets
-// corrupt data may refuse every later operation with it too, so that nothing more
-// is decided on a history it can no longer read.
-var ErrCorrupt = errors.New("eventstore: stored data is corrupt")
+// ErrCorrupt wraps errors reading data the store finds damaged (a record whose
+// checksum does not match). Retrying cannot help: the store must be repaired or
+// restored, and components that meet it stop rather than go on half-working.
+var ErrCorrupt = errors.New("eventstore: data corrupt")
 
 // ExpectedRevision states what the appender believes about a stream before appending.
 // Build one with NoStream, Any or Exact.

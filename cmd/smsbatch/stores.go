@@ -44,19 +44,6 @@ func openEventStore(ctx context.Context, cfg Config, logger *slog.Logger) (event
 	}
 }
 
-// storeHealth is why the event store can serve nothing more (the embedded store
-// met corrupt data), or nil: readiness turns red on it.
-func storeHealth(store eventstore.Store) error {
-	h, ok := store.(interface{ Health() error })
-	if !ok {
-		return nil
-	}
-	if err := h.Health(); err != nil {
-		return fmt.Errorf("event store: %w", err)
-	}
-	return nil
-}
-
 // readModels is the configured read-model store and what closes it.
 type readModels struct {
 	projections.Store
@@ -169,4 +156,17 @@ func rebuildProjections(ctx context.Context, cfg Config, which string, out io.Wr
 			fmt.Fprintf(out, "rebuild: %d/%s events, %.0f events/s, %s left\n", p.Done, total, p.Rate, p.Remaining.Round(time.Second))
 		},
 	})
+}
+
+// storeHealth is why the event store can serve nothing more (the embedded store
+// met corrupt data), or nil: readiness turns red on it.
+func storeHealth(store eventstore.Store) error {
+	h, ok := store.(interface{ Health() error })
+	if !ok {
+		return nil
+	}
+	if err := h.Health(); err != nil {
+		return fmt.Errorf("event store: %w", err)
+	}
+	return nil
 }

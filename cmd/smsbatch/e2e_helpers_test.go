@@ -52,17 +52,21 @@ func testConfig(t testing.TB) Config {
 // it when the test ends.
 func startMain(t testing.TB, cfg Config) *client {
 	t.Helper()
-	c := runMain(t, cfg)
+	c, err := runMain(t, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	c.waitReady()
 	return c
 }
 
-// runMain is startMain without waiting for readiness.
-func runMain(t testing.TB, cfg Config) *client {
+// runMain is startMain without waiting for readiness; it returns Run's error.
+func runMain(t testing.TB, cfg Config) (*client, error) {
 	t.Helper()
 	m := NewMain(cfg, &testWriter{t: t})
 	if err := m.Run(context.Background()); err != nil {
-		t.Fatal(err)
+		m.Close()
+		return nil, err
 	}
 	stopped := false
 	t.Cleanup(func() {
@@ -76,7 +80,7 @@ func runMain(t testing.TB, cfg Config) *client {
 			t.Errorf("close: %v", err)
 		}
 	}}
-	return c
+	return c, nil
 }
 
 type testWriter struct{ t testing.TB }

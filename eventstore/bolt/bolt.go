@@ -181,7 +181,12 @@ func open(path string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	id, last, err := prepare(db, path, held, opts.Logger)
+	var id string
+	var last uint64
+	err = guard(func() (err error) {
+		id, last, err = prepare(db, path, held, opts.Logger)
+		return err
+	})
 	if err != nil {
 		_ = db.Close()
 		return nil, err

@@ -43,8 +43,14 @@ func (s *server) getBatch(w http.ResponseWriter, r *http.Request) {
 		// The read models may not have caught up with a batch just created (the
 		// create answered 201 from the aggregate): a batch that exists is never
 		// a 404.
-		if b, lerr := s.cfg.Commands.Repository().Load(r.Context(), id); lerr == nil && b.Tenant() == p.Tenant {
+		b, lerr := s.cfg.Commands.Repository().Load(r.Context(), id)
+		switch {
+		case lerr == nil && b.Tenant() == p.Tenant:
 			st, err = statusFromAggregate(b), nil
+		case lerr != nil && domain.ErrorCode(lerr) != domain.ENOTFOUND:
+			// The event store cannot tell whether it exists (damaged, out of
+			// reach): say so rather than 404.
+			err = lerr
 		}
 	}
 	if err != nil {

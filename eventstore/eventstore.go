@@ -24,8 +24,9 @@ var ErrClosed = errors.New("eventstore: closed")
 // (a server restarting, a network blip, a deadline). Callers may retry.
 var ErrUnavailable = errors.New("eventstore: unavailable")
 
-// ErrCorrupt wraps errors reading data the store finds damaged (a record whose
-// checksum does not match). Retrying cannot help: the store must be repaired or
+// ErrCorrupt wraps errors about data the store finds damaged: a record whose
+// checksum does not match, an index that disagrees with its records, a store file
+// emptied, truncated or replaced. Retrying cannot help: the store must be repaired or
 // restored, and components that meet it stop rather than go on half-working.
 var ErrCorrupt = errors.New("eventstore: data corrupt")
 

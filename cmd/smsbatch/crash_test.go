@@ -63,7 +63,13 @@ type process struct {
 // after the test). The process is killed when the test ends.
 func startProcess(t testing.TB, name string, args ...string) *process {
 	t.Helper()
-	cmd := exec.Command(binary(t), args...)
+	return startCommand(t, name, exec.Command(binary(t), args...))
+}
+
+// startCommand is startProcess for a command that runs the binary some other way
+// (under prlimit, say).
+func startCommand(t testing.TB, name string, cmd *exec.Cmd) *process {
+	t.Helper()
 	cmd.Env = append(os.Environ(), "GORACE=halt_on_error=1")
 	out := &prefixWriter{t: t, prefix: name + ": "}
 	cmd.Stdout, cmd.Stderr = out, out

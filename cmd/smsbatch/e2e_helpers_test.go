@@ -48,12 +48,25 @@ func testConfig(t testing.TB) Config {
 	return cfg
 }
 
-// startMain runs the real program in-process and stops it when the test ends.
+// startMain runs the real program in-process, waits until it is ready, and stops
+// it when the test ends.
 func startMain(t testing.TB, cfg Config) *client {
+	t.Helper()
+	c, err := runMain(t, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.waitReady()
+	return c
+}
+
+// runMain is startMain without waiting for readiness; it returns Run's error.
+func runMain(t testing.TB, cfg Config) (*client, error) {
 	t.Helper()
 	m := NewMain(cfg, &testWriter{t: t})
 	if err := m.Run(context.Background()); err != nil {
-		t.Fatal(err)
+		m.Close()
+		return nil, err
 	}
 	stopped := false
 	t.Cleanup(func() {
@@ -67,8 +80,7 @@ func startMain(t testing.TB, cfg Config) *client {
 			t.Errorf("close: %v", err)
 		}
 	}}
-	c.waitReady()
-	return c
+	return c, nil
 }
 
 type testWriter struct{ t testing.TB }

@@ -45,6 +45,7 @@ Usage:
                                              with the service stopped; which: status,
                                              analytics, errors or all)
   smsbatch simulator [flags]                 serve the SMS simulator's Twilio-style API on --addr
+  smsbatch check --data-dir DIR              verify the embedded event store offline; exits 1 on damage
   smsbatch help                              show this text
 
 Every command takes the settings of serve (flags or SMSBATCH_ variables).
@@ -65,6 +66,10 @@ func main() {
 				return fmt.Errorf("unexpected arguments: %s", strings.Join(rest, " "))
 			}
 			return migrate(ctx, cfg, os.Stdout)
+		}))
+	case "check":
+		os.Exit(tool("smsbatch check", args, func(ctx context.Context, cfg Config, rest []string) error {
+			return checkStore(ctx, cfg, os.Stdout)
 		}))
 	case "simulator":
 		os.Exit(tool("smsbatch simulator", args, func(ctx context.Context, cfg Config, rest []string) error {
@@ -192,7 +197,7 @@ func (m *Main) Run(ctx context.Context) error {
 		return err
 	}
 
-	store, err := openEventStore(ctx, cfg)
+	store, err := openEventStore(ctx, cfg, m.logger)
 	if err != nil {
 		return err
 	}
@@ -356,6 +361,9 @@ func (m *Main) goRun(name string, run func() error) {
 }
 
 func (m *Main) ready() error {
+	if err := storeHealth(m.store); err != nil {
+		return err
+	}
 	for name, ch := range map[string]<-chan struct{}{"projections": m.runner.Ready(), "processor": m.fwd.Ready()} {
 		select {
 		case <-ch:

@@ -24,7 +24,7 @@ import (
 )
 
 // openEventStore opens the configured event store.
-func openEventStore(ctx context.Context, cfg Config) (eventstore.Store, error) {
+func openEventStore(ctx context.Context, cfg Config, logger *slog.Logger) (eventstore.Store, error) {
 	switch cfg.EventStore {
 	case "kurrent":
 		store, err := kurrent.Open(cfg.EventStoreURL, kurrent.Options{})
@@ -39,7 +39,7 @@ func openEventStore(ctx context.Context, cfg Config) (eventstore.Store, error) {
 		}
 		return store, nil
 	default:
-		store, err := bolt.Open(filepath.Join(cfg.DataDir, "events.db"), bolt.Options{})
+		store, err := bolt.Open(eventsFile(cfg.DataDir), bolt.Options{Logger: logger})
 		if err != nil {
 			return nil, fmt.Errorf("open event store: %w", err)
 		}
@@ -174,7 +174,7 @@ func rebuildProjections(ctx context.Context, cfg Config, which string, out io.Wr
 			return fmt.Errorf("projections rebuild: no event store in the data directory %s: %w", cfg.DataDir, err)
 		}
 	}
-	events, err := openEventStore(ctx, cfg)
+	events, err := openEventStore(ctx, cfg, slog.New(slog.NewTextHandler(out, nil)))
 	if errors.Is(err, bolt.ErrInUse) {
 		return fmt.Errorf("projections rebuild: %w: stop the service first (it holds %s)", err, cfg.DataDir)
 	}
@@ -228,4 +228,17 @@ func (p *progressPrinter) done(err error) error {
 		fmt.Fprintf(p.out, "rebuild: done, %d events, %.0f events/s\n", p.last.Done, p.last.Rate)
 	}
 	return err
+}
+
+// storeHealth is why the event store can serve nothing more (the embedded store
+// met corrupt data), or nil: readiness turns red on it.
+func storeHealth(store eventstore.Store) error {
+	h, ok := store.(interface{ Health() error })
+	if !ok {
+		return nil
+	}
+	if err := h.Health(); err != nil {
+		return fmt.Errorf("event store: %w", err)
+	}
+	return nil
 }

@@ -13,7 +13,22 @@
 //     of events in the stream.
 //   - bucket "ids": event ID -> 8-byte global sequence, to recognise retried appends
 //     and refuse a reused event ID.
-//   - bucket "meta": "format" -> the layout version, checked at Open.
+//   - bucket "meta": "format" -> the layout version, checked at Open; "id" -> the
+//     store's identity, a random ID also kept in a small file beside the store
+//     (events.db.id), so that Open can tell an emptied, truncated or replaced
+//     store file from a new one (see identity.go).
+//
+// # Integrity
+//
+// Every record carries a CRC-32C checksum, verified on every read (record.go); a
+// stream read also checks that the record its index points to is the one it
+// names. Open refuses, with an error wrapping eventstore.ErrCorrupt and naming the
+// file, a store file that is empty, shorter than its own pages reach, not a bbolt
+// file, or another store's. Once a read meets corrupt data (or bbolt panics on a
+// damaged page) the store fails: every later operation, appends included, returns
+// an error wrapping eventstore.ErrCorrupt and Health reports it, so that nothing
+// more is decided on a history that can no longer be read. Check verifies a whole
+// store offline.
 //
 // # Appends
 //
@@ -36,10 +51,13 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"sync"
+	"syscall"
 	"time"
 
 	bbolt "go.etcd.io/bbolt"
@@ -55,8 +73,12 @@ var ErrInUse = errors.New("data directory is in use by another process")
 const DefaultLockTimeout = time.Second
 
 // formatVersion is the layout written in the "meta" bucket. Change it, and teach
-// Open to migrate, whenever the layout or the record encoding changes.
-const formatVersion = "1"
+// Open to migrate, whenever the layout or the record encoding changes. Layout "1"
+// had no record checksums and no identity; Open migrates it (migrate.go).
+const (
+	formatVersion   = "2"
+	formatVersionV1 = "1"
+)
 
 // maxGroup bounds how many appends share one transaction, so that one commit
 // does not grow without limit under a flood of appends.
@@ -68,6 +90,7 @@ var (
 	bucketIDs     = []byte("ids")
 	bucketMeta    = []byte("meta")
 	keyFormat     = []byte("format")
+	keyStoreID    = []byte("id")
 )
 
 // Options configures Open. The zero value is ready to use.
@@ -78,6 +101,9 @@ type Options struct {
 	// Clock stamps appended events. Optional; time.Now when nil. Times are stored
 	// in UTC with nanosecond precision.
 	Clock func() time.Time
+	// Logger receives what an operator should know: a migration, a recreated
+	// identity file, the store failing on corrupt data. Optional; discarded when nil.
+	Logger *slog.Logger
 }
 
 func (o *Options) setDefaults() {
@@ -87,13 +113,18 @@ func (o *Options) setDefaults() {
 	if o.Clock == nil {
 		o.Clock = time.Now
 	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
 }
 
 // Store is an eventstore.Store in a bbolt file, safe for concurrent use.
 type Store struct {
 	path  string
+	id    string
 	db    *bbolt.DB
 	clock func() time.Time
+	log   *slog.Logger
 
 	requests   chan *appendRequest
 	stop       chan struct{} // closed by Close: the writer takes no more requests
@@ -103,9 +134,12 @@ type Store struct {
 
 	mu     sync.Mutex
 	closed bool
+	broken error  // set once corrupt data was met; wraps eventstore.ErrCorrupt
+	stuck  bool   // a rollback failed: bbolt may hold its writer lock for good
 	last   uint64 // global sequence of the last committed event
-	// wake is closed and replaced on every commit that wrote events and closed on
-	// Close, so that WaitForEvents can block on it without polling.
+	// wake is closed and replaced on every commit that wrote events and when the
+	// store fails, and closed on Close, so that WaitForEvents can block on it
+	// without polling.
 	wake chan struct{}
 }
 
@@ -113,49 +147,62 @@ var _ eventstore.Store = (*Store)(nil)
 
 // Open opens the store in the bbolt file at path, creating the file and its parent
 // directories if needed. It fails with an error wrapping ErrInUse when another
-// process has the file open and does not let go within opts.LockTimeout.
+// process has the file open and does not let go within opts.LockTimeout, and with
+// one wrapping eventstore.ErrCorrupt, naming the file, when the file is not the
+// store this data directory held (emptied, truncated, replaced, not a store). A
+// store of layout "1" is migrated to the current layout first.
 func Open(path string, opts Options) (*Store, error) {
 	opts.setDefaults()
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+	s, err := open(path, opts)
+	if err != nil {
 		return nil, fmt.Errorf("bolt: open %s: %w", path, err)
 	}
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{
+	return s, nil
+}
+
+func open(path string, opts Options) (*Store, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, err
+	}
+	held, err := readIdentityFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := preflight(path, held); err != nil {
+		return nil, err
+	}
+	db, err := openDB(path, &bbolt.Options{
 		Timeout:      opts.LockTimeout,
 		FreelistType: bbolt.FreelistMapType,
 	})
 	if errors.Is(err, berrors.ErrTimeout) {
-		return nil, fmt.Errorf("bolt: open %s: %w (file lock not released within %s)", path, ErrInUse, opts.LockTimeout)
+		return nil, fmt.Errorf("%w (file lock not released within %s)", ErrInUse, opts.LockTimeout)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("bolt: open %s: %w", path, err)
+		return nil, err
 	}
+	var id string
 	var last uint64
-	err = db.Update(func(tx *bbolt.Tx) error {
-		for _, name := range [][]byte{bucketAll, bucketStreams, bucketIDs, bucketMeta} {
-			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
-				return err
-			}
-		}
-		meta := tx.Bucket(bucketMeta)
-		switch v := meta.Get(keyFormat); {
-		case v == nil:
-			if err := meta.Put(keyFormat, []byte(formatVersion)); err != nil {
-				return err
-			}
-		case string(v) != formatVersion:
-			return fmt.Errorf("file has layout version %q, this build reads %q", v, formatVersion)
-		}
-		last = tx.Bucket(bucketAll).Sequence()
-		return nil
+	err = guard(func() (err error) {
+		id, last, err = prepare(db, path, held, opts.Logger)
+		return err
 	})
 	if err != nil {
 		_ = db.Close()
-		return nil, fmt.Errorf("bolt: open %s: %w", path, err)
+		return nil, err
+	}
+	if held == "" {
+		if err := writeIdentityFile(path, id); err != nil {
+			_ = db.Close()
+			return nil, err
+		}
 	}
 	s := &Store{
 		path:       path,
+		id:         id,
 		db:         db,
 		clock:      opts.Clock,
+		log:        opts.Logger,
 		requests:   make(chan *appendRequest),
 		stop:       make(chan struct{}),
 		writerDone: make(chan struct{}),
@@ -166,8 +213,90 @@ func Open(path string, opts Options) (*Store, error) {
 	return s, nil
 }
 
+// openDB opens the bbolt file. bbolt panics on some damaged pages (a freelist
+// page that is not one, say): guard turns that into an error wrapping
+// eventstore.ErrCorrupt instead of a crash. After such a panic bbolt's file handle
+// is not released; the caller is about to give up anyway.
+func openDB(path string, o *bbolt.Options) (*bbolt.DB, error) {
+	var db *bbolt.DB
+	err := guard(func() (err error) {
+		db, err = bbolt.Open(path, 0o600, o)
+		return err
+	})
+	return db, err
+}
+
+// prepare makes db a store of the current layout: it creates a new store's
+// buckets and identity, migrates layout "1", and checks the identity against the
+// one the data directory held (held; empty when there is no identity file). It
+// returns the store's identity and its last global sequence.
+func prepare(db *bbolt.DB, path, held string, log *slog.Logger) (id string, last uint64, err error) {
+	var format string
+	var fresh bool
+	err = db.View(func(tx *bbolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		if meta == nil {
+			fresh = tx.Bucket(bucketAll) == nil && tx.Bucket(bucketStreams) == nil && tx.Bucket(bucketIDs) == nil
+			return nil
+		}
+		format, id = string(meta.Get(keyFormat)), string(meta.Get(keyStoreID))
+		return nil
+	})
+	if err != nil {
+		return "", 0, err
+	}
+	switch {
+	case fresh && held != "":
+		return "", 0, replacedError(path, held, "a new, empty store")
+	case fresh:
+		if id, err = newStoreID(); err != nil {
+			return "", 0, err
+		}
+		err = db.Update(func(tx *bbolt.Tx) error {
+			for _, name := range [][]byte{bucketAll, bucketStreams, bucketIDs, bucketMeta} {
+				if _, err := tx.CreateBucket(name); err != nil {
+					return err
+				}
+			}
+			meta := tx.Bucket(bucketMeta)
+			if err := meta.Put(keyFormat, []byte(formatVersion)); err != nil {
+				return err
+			}
+			return meta.Put(keyStoreID, []byte(id))
+		})
+		return id, 0, err
+	case format == "":
+		return "", 0, fmt.Errorf("the file is a bbolt database but not an smsbatch event store: %w", eventstore.ErrCorrupt)
+	case format == formatVersionV1 && held != "":
+		return "", 0, replacedError(path, held, "a store of layout 1, which has no identity")
+	case format == formatVersionV1:
+		if id, err = migrateV1(db, log, path); err != nil {
+			return "", 0, fmt.Errorf("migrate layout 1 to %s: %w", formatVersion, err)
+		}
+	case format != formatVersion:
+		return "", 0, fmt.Errorf("file has layout version %q, this build reads %q (and migrates %q)", format, formatVersion, formatVersionV1)
+	case held != "" && id != held:
+		return "", 0, replacedError(path, held, "store "+id)
+	case held == "":
+		log.Warn("event store identity file was missing: written again from the store", "file", identityPath(path), "store_id", id)
+	}
+	err = db.View(func(tx *bbolt.Tx) error {
+		all := tx.Bucket(bucketAll)
+		if all == nil || tx.Bucket(bucketStreams) == nil || tx.Bucket(bucketIDs) == nil {
+			return fmt.Errorf("a bucket of the layout is missing: %w", eventstore.ErrCorrupt)
+		}
+		last = all.Sequence()
+		return nil
+	})
+	return id, last, err
+}
+
 // Path returns the file the store is kept in.
 func (s *Store) Path() string { return s.path }
+
+// ID returns the store's identity, the random ID kept in the store and in the
+// identity file beside it.
+func (s *Store) ID() string { return s.id }
 
 // appendRequest is one Append handed to the writer goroutine.
 type appendRequest struct {
@@ -193,7 +322,7 @@ func (s *Store) Append(ctx context.Context, stream string, expected eventstore.E
 	if err := validateAppend(stream, events); err != nil {
 		return eventstore.AppendResult{}, fmt.Errorf("bolt: append to %s: %w", stream, err)
 	}
-	if err := ctx.Err(); err != nil {
+	if err := s.usable(ctx); err != nil {
 		return eventstore.AppendResult{}, fmt.Errorf("bolt: append to %s: %w", stream, err)
 	}
 	r := &appendRequest{ctx: ctx, stream: stream, expected: expected, events: events, done: make(chan struct{})}
@@ -260,11 +389,13 @@ func (s *Store) write() {
 
 // commit writes a group of appends in one transaction and answers each of them.
 func (s *Store) commit(group []*appendRequest) {
+	if err := s.Health(); err != nil {
+		finishAll(group, err)
+		return
+	}
 	tx, err := s.db.Begin(true)
 	if err != nil {
-		for _, r := range group {
-			r.finish(eventstore.AppendResult{}, fmt.Errorf("begin transaction: %w", storeErr(err)))
-		}
+		finishAll(group, fmt.Errorf("begin transaction: %w", storeErr(err)))
 		return
 	}
 	type answer struct {
@@ -278,7 +409,17 @@ func (s *Store) commit(group []*appendRequest) {
 			answers[i].err = err
 			continue
 		}
-		res, wroteThis, err := s.apply(tx, r)
+		var res eventstore.AppendResult
+		var wroteThis bool
+		err := guard(func() (err error) {
+			res, wroteThis, err = s.apply(tx, r)
+			return err
+		})
+		if errors.Is(err, eventstore.ErrCorrupt) {
+			s.abandon(tx)
+			finishAll(group, s.fail(err))
+			return
+		}
 		var w writeError
 		if errors.As(err, &w) {
 			// The transaction may hold part of this append: drop it all, and give
@@ -301,11 +442,15 @@ func (s *Store) commit(group []*appendRequest) {
 		_ = tx.Rollback()
 	} else {
 		last := tx.Bucket(bucketAll).Sequence()
-		if err := tx.Commit(); err != nil {
+		err := guard(tx.Commit)
+		if errors.Is(err, eventstore.ErrCorrupt) {
+			s.abandon(tx)
+			finishAll(group, s.fail(err))
+			return
+		}
+		if err != nil {
 			// Answers computed in this transaction may rest on its writes.
-			for _, r := range group {
-				r.finish(eventstore.AppendResult{}, fmt.Errorf("commit: %w", storeErr(err)))
-			}
+			finishAll(group, fmt.Errorf("commit: %w", writeFailed(err)))
 			return
 		}
 		s.published(last)
@@ -313,6 +458,80 @@ func (s *Store) commit(group []*appendRequest) {
 	for i, r := range group {
 		r.finish(answers[i].result, answers[i].err)
 	}
+}
+
+func finishAll(group []*appendRequest, err error) {
+	for _, r := range group {
+		r.finish(eventstore.AppendResult{}, err)
+	}
+}
+
+// writeFailed classifies a commit that failed to write: bbolt rolled it back, so
+// the store is as it was and a later append may succeed once the cause is gone
+// (a full disk, a quota, a file size limit, an I/O error). It wraps
+// eventstore.ErrUnavailable, and says so plainly when the disk is full. (A file
+// size limit shows as bbolt's "file resize error: ... file too large": bbolt
+// formats the error of growing the file with %s, so its errno is lost.)
+func writeFailed(err error) error {
+	err = storeErr(err)
+	switch {
+	case errors.Is(err, eventstore.ErrClosed):
+		return err
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		return fmt.Errorf("the disk is full: %w: %w", eventstore.ErrUnavailable, err)
+	default:
+		return fmt.Errorf("%w: %w", eventstore.ErrUnavailable, err)
+	}
+}
+
+// guard runs fn, which calls into bbolt, turning a panic into an error wrapping
+// eventstore.ErrCorrupt: bbolt panics on pages it cannot make sense of, and a
+// page mapped beyond a file that shrank faults.
+func guard(fn func() error) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if v := recover(); v != nil {
+			err = fmt.Errorf("bbolt failed reading the file (%v): %w", v, eventstore.ErrCorrupt)
+		}
+	}()
+	return fn()
+}
+
+// abandon rolls back a write transaction that met corrupt data. When even the
+// rollback panics, bbolt keeps its writer lock, so Close must not wait for it.
+func (s *Store) abandon(tx *bbolt.Tx) {
+	if err := guard(tx.Rollback); errors.Is(err, eventstore.ErrCorrupt) {
+		s.mu.Lock()
+		s.stuck = true
+		s.mu.Unlock()
+	}
+}
+
+// fail puts the store in its failed state after it met corrupt data (err, which
+// wraps eventstore.ErrCorrupt): every later operation returns an error wrapping
+// ErrCorrupt, WaitForEvents wakes with it, and Health reports it. It returns err.
+func (s *Store) fail(err error) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.broken != nil || s.closed {
+		return err
+	}
+	s.broken = fmt.Errorf("%s is damaged; the event store takes no more reads or writes until it is repaired (see smsbatch check): %w",
+		filepath.Base(s.path), err)
+	close(s.wake)
+	s.wake = make(chan struct{})
+	s.log.Error("event store damaged: every read and write is refused from now on; stop smsbatch and run `smsbatch check`",
+		"file", s.path, "err", err)
+	return err
+}
+
+// Health returns nil while the store is usable. Once it met corrupt data it
+// returns why, an error wrapping eventstore.ErrCorrupt, for good: readiness checks
+// consult it.
+func (s *Store) Health() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.broken
 }
 
 // lastCommitted returns the global sequence of the last committed event.
@@ -382,7 +601,7 @@ func (s *Store) apply(tx *bbolt.Tx, r *appendRequest) (eventstore.AppendResult, 
 		seq++
 		rev := n + uint64(k)
 		seqKey := u64(seq)
-		if err := all.Put(seqKey, encodeRecord(r.stream, rev, unixNano, e)); err != nil {
+		if err := all.Put(seqKey, encodeRecord(seq, r.stream, rev, unixNano, e)); err != nil {
 			return eventstore.AppendResult{}, false, writeError{fmt.Errorf("put event %s: %w", e.ID, err)}
 		}
 		if err := sb.Put(u64(rev), seqKey); err != nil {
@@ -473,7 +692,7 @@ func (s *Store) readStream(ctx context.Context, stream string, from uint64, max 
 		return nil, err
 	}
 	var events []eventstore.Event
-	err := s.db.View(func(tx *bbolt.Tx) error {
+	err := s.view(func(tx *bbolt.Tx) error {
 		sb := tx.Bucket(bucketStreams).Bucket([]byte(stream))
 		if sb == nil || sb.Sequence() == 0 || !backward && from >= sb.Sequence() {
 			return nil
@@ -500,18 +719,23 @@ func (s *Store) readStream(ctx context.Context, stream string, from uint64, max 
 			}
 		}
 		for ; k != nil && len(events) < max; k, v = next() {
+			rev := binary.BigEndian.Uint64(k)
 			if len(v) != 8 {
-				return fmt.Errorf("revision %d: corrupt index entry", binary.BigEndian.Uint64(k))
+				return fmt.Errorf("revision %d: %w: index entry of %d bytes", rev, eventstore.ErrCorrupt, len(v))
 			}
 			e, err := readEvent(all, binary.BigEndian.Uint64(v))
 			if err != nil {
 				return err
 			}
+			if e.Stream != stream || e.Revision != rev {
+				return fmt.Errorf("revision %d: %w: the index points to event %d, which is revision %d of %s",
+					rev, eventstore.ErrCorrupt, e.Position.Commit, e.Revision, e.Stream)
+			}
 			events = append(events, e)
 		}
 		return nil
 	})
-	return events, storeErr(err)
+	return events, err
 }
 
 // ReadAll implements eventstore.Store.
@@ -536,7 +760,7 @@ func (s *Store) readAll(ctx context.Context, after eventstore.Position, max int)
 		return nil, nil
 	}
 	var events []eventstore.Event
-	err := s.db.View(func(tx *bbolt.Tx) error {
+	err := s.view(func(tx *bbolt.Tx) error {
 		c := tx.Bucket(bucketAll).Cursor()
 		for k, v := c.Seek(u64(after.Commit + 1)); k != nil && len(events) < max; k, v = c.Next() {
 			e, err := decodeRecord(binary.BigEndian.Uint64(k), v)
@@ -547,7 +771,17 @@ func (s *Store) readAll(ctx context.Context, after eventstore.Position, max int)
 		}
 		return nil
 	})
-	return events, storeErr(err)
+	return events, err
+}
+
+// view runs fn in a read transaction. Corrupt data met there, or a bbolt panic,
+// fails the store.
+func (s *Store) view(fn func(*bbolt.Tx) error) error {
+	err := guard(func() error { return s.db.View(fn) })
+	if errors.Is(err, eventstore.ErrCorrupt) {
+		return s.fail(err)
+	}
+	return storeErr(err)
 }
 
 // WaitForEvents implements eventstore.Store. It returns as soon as an event after
@@ -555,11 +789,13 @@ func (s *Store) readAll(ctx context.Context, after eventstore.Position, max int)
 func (s *Store) WaitForEvents(ctx context.Context, after eventstore.Position) error {
 	for {
 		s.mu.Lock()
-		closed, last, wake := s.closed, s.last, s.wake
+		closed, broken, last, wake := s.closed, s.broken, s.last, s.wake
 		s.mu.Unlock()
 		switch {
 		case closed:
 			return fmt.Errorf("bolt: wait for events after %s: %w", after, eventstore.ErrClosed)
+		case broken != nil:
+			return fmt.Errorf("bolt: wait for events after %s: %w", after, broken)
 		case last > after.Commit:
 			return nil
 		}
@@ -581,7 +817,12 @@ func (s *Store) Close() error {
 		s.mu.Lock()
 		s.closed = true
 		close(s.wake)
+		stuck := s.stuck
 		s.mu.Unlock()
+		if stuck {
+			s.closeErr = fmt.Errorf("bolt: close %s: left open, bbolt could not roll back a write on damaged data", s.path)
+			return
+		}
 		if err := s.db.Close(); err != nil {
 			s.closeErr = fmt.Errorf("bolt: close %s: %w", s.path, err)
 		}
@@ -589,7 +830,8 @@ func (s *Store) Close() error {
 	return s.closeErr
 }
 
-// usable returns why a read cannot start: a done context or a closed store.
+// usable returns why an operation cannot start: a done context, a closed store or
+// a failed one.
 func (s *Store) usable(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -599,7 +841,7 @@ func (s *Store) usable(ctx context.Context) error {
 	if s.closed {
 		return eventstore.ErrClosed
 	}
-	return nil
+	return s.broken
 }
 
 // storeErr maps bbolt's "not open", met when Close races a read, to ErrClosed.

@@ -3,8 +3,8 @@ package bolt
 import (
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"fmt"
+	"hash/crc32"
 	"time"
 
 	bbolt "go.etcd.io/bbolt"
@@ -13,14 +13,26 @@ import (
 )
 
 // recordVersion is the first byte of every record, so that the encoding can change
-// without guessing what an old record is.
-const recordVersion = 1
+// without guessing what an old record is. Version 1 (layout "1") had no checksum;
+// Open rewrites such records once (see migrate.go).
+const (
+	recordVersion   = 2
+	recordVersionV1 = 1
+)
+
+// castagnoli is CRC-32C, computed by a CPU instruction on amd64 and arm64, so
+// checking every record on every read costs next to nothing.
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// recordHeader is the version byte and the checksum.
+const recordHeader = 1 + 4
 
 // A record is an event as kept in the "all" bucket; its key is the global sequence,
 // which is not repeated inside. Binary rather than JSON because it is built on every
 // append and read on every replay:
 //
 //	byte    recordVersion
+//	4 bytes CRC-32C, big-endian, of everything below, started from the key (recordSum)
 //	uvarint revision
 //	8 bytes time, Unix nanoseconds, big-endian
 //	uvarint len, stream
@@ -28,11 +40,22 @@ const recordVersion = 1
 //	uvarint len, type
 //	uvarint len, metadata
 //	rest    data
-func encodeRecord(stream string, revision uint64, unixNano int64, e eventstore.EventData) []byte {
-	n := 1 + binary.MaxVarintLen64 + 8 + 4*binary.MaxVarintLen64 +
+//
+// The key is part of the checksum so that a record found under another sequence
+// (a damaged branch page, a copied value) fails it too.
+func encodeRecord(seq uint64, stream string, revision uint64, unixNano int64, e eventstore.EventData) []byte {
+	n := recordHeader + binary.MaxVarintLen64 + 8 + 4*binary.MaxVarintLen64 +
 		len(stream) + len(e.ID) + len(e.Type) + len(e.Metadata) + len(e.Data)
-	b := make([]byte, 0, n)
-	b = append(b, recordVersion)
+	b := make([]byte, recordHeader, n)
+	b[0] = recordVersion
+	b = appendBody(b, stream, revision, unixNano, e)
+	binary.BigEndian.PutUint32(b[1:recordHeader], recordSum(seq, b[recordHeader:]))
+	return b
+}
+
+// appendBody appends what follows a record's header; layout "1" had the same
+// body after its version byte.
+func appendBody(b []byte, stream string, revision uint64, unixNano int64, e eventstore.EventData) []byte {
 	b = binary.AppendUvarint(b, revision)
 	b = binary.BigEndian.AppendUint64(b, uint64(unixNano))
 	b = appendField(b, stream)
@@ -43,20 +66,48 @@ func encodeRecord(stream string, revision uint64, unixNano int64, e eventstore.E
 	return append(b, e.Data...)
 }
 
+// recordSum is the CRC-32C of a record's body, started from its key folded to 32
+// bits. Starting from the key binds the record to it (the CRC of one body from two
+// different starting values differs) at no cost, where hashing the key's bytes
+// too doubled the time of checking a record.
+func recordSum(seq uint64, body []byte) uint32 {
+	return crc32.Update(uint32(seq)^uint32(seq>>32), castagnoli, body)
+}
+
 func appendField(b []byte, s string) []byte {
 	b = binary.AppendUvarint(b, uint64(len(s)))
 	return append(b, s...)
 }
 
-var errCorrupt = errors.New("corrupt record")
-
-// decodeRecord rebuilds the event stored at global sequence seq. It copies
-// everything out of rec, which bbolt only lends for the transaction's life.
+// decodeRecord rebuilds the event stored at global sequence seq, after checking
+// its checksum. It copies everything out of rec, which bbolt only lends for the
+// transaction's life. A record that fails a check is an error wrapping
+// eventstore.ErrCorrupt.
 func decodeRecord(seq uint64, rec []byte) (eventstore.Event, error) {
-	d := decoder{b: rec}
-	if v := d.readByte(); v != recordVersion {
-		return eventstore.Event{}, fmt.Errorf("event %d: %w: version %d", seq, errCorrupt, v)
+	if len(rec) < recordHeader || rec[0] != recordVersion {
+		v := -1
+		if len(rec) > 0 {
+			v = int(rec[0])
+		}
+		return eventstore.Event{}, fmt.Errorf("event %d: %w: record version %d, want %d", seq, eventstore.ErrCorrupt, v, recordVersion)
 	}
+	if sum := recordSum(seq, rec[recordHeader:]); sum != binary.BigEndian.Uint32(rec[1:recordHeader]) {
+		return eventstore.Event{}, fmt.Errorf("event %d: %w: checksum mismatch", seq, eventstore.ErrCorrupt)
+	}
+	return decodeBody(seq, rec[recordHeader:])
+}
+
+// decodeRecordV1 reads a record of layout "1", which has no checksum.
+func decodeRecordV1(seq uint64, rec []byte) (eventstore.Event, error) {
+	if len(rec) < 1 || rec[0] != recordVersionV1 {
+		return eventstore.Event{}, fmt.Errorf("event %d: %w: not a version 1 record", seq, eventstore.ErrCorrupt)
+	}
+	return decodeBody(seq, rec[1:])
+}
+
+// decodeBody decodes what follows a record's header.
+func decodeBody(seq uint64, body []byte) (eventstore.Event, error) {
+	d := decoder{b: body}
 	e := eventstore.Event{Position: eventstore.Position{Commit: seq}}
 	e.Revision = d.uvarint()
 	e.Time = time.Unix(0, int64(d.fixed64())).UTC()
@@ -65,7 +116,7 @@ func decodeRecord(seq uint64, rec []byte) (eventstore.Event, error) {
 	e.Type = string(d.field())
 	e.Metadata = bytes.Clone(d.field())
 	if d.err {
-		return eventstore.Event{}, fmt.Errorf("event %d: %w: truncated", seq, errCorrupt)
+		return eventstore.Event{}, fmt.Errorf("event %d: %w: truncated record", seq, eventstore.ErrCorrupt)
 	}
 	if len(d.b) > 0 {
 		e.Data = bytes.Clone(d.b)
@@ -80,7 +131,7 @@ func decodeRecord(seq uint64, rec []byte) (eventstore.Event, error) {
 func readEvent(all *bbolt.Bucket, seq uint64) (eventstore.Event, error) {
 	rec := all.Get(u64(seq))
 	if rec == nil {
-		return eventstore.Event{}, fmt.Errorf("event %d: missing", seq)
+		return eventstore.Event{}, fmt.Errorf("event %d: %w: indexed but missing", seq, eventstore.ErrCorrupt)
 	}
 	return decodeRecord(seq, rec)
 }
@@ -95,16 +146,6 @@ func sameEvent(stored eventstore.Event, e eventstore.EventData) bool {
 type decoder struct {
 	b   []byte
 	err bool
-}
-
-func (d *decoder) readByte() byte {
-	if len(d.b) < 1 {
-		d.err = true
-		return 0
-	}
-	v := d.b[0]
-	d.b = d.b[1:]
-	return v
 }
 
 func (d *decoder) uvarint() uint64 {

@@ -44,19 +44,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math"
-	"net"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/smsbatch/smsbatch/eventstore"
+	"github.com/smsbatch/smsbatch/internal/pgerr"
 	"github.com/smsbatch/smsbatch/migrations"
 )
 
@@ -122,15 +120,15 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("postgres: open: %w", dbErr(err))
+		return nil, fmt.Errorf("postgres: open: %w", pgerr.Classify(err))
 	}
 	if err := pool.Ping(ctx); err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("postgres: open: %w", dbErr(err))
+		return nil, fmt.Errorf("postgres: open: %w", pgerr.Classify(err))
 	}
 	if _, err := migrations.Apply(ctx, pool); err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("postgres: open: %w", dbErr(err))
+		return nil, fmt.Errorf("postgres: open: %w", pgerr.Classify(err))
 	}
 	s, err := New(pool, opts)
 	if err != nil {
@@ -480,18 +478,18 @@ func (s *Store) listen(ctx context.Context) {
 func (s *Store) listenOnce(ctx context.Context, connected func()) error {
 	conn, err := pgx.ConnectConfig(ctx, s.pool.Config().ConnConfig.Copy())
 	if err != nil {
-		return dbErr(err)
+		return pgerr.Classify(err)
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	if _, err := conn.Exec(ctx, "LISTEN "+Channel); err != nil {
-		return dbErr(err)
+		return pgerr.Classify(err)
 	}
 	connected()
 	// Notifications sent while nobody listened are gone: let waiters look.
 	s.broadcast()
 	for {
 		if _, err := conn.WaitForNotification(ctx); err != nil {
-			return dbErr(err)
+			return pgerr.Classify(err)
 		}
 		s.broadcast()
 	}
@@ -554,44 +552,7 @@ func (s *Store) opErr(ctx context.Context, op string, err error) error {
 	if closed {
 		return fmt.Errorf("%s: %w", op, errors.Join(eventstore.ErrClosed, err))
 	}
-	return fmt.Errorf("%s: %w", op, dbErr(err))
-}
-
-// Classify is dbErr for other packages on the same database (the read models):
-// it marks errors worth retrying later with eventstore.ErrUnavailable.
-func Classify(err error) error { return dbErr(err) }
-
-// dbErr classifies an error from pgx: a stored ID reused concurrently becomes
-// ErrConcurrency; a lost connection, a server shutting down or refusing
-// connections, or a transaction the server aborted to break a deadlock becomes
-// ErrUnavailable. Both stay inspectable with errors.Is and errors.As.
-func dbErr(err error) error {
-	if err == nil {
-		return nil
-	}
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		switch {
-		case pgErr.Code == "23505": // unique_violation: a concurrent append won
-			return errors.Join(eventstore.ErrConcurrency, err)
-		case len(pgErr.Code) == 5 && pgErr.Code[:2] == "08", // connection exception
-			pgErr.Code == "57P01", // admin_shutdown
-			pgErr.Code == "57P02", // crash_shutdown
-			pgErr.Code == "57P03", // cannot_connect_now
-			pgErr.Code == "53300", // too_many_connections
-			pgErr.Code == "40001", // serialization_failure
-			pgErr.Code == "40P01": // deadlock_detected
-			return errors.Join(eventstore.ErrUnavailable, err)
-		}
-		return err
-	}
-	var connectErr *pgconn.ConnectError
-	var netErr net.Error
-	if errors.As(err, &connectErr) || errors.As(err, &netErr) || pgconn.SafeToRetry(err) || pgconn.Timeout(err) ||
-		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) {
-		return errors.Join(eventstore.ErrUnavailable, err)
-	}
-	return err
+	return fmt.Errorf("%s: %w", op, pgerr.Classify(err))
 }
 
 // Count returns the number of events stored; a projection rebuild uses it to
@@ -599,7 +560,7 @@ func dbErr(err error) error {
 func (s *Store) Count(ctx context.Context) (int64, error) {
 	var n int64
 	if err := s.pool.QueryRow(ctx, "SELECT count(*) FROM events").Scan(&n); err != nil {
-		return 0, fmt.Errorf("postgres: count events: %w", dbErr(err))
+		return 0, fmt.Errorf("postgres: count events: %w", pgerr.Classify(err))
 	}
 	return n, nil
 }

@@ -19,7 +19,7 @@ import (
 
 	"github.com/smsbatch/smsbatch/domain"
 	"github.com/smsbatch/smsbatch/eventstore"
-	pgevents "github.com/smsbatch/smsbatch/eventstore/postgres"
+	"github.com/smsbatch/smsbatch/internal/pgerr"
 	"github.com/smsbatch/smsbatch/projections"
 )
 
@@ -320,16 +320,16 @@ func (s *Store) Checkpoint(ctx context.Context) (eventstore.Position, error) {
 func (s *Store) Unfinished(ctx context.Context) ([]projections.BatchStatus, eventstore.Position, error) {
 	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
 	if err != nil {
-		return nil, eventstore.Position{}, fmt.Errorf("postgres projections: unfinished: %w", pgevents.Classify(err))
+		return nil, eventstore.Position{}, fmt.Errorf("postgres projections: unfinished: %w", pgerr.Classify(err))
 	}
 	defer tx.Rollback(ctx)
 	var commit, prepare int64
 	if err := tx.QueryRow(ctx, s.q.checkpoint, checkpointName).Scan(&commit, &prepare); err != nil {
-		return nil, eventstore.Position{}, fmt.Errorf("postgres projections: unfinished: %w", pgevents.Classify(err))
+		return nil, eventstore.Position{}, fmt.Errorf("postgres projections: unfinished: %w", pgerr.Classify(err))
 	}
 	rows, err := tx.Query(ctx, s.q.unfinished)
 	if err != nil {
-		return nil, eventstore.Position{}, fmt.Errorf("postgres projections: unfinished: %w", pgevents.Classify(err))
+		return nil, eventstore.Position{}, fmt.Errorf("postgres projections: unfinished: %w", pgerr.Classify(err))
 	}
 	var out []projections.BatchStatus
 	var raw []byte
@@ -342,7 +342,7 @@ func (s *Store) Unfinished(ctx context.Context) ([]projections.BatchStatus, even
 		return nil
 	})
 	if err != nil {
-		return nil, eventstore.Position{}, fmt.Errorf("postgres projections: unfinished: %w", pgevents.Classify(err))
+		return nil, eventstore.Position{}, fmt.Errorf("postgres projections: unfinished: %w", pgerr.Classify(err))
 	}
 	return out, eventstore.Position{Commit: uint64(commit), Prepare: uint64(prepare)}, nil
 }
@@ -356,7 +356,7 @@ func (s *Store) state(ctx context.Context, op, tenant, id string) (*projections.
 		return nil, notFound()
 	}
 	if err != nil {
-		return nil, fmt.Errorf("postgres projections: %s: %w", op, pgevents.Classify(err))
+		return nil, fmt.Errorf("postgres projections: %s: %w", op, pgerr.Classify(err))
 	}
 	st := &projections.BatchState{}
 	if err := json.Unmarshal(raw, st); err != nil {
@@ -401,7 +401,7 @@ func (s *Store) Batches(ctx context.Context, q projections.ListQuery) ([]project
 		rows, err = s.pool.Query(ctx, s.q.listAfter, q.Tenant, page.After.CreatedAt.UnixNano(), page.After.ID, page.Limit+1)
 	}
 	if err != nil {
-		return nil, "", fmt.Errorf("postgres projections: list: %w", pgevents.Classify(err))
+		return nil, "", fmt.Errorf("postgres projections: list: %w", pgerr.Classify(err))
 	}
 	out := make([]projections.BatchStatus, 0, page.Limit)
 	more := false
@@ -419,7 +419,7 @@ func (s *Store) Batches(ctx context.Context, q projections.ListQuery) ([]project
 		return nil
 	})
 	if err != nil {
-		return nil, "", fmt.Errorf("postgres projections: list: %w", pgevents.Classify(err))
+		return nil, "", fmt.Errorf("postgres projections: list: %w", pgerr.Classify(err))
 	}
 	next := ""
 	if more {
@@ -437,7 +437,7 @@ func (s *Store) Errors(ctx context.Context, q projections.ErrorQuery) ([]project
 	}
 	var exists bool
 	if err := s.pool.QueryRow(ctx, s.q.exists, q.BatchID, q.Tenant).Scan(&exists); err != nil {
-		return nil, "", fmt.Errorf("postgres projections: errors: %w", pgevents.Classify(err))
+		return nil, "", fmt.Errorf("postgres projections: errors: %w", pgerr.Classify(err))
 	}
 	if !exists {
 		return nil, "", notFound()
@@ -449,7 +449,7 @@ func (s *Store) Errors(ctx context.Context, q projections.ErrorQuery) ([]project
 		rows, err = s.pool.Query(ctx, s.q.errorsOf, q.BatchID, page.Category, page.AfterIndex, page.Limit+1)
 	}
 	if err != nil {
-		return nil, "", fmt.Errorf("postgres projections: errors: %w", pgevents.Classify(err))
+		return nil, "", fmt.Errorf("postgres projections: errors: %w", pgerr.Classify(err))
 	}
 	out := make([]projections.ErrorEntry, 0, min(page.Limit, 64))
 	more := false
@@ -467,7 +467,7 @@ func (s *Store) Errors(ctx context.Context, q projections.ErrorQuery) ([]project
 		return nil
 	})
 	if err != nil {
-		return nil, "", fmt.Errorf("postgres projections: errors: %w", pgevents.Classify(err))
+		return nil, "", fmt.Errorf("postgres projections: errors: %w", pgerr.Classify(err))
 	}
 	next := ""
 	if more {

@@ -40,7 +40,7 @@ func TestHTTPLimitSettings(t *testing.T) {
 		t.Fatal(err)
 	}
 	defaults.apiLimits(&a)
-	if a.RateLimit.Requests != 600 || a.AuthFailures.Requests != 10 || a.Uploads.MinRate != 4096 || a.Uploads.PerKey != 16 {
+	if a.RateLimit.Requests != 600 || a.AuthFailures.Requests != 10 || a.Uploads.MinRate != 4096 || a.Uploads.PerKey != 64 {
 		t.Fatalf("defaults: %+v %+v %+v", a.RateLimit, a.AuthFailures, a.Uploads)
 	}
 

@@ -213,10 +213,11 @@ func TestFlippedRecordIsReportedAtStart(t *testing.T) {
 
 	cfg := testConfig(t)
 	cfg.DataDir = dataDir
-	// The projections meet the damage as they catch up. Whether that stops the
-	// start (when it comes before the program is up) or is reported while it runs
-	// depends on timing; either is a clear answer, never an empty or half-running
-	// service.
+	// Start-up reads no history (the read models and the forwarder go on from
+	// their checkpoint), so the damage is met when something reads the record:
+	// here the held batch, started, reading its recipients. Should a reader meet
+	// it before the program is up, the start is refused instead; either is a
+	// clear answer, never an empty or half-running service.
 	c, err := runMain(t, cfg)
 	if err != nil {
 		if !errors.Is(err, eventstore.ErrCorrupt) || !strings.Contains(err.Error(), "checksum mismatch") {
@@ -226,6 +227,7 @@ func TestFlippedRecordIsReportedAtStart(t *testing.T) {
 		wantCheck(t, dataDir, 1, "DAMAGED", "checksum mismatch", domain.RecipientsStream(held))
 		return
 	}
+	c.do("POST", "/api/v2/batch/"+held+"/start", nil, nil)
 	wantDamageReported(t, c, held)
 	time.Sleep(time.Second)
 	if sent := len(outbox(t, dataDir, done)) + len(outbox(t, dataDir, held)); sent != sentBefore {

@@ -238,6 +238,9 @@ func (b *Batch) Outstanding() []Outstanding {
 	return out
 }
 
+// OutstandingCount is how many messages are outstanding.
+func (b *Batch) OutstandingCount() int { return len(b.outstanding) }
+
 // OutstandingAt returns the outstanding message at index, if there is one.
 func (b *Batch) OutstandingAt(index int) (Outstanding, bool) {
 	o, ok := b.outstanding[index]
@@ -261,13 +264,19 @@ func (b *Batch) NextRetryAt() time.Time {
 // a retry's due time and an in-flight message's deadline; never inside a throttle
 // hold. It is zero when nothing can become sendable without an answer arriving.
 func (b *Batch) NextDispatchAt(now time.Time, maxInFlight int, settled Settled) time.Time {
+	return b.NextDispatchAtFreeing(now, maxInFlight, 0, settled)
+}
+
+// NextDispatchAtFreeing is NextDispatchAt once freed outstanding messages have
+// their answers recorded (an answer about to be appended frees its slot).
+func (b *Batch) NextDispatchAtFreeing(now time.Time, maxInFlight, freed int, settled Settled) time.Time {
 	var next time.Time
 	earliest := func(t time.Time) {
 		if next.IsZero() || t.Before(next) {
 			next = t
 		}
 	}
-	if b.cursor < b.total && len(b.outstanding) < maxInFlight {
+	if b.cursor < b.total && len(b.outstanding)-freed < maxInFlight {
 		earliest(now)
 	}
 	for _, o := range b.outstanding {

@@ -64,8 +64,8 @@ func (s *slice) run(ctx context.Context) (*Work, error) {
 			break
 		}
 		held = append(held, st.takeAnswers()...)
-		view := s.withAnswers(held, now)
-		dispatch := s.canDispatch(view, now.Add(lookahead), settled) && !s.gathering(held, now)
+		freed := s.freed(held)
+		dispatch := s.canDispatch(freed, now.Add(lookahead), settled) && !s.gathering(held, now)
 		if dispatch {
 			// Read ahead so the page is at hand once the dispatch is appended.
 			if _, err := p.recipients.get(ctx, s.batch.ID(), min(s.batch.Cursor(), s.batch.Total()-1)); err != nil {
@@ -76,7 +76,7 @@ func (s *slice) run(ctx context.Context) (*Work, error) {
 				}
 			}
 		}
-		record := len(held) > 0 && (dispatch || s.recordNow(view, held, now, settled))
+		record := len(held) > 0 && (dispatch || s.recordNow(freed, held, now, settled))
 		if dispatch || record || p.outage.holdStale(s.batch) {
 			var ask dispatchFunc
 			if dispatch {
@@ -114,7 +114,7 @@ func (s *slice) run(ctx context.Context) (*Work, error) {
 		if s.batch.Status() != domain.StatusProcessing {
 			break
 		}
-		wake := s.wakeAt(view, now, deadline, settled)
+		wake := s.wakeAt(freed, now, deadline, settled)
 		if len(held) > 0 {
 			wake = earliest(wake, held[0].at.Add(answerDelay))
 			if s.gathering(held, now) {
@@ -165,19 +165,20 @@ func (s *slice) fail(ctx context.Context, cause error) {
 	s.batch = b
 }
 
-// withAnswers is the batch as it will be once the held answers are recorded, to
-// decide on: an answer frees the slot its message held.
-func (s *slice) withAnswers(held []answer, now time.Time) *domain.Batch {
-	if len(held) == 0 {
-		return s.batch
-	}
-	b := s.batch.Clone()
+// freed counts the held answers that will free their message's slot once
+// recorded: every answer but a failure to retry (which keeps its slot) and a
+// send that never went out.
+func (s *slice) freed(held []answer) int {
+	n := 0
 	for _, a := range held {
-		if !a.notSent {
-			s.p.recordAnswer(b, now, a)
+		if a.notSent {
+			continue
+		}
+		if o, ok := s.batch.OutstandingAt(a.d.Index); ok && o.Attempt == a.d.Attempt && a.err == nil {
+			n++
 		}
 	}
-	return b
+	return n
 }
 
 // gathering reports whether a batch whose rate is lifted should wait a little
@@ -196,41 +197,44 @@ func (s *slice) gathering(held []answer, now time.Time) bool {
 // the batch may still answer (so the last answers of a batch share an append).
 // A failure is recorded at once: it must show, and a 429 must hold every
 // instance.
-func (s *slice) recordNow(view *domain.Batch, held []answer, now time.Time, settled domain.Settled) bool {
+func (s *slice) recordNow(freed int, held []answer, now time.Time, settled domain.Settled) bool {
 	for _, a := range held {
 		if a.err != nil {
 			return true
 		}
 	}
-	if view.Status() != domain.StatusProcessing || !s.p.outage.admits() {
+	b := s.batch
+	completes := b.Cursor() >= b.Total() && b.OutstandingCount() <= freed
+	if completes || b.Status() != domain.StatusProcessing || !s.p.outage.admits() {
 		return true
 	}
 	until := held[0].at.Add(answerDelay)
 	if !now.Before(until) {
 		return true
 	}
-	if next := view.NextDispatchAt(now, s.p.cfg.MaxInFlight, settled); !next.IsZero() && !latest(next, s.st.pace.tokenAt(now)).After(until) {
+	if next := b.NextDispatchAtFreeing(now, s.p.cfg.MaxInFlight, freed, settled); !next.IsZero() && !latest(next, s.st.pace.tokenAt(now)).After(until) {
 		return false
 	}
 	return s.st.sendingCount() == len(held)
 }
 
-// canDispatch reports whether, at time t, the rate allows a send and the batch b
-// has something it may send.
-func (s *slice) canDispatch(b *domain.Batch, t time.Time, settled domain.Settled) bool {
+// canDispatch reports whether, at time t, the rate allows a send and the batch,
+// once freed slots are given back, has something it may send.
+func (s *slice) canDispatch(freed int, t time.Time, settled domain.Settled) bool {
+	b := s.batch
 	if b.Status() != domain.StatusProcessing {
 		return false
 	}
-	next := b.NextDispatchAt(t, s.p.cfg.MaxInFlight, settled)
+	next := b.NextDispatchAtFreeing(t, s.p.cfg.MaxInFlight, freed, settled)
 	if next.IsZero() || next.After(t) {
 		return false
 	}
 	return s.st.pace.ready(t) && s.p.outage.admits()
 }
 
-// wakeAt is when the loop should look again at b if no answer arrives first.
-func (s *slice) wakeAt(b *domain.Batch, now, deadline time.Time, settled domain.Settled) time.Time {
-	next := b.NextDispatchAt(now, s.p.cfg.MaxInFlight, settled)
+// wakeAt is when the loop should look again if no answer arrives first.
+func (s *slice) wakeAt(freed int, now, deadline time.Time, settled domain.Settled) time.Time {
+	next := s.batch.NextDispatchAtFreeing(now, s.p.cfg.MaxInFlight, freed, settled)
 	if next.IsZero() {
 		return deadline // nothing to send until an answer comes
 	}

@@ -198,7 +198,7 @@ func statusFromAggregate(b *domain.Batch) projections.BatchStatus {
 		ID: b.ID(), Tenant: b.Tenant(), Status: string(b.Status()), Priority: string(b.Priority()),
 		CreatedAt: b.CreatedAt(), UpdatedAt: b.LastEventAt(),
 		Progress: projections.Progress{
-			Total: b.Total(), Pending: len(b.Outstanding()), Completed: b.Sent(), Failed: b.Failed(), Skipped: b.Skipped(),
+			Total: b.Total(), Pending: len(b.Outstanding()), Completed: b.Sent(), Failed: b.Failed(), Skipped: b.Skipped(), Waiting: b.Waiting(),
 		},
 	}
 	if t := b.ScheduleTime(); !t.IsZero() {

@@ -32,9 +32,17 @@ type createRequest struct {
 }
 
 type createOptions struct {
-	ScheduleTime *string `json:"scheduleTime"`
-	Priority     *string `json:"priority"`
-	AutoStart    *bool   `json:"autoStart"`
+	ScheduleTime *string         `json:"scheduleTime"`
+	Priority     *string         `json:"priority"`
+	AutoStart    *bool           `json:"autoStart"`
+	ValidUntil   *string         `json:"validUntil"`
+	QuietHours   *quietHoursOpts `json:"quietHours"`
+	Timezone     *string         `json:"timezone"`
+}
+
+type quietHoursOpts struct {
+	Start string `json:"start"`
+	End   string `json:"end"`
 }
 
 // recipientIn keeps its strings raw: encoding/json would silently replace bytes
@@ -115,6 +123,7 @@ func (s *server) createBatch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	tmpl, priority, schedule, autoStart := s.checkCreate(req, count, probs)
+	validUntil, quiet := checkSending(req.options, schedule, probs)
 	if tmpl.Text() != "" {
 		// Variables are checked against the template once both are known (the
 		// text may come after the recipients in the body), whatever else is
@@ -142,7 +151,7 @@ func (s *server) createBatch(w http.ResponseWriter, r *http.Request) {
 	create := func(w http.ResponseWriter) {
 		res, err := s.cfg.Commands.CreateBatch(r.Context(), commands.CreateBatch{
 			ID: id, Tenant: p.Tenant, Template: tmpl, Priority: priority,
-			ScheduleTime: schedule, AutoStart: autoStart,
+			ScheduleTime: schedule, AutoStart: autoStart, ValidUntil: validUntil, QuietHours: quiet,
 			Recipients: func(yield func(domain.Recipient, error) bool) {
 				for _, rcp := range readSpool(spool) {
 					if rcp.err != nil {
@@ -226,7 +235,7 @@ func (s *server) decodeCreate(body io.Reader, spool *os.File) (createRequest, in
 			}
 		case "options":
 			if err := dec.Decode(&req.options); err != nil {
-				return req, 0, nil, malformed(err, "options must be an object with scheduleTime (string), priority (string) and autoStart (boolean)")
+				return req, 0, nil, malformed(err, "options must be an object with scheduleTime (string), priority (string), autoStart (boolean), validUntil (string), quietHours ({start, end}) and timezone (string)")
 			}
 		case "recipients":
 			if err := expectDelim(dec, '[', "recipients must be an array"); err != nil {
@@ -365,6 +374,49 @@ func (s *server) checkCreate(req createRequest, count int, probs *problems) (tmp
 		autoStart = *req.options.AutoStart
 	}
 	return tmpl, priority, schedule, autoStart
+}
+
+// checkSending validates the options that shape when messages go out: their
+// validity and the recipients' quiet hours.
+func checkSending(o createOptions, schedule *time.Time, probs *problems) (validUntil *time.Time, quiet *domain.QuietHours) {
+	if o.ValidUntil != nil {
+		t, err := time.Parse(time.RFC3339, *o.ValidUntil)
+		now := time.Now()
+		switch {
+		case err != nil:
+			probs.add("options.validUntil", "must be an RFC 3339 time such as 2026-12-01T18:00:00Z")
+		case !t.After(now):
+			probs.add("options.validUntil", "is already past: nothing would be sent")
+		case schedule != nil && !t.After(*schedule):
+			probs.add("options.validUntil", "is before the scheduleTime: nothing would be sent")
+		case t.After(now.AddDate(scheduleHorizon, 0, 0)):
+			probs.add("options.validUntil", "is more than a year ahead")
+		default:
+			validUntil = &t
+		}
+	}
+	tz := ""
+	if o.Timezone != nil {
+		tz = *o.Timezone
+		if o.QuietHours == nil {
+			probs.add("options.timezone", "applies to quietHours: give quietHours too, or leave timezone out")
+		} else if tz == "" {
+			probs.add("options.timezone", "must be an IANA time zone such as America/New_York; leave it out to use each number's zone")
+		}
+	}
+	if o.QuietHours != nil {
+		q, err := domain.ParseQuietHours(o.QuietHours.Start, o.QuietHours.End, tz)
+		if err != nil {
+			field := "options.quietHours"
+			if strings.HasPrefix(domain.ErrorMessage(err), "timezone") {
+				field = "options.timezone"
+			}
+			probs.add(field, domain.ErrorMessage(err))
+		} else {
+			quiet = &q
+		}
+	}
+	return validUntil, quiet
 }
 
 type spoolItem struct {

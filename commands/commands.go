@@ -52,6 +52,9 @@ type CreateBatch struct {
 	Priority     domain.Priority
 	ScheduleTime *time.Time
 	AutoStart    bool
+	// ValidUntil and QuietHours are optional; see domain.NewBatchParams.
+	ValidUntil *time.Time
+	QuietHours *domain.QuietHours
 	// Recipients yields the recipients in order, their Values in the template's
 	// variable order. An error it yields aborts the creation.
 	Recipients iter.Seq2[domain.Recipient, error]
@@ -98,7 +101,8 @@ func (h *Handlers) CreateBatch(ctx context.Context, cmd CreateBatch) (Result, er
 	}
 	b, err := domain.NewBatch(domain.NewBatchParams{
 		ID: cmd.ID, Tenant: cmd.Tenant, Template: cmd.Template, Priority: cmd.Priority,
-		ScheduleTime: cmd.ScheduleTime, AutoStart: cmd.AutoStart, Total: total, Pages: pages,
+		ScheduleTime: cmd.ScheduleTime, AutoStart: cmd.AutoStart, ValidUntil: cmd.ValidUntil, QuietHours: cmd.QuietHours,
+		Total: total, Pages: pages,
 	}, h.now())
 	if err != nil {
 		return Result{}, err

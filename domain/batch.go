@@ -93,6 +93,12 @@ type Batch struct {
 	pages     int
 	autoStart bool
 	schedule  time.Time
+	// validUntil is when unsent messages stop being worth sending; zero: never.
+	validUntil time.Time
+	// quiet is the batch's quiet hours; nil: none. deferred are the ranges of
+	// recipients the cursor passed over while their zones were quiet.
+	quiet     *QuietHours
+	deferred  []DeferredRange
 	createdAt time.Time
 
 	cursor      int
@@ -121,8 +127,13 @@ type NewBatchParams struct {
 	Priority     Priority
 	ScheduleTime *time.Time
 	AutoStart    bool
-	Total        int
-	Pages        int
+	// ValidUntil, when set, is when unsent messages end skipped as expired.
+	ValidUntil *time.Time
+	// QuietHours, when set, keeps messages from going out in the recipients'
+	// local night.
+	QuietHours *QuietHours
+	Total      int
+	Pages      int
 }
 
 // NewBatch creates a batch. With AutoStart and no future ScheduleTime it starts at
@@ -152,6 +163,8 @@ func NewBatch(p NewBatchParams, now time.Time) (*Batch, error) {
 		Priority:     p.Priority,
 		ScheduleTime: schedule,
 		AutoStart:    p.AutoStart,
+		ValidUntil:   utcPtr(p.ValidUntil),
+		QuietHours:   p.QuietHours,
 		Total:        p.Total,
 		Pages:        p.Pages,
 	})
@@ -223,6 +236,27 @@ func (b *Batch) Hold() Hold                { return b.hold }
 func (b *Batch) LastEventAt() time.Time    { return b.lastEventAt }
 func (b *Batch) PausedAt() time.Time       { return b.pausedAt }
 func (b *Batch) ResumedAt() time.Time      { return b.resumedAt }
+func (b *Batch) ValidUntil() time.Time     { return b.validUntil }
+
+// QuietHours returns the batch's quiet hours, if it has them.
+func (b *Batch) QuietHours() (QuietHours, bool) {
+	if b.quiet == nil {
+		return QuietHours{}, false
+	}
+	return *b.quiet, true
+}
+
+// Deferred returns the ranges of recipients waiting for their quiet hours to end.
+func (b *Batch) Deferred() []DeferredRange { return slices.Clone(b.deferred) }
+
+// Waiting counts the recipients waiting for their quiet hours to end.
+func (b *Batch) Waiting() int {
+	n := 0
+	for _, r := range b.deferred {
+		n += r.Waiting
+	}
+	return n
+}
 
 // Version is the number of events the batch is built from; the stream's revision
 // is Version()-1.
@@ -276,8 +310,17 @@ func (b *Batch) NextDispatchAtFreeing(now time.Time, maxInFlight, freed int, set
 			next = t
 		}
 	}
-	if b.cursor < b.total && len(b.outstanding)-freed < maxInFlight {
+	room := len(b.outstanding)-freed < maxInFlight
+	if b.cursor < b.total && room {
 		earliest(now)
+	}
+	for _, r := range b.deferred {
+		if r.Waiting > 0 && room {
+			earliest(latest(r.OpensAt, now))
+		}
+	}
+	if b.expired(now) && (b.cursor < b.total || b.Waiting() > 0) {
+		earliest(now) // what is left is skipped as expired
 	}
 	for _, o := range b.outstanding {
 		switch {
@@ -296,7 +339,9 @@ func (b *Batch) NextDispatchAtFreeing(now time.Time, maxInFlight, freed int, set
 }
 
 // Done reports whether every recipient has a final outcome.
-func (b *Batch) Done() bool { return b.cursor >= b.total && len(b.outstanding) == 0 }
+func (b *Batch) Done() bool {
+	return b.cursor >= b.total && len(b.outstanding) == 0 && b.Waiting() == 0
+}
 
 // Start lets a pending batch send.
 func (b *Batch) Start(now time.Time, by string) error {
@@ -372,6 +417,11 @@ type DispatchRequest struct {
 	// Settled is the asking instance's knowledge of sends that cannot be running
 	// any more; see Outstanding.InDoubt.
 	Settled Settled
+	// Recipient tells about a recipient Dispatch considers: its number (for quiet
+	// hours and skips) and whether it must be skipped (it opted out). Nil: no
+	// recipient is skipped and quiet hours are not kept; a batch with quiet
+	// hours or a validity needs it.
+	Recipient func(index int) (RecipientInfo, error)
 	// Max is how many sends the rate allows now.
 	Max int
 	// MaxInFlight bounds the messages of the batch without an answer, including
@@ -379,20 +429,55 @@ type DispatchRequest struct {
 	MaxInFlight int
 }
 
+// RecipientInfo is what Dispatch needs to know of one recipient.
+type RecipientInfo struct {
+	Phone string
+	// Skip, when set, ends the message skipped instead of sent (CategoryOptedOut),
+	// with Message saying why.
+	Skip    ErrorCategory
+	Message string
+}
+
+// scanLimit bounds the recipients one Dispatch looks at beyond those it sends
+// (skipped, deferred), so that one append stays small.
+const scanLimit = 1000
+
+// DeferredRange is a stretch of recipients, [From, To), over which the cursor
+// passed while Group's zones were in their quiet hours: Group's recipients in it
+// wait for OpensAt. Next is where the second pass over them stands; Waiting
+// counts those still to send. To is -1 while the group is still quiet (the
+// range grows with the cursor).
+type DeferredRange struct {
+	Group   string    `json:"group"`
+	From    int       `json:"from"`
+	To      int       `json:"to"`
+	Next    int       `json:"next"`
+	Waiting int       `json:"waiting"`
+	OpensAt time.Time `json:"opensAt"`
+}
+
 // Dispatch decides which messages to send now: first those in doubt (dispatched
 // earlier, without an answer, and no longer possibly being sent), then due
-// retries, then new recipients from the cursor while there is room. A message
-// whose send may still be running elsewhere is never chosen: it keeps its place
-// among the outstanding until its answer or its deadline. Every returned message
-// is sent with an attempt number newer than any earlier one, so late answers to
-// older attempts are recognised as stale. Inside a throttle hold nothing is
-// dispatched.
+// retries, then recipients whose quiet hours have ended, then new recipients
+// from the cursor while there is room. A message whose send may still be
+// running elsewhere is never chosen: it keeps its place among the outstanding
+// until its answer or its deadline. Every returned message is sent with an
+// attempt number newer than any earlier one, so late answers to older attempts
+// are recognised as stale. Inside a throttle hold nothing is dispatched.
+//
+// On the way it skips the recipients req.Recipient says to skip (MessageSkipped),
+// passes over those whose zones are in the batch's quiet hours (RecipientsDeferred,
+// sent on a second pass once their window opens), and, once the batch's validity
+// has run out, skips what is left instead of sending it.
 func (b *Batch) Dispatch(now time.Time, req DispatchRequest) ([]Dispatch, error) {
 	if b.status != StatusProcessing {
 		return nil, ErrNotRunning
 	}
 	if b.lastSlice != req.PrevSlice && b.lastSlice != req.Slice {
 		return nil, ErrSuperseded
+	}
+	if b.expired(now) {
+		return nil, b.expire(now, req)
 	}
 	if now.Before(b.throttle.Until) {
 		return nil, nil
@@ -403,16 +488,89 @@ func (b *Batch) Dispatch(now time.Time, req DispatchRequest) ([]Dispatch, error)
 			break
 		}
 		dueRetry := !o.InFlight() && !o.RetryAt.After(now)
-		if o.InDoubt(now, req.Settled) || dueRetry {
-			out = append(out, Dispatch{Index: o.Index, Attempt: o.Attempt + 1})
+		if !o.InDoubt(now, req.Settled) && !dueRetry {
+			continue
 		}
+		info, err := recipientInfo(req, o.Index)
+		if err != nil {
+			return nil, err
+		}
+		if info.Skip != "" {
+			b.skip(now, o.Index, o.Attempt, info)
+			continue
+		}
+		out = append(out, Dispatch{Index: o.Index, Attempt: o.Attempt + 1})
 	}
 	room := req.MaxInFlight - len(b.outstanding)
-	for next := b.cursor; len(out) < req.Max && room > 0 && next < b.total; next++ {
-		out = append(out, Dispatch{Index: next, Attempt: 1})
+	plan, cursor := slices.Clone(b.deferred), b.cursor
+	changed, scanned := false, 0
+	// Recipients whose quiet hours have ended, in the order they were passed over.
+	for i := range plan {
+		r := &plan[i]
+		if now.Before(r.OpensAt) {
+			continue
+		}
+		if r.To < 0 {
+			// The group may send again: later recipients of it go with the
+			// cursor, the range ends here.
+			r.To, changed = cursor, true
+		}
+		for r.Next < r.To && r.Waiting > 0 && len(out) < req.Max && room > 0 && scanned < scanLimit {
+			index := r.Next
+			info, err := recipientInfo(req, index)
+			if err != nil {
+				return nil, err
+			}
+			r.Next, scanned, changed = r.Next+1, scanned+1, true
+			if b.quiet.ZoneGroup(info.Phone) != r.Group {
+				continue // sent or skipped in the first pass
+			}
+			if quiet, opens := b.quiet.QuietAt(r.Group, now); quiet {
+				r.Next, r.OpensAt = index, opens // quiet again already: wait anew
+				break
+			}
+			r.Waiting--
+			if info.Skip != "" {
+				b.skipDeferred(now, index, info)
+				continue
+			}
+			out = append(out, Dispatch{Index: index, Attempt: 1})
+			room--
+		}
+	}
+	// New recipients from the cursor.
+	for cursor < b.total && len(out) < req.Max && room > 0 && scanned < scanLimit {
+		index := cursor
+		info, err := recipientInfo(req, index)
+		if err != nil {
+			return nil, err
+		}
+		cursor++
+		if info.Skip != "" {
+			scanned++
+			b.skip(now, index, 0, info)
+			continue
+		}
+		if b.quiet != nil {
+			group := b.quiet.ZoneGroup(info.Phone)
+			if quiet, opens := b.quiet.QuietAt(group, now); quiet {
+				scanned++
+				plan = deferTo(plan, group, index, opens)
+				changed = true
+				continue
+			}
+		}
+		out = append(out, Dispatch{Index: index, Attempt: 1})
 		room--
 	}
+	if changed || cursor > b.cursor {
+		plan = slices.DeleteFunc(plan, func(r DeferredRange) bool { return r.Waiting == 0 && r.To >= 0 })
+		if changed || !slices.Equal(plan, b.deferred) || cursor > b.cursor+len(out) {
+			b.record(RecipientsDeferred{EventHeader: b.header(now), Cursor: cursor, Ranges: plan})
+		}
+	}
 	if len(out) == 0 {
+		b.completeIfDone(now)
 		return nil, nil
 	}
 	b.record(MessagesDispatched{
@@ -420,6 +578,109 @@ func (b *Batch) Dispatch(now time.Time, req DispatchRequest) ([]Dispatch, error)
 		Deadline: req.Deadline, SendAt: req.SendAt, Messages: out,
 	})
 	return out, nil
+}
+
+// deferTo counts index among group's waiting recipients: in its open range, or
+// a new one.
+func deferTo(plan []DeferredRange, group string, index int, opens time.Time) []DeferredRange {
+	for i := range plan {
+		if plan[i].Group == group && plan[i].To < 0 {
+			plan[i].Waiting++
+			plan[i].OpensAt = latest(plan[i].OpensAt, opens)
+			return plan
+		}
+	}
+	return append(plan, DeferredRange{Group: group, From: index, To: -1, Next: index, Waiting: 1, OpensAt: opens})
+}
+
+func recipientInfo(req DispatchRequest, index int) (RecipientInfo, error) {
+	if req.Recipient == nil {
+		return RecipientInfo{}, nil
+	}
+	info, err := req.Recipient(index)
+	if err != nil {
+		return RecipientInfo{}, fmt.Errorf("recipient %d: %w", index, err)
+	}
+	return info, nil
+}
+
+// expired reports whether the batch's validity has run out at now.
+func (b *Batch) expired(now time.Time) bool {
+	return !b.validUntil.IsZero() && !now.Before(b.validUntil)
+}
+
+// expire skips, as expired, what is left to send: waiting retries and messages
+// in doubt, recipients waiting for their quiet hours, and the recipients never
+// dispatched, up to scanLimit at a time. Messages that may be in flight get
+// their answers.
+func (b *Batch) expire(now time.Time, req DispatchRequest) error {
+	skipped := 0
+	expired := func(phone string) RecipientInfo {
+		return RecipientInfo{Phone: phone, Skip: CategoryExpired, Message: "not sent before the batch's validUntil"}
+	}
+	for _, o := range b.Outstanding() {
+		if o.InFlight() && !o.InDoubt(now, req.Settled) {
+			continue
+		}
+		info, err := recipientInfo(req, o.Index)
+		if err != nil {
+			return err
+		}
+		b.skip(now, o.Index, o.Attempt, expired(info.Phone))
+		skipped++
+	}
+	plan := slices.Clone(b.deferred)
+	changed := false
+	for i := range plan {
+		r := &plan[i]
+		end := r.To
+		if end < 0 {
+			end = b.cursor
+		}
+		for r.Next < end && r.Waiting > 0 && skipped < scanLimit {
+			index := r.Next
+			info, err := recipientInfo(req, index)
+			if err != nil {
+				return err
+			}
+			r.Next, changed = r.Next+1, true
+			if b.quiet.ZoneGroup(info.Phone) != r.Group {
+				continue
+			}
+			r.Waiting--
+			b.skipDeferred(now, index, expired(info.Phone))
+			skipped++
+		}
+	}
+	if changed {
+		plan = slices.DeleteFunc(plan, func(r DeferredRange) bool { return r.Waiting == 0 })
+		b.record(RecipientsDeferred{EventHeader: b.header(now), Cursor: b.cursor, Ranges: plan})
+	}
+	for b.cursor < b.total && skipped < scanLimit && !b.status.Final() {
+		info, err := recipientInfo(req, b.cursor)
+		if err != nil {
+			return err
+		}
+		b.skip(now, b.cursor, 0, expired(info.Phone))
+		skipped++
+	}
+	b.completeIfDone(now)
+	return nil
+}
+
+// skip records a message skipped: never dispatched (attempt 0, at the cursor) or
+// outstanding without a send that may be running.
+func (b *Batch) skip(now time.Time, index, attempt int, info RecipientInfo) {
+	b.record(MessageSkipped{
+		EventHeader: b.header(now), Index: index, Attempt: attempt, Phone: info.Phone,
+		Category: info.Skip, Message: info.Message,
+	})
+}
+
+// skipDeferred records a recipient waiting for its quiet hours skipped; the
+// deferred ranges are updated by the RecipientsDeferred recorded with it.
+func (b *Batch) skipDeferred(now time.Time, index int, info RecipientInfo) {
+	b.skip(now, index, 0, info)
 }
 
 // Hold says why a batch is not sending although nobody paused it: the provider
@@ -553,10 +814,7 @@ func (b *Batch) Skip(now time.Time, p SkipParams, settled Settled) error {
 	if b.status.Final() {
 		return ErrNotRunning
 	}
-	b.record(MessageSkipped{
-		EventHeader: b.header(now), Index: p.Index, Attempt: attempt, Phone: p.Phone,
-		Category: p.Category, Message: p.Message,
-	})
+	b.skip(now, p.Index, attempt, RecipientInfo{Phone: p.Phone, Skip: p.Category, Message: p.Message})
 	b.completeIfDone(now)
 	return nil
 }
@@ -610,6 +868,10 @@ func (b *Batch) apply(e Event) {
 			b.schedule = *e.ScheduleTime
 		}
 		b.createdAt = e.At
+		if e.ValidUntil != nil {
+			b.validUntil = *e.ValidUntil
+		}
+		b.quiet = e.QuietHours
 		b.outstanding = make(map[int]Outstanding)
 	case BatchStarted:
 		b.status = StatusProcessing
@@ -648,6 +910,9 @@ func (b *Batch) apply(e Event) {
 		delete(b.outstanding, e.Index)
 		b.cursor = max(b.cursor, e.Index+1)
 		b.skipped++
+	case RecipientsDeferred:
+		b.cursor = max(b.cursor, e.Cursor)
+		b.deferred = slices.Clone(e.Ranges)
 	case BatchPaused:
 		b.status = StatusPaused
 		b.pausedAt = e.At
@@ -663,6 +928,14 @@ func (b *Batch) apply(e Event) {
 	case BatchFailed:
 		b.status = StatusFailed
 	}
+}
+
+func utcPtr(t *time.Time) *time.Time {
+	if t == nil || t.IsZero() {
+		return nil
+	}
+	u := t.UTC()
+	return &u
 }
 
 func latest(a, b time.Time) time.Time {

@@ -68,8 +68,12 @@ type BatchCreated struct {
 	Priority     Priority   `json:"priority"`
 	ScheduleTime *time.Time `json:"scheduleTime,omitempty"`
 	AutoStart    bool       `json:"autoStart"`
-	Total        int        `json:"total"`
-	Pages        int        `json:"pages"`
+	// ValidUntil is when messages not sent yet end skipped as expired.
+	ValidUntil *time.Time `json:"validUntil,omitempty"`
+	// QuietHours keeps messages from going out in the recipients' local night.
+	QuietHours *QuietHours `json:"quietHours,omitempty"`
+	Total      int         `json:"total"`
+	Pages      int         `json:"pages"`
 }
 
 // BatchStarted records that sending may begin.
@@ -108,6 +112,15 @@ type MessageSent struct {
 	ProviderID string `json:"providerId,omitempty"`
 	Segments   int    `json:"segments"`
 	LatencyMs  int64  `json:"latencyMs"`
+}
+
+// RecipientsDeferred records the recipients passed over because their zones were
+// in the batch's quiet hours: the cursor moved to Cursor, and Ranges is the plan
+// of who waits for which window, replacing the previous one.
+type RecipientsDeferred struct {
+	EventHeader
+	Cursor int             `json:"cursor"`
+	Ranges []DeferredRange `json:"ranges"`
 }
 
 // MessageSkipped records that a message will not be sent, for a reason that is
@@ -239,6 +252,7 @@ const (
 	TypeMessageAttemptFailed = "MessageAttemptFailed"
 	TypeMessageFailed        = "MessageFailed"
 	TypeMessageSkipped       = "MessageSkipped"
+	TypeRecipientsDeferred   = "RecipientsDeferred"
 	TypeMessageDelivered     = "MessageDelivered"
 	TypeMessageUndelivered   = "MessageUndelivered"
 	TypeBatchThrottled       = "BatchThrottled"
@@ -268,6 +282,7 @@ func (MessageSent) EventType() string          { return TypeMessageSent }
 func (MessageAttemptFailed) EventType() string { return TypeMessageAttemptFailed }
 func (MessageFailed) EventType() string        { return TypeMessageFailed }
 func (MessageSkipped) EventType() string       { return TypeMessageSkipped }
+func (RecipientsDeferred) EventType() string   { return TypeRecipientsDeferred }
 func (MessageDelivered) EventType() string     { return TypeMessageDelivered }
 func (MessageUndelivered) EventType() string   { return TypeMessageUndelivered }
 func (BatchThrottled) EventType() string       { return TypeBatchThrottled }
@@ -310,6 +325,7 @@ var decoders = map[string]func([]byte) (Event, error){
 	TypeMessageAttemptFailed: decode[MessageAttemptFailed],
 	TypeMessageFailed:        decode[MessageFailed],
 	TypeMessageSkipped:       decode[MessageSkipped],
+	TypeRecipientsDeferred:   decode[RecipientsDeferred],
 	TypeMessageDelivered:     decode[MessageDelivered],
 	TypeMessageUndelivered:   decode[MessageUndelivered],
 	TypeBatchThrottled:       decode[BatchThrottled],

@@ -32,7 +32,7 @@ const TypeBatchSnapshot = "BatchSnapshot"
 // format, so snapshots written before the change are ignored rather than restored
 // without the new state. TestSnapshotFormatFollowsItsShape holds the shape of
 // each format.
-const SnapshotFormat = 3
+const SnapshotFormat = 4
 
 // ErrSnapshotFormat is returned by RestoreBatch for a snapshot of another format.
 var ErrSnapshotFormat = errors.New("snapshot of another format")
@@ -57,6 +57,10 @@ type BatchSnapshot struct {
 	AutoStart bool      `json:"autoStart"`
 	Schedule  time.Time `json:"schedule,omitzero"`
 	CreatedAt time.Time `json:"createdAt"`
+
+	ValidUntil time.Time       `json:"validUntil,omitzero"`
+	Quiet      *QuietHours     `json:"quiet,omitempty"`
+	Deferred   []DeferredRange `json:"deferred,omitempty"`
 
 	Cursor      int                   `json:"cursor"`
 	Outstanding []OutstandingSnapshot `json:"outstanding"`
@@ -114,6 +118,10 @@ func (b *Batch) Snapshot() (BatchSnapshot, error) {
 		Schedule:  b.schedule,
 		CreatedAt: b.createdAt,
 
+		ValidUntil: b.validUntil,
+		Quiet:      clonePtr(b.quiet),
+		Deferred:   slices.Clone(b.deferred),
+
 		Cursor:      b.cursor,
 		Outstanding: make([]OutstandingSnapshot, 0, len(b.outstanding)),
 		Sent:        b.sent,
@@ -163,6 +171,10 @@ func RestoreBatch(s BatchSnapshot) (*Batch, error) {
 		schedule:  s.Schedule,
 		createdAt: s.CreatedAt,
 
+		validUntil: s.ValidUntil,
+		quiet:      clonePtr(s.Quiet),
+		deferred:   slices.Clone(s.Deferred),
+
 		cursor:      s.Cursor,
 		outstanding: make(map[int]Outstanding, len(s.Outstanding)),
 		sent:        s.Sent,
@@ -208,4 +220,12 @@ func (s BatchSnapshot) check() error {
 		seen[o.Index] = true
 	}
 	return nil
+}
+
+func clonePtr[T any](p *T) *T {
+	if p == nil {
+		return nil
+	}
+	c := *p
+	return &c
 }

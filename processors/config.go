@@ -5,6 +5,7 @@
 package processors
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -80,6 +81,10 @@ type Config struct {
 	// RecipientPages bounds the pages of recipients kept in memory, across all
 	// batches; default 256 (at most 256,000 recipients).
 	RecipientPages int
+	// Suppressed reports whether a tenant's recipient opted out: such a
+	// recipient is never sent, its message ends skipped (opted_out). Optional.
+	// It is asked for every message about to be dispatched, so it must be cheap.
+	Suppressed func(ctx context.Context, tenant, phone string) (bool, error)
 
 	Metrics *Metrics
 	Logger  *slog.Logger

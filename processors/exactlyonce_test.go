@@ -440,3 +440,59 @@ func TestAppendsPerMessage(t *testing.T) {
 		})
 	}
 }
+
+// offsetClock is the real clock moved by an offset the test sets.
+type offsetClock struct{ offset atomic.Int64 }
+
+func (c *offsetClock) Now() time.Time          { return time.Now().Add(time.Duration(c.offset.Load())) }
+func (c *offsetClock) set(at time.Time)        { c.offset.Store(int64(time.Until(at))) }
+func (c *offsetClock) advance(d time.Duration) { c.offset.Add(int64(d)) }
+
+// A fake clock drives quiet hours: recipients in two zones; the one in its night
+// is sent once its morning comes, the other is not held up.
+func TestQuietHoursHoldOneZoneNotTheOther(t *testing.T) {
+	clock := &offsetClock{}
+	ny, _ := time.LoadLocation("America/New_York")
+	clock.set(time.Date(2026, 12, 1, 9, 0, 0, 0, ny)) // 06:00 in Los Angeles
+	h := newHarness(t, newFakeProvider(0))
+	tmpl, _ := domain.NewTemplate("Hi", domain.DefaultTemplateLimits)
+	q, _ := domain.ParseQuietHours("21:00", "08:00", "")
+	numbers := func(yield func(domain.Recipient, error) bool) {
+		for i := range 6 {
+			phone := fmt.Sprintf("+1212555%04d", i) // New York
+			if i%2 == 1 {
+				phone = fmt.Sprintf("+1213555%04d", i) // Los Angeles
+			}
+			if !yield(domain.Recipient{Phone: phone}, nil) {
+				return
+			}
+		}
+	}
+	cmds, _ := commands.New(h.store, h.cmds.Repository(), clock.Now)
+	res, err := cmds.CreateBatch(context.Background(), commands.CreateBatch{
+		ID: "b1", Tenant: "acme", Template: tmpl, AutoStart: true, QuietHours: &q, Recipients: numbers,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := h.processor(Config{Rates: domain.Rates{High: 50, Normal: 50, Low: 50}, Now: clock.Now})
+	done := driveAsync(p, Work{BatchID: "b1", PrevSlice: res.Batch.LastSlice()})
+	b := h.eventually(t, "New York sent", func(b *domain.Batch) bool { return b.Sent() == 3 }, "b1")
+	if b.Waiting() != 3 || b.Status() != domain.StatusProcessing {
+		t.Fatalf("after New York's sends: waiting %d, status %s; want Los Angeles waiting", b.Waiting(), b.Status())
+	}
+	time.Sleep(300 * time.Millisecond)
+	for key := range h.prov.calls {
+		if i := key[len(key)-1] - '0'; i%2 == 1 {
+			t.Fatalf("%s sent in Los Angeles' night", key)
+		}
+	}
+	clock.advance(2 * time.Hour) // 08:00 in Los Angeles
+	wait(t, done)
+	drained(t, p)
+	b, _ = h.cmds.Repository().Load(context.Background(), "b1")
+	if b.Status() != domain.StatusCompleted || b.Sent() != 6 {
+		t.Fatalf("status %s, %d sent; want all 6", b.Status(), b.Sent())
+	}
+	h.prov.assertNoDuplicateCalls(t, 6)
+}

@@ -81,3 +81,32 @@ func (r *recipientPages) forget(batchID string, pages int) {
 		r.pages.Remove(pageKey{batchID, page})
 	}
 }
+
+// recipientInfo tells Dispatch about batch b's recipients: their numbers (for
+// quiet hours and skips) and whether they opted out. Nil when nothing depends
+// on them: the batch has no quiet hours nor validity and no opt-out list is
+// configured.
+func (p *Processor) recipientInfo(ctx context.Context, b *domain.Batch) func(int) (domain.RecipientInfo, error) {
+	_, quiet := b.QuietHours()
+	if !quiet && b.ValidUntil().IsZero() && p.cfg.Suppressed == nil {
+		return nil
+	}
+	id, tenant := b.ID(), b.Tenant()
+	return func(index int) (domain.RecipientInfo, error) {
+		r, err := p.recipients.get(ctx, id, index)
+		if err != nil {
+			return domain.RecipientInfo{}, err
+		}
+		info := domain.RecipientInfo{Phone: r.Phone}
+		if p.cfg.Suppressed != nil {
+			out, err := p.cfg.Suppressed(ctx, tenant, r.Phone)
+			if err != nil {
+				return domain.RecipientInfo{}, fmt.Errorf("opt-out list: %w", err)
+			}
+			if out {
+				info.Skip, info.Message = domain.CategoryOptedOut, "the recipient opted out of messages from this sender"
+			}
+		}
+		return info, nil
+	}
+}

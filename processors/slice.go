@@ -15,6 +15,7 @@ import (
 
 // slice is one work message's worth of sending.
 type slice struct {
+	ctx   context.Context // outlives a cancelled handler: see run
 	p     *Processor
 	st    *batchState
 	w     Work
@@ -49,6 +50,7 @@ func (s *slice) run(ctx context.Context) (*Work, error) {
 	// Sends and the recording of their answers outlive a cancelled ctx: a message
 	// in flight at shutdown is finished and recorded, never abandoned.
 	keep := context.WithoutCancel(ctx)
+	s.ctx = keep
 	settled := p.settled(st)
 	handOn, failures := true, 0
 	timer := time.NewTimer(0)
@@ -107,6 +109,11 @@ func (s *slice) run(ctx context.Context) (*Work, error) {
 			s.start(keep, c.dispatched, c.batch.LastSendAt())
 			if errors.Is(c.dispatchErr, domain.ErrNotRunning) || errors.Is(c.dispatchErr, domain.ErrSuperseded) {
 				handOn = false
+				break
+			}
+			if errors.Is(c.dispatchErr, errRecipientsBroken) {
+				p.log.Error("recipients unreadable", "batch", s.batch.ID(), "err", c.dispatchErr)
+				s.fail(keep, c.dispatchErr)
 				break
 			}
 			continue // look again at once: the answers may have made room
@@ -263,6 +270,7 @@ func (s *slice) ask(settled domain.Settled) dispatchFunc {
 		return b.Dispatch(now, domain.DispatchRequest{
 			Slice: s.id, PrevSlice: s.w.PrevSlice,
 			Instance: p.instance, Deadline: p.deadline(now), SendAt: pc.tokenAt(now), Settled: settled,
+			Recipient: p.recipientInfo(s.ctx, b),
 			Max: n, MaxInFlight: p.cfg.MaxInFlight,
 		})
 	}
@@ -414,8 +422,12 @@ func (p *Processor) backoff(attempt int) time.Duration {
 func (s *slice) start(ctx context.Context, dispatched []domain.Dispatch, sendAt time.Time) {
 	p, st := s.p, s.st
 	// A send goes out by its token time plus handoverMargin, or not at all: the
-	// next instance to work the batch paces itself from that bound.
+	// next instance to work the batch paces itself from that bound. Nor after
+	// the batch's validity: then it is skipped as expired instead.
 	startBy := sendAt.Add(handoverMargin)
+	if until := s.batch.ValidUntil(); !until.IsZero() && until.Before(startBy) {
+		startBy = until
+	}
 	for _, d := range dispatched {
 		rcp, err := p.recipients.get(ctx, st.id, d.Index)
 		if err != nil {

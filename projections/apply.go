@@ -32,6 +32,7 @@ var projected = map[string]bool{
 	domain.TypeMessageAttemptFailed: true,
 	domain.TypeMessageFailed:        true,
 	domain.TypeMessageSkipped:       true,
+	domain.TypeRecipientsDeferred:   true,
 	domain.TypeMessageDelivered:     true,
 	domain.TypeMessageUndelivered:   true,
 	domain.TypeBatchPaused:          true,
@@ -104,8 +105,11 @@ type BatchState struct {
 	CreatedAt    time.Time     `json:"createdAt"`
 	ScheduleTime *time.Time    `json:"scheduleTime,omitempty"`
 	AutoStart    bool          `json:"autoStart"`
-	UpdatedAt    time.Time     `json:"updatedAt"`
-	Total        int           `json:"total"`
+	// ValidUntil and QuietHours are the batch's sending options, when set.
+	ValidUntil *time.Time         `json:"validUntil,omitempty"`
+	QuietHours *domain.QuietHours `json:"quietHours,omitempty"`
+	UpdatedAt  time.Time          `json:"updatedAt"`
+	Total      int                `json:"total"`
 	// PausedAt is the last pause, ResumedAt the resume that followed it (zero
 	// while still paused).
 	PausedAt  time.Time `json:"pausedAt,omitzero"`
@@ -127,8 +131,10 @@ type BatchState struct {
 	Skipped     int `json:"skipped,omitempty"`
 	Delivered   int `json:"delivered,omitempty"`
 	Undelivered int `json:"undelivered,omitempty"`
-	Retries     int `json:"retries"`
-	Segments    int `json:"segments"`
+	// Waiting counts recipients waiting for their quiet hours to end.
+	Waiting  int `json:"waiting,omitempty"`
+	Retries  int `json:"retries"`
+	Segments int `json:"segments"`
 	// ErrorCategories counts final failures, RetriedCategories retried attempts.
 	ErrorCategories   map[string]int `json:"errorCategories,omitempty"`
 	RetriedCategories map[string]int `json:"retriedCategories,omitempty"`
@@ -202,6 +208,7 @@ func (s *BatchState) Apply(e eventstore.Event, payload domain.Event) {
 			s.ScheduleTime = &t
 		}
 		s.AutoStart = p.AutoStart
+		s.ValidUntil, s.QuietHours = p.ValidUntil, p.QuietHours
 		s.Total = p.Total
 	case domain.BatchStarted:
 		s.Status = domain.StatusProcessing
@@ -224,6 +231,11 @@ func (s *BatchState) Apply(e eventstore.Event, payload domain.Event) {
 		s.Outstanding = removeIndex(s.Outstanding, p.Index)
 		s.Skipped++
 		s.ErrorCategories = increment(s.ErrorCategories, string(p.Category))
+	case domain.RecipientsDeferred:
+		s.Waiting = 0
+		for _, r := range p.Ranges {
+			s.Waiting += r.Waiting
+		}
 	case domain.MessageDelivered:
 		s.Delivered++
 	case domain.MessageUndelivered:
@@ -249,6 +261,7 @@ func (s *BatchState) Apply(e eventstore.Event, payload domain.Event) {
 	case domain.BatchCompleted:
 		s.Status = domain.StatusCompleted
 		s.Hold = nil
+		s.Waiting = 0
 		s.Active.close(at)
 	case domain.BatchCancelled:
 		s.Status = domain.StatusCancelled
@@ -270,12 +283,14 @@ func (s *BatchState) outcome(at time.Time, latencyMs int64, sent bool) {
 // StatusView returns the status read model.
 func (s *BatchState) StatusView() BatchStatus {
 	st := BatchStatus{
-		ID:        s.ID,
-		Tenant:    s.Tenant,
-		Status:    string(s.Status),
-		Priority:  s.Priority,
-		CreatedAt: s.CreatedAt,
-		AutoStart: s.AutoStart,
+		ID:         s.ID,
+		Tenant:     s.Tenant,
+		Status:     string(s.Status),
+		Priority:   s.Priority,
+		CreatedAt:  s.CreatedAt,
+		AutoStart:  s.AutoStart,
+		ValidUntil: s.ValidUntil,
+		QuietHours: s.QuietHours,
 		Progress: Progress{
 			Total:       s.Total,
 			Pending:     len(s.Outstanding),
@@ -284,6 +299,7 @@ func (s *BatchState) StatusView() BatchStatus {
 			Skipped:     s.Skipped,
 			Delivered:   s.Delivered,
 			Undelivered: s.Undelivered,
+			Waiting:     s.Waiting,
 		},
 		UpdatedAt: s.UpdatedAt,
 	}

@@ -9,6 +9,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/smsbatch/smsbatch/domain"
 	"github.com/smsbatch/smsbatch/eventstore"
 )
 
@@ -22,10 +23,14 @@ type BatchStatus struct {
 	// ScheduleTime is when a scheduled batch starts; nil when not scheduled.
 	ScheduleTime *time.Time `json:"scheduleTime,omitempty"`
 	// AutoStart: the batch starts by itself (at once, or at its schedule).
-	AutoStart bool       `json:"autoStart"`
-	Progress  Progress   `json:"progress"`
-	Metrics   Metrics    `json:"metrics"`
-	PauseInfo *PauseInfo `json:"pauseInfo,omitempty"`
+	AutoStart bool `json:"autoStart"`
+	// ValidUntil is when unsent messages end skipped as expired; QuietHours the
+	// recipients' local hours nothing goes out in. Absent when not set.
+	ValidUntil *time.Time         `json:"validUntil,omitempty"`
+	QuietHours *domain.QuietHours `json:"quietHours,omitempty"`
+	Progress   Progress           `json:"progress"`
+	Metrics    Metrics            `json:"metrics"`
+	PauseInfo  *PauseInfo         `json:"pauseInfo,omitempty"`
 	// Hold says why a processing batch is not sending (the provider is out);
 	// absent while it sends.
 	Hold *Hold `json:"hold,omitempty"`
@@ -56,6 +61,9 @@ type Progress struct {
 	// messages; they may come after the batch completed.
 	Delivered   int `json:"delivered"`
 	Undelivered int `json:"undelivered"`
+	// Waiting counts recipients not sent yet because their local time is in the
+	// batch's quiet hours; they go when their window opens.
+	Waiting int `json:"waiting"`
 }
 
 // Metrics summarise the batch's sending.

@@ -163,7 +163,7 @@ type status struct {
 	Status   string `json:"status"`
 	Priority string `json:"priority"`
 	Progress struct {
-		Total, Pending, Completed, Failed int
+		Total, Pending, Completed, Failed, Skipped, Delivered, Undelivered, Waiting int
 	} `json:"progress"`
 	Metrics struct {
 		MessagesPerSecond float64 `json:"messagesPerSecond"`

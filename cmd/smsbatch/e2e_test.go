@@ -286,6 +286,16 @@ func TestBadInputIsRefusedAndLeavesNothingBehind(t *testing.T) {
 		{"broken placeholder", acmeKey, good(func(b map[string]any) { b["text"] = "Hi {{name" }), 422, "invalid", "text"},
 		{"unknown priority", acmeKey, good(func(b map[string]any) { b["options"] = map[string]any{"priority": "urgent"} }), 422, "invalid", "options.priority"},
 		{"bad schedule time", acmeKey, good(func(b map[string]any) { b["options"] = map[string]any{"scheduleTime": "tomorrow"} }), 422, "invalid", "options.scheduleTime"},
+		{"validity already past", acmeKey, good(func(b map[string]any) {
+			b["options"] = map[string]any{"validUntil": time.Now().Add(-time.Minute).Format(time.RFC3339)}
+		}), 422, "invalid", "options.validUntil"},
+		{"quiet hours without an end", acmeKey, good(func(b map[string]any) {
+			b["options"] = map[string]any{"quietHours": map[string]string{"start": "21:00"}}
+		}), 422, "invalid", "options.quietHours"},
+		{"unknown timezone", acmeKey, good(func(b map[string]any) {
+			b["options"] = map[string]any{"quietHours": map[string]string{"start": "21:00", "end": "08:00"}, "timezone": "Mars/Olympus"}
+		}), 422, "invalid", "options.timezone"},
+		{"timezone without quiet hours", acmeKey, good(func(b map[string]any) { b["options"] = map[string]any{"timezone": "Europe/Paris"} }), 422, "invalid", "options.timezone"},
 		{"data after the object", acmeKey, `{"text": "hi", "recipients": [{"phoneNumber": "+14155550100"}]} {}`, 400, "malformed", ""},
 		{"control character in the text", acmeKey, good(func(b map[string]any) { b["text"] = "Hi {{name}}\x00" }), 422, "invalid", "text"},
 		{"invalid UTF-8 in a variable", acmeKey, "{\"text\": \"Hi {{name}}\", \"recipients\": [{\"phoneNumber\": \"+14155550100\", \"variables\": {\"name\": \"\xff\"}}]}", 422, "invalid", "recipients[0].variables.name"},
@@ -536,5 +546,33 @@ func TestBatchOverNATSJetStream(t *testing.T) {
 	done := c.waitStatus(st.ID, 30*time.Second, "completed")
 	if done.Progress.Completed != 12 || len(outbox(t, cfg.DataDir, st.ID)) != 12 {
 		t.Fatalf("over NATS: %+v", done.Progress)
+	}
+}
+
+// A message not sent before the batch's validUntil is skipped as expired, not
+// sent late; the status counts it and the errors list it.
+func TestExpiredMessagesAreSkipped(t *testing.T) {
+	skipShort(t)
+	t.Parallel()
+	c := startMain(t, testConfig(t))
+	body := batchBody(recipients(20), "low") // 2/s: 10 s for all of them
+	body["options"] = map[string]any{"priority": "low", "validUntil": time.Now().Add(2500 * time.Millisecond).Format(time.RFC3339Nano)}
+	st := c.create(body)
+	done := c.waitStatus(st.ID, 20*time.Second, "completed")
+	if done.Progress.Completed+done.Progress.Skipped != 20 || done.Progress.Skipped < 10 || done.Progress.Failed != 0 {
+		t.Fatalf("progress %+v, want the ones sent before validUntil and the rest skipped", done.Progress)
+	}
+	var errs struct {
+		Errors []struct {
+			Category    string `json:"category"`
+			PhoneNumber string `json:"phoneNumber"`
+		} `json:"errors"`
+	}
+	c.do("GET", "/api/batch/"+st.ID+"/errors?category=expired&limit=100", nil, &errs)
+	if len(errs.Errors) != done.Progress.Skipped || errs.Errors[0].PhoneNumber == "" {
+		t.Fatalf("errors?category=expired lists %d (%+v), want the %d skipped", len(errs.Errors), errs.Errors, done.Progress.Skipped)
+	}
+	if sent := outbox(t, c.main.Config.DataDir, st.ID); len(sent) != done.Progress.Completed {
+		t.Fatalf("outbox holds %d of the batch's messages, want the %d sent", len(sent), done.Progress.Completed)
 	}
 }

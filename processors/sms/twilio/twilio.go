@@ -123,6 +123,25 @@ func Receipt(status string) (delivered, final bool) {
 	return false, false
 }
 
+// deliveryErrors are the messages of Twilio's delivery error codes (30001 to
+// 30010), which a status callback carries as ErrorCode without a text.
+var deliveryErrors = map[string]string{
+	"30001": "Queue overflow",
+	"30002": "Account suspended",
+	"30003": "Unreachable destination handset",
+	"30004": "Message blocked",
+	"30005": "Unknown destination handset",
+	"30006": "Landline or unreachable carrier",
+	"30007": "Message filtered by the carrier",
+	"30008": "Unknown error",
+	"30009": "Missing segment",
+	"30010": "Message price exceeds max price",
+}
+
+// DeliveryErrorMessage explains a delivery error code; "" for a code it does
+// not know.
+func DeliveryErrorMessage(code string) string { return deliveryErrors[code] }
+
 // The query parameters of a status callback URL.
 const (
 	paramBatch  = "b"

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/google/uuid"
 )
 
 // Opt-outs: each tenant keeps a suppression list, the numbers that asked not to
@@ -72,6 +74,15 @@ func DecodeOptOutChange(eventType string, data []byte) (OptOutChange, error) {
 	}
 	return c, nil
 }
+
+// InboundChangeID is the event ID of the change an inbound message (the
+// provider's message ID) makes to tenant's list: the store refuses it a second
+// time, so a replayed STOP is recorded once, even after a START since.
+func InboundChangeID(tenant, messageID string) string {
+	return uuid.NewSHA1(inboundChanges, []byte(tenant+"\x00"+messageID)).String()
+}
+
+var inboundChanges = uuid.MustParse("0c7f5d0e-2a4b-4f31-9a57-3d1e8b6c2f90")
 
 // KeywordAction is what an inbound message asks of the opt-out list.
 type KeywordAction int

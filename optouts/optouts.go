@@ -164,9 +164,20 @@ type Entry struct {
 }
 
 // Lookup reads what tenant's stream holds beyond the list (one read) and
-// reports phone's entry and the number of events in the stream, for a command
-// to decide on and append after.
-func (l *List) Lookup(ctx context.Context, tenant, phone string) (entry Entry, listed bool, events uint64, err error) {
+// reports whether phone is on it and how many events the stream holds, for a
+// command to decide on and append after (commands.SuppressionState).
+func (l *List) Lookup(ctx context.Context, tenant, phone string) (listed bool, events uint64, err error) {
+	_, listed, events, err = l.get(ctx, tenant, phone)
+	return listed, events, err
+}
+
+// Get returns phone's entry in tenant's list, read up to date with its stream.
+func (l *List) Get(ctx context.Context, tenant, phone string) (Entry, bool, error) {
+	e, listed, _, err := l.get(ctx, tenant, phone)
+	return e, listed, err
+}
+
+func (l *List) get(ctx context.Context, tenant, phone string) (entry Entry, listed bool, events uint64, err error) {
 	t, err := l.caughtUp(ctx, tenant)
 	if err != nil {
 		return Entry{}, false, 0, err

@@ -134,14 +134,18 @@ func TestAGapIsFilledFromTheStream(t *testing.T) {
 func TestLookupSeesWhatTheStreamHolds(t *testing.T) {
 	s := memory.New()
 	l := newList(t, s)
-	_, listed, n, err := l.Lookup(context.Background(), "acme", "+14155550100")
+	listed, n, err := l.Lookup(context.Background(), "acme", "+14155550100")
 	if err != nil || listed || n != 0 {
 		t.Fatalf("empty list: listed %v, %d events, %v", listed, n, err)
 	}
 	record(t, s, "acme", "+14155550100", true) // no follower running
-	e, listed, n, err := l.Lookup(context.Background(), "acme", "+14155550100")
+	listed, n, err = l.Lookup(context.Background(), "acme", "+14155550100")
 	if err != nil || !listed || n != 1 {
 		t.Fatalf("after an opt-out: listed %v, %d events, %v", listed, n, err)
+	}
+	e, listed, err := l.Get(context.Background(), "acme", "+14155550100")
+	if err != nil || !listed {
+		t.Fatalf("Get: %v %v", listed, err)
 	}
 	if e.PhoneNumber != "+14155550100" || e.Source != domain.OptOutByKeyword || !e.Since.Equal(t0) {
 		t.Errorf("entry %+v", e)

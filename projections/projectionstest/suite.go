@@ -73,7 +73,7 @@ func twoTenants() *Events {
 	done := h.Campaign("acme", "acme-done", t0, 60)
 	h.Campaign("globex", "globex-done", t0.Add(time.Minute), 35)
 	// Delivery receipts come after the batch completed.
-	done.Advance(2 * time.Second).Delivered(0, 3*time.Second)
+	done.Advance(2*time.Second).Delivered(0, 3*time.Second)
 	done.Advance(time.Second).Delivered(1, 5*time.Second)
 	done.Advance(time.Second).Undelivered(2, 5*time.Second)
 	paused := h.Batch("acme", "acme-paused", t0.Add(2*time.Minute))

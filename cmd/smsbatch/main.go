@@ -31,6 +31,7 @@ import (
 	"github.com/smsbatch/smsbatch/commands"
 	"github.com/smsbatch/smsbatch/domain"
 	"github.com/smsbatch/smsbatch/eventstore"
+	"github.com/smsbatch/smsbatch/optouts"
 	"github.com/smsbatch/smsbatch/processors"
 	"github.com/smsbatch/smsbatch/projections"
 )
@@ -161,6 +162,8 @@ type Main struct {
 	fwd        *processors.Forwarder
 	server     *http.Server
 	listener   net.Listener
+	serving    bool // the server took over the listener
+	optOuts    *optouts.List
 	// DevKey is the API key created when none is configured.
 	DevKey string
 
@@ -215,7 +218,17 @@ func (m *Main) Run(ctx context.Context) error {
 		return err
 	}
 
-	provider, closer, err := openProvider(cfg, m.logger)
+	// Listen first: the built-in simulator reports delivery to this address
+	// when no public URL is set.
+	m.listener, err = net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
+	}
+	hooks, err := webhooksFor(cfg, m.listener.Addr().String())
+	if err != nil {
+		return err
+	}
+	provider, closer, err := openProvider(cfg, m.logger, hooks)
 	if err != nil {
 		return err
 	}
@@ -226,6 +239,14 @@ func (m *Main) Run(ctx context.Context) error {
 		return err
 	}
 	readModels := m.readModels.Store
+	m.optOuts, err = optouts.New(optouts.Config{Store: store, From: readModels.Checkpoint, Logger: m.logger})
+	if err != nil {
+		return err
+	}
+	optOutCmds, err := commands.NewOptOuts(store, m.optOuts, nil)
+	if err != nil {
+		return err
+	}
 	m.runner, err = projections.NewRunner(projections.RunnerConfig{
 		Events: store, Store: readModels, Logger: m.logger, Lag: lag,
 	})
@@ -302,6 +323,16 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	m.hub = hub
 	m.goRun("live updates", func() error { return hub.Run(bg) })
+	m.goRun("opt-out lists", func() error { return m.optOuts.Run(bg) })
+	inbound, _ := parseInboundNumbers(cfg.InboundNumbers) // checked by Validate
+	m.goRun("opt-out preload", func() error {
+		tenants := keys.Tenants()
+		for _, t := range inbound {
+			tenants = append(tenants, t)
+		}
+		m.optOuts.Preload(bg, tenants...)
+		return nil
+	})
 
 	if n, err := api.CleanSpoolDir(cfg.spoolDir()); err != nil {
 		return err
@@ -321,16 +352,17 @@ func (m *Main) Run(ctx context.Context) error {
 		Metrics:       promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
 		Ready:         m.ready,
 		Logger:        m.logger,
+		OptOuts:       &api.OptOuts{List: m.optOuts, Commands: optOutCmds},
+	}
+	if hooks.publicURL != "" {
+		apiCfg.Webhooks = &api.Webhooks{PublicURL: hooks.publicURL, AuthToken: hooks.token, InboundNumbers: inbound}
 	}
 	cfg.apiLimits(&apiCfg)
 	m.server, err = api.NewServer(apiCfg)
 	if err != nil {
 		return err
 	}
-	m.listener, err = net.Listen("tcp", cfg.Addr)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
-	}
+	m.serving = true
 	m.goRun("http", func() error {
 		if err := m.server.Serve(m.listener); !errors.Is(err, http.ErrServerClosed) {
 			return err
@@ -367,7 +399,7 @@ func (m *Main) ready() error {
 	// A component that follows the event log and keeps failing turns the
 	// instance red: it is not doing its job, even though it keeps trying.
 	var errs []error
-	for _, h := range []interface{ Health() error }{m.runner, m.fwd, m.hub} {
+	for _, h := range []interface{ Health() error }{m.runner, m.fwd, m.hub, m.optOuts} {
 		errs = append(errs, h.Health())
 	}
 	return errors.Join(errs...)
@@ -387,6 +419,9 @@ func (m *Main) Close() error {
 		if err := m.server.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("http shutdown: %w", err))
 		}
+	}
+	if m.listener != nil && !m.serving {
+		_ = m.listener.Close() // Run failed before serving on it
 	}
 	if m.router != nil {
 		// Closing the router cancels the handlers' contexts: slices stop

@@ -81,6 +81,26 @@ func waitLive(t *testing.T, seen func(string) []liveProgress, id string, timeout
 	}
 }
 
+// waitReceipts waits until every sent message of the batch has its delivery
+// receipt.
+func (c *client) waitReceipts(id string, timeout time.Duration) {
+	c.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		var st struct {
+			Progress struct{ Completed, Delivered, Undelivered int }
+		}
+		c.do("GET", "/api/batch/"+id, nil, &st)
+		if p := st.Progress; p.Completed > 0 && p.Delivered+p.Undelivered == p.Completed {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("batch %s: receipts %+v after %s, want one per sent message", id, st.Progress, timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // receiptBatch is a batch of n recipients of which the last two are the
 // simulator's undelivered numbers (given).
 func receiptBatch(n int, undelivered ...string) map[string]any {

@@ -88,9 +88,10 @@ func (c Config) Validate() error {
 type List struct {
 	cfg Config
 
-	mu       sync.Mutex
-	tenants  map[string]*tenantList
-	follower *eventstore.Follower
+	mu      sync.Mutex
+	tenants map[string]*tenantList
+
+	follower atomic.Pointer[eventstore.Follower] // set by Run
 }
 
 var _ Checker = (*List)(nil)
@@ -120,21 +121,16 @@ func (l *List) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	l.mu.Lock()
-	l.follower = f
-	l.mu.Unlock()
+	l.follower.Store(f)
 	return f.Run(ctx)
 }
 
 // Health is nil while the lists follow the log (or before Run).
 func (l *List) Health() error {
-	l.mu.Lock()
-	f := l.follower
-	l.mu.Unlock()
-	if f == nil {
-		return nil
+	if f := l.follower.Load(); f != nil {
+		return f.Health()
 	}
-	return f.Health()
+	return nil
 }
 
 // Suppressed implements Checker.

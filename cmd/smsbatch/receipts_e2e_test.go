@@ -20,9 +20,9 @@ type liveProgress struct {
 	Delivered, Undelivered int
 }
 
-// followProgress follows every batch of c's tenant over the WebSocket and
-// returns a function giving the status messages of one batch so far.
-func followProgress(t *testing.T, c *client) func(id string) []liveProgress {
+// dialAll opens the WebSocket that follows every batch of c's tenant, closed
+// when the test ends.
+func dialAll(t *testing.T, c *client) *websocket.Conn {
 	t.Helper()
 	header := http.Header{"Authorization": {"Bearer " + c.key}}
 	conn, resp, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(c.base, "http")+"/api/ws", header)
@@ -30,6 +30,14 @@ func followProgress(t *testing.T, c *client) func(id string) []liveProgress {
 		t.Fatalf("websocket: %v (%v)", err, resp)
 	}
 	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// followProgress follows every batch of c's tenant over the WebSocket and
+// returns a function giving the status messages of one batch so far.
+func followProgress(t *testing.T, c *client) func(id string) []liveProgress {
+	t.Helper()
+	conn := dialAll(t, c)
 	var mu sync.Mutex
 	seen := map[string][]liveProgress{}
 	go func() {

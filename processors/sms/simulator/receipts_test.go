@@ -90,9 +90,10 @@ func TestInProcessSendsReportDeliveryWithSignedCallbacks(t *testing.T) {
 	for _, m := range sends {
 		_, _ = sim.Send(t.Context(), m)
 	}
-	got := rc.wait(3, 5*time.Second)
+	rc.wait(3, 5*time.Second)
 	time.Sleep(2 * delay) // anything more would have come by now
-	if got = rc.wait(3, time.Second); len(got) != 3 {
+	got := rc.wait(3, time.Second)
+	if len(got) != 3 {
 		t.Fatalf("%d callbacks, want 3 (one per message accepted with a batch)", len(got))
 	}
 	want := map[string]struct{ status, code string }{

@@ -283,18 +283,33 @@ func (l *List) loaded(ctx context.Context, tenant string) (*tenantList, error) {
 	return t, nil
 }
 
-// caughtUp returns tenant's list with whatever its stream holds beyond it read.
+// caughtUp returns tenant's list with whatever its stream holds beyond it
+// read. The read happens outside the lock, so that the sends asking about the
+// tenant meanwhile do not wait for it.
 func (l *List) caughtUp(ctx context.Context, tenant string) (*tenantList, error) {
 	t, err := l.loaded(ctx, tenant)
 	if err != nil {
 		return nil, err
 	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if err := t.readStream(ctx, l.cfg.Store); err != nil {
-		return nil, err
+	stream := domain.OptOutStream(tenant)
+	for {
+		t.mu.RLock()
+		from := t.next
+		t.mu.RUnlock()
+		events, err := l.cfg.Store.ReadStream(ctx, stream, from, readPage)
+		if err != nil {
+			return nil, fmt.Errorf("read opt-out list of %s: %w", tenant, err)
+		}
+		t.mu.Lock()
+		err = t.applyNext(events) // the follower may have applied some since
+		t.mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		if len(events) < readPage {
+			return t, nil
+		}
 	}
-	return t, nil
 }
 
 // apply is the follower's handler: it applies the opt-out events of the
@@ -435,18 +450,27 @@ func (t *tenantList) readStream(ctx context.Context, store eventstore.Store) err
 		if err != nil {
 			return fmt.Errorf("read opt-out list of %s: %w", t.tenant, err)
 		}
-		for _, e := range events {
-			if e.Revision != t.next {
-				continue
-			}
-			if err := t.applyEvent(e); err != nil {
-				return err
-			}
+		if err := t.applyNext(events); err != nil {
+			return err
 		}
 		if len(events) < readPage {
 			return nil
 		}
 	}
+}
+
+// applyNext applies the events of a stream read that come next, skipping those
+// applied already. Callers hold mu.
+func (t *tenantList) applyNext(events []eventstore.Event) error {
+	for _, e := range events {
+		if e.Revision != t.next {
+			continue
+		}
+		if err := t.applyEvent(e); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // follow applies one event the follower delivered: the next of the stream, or

@@ -370,7 +370,8 @@ func (m *Main) Run(ctx context.Context) error {
 		return nil
 	})
 	m.logger.Info("smsbatch is serving", "url", "http://"+m.Addr(), "data_dir", cfg.DataDir,
-		"event_store", cfg.EventStore, "read_store", cfg.ReadStore, "transport", m.transport.name)
+		"event_store", cfg.EventStore, "read_store", cfg.ReadStore, "transport", m.transport.name,
+		"webhooks", hooks.publicURL)
 	return nil
 }
 

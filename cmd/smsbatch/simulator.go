@@ -42,8 +42,8 @@ func newSimulator(cfg Config, logger *slog.Logger, cb simulator.Callbacks) (*sim
 
 // openProvider returns the configured SMS provider and what closes it. hooks
 // are this instance's webhooks: where delivery receipts are asked for (none
-// when hooks.PublicURL is empty) and, for the built-in simulator, the token
-// it signs them with.
+// when its public URL is empty) and, for the built-in simulator, the token it
+// signs them with.
 func openProvider(cfg Config, logger *slog.Logger, hooks webhooks) (sms.Provider, io.Closer, error) {
 	if cfg.SMSProvider == "http" {
 		p, err := httpprovider.New(httpprovider.Config{

@@ -48,16 +48,6 @@ var undeliverable = map[string]struct{ status, code string }{
 	"+15005550008": {twilio.StatusFailed, "30008"},      // unknown error
 }
 
-// UndeliverableNumbers lists the test numbers the simulator accepts and then
-// reports undelivered (or failed), each with its status and error code.
-func UndeliverableNumbers() map[string][2]string {
-	out := make(map[string][2]string, len(undeliverable))
-	for n, u := range undeliverable {
-		out[n] = [2]string{u.status, u.code}
-	}
-	return out
-}
-
 // callback is one status callback to send.
 type callback struct {
 	url, token string

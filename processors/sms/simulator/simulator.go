@@ -8,7 +8,8 @@
 // from the end of the outbox at start, and a key found there is answered as a
 // duplicate without writing again. Start-up reads only that tail, so it does not
 // grow with the outbox. It answers Twilio's documented test numbers as Twilio does,
-// and can add latency and deterministic transient failures.
+// can add latency and deterministic transient failures, and reports delivery
+// with status callbacks signed as Twilio signs them (receipts.go).
 //
 // One Simulator owns one outbox file; two processes sharing a file would not see each
 // other's keys.

@@ -9,6 +9,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -69,6 +70,18 @@ func (k *Keyring) Add(tenant, key string) error {
 
 // Len is the number of keys.
 func (k *Keyring) Len() int { return len(k.keys) }
+
+// Tenants lists the tenants the keys act for, each once, sorted.
+func (k *Keyring) Tenants() []string {
+	var out []string
+	for _, p := range k.keys {
+		if !slices.Contains(out, p.Tenant) {
+			out = append(out, p.Tenant)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
 
 // Lookup returns the principal of key.
 func (k *Keyring) Lookup(key string) (Principal, bool) {

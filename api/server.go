@@ -1,7 +1,9 @@
 // Package api is smsbatch's HTTP interface: the chi router, the REST handlers for
-// batch commands and queries, API-key authentication with per-key rate limits,
-// the mapping of application errors to HTTP answers, the WebSocket transport of
-// the live updates (package live holds the hub) with its tickets, and (in api/web)
+// batch commands and queries and for the tenants' opt-out lists, API-key
+// authentication with per-key rate limits, the SMS provider's signed webhooks
+// (delivery receipts, inbound keywords), the mapping of application errors to
+// HTTP answers, the WebSocket transport of the live updates (package live holds
+// the hub) with its tickets, and (in api/web)
 // the embedded dashboard.
 package api
 
@@ -22,6 +24,7 @@ import (
 	"github.com/smsbatch/smsbatch/domain"
 	"github.com/smsbatch/smsbatch/eventstore"
 	"github.com/smsbatch/smsbatch/live"
+	"github.com/smsbatch/smsbatch/processors/sms/twilio"
 	"github.com/smsbatch/smsbatch/projections"
 )
 
@@ -148,6 +151,12 @@ type Config struct {
 	// connect with.
 	WebSocket WebSocket
 	Tickets   Tickets
+	// OptOuts serves the tenants' opt-out lists (/api/optouts); nil leaves
+	// those routes out, and the inbound webhook with them.
+	OptOuts *OptOuts
+	// Webhooks receives the SMS provider's callbacks (/api/webhooks/sms/...);
+	// nil leaves those routes out.
+	Webhooks *Webhooks
 }
 
 // WebSocket tunes the live-update connections.
@@ -217,6 +226,15 @@ func (c Config) Validate() error {
 	}
 	if err := c.Tickets.validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if c.OptOuts != nil && (c.OptOuts.List == nil || c.OptOuts.Commands == nil) {
+		errs = append(errs, errors.New("OptOuts needs List and Commands"))
+	}
+	if c.Webhooks != nil {
+		errs = append(errs, c.Webhooks.Validate())
+		if len(c.Webhooks.InboundNumbers) > 0 && c.OptOuts == nil {
+			errs = append(errs, errors.New("Webhooks.InboundNumbers needs OptOuts"))
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -311,7 +329,21 @@ func NewHandler(cfg Config) (http.Handler, error) {
 		if cfg.Live != nil {
 			r.Post("/api/ws/ticket", s.issueTicket)
 		}
+		if cfg.OptOuts != nil {
+			r.Get("/api/optouts", s.listOptOuts)
+			r.Post("/api/optouts", s.addOptOut)
+			r.Get("/api/optouts/{phoneNumber}", s.getOptOut)
+			r.Delete("/api/optouts/{phoneNumber}", s.removeOptOut)
+		}
 	})
+	if cfg.Webhooks != nil {
+		// No API key: the provider's signature authenticates these, and the
+		// batch or the provider number they name gives the tenant.
+		r.Post(twilio.StatusCallbackPath, s.statusCallback)
+		if cfg.OptOuts != nil {
+			r.Post(twilio.InboundPath, s.inbound)
+		}
+	}
 	if cfg.Live != nil {
 		// Outside the group above: a browser's WebSocket cannot send the bearer
 		// header, so these also take a ticket from POST /api/ws/ticket.

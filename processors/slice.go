@@ -440,7 +440,7 @@ func (s *slice) start(ctx context.Context, dispatched []domain.Dispatch, sendAt 
 		lim := pc.reserve()
 		body := st.template.Render(rcp.Values)
 		_, segments := domain.Segments(body)
-		msg := sms.Message{IdempotencyKey: st.id + ":" + strconv.Itoa(d.Index), To: rcp.Phone, Body: body}
+		msg := sms.Message{IdempotencyKey: st.id + ":" + strconv.Itoa(d.Index), To: rcp.Phone, Body: body, BatchID: st.id, Index: d.Index}
 		p.cfg.Metrics.InFlight.Inc()
 		p.sends.Add(1)
 		go func() {

@@ -142,6 +142,9 @@ type BatchState struct {
 	Throughput Throughput       `json:"throughput"`
 	Latency    LatencyHistogram `json:"latency"`
 	Active     ActiveTime       `json:"active"`
+	// DeliveryLatency counts the times from a message's send to its delivery
+	// receipt.
+	DeliveryLatency LatencyHistogram `json:"deliveryLatency,omitzero"`
 }
 
 // ActiveTime measures how long a batch has been sending: the time spent
@@ -238,6 +241,9 @@ func (s *BatchState) Apply(e eventstore.Event, payload domain.Event) {
 		}
 	case domain.MessageDelivered:
 		s.Delivered++
+		if !p.SentAt.IsZero() {
+			s.DeliveryLatency.Add(p.At.Sub(p.SentAt).Milliseconds())
+		}
 	case domain.MessageUndelivered:
 		s.Undelivered++
 	case domain.MessageAttemptFailed:
@@ -329,14 +335,20 @@ func (s *BatchState) StatusView() BatchStatus {
 
 // AnalyticsView returns the analytics read model.
 func (s *BatchState) AnalyticsView() Analytics {
-	return Analytics{
-		BatchID:           s.ID,
-		Totals:            Totals{Sent: s.Sent, Failed: s.Failed, Retries: s.Retries, Segments: s.Segments},
+	a := Analytics{
+		BatchID: s.ID,
+		Totals: Totals{Sent: s.Sent, Failed: s.Failed, Retries: s.Retries, Segments: s.Segments,
+			Delivered: s.Delivered, Undelivered: s.Undelivered},
 		ErrorCategories:   cloneCounts(s.ErrorCategories),
 		RetriedCategories: cloneCounts(s.RetriedCategories),
 		Throughput:        s.Throughput.Points(MaxThroughputPoints),
 		LatencyMs:         s.Latency.Percentiles(),
+		DeliveryLatencyMs: s.DeliveryLatency.Percentiles(),
 	}
+	if s.Sent > 0 {
+		a.DeliveryRate = float64(s.Delivered) / float64(s.Sent)
+	}
+	return a
 }
 
 // ErrorEntryOf returns the error entry a final failure adds to its batch's errors;

@@ -91,6 +91,13 @@ type Analytics struct {
 	RetriedCategories map[string]int    `json:"retriedCategories"`
 	Throughput        []ThroughputPoint `json:"throughput"`
 	LatencyMs         Latency           `json:"latencyMs"`
+	// DeliveryRate is delivered / sent: the share of sent messages the
+	// provider reported delivered so far (receipts may come later); 0 before
+	// any message is sent.
+	DeliveryRate float64 `json:"deliveryRate"`
+	// DeliveryLatencyMs are percentiles of the time from a message's send to
+	// its delivery receipt.
+	DeliveryLatencyMs Latency `json:"deliveryLatencyMs"`
 }
 
 // Totals of a batch's outcomes.
@@ -99,6 +106,9 @@ type Totals struct {
 	Failed   int `json:"failed"`
 	Retries  int `json:"retries"`
 	Segments int `json:"segments"`
+	// Delivered and Undelivered count delivery receipts of sent messages.
+	Delivered   int `json:"delivered"`
+	Undelivered int `json:"undelivered"`
 }
 
 // ThroughputPoint counts outcomes in one time bucket starting at Time.
@@ -108,7 +118,8 @@ type ThroughputPoint struct {
 	Failed int       `json:"failed"`
 }
 
-// Latency percentiles of provider answers (final outcomes), in milliseconds.
+// Latency percentiles in milliseconds: of provider answers (final outcomes),
+// or of deliveries.
 type Latency struct {
 	P50 float64 `json:"p50"`
 	P95 float64 `json:"p95"`

@@ -11,6 +11,7 @@ import (
 
 	"github.com/smsbatch/smsbatch/api"
 	"github.com/smsbatch/smsbatch/domain"
+	"github.com/smsbatch/smsbatch/processors/sms/httpprovider"
 )
 
 // Config is every setting of `smsbatch serve`. Each is a flag and an SMSBATCH_
@@ -55,6 +56,18 @@ type Config struct {
 	// need the same one. From SMSBATCH_WS_TICKET_SECRET only; empty: random.
 	WSTicketSecret string
 	SimRateLimit   float64
+
+	// PublicURL is the base URL the SMS provider reaches this instance at: the
+	// http provider asks for delivery receipts there, and the webhooks check
+	// signatures against it. Empty: no receipts asked for (the built-in
+	// simulator then reports to the listen address).
+	PublicURL string
+	// InboundNumbers maps provider numbers to tenants for inbound keywords:
+	// "+15551230000=acme,+15551230001=globex".
+	InboundNumbers string
+	// SimReceiptDelay is how long the simulator waits before reporting a
+	// message's delivery; 0 sends no receipts.
+	SimReceiptDelay time.Duration
 
 	SimLatency     time.Duration
 	SimJitter      time.Duration
@@ -194,6 +207,9 @@ func parseConfig(name string, args []string, env func(string) string) (Config, [
 	s.str(&c.SMSFrom, "sms-from", "SMSBATCH_SMS_FROM", "", "sender number or ID of the http provider")
 	c.SMSAuthToken = env("SMSBATCH_SMS_AUTH_TOKEN")
 	c.WSTicketSecret = env("SMSBATCH_WS_TICKET_SECRET")
+	s.str(&c.PublicURL, "public-url", "SMSBATCH_PUBLIC_URL", "", "base URL the SMS provider reaches this instance at, e.g. https://sms.example.com: delivery receipts are asked for there and webhook signatures checked against it")
+	s.str(&c.InboundNumbers, "inbound-numbers", "SMSBATCH_INBOUND_NUMBERS", "", "provider numbers whose inbound STOP/START change a tenant's opt-out list: +15551230000=acme,+15551230001=globex")
+	s.dur(&c.SimReceiptDelay, "sim-receipt-delay", "SMSBATCH_SIM_RECEIPT_DELAY", time.Second, "simulator: mean wait before a message's delivery receipt (each from half to 1.5 times it); 0 sends none")
 	s.float(&c.SimRateLimit, "sim-rate-limit", "SMSBATCH_SIM_RATE_LIMIT", 0, "standalone simulator: requests per second before it answers 429 (0: off)")
 	s.dur(&c.SimLatency, "sim-latency", "SMSBATCH_SIM_LATENCY", 50*time.Millisecond, "simulator: mean latency of a send")
 	s.dur(&c.SimJitter, "sim-jitter", "SMSBATCH_SIM_JITTER", 0, "simulator: latency varies by up to this much either way")
@@ -252,6 +268,19 @@ func (c Config) Validate() error {
 	if c.SimFailureRate < 0 || c.SimFailureRate > 1 {
 		errs = append(errs, errors.New("simulator failure rate must be between 0 and 1"))
 	}
+	if c.SimReceiptDelay < 0 {
+		errs = append(errs, errors.New("simulator receipt delay must not be negative"))
+	}
+	if c.PublicURL != "" {
+		if err := httpprovider.CheckPublicURL(c.PublicURL); err != nil {
+			errs = append(errs, fmt.Errorf("public URL: %w", err))
+		}
+	}
+	if numbers, err := parseInboundNumbers(c.InboundNumbers); err != nil {
+		errs = append(errs, err)
+	} else if len(numbers) > 0 && c.PublicURL == "" && c.SMSProvider != "simulator" {
+		errs = append(errs, errors.New("inbound numbers need --public-url (SMSBATCH_PUBLIC_URL): the provider's signatures are checked against it"))
+	}
 	switch c.EventStore {
 	case "bolt":
 	case "postgres", "kurrent":
@@ -288,6 +317,30 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("log format %q: want text or json", c.LogFormat))
 	}
 	return errors.Join(errs...)
+}
+
+// parseInboundNumbers reads "+15551230000=acme,+15551230001=globex". A number
+// is written in E.164 as the provider sends it; it is not checked against the
+// phone metadata (test numbers such as 555 ones are fine).
+func parseInboundNumbers(s string) (map[string]string, error) {
+	out := map[string]string{}
+	for i, pair := range strings.Split(s, ",") {
+		pair = strings.TrimSpace(pair)
+		if pair == "" {
+			continue
+		}
+		number, tenant, ok := strings.Cut(pair, "=")
+		number, tenant = strings.TrimSpace(number), strings.TrimSpace(tenant)
+		digits, plus := strings.CutPrefix(number, "+")
+		if !ok || tenant == "" || !plus || len(digits) < 2 || len(digits) > 15 || strings.Trim(digits, "0123456789") != "" || digits[0] == '0' {
+			return nil, fmt.Errorf("inbound numbers, entry %d: want +<E.164 number>=<tenant>, e.g. +15551230000=acme", i+1)
+		}
+		if other, dup := out[number]; dup && other != tenant {
+			return nil, fmt.Errorf("inbound numbers: %s is given to %s and %s", number, other, tenant)
+		}
+		out[number] = tenant
+	}
+	return out, nil
 }
 
 // apiLimits sets the HTTP server's limits of a, as the settings give them: here 0

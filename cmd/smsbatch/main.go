@@ -32,6 +32,7 @@ import (
 	"github.com/smsbatch/smsbatch/domain"
 	"github.com/smsbatch/smsbatch/eventstore"
 	"github.com/smsbatch/smsbatch/live"
+	"github.com/smsbatch/smsbatch/optouts"
 	"github.com/smsbatch/smsbatch/processors"
 	"github.com/smsbatch/smsbatch/projections"
 )
@@ -167,6 +168,8 @@ type Main struct {
 	fwd        *processors.Forwarder
 	server     *http.Server
 	listener   net.Listener
+	serving    bool // the server took over the listener
+	optOuts    *optouts.List
 	// DevKey is the API key created when none is configured.
 	DevKey string
 
@@ -221,7 +224,17 @@ func (m *Main) Run(ctx context.Context) error {
 		return err
 	}
 
-	provider, closer, err := openProvider(cfg, m.logger)
+	// Listen first: the built-in simulator reports delivery to this address
+	// when no public URL is set.
+	m.listener, err = net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
+	}
+	hooks, err := webhooksFor(cfg, m.listener.Addr().String())
+	if err != nil {
+		return err
+	}
+	provider, closer, err := openProvider(cfg, m.logger, hooks)
 	if err != nil {
 		return err
 	}
@@ -232,6 +245,14 @@ func (m *Main) Run(ctx context.Context) error {
 		return err
 	}
 	readModels := m.readModels.Store
+	m.optOuts, err = optouts.New(optouts.Config{Store: store, From: readModels.Checkpoint, Logger: m.logger})
+	if err != nil {
+		return err
+	}
+	optOutCmds, err := commands.NewOptOuts(store, m.optOuts, nil)
+	if err != nil {
+		return err
+	}
 	m.runner, err = projections.NewRunner(projections.RunnerConfig{
 		Events: store, Store: readModels, Logger: m.logger, Lag: lag,
 	})
@@ -254,6 +275,8 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	// Work messages on GoChannel die with the process: recover them at start.
 	procCfg.RecoverAtStart = m.transport.name == "gochannel"
+	// A recipient on its tenant's opt-out list is skipped, never sent.
+	procCfg.Suppressed = m.optOuts.Suppressed
 	// The forwarder starts from the unfinished batches the read models hold, at
 	// their checkpoint, not from the start of the log.
 	procCfg.StartPoint = func(ctx context.Context) ([]processors.Unfinished, eventstore.Position, error) {
@@ -305,6 +328,16 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	m.hub = hub
 	m.goRun("live updates", func() error { return hub.Run(bg) })
+	m.goRun("opt-out lists", func() error { return m.optOuts.Run(bg) })
+	inbound, _ := parseInboundNumbers(cfg.InboundNumbers) // checked by Validate
+	m.goRun("opt-out preload", func() error {
+		tenants := keys.Tenants()
+		for _, t := range inbound {
+			tenants = append(tenants, t)
+		}
+		m.optOuts.Preload(bg, tenants...)
+		return nil
+	})
 
 	if n, err := api.CleanSpoolDir(cfg.spoolDir()); err != nil {
 		return err
@@ -325,16 +358,17 @@ func (m *Main) Run(ctx context.Context) error {
 		Metrics:       promhttp.HandlerFor(reg, promhttp.HandlerOpts{}),
 		Ready:         m.ready,
 		Logger:        m.logger,
+		OptOuts:       &api.OptOuts{List: m.optOuts, Commands: optOutCmds},
+	}
+	if hooks.publicURL != "" {
+		apiCfg.Webhooks = &api.Webhooks{PublicURL: hooks.publicURL, AuthToken: hooks.token, InboundNumbers: inbound}
 	}
 	cfg.apiLimits(&apiCfg)
 	m.server, err = api.NewServer(apiCfg)
 	if err != nil {
 		return err
 	}
-	m.listener, err = net.Listen("tcp", cfg.Addr)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
-	}
+	m.serving = true
 	m.goRun("http", func() error {
 		if err := m.server.Serve(m.listener); !errors.Is(err, http.ErrServerClosed) {
 			return err
@@ -342,7 +376,8 @@ func (m *Main) Run(ctx context.Context) error {
 		return nil
 	})
 	m.logger.Info("smsbatch is serving", "url", "http://"+m.Addr(), "data_dir", cfg.DataDir,
-		"event_store", cfg.EventStore, "read_store", cfg.ReadStore, "transport", m.transport.name)
+		"event_store", cfg.EventStore, "read_store", cfg.ReadStore, "transport", m.transport.name,
+		"webhooks", hooks.publicURL)
 	return nil
 }
 
@@ -374,7 +409,7 @@ func (m *Main) ready() error {
 	// A component that follows the event log and keeps failing turns the
 	// instance red: it is not doing its job, even though it keeps trying.
 	var errs []error
-	for _, h := range []interface{ Health() error }{m.runner, m.fwd, m.hub} {
+	for _, h := range []interface{ Health() error }{m.runner, m.fwd, m.hub, m.optOuts} {
 		errs = append(errs, h.Health())
 	}
 	return errors.Join(errs...)
@@ -394,6 +429,9 @@ func (m *Main) Close() error {
 		if err := m.server.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("http shutdown: %w", err))
 		}
+	}
+	if m.listener != nil && !m.serving {
+		_ = m.listener.Close() // Run failed before serving on it
 	}
 	if m.router != nil {
 		// Closing the router cancels the handlers' contexts: slices stop

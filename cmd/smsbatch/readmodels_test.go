@@ -60,6 +60,10 @@ func TestEmbeddedReadModelsPersistAndRebuild(t *testing.T) {
 	second := c.create(batchBody(rcps[2:], "high"))
 	c.waitStatus(first.ID, 30*time.Second, "completed")
 	c.waitStatus(second.ID, 30*time.Second, "completed")
+	// The delivery receipts come after the completion: read once they are in,
+	// so that they are part of what must survive.
+	c.waitReceipts(first.ID, 20*time.Second)
+	c.waitReceipts(second.ID, 20*time.Second)
 	want := c.readAll(first.ID, second.ID)
 	if !strings.Contains(string(want[first.ID+"/errors?category=blocked"]), "+15005550004") {
 		t.Fatalf("no blocked error to compare: %s", want[first.ID+"/errors?category=blocked"])

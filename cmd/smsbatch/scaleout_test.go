@@ -1,14 +1,10 @@
 package main
 
 import (
-	"net/http"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/gorilla/websocket"
 
 	"github.com/smsbatch/smsbatch/internal/pgtest"
 )
@@ -126,12 +122,7 @@ func TestThreeInstancesSurviveOneKilled(t *testing.T) {
 // each batch; the returned function waits until a batch's last status is final.
 func followAll(t *testing.T, c *client) func(id string, timeout time.Duration) string {
 	t.Helper()
-	header := http.Header{"Authorization": {"Bearer " + c.key}}
-	conn, resp, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(c.base, "http")+"/api/ws", header)
-	if err != nil {
-		t.Fatalf("websocket: %v (%v)", err, resp)
-	}
-	t.Cleanup(func() { conn.Close() })
+	conn := dialAll(t, c)
 	var mu sync.Mutex
 	last := map[string]string{}
 	go func() {

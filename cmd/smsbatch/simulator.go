@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -17,8 +19,10 @@ import (
 	"github.com/smsbatch/smsbatch/processors/sms/simulator"
 )
 
-// newSimulator opens the simulator with its outbox in the data directory.
-func newSimulator(cfg Config, logger *slog.Logger) (*simulator.Simulator, error) {
+// newSimulator opens the simulator with its outbox in the data directory. cb
+// says where its delivery receipts go (the delay is cfg's).
+func newSimulator(cfg Config, logger *slog.Logger, cb simulator.Callbacks) (*simulator.Simulator, error) {
+	cb.Delay = cfg.SimReceiptDelay
 	sim, err := simulator.New(simulator.Config{
 		OutboxPath:           filepath.Join(cfg.DataDir, "sim-outbox.jsonl"),
 		Latency:              cfg.SimLatency,
@@ -27,6 +31,7 @@ func newSimulator(cfg Config, logger *slog.Logger) (*simulator.Simulator, error)
 		Seed:                 cfg.SimSeed,
 		RecordEveryCall:      cfg.SimRecordEveryCall,
 		CallsPath:            filepath.Join(cfg.DataDir, "sim-calls.jsonl"),
+		Callbacks:            cb,
 		Logger:               logger,
 	})
 	if err != nil {
@@ -35,23 +40,65 @@ func newSimulator(cfg Config, logger *slog.Logger) (*simulator.Simulator, error)
 	return sim, nil
 }
 
-// openProvider returns the configured SMS provider and what closes it.
-func openProvider(cfg Config, logger *slog.Logger) (sms.Provider, io.Closer, error) {
+// openProvider returns the configured SMS provider and what closes it. hooks
+// are this instance's webhooks: where delivery receipts are asked for (none
+// when its public URL is empty) and, for the built-in simulator, the token it
+// signs them with.
+func openProvider(cfg Config, logger *slog.Logger, hooks webhooks) (sms.Provider, io.Closer, error) {
 	if cfg.SMSProvider == "http" {
 		p, err := httpprovider.New(httpprovider.Config{
 			BaseURL: cfg.SMSURL, AccountSID: cfg.SMSAccountSID, AuthToken: cfg.SMSAuthToken,
-			From: cfg.SMSFrom, Timeout: cfg.SendTimeout,
+			From: cfg.SMSFrom, Timeout: cfg.SendTimeout, PublicURL: hooks.publicURL,
 		})
 		if err != nil {
 			return nil, nil, fmt.Errorf("sms provider: %w", err)
 		}
 		return p, io.NopCloser(nil), nil
 	}
-	sim, err := newSimulator(cfg, logger)
+	account := cfg.SMSAccountSID
+	if account == "" {
+		account = "ACsimulator"
+	}
+	sim, err := newSimulator(cfg, logger, simulator.Callbacks{PublicURL: hooks.publicURL, AuthToken: hooks.token, AccountSID: account})
 	if err != nil {
 		return nil, nil, err
 	}
 	return sim, sim, nil
+}
+
+// webhooks is where the provider reaches this instance and the token its
+// requests are signed with.
+type webhooks struct {
+	publicURL, token string
+}
+
+// webhooksFor returns the configured public URL and the provider's token. The
+// built-in simulator reports to the instance's own listen address when no
+// public URL is set, signed with the configured token or, without one, a token
+// of this run's: it signs in-process, so nothing else needs to know it.
+func webhooksFor(cfg Config, listenAddr string) (webhooks, error) {
+	h := webhooks{publicURL: cfg.PublicURL, token: cfg.SMSAuthToken}
+	if cfg.SMSProvider != "simulator" {
+		return h, nil
+	}
+	if h.publicURL == "" {
+		host, port, err := net.SplitHostPort(listenAddr)
+		if err != nil {
+			return h, fmt.Errorf("listen address %s: %w", listenAddr, err)
+		}
+		if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+			host = "127.0.0.1" // listening everywhere: reach it here
+		}
+		h.publicURL = "http://" + net.JoinHostPort(host, port)
+	}
+	if h.token == "" {
+		b := make([]byte, 24)
+		if _, err := rand.Read(b); err != nil {
+			return h, err
+		}
+		h.token = hex.EncodeToString(b)
+	}
+	return h, nil
 }
 
 // runSimulator serves the simulator's Twilio-style API until ctx is done, so that
@@ -64,7 +111,10 @@ func runSimulator(ctx context.Context, cfg Config, out io.Writer) error {
 	if cfg.SMSAccountSID == "" || cfg.SMSAuthToken == "" {
 		return errors.New("the simulator needs --sms-account-sid and SMSBATCH_SMS_AUTH_TOKEN (the credentials clients must send)")
 	}
-	sim, err := newSimulator(cfg, logger)
+	// Receipts go to each request's StatusCallback, signed with the token the
+	// server checks clients' credentials against, as Twilio signs with the
+	// account's.
+	sim, err := newSimulator(cfg, logger, simulator.Callbacks{})
 	if err != nil {
 		return err
 	}

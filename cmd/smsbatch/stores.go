@@ -8,10 +8,12 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/smsbatch/smsbatch/domain"
 	"github.com/smsbatch/smsbatch/eventstore"
 	"github.com/smsbatch/smsbatch/eventstore/bolt"
 	"github.com/smsbatch/smsbatch/eventstore/kurrent"
@@ -27,7 +29,9 @@ import (
 func openEventStore(ctx context.Context, cfg Config, logger *slog.Logger) (eventstore.Store, error) {
 	switch cfg.EventStore {
 	case "kurrent":
-		store, err := kurrent.Open(cfg.EventStoreURL, kurrent.Options{})
+		// The opt-out lists follow their streams through the global order too.
+		prefixes := append(slices.Clone(kurrent.DefaultStreamPrefixes), domain.OptOutStreamPrefix)
+		store, err := kurrent.Open(cfg.EventStoreURL, kurrent.Options{StreamPrefixes: prefixes})
 		if err != nil {
 			return nil, fmt.Errorf("open KurrentDB event store: %w", err)
 		}

@@ -22,6 +22,10 @@ type Message struct {
 	To string
 	// Body is the rendered text.
 	Body string
+	// BatchID and Index name the message, so that a provider that reports
+	// delivery (a status callback) can say which message it reports on.
+	BatchID string
+	Index   int
 }
 
 // Receipt is the provider's answer to an accepted message.

@@ -164,6 +164,23 @@ func (b *Batch) Failed(index, attempt int, category domain.ErrorCategory) events
 	})
 }
 
+// Delivered appends a MessageDelivered of the message at index, sent ago
+// before the batch's time.
+func (b *Batch) Delivered(index int, ago time.Duration) eventstore.Event {
+	return b.h.Append(domain.MessageDelivered{
+		EventHeader: b.header(), Index: index, ProviderID: fmt.Sprintf("SM%d", index), SentAt: b.Now.Add(-ago),
+	})
+}
+
+// Undelivered appends a MessageUndelivered of the message at index, with
+// Twilio's code 30003.
+func (b *Batch) Undelivered(index int, ago time.Duration) eventstore.Event {
+	return b.h.Append(domain.MessageUndelivered{
+		EventHeader: b.header(), Index: index, ProviderID: fmt.Sprintf("SM%d", index), SentAt: b.Now.Add(-ago),
+		Code: "30003", Message: "Unreachable destination handset",
+	})
+}
+
 // Phone is the phone number Failed records for the recipient at index.
 func Phone(index int) string { return fmt.Sprintf("+1500555%04d", index%10000) }
 

@@ -70,8 +70,12 @@ func wantCode(t *testing.T, what string, err error, code string) {
 // twoTenants is a history of a few batches of two tenants in every state.
 func twoTenants() *Events {
 	h := NewEvents()
-	h.Campaign("acme", "acme-done", t0, 60)
+	done := h.Campaign("acme", "acme-done", t0, 60)
 	h.Campaign("globex", "globex-done", t0.Add(time.Minute), 35)
+	// Delivery receipts come after the batch completed.
+	done.Advance(2*time.Second).Delivered(0, 3*time.Second)
+	done.Advance(time.Second).Delivered(1, 5*time.Second)
+	done.Advance(time.Second).Undelivered(2, 5*time.Second)
 	paused := h.Batch("acme", "acme-paused", t0.Add(2*time.Minute))
 	paused.Created(10)
 	paused.Advance(time.Second).Started()
@@ -244,7 +248,24 @@ func testServesProjection(t *testing.T, s projections.Store) {
 		sameJSON(t, "errors of "+id, allErrors(t, s, projections.ErrorQuery{Tenant: st.Tenant, BatchID: id}), want)
 	}
 
-	// And what the events say, spelled out for one batch.
+	// And what the events say, spelled out for two batches.
+	done, err := s.Batch(ctx(t), "acme", "acme-done")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if done.Status != "completed" || done.Progress.Delivered != 2 || done.Progress.Undelivered != 1 {
+		t.Errorf("completed batch with receipts: %s %+v; want 2 delivered and 1 undelivered", done.Status, done.Progress)
+	}
+	a, err := s.Analytics(ctx(t), "acme", "acme-done")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Totals.Delivered != 2 || a.Totals.Undelivered != 1 || a.DeliveryRate != 2/float64(a.Totals.Sent) ||
+		a.DeliveryLatencyMs.P50 < 3000 || a.DeliveryLatencyMs.P99 > 5000 {
+		t.Errorf("analytics with receipts: totals %+v, delivery rate %v, latency %+v; want 2 of %d delivered in 3 to 5 s",
+			a.Totals, a.DeliveryRate, a.DeliveryLatencyMs, a.Totals.Sent)
+	}
+
 	st, err := s.Batch(ctx(t), "acme", "acme-paused")
 	if err != nil {
 		t.Fatal(err)

@@ -21,6 +21,7 @@ import (
 
 	"github.com/smsbatch/smsbatch/domain"
 	"github.com/smsbatch/smsbatch/processors/sms"
+	"github.com/smsbatch/smsbatch/processors/sms/twilio"
 )
 
 // IdempotencyHeader carries the message's idempotency key, under Twilio's name.
@@ -54,6 +55,12 @@ type Config struct {
 	// HTTPClient sends the requests. Optional; the default one does not follow
 	// redirects, so that a redirect cannot take the credentials elsewhere.
 	HTTPClient *http.Client
+	// PublicURL is the base URL the provider reaches this instance at (scheme,
+	// host and any path prefix of a proxy), e.g. https://sms.example.com.
+	// Optional: when set, every message asks for status callbacks (Twilio's
+	// StatusCallback) at twilio.StatusCallbackURL, which names the message and
+	// its send time; when empty, none are asked for.
+	PublicURL string
 }
 
 func (c *Config) setDefaults() {
@@ -87,13 +94,34 @@ func (c Config) Validate() error {
 	if c.Timeout < 0 {
 		errs = append(errs, fmt.Errorf("negative Timeout %s", c.Timeout))
 	}
+	if c.PublicURL != "" {
+		if err := CheckPublicURL(c.PublicURL); err != nil {
+			errs = append(errs, fmt.Errorf("PublicURL: %w", err))
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// CheckPublicURL refuses a public base URL that cannot be the start of a
+// callback URL: it must be an absolute http or https URL without credentials,
+// query or fragment.
+func CheckPublicURL(raw string) error {
+	u, err := url.Parse(raw)
+	switch {
+	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
+		return errors.New("must be an absolute http or https URL, such as https://sms.example.com")
+	case u.User != nil:
+		return errors.New("must not contain credentials")
+	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "":
+		return errors.New("must not have a query or a fragment")
+	}
+	return nil
 }
 
 // String describes c without the token, so that printing a Config is safe.
 func (c Config) String() string {
-	return fmt.Sprintf("httpprovider.Config{BaseURL: %q, AccountSID: %q, AuthToken: %s, From: %q, Timeout: %s}",
-		redactURL(c.BaseURL), c.AccountSID, redacted(c.AuthToken), c.From, c.Timeout)
+	return fmt.Sprintf("httpprovider.Config{BaseURL: %q, AccountSID: %q, AuthToken: %s, From: %q, Timeout: %s, PublicURL: %q}",
+		redactURL(c.BaseURL), c.AccountSID, redacted(c.AuthToken), c.From, c.Timeout, c.PublicURL)
 }
 
 // GoString keeps %#v from printing the token.
@@ -107,6 +135,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("auth_token", redacted(c.AuthToken)),
 		slog.String("from", c.From),
 		slog.Duration("timeout", c.Timeout),
+		slog.String("public_url", c.PublicURL),
 	)
 }
 
@@ -148,7 +177,9 @@ func New(cfg Config) (*Provider, error) {
 // String describes p without the token.
 func (p *Provider) String() string { return "httpprovider.Provider(" + p.cfg.String() + ")" }
 
-// Send posts msg with the idempotency key in IdempotencyHeader. An answer the API
+// Send posts msg with the idempotency key in IdempotencyHeader and, with a
+// PublicURL, a StatusCallback naming msg's batch, index and this moment as its
+// send time. An answer the API
 // explains is returned as *sms.Error (see errorFor for the mapping). A request that
 // got no answer returns the transport's error, wrapped, for sms.Classify: a deadline
 // (Config.Timeout or ctx's) is a timeout, a refused or broken connection makes the
@@ -166,6 +197,9 @@ func (p *Provider) Send(ctx context.Context, msg sms.Message) (sms.Receipt, erro
 	form.Set("Body", msg.Body)
 	if p.cfg.From != "" {
 		form.Set("From", p.cfg.From)
+	}
+	if p.cfg.PublicURL != "" && msg.BatchID != "" {
+		form.Set("StatusCallback", twilio.StatusCallbackURL(p.cfg.PublicURL, msg.BatchID, msg.Index, time.Now()))
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, p.endpoint, strings.NewReader(form.Encode()))
 	if err != nil {

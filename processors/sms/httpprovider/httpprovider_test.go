@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -19,6 +20,7 @@ import (
 	"github.com/smsbatch/smsbatch/processors/sms"
 	"github.com/smsbatch/smsbatch/processors/sms/httpprovider"
 	"github.com/smsbatch/smsbatch/processors/sms/simulator"
+	"github.com/smsbatch/smsbatch/processors/sms/twilio"
 )
 
 const (
@@ -318,6 +320,50 @@ func TestRequestCarriesAuthKeyAndForm(t *testing.T) {
 	}
 }
 
+func TestStatusCallbackIsAskedForWithAPublicURL(t *testing.T) {
+	got := make(chan string, 2)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = r.ParseForm()
+		_, asked := r.PostForm["StatusCallback"]
+		if !asked {
+			got <- "(none)"
+		} else {
+			got <- r.PostForm.Get("StatusCallback")
+		}
+		w.WriteHeader(http.StatusCreated)
+		_, _ = w.Write([]byte(`{"sid":"SM1","status":"queued"}`))
+	}))
+	t.Cleanup(srv.Close)
+	msg := sms.Message{IdempotencyKey: "b9:3", To: okNumber, Body: "hi", BatchID: "b9", Index: 3}
+
+	if _, err := newProvider(t, srv.URL).Send(t.Context(), msg); err != nil {
+		t.Fatal(err)
+	}
+	if cb := <-got; cb != "(none)" {
+		t.Errorf("without a public URL the provider asked for a callback at %s", cb)
+	}
+
+	before := time.Now()
+	p := newProvider(t, srv.URL, func(c *httpprovider.Config) { c.PublicURL = "https://sms.example.com/x/" })
+	if _, err := p.Send(t.Context(), msg); err != nil {
+		t.Fatal(err)
+	}
+	cb, err := url.Parse(<-got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cb.Scheme != "https" || cb.Host != "sms.example.com" || cb.Path != "/x"+twilio.StatusCallbackPath {
+		t.Fatalf("callback URL %s, want https://sms.example.com/x%s?...", cb, twilio.StatusCallbackPath)
+	}
+	m, err := twilio.ParseStatusCallback(cb.Query())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.BatchID != "b9" || m.Index != 3 || m.SentAt.Before(before.Truncate(time.Millisecond)) || m.SentAt.After(time.Now()) {
+		t.Errorf("callback names %+v, want b9, 3, sent during the call", m)
+	}
+}
+
 func TestCallerCancellation(t *testing.T) {
 	base, _ := startSim(t, simulator.Config{Latency: 5 * time.Second}, simulator.ServerConfig{})
 	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
@@ -342,6 +388,9 @@ func TestConfigValidate(t *testing.T) {
 		{"unparsable URL holding the token", func(c *httpprovider.Config) { c.BaseURL = "https://x:" + token + "@%zz" },
 			[]string{"absolute http"}},
 		{"negative timeout", func(c *httpprovider.Config) { c.Timeout = -time.Second }, []string{"negative Timeout"}},
+		{"public URL", func(c *httpprovider.Config) { c.PublicURL = "https://sms.example.com/prefix" }, nil},
+		{"relative public URL", func(c *httpprovider.Config) { c.PublicURL = "sms.example.com" }, []string{"PublicURL: must be an absolute"}},
+		{"public URL with a query", func(c *httpprovider.Config) { c.PublicURL = "https://sms.example.com/?x=1" }, []string{"PublicURL: must not have a query"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"net/url"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -93,8 +94,12 @@ type server struct {
 //
 //	POST /2010-04-01/Accounts/{AccountSid}/Messages.json
 //
-// with basic auth, a form-encoded To, From (optional) and Body, and the idempotency
-// key in the I-Twilio-Idempotency-Token header (without it nothing is deduplicated).
+// with basic auth, a form-encoded To, From (optional), Body and StatusCallback
+// (optional), and the idempotency key in the I-Twilio-Idempotency-Token header
+// (without it nothing is deduplicated). When the Simulator has a Callbacks.Delay,
+// an accepted message's delivery is reported to its StatusCallback, signed with
+// AuthToken as Twilio signs with the account's token (21609 for a StatusCallback
+// that is not an http or https URL).
 // A new message is answered 201 with Twilio's message JSON; a repeated key 200 with
 // the first message's sid. Failures are Twilio's JSON errors: 401 (code 20003) for
 // bad credentials, 400 with Twilio's code for the test numbers, 429 (20429, with
@@ -192,7 +197,14 @@ func (s *server) createMessage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
-	receipt, err := s.sim.Send(r.Context(), msg)
+	cb := callbackTo{url: r.PostForm.Get("StatusCallback"), token: s.cfg.AuthToken, accountSID: s.cfg.AccountSID, from: r.PostForm.Get("From")}
+	if cb.url != "" {
+		if u, err := url.Parse(cb.url); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			writeError(w, twilioError(21609, "The StatusCallback URL is not a valid URL."))
+			return
+		}
+	}
+	receipt, err := s.sim.send(r.Context(), msg, s.sim.cfg.Clock().UTC(), cb)
 	if err != nil {
 		s.writeSendError(w, r, err)
 		return

@@ -8,7 +8,8 @@
 // from the end of the outbox at start, and a key found there is answered as a
 // duplicate without writing again. Start-up reads only that tail, so it does not
 // grow with the outbox. It answers Twilio's documented test numbers as Twilio does,
-// and can add latency and deterministic transient failures.
+// can add latency and deterministic transient failures, and reports delivery
+// with status callbacks signed as Twilio signs them (receipts.go).
 //
 // One Simulator owns one outbox file; two processes sharing a file would not see each
 // other's keys.
@@ -34,6 +35,7 @@ import (
 
 	"github.com/smsbatch/smsbatch/domain"
 	"github.com/smsbatch/smsbatch/processors/sms"
+	"github.com/smsbatch/smsbatch/processors/sms/twilio"
 )
 
 // ErrClosed is returned by Send after Close.
@@ -80,6 +82,10 @@ type Config struct {
 	// it forget keys, which a re-send then records again.
 	Sync bool
 
+	// Callbacks report each accepted message's delivery with a status callback,
+	// as Twilio does; by default none are sent.
+	Callbacks Callbacks
+
 	// Clock stamps outbox lines. Default time.Now.
 	Clock func() time.Time
 	// Logger reports what New found in the outbox. Default: discard.
@@ -117,6 +123,12 @@ func (c Config) Validate() error {
 	if !(c.TransientFailureRate >= 0 && c.TransientFailureRate <= 1) {
 		errs = append(errs, fmt.Errorf("TransientFailureRate %v is outside 0..1", c.TransientFailureRate))
 	}
+	if c.Callbacks.Delay < 0 {
+		errs = append(errs, fmt.Errorf("negative Callbacks.Delay %s", c.Callbacks.Delay))
+	}
+	if c.Callbacks.Delay > 0 && c.Callbacks.PublicURL != "" && c.Callbacks.AuthToken == "" {
+		errs = append(errs, errors.New("Callbacks.AuthToken is required to sign callbacks to Callbacks.PublicURL"))
+	}
 	return errors.Join(errs...)
 }
 
@@ -150,6 +162,10 @@ type Stats struct {
 	Duplicates int
 	// Failed counts failed sends by category.
 	Failed map[domain.ErrorCategory]int
+	// Callbacks counts the status callbacks answered with a 2xx, and
+	// CallbacksFailed those that were not (refused, or not answered).
+	Callbacks       int
+	CallbacksFailed int
 }
 
 // Simulator is an sms.Provider that writes what it accepts to a local file. It is
@@ -172,6 +188,8 @@ type Simulator struct {
 	closed  bool
 	// calls is the calls file, with RecordEveryCall.
 	calls *os.File
+	// reports sends status callbacks; nil when Callbacks.Delay is 0.
+	reports *reporter
 }
 
 var _ sms.Provider = (*Simulator)(nil)
@@ -214,6 +232,9 @@ func New(cfg Config) (*Simulator, error) {
 			return nil, fmt.Errorf("simulator: open calls file: %w", err)
 		}
 	}
+	if cfg.Callbacks.Delay > 0 {
+		s.reports = newReporter(cfg.Callbacks, cfg.Logger)
+	}
 	s.stats.Restored = s.accepted.len()
 	if skipped > 0 {
 		cfg.Logger.Warn("simulator: skipped unreadable outbox lines, most likely torn by a crash; their keys count as never sent",
@@ -226,11 +247,28 @@ func New(cfg Config) (*Simulator, error) {
 // Send waits the configured latency, then accepts msg and appends it to the outbox,
 // or fails it as Twilio would. A key accepted before (also before a restart) is
 // answered with the first receipt, marked Duplicate, and not written again. An empty
-// key is not deduplicated. The outbox line is written before Send returns.
+// key is not deduplicated. The outbox line is written before Send returns. With
+// Callbacks, an accepted message's delivery is reported to Callbacks.PublicURL.
 func (s *Simulator) Send(ctx context.Context, msg sms.Message) (receipt sms.Receipt, err error) {
+	received := s.cfg.Clock().UTC()
+	cb := callbackTo{token: s.cfg.Callbacks.AuthToken, accountSID: s.cfg.Callbacks.AccountSID}
+	if s.cfg.Callbacks.PublicURL != "" && msg.BatchID != "" {
+		cb.url = twilio.StatusCallbackURL(s.cfg.Callbacks.PublicURL, msg.BatchID, msg.Index, received)
+	}
+	return s.send(ctx, msg, received, cb)
+}
+
+// callbackTo is where a message's status callback goes ("" for nowhere), the
+// token it is signed with and the account it names.
+type callbackTo struct {
+	url, token, accountSID, from string
+}
+
+// send is Send with the message's status callback; the HTTP server passes the
+// one its request names.
+func (s *Simulator) send(ctx context.Context, msg sms.Message, received time.Time, cb callbackTo) (receipt sms.Receipt, err error) {
 	// The outbox records when the message reached the provider, not when the
 	// simulated latency ended: that is the moment a sender's rate is judged by.
-	received := s.cfg.Clock().UTC()
 	if s.cfg.RecordEveryCall {
 		defer func() { s.recordCall(msg, received, err) }()
 	}
@@ -278,6 +316,7 @@ func (s *Simulator) Send(ctx context.Context, msg sms.Message) (receipt sms.Rece
 	}
 	s.stats.Accepted++
 	s.mu.Unlock()
+	s.reports.report(callback{url: cb.url, token: cb.token, form: statusForm(entry.ProviderID, cb.accountSID, cb.from, msg.To)})
 	return sms.Receipt{ProviderID: entry.ProviderID}, nil
 }
 
@@ -499,6 +538,7 @@ func (s *Simulator) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	st := s.stats
+	st.Callbacks, st.CallbacksFailed = s.reports.counts()
 	st.Failed = make(map[domain.ErrorCategory]int, len(s.stats.Failed))
 	for c, n := range s.stats.Failed {
 		st.Failed[c] = n
@@ -506,9 +546,10 @@ func (s *Simulator) Stats() Stats {
 	return st
 }
 
-// Close closes the outbox. Sends that have not written yet fail with ErrClosed.
-// Closing twice is harmless.
+// Close closes the outbox. Sends that have not written yet fail with ErrClosed;
+// status callbacks not sent yet are dropped. Closing twice is harmless.
 func (s *Simulator) Close() error {
+	s.reports.close()
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
 	if s.closed {

@@ -96,4 +96,11 @@ export const api = {
   act: (id, action) => request("POST", `/api/v2/batch/${encodeURIComponent(id)}/${action}`, undefined, { command: true }),
   create: (body) => request("POST", "/api/batch", body, { command: true }),
   ticket: () => request("POST", "/api/ws/ticket"),
+  optOuts: (limit, cursor) => {
+    const q = new URLSearchParams({ limit: String(limit) });
+    if (cursor) q.set("cursor", cursor);
+    return request("GET", `/api/optouts?${q}`);
+  },
+  addOptOut: (phoneNumber) => request("POST", "/api/optouts", { phoneNumber }, { command: true }),
+  removeOptOut: (phoneNumber) => request("DELETE", `/api/optouts/${encodeURIComponent(phoneNumber)}`),
 };

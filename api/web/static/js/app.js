@@ -1,10 +1,12 @@
 // The dashboard's entry point: the API key prompt and hash routing between the
-// batches list (#/), a batch (#/batch/<id>) and the create form (#/new).
+// batches list (#/), a batch (#/batch/<id>), the create form (#/new) and the
+// opt-out list (#/optouts).
 
 import { clearKey, getKey, setKey, whenUnauthorized } from "./api.js";
 import * as batch from "./batch.js";
 import * as create from "./create.js";
 import * as list from "./list.js";
+import * as optouts from "./optouts.js";
 
 const main = document.getElementById("main");
 const dialog = document.getElementById("key-dialog");
@@ -72,6 +74,9 @@ function route() {
   } else if (hash === "/new") {
     document.title = "New batch · smsbatch";
     cleanup = create.render(main);
+  } else if (hash === "/optouts") {
+    document.title = "Opt-outs · smsbatch";
+    cleanup = optouts.render(main);
   } else {
     document.title = "Batches · smsbatch";
     cleanup = list.render(main);

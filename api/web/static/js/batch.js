@@ -39,7 +39,14 @@ export function render(root, id) {
   const bar = progressBar(true);
   bar.id = "batch-progress";
   const num = (key) => h("strong", { id: `count-${key}` }, "0");
-  const counts = { completed: num("completed"), failed: num("failed"), pending: num("pending"), total: num("total") };
+  const counts = {
+    completed: num("completed"),
+    delivered: num("delivered"),
+    undelivered: num("undelivered"),
+    failed: num("failed"),
+    pending: num("pending"),
+    total: num("total"),
+  };
   const remaining = num("remaining");
   const rate = h("dd", { id: "rate" }, "0");
   const success = h("dd", { id: "success-rate" }, "–");
@@ -68,6 +75,8 @@ export function render(root, id) {
     p50: h("dd", { id: "latency-p50" }, "–"),
     p95: h("dd", {}, "–"),
     p99: h("dd", {}, "–"),
+    deliveryRate: h("dd", { id: "delivery-rate" }, "–"),
+    deliveryP50: h("dd", {}, "–"),
   };
 
   const category = h(
@@ -106,6 +115,8 @@ export function render(root, id) {
         "div",
         { class: "legend" },
         h("span", { class: "completed" }, counts.completed, " completed"),
+        h("span", { class: "delivered", title: "The provider reported these sent messages delivered" }, counts.delivered, " delivered"),
+        h("span", { class: "undelivered", title: "The provider could not deliver these sent messages" }, counts.undelivered, " undelivered"),
         h("span", { class: "failed" }, counts.failed, " failed"),
         h("span", { class: "pending" }, counts.pending, " pending"),
         h("span", { class: "remaining" }, remaining, " not sent yet"),
@@ -137,6 +148,8 @@ export function render(root, id) {
         stat("Latency p50", totals.p50),
         stat("Latency p95", totals.p95),
         stat("Latency p99", totals.p99),
+        stat("Delivery rate", totals.deliveryRate),
+        stat("Delivered in (p50)", totals.deliveryP50),
       ),
     ),
     h(
@@ -178,7 +191,7 @@ export function render(root, id) {
     const p = b.progress || { total: 0, completed: 0, failed: 0, pending: 0 };
     status.replaceChildren(badge(b.status));
     setProgress(bar, p);
-    for (const k of ["completed", "failed", "pending", "total"]) counts[k].textContent = String(p[k] || 0);
+    for (const k of Object.keys(counts)) counts[k].textContent = String(p[k] || 0);
     remaining.textContent = String(Math.max(0, p.total - p.completed - p.failed - p.pending));
     const m = b.metrics || {};
     rate.textContent = (m.messagesPerSecond || 0).toFixed(1);
@@ -211,14 +224,22 @@ export function render(root, id) {
     buttons.resume.hidden = b.status !== "paused";
     buttons.start.hidden = b.status !== "pending";
 
-    if (final.has(b.status)) {
-      // A finished batch changes no more: stop following it.
+    // A finished batch changes no more once every sent message has its
+    // delivery receipt: stop following it. Receipts come after the end, so
+    // until then keep following.
+    if (final.has(b.status) && (p.delivered || 0) + (p.undelivered || 0) >= p.completed) {
       stopLive();
       mode.className = "live";
       mode.textContent = "finished";
     }
 
-    const moved = !old || old.progress.completed !== p.completed || old.progress.failed !== p.failed || old.status !== b.status;
+    const moved =
+      !old ||
+      old.progress.completed !== p.completed ||
+      old.progress.failed !== p.failed ||
+      old.progress.delivered !== p.delivered ||
+      old.progress.undelivered !== p.undelivered ||
+      old.status !== b.status;
     if (moved) scheduleAnalytics();
     if (old && old.progress.failed !== p.failed && !errorsCursor) loadErrors(true);
   }
@@ -237,6 +258,10 @@ export function render(root, id) {
         for (const k of ["sent", "failed", "retries", "segments"]) totals[k].textContent = String(t[k] || 0);
         const l = a.latencyMs || {};
         for (const k of ["p50", "p95", "p99"]) totals[k].textContent = l[k] ? `${Math.round(l[k])} ms` : "–";
+        const receipts = (t.delivered || 0) + (t.undelivered || 0);
+        totals.deliveryRate.textContent = receipts > 0 ? `${Math.round((a.deliveryRate || 0) * 100)}%` : "–";
+        const dl = (a.deliveryLatencyMs || {}).p50;
+        totals.deliveryP50.textContent = dl ? `${(dl / 1000).toFixed(1)} s` : "–";
       } catch {
         // The next change tries again.
       }

@@ -35,12 +35,13 @@ export function formatClock(d) {
 }
 
 // progressBar returns a bar whose completed, failed and pending parts are
-// widths out of the total; update it with setProgress.
+// widths out of the total, the completed part split into delivered and
+// undelivered as receipts come; update it with setProgress.
 export function progressBar(big = false) {
   const bar = h(
     "div",
     { class: big ? "progress big" : "progress", role: "img" },
-    h("span", { class: "completed" }),
+    h("span", { class: "completed" }, h("span", { class: "delivered" }), h("span", { class: "undelivered" })),
     h("span", { class: "failed" }),
     h("span", { class: "pending" }),
   );
@@ -49,13 +50,17 @@ export function progressBar(big = false) {
 
 export function setProgress(bar, p) {
   const total = Math.max(p.total || 0, 0);
-  const pct = (n) => (total > 0 ? `${(100 * Math.max(n || 0, 0)) / total}%` : "0%");
+  const pct = (n, of = total) => (of > 0 ? `${(100 * Math.max(n || 0, 0)) / of}%` : "0%");
   const [c, f, pe] = bar.children;
+  const [d, u] = c.children;
   // Styles set through the CSSOM are allowed by the page's style-src 'self'.
   c.style.width = pct(p.completed);
+  d.style.width = pct(p.delivered, p.completed);
+  u.style.width = pct(p.undelivered, p.completed);
   f.style.width = pct(p.failed);
   pe.style.width = pct(p.pending);
-  const label = `${p.completed} completed, ${p.failed} failed, ${p.pending} pending of ${total}`;
+  let label = `${p.completed} completed, ${p.failed} failed, ${p.pending} pending of ${total}`;
+  if (p.delivered || p.undelivered) label += `; ${p.delivered || 0} delivered, ${p.undelivered || 0} undelivered`;
   bar.setAttribute("aria-label", label);
   bar.title = label;
 }

@@ -1,0 +1,125 @@
+package commands
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/smsbatch/smsbatch/domain"
+	"github.com/smsbatch/smsbatch/eventstore"
+	"github.com/smsbatch/smsbatch/eventstore/bolt"
+	"github.com/smsbatch/smsbatch/eventstore/memory"
+	"github.com/smsbatch/smsbatch/eventstore/postgres"
+	"github.com/smsbatch/smsbatch/internal/pgtest"
+)
+
+// eachStore runs test against every event store adapter that can run here,
+// for rules that rest on the store's handling of event IDs.
+func eachStore(t *testing.T, test func(t *testing.T, store eventstore.Store)) {
+	for _, st := range []struct {
+		name string
+		open func(t *testing.T) eventstore.Store
+	}{
+		{"memory", func(t *testing.T) eventstore.Store { return memory.New() }},
+		{"bolt", func(t *testing.T) eventstore.Store {
+			s, err := bolt.Open(filepath.Join(t.TempDir(), "events.db"), bolt.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		}},
+		{"postgres", func(t *testing.T) eventstore.Store {
+			s, err := postgres.Open(t.Context(), pgtest.Database(t), postgres.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		}},
+	} {
+		t.Run(st.name, func(t *testing.T) {
+			store := st.open(t)
+			t.Cleanup(func() { store.Close() })
+			test(t, store)
+		})
+	}
+}
+
+// receipts returns the receipt events of a batch's stream.
+func receipts(t *testing.T, store eventstore.Store, batchID string) []domain.Event {
+	t.Helper()
+	events, err := store.ReadStream(context.Background(), domain.BatchStream(batchID), 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []domain.Event
+	for _, e := range events {
+		if e.Type == domain.TypeMessageDelivered || e.Type == domain.TypeMessageUndelivered {
+			p, err := domain.DecodeEvent(e.Type, e.Data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func TestOneReceiptCountsPerMessageAfterCompletion(t *testing.T) {
+	eachStore(t, func(t *testing.T, store eventstore.Store) {
+		h := handlers(t, store)
+		ctx := context.Background()
+		create(t, h, "b1", 3, false)
+		if _, err := h.CancelBatch(ctx, Act{Tenant: "acme", BatchID: "b1", By: "test"}); err != nil {
+			t.Fatal(err) // a finished batch: receipts come after the end
+		}
+		sent := time.Date(2026, 5, 1, 9, 0, 0, 0, time.UTC)
+		delivered := RecordReceipt{BatchID: "b1", Index: 1, Delivered: true, ProviderID: "SM1", SentAt: sent}
+		for i := range 3 { // the same callback three times
+			ok, tenant, err := h.RecordReceipt(ctx, delivered)
+			if err != nil || tenant != "acme" || ok != (i == 0) {
+				t.Fatalf("receipt %d: recorded %v, tenant %q, %v; want recorded only the first time", i, ok, tenant, err)
+			}
+		}
+		undelivered := RecordReceipt{BatchID: "b1", Index: 2, Code: "30003", Message: "Unreachable destination handset", SentAt: sent}
+		if ok, _, err := h.RecordReceipt(ctx, undelivered); !ok || err != nil {
+			t.Fatalf("undelivered: %v %v", ok, err)
+		}
+		late := undelivered
+		late.Delivered = true // a delivered after an undelivered
+		if ok, _, err := h.RecordReceipt(ctx, late); ok || err != nil {
+			t.Fatalf("a second receipt of message 2: recorded %v, %v", ok, err)
+		}
+		got := receipts(t, store, "b1")
+		if len(got) != 2 {
+			t.Fatalf("%d receipt events, want 2", len(got))
+		}
+		d, ok := got[0].(domain.MessageDelivered)
+		if !ok || d.Index != 1 || d.Tenant != "acme" || !d.SentAt.Equal(sent) || d.ProviderID != "SM1" {
+			t.Errorf("first receipt %+v", got[0])
+		}
+		u, ok := got[1].(domain.MessageUndelivered)
+		if !ok || u.Index != 2 || u.Code != "30003" {
+			t.Errorf("second receipt %+v", got[1])
+		}
+		// The aggregate still loads, and the receipts decided nothing.
+		b, err := h.Repository().Load(ctx, "b1")
+		if err != nil || b.Status() != domain.StatusCancelled {
+			t.Fatalf("batch after receipts: %v %v", b, err)
+		}
+	})
+}
+
+func TestReceiptOfAnUnknownMessageIsNotFound(t *testing.T) {
+	store, h := setup(t)
+	create(t, h, "b1", 2, false)
+	ctx := context.Background()
+	for _, r := range []RecordReceipt{{BatchID: "nope", Delivered: true}, {BatchID: "b1", Index: 2, Delivered: true}, {BatchID: "b1", Index: -1}} {
+		if _, _, err := h.RecordReceipt(ctx, r); domain.ErrorCode(err) != domain.ENOTFOUND {
+			t.Errorf("receipt %+v: %v, want not found", r, err)
+		}
+	}
+	if got := receipts(t, store, "b1"); len(got) != 0 {
+		t.Fatalf("%d receipts stored", len(got))
+	}
+}

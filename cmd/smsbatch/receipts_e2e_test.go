@@ -281,3 +281,60 @@ func TestInboundNumberSettings(t *testing.T) {
 		t.Fatal("a public URL without a scheme accepted")
 	}
 }
+
+// STOP during a campaign: the number replies STOP while its batch is sending, and
+// is never sent afterwards; its message ends skipped (opted_out), not failed. A
+// number on the list before the create is skipped the same way.
+func TestStopDuringACampaignStopsFurtherSends(t *testing.T) {
+	skipShort(t)
+	const token = "sim-secret-token-0123456789"
+	cfg := testConfig(t)
+	cfg.Addr = freeAddr(t)
+	cfg.PublicURL = "http://" + cfg.Addr
+	cfg.SMSAuthToken = token
+	cfg.InboundNumbers = "+15551230000=acme"
+	c := startMain(t, cfg)
+
+	rcps := recipients(12)
+	before, during := rcps[3].PhoneNumber, rcps[10].PhoneNumber
+	if code, _ := c.do("POST", "/api/optouts", map[string]string{"phoneNumber": before}, nil); code != http.StatusCreated {
+		t.Fatalf("add %s to the opt-out list: %d", before, code)
+	}
+	st := c.create(batchBody(rcps, "low")) // 2/s: 6 s for all
+	deadline := time.Now().Add(10 * time.Second)
+	for c.status(st.ID).Progress.Completed < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the batch did not start sending")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	stop := url.Values{"From": {during}, "To": {"+15551230000"}, "Body": {" stop "}, "MessageSid": {"SMstop1"}}
+	req, _ := http.NewRequest("POST", c.base+twilio.InboundPath, strings.NewReader(stop.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set(twilio.SignatureHeader, twilio.Signature(c.main.Config.SMSAuthToken, cfg.PublicURL+twilio.InboundPath, stop))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("inbound STOP: %d", resp.StatusCode)
+	}
+
+	done := c.waitStatus(st.ID, 30*time.Second, "completed")
+	if done.Progress.Skipped != 2 || done.Progress.Completed != 10 || done.Progress.Failed != 0 {
+		t.Fatalf("progress %+v, want 10 sent and the 2 opted-out numbers skipped", done.Progress)
+	}
+	for key, e := range outbox(t, cfg.DataDir, st.ID) {
+		if e.To == before || e.To == during {
+			t.Fatalf("%s (%s) was sent although it opted out", key, e.To)
+		}
+	}
+	var errs struct {
+		Errors []struct{ PhoneNumber, Category string }
+	}
+	c.do("GET", "/api/batch/"+st.ID+"/errors?category=opted_out", nil, &errs)
+	if len(errs.Errors) != 2 {
+		t.Fatalf("errors?category=opted_out: %+v, want both numbers", errs.Errors)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"strconv"
 	"time"
@@ -112,6 +113,7 @@ type Batch struct {
 	lastSendAt     time.Time
 	throttle       Throttle
 	hold           Hold
+	cappedRate     float64
 	lastEventAt    time.Time
 	pausedAt       time.Time
 	resumedAt      time.Time
@@ -233,6 +235,7 @@ func (b *Batch) LastDispatchAt() time.Time { return b.lastDispatchAt }
 func (b *Batch) LastSendAt() time.Time     { return b.lastSendAt }
 func (b *Batch) Throttle() Throttle        { return b.throttle }
 func (b *Batch) Hold() Hold                { return b.hold }
+func (b *Batch) CappedRate() float64       { return b.cappedRate }
 func (b *Batch) LastEventAt() time.Time    { return b.lastEventAt }
 func (b *Batch) PausedAt() time.Time       { return b.pausedAt }
 func (b *Batch) ResumedAt() time.Time      { return b.resumedAt }
@@ -711,6 +714,18 @@ func (b *Batch) Unhold(now time.Time) {
 	b.record(BatchUnheld{EventHeader: b.header(now)})
 }
 
+// CapRate records the rate the tenant's cap holds the batch to (0: it does not
+// hold it back), unless that is what is recorded already, within a percent.
+func (b *Batch) CapRate(now time.Time, rate float64) {
+	if b.status != StatusProcessing {
+		return
+	}
+	if rate == b.cappedRate || (rate > 0 && b.cappedRate > 0 && math.Abs(rate-b.cappedRate) < b.cappedRate/100) {
+		return
+	}
+	b.record(BatchRateCapped{EventHeader: b.header(now), Rate: rate})
+}
+
 // Throttle is a hold the provider asked for (429 with Retry-After) and the rate
 // the batch resumes at afterwards. It is recorded as an event so that whichever
 // instance works the batch next keeps to it.
@@ -899,6 +914,8 @@ func (b *Batch) apply(e Event) {
 			o.Failures++
 		}
 		b.outstanding[e.Index] = o
+	case BatchRateCapped:
+		b.cappedRate = e.Rate
 	case BatchHeld:
 		b.hold = Hold{Reason: e.Reason, Since: e.At}
 	case BatchUnheld:

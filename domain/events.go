@@ -210,6 +210,14 @@ type BatchUnheld struct {
 	EventHeader
 }
 
+// BatchRateCapped records the rate the batch is held to by its tenant's rate
+// cap, shared among the tenant's running batches; Rate 0: the cap no longer
+// holds it back. A status, not a decision: every instance computes the share.
+type BatchRateCapped struct {
+	EventHeader
+	Rate float64 `json:"rate"`
+}
+
 // BatchPaused is the pause barrier: no MessagesDispatched follows it until BatchResumed.
 type BatchPaused struct {
 	EventHeader
@@ -257,6 +265,7 @@ const (
 	TypeMessageUndelivered   = "MessageUndelivered"
 	TypeBatchThrottled       = "BatchThrottled"
 	TypeBatchHeld            = "BatchHeld"
+	TypeBatchRateCapped      = "BatchRateCapped"
 	TypeBatchUnheld          = "BatchUnheld"
 	TypeBatchPaused          = "BatchPaused"
 	TypeBatchResumed         = "BatchResumed"
@@ -287,6 +296,7 @@ func (MessageDelivered) EventType() string     { return TypeMessageDelivered }
 func (MessageUndelivered) EventType() string   { return TypeMessageUndelivered }
 func (BatchThrottled) EventType() string       { return TypeBatchThrottled }
 func (BatchHeld) EventType() string            { return TypeBatchHeld }
+func (BatchRateCapped) EventType() string      { return TypeBatchRateCapped }
 func (BatchUnheld) EventType() string          { return TypeBatchUnheld }
 func (BatchPaused) EventType() string          { return TypeBatchPaused }
 func (BatchResumed) EventType() string         { return TypeBatchResumed }
@@ -330,6 +340,7 @@ var decoders = map[string]func([]byte) (Event, error){
 	TypeMessageUndelivered:   decode[MessageUndelivered],
 	TypeBatchThrottled:       decode[BatchThrottled],
 	TypeBatchHeld:            decode[BatchHeld],
+	TypeBatchRateCapped:      decode[BatchRateCapped],
 	TypeBatchUnheld:          decode[BatchUnheld],
 	TypeBatchPaused:          decode[BatchPaused],
 	TypeBatchResumed:         decode[BatchResumed],

@@ -32,7 +32,7 @@ const TypeBatchSnapshot = "BatchSnapshot"
 // format, so snapshots written before the change are ignored rather than restored
 // without the new state. TestSnapshotFormatFollowsItsShape holds the shape of
 // each format.
-const SnapshotFormat = 4
+const SnapshotFormat = 5
 
 // ErrSnapshotFormat is returned by RestoreBatch for a snapshot of another format.
 var ErrSnapshotFormat = errors.New("snapshot of another format")
@@ -75,6 +75,7 @@ type BatchSnapshot struct {
 	ThrottleRate   float64   `json:"throttleRate,omitempty"`
 	HoldReason     string    `json:"holdReason,omitempty"`
 	HoldSince      time.Time `json:"holdSince,omitzero"`
+	CappedRate     float64   `json:"cappedRate,omitempty"`
 	LastEventAt    time.Time `json:"lastEventAt"`
 	PausedAt       time.Time `json:"pausedAt,omitzero"`
 	ResumedAt      time.Time `json:"resumedAt,omitzero"`
@@ -135,6 +136,7 @@ func (b *Batch) Snapshot() (BatchSnapshot, error) {
 		ThrottleRate:   b.throttle.Rate,
 		HoldReason:     b.hold.Reason,
 		HoldSince:      b.hold.Since,
+		CappedRate:     b.cappedRate,
 		LastEventAt:    b.lastEventAt,
 		PausedAt:       b.pausedAt,
 		ResumedAt:      b.resumedAt,
@@ -186,6 +188,7 @@ func RestoreBatch(s BatchSnapshot) (*Batch, error) {
 		lastSendAt:     s.LastSendAt,
 		throttle:       Throttle{Until: s.ThrottleUntil, Rate: s.ThrottleRate},
 		hold:           Hold{Reason: s.HoldReason, Since: s.HoldSince},
+		cappedRate:     s.CappedRate,
 		lastEventAt:    s.LastEventAt,
 		pausedAt:       s.PausedAt,
 		resumedAt:      s.ResumedAt,

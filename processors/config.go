@@ -81,6 +81,13 @@ type Config struct {
 	// RecipientPages bounds the pages of recipients kept in memory, across all
 	// batches; default 256 (at most 256,000 recipients).
 	RecipientPages int
+	// TenantMaxRate caps the messages a second of all of a tenant's batches
+	// together, across instances; 0 is off. Each batch's share is in proportion
+	// to its priority's rate and never above it. Shares gives the shares; a
+	// batch's first send waits CapWarmup so that every instance has seen it.
+	TenantMaxRate float64
+	Shares        TenantShares
+	CapWarmup     time.Duration
 	// Suppressed reports whether a tenant's recipient opted out: such a
 	// recipient is never sent, its message ends skipped (opted_out). Optional.
 	// It is asked for every message about to be dispatched, so it must be cheap.
@@ -135,6 +142,9 @@ func (c *Config) setDefaults() {
 	if c.RecipientPages <= 0 {
 		c.RecipientPages = 256
 	}
+	if c.CapWarmup <= 0 {
+		c.CapWarmup = time.Second
+	}
 	if c.Metrics == nil {
 		c.Metrics = NewMetrics(nil)
 	}
@@ -144,6 +154,12 @@ func (c *Config) setDefaults() {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+}
+
+// TenantShares tells how a tenant's rate cap is shared among its batches.
+type TenantShares interface {
+	// Share is the rate batchID may send at, own when the cap does not bind.
+	Share(tenant, batchID string, own float64) float64
 }
 
 // Validate reports every missing or unusable setting.
@@ -160,6 +176,9 @@ func (c Config) Validate() error {
 	}
 	if err := c.Rates.Validate(); err != nil && c.Rates != (domain.Rates{}) {
 		errs = append(errs, err)
+	}
+	if c.TenantMaxRate > 0 && c.Shares == nil {
+		errs = append(errs, errors.New("TenantMaxRate needs Shares"))
 	}
 	if c.BackoffMax > 0 && c.BackoffInitial > c.BackoffMax {
 		errs = append(errs, fmt.Errorf("BackoffInitial %s exceeds BackoffMax %s", c.BackoffInitial, c.BackoffMax))

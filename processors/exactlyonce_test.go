@@ -496,3 +496,49 @@ func TestQuietHoursHoldOneZoneNotTheOther(t *testing.T) {
 	}
 	h.prov.assertNoDuplicateCalls(t, 6)
 }
+
+// The tenant's rate cap is shared among its running batches: two batches of one
+// tenant, worked by two instances with their own forwarders, never send more
+// than the cap together in any second, and each gets its share.
+func TestTenantRateCapIsSharedAcrossInstances(t *testing.T) {
+	h := newHarness(t, newFakeProvider(5*time.Millisecond))
+	rates := domain.Rates{High: 20, Normal: 20, Low: 20}
+	const limit = 20.0
+	ctx, cancel := context.WithCancel(context.Background())
+	var ps []*Processor
+	var wg sync.WaitGroup
+	for range 2 {
+		pub := &recordingPublisher{}
+		fwd, err := NewForwarder(h.store, pub, h.cmds, Config{Rates: rates, TenantMaxRate: limit})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Go(func() { fwd.Run(ctx) })
+		ps = append(ps, h.processor(Config{Rates: rates, TenantMaxRate: limit, Shares: fwd, CapWarmup: 300 * time.Millisecond}))
+	}
+	defer func() { cancel(); wg.Wait() }()
+	const n = 40
+	a := driveAsync(ps[0], h.create("b1", n, domain.PriorityNormal))
+	b := driveAsync(ps[1], h.create("b2", n, domain.PriorityNormal))
+	mid := h.eventually(t, "b1 capped", func(b *domain.Batch) bool { return b.CappedRate() > 0 }, "b1")
+	if mid.CappedRate() != limit/2 {
+		t.Fatalf("b1 capped at %v/s, want half the tenant's %v", mid.CappedRate(), limit)
+	}
+	wait(t, a, b)
+	drained(t, ps...)
+	assertRate(t, h.prov.times, limit)
+	per := map[string][]time.Time{}
+	h.prov.mu.Lock()
+	for key := range h.prov.calls {
+		batch, _, _ := strings.Cut(key, ":")
+		per[batch] = append(per[batch], time.Time{})
+	}
+	h.prov.mu.Unlock()
+	if len(per["b1"]) != n || len(per["b2"]) != n {
+		t.Fatalf("sent %d and %d, want %d each", len(per["b1"]), len(per["b2"]), n)
+	}
+	end, _ := h.cmds.Repository().Load(context.Background(), "b2")
+	if end.Status() != domain.StatusCompleted {
+		t.Fatalf("b2 %s", end.Status())
+	}
+}

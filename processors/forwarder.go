@@ -44,11 +44,15 @@ type indexed struct {
 	lastEvent time.Time
 	schedule  time.Time
 	autoStart bool
+	tenant    string
+	priority  domain.Priority
 }
 
 // Unfinished is a batch that is not final, as the forwarder starts from it.
 type Unfinished struct {
 	ID           string
+	Tenant       string
+	Priority     domain.Priority
 	Status       domain.Status
 	ScheduleTime time.Time
 	AutoStart    bool
@@ -116,6 +120,36 @@ func (f *Forwarder) Run(ctx context.Context) error {
 	}
 }
 
+// Share is the rate batchID may send at under its tenant's rate cap: the cap
+// divided among the tenant's processing batches in proportion to their own
+// rates; own when the cap does not bind (or is off). Every instance's forwarder
+// sees the same batches, so the shares agree once the log has reached them all.
+func (f *Forwarder) Share(tenant, batchID string, own float64) float64 {
+	limit := f.cfg.TenantMaxRate
+	if limit <= 0 {
+		return own
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	total, seen := 0.0, false
+	for id, b := range f.batches {
+		if b.tenant != tenant || b.status != domain.StatusProcessing {
+			continue
+		}
+		if id == batchID {
+			seen = true
+		}
+		total += f.cfg.Rates.For(b.priority)
+	}
+	if !seen {
+		total += own // a batch that just started, not indexed here yet
+	}
+	if total <= limit {
+		return own
+	}
+	return limit * own / total
+}
+
 // start fills the index from the start point, retrying while it fails, and
 // returns the position to follow from.
 func (f *Forwarder) start(ctx context.Context) (eventstore.Position, error) {
@@ -128,7 +162,8 @@ func (f *Forwarder) start(ctx context.Context) (eventstore.Position, error) {
 		if err == nil {
 			f.mu.Lock()
 			for _, b := range batches {
-				f.batches[b.ID] = &indexed{status: b.Status, lastEvent: b.LastEvent, schedule: b.ScheduleTime, autoStart: b.AutoStart}
+				f.batches[b.ID] = &indexed{status: b.Status, lastEvent: b.LastEvent, schedule: b.ScheduleTime,
+					autoStart: b.AutoStart, tenant: b.Tenant, priority: b.Priority}
 			}
 			f.mu.Unlock()
 			f.log.Info("forwarder: following events", "after", at.String(), "unfinished", len(batches))
@@ -192,12 +227,17 @@ func (f *Forwarder) index(id string, e eventstore.Event) bool {
 		b = &indexed{}
 		f.batches[id] = b
 	}
-	b.lastEvent = e.Time
+	if e.Type != domain.TypeMessageDelivered && e.Type != domain.TypeMessageUndelivered {
+		// Receipts come from the provider, not from whoever works the batch:
+		// they must not make a stalled batch look alive.
+		b.lastEvent = e.Time
+	}
 	switch e.Type {
 	case domain.TypeBatchCreated:
 		var c domain.BatchCreated
 		if err := json.Unmarshal(e.Data, &c); err == nil {
 			b.autoStart = c.AutoStart
+			b.tenant, b.priority = c.Tenant, c.Priority
 			if c.ScheduleTime != nil {
 				b.schedule = *c.ScheduleTime
 			}

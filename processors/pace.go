@@ -20,7 +20,9 @@ import (
 // Rate, which climbs back by a tenth of the target every second. Because the
 // throttle is an event, every instance computes the same pace from it.
 type pace struct {
-	target  rate.Limit
+	target rate.Limit
+	// share is what the tenant's rate cap leaves the batch; at most target.
+	share   rate.Limit
 	limiter *rate.Limiter
 	// seededAt is the last send this bucket accounts for: a later SendAt in the
 	// stream was decided elsewhere and reseeds the bucket.
@@ -47,7 +49,24 @@ const handoverMargin = 50 * time.Millisecond
 const rampPerSecond = 0.1
 
 func newPace(target rate.Limit) *pace {
-	return &pace{target: target, limiter: rate.NewLimiter(target, 1)}
+	return &pace{target: target, share: target, limiter: rate.NewLimiter(target, 1)}
+}
+
+// capTo sets what the tenant's rate cap leaves the batch.
+func (p *pace) capTo(share rate.Limit) {
+	if !p.unlimited() {
+		p.share = min(share, p.target)
+	}
+}
+
+// warmUp holds the first send until at: a capped batch that never sent waits
+// for every instance to count it among its tenant's batches.
+func (p *pace) warmUp(at time.Time) {
+	if p.unlimited() {
+		return
+	}
+	p.limiter = rate.NewLimiter(p.limiter.Limit(), 1)
+	p.limiter.AllowN(at.Add(-time.Duration(float64(time.Second)/float64(p.limiter.Limit()))), 1)
 }
 
 // unlimited reports whether the rate is lifted: no token is ever waited for.
@@ -75,11 +94,14 @@ func (p *pace) sent(b *domain.Batch) { p.seededAt = latest(p.seededAt, b.LastSen
 
 // rateAt is the rate allowed at t under th.
 func (p *pace) rateAt(t time.Time, th domain.Throttle) rate.Limit {
-	if th.Rate <= 0 || p.unlimited() {
+	if p.unlimited() {
 		return p.target
 	}
+	if th.Rate <= 0 {
+		return p.share
+	}
 	since := max(t.Sub(th.Until), 0).Seconds()
-	return min(p.target, rate.Limit(th.Rate)+p.target*rate.Limit(rampPerSecond*since))
+	return min(p.share, rate.Limit(th.Rate)+p.target*rate.Limit(rampPerSecond*since))
 }
 
 // ready reports whether a send decided at t would get its token by then and no

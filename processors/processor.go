@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"golang.org/x/time/rate"
 
 	"github.com/smsbatch/smsbatch/commands"
 	"github.com/smsbatch/smsbatch/domain"
@@ -237,12 +236,12 @@ func (p *Processor) prepare(st *batchState, b *domain.Batch) error {
 		st.template = &t
 	}
 	if st.pace == nil {
-		target := rate.Limit(p.cfg.Rates.For(b.Priority()))
-		if p.cfg.Unlimited {
-			target = rate.Inf
+		st.pace = newPace(p.target(b))
+		if p.cfg.TenantMaxRate > 0 && b.LastSendAt().IsZero() {
+			st.pace.warmUp(p.cfg.Now().Add(p.cfg.CapWarmup))
 		}
-		st.pace = newPace(target)
 	}
+	st.pace.capTo(p.share(b))
 	st.pace.follow(b, p.cfg.Now())
 	return nil
 }

@@ -103,6 +103,7 @@ func (s *slice) run(ctx context.Context) (*Work, error) {
 				s.owned = true
 				st.pace.sent(c.batch)
 			}
+			st.pace.capTo(p.share(c.batch))
 			st.pace.follow(c.batch, p.cfg.Now())
 			st.dispatched(c.dispatched)
 			p.afterCommit(st, answers, c.recorded)
@@ -271,7 +272,7 @@ func (s *slice) ask(settled domain.Settled) dispatchFunc {
 			Slice: s.id, PrevSlice: s.w.PrevSlice,
 			Instance: p.instance, Deadline: p.deadline(now), SendAt: pc.tokenAt(now), Settled: settled,
 			Recipient: p.recipientInfo(s.ctx, b),
-			Max: n, MaxInFlight: p.cfg.MaxInFlight,
+			Max:       n, MaxInFlight: p.cfg.MaxInFlight,
 		})
 	}
 }
@@ -322,6 +323,7 @@ func (p *Processor) commit(ctx context.Context, st *batchState, answers []answer
 			_ = b.SlowDown(now, now.Add(hold), slowedRate(p.target(b), now, b.Throttle()))
 		}
 		p.outage.markHold(b, now)
+		p.markCap(b)
 		if ask != nil {
 			c.dispatched, c.dispatchErr = ask(b, now)
 		}
@@ -332,6 +334,30 @@ func (p *Processor) commit(ctx context.Context, st *batchState, answers []answer
 	}
 	c.batch = b
 	return c, nil
+}
+
+// share is the rate the tenant's cap leaves the batch: its target when the cap
+// is off or does not bind.
+func (p *Processor) share(b *domain.Batch) rate.Limit {
+	target := p.target(b)
+	if p.cfg.TenantMaxRate <= 0 || target == rate.Inf {
+		return target
+	}
+	return rate.Limit(p.cfg.Shares.Share(b.Tenant(), b.ID(), float64(target)))
+}
+
+// markCap records on b the rate its tenant's cap holds it to, so that its
+// status shows it (0 once the cap no longer holds it back).
+func (p *Processor) markCap(b *domain.Batch) {
+	if p.cfg.TenantMaxRate <= 0 {
+		return
+	}
+	share, target := p.share(b), p.target(b)
+	if share < target {
+		b.CapRate(p.cfg.Now(), float64(share))
+	} else {
+		b.CapRate(p.cfg.Now(), 0)
+	}
 }
 
 // target is the batch's rate when the provider keeps up.
@@ -471,8 +497,7 @@ func slowedRate(target rate.Limit, now time.Time, th domain.Throttle) float64 {
 	if target == rate.Inf {
 		return 0
 	}
-	p := pace{target: target}
-	return float64(max(p.rateAt(now, th)/2, target/16))
+	return float64(max(newPace(target).rateAt(now, th)/2, target/16))
 }
 
 func earliest(a, b time.Time) time.Time {

@@ -43,6 +43,7 @@ var projected = map[string]bool{
 	domain.TypeBatchHeld:            true,
 	domain.TypeBatchUnheld:          true,
 	domain.TypeBatchThrottled:       true,
+	domain.TypeBatchRateCapped:      true,
 }
 
 // Decode returns the batch a stored event belongs to and its payload. ok is false
@@ -117,6 +118,9 @@ type BatchState struct {
 	// Hold is why the batch is not sending although nobody paused it (the
 	// provider is out); nil while it is not held.
 	Hold *Hold `json:"hold,omitempty"`
+	// CappedRate is the rate the tenant's rate cap holds the batch to; 0 when
+	// it does not hold it back.
+	CappedRate float64 `json:"cappedRate,omitempty"`
 	// ThrottledUntil is the end of the last hold the provider asked for (429).
 	ThrottledUntil time.Time `json:"throttledUntil,omitzero"`
 
@@ -264,6 +268,8 @@ func (s *BatchState) Apply(e eventstore.Event, payload domain.Event) {
 		s.Hold = nil
 	case domain.BatchThrottled:
 		s.ThrottledUntil = p.Until.UTC()
+	case domain.BatchRateCapped:
+		s.CappedRate = p.Rate
 	case domain.BatchCompleted:
 		s.Status = domain.StatusCompleted
 		s.Hold = nil
@@ -316,6 +322,9 @@ func (s *BatchState) StatusView() BatchStatus {
 	if s.Hold != nil && s.Status == domain.StatusProcessing {
 		h := *s.Hold
 		st.Hold = &h
+	}
+	if s.CappedRate > 0 && s.Status == domain.StatusProcessing {
+		st.RateCap = &RateCap{Rate: s.CappedRate}
 	}
 	if outcomes := s.Sent + s.Failed; outcomes > 0 {
 		st.Metrics.SuccessRate = float64(s.Sent) / float64(outcomes)

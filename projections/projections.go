@@ -34,8 +34,16 @@ type BatchStatus struct {
 	// Hold says why a processing batch is not sending (the provider is out);
 	// absent while it sends.
 	Hold *Hold `json:"hold,omitempty"`
+	// RateCap is present while the tenant's rate cap holds the batch below its
+	// priority's rate, shared with the tenant's other running batches.
+	RateCap *RateCap `json:"rateCap,omitempty"`
 	// UpdatedAt is the time of the last event applied to the batch.
 	UpdatedAt time.Time `json:"updatedAt"`
+}
+
+// RateCap is the rate a batch is held to by its tenant's cap.
+type RateCap struct {
+	Rate float64 `json:"rate"`
 }
 
 // Hold is why a processing batch waits without being paused, and since when.

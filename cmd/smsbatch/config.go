@@ -41,6 +41,8 @@ type Config struct {
 	BackoffInit   time.Duration
 	BackoffMax    time.Duration
 	StallTimeout  time.Duration
+	// TenantMaxRate caps the messages a second of all of a tenant's batches.
+	TenantMaxRate float64
 	// BreakerThreshold and BreakerProbeAfter tune the provider's circuit breaker.
 	BreakerThreshold  int
 	BreakerProbeAfter time.Duration
@@ -198,6 +200,7 @@ func parseConfig(name string, args []string, env func(string) string) (Config, [
 	s.int(&c.MaxAttempts, "max-attempts", "SMSBATCH_MAX_ATTEMPTS", 5, "tries of one message for retryable failures")
 	s.dur(&c.BackoffInit, "backoff-initial", "SMSBATCH_BACKOFF_INITIAL", 500*time.Millisecond, "wait before the first retry (doubles each time, ±50% jitter)")
 	s.dur(&c.BackoffMax, "backoff-max", "SMSBATCH_BACKOFF_MAX", 30*time.Second, "longest wait between retries")
+	s.float(&c.TenantMaxRate, "tenant-max-rate", "SMSBATCH_TENANT_MAX_RATE", 0, "messages per second of all of one tenant's batches together, across instances (0: off)")
 	s.int(&c.BreakerThreshold, "breaker-threshold", "SMSBATCH_BREAKER_THRESHOLD", 5, "sends failing in a row on the provider's side (down, unreachable, timeout, 429) before sending is held")
 	s.dur(&c.BreakerProbeAfter, "breaker-probe-after", "SMSBATCH_BREAKER_PROBE_AFTER", 5*time.Second, "how long sending is held before one probe send")
 	s.dur(&c.StallTimeout, "stall-timeout", "SMSBATCH_STALL_TIMEOUT", 15*time.Second, "a processing batch without progress for this long is picked up again")
@@ -252,6 +255,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxInFlight < 1 {
 		errs = append(errs, errors.New("max in flight must be at least 1"))
+	}
+	if c.TenantMaxRate < 0 {
+		errs = append(errs, errors.New("tenant max rate must be 0 (off) or positive"))
 	}
 	if c.MaxAttempts < 1 {
 		errs = append(errs, errors.New("max attempts must be at least 1"))

@@ -323,3 +323,59 @@ func failedFor(events []eventstore.Event, batchID string) int {
 	}
 	return n
 }
+
+// The tenant rate cap holds across two instances: two high-priority batches of
+// one tenant (8/s each) created on two instances send 6/s together, and their
+// status says they are capped.
+func TestTenantRateCapAcrossInstances(t *testing.T) {
+	skipShort(t)
+	url := pgtest.Database(t)
+	nurl := natsURL(t)
+	ns := natsNamespace(t, nurl)
+	t.Setenv("SMSBATCH_SMS_AUTH_TOKEN", "sim-secret-token-0123456789")
+	simDir, simAddr := t.TempDir(), freeAddr(t)
+	startRecordingSimulator(t, simDir, simAddr, 30*time.Millisecond, 0)
+	shared := append(instanceArgs(url, nurl, ns, simAddr), "--tenant-max-rate", "6", "--http-rate-limit", "0")
+	_, a := startBinary(t, t.TempDir(), freeAddr(t), shared...)
+	_, b := startBinary(t, t.TempDir(), freeAddr(t), shared...)
+	one := a.create(batchBody(recipients(30), "high"))
+	two := b.create(batchBody(recipients(30), "high"))
+	capped := false
+	deadline := time.Now().Add(60 * time.Second)
+	for _, id := range []string{one.ID, two.ID} {
+		for {
+			var st struct {
+				Status  string
+				RateCap *struct{ Rate float64 } `json:"rateCap"`
+			}
+			a.do("GET", "/api/batch/"+id, nil, &st)
+			if st.RateCap != nil && st.RateCap.Rate == 3 {
+				capped = true
+			}
+			if st.Status == "completed" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("batch %s is %s after 60 s", id, st.Status)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	if !capped {
+		t.Fatal("no status showed the batches held to 3/s by the tenant's cap")
+	}
+	calls := providerCalls(t, simDir)
+	var starts []time.Time
+	for _, id := range []string{one.ID, two.ID} {
+		for _, c := range calls[id] {
+			starts = append(starts, c.Start)
+		}
+	}
+	slices.SortFunc(starts, func(x, y time.Time) int { return x.Compare(y) })
+	if most := maxInWindow(starts, time.Second-60*time.Millisecond); most > 6 {
+		t.Fatalf("%d sends of the tenant within one second, cap 6", most)
+	}
+	if len(starts) != 60 {
+		t.Fatalf("%d calls, want 60", len(starts))
+	}
+}

@@ -283,7 +283,8 @@ func (m *Main) Run(ctx context.Context) error {
 		batches, at, err := readModels.Unfinished(ctx)
 		out := make([]processors.Unfinished, 0, len(batches))
 		for _, b := range batches {
-			u := processors.Unfinished{ID: b.ID, Status: domain.Status(b.Status), AutoStart: b.AutoStart, LastEvent: b.UpdatedAt}
+			u := processors.Unfinished{ID: b.ID, Tenant: b.Tenant, Priority: domain.Priority(b.Priority),
+				Status: domain.Status(b.Status), AutoStart: b.AutoStart, LastEvent: b.UpdatedAt}
 			if b.ScheduleTime != nil {
 				u.ScheduleTime = *b.ScheduleTime
 			}
@@ -296,16 +297,20 @@ func (m *Main) Run(ctx context.Context) error {
 		// that dispatched into it has stopped, and its sends with it.
 		procCfg.Gone = func(other string) bool { return other != instance }
 	}
+	procCfg.TenantMaxRate = cfg.TenantMaxRate
+	m.fwd, err = processors.NewForwarder(store, m.transport.pub, cmds, procCfg)
+	if err != nil {
+		return err
+	}
+	// Every batch's share of its tenant's cap comes from the forwarder's index
+	// of the batches that are running.
+	procCfg.Shares = m.fwd
 	m.proc, err = processors.NewProcessor(procCfg)
 	if err != nil {
 		return err
 	}
 	proc := m.proc
 	m.router, err = processors.NewRouter(proc, m.transport.pub, m.transport.sub, m.logger)
-	if err != nil {
-		return err
-	}
-	m.fwd, err = processors.NewForwarder(store, m.transport.pub, cmds, procCfg)
 	if err != nil {
 		return err
 	}

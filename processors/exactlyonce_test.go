@@ -417,8 +417,8 @@ func TestAppendsPerMessage(t *testing.T) {
 		// One per message, and one for the last answers, which no dispatch follows.
 		{"rate 20/s, 30 ms provider", Config{Rates: domain.Rates{High: 20, Normal: 20, Low: 20}}, 30 * time.Millisecond, 1 + 2.0/60},
 		{"rate 20/s, 300 ms provider", Config{Rates: domain.Rates{High: 20, Normal: 20, Low: 20}}, 300 * time.Millisecond, 1 + 2.0/60},
-		{"rate lifted, no latency", Config{Unlimited: true}, 0, 0.4},
-		{"rate lifted, 20 ms provider", Config{Unlimited: true}, 20 * time.Millisecond, 0.4},
+		{"rate lifted, no latency", Config{Unlimited: true}, 0, 0.5},
+		{"rate lifted, 20 ms provider", Config{Unlimited: true}, 20 * time.Millisecond, 0.5},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -223,6 +223,13 @@ func (c *client) create(body any) status {
 	return st
 }
 
+// sending is the part of a batch's progress that moves only when it sends:
+// delivery receipts may still arrive while it is paused.
+func (s status) sending() [4]int {
+	p := s.Progress
+	return [4]int{p.Pending, p.Completed, p.Failed, p.Skipped}
+}
+
 func (c *client) status(id string) status {
 	c.t.Helper()
 	var st status

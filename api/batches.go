@@ -66,8 +66,13 @@ func (s *server) listBatches(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.log, err)
 		return
 	}
+	status, q, err := listFilters(r)
+	if err != nil {
+		writeError(w, r, s.log, err)
+		return
+	}
 	page, next, err := s.cfg.ReadModels.Batches(r.Context(), projections.ListQuery{
-		Tenant: p.Tenant, Limit: limit, Cursor: r.URL.Query().Get("cursor"),
+		Tenant: p.Tenant, Limit: limit, Cursor: r.URL.Query().Get("cursor"), Status: status, Q: q,
 	})
 	if err != nil {
 		writeError(w, r, s.log, err)
@@ -189,8 +194,8 @@ func (s *server) statusAfter(ctx context.Context, tenant string, res commands.Re
 
 func statusFromAggregate(b *domain.Batch) projections.BatchStatus {
 	st := projections.BatchStatus{
-		ID: b.ID(), Tenant: b.Tenant(), Status: string(b.Status()), Priority: string(b.Priority()),
-		CreatedAt: b.CreatedAt(), UpdatedAt: b.LastEventAt(),
+		ID: b.ID(), Tenant: b.Tenant(), Text: b.Text(), Status: string(b.Status()), Priority: string(b.Priority()),
+		CreatedAt: b.CreatedAt(), UpdatedAt: b.LastEventAt(), AutoStart: b.AutoStart(),
 		Progress: projections.Progress{
 			Total: b.Total(), Pending: len(b.Outstanding()), Completed: b.Sent(), Failed: b.Failed(), Skipped: b.Skipped(),
 		},

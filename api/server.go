@@ -235,6 +235,8 @@ func NewHandler(cfg Config) (http.Handler, error) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	r.Get("/readyz", s.readyz)
+	// The API's description holds no data: clients generate code from it.
+	r.Get("/api/openapi.json", serveOpenAPI)
 	// The dashboard holds no data: the browser calls the API with the key.
 	ui := web.Handler()
 	r.Handle("/", ui)
@@ -263,6 +265,10 @@ func NewHandler(cfg Config) (http.Handler, error) {
 		r.Get("/api/batch/{id}", s.getBatch)
 		r.Get("/api/batch/{id}/analytics", s.getAnalytics)
 		r.Get("/api/batch/{id}/errors", s.getErrors)
+		r.Get("/api/batch/{id}/recipients", s.getRecipients)
+		r.Get("/api/batch/{id}/export.csv", s.exportCSV)
+		r.Post("/api/v2/batch/{id}/retry-failed", s.retryFailed)
+		r.Post("/api/v2/batch/{id}/schedule", s.reschedule)
 		r.Post("/api/v2/batch/{id}/pause", s.act(s.cfg.Commands.PauseBatch))
 		r.Post("/api/v2/batch/{id}/resume", s.act(s.cfg.Commands.ResumeBatch))
 		r.Post("/api/v2/batch/{id}/start", s.act(s.cfg.Commands.StartBatch))

@@ -175,9 +175,9 @@ var exportColumns = []string{"index", "phoneNumber", "status", "category", "code
 // exportCSV streams every recipient of a batch with its outcome and
 // variables, a page of 1,000 at a time: memory stays constant whatever the
 // batch's size. The server's write timeout is made for small answers, so the
-// export replaces it by a deadline that moves with every page written: a
-// long export goes on as long as the client reads, one that stops reading is
-// cut off after the write timeout.
+// export replaces it by a deadline that moves with every write (64 KiB at
+// most): a long export goes on as long as the client reads, one that stops
+// reading is cut off after the write timeout.
 func (s *server) exportCSV(w http.ResponseWriter, r *http.Request) {
 	p, _ := PrincipalFrom(r.Context())
 	id, err := batchID(r)
@@ -198,17 +198,28 @@ func (s *server) exportCSV(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/csv; charset=utf-8")
 	w.Header().Set("Content-Disposition", `attachment; filename="batch-`+id+`.csv"`)
 	w.Header().Set("X-Content-Type-Options", "nosniff")
-	err = s.writeExport(r.Context(), w, p.Tenant, id, b.Variables(), func() error {
-		// Not every ResponseWriter reaches a connection (httptest's does not).
-		_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.Timeouts.Write))
-		return rc.Flush()
-	})
+	out := &movingDeadline{w: w, rc: rc, timeout: s.cfg.Timeouts.Write}
+	err = s.writeExport(r.Context(), out, p.Tenant, id, b.Variables(), rc.Flush)
 	if err != nil {
 		// The answer has begun: a truncated body, not an error envelope, is
 		// all the client can be told.
 		s.log.WarnContext(r.Context(), "export stopped", "batch", id, "err", err)
 		panic(http.ErrAbortHandler)
 	}
+}
+
+// movingDeadline sets the connection's write deadline before every write, so
+// that each write, not the whole answer, has the write timeout.
+type movingDeadline struct {
+	w       io.Writer
+	rc      *http.ResponseController
+	timeout time.Duration
+}
+
+func (m *movingDeadline) Write(p []byte) (int, error) {
+	// Not every ResponseWriter reaches a connection (httptest's does not).
+	_ = m.rc.SetWriteDeadline(time.Now().Add(m.timeout))
+	return m.w.Write(p)
 }
 
 // writeExport writes the CSV of batch id to out, calling flushed after each

@@ -84,6 +84,8 @@ type client struct {
 	key  string
 	main *Main
 	stop func()
+	// header is sent with every request (an Idempotency-Key...).
+	header http.Header
 }
 
 // do sends a request and decodes a JSON answer into out (when not nil).
@@ -103,6 +105,14 @@ func (c *client) do(method, path string, body any, out any) (int, http.Header) {
 		}
 		r = bytes.NewReader(data)
 	}
+	var sent []byte
+	if r != nil {
+		var err error
+		if sent, err = io.ReadAll(r); err != nil {
+			c.t.Fatal(err)
+		}
+		r = bytes.NewReader(sent)
+	}
 	req, err := http.NewRequest(method, c.base+path, r)
 	if err != nil {
 		c.t.Fatal(err)
@@ -111,6 +121,9 @@ func (c *client) do(method, path string, body any, out any) (int, http.Header) {
 		req.Header.Set("Authorization", "Bearer "+c.key)
 	}
 	req.Header.Set("Content-Type", "application/json")
+	for k, v := range c.header {
+		req.Header[k] = v
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		c.t.Fatal(err)
@@ -120,6 +133,7 @@ func (c *client) do(method, path string, body any, out any) (int, http.Header) {
 	if err != nil {
 		c.t.Fatal(err)
 	}
+	checkOpenAPI(c.t, req, sent, resp, data)
 	if out != nil && len(data) > 0 {
 		if err := json.Unmarshal(data, out); err != nil {
 			c.t.Fatalf("%s %s: %d %s: %v", method, path, resp.StatusCode, data, err)

@@ -318,7 +318,7 @@ func TestDryRunStoresNothing(t *testing.T) {
 	c := startMain(t, cfg)
 	before := allEvents(t, c.main.store)
 	rcps := recipients(12)
-	rcps[1].Variables["name"] = "Zoë 🌸"                  // UCS-2
+	rcps[1].Variables["name"] = "Zoë 🌸"                     // UCS-2
 	rcps[2].Variables["name"] = strings.Repeat("long ", 40) // GSM-7, two segments
 	var dry struct {
 		DryRun        bool `json:"dryRun"`

@@ -242,19 +242,20 @@ func NewHandler(cfg Config) (http.Handler, error) {
 	r.Handle("/", ui)
 	r.Handle("/static/*", ui)
 
+	perKey := func(next http.Handler) http.Handler { return next }
+	if cfg.RateLimit.Requests > 0 {
+		perKey = httprate.LimitBy(cfg.RateLimit.Requests, cfg.RateLimit.Window,
+			func(r *http.Request) (string, error) {
+				p, _ := PrincipalFrom(r.Context())
+				return p.KeyID, nil
+			},
+			httprate.WithLimitHandler(func(w http.ResponseWriter, r *http.Request) {
+				writeError(w, r, s.log, domain.Errorf(domain.ERATELIMITED, "too many requests for this API key; retry after the time in Retry-After"))
+			}),
+		)
+	}
 	r.Group(func(r chi.Router) {
-		r.Use(s.authenticate)
-		if cfg.RateLimit.Requests > 0 {
-			r.Use(httprate.LimitBy(cfg.RateLimit.Requests, cfg.RateLimit.Window,
-				func(r *http.Request) (string, error) {
-					p, _ := PrincipalFrom(r.Context())
-					return p.KeyID, nil
-				},
-				httprate.WithLimitHandler(func(w http.ResponseWriter, r *http.Request) {
-					writeError(w, r, s.log, domain.Errorf(domain.ERATELIMITED, "too many requests for this API key; retry after the time in Retry-After"))
-				}),
-			))
-		}
+		r.Use(s.authenticate, perKey)
 		// Metrics hold no tenant's data but are not a health check: a scraper
 		// sends a key like any client (Prometheus: authorization.credentials).
 		if cfg.Metrics != nil {
@@ -266,7 +267,9 @@ func NewHandler(cfg Config) (http.Handler, error) {
 		r.Get("/api/batch/{id}/analytics", s.getAnalytics)
 		r.Get("/api/batch/{id}/errors", s.getErrors)
 		r.Get("/api/batch/{id}/recipients", s.getRecipients)
-		r.Get("/api/batch/{id}/export.csv", s.exportCSV)
+		if cfg.Live == nil {
+			r.Get("/api/batch/{id}/export.csv", s.exportCSV)
+		}
 		r.Post("/api/v2/batch/{id}/retry-failed", s.retryFailed)
 		r.Post("/api/v2/batch/{id}/schedule", s.reschedule)
 		r.Post("/api/v2/batch/{id}/pause", s.act(s.cfg.Commands.PauseBatch))
@@ -284,6 +287,9 @@ func NewHandler(cfg Config) (http.Handler, error) {
 			r.Use(s.authenticateLive)
 			r.Get("/api/ws", s.liveAll)
 			r.Get("/api/batch/{id}/ws", s.liveBatch)
+			// A browser downloads the export by a link, which cannot carry the
+			// bearer header either.
+			r.With(perKey).Get("/api/batch/{id}/export.csv", s.exportCSV)
 		})
 	}
 	return r, nil

@@ -128,9 +128,10 @@ func TestDashboardInABrowser(t *testing.T) {
 	waitFor(t, ctx, 30*time.Second, "the batch to complete",
 		`document.querySelector("#batch-status .badge").textContent === "completed" &&
 		 document.querySelector("#count-completed").textContent === "25"`)
-	waitFor(t, ctx, 5*time.Second, "the resumed note and no action left",
+	waitFor(t, ctx, 5*time.Second, "the resumed note and no action left but the export",
 		`document.querySelector("#pause-note").textContent.includes("resumed at") &&
-		 [...document.querySelectorAll("[id^=action-]")].every(b => b.disabled)`)
+		 [...document.querySelectorAll("[id^=action-]:not(#action-export)")].every(b => b.disabled || b.hidden) &&
+		 document.querySelector("#action-pause").hidden && document.querySelector("#action-cancel").hidden`)
 	if !eval[bool](t, ctx, `window.__sameDocument === true`) {
 		t.Fatal("the page was reloaded")
 	}

@@ -401,16 +401,21 @@ func (q *recipientScan) join(from, to int, recs []RecipientOutcome) error {
 	return nil
 }
 
+// one adds recipient i if it matches.
+func (q *recipientScan) one(i int) error {
+	recs, err := q.src.Outcomes(i, i+1, "", "", 0)
+	if err != nil {
+		return err
+	}
+	return q.join(i, i+1, recs)
+}
+
 func (q *recipientScan) pending() error {
 	for _, i := range q.st.Outstanding {
 		if i < q.from || len(q.out) >= q.want {
 			continue
 		}
-		recs, err := q.src.Outcomes(i, i+1, "", "", 0)
-		if err != nil {
-			return err
-		}
-		if err := q.join(i, i+1, recs); err != nil {
+		if err := q.one(i); err != nil {
 			return err
 		}
 	}
@@ -448,11 +453,7 @@ func (q *recipientScan) byPhone() error {
 			if i < q.from || i >= q.st.Total || !strings.HasPrefix(n, q.page.Phone) {
 				continue
 			}
-			recs, err := q.src.Outcomes(i, i+1, "", "", 0)
-			if err != nil {
-				return err
-			}
-			if err := q.join(i, i+1, recs); err != nil {
+			if err := q.one(i); err != nil {
 				return err
 			}
 			if len(q.out) >= q.want {

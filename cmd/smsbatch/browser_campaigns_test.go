@@ -21,13 +21,7 @@ import (
 // horizontal scrolling. Screenshots go to docs/screenshots with
 // SMSBATCH_UPDATE_SCREENSHOTS=1.
 func TestDashboardCampaigns(t *testing.T) {
-	skipShort(t)
-	if _, err := os.Stat(chromiumPath); err != nil {
-		if os.Getenv("SMSBATCH_REQUIRE_BROWSER") == "1" {
-			t.Fatalf("SMSBATCH_REQUIRE_BROWSER=1 but there is no browser: %v (apt-get install -y chromium)", err)
-		}
-		t.Skipf("no browser at %s (apt-get install -y chromium); SMSBATCH_REQUIRE_BROWSER=1 makes this a failure", chromiumPath)
-	}
+	skipWithoutBrowser(t)
 	t.Parallel()
 	cfg := testConfig(t)
 	cfg.RateUnlimited = true
@@ -163,5 +157,18 @@ func TestDashboardCampaigns(t *testing.T) {
 		if page.shot != "" {
 			saveScreenshot(t, ctx, page.shot, page.shot)
 		}
+	}
+}
+
+// skipWithoutBrowser skips a browser test in -short mode or without Chromium,
+// unless SMSBATCH_REQUIRE_BROWSER=1 (CI) makes the missing browser a failure.
+func skipWithoutBrowser(t *testing.T) {
+	t.Helper()
+	skipShort(t)
+	if _, err := os.Stat(chromiumPath); err != nil {
+		if os.Getenv("SMSBATCH_REQUIRE_BROWSER") == "1" {
+			t.Fatalf("SMSBATCH_REQUIRE_BROWSER=1 but there is no browser: %v (apt-get install -y chromium)", err)
+		}
+		t.Skipf("no browser at %s (apt-get install -y chromium); SMSBATCH_REQUIRE_BROWSER=1 makes this a failure", chromiumPath)
 	}
 }

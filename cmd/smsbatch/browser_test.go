@@ -27,13 +27,7 @@ const chromiumPath = "/usr/bin/chromium"
 // screenshots of both pages (and refreshes docs/screenshots with
 // SMSBATCH_UPDATE_SCREENSHOTS=1).
 func TestDashboardInABrowser(t *testing.T) {
-	skipShort(t)
-	if _, err := os.Stat(chromiumPath); err != nil {
-		if os.Getenv("SMSBATCH_REQUIRE_BROWSER") == "1" {
-			t.Fatalf("SMSBATCH_REQUIRE_BROWSER=1 but there is no browser: %v (apt-get install -y chromium)", err)
-		}
-		t.Skipf("no browser at %s (apt-get install -y chromium); SMSBATCH_REQUIRE_BROWSER=1 makes this a failure", chromiumPath)
-	}
+	skipWithoutBrowser(t)
 	t.Parallel()
 	cfg := testConfig(t)
 	// Slower than the default 8/s, so that 25 messages take long enough to watch

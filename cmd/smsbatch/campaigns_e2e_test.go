@@ -289,28 +289,6 @@ func campaignEndpoints(t *testing.T, c *client) {
 	}
 }
 
-// raw sends a request and returns the answer's body as it is, checked
-// against the OpenAPI document like every other.
-func (c *client) raw(method, path string, body []byte) (int, http.Header, []byte) {
-	c.t.Helper()
-	req, err := http.NewRequest(method, c.base+path, bytes.NewReader(body))
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer "+c.key)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	checkOpenAPI(c.t, req, body, resp, data)
-	return resp.StatusCode, resp.Header, data
-}
-
 func TestDryRunStoresNothing(t *testing.T) {
 	skipShort(t)
 	t.Parallel()

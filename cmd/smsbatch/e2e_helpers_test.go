@@ -91,6 +91,19 @@ type client struct {
 // do sends a request and decodes a JSON answer into out (when not nil).
 func (c *client) do(method, path string, body any, out any) (int, http.Header) {
 	c.t.Helper()
+	code, header, data := c.raw(method, path, body)
+	if out != nil && len(data) > 0 {
+		if err := json.Unmarshal(data, out); err != nil {
+			c.t.Fatalf("%s %s: %d %s: %v", method, path, code, data, err)
+		}
+	}
+	return code, header
+}
+
+// raw sends a request and returns the answer as it is. Every request and
+// answer is checked against the OpenAPI document (checkOpenAPI).
+func (c *client) raw(method, path string, body any) (int, http.Header, []byte) {
+	c.t.Helper()
 	var r io.Reader
 	switch b := body.(type) {
 	case nil:
@@ -134,12 +147,7 @@ func (c *client) do(method, path string, body any, out any) (int, http.Header) {
 		c.t.Fatal(err)
 	}
 	checkOpenAPI(c.t, req, sent, resp, data)
-	if out != nil && len(data) > 0 {
-		if err := json.Unmarshal(data, out); err != nil {
-			c.t.Fatalf("%s %s: %d %s: %v", method, path, resp.StatusCode, data, err)
-		}
-	}
-	return resp.StatusCode, resp.Header
+	return resp.StatusCode, resp.Header, data
 }
 
 func (c *client) as(key string) *client {

@@ -2,6 +2,7 @@ package api
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/csv"
 	"encoding/json"
@@ -502,7 +503,7 @@ func (s *server) reschedule(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req scheduleRequest
-	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
 		writeError(w, r, s.log, malformed(err, `the body must be {"scheduleTime": "<RFC 3339 time>"}`))

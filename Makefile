@@ -9,9 +9,14 @@ GOTESTFLAGS ?=
 
 .PHONY: run build test test-short fuzz bench vet fmt lint clean
 
+# `make run ADDR=127.0.0.1:9000 DATA=/tmp/sms` serves elsewhere; unset, serve's
+# defaults (127.0.0.1:8080, ./data) or the SMSBATCH_ variables apply.
+ADDR ?=
+DATA ?=
+
 ## run: start the service on the embedded default (bolt file + simulator under ./data)
 run: build
-	./$(BIN) serve
+	./$(BIN) serve $(if $(ADDR),--addr '$(ADDR)') $(if $(DATA),--data-dir '$(DATA)')
 
 ## build: compile the single binary into bin/
 build:

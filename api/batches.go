@@ -72,8 +72,13 @@ func (s *server) listBatches(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.log, err)
 		return
 	}
+	status, q, err := listFilters(r)
+	if err != nil {
+		writeError(w, r, s.log, err)
+		return
+	}
 	page, next, err := s.cfg.ReadModels.Batches(r.Context(), projections.ListQuery{
-		Tenant: p.Tenant, Limit: limit, Cursor: r.URL.Query().Get("cursor"),
+		Tenant: p.Tenant, Limit: limit, Cursor: r.URL.Query().Get("cursor"), Status: status, Q: q,
 	})
 	if err != nil {
 		writeError(w, r, s.log, err)
@@ -195,8 +200,8 @@ func (s *server) statusAfter(ctx context.Context, tenant string, res commands.Re
 
 func statusFromAggregate(b *domain.Batch) projections.BatchStatus {
 	st := projections.BatchStatus{
-		ID: b.ID(), Tenant: b.Tenant(), Status: string(b.Status()), Priority: string(b.Priority()),
-		CreatedAt: b.CreatedAt(), UpdatedAt: b.LastEventAt(),
+		ID: b.ID(), Tenant: b.Tenant(), Text: b.Text(), Status: string(b.Status()), Priority: string(b.Priority()),
+		CreatedAt: b.CreatedAt(), UpdatedAt: b.LastEventAt(), AutoStart: b.AutoStart(),
 		Progress: projections.Progress{
 			Total: b.Total(), Pending: len(b.Outstanding()), Completed: b.Sent(), Failed: b.Failed(), Skipped: b.Skipped(), Waiting: b.Waiting(),
 		},
@@ -206,6 +211,15 @@ func statusFromAggregate(b *domain.Batch) projections.BatchStatus {
 	}
 	if h := b.Hold(); h.Reason != "" && b.Status() == domain.StatusProcessing {
 		st.Hold = &projections.Hold{Reason: h.Reason, Since: h.Since}
+	}
+	if t := b.ValidUntil(); !t.IsZero() {
+		st.ValidUntil = &t
+	}
+	if q, ok := b.QuietHours(); ok {
+		st.QuietHours = &q
+	}
+	if r := b.CappedRate(); r > 0 && b.Status() == domain.StatusProcessing {
+		st.RateCap = &projections.RateCap{Rate: r}
 	}
 	if outcomes := b.Sent() + b.Failed(); outcomes > 0 {
 		st.Metrics.SuccessRate = float64(b.Sent()) / float64(outcomes)

@@ -38,11 +38,22 @@ type createOptions struct {
 	ValidUntil   *string         `json:"validUntil"`
 	QuietHours   *quietHoursOpts `json:"quietHours"`
 	Timezone     *string         `json:"timezone"`
+	// Name is kept raw, as the text is: its bytes are checked, not replaced.
+	Name json.RawMessage `json:"name"`
 }
 
 type quietHoursOpts struct {
 	Start string `json:"start"`
 	End   string `json:"end"`
+}
+
+// createChecked is a create request once validated.
+type createChecked struct {
+	tmpl      domain.Template
+	priority  domain.Priority
+	schedule  *time.Time
+	autoStart bool
+	name      string
 }
 
 // recipientIn keeps its strings raw: encoding/json would silently replace bytes
@@ -97,6 +108,11 @@ func (p *problems) err() error {
 // once. Only when every recipient and option is valid is anything stored.
 func (s *server) createBatch(w http.ResponseWriter, r *http.Request) {
 	p, _ := PrincipalFrom(r.Context())
+	dryRun, err := queryBool(r, "dryRun")
+	if err != nil {
+		writeError(w, r, s.log, err)
+		return
+	}
 	w, body, release, err := s.beginUpload(w, r, p)
 	if err != nil {
 		writeError(w, r, s.log, err)
@@ -122,8 +138,9 @@ func (s *server) createBatch(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.log, err)
 		return
 	}
-	tmpl, priority, schedule, autoStart := s.checkCreate(req, count, probs)
-	validUntil, quiet := checkSending(req.options, schedule, probs)
+	c := s.checkCreate(req, count, probs)
+	tmpl := c.tmpl
+	validUntil, quiet := checkSending(req.options, c.schedule, probs)
 	if tmpl.Text() != "" {
 		// Variables are checked against the template once both are known (the
 		// text may come after the recipients in the body), whatever else is
@@ -142,6 +159,11 @@ func (s *server) createBatch(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.log, err)
 		return
 	}
+	if dryRun {
+		// Nothing is stored, so there is nothing for a key to guard.
+		s.answerDryRun(w, r, c, spool, count)
+		return
+	}
 
 	id, err := s.cfg.NewID()
 	if err != nil {
@@ -150,8 +172,9 @@ func (s *server) createBatch(w http.ResponseWriter, r *http.Request) {
 	}
 	create := func(w http.ResponseWriter) {
 		res, err := s.cfg.Commands.CreateBatch(r.Context(), commands.CreateBatch{
-			ID: id, Tenant: p.Tenant, Template: tmpl, Priority: priority,
-			ScheduleTime: schedule, AutoStart: autoStart, ValidUntil: validUntil, QuietHours: quiet,
+			ID: id, Tenant: p.Tenant, Template: tmpl, Priority: c.priority,
+			ScheduleTime: c.schedule, AutoStart: c.autoStart, Name: c.name,
+			ValidUntil: validUntil, QuietHours: quiet,
 			Recipients: func(yield func(domain.Recipient, error) bool) {
 				for _, rcp := range readSpool(spool) {
 					if rcp.err != nil {
@@ -170,7 +193,9 @@ func (s *server) createBatch(w http.ResponseWriter, r *http.Request) {
 		}
 		s.started(r.Context(), res)
 		w.Header().Set("Location", "/api/batch/"+id)
-		writeJSON(w, http.StatusCreated, s.statusAfter(r.Context(), p.Tenant, res))
+		st := s.statusAfter(r.Context(), p.Tenant, res)
+		st.Name = c.name // the aggregate keeps no name, should the answer come from it
+		writeJSON(w, http.StatusCreated, st)
 	}
 	if key == "" {
 		create(w)
@@ -178,17 +203,9 @@ func (s *server) createBatch(w http.ResponseWriter, r *http.Request) {
 	}
 	// Only a valid request claims its key: a refused one stores nothing, and its
 	// retry is refused the same way.
-	s.underKey(w, r, p.Tenant, key, fp.sum(), id, func(old *domain.IdempotencyRecord, w http.ResponseWriter) bool {
-		// An earlier request with this key stopped without an answer. If its
-		// batch exists, it was created: answer with it rather than make another.
-		b, err := s.cfg.Commands.Repository().Load(r.Context(), old.Started.BatchID)
-		if err != nil || b.Tenant() != p.Tenant {
-			return false
-		}
-		w.Header().Set("Location", "/api/batch/"+b.ID())
-		writeJSON(w, http.StatusCreated, s.statusAfter(r.Context(), p.Tenant, commands.Result{Batch: b}))
-		return true
-	}, create)
+	// An earlier request with this key that stopped without an answer, and
+	// whose batch exists, created it: it is answered with that batch.
+	s.underKey(w, r, p.Tenant, key, fp.sum(), id, s.resumeCreate(r, p.Tenant), create)
 }
 
 // decodeCreate streams the body, spooling recipients. It returns an error for a
@@ -235,7 +252,7 @@ func (s *server) decodeCreate(body io.Reader, spool *os.File) (createRequest, in
 			}
 		case "options":
 			if err := dec.Decode(&req.options); err != nil {
-				return req, 0, nil, malformed(err, "options must be an object with scheduleTime (string), priority (string), autoStart (boolean), validUntil (string), quietHours ({start, end}) and timezone (string)")
+				return req, 0, nil, malformed(err, "options must be an object with name (string), scheduleTime (string), priority (string), autoStart (boolean), validUntil (string), quietHours ({start, end}) and timezone (string)")
 			}
 		case "recipients":
 			if err := expectDelim(dec, '[', "recipients must be an array"); err != nil {
@@ -329,7 +346,8 @@ func (s *server) checkRecipient(i int, in recipientIn, probs *problems, seen map
 }
 
 // checkCreate validates the template and options.
-func (s *server) checkCreate(req createRequest, count int, probs *problems) (tmpl domain.Template, priority domain.Priority, schedule *time.Time, autoStart bool) {
+func (s *server) checkCreate(req createRequest, count int, probs *problems) (c createChecked) {
+	var tmpl domain.Template
 	switch {
 	case req.textProblem != "":
 		probs.add("text", req.textProblem)
@@ -347,33 +365,60 @@ func (s *server) checkCreate(req createRequest, count int, probs *problems) (tmp
 	if count == 0 {
 		probs.add("recipients", "at least one recipient is required")
 	}
-	priority = domain.PriorityNormal
+	c.tmpl = tmpl
+	c.priority = domain.PriorityNormal
 	if req.options.Priority != nil {
 		p, err := domain.ParsePriority(*req.options.Priority)
 		if err != nil || *req.options.Priority == "" {
 			probs.add("options.priority", "must be high, normal or low; leave it out for normal")
 		}
-		priority = p
+		c.priority = p
 	}
 	if req.options.ScheduleTime != nil && *req.options.ScheduleTime != "" {
-		t, err := time.Parse(time.RFC3339, *req.options.ScheduleTime)
-		now := time.Now()
-		switch {
-		case err != nil:
-			probs.add("options.scheduleTime", "must be an RFC 3339 time such as 2026-12-01T09:00:00Z")
-		case t.Before(now.Add(-scheduleGrace)):
-			probs.add("options.scheduleTime", fmt.Sprintf("is more than %s in the past; leave it out to send now", scheduleGrace))
-		case t.After(now.AddDate(scheduleHorizon, 0, 0)):
-			probs.add("options.scheduleTime", "is more than a year ahead")
-		default:
-			schedule = &t
+		t, problem, past := checkSchedule(*req.options.ScheduleTime, time.Now())
+		if past {
+			problem += "; leave it out to send now"
+		}
+		if problem != "" {
+			probs.add("options.scheduleTime", problem)
+		} else {
+			c.schedule = &t
 		}
 	}
-	autoStart = true
+	c.autoStart = true
 	if req.options.AutoStart != nil {
-		autoStart = *req.options.AutoStart
+		c.autoStart = *req.options.AutoStart
 	}
-	return tmpl, priority, schedule, autoStart
+	if len(req.options.Name) > 0 {
+		name, problem, ok := decodeString(req.options.Name)
+		switch {
+		case !ok:
+			probs.add("options.name", "must be a string")
+		case problem != "":
+			probs.add("options.name", problem)
+		case domain.CheckName(name) != nil:
+			probs.add("options.name", domain.CheckName(name).Error())
+		default:
+			c.name = name
+		}
+	}
+	return c
+}
+
+// checkSchedule parses a scheduleTime and checks that it lies in the window
+// around now; problem says what is wrong otherwise, and past whether it is
+// too far in the past.
+func checkSchedule(raw string, now time.Time) (t time.Time, problem string, past bool) {
+	t, err := time.Parse(time.RFC3339, raw)
+	switch {
+	case err != nil:
+		return t, "must be an RFC 3339 time such as 2026-12-01T09:00:00Z", false
+	case t.Before(now.Add(-scheduleGrace)):
+		return t, fmt.Sprintf("is more than %s in the past", scheduleGrace), true
+	case t.After(now.AddDate(scheduleHorizon, 0, 0)):
+		return t, "is more than a year ahead", false
+	}
+	return t, "", false
 }
 
 // checkSending validates the options that shape when messages go out: their

@@ -294,24 +294,27 @@ func NewHandler(cfg Config) (http.Handler, error) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	r.Get("/readyz", s.readyz)
+	// The API's description holds no data: clients generate code from it.
+	r.Get("/api/openapi.json", serveOpenAPI)
 	// The dashboard holds no data: the browser calls the API with the key.
 	ui := web.Handler()
 	r.Handle("/", ui)
 	r.Handle("/static/*", ui)
 
+	perKey := func(next http.Handler) http.Handler { return next }
+	if cfg.RateLimit.Requests > 0 {
+		perKey = httprate.LimitBy(cfg.RateLimit.Requests, cfg.RateLimit.Window,
+			func(r *http.Request) (string, error) {
+				p, _ := PrincipalFrom(r.Context())
+				return p.KeyID, nil
+			},
+			httprate.WithLimitHandler(func(w http.ResponseWriter, r *http.Request) {
+				writeError(w, r, s.log, domain.Errorf(domain.ERATELIMITED, "too many requests for this API key; retry after the time in Retry-After"))
+			}),
+		)
+	}
 	r.Group(func(r chi.Router) {
-		r.Use(s.authenticate)
-		if cfg.RateLimit.Requests > 0 {
-			r.Use(httprate.LimitBy(cfg.RateLimit.Requests, cfg.RateLimit.Window,
-				func(r *http.Request) (string, error) {
-					p, _ := PrincipalFrom(r.Context())
-					return p.KeyID, nil
-				},
-				httprate.WithLimitHandler(func(w http.ResponseWriter, r *http.Request) {
-					writeError(w, r, s.log, domain.Errorf(domain.ERATELIMITED, "too many requests for this API key; retry after the time in Retry-After"))
-				}),
-			))
-		}
+		r.Use(s.authenticate, perKey)
 		// Metrics hold no tenant's data but are not a health check: a scraper
 		// sends a key like any client (Prometheus: authorization.credentials).
 		if cfg.Metrics != nil {
@@ -322,6 +325,12 @@ func NewHandler(cfg Config) (http.Handler, error) {
 		r.Get("/api/batch/{id}", s.getBatch)
 		r.Get("/api/batch/{id}/analytics", s.getAnalytics)
 		r.Get("/api/batch/{id}/errors", s.getErrors)
+		r.Get("/api/batch/{id}/recipients", s.getRecipients)
+		if cfg.Live == nil {
+			r.Get("/api/batch/{id}/export.csv", s.exportCSV)
+		}
+		r.Post("/api/v2/batch/{id}/retry-failed", s.retryFailed)
+		r.Post("/api/v2/batch/{id}/schedule", s.reschedule)
 		r.Post("/api/v2/batch/{id}/pause", s.act(s.cfg.Commands.PauseBatch))
 		r.Post("/api/v2/batch/{id}/resume", s.act(s.cfg.Commands.ResumeBatch))
 		r.Post("/api/v2/batch/{id}/start", s.act(s.cfg.Commands.StartBatch))
@@ -351,6 +360,9 @@ func NewHandler(cfg Config) (http.Handler, error) {
 			r.Use(s.authenticateLive)
 			r.Get("/api/ws", s.liveAll)
 			r.Get("/api/batch/{id}/ws", s.liveBatch)
+			// A browser downloads the export by a link, which cannot carry the
+			// bearer header either.
+			r.With(perKey).Get("/api/batch/{id}/export.csv", s.exportCSV)
 		})
 	}
 	return r, nil

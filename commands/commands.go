@@ -55,6 +55,9 @@ type CreateBatch struct {
 	// ValidUntil and QuietHours are optional; see domain.NewBatchParams.
 	ValidUntil *time.Time
 	QuietHours *domain.QuietHours
+	// Name labels the batch; RetryOf names the batch whose failed recipients
+	// it sends again. Both optional.
+	Name, RetryOf string
 	// Recipients yields the recipients in order, their Values in the template's
 	// variable order. An error it yields aborts the creation.
 	Recipients iter.Seq2[domain.Recipient, error]
@@ -102,7 +105,7 @@ func (h *Handlers) CreateBatch(ctx context.Context, cmd CreateBatch) (Result, er
 	b, err := domain.NewBatch(domain.NewBatchParams{
 		ID: cmd.ID, Tenant: cmd.Tenant, Template: cmd.Template, Priority: cmd.Priority,
 		ScheduleTime: cmd.ScheduleTime, AutoStart: cmd.AutoStart, ValidUntil: cmd.ValidUntil, QuietHours: cmd.QuietHours,
-		Total: total, Pages: pages,
+		Total: total, Pages: pages, Name: cmd.Name, RetryOf: cmd.RetryOf,
 	}, h.now())
 	if err != nil {
 		return Result{}, err

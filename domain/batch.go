@@ -136,6 +136,10 @@ type NewBatchParams struct {
 	QuietHours *QuietHours
 	Total      int
 	Pages      int
+	// Name labels the batch for people; RetryOf names the batch whose failed
+	// recipients it sends again. Neither takes part in a decision, so the
+	// aggregate records them and keeps neither.
+	Name, RetryOf string
 }
 
 // NewBatch creates a batch. With AutoStart and no future ScheduleTime it starts at
@@ -160,6 +164,7 @@ func NewBatch(p NewBatchParams, now time.Time) (*Batch, error) {
 	b := &Batch{}
 	b.record(BatchCreated{
 		EventHeader:  EventHeader{BatchID: p.ID, Tenant: p.Tenant, At: now},
+		Name:         p.Name,
 		Text:         p.Template.Text(),
 		Variables:    slices.Clone(p.Template.Variables()),
 		Priority:     p.Priority,
@@ -169,6 +174,7 @@ func NewBatch(p NewBatchParams, now time.Time) (*Batch, error) {
 		QuietHours:   p.QuietHours,
 		Total:        p.Total,
 		Pages:        p.Pages,
+		RetryOf:      p.RetryOf,
 	})
 	if p.AutoStart && (schedule == nil || !schedule.After(now)) {
 		b.record(BatchStarted{EventHeader: b.header(now), By: "auto"})
@@ -363,6 +369,15 @@ func (b *Batch) StartIfDue(now time.Time) bool {
 	}
 	b.record(BatchStarted{EventHeader: b.header(now), By: "schedule"})
 	return true
+}
+
+// Reschedule sets when a pending batch starts by itself; see BatchRescheduled.
+func (b *Batch) Reschedule(now, at time.Time, by string) error {
+	if b.status != StatusPending {
+		return b.conflict("rescheduled")
+	}
+	b.record(BatchRescheduled{EventHeader: b.header(now), ScheduleTime: at.UTC(), By: by})
+	return nil
 }
 
 // Pause stops new dispatches. Messages in flight still get their outcomes.
@@ -888,6 +903,9 @@ func (b *Batch) apply(e Event) {
 		}
 		b.quiet = e.QuietHours
 		b.outstanding = make(map[int]Outstanding)
+	case BatchRescheduled:
+		b.schedule = e.ScheduleTime
+		b.autoStart = true
 	case BatchStarted:
 		b.status = StatusProcessing
 		b.lastSlice = ChainToken(rev)

@@ -63,6 +63,9 @@ type RecipientsPageAdded struct {
 // the last recipient page, so a batch is never startable half-uploaded.
 type BatchCreated struct {
 	EventHeader
+	// Name is the batch's label for people (at most MaxNameLength characters);
+	// empty when none was given.
+	Name         string     `json:"name,omitempty"`
 	Text         string     `json:"text"`
 	Variables    []string   `json:"variables"`
 	Priority     Priority   `json:"priority"`
@@ -74,6 +77,18 @@ type BatchCreated struct {
 	QuietHours *QuietHours `json:"quietHours,omitempty"`
 	Total      int         `json:"total"`
 	Pages      int         `json:"pages"`
+	// RetryOf is the batch whose failed recipients this batch sends again;
+	// empty for a batch made from a request.
+	RetryOf string `json:"retryOf,omitempty"`
+}
+
+// BatchRescheduled records a pending batch's new schedule: it starts by itself
+// at ScheduleTime, even one created with autoStart false (scheduling it is
+// asking for that).
+type BatchRescheduled struct {
+	EventHeader
+	ScheduleTime time.Time `json:"scheduleTime"`
+	By           string    `json:"by"`
 }
 
 // BatchStarted records that sending may begin.
@@ -254,6 +269,7 @@ type BatchFailed struct {
 const (
 	TypeRecipientsPageAdded  = "RecipientsPageAdded"
 	TypeBatchCreated         = "BatchCreated"
+	TypeBatchRescheduled     = "BatchRescheduled"
 	TypeBatchStarted         = "BatchStarted"
 	TypeMessagesDispatched   = "MessagesDispatched"
 	TypeMessageSent          = "MessageSent"
@@ -276,6 +292,7 @@ const (
 
 func (RecipientsPageAdded) EventType() string { return TypeRecipientsPageAdded }
 func (BatchCreated) EventType() string        { return TypeBatchCreated }
+func (BatchRescheduled) EventType() string    { return TypeBatchRescheduled }
 func (BatchStarted) EventType() string        { return TypeBatchStarted }
 func (MessagesDispatched) EventType() string  { return TypeMessagesDispatched }
 
@@ -329,6 +346,7 @@ func DecodeEvent(eventType string, data []byte) (Event, error) {
 var decoders = map[string]func([]byte) (Event, error){
 	TypeRecipientsPageAdded:  decode[RecipientsPageAdded],
 	TypeBatchCreated:         decode[BatchCreated],
+	TypeBatchRescheduled:     decode[BatchRescheduled],
 	TypeBatchStarted:         decode[BatchStarted],
 	TypeMessagesDispatched:   decode[MessagesDispatched],
 	TypeMessageSent:          decode[MessageSent],

@@ -243,6 +243,12 @@ func (f *Forwarder) index(id string, e eventstore.Event) bool {
 			}
 		}
 		b.status = domain.StatusPending
+	case domain.TypeBatchRescheduled:
+		var c domain.BatchRescheduled
+		if err := json.Unmarshal(e.Data, &c); err == nil {
+			b.schedule, b.autoStart = c.ScheduleTime, true
+		}
+		return false
 	case domain.TypeBatchStarted, domain.TypeBatchResumed:
 		b.status = domain.StatusProcessing
 	case domain.TypeBatchPaused:

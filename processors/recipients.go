@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 
 	lru "github.com/hashicorp/golang-lru/v2"
 
@@ -72,6 +73,7 @@ func (r *recipientPages) read(ctx context.Context, batchID string, page int) ([]
 	if !ok {
 		return nil, fmt.Errorf("page %d is a %s: %w", page, e.EventType(), errRecipientsBroken)
 	}
+	slog.InfoContext(ctx, "recipients page read", "batch", batchID, "page", page, "count", len(rp.Recipients))
 	return rp.Recipients, nil
 }
 

@@ -2,6 +2,7 @@ package projections
 
 import (
 	"cmp"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"math"
@@ -26,6 +27,7 @@ const MaxThroughputPoints = 120
 // stream (a newer writer's) are skipped rather than failing the projection.
 var projected = map[string]bool{
 	domain.TypeBatchCreated:         true,
+	domain.TypeBatchRescheduled:     true,
 	domain.TypeBatchStarted:         true,
 	domain.TypeMessagesDispatched:   true,
 	domain.TypeMessageSent:          true,
@@ -63,6 +65,33 @@ func Decode(e eventstore.Event) (batchID string, payload domain.Event, ok bool, 
 	return batchID, payload, true, nil
 }
 
+// decodeRecipients decodes a recipients page; ok is false for any other event.
+func decodeRecipients(e eventstore.Event) (batchID string, payload domain.Event, ok bool, err error) {
+	batchID, isPage := strings.CutPrefix(e.Stream, domain.RecipientsStreamPrefix)
+	if !isPage || batchID == "" || e.Type != domain.TypeRecipientsPageAdded {
+		return "", nil, false, nil
+	}
+	// Only the numbers are kept: decoding the variables' values too would
+	// cost the runner most of its time at a large create.
+	var page struct {
+		domain.EventHeader
+		Page       int `json:"page"`
+		First      int `json:"first"`
+		Recipients []struct {
+			Phone string `json:"p"`
+		} `json:"recipients"`
+	}
+	if err := json.Unmarshal(e.Data, &page); err != nil {
+		return "", nil, false, fmt.Errorf("decode %s: %w", e.Type, err)
+	}
+	p := domain.RecipientsPageAdded{EventHeader: page.EventHeader, Page: page.Page, First: page.First,
+		Recipients: make([]domain.Recipient, len(page.Recipients))}
+	for i, r := range page.Recipients {
+		p.Recipients[i].Phone = r.Phone
+	}
+	return batchID, p, true, nil
+}
+
 // Decoded is a stored event the read models use, with its batch and payload
 // (see Decode).
 type Decoded struct {
@@ -72,13 +101,18 @@ type Decoded struct {
 }
 
 // DecodePage decodes the events of a page that the read models use and skips
-// the others. Stores decode a whole page before they change anything, so that
-// a page holding a malformed event leaves the read models and their checkpoint
-// as they were.
+// the others: those Decode takes, and the recipient pages (RecipientsPageAdded,
+// whose BatchID is the batch they belong to, decoded with their numbers only,
+// without the variables' values), which the recipients read model keeps. Stores decode a whole page before they change anything,
+// so that a page holding a malformed event leaves the read models and their
+// checkpoint as they were.
 func DecodePage(events []eventstore.Event) ([]Decoded, error) {
 	use := make([]Decoded, 0, len(events))
 	for _, e := range events {
 		id, payload, ok, err := Decode(e)
+		if !ok && err == nil {
+			id, payload, ok, err = decodeRecipients(e)
+		}
 		if err != nil {
 			return nil, fmt.Errorf("event %s at %s: %w", e.ID, e.Position, err)
 		}
@@ -100,6 +134,13 @@ type BatchState struct {
 	// Position is the last event applied; Apply skips events at or before it, so
 	// a state is safe to replay onto.
 	Position eventstore.Position `json:"position"`
+
+	Name      string   `json:"name,omitempty"`
+	Text      string   `json:"text,omitempty"`
+	Variables []string `json:"variables,omitempty"`
+	// RetryOf and RetriedBy link a batch and the batches retrying its failures.
+	RetryOf   string   `json:"retryOf,omitempty"`
+	RetriedBy []string `json:"retriedBy,omitempty"`
 
 	Status       domain.Status `json:"status"`
 	Priority     string        `json:"priority"`
@@ -127,6 +168,9 @@ type BatchState struct {
 	// Outstanding holds the indexes dispatched without a final outcome, sorted. The
 	// aggregate bounds them by its in-flight limit, so the slice stays short.
 	Outstanding []int `json:"outstanding,omitempty"`
+	// Cursor is the first recipient never dispatched nor skipped: dispatch goes
+	// in index order, so it and every recipient after it are unsent.
+	Cursor int `json:"cursor,omitempty"`
 
 	Sent   int `json:"sent"`
 	Failed int `json:"failed"`
@@ -207,6 +251,7 @@ func (s *BatchState) Apply(e eventstore.Event, payload domain.Event) {
 	case domain.BatchCreated:
 		s.ID, _ = strings.CutPrefix(e.Stream, domain.BatchStreamPrefix)
 		s.Tenant = p.Tenant
+		s.Name, s.Text, s.Variables, s.RetryOf = p.Name, p.Text, slices.Clone(p.Variables), p.RetryOf
 		s.Status = domain.StatusPending
 		s.Priority = string(p.Priority)
 		s.CreatedAt = at
@@ -217,12 +262,16 @@ func (s *BatchState) Apply(e eventstore.Event, payload domain.Event) {
 		s.AutoStart = p.AutoStart
 		s.ValidUntil, s.QuietHours = p.ValidUntil, p.QuietHours
 		s.Total = p.Total
+	case domain.BatchRescheduled:
+		t := p.ScheduleTime.UTC()
+		s.ScheduleTime, s.AutoStart = &t, true
 	case domain.BatchStarted:
 		s.Status = domain.StatusProcessing
 		s.Active.open(at)
 	case domain.MessagesDispatched:
 		for _, d := range p.Messages {
 			s.Outstanding = insertIndex(s.Outstanding, d.Index)
+			s.Cursor = max(s.Cursor, d.Index+1)
 		}
 	case domain.MessageSent:
 		s.Outstanding = removeIndex(s.Outstanding, p.Index)
@@ -236,6 +285,7 @@ func (s *BatchState) Apply(e eventstore.Event, payload domain.Event) {
 		s.outcome(at, p.LatencyMs, false)
 	case domain.MessageSkipped:
 		s.Outstanding = removeIndex(s.Outstanding, p.Index)
+		s.Cursor = max(s.Cursor, p.Index+1)
 		s.Skipped++
 		s.ErrorCategories = increment(s.ErrorCategories, string(p.Category))
 	case domain.RecipientsDeferred:
@@ -284,6 +334,24 @@ func (s *BatchState) Apply(e eventstore.Event, payload domain.Event) {
 	}
 }
 
+// RetryLink returns the batch a BatchCreated retries the failures of; ok is
+// false for every other event. Stores apply it to that batch with AddRetry.
+func RetryLink(payload domain.Event) (original string, ok bool) {
+	c, created := payload.(domain.BatchCreated)
+	return c.RetryOf, created && c.RetryOf != ""
+}
+
+// AddRetry records that the batch created by e (see RetryLink) retries this
+// batch's failures. Like Apply, it skips events at or before s.Position, and
+// a batch of another tenant.
+func (s *BatchState) AddRetry(e eventstore.Event, payload domain.Event) {
+	if s.ID == "" || !s.Position.Less(e.Position) || payload.Header().Tenant != s.Tenant {
+		return
+	}
+	s.Position = e.Position
+	s.RetriedBy = append(s.RetriedBy, payload.Header().BatchID)
+}
+
 func (s *BatchState) outcome(at time.Time, latencyMs int64, sent bool) {
 	if at.After(s.Active.LastOutcome) {
 		s.Active.LastOutcome = at
@@ -297,6 +365,10 @@ func (s *BatchState) StatusView() BatchStatus {
 	st := BatchStatus{
 		ID:         s.ID,
 		Tenant:     s.Tenant,
+		Name:       s.Name,
+		Text:       s.Text,
+		RetryOf:    s.RetryOf,
+		Retries:    slices.Clone(s.RetriedBy),
 		Status:     string(s.Status),
 		Priority:   s.Priority,
 		CreatedAt:  s.CreatedAt,

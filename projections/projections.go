@@ -15,8 +15,12 @@ import (
 
 // BatchStatus is the status read model of one batch: what GET /api/batch/{id} shows.
 type BatchStatus struct {
-	ID        string    `json:"id"`
-	Tenant    string    `json:"-"`
+	ID     string `json:"id"`
+	Tenant string `json:"-"`
+	// Name labels the batch for people; "" when none was given.
+	Name string `json:"name"`
+	// Text is the message template.
+	Text      string    `json:"text"`
 	Status    string    `json:"status"`
 	Priority  string    `json:"priority"`
 	CreatedAt time.Time `json:"createdAt"`
@@ -37,6 +41,10 @@ type BatchStatus struct {
 	// RateCap is present while the tenant's rate cap holds the batch below its
 	// priority's rate, shared with the tenant's other running batches.
 	RateCap *RateCap `json:"rateCap,omitempty"`
+	// RetryOf is the batch whose failed recipients this one sends again;
+	// Retries are the batches made to send this one's failed recipients again.
+	RetryOf string   `json:"retryOf,omitempty"`
+	Retries []string `json:"retries,omitempty"`
 	// UpdatedAt is the time of the last event applied to the batch.
 	UpdatedAt time.Time `json:"updatedAt"`
 }
@@ -148,6 +156,11 @@ type ErrorEntry struct {
 // ListQuery pages through a tenant's batches, newest first.
 type ListQuery struct {
 	Tenant string
+	// Status filters to batches in that status; empty for all.
+	Status string
+	// Q filters to batches whose name starts with it, ignoring case, or whose
+	// ID starts with it; empty for all.
+	Q string
 	// Limit is the page size (1..100; 0 means 20).
 	Limit int
 	// Cursor is the NextCursor of the previous page; empty for the first.
@@ -183,6 +196,9 @@ type Store interface {
 	Analytics(ctx context.Context, tenant, id string) (Analytics, error)
 	// Errors pages through a batch's failed recipients; ENOTFOUND as Batch.
 	Errors(ctx context.Context, q ErrorQuery) (page []ErrorEntry, nextCursor string, err error)
+	// Recipients pages through a batch's recipients with their outcomes;
+	// ENOTFOUND as Batch.
+	Recipients(ctx context.Context, q RecipientQuery) (page []Recipient, nextCursor string, err error)
 	// Unfinished returns every tenant's batches that are not final (pending,
 	// processing or paused) and the checkpoint they are read at, together: the
 	// send processor starts from them instead of reading the whole log.

@@ -3,6 +3,7 @@ package projections
 import (
 	"cmp"
 	"encoding/base64"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -57,16 +58,45 @@ type ListPage struct {
 	Limit int
 	// After is the last batch of the previous page; nil for the first page.
 	After *ListKey
+	// Status is the status filter; Q the name or ID prefix, lower-cased (see
+	// FoldName). Empty for none.
+	Status, Q string
 }
 
-// Page validates q: a Limit outside 0..MaxListLimit or a cursor this package did
+// MaxListQueryLength bounds ListQuery.Q: no longer than a name.
+const MaxListQueryLength = domain.MaxNameLength
+
+// FoldName is a name as the list's name filter compares it: lower-cased, so
+// that the filter ignores case, the same way in every store.
+func FoldName(name string) string { return strings.ToLower(name) }
+
+// Matches reports whether a batch of that status, folded name (FoldName) and
+// ID passes the page's filters.
+func (p ListPage) Matches(status, foldedName, id string) bool {
+	if p.Status != "" && status != p.Status {
+		return false
+	}
+	return p.Q == "" || strings.HasPrefix(foldedName, p.Q) || strings.HasPrefix(id, p.Q)
+}
+
+var batchStatuses = []domain.Status{domain.StatusPending, domain.StatusProcessing, domain.StatusPaused,
+	domain.StatusCompleted, domain.StatusFailed, domain.StatusCancelled}
+
+// Page validates q: a Limit outside 0..MaxListLimit, an unknown status, a Q
+// that is not valid text or longer than a name, or a cursor this package did
 // not make is EINVALID.
 func (q ListQuery) Page() (ListPage, error) {
 	limit, err := pageLimit(q.Limit, DefaultListLimit, MaxListLimit)
 	if err != nil {
 		return ListPage{}, err
 	}
-	page := ListPage{Limit: limit}
+	page := ListPage{Limit: limit, Status: q.Status, Q: FoldName(q.Q)}
+	if q.Status != "" && !slices.Contains(batchStatuses, domain.Status(q.Status)) {
+		return ListPage{}, domain.Errorf(domain.EINVALID, "unknown batch status %q", q.Status)
+	}
+	if err := domain.CheckName(q.Q); err != nil {
+		return ListPage{}, domain.Errorf(domain.EINVALID, "q: %v", err)
+	}
 	if q.Cursor == "" {
 		return page, nil
 	}

@@ -172,8 +172,14 @@ func ParseConfig(args []string, env func(string) string) (Config, error) {
 	return c, err
 }
 
+// simulatorFlags are the settings `smsbatch simulator` uses: its --help lists
+// these only. The others keep their defaults (or SMSBATCH_ variables).
+var simulatorFlags = []string{"addr", "data-dir", "sms-account-sid", "sim-rate-limit", "sim-latency", "sim-jitter",
+	"sim-failure-rate", "sim-seed", "sim-record-every-call", "log-level", "log-format"}
+
 // parseConfig reads every setting and returns the arguments after the flags.
-func parseConfig(name string, args []string, env func(string) string) (Config, []string, error) {
+// With only, the command line takes those flags alone.
+func parseConfig(name string, args []string, env func(string) string, only ...string) (Config, []string, error) {
 	var c Config
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	s := &settings{fs: fs, env: env}
@@ -235,6 +241,9 @@ func parseConfig(name string, args []string, env func(string) string) (Config, [
 	if len(s.errs) > 0 {
 		return c, nil, errors.Join(s.errs...)
 	}
+	if len(only) > 0 {
+		fs = subset(fs, only)
+	}
 	if err := fs.Parse(args); err != nil {
 		return c, nil, err
 	}
@@ -242,6 +251,18 @@ func parseConfig(name string, args []string, env func(string) string) (Config, [
 		c.ReadStoreURL = c.EventStoreURL
 	}
 	return c, fs.Args(), c.Validate()
+}
+
+// subset returns a flag set of fs's flags named in names, set into the same
+// variables.
+func subset(fs *flag.FlagSet, names []string) *flag.FlagSet {
+	out := flag.NewFlagSet(fs.Name(), flag.ContinueOnError)
+	for _, name := range names {
+		if f := fs.Lookup(name); f != nil {
+			out.Var(f.Value, f.Name, f.Usage)
+		}
+	}
+	return out
 }
 
 // Validate reports settings that cannot work.

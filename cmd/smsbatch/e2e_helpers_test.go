@@ -96,10 +96,25 @@ type client struct {
 	key  string
 	main *Main
 	stop func()
+	// header is sent with every request (an Idempotency-Key...).
+	header http.Header
 }
 
 // do sends a request and decodes a JSON answer into out (when not nil).
 func (c *client) do(method, path string, body any, out any) (int, http.Header) {
+	c.t.Helper()
+	code, header, data := c.raw(method, path, body)
+	if out != nil && len(data) > 0 {
+		if err := json.Unmarshal(data, out); err != nil {
+			c.t.Fatalf("%s %s: %d %s: %v", method, path, code, data, err)
+		}
+	}
+	return code, header
+}
+
+// raw sends a request and returns the answer as it is. Every request and
+// answer is checked against the OpenAPI document (checkOpenAPI).
+func (c *client) raw(method, path string, body any) (int, http.Header, []byte) {
 	c.t.Helper()
 	var r io.Reader
 	switch b := body.(type) {
@@ -115,6 +130,14 @@ func (c *client) do(method, path string, body any, out any) (int, http.Header) {
 		}
 		r = bytes.NewReader(data)
 	}
+	var sent []byte
+	if r != nil {
+		var err error
+		if sent, err = io.ReadAll(r); err != nil {
+			c.t.Fatal(err)
+		}
+		r = bytes.NewReader(sent)
+	}
 	req, err := http.NewRequest(method, c.base+path, r)
 	if err != nil {
 		c.t.Fatal(err)
@@ -123,6 +146,9 @@ func (c *client) do(method, path string, body any, out any) (int, http.Header) {
 		req.Header.Set("Authorization", "Bearer "+c.key)
 	}
 	req.Header.Set("Content-Type", "application/json")
+	for k, v := range c.header {
+		req.Header[k] = v
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		c.t.Fatal(err)
@@ -132,12 +158,8 @@ func (c *client) do(method, path string, body any, out any) (int, http.Header) {
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	if out != nil && len(data) > 0 {
-		if err := json.Unmarshal(data, out); err != nil {
-			c.t.Fatalf("%s %s: %d %s: %v", method, path, resp.StatusCode, data, err)
-		}
-	}
-	return resp.StatusCode, resp.Header
+	checkOpenAPI(c.t, req, sent, resp, data)
+	return resp.StatusCode, resp.Header, data
 }
 
 func (c *client) as(key string) *client {

@@ -46,16 +46,22 @@ Usage:
                                              with the service stopped; which: status,
                                              analytics, errors or all)
   smsbatch simulator [flags]                 serve the SMS simulator's Twilio-style API on --addr
+                                             (flags: smsbatch simulator -h)
   smsbatch check --data-dir DIR              verify the embedded event store offline; exits 1 on damage
   smsbatch help                              show this text
 
-Every command takes the settings of serve (flags or SMSBATCH_ variables).
+With no command, smsbatch serves. migrate and projections take the settings of
+serve (flags or SMSBATCH_ variables); simulator takes its own few.
 `
 
 func main() {
 	args := os.Args[1:]
 	cmd := "serve"
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+	switch {
+	case len(args) == 1 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help"):
+		// Help on its own is the program's, not serve's flags.
+		cmd, args = "help", nil
+	case len(args) > 0 && !strings.HasPrefix(args[0], "-"):
 		cmd, args = args[0], args[1:]
 	}
 	switch cmd {
@@ -74,8 +80,11 @@ func main() {
 		}))
 	case "simulator":
 		os.Exit(tool("smsbatch simulator", args, func(ctx context.Context, cfg Config, rest []string) error {
+			if len(rest) > 0 {
+				return fmt.Errorf("unexpected arguments: %s", strings.Join(rest, " "))
+			}
 			return runSimulator(ctx, cfg, os.Stdout)
-		}))
+		}, simulatorFlags...))
 	case "projections":
 		if len(args) == 0 || args[0] != "rebuild" {
 			fmt.Fprintf(os.Stderr, "usage: smsbatch projections rebuild [status|analytics|errors|all]\n")
@@ -104,9 +113,10 @@ func main() {
 	}
 }
 
-// tool runs a one-off command with the serve settings; Ctrl-C interrupts it.
-func tool(name string, args []string, run func(context.Context, Config, []string) error) int {
-	cfg, rest, err := parseConfig(name, args, os.Getenv)
+// tool runs a one-off command with the serve settings (or only those named);
+// Ctrl-C interrupts it.
+func tool(name string, args []string, run func(context.Context, Config, []string) error, only ...string) int {
+	cfg, rest, err := parseConfig(name, args, os.Getenv, only...)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
@@ -134,6 +144,9 @@ func serve(args []string) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// The parts that log without a logger of their own (the send processor's
+	// page reads) log as the service does.
+	slog.SetDefault(newLogger(cfg, os.Stdout))
 
 	m := NewMain(cfg, os.Stdout)
 	if err := m.Run(ctx); err != nil {

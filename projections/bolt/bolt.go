@@ -18,13 +18,22 @@
 //     a recipient has failed, nested buckets "errors" (big-endian uint64
 //     recipient index -> projections.ErrorEntry as JSON) and "categories"
 //     (category, a zero byte, big-endian index -> empty): the second is the
-//     index of the first by category, so a filtered page reads only its rows.
+//     index of the first by category, so a filtered page reads only its rows;
+//     once a recipient was dispatched or skipped, nested bucket "outcomes"
+//     (big-endian uint64 index -> its status, a zero byte, and its
+//     projections.RecipientOutcome as JSON: a status filter reads no JSON).
+//   - bucket "numbers": one nested bucket per batch ID, key = recipients page
+//     (big-endian uint32), value = the page's numbers joined by newlines. Pages
+//     are stored before their batch's BatchCreated, as the event store holds
+//     them; one write per 1,000 recipients.
 //   - bucket "unfinished": batch ID -> empty, for every batch not final
 //     (pending, processing, paused): what the send processor starts from.
 //   - bucket "lists": one nested bucket per tenant, key = creation time in
 //     nanoseconds (big-endian, sign bit flipped so that it sorts) followed by
-//     the batch ID, value empty. Keys sort oldest first; a tenant's list,
-//     newest first, is a walk backwards from the cursor.
+//     the batch ID, value = the batch's status, a zero byte and its name
+//     lower-cased (projections.FoldName). Keys sort oldest first; a tenant's
+//     list, newest first, is a walk backwards from the cursor, and a filtered
+//     one reads the state of the batches that match only.
 //
 // # Durability
 //
@@ -81,7 +90,7 @@ const DefaultLockTimeout = time.Second
 // formatVersion is the layout written in the "meta" bucket. Change it whenever
 // the layout or the encoding of a value changes: Open then refuses older files
 // with ErrFormat, and they are rebuilt from the events.
-const formatVersion = "2"
+const formatVersion = "3"
 
 var (
 	bucketMeta       = []byte("meta")
@@ -90,6 +99,8 @@ var (
 	bucketUnfinished = []byte("unfinished")
 	bucketErrors     = []byte("errors")
 	bucketCategories = []byte("categories")
+	bucketOutcomes   = []byte("outcomes")
+	bucketNumbers    = []byte("numbers")
 
 	keyFormat         = []byte("format")
 	keyCheckpoint     = []byte("checkpoint")
@@ -149,7 +160,7 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("bolt projections: open %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bbolt.Tx) error {
-		for _, name := range [][]byte{bucketMeta, bucketBatches, bucketLists, bucketUnfinished} {
+		for _, name := range [][]byte{bucketMeta, bucketBatches, bucketLists, bucketUnfinished, bucketNumbers} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
@@ -223,6 +234,12 @@ func (s *Store) applyTx(tx *bbolt.Tx, events []eventstore.Event, use []projectio
 		if !checkpoint.Less(d.Event.Position) {
 			continue
 		}
+		if p, ok := d.Payload.(domain.RecipientsPageAdded); ok {
+			if err := putNumbers(tx, d.BatchID, p); err != nil {
+				return fmt.Errorf("write numbers of %s: %w", d.BatchID, err)
+			}
+			continue
+		}
 		b := changed[d.BatchID]
 		if b == nil {
 			if b, err = loadBatch(batches, d); err != nil {
@@ -239,6 +256,25 @@ func (s *Store) applyTx(tx *bbolt.Tx, events []eventstore.Event, use []projectio
 			if err := putError(b.bucket, entry); err != nil {
 				return fmt.Errorf("write error of %s: %w", d.BatchID, err)
 			}
+		}
+		for _, i := range projections.OutcomeIndexes(d.Payload) {
+			if err := applyOutcome(b.bucket, i, d.Payload); err != nil {
+				return fmt.Errorf("write outcome %d of %s: %w", i, d.BatchID, err)
+			}
+		}
+		if original, ok := projections.RetryLink(d.Payload); ok {
+			old := changed[original]
+			if old == nil {
+				if old, err = loadStored(batches, original); err != nil {
+					return err
+				}
+				if old == nil {
+					continue
+				}
+				changed[original] = old
+				order = append(order, original)
+			}
+			old.state.AddRetry(d.Event, d.Payload)
 		}
 	}
 	for _, id := range order {
@@ -270,15 +306,24 @@ func (s *Store) applyTx(tx *bbolt.Tx, events []eventstore.Event, use []projectio
 	return nil
 }
 
+// loadStored returns the stored batch id, or nil when there is none.
+func loadStored(batches *bbolt.Bucket, id string) (*touched, error) {
+	bucket := batches.Bucket([]byte(id))
+	if bucket == nil {
+		return nil, nil
+	}
+	st := &projections.BatchState{}
+	if err := json.Unmarshal(bucket.Get(keyState), st); err != nil {
+		return nil, fmt.Errorf("decode state of %s: %w", id, err)
+	}
+	return &touched{bucket: bucket, state: st}, nil
+}
+
 // loadBatch returns the stored batch d belongs to, a new one when d creates it,
 // or nil when d belongs to a batch never created.
 func loadBatch(batches *bbolt.Bucket, d projections.Decoded) (*touched, error) {
-	if bucket := batches.Bucket([]byte(d.BatchID)); bucket != nil {
-		st := &projections.BatchState{}
-		if err := json.Unmarshal(bucket.Get(keyState), st); err != nil {
-			return nil, fmt.Errorf("decode state of %s: %w", d.BatchID, err)
-		}
-		return &touched{bucket: bucket, state: st}, nil
+	if b, err := loadStored(batches, d.BatchID); b != nil || err != nil {
+		return b, err
 	}
 	if _, created := d.Payload.(domain.BatchCreated); !created {
 		return nil, nil
@@ -309,11 +354,10 @@ func (b *touched) save(tx *bbolt.Tx) error {
 	if err != nil {
 		return err
 	}
-	if !b.created {
-		return nil
-	}
-	if err := b.bucket.Put(keyTenant, []byte(b.state.Tenant)); err != nil {
-		return err
+	if b.created {
+		if err := b.bucket.Put(keyTenant, []byte(b.state.Tenant)); err != nil {
+			return err
+		}
 	}
 	if b.state.Tenant == "" {
 		// The domain refuses such a batch and no key belongs to no tenant; a
@@ -324,7 +368,56 @@ func (b *touched) save(tx *bbolt.Tx) error {
 	if err != nil {
 		return err
 	}
-	return list.Put(listKey(projections.ListKey{CreatedAt: b.state.CreatedAt, ID: b.state.ID}), nil)
+	// The value carries what the list filters on, kept as the status changes.
+	return list.Put(listKey(projections.ListKey{CreatedAt: b.state.CreatedAt, ID: b.state.ID}),
+		listValue(string(b.state.Status), projections.FoldName(b.state.Name)))
+}
+
+// listValue is a batch's value in its tenant's list.
+func listValue(status, foldedName string) []byte {
+	return append(append([]byte(status), 0), foldedName...)
+}
+
+// putNumbers stores a recipients page's numbers.
+func putNumbers(tx *bbolt.Tx, batchID string, p domain.RecipientsPageAdded) error {
+	nums, err := tx.Bucket(bucketNumbers).CreateBucketIfNotExists([]byte(batchID))
+	if err != nil {
+		return err
+	}
+	return nums.Put(binary.BigEndian.AppendUint32(nil, uint32(p.Page)), []byte(projections.JoinNumbers(projections.RecipientNumbers(p))))
+}
+
+// applyOutcome folds payload into recipient i's outcome record.
+func applyOutcome(batch *bbolt.Bucket, i int, payload domain.Event) error {
+	outcomes, err := batch.CreateBucketIfNotExists(bucketOutcomes)
+	if err != nil {
+		return err
+	}
+	key := indexKey(i)
+	o := projections.NewOutcome(i)
+	if v := outcomes.Get(key); v != nil {
+		if o, err = decodeOutcome(v); err != nil {
+			return err
+		}
+	}
+	o.Apply(i, payload)
+	raw, err := json.Marshal(o)
+	if err != nil {
+		return err
+	}
+	return outcomes.Put(key, append(append([]byte(o.Status), 0), raw...))
+}
+
+func decodeOutcome(v []byte) (projections.RecipientOutcome, error) {
+	var o projections.RecipientOutcome
+	_, raw, ok := bytes.Cut(v, []byte{0})
+	if !ok {
+		return o, errors.New("outcome record without its status")
+	}
+	if err := json.Unmarshal(raw, &o); err != nil {
+		return o, fmt.Errorf("decode outcome record: %w", err)
+	}
+	return o, nil
 }
 
 // putError records a recipient's final failure. A second final failure of the
@@ -527,12 +620,19 @@ func (s *Store) Batches(ctx context.Context, q projections.ListQuery) ([]project
 		} else {
 			k, _ = c.Prev() // the key found is the cursor's or a newer one
 		}
-		for ; k != nil; k, _ = c.Prev() {
+		for v := []byte(nil); k != nil; k, _ = c.Prev() {
+			id := k[8:]
+			if page.Status != "" || page.Q != "" {
+				v = list.Get(k)
+				status, name, _ := bytes.Cut(v, []byte{0})
+				if !page.Matches(string(status), string(name), string(id)) {
+					continue
+				}
+			}
 			if len(out) == page.Limit {
 				more = true
 				return nil
 			}
-			id := k[8:]
 			b := batches.Bucket(id)
 			if b == nil {
 				return fmt.Errorf("batch %s is listed but not stored", id)
@@ -553,6 +653,79 @@ func (s *Store) Batches(ctx context.Context, q projections.ListQuery) ([]project
 		next = projections.KeyOf(out[len(out)-1]).Cursor()
 	}
 	return out, next, nil
+}
+
+// Recipients implements projections.Store: the page is read in one
+// transaction, a consistent view of the batch.
+func (s *Store) Recipients(ctx context.Context, q projections.RecipientQuery) ([]projections.Recipient, string, error) {
+	page, err := q.Page()
+	if err != nil {
+		return nil, "", err
+	}
+	var (
+		out  []projections.Recipient
+		next string
+	)
+	err = s.db.View(func(tx *bbolt.Tx) error {
+		b, err := batchOf(tx, q.Tenant, q.BatchID)
+		if err != nil {
+			return err
+		}
+		st, err := stateOf(b)
+		if err != nil {
+			return err
+		}
+		out, next, err = projections.QueryRecipients(st, page, source{
+			outcomes: b.Bucket(bucketOutcomes), numbers: tx.Bucket(bucketNumbers).Bucket([]byte(q.BatchID)),
+		})
+		return err
+	})
+	if err != nil {
+		if domain.ErrorCode(err) == domain.ENOTFOUND {
+			return nil, "", err
+		}
+		return nil, "", fmt.Errorf("bolt projections: recipients: %w", err)
+	}
+	return out, next, nil
+}
+
+// source reads a batch's recipients for projections.QueryRecipients; either
+// bucket may be nil (no number or no outcome stored).
+type source struct {
+	outcomes, numbers *bbolt.Bucket
+}
+
+func (src source) Numbers(page int) ([]string, error) {
+	if src.numbers == nil {
+		return nil, nil
+	}
+	return projections.SplitNumbers(string(src.numbers.Get(binary.BigEndian.AppendUint32(nil, uint32(page))))), nil
+}
+
+func (src source) Outcomes(from, to int, status, category string, limit int) ([]projections.RecipientOutcome, error) {
+	if src.outcomes == nil {
+		return nil, nil
+	}
+	var out []projections.RecipientOutcome
+	prefix := append([]byte(status), 0)
+	c := src.outcomes.Cursor()
+	for k, v := c.Seek(indexKey(from)); k != nil && (limit <= 0 || len(out) < limit); k, v = c.Next() {
+		if int(binary.BigEndian.Uint64(k)) >= to {
+			break
+		}
+		if status != "" && !bytes.HasPrefix(v, prefix) {
+			continue
+		}
+		o, err := decodeOutcome(v)
+		if err != nil {
+			return nil, err
+		}
+		if category != "" && o.Category != category {
+			continue
+		}
+		out = append(out, o)
+	}
+	return out, nil
 }
 
 // Errors implements projections.Store. A page of one category walks that

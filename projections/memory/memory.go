@@ -23,12 +23,17 @@ type Store struct {
 	// byTenant lists each tenant's batches oldest first (the reverse of the
 	// list's order), so that the usual creation appends at the end.
 	byTenant map[string][]*batch
+	// numbers holds the recipients' numbers by batch and page. Pages come
+	// before their batch's BatchCreated, so they are kept apart from it.
+	numbers map[string]map[int][]string
 }
 
 type batch struct {
 	state projections.BatchState
 	// errors are the failed recipients sorted by index.
 	errors []projections.ErrorEntry
+	// outcomes are the records of the recipients dispatched or skipped.
+	outcomes map[int]*projections.RecipientOutcome
 }
 
 var _ projections.Store = (*Store)(nil)
@@ -38,6 +43,7 @@ func New() *Store {
 	return &Store{
 		batches:  make(map[string]*batch),
 		byTenant: make(map[string][]*batch),
+		numbers:  make(map[string]map[int][]string),
 	}
 }
 
@@ -69,14 +75,35 @@ func (s *Store) Apply(ctx context.Context, events []eventstore.Event) error {
 }
 
 func (s *Store) apply(d projections.Decoded) {
+	if p, ok := d.Payload.(domain.RecipientsPageAdded); ok {
+		if s.numbers[d.BatchID] == nil {
+			s.numbers[d.BatchID] = make(map[int][]string)
+		}
+		s.numbers[d.BatchID][p.Page] = projections.RecipientNumbers(p)
+		return
+	}
 	b := s.batches[d.BatchID]
 	if b == nil {
 		if _, created := d.Payload.(domain.BatchCreated); !created {
 			return // events of a batch whose creation we never saw
 		}
-		b = &batch{}
+		b = &batch{outcomes: make(map[int]*projections.RecipientOutcome)}
 	}
 	b.state.Apply(d.Event, d.Payload)
+	for _, i := range projections.OutcomeIndexes(d.Payload) {
+		o := b.outcomes[i]
+		if o == nil {
+			rec := projections.NewOutcome(i)
+			o = &rec
+			b.outcomes[i] = o
+		}
+		o.Apply(i, d.Payload)
+	}
+	if original, ok := projections.RetryLink(d.Payload); ok {
+		if old := s.batches[original]; old != nil {
+			old.state.AddRetry(d.Event, d.Payload)
+		}
+	}
 	if s.batches[d.BatchID] == nil {
 		s.batches[d.BatchID] = b
 		s.index(b)
@@ -157,11 +184,20 @@ func (s *Store) Batches(ctx context.Context, q projections.ListQuery) ([]project
 		})
 	}
 	out := make([]projections.BatchStatus, 0, min(page.Limit, end))
-	for i := end - 1; i >= 0 && len(out) < page.Limit; i-- {
-		out = append(out, list[i].state.StatusView())
+	more := false
+	for i := end - 1; i >= 0 && !more; i-- {
+		st := &list[i].state
+		if !page.Matches(string(st.Status), projections.FoldName(st.Name), st.ID) {
+			continue
+		}
+		if len(out) == page.Limit {
+			more = true // another batch matches: the page is not the last
+			break
+		}
+		out = append(out, st.StatusView())
 	}
 	next := ""
-	if start := end - len(out); start > 0 && len(out) > 0 {
+	if more {
 		next = projections.KeyOf(out[len(out)-1]).Cursor()
 	}
 	return out, next, nil
@@ -209,6 +245,42 @@ func (s *Store) Errors(ctx context.Context, q projections.ErrorQuery) ([]project
 		out = append(out, e)
 	}
 	return out, "", nil
+}
+
+// Recipients implements projections.Store.
+func (s *Store) Recipients(ctx context.Context, q projections.RecipientQuery) ([]projections.Recipient, string, error) {
+	page, err := q.Page()
+	if err != nil {
+		return nil, "", err
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	b, err := s.lookup(q.Tenant, q.BatchID)
+	if err != nil {
+		return nil, "", err
+	}
+	return projections.QueryRecipients(&b.state, page, source{b: b, numbers: s.numbers[q.BatchID]})
+}
+
+// source reads a batch's recipients for projections.QueryRecipients.
+type source struct {
+	b       *batch
+	numbers map[int][]string
+}
+
+func (src source) Numbers(page int) ([]string, error) { return src.numbers[page], nil }
+
+func (src source) Outcomes(from, to int, status, category string, limit int) ([]projections.RecipientOutcome, error) {
+	var out []projections.RecipientOutcome
+	// Walking the indexes is fine for a store that serves tests.
+	for i := from; i < to && (limit <= 0 || len(out) < limit); i++ {
+		o := src.b.outcomes[i]
+		if o == nil || status != "" && o.Status != status || category != "" && o.Category != category {
+			continue
+		}
+		out = append(out, *o)
+	}
+	return out, nil
 }
 
 func (s *Store) lookup(tenant, id string) (*batch, error) {

@@ -84,11 +84,14 @@ type queries struct {
 	loadStates, upsertStates, upsertErrors                        string
 	state, exists, list, listAfter, errors, errorsOf              string
 	unfinished                                                    string
+	upsertNumbers, loadOutcomes, upsertOutcomes                   string
+	numbers, outcomes, outcomesOf                                 string
 }
 
 func newQueries(schema string) queries {
 	t := func(table string) string { return pgx.Identifier{schema, table}.Sanitize() }
 	batches, errs, checkpoints := t("batches"), t("errors"), t("checkpoints")
+	numbers, outcomes := t("recipient_numbers"), t("recipient_outcomes")
 	return queries{
 		ensureCheckpoint: `INSERT INTO ` + checkpoints + ` (name) VALUES ($1) ON CONFLICT DO NOTHING`,
 		checkpoint:       `SELECT commit, prepare FROM ` + checkpoints + ` WHERE name = $1`,
@@ -96,9 +99,9 @@ func newQueries(schema string) queries {
 		writeCheckpoint:  `UPDATE ` + checkpoints + ` SET commit = $2, prepare = $3, applied = applied + $4 WHERE name = $1`,
 
 		loadStates: `SELECT state FROM ` + batches + ` WHERE id = ANY($1) FOR UPDATE`,
-		upsertStates: `INSERT INTO ` + batches + ` (id, tenant, created_ns, status, state)
-			SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::jsonb[])
-			ON CONFLICT (id) DO UPDATE SET status = excluded.status, state = excluded.state`,
+		upsertStates: `INSERT INTO ` + batches + ` (id, tenant, created_ns, status, state, name_folded)
+			SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::jsonb[], $6::text[])
+			ON CONFLICT (id) DO UPDATE SET status = excluded.status, state = excluded.state, name_folded = excluded.name_folded`,
 		// A second final failure of a recipient replaces the first, as in the
 		// memory store; replayed events never get here (the checkpoint skips them).
 		upsertErrors: `INSERT INTO ` + errs + ` (batch_id, idx, category, code, message, phone, attempts, time_ns)
@@ -108,9 +111,12 @@ func newQueries(schema string) queries {
 
 		state:  `SELECT state FROM ` + batches + ` WHERE id = $1 AND tenant = $2`,
 		exists: `SELECT EXISTS (SELECT 1 FROM ` + batches + ` WHERE id = $1 AND tenant = $2)`,
+		// The filters ($2 status, $3 folded name or ID prefix) are '' when not used.
 		list: `SELECT state FROM ` + batches + ` WHERE tenant = $1
-			ORDER BY created_ns DESC, id DESC LIMIT $2`,
-		listAfter: `SELECT state FROM ` + batches + ` WHERE tenant = $1 AND (created_ns, id) < ($2, $3)
+			AND ($2 = '' OR status = $2) AND ($3 = '' OR starts_with(name_folded, $3) OR starts_with(id, $3))
+			ORDER BY created_ns DESC, id DESC LIMIT $4`,
+		listAfter: `SELECT state FROM ` + batches + ` WHERE tenant = $1 AND (created_ns, id) < ($5, $6)
+			AND ($2 = '' OR status = $2) AND ($3 = '' OR starts_with(name_folded, $3) OR starts_with(id, $3))
 			ORDER BY created_ns DESC, id DESC LIMIT $4`,
 		errors: `SELECT idx, phone, category, code, message, attempts, time_ns FROM ` + errs + `
 			WHERE batch_id = $1 AND idx > $2 ORDER BY idx LIMIT $3`,
@@ -118,13 +124,30 @@ func newQueries(schema string) queries {
 			WHERE batch_id = $1 AND category = $2 AND idx > $3 ORDER BY idx LIMIT $4`,
 		// Served by the partial index batches_unfinished (migration 0003).
 		unfinished: `SELECT state FROM ` + batches + ` WHERE status IN ('pending', 'processing', 'paused')`,
+
+		upsertNumbers: `INSERT INTO ` + numbers + ` (batch_id, page, numbers)
+			SELECT * FROM unnest($1::text[], $2::int[], $3::text[])
+			ON CONFLICT (batch_id, page) DO UPDATE SET numbers = excluded.numbers`,
+		loadOutcomes: `SELECT o.batch_id, o.outcome FROM ` + outcomes + ` o
+			JOIN unnest($1::text[], $2::int[]) AS k (batch_id, idx) ON o.batch_id = k.batch_id AND o.idx = k.idx
+			FOR UPDATE OF o`,
+		upsertOutcomes: `INSERT INTO ` + outcomes + ` (batch_id, idx, status, category, outcome)
+			SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[])
+			ON CONFLICT (batch_id, idx) DO UPDATE SET status = excluded.status, category = excluded.category, outcome = excluded.outcome`,
+		numbers: `SELECT numbers FROM ` + numbers + ` WHERE batch_id = $1 AND page = $2`,
+		// $5 is the category filter, '' when not used; a NULL $6 is no limit.
+		outcomes: `SELECT outcome FROM ` + outcomes + ` WHERE batch_id = $1 AND idx >= $2 AND idx < $3
+			AND ($4 = '' OR category = $4) ORDER BY idx LIMIT $5`,
+		outcomesOf: `SELECT outcome FROM ` + outcomes + ` WHERE batch_id = $1 AND status = $6 AND idx >= $2 AND idx < $3
+			AND ($4 = '' OR category = $4) ORDER BY idx LIMIT $5`,
 	}
 }
 
 func (q queries) all() []string {
 	return []string{q.ensureCheckpoint, q.checkpoint, q.lockCheckpoint, q.writeCheckpoint,
 		q.loadStates, q.upsertStates, q.upsertErrors,
-		q.state, q.exists, q.list, q.listAfter, q.errors, q.errorsOf, q.unfinished}
+		q.state, q.exists, q.list, q.listAfter, q.errors, q.errorsOf, q.unfinished,
+		q.upsertNumbers, q.loadOutcomes, q.upsertOutcomes, q.numbers, q.outcomes, q.outcomesOf}
 }
 
 // Apply implements projections.Store. Every event is decoded before the
@@ -179,9 +202,18 @@ func (s *Store) applyTx(ctx context.Context, tx pgx.Tx, events []eventstore.Even
 	if err != nil {
 		return err
 	}
+	outcomes, err := s.loadOutcomes(ctx, tx, use)
+	if err != nil {
+		return err
+	}
 	touched := make(map[string]bool)
 	var errs errorRows
+	var nums numberRows
 	for _, d := range use {
+		if p, ok := d.Payload.(domain.RecipientsPageAdded); ok {
+			nums.add(d.BatchID, p)
+			continue
+		}
 		st := states[d.BatchID]
 		if st == nil {
 			if _, created := d.Payload.(domain.BatchCreated); !created {
@@ -195,6 +227,11 @@ func (s *Store) applyTx(ctx context.Context, tx pgx.Tx, events []eventstore.Even
 		if entry, ok := projections.ErrorEntryOf(d.Payload); ok {
 			errs.add(d.BatchID, entry)
 		}
+		outcomes.apply(d)
+		if original, ok := projections.RetryLink(d.Payload); ok && states[original] != nil {
+			states[original].AddRetry(d.Event, d.Payload)
+			touched[original] = true
+		}
 	}
 
 	var rows stateRows
@@ -205,11 +242,19 @@ func (s *Store) applyTx(ctx context.Context, tx pgx.Tx, events []eventstore.Even
 	}
 	b := &pgx.Batch{}
 	if len(rows.id) > 0 {
-		b.Queue(s.q.upsertStates, rows.id, rows.tenant, rows.createdNs, rows.status, rows.state)
+		b.Queue(s.q.upsertStates, rows.id, rows.tenant, rows.createdNs, rows.status, rows.state, rows.nameFolded)
 	}
 	if len(errs.batchID) > 0 {
 		b.Queue(s.q.upsertErrors, errs.batchID, errs.idx, errs.category, errs.code, errs.message,
 			errs.phone, errs.attempts, errs.timeNs)
+	}
+	if len(nums.batchID) > 0 {
+		b.Queue(s.q.upsertNumbers, nums.batchID, nums.page, nums.numbers)
+	}
+	if rows, err := outcomes.rows(); err != nil {
+		return fmt.Errorf("postgres projections: apply: %w", err)
+	} else if len(rows.batchID) > 0 {
+		b.Queue(s.q.upsertOutcomes, rows.batchID, rows.idx, rows.status, rows.category, rows.outcome)
 	}
 	b.Queue(s.q.writeCheckpoint, checkpointName, int64(last.Commit), int64(last.Prepare), fresh)
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
@@ -224,9 +269,13 @@ func (s *Store) loadStates(ctx context.Context, tx pgx.Tx, use []projections.Dec
 	ids := make([]string, 0, len(use))
 	seen := make(map[string]bool)
 	for _, d := range use {
-		if !seen[d.BatchID] {
-			seen[d.BatchID] = true
-			ids = append(ids, d.BatchID)
+		// A retry's creation changes the batch it retries too.
+		original, _ := projections.RetryLink(d.Payload)
+		for _, id := range []string{d.BatchID, original} {
+			if id != "" && !seen[id] {
+				seen[id] = true
+				ids = append(ids, id)
+			}
 		}
 	}
 	if len(ids) == 0 {
@@ -255,7 +304,7 @@ func (s *Store) loadStates(ctx context.Context, tx pgx.Tx, use []projections.Dec
 type stateRows struct {
 	id, tenant, status []string
 	createdNs          []int64
-	state              []string
+	state, nameFolded  []string
 }
 
 func (r *stateRows) add(st *projections.BatchState) error {
@@ -268,7 +317,111 @@ func (r *stateRows) add(st *projections.BatchState) error {
 	r.createdNs = append(r.createdNs, st.CreatedAt.UnixNano())
 	r.status = append(r.status, string(st.Status))
 	r.state = append(r.state, string(raw))
+	r.nameFolded = append(r.nameFolded, projections.FoldName(st.Name))
 	return nil
+}
+
+// numberRows are recipient pages' numbers as columns.
+type numberRows struct {
+	batchID, numbers []string
+	page             []int32
+}
+
+func (r *numberRows) add(batchID string, p domain.RecipientsPageAdded) {
+	r.batchID = append(r.batchID, batchID)
+	r.page = append(r.page, int32(p.Page))
+	r.numbers = append(r.numbers, projections.JoinNumbers(projections.RecipientNumbers(p)))
+}
+
+// outcomeKey names one recipient of one batch.
+type outcomeKey struct {
+	batchID string
+	index   int
+}
+
+// outcomeSet holds the outcome records a page of events changes: loaded
+// first, folded in Go, written back once each.
+type outcomeSet struct {
+	records map[outcomeKey]*projections.RecipientOutcome
+	// order lists the records changed, each once, in the order first changed.
+	order   []outcomeKey
+	changed map[outcomeKey]bool
+}
+
+func (o *outcomeSet) apply(d projections.Decoded) {
+	for _, i := range projections.OutcomeIndexes(d.Payload) {
+		key := outcomeKey{d.BatchID, i}
+		rec := o.records[key]
+		if rec == nil {
+			r := projections.NewOutcome(i)
+			rec = &r
+			o.records[key] = rec
+		}
+		if !o.changed[key] {
+			o.changed[key] = true
+			o.order = append(o.order, key)
+		}
+		rec.Apply(i, d.Payload)
+	}
+}
+
+// outcomeRows are outcome records as columns.
+type outcomeRows struct {
+	batchID, status, category, outcome []string
+	idx                                []int32
+}
+
+func (o *outcomeSet) rows() (outcomeRows, error) {
+	var r outcomeRows
+	for _, key := range o.order {
+		rec := o.records[key]
+		raw, err := json.Marshal(rec)
+		if err != nil {
+			return r, fmt.Errorf("encode outcome %d of %s: %w", key.index, key.batchID, err)
+		}
+		r.batchID = append(r.batchID, key.batchID)
+		r.idx = append(r.idx, int32(key.index))
+		r.status = append(r.status, rec.Status)
+		r.category = append(r.category, rec.Category)
+		r.outcome = append(r.outcome, string(raw))
+	}
+	return r, nil
+}
+
+// loadOutcomes locks and reads the outcome records the events change.
+func (s *Store) loadOutcomes(ctx context.Context, tx pgx.Tx, use []projections.Decoded) (*outcomeSet, error) {
+	set := &outcomeSet{records: make(map[outcomeKey]*projections.RecipientOutcome), changed: make(map[outcomeKey]bool)}
+	var ids []string
+	var idx []int32
+	for _, d := range use {
+		for _, i := range projections.OutcomeIndexes(d.Payload) {
+			ids = append(ids, d.BatchID)
+			idx = append(idx, int32(i))
+		}
+	}
+	if len(ids) == 0 {
+		return set, nil
+	}
+	rows, err := tx.Query(ctx, s.q.loadOutcomes, ids, idx)
+	if err != nil {
+		return nil, fmt.Errorf("postgres projections: apply: load outcomes: %w", err)
+	}
+	var (
+		batchID string
+		raw     []byte
+	)
+	_, err = pgx.ForEachRow(rows, []any{&batchID, &raw}, func() error {
+		var rec projections.RecipientOutcome
+		if err := json.Unmarshal(raw, &rec); err != nil {
+			return err
+		}
+		set.records[outcomeKey{batchID, rec.Index}] = &rec
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("postgres projections: apply: load outcomes: %w", err)
+	}
+	return set, nil
 }
 
 // errorRows are error rows as columns. A recipient failing twice in one page
@@ -396,9 +549,10 @@ func (s *Store) Batches(ctx context.Context, q projections.ListQuery) ([]project
 	}
 	var rows pgx.Rows
 	if page.After == nil {
-		rows, err = s.pool.Query(ctx, s.q.list, q.Tenant, page.Limit+1)
+		rows, err = s.pool.Query(ctx, s.q.list, q.Tenant, page.Status, page.Q, page.Limit+1)
 	} else {
-		rows, err = s.pool.Query(ctx, s.q.listAfter, q.Tenant, page.After.CreatedAt.UnixNano(), page.After.ID, page.Limit+1)
+		rows, err = s.pool.Query(ctx, s.q.listAfter, q.Tenant, page.Status, page.Q, page.Limit+1,
+			page.After.CreatedAt.UnixNano(), page.After.ID)
 	}
 	if err != nil {
 		return nil, "", fmt.Errorf("postgres projections: list: %w", pgerr.Classify(err))
@@ -474,4 +628,84 @@ func (s *Store) Errors(ctx context.Context, q projections.ErrorQuery) ([]project
 		next = projections.ErrorCursor(out[len(out)-1])
 	}
 	return out, next, nil
+}
+
+// Recipients implements projections.Store. The page is read in one
+// repeatable-read transaction, a consistent view of the batch.
+func (s *Store) Recipients(ctx context.Context, q projections.RecipientQuery) ([]projections.Recipient, string, error) {
+	page, err := q.Page()
+	if err != nil {
+		return nil, "", err
+	}
+	tx, err := s.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, "", fmt.Errorf("postgres projections: recipients: %w", pgerr.Classify(err))
+	}
+	defer tx.Rollback(ctx)
+	var raw []byte
+	err = tx.QueryRow(ctx, s.q.state, q.BatchID, q.Tenant).Scan(&raw)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, "", notFound()
+	}
+	if err != nil {
+		return nil, "", fmt.Errorf("postgres projections: recipients: %w", pgerr.Classify(err))
+	}
+	st := &projections.BatchState{}
+	if err := json.Unmarshal(raw, st); err != nil {
+		return nil, "", fmt.Errorf("postgres projections: recipients: decode state of %s: %w", q.BatchID, err)
+	}
+	out, next, err := projections.QueryRecipients(st, page, source{ctx: ctx, tx: tx, q: s.q, batchID: q.BatchID})
+	if err != nil {
+		return nil, "", fmt.Errorf("postgres projections: recipients: %w", pgerr.Classify(err))
+	}
+	return out, next, nil
+}
+
+// source reads a batch's recipients for projections.QueryRecipients.
+type source struct {
+	ctx     context.Context
+	tx      pgx.Tx
+	q       queries
+	batchID string
+}
+
+func (src source) Numbers(page int) ([]string, error) {
+	var joined string
+	err := src.tx.QueryRow(src.ctx, src.q.numbers, src.batchID, page).Scan(&joined)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return projections.SplitNumbers(joined), nil
+}
+
+func (src source) Outcomes(from, to int, status, category string, limit int) ([]projections.RecipientOutcome, error) {
+	var max *int64
+	if limit > 0 {
+		n := int64(limit)
+		max = &n
+	}
+	var rows pgx.Rows
+	var err error
+	if status == "" {
+		rows, err = src.tx.Query(src.ctx, src.q.outcomes, src.batchID, from, to, category, max)
+	} else {
+		rows, err = src.tx.Query(src.ctx, src.q.outcomesOf, src.batchID, from, to, category, max, status)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []projections.RecipientOutcome
+	var raw []byte
+	_, err = pgx.ForEachRow(rows, []any{&raw}, func() error {
+		var rec projections.RecipientOutcome
+		if err := json.Unmarshal(raw, &rec); err != nil {
+			return err
+		}
+		out = append(out, rec)
+		return nil
+	})
+	return out, err
 }

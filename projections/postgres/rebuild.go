@@ -123,7 +123,7 @@ func createShadow(ctx context.Context, pool *pgxpool.Pool, live, shadow string) 
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
 	stmts := []string{"CREATE SCHEMA " + pgx.Identifier{shadow}.Sanitize()}
-	for _, table := range []string{"batches", "errors", "checkpoints"} {
+	for _, table := range []string{"batches", "errors", "checkpoints", "recipient_numbers", "recipient_outcomes"} {
 		stmts = append(stmts, fmt.Sprintf("CREATE TABLE %s (LIKE %s INCLUDING ALL)",
 			pgx.Identifier{shadow, table}.Sanitize(), pgx.Identifier{live, table}.Sanitize()))
 	}

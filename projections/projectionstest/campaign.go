@@ -7,7 +7,7 @@ import (
 )
 
 // Campaign appends the whole life of a batch of n recipients the way the send
-// processor writes it: created, started, dispatched five at a time at about five
+// processor writes it: its recipients pages, created, started, dispatched five at a time at about five
 // messages a second, with retried attempts, permanent failures of several
 // categories, a one-minute pause halfway, and the completion. It is
 // deterministic: the same arguments give the same events.
@@ -17,6 +17,7 @@ import (
 // i%10 == 3 (timeout); every other message is sent at once.
 func (h *Events) Campaign(tenant, id string, at time.Time, n int) *Batch {
 	b := h.Batch(tenant, id, at)
+	b.Pages(n)
 	b.Created(n)
 	b.Advance(time.Second).Started()
 	sent, failed := 0, 0

@@ -111,6 +111,39 @@ func (b *Batch) CreatedWith(c domain.BatchCreated) eventstore.Event {
 	return b.h.Append(c)
 }
 
+// Pages appends the recipients pages of a batch of total recipients to its
+// recipients stream, as a create does before BatchCreated: recipient i's
+// number is Number(i).
+func (b *Batch) Pages(total int) {
+	for first, page := 0, 0; first < total; first, page = first+domain.RecipientPageSize, page+1 {
+		p := domain.RecipientsPageAdded{EventHeader: b.header(), Page: page, First: first}
+		for i := first; i < min(total, first+domain.RecipientPageSize); i++ {
+			p.Recipients = append(p.Recipients, domain.Recipient{Phone: Number(i), Values: []string{fmt.Sprint("name ", i)}})
+		}
+		typ, data, err := domain.EncodeEvent(p)
+		if err != nil {
+			panic(fmt.Sprintf("projectionstest: %v", err))
+		}
+		b.h.AppendRaw(domain.RecipientsStream(b.ID), typ, data, b.Now)
+	}
+}
+
+// Number is the number Pages gives recipient i: +1415 and seven digits, so
+// that recipients 0-9 share the prefix +141520000.
+func Number(i int) string { return fmt.Sprintf("+14152%06d", i) }
+
+// Rescheduled appends a BatchRescheduled to at.
+func (b *Batch) Rescheduled(at time.Time) eventstore.Event {
+	return b.h.Append(domain.BatchRescheduled{EventHeader: b.header(), ScheduleTime: at, By: "test"})
+}
+
+// Skipped appends a MessageSkipped of a recipient never dispatched.
+func (b *Batch) Skipped(index int, category domain.ErrorCategory) eventstore.Event {
+	return b.h.Append(domain.MessageSkipped{
+		EventHeader: b.header(), Index: index, Phone: Number(index), Category: category, Message: "skipped: " + string(category),
+	})
+}
+
 // Started appends a BatchStarted.
 func (b *Batch) Started() eventstore.Event {
 	return b.h.Append(domain.BatchStarted{EventHeader: b.header(), By: "test"})

@@ -36,6 +36,11 @@ func Run(t *testing.T, newStore func(t *testing.T) projections.Store) {
 	t.Run("InvalidQueries", func(t *testing.T) { testInvalid(t, newStore(t)) })
 	t.Run("ConcurrentReads", func(t *testing.T) { testConcurrent(t, newStore(t)) })
 	t.Run("Unfinished", func(t *testing.T) { testUnfinished(t, newStore(t)) })
+	t.Run("ListFilters", func(t *testing.T) { testListFilters(t, newStore(t)) })
+	t.Run("NamesAndSchedule", func(t *testing.T) { testNamesAndSchedule(t, newStore(t)) })
+	t.Run("Recipients", func(t *testing.T) { testRecipients(t, newStore(t)) })
+	t.Run("RecipientsRebuildIsIdentical", func(t *testing.T) { testRecipientsRebuild(t, newStore(t), newStore(t)) })
+	t.Run("RetryLinks", func(t *testing.T) { testRetryLinks(t, newStore(t)) })
 }
 
 func ctx(t testing.TB) context.Context { return t.Context() }
@@ -135,6 +140,7 @@ func Snapshot(t testing.TB, s projections.Store, tenants ...string) string {
 			view[key+"/status"] = status
 			view[key+"/analytics"] = analytics
 			view[key+"/errors"] = allErrors(t, s, projections.ErrorQuery{Tenant: tenant, BatchID: b.ID, Limit: 3})
+			view[key+"/recipients"] = AllRecipients(t, s, projections.RecipientQuery{Tenant: tenant, BatchID: b.ID, Limit: projections.MaxRecipientLimit})
 		}
 	}
 	out, err := json.MarshalIndent(view, "", " ")
@@ -214,6 +220,9 @@ func testServesProjection(t *testing.T, s projections.Store) {
 	states := map[string]*projections.BatchState{}
 	errs := map[string][]projections.ErrorEntry{}
 	for _, e := range events {
+		if strings.HasPrefix(e.Stream, domain.RecipientsStreamPrefix) {
+			continue // the recipients read model has tests of its own
+		}
 		id, payload, ok, err := projections.Decode(e)
 		if err != nil || !ok {
 			t.Fatalf("decode %s: ok %v, %v", e.Type, ok, err)

@@ -80,10 +80,26 @@ export async function request(method, path, body, { command = false } = {}) {
 }
 
 export const api = {
-  list: (limit, cursor) => {
+  list: (limit, cursor, { status, search } = {}) => {
     const q = new URLSearchParams({ limit: String(limit) });
     if (cursor) q.set("cursor", cursor);
+    if (status) q.set("status", status);
+    if (search) q.set("q", search);
     return request("GET", `/api/batch?${q}`);
+  },
+  recipients: (id, { status, phone, cursor, limit = 50 } = {}) => {
+    const q = new URLSearchParams({ limit: String(limit) });
+    if (status) q.set("status", status);
+    if (phone) q.set("phone", phone);
+    if (cursor) q.set("cursor", cursor);
+    return request("GET", `/api/batch/${encodeURIComponent(id)}/recipients?${q}`);
+  },
+  retryFailed: (id) => request("POST", `/api/v2/batch/${encodeURIComponent(id)}/retry-failed`, undefined, { command: true }),
+  // exportURL is a link the browser can follow: a link carries no bearer
+  // header, so it carries a single-use ticket instead.
+  exportURL: async (id) => {
+    const t = await request("POST", "/api/ws/ticket");
+    return `/api/batch/${encodeURIComponent(id)}/export.csv?ticket=${encodeURIComponent(t.ticket)}`;
   },
   batch: (id) => request("GET", `/api/batch/${encodeURIComponent(id)}`),
   analytics: (id) => request("GET", `/api/batch/${encodeURIComponent(id)}/analytics`),

@@ -4,6 +4,7 @@
 import { api, ApiError } from "./api.js";
 import { throughputChart } from "./chart.js";
 import { follow } from "./live.js";
+import { recipientsPanel } from "./recipients.js";
 import { badge, errorAlert, formatTime, h, progressBar, setProgress } from "./ui.js";
 
 export const categories = [
@@ -52,6 +53,10 @@ export function render(root, id) {
   const success = h("dd", { id: "success-rate" }, "–");
   const created = h("dd", {}, "");
   const priority = h("dd", {}, "");
+  const scheduled = h("dd", { id: "schedule" }, "–");
+  const title = h("h1", { id: "batch-name" }, "Batch");
+  const links = h("p", { id: "batch-links", class: "small", hidden: true });
+  const text = h("p", { id: "batch-text", class: "message-text" });
   const pauseNote = h("p", { id: "pause-note", class: "pause-note", hidden: true });
   const holdNote = h("p", { id: "hold-note", class: "hold-note", role: "status", hidden: true });
   const buttons = {};
@@ -61,8 +66,25 @@ export function render(root, id) {
     ["resume", "Resume", "primary"],
     ["cancel", "Cancel batch", "danger"],
   ]) {
-    buttons[action] = h("button", { type: "button", id: `action-${action}`, class: cls, disabled: true, onclick: () => act(action) }, label);
+    // Cancel is for good: it asks first.
+    const onclick = () => (action === "cancel" ? confirmCancel() : act(action));
+    buttons[action] = h("button", { type: "button", id: `action-${action}`, class: cls, disabled: true, onclick }, label);
   }
+  const confirmText = h("p", { id: "confirm-text" });
+  const confirm = h(
+    "dialog",
+    { id: "confirm-cancel", "aria-labelledby": "confirm-title" },
+    h("h2", { id: "confirm-title" }, "Cancel this batch?"),
+    confirmText,
+    h(
+      "div",
+      { class: "actions" },
+      h("button", { type: "button", id: "confirm-keep", onclick: () => confirm.close() }, "Keep sending"),
+      h("button", { type: "button", id: "confirm-yes", class: "danger", onclick: () => { confirm.close(); act("cancel"); } }, "Cancel batch"),
+    ),
+  );
+  const exportButton = h("button", { type: "button", id: "action-export", onclick: () => exportCSV() }, "Export CSV");
+  const retryButton = h("button", { type: "button", id: "action-retry", hidden: true, onclick: () => retryFailed() }, "Retry failed");
 
   const chart = document.createElementNS("http://www.w3.org/2000/svg", "svg");
   chart.setAttribute("role", "img");
@@ -92,6 +114,27 @@ export function render(root, id) {
 
   const stat = (label, dd) => h("div", {}, h("dt", {}, label), dd);
 
+  const recipients = recipientsPanel(id);
+  const panels = {
+    errors: h("div", { id: "panel-errors", role: "tabpanel", "aria-labelledby": "tab-errors" }),
+    recipients: h("div", { id: "panel-recipients", role: "tabpanel", "aria-labelledby": "tab-recipients", hidden: true }, recipients.el),
+  };
+  const tab = (key, label) =>
+    h("button", { type: "button", role: "tab", id: `tab-${key}`, "aria-controls": `panel-${key}`, onclick: () => select(key) }, label);
+  const tabs = { errors: tab("errors", "Errors"), recipients: tab("recipients", "Recipients") };
+  let recipientsLoaded = false;
+  function select(key) {
+    for (const [k, t] of Object.entries(tabs)) {
+      t.setAttribute("aria-selected", String(k === key));
+      panels[k].hidden = k !== key;
+    }
+    if (key === "recipients" && !recipientsLoaded) {
+      recipientsLoaded = true;
+      recipients.load();
+    }
+  }
+  select("errors");
+
   root.replaceChildren(
     h(
       "div",
@@ -100,12 +143,16 @@ export function render(root, id) {
         "div",
         {},
         h("p", { class: "small" }, h("a", { href: "#/" }, "← All batches")),
-        h("h1", {}, "Batch ", h("span", { class: "mono" }, id)),
+        title,
+        h("p", { class: "small muted mono batch-id" }, id),
         h("div", { class: "status-line" }, status, mode),
+        links,
       ),
-      h("div", { class: "actions", role: "group", "aria-label": "Batch actions" }, Object.values(buttons)),
+      h("div", { class: "actions", role: "group", "aria-label": "Batch actions" }, Object.values(buttons), retryButton, exportButton),
     ),
     message,
+    confirm,
+    h("section", { class: "card", "aria-labelledby": "text-title" }, h("h2", { id: "text-title" }, "Message"), text),
     h(
       "section",
       { class: "card", "aria-labelledby": "progress-title" },
@@ -131,6 +178,7 @@ export function render(root, id) {
         stat("Success rate", success),
         stat("Priority", priority),
         stat("Created", created),
+        stat("Scheduled for", scheduled),
       ),
     ),
     h(
@@ -154,8 +202,18 @@ export function render(root, id) {
     ),
     h(
       "section",
-      { class: "card", "aria-labelledby": "errors-title" },
-      h("h2", { id: "errors-title" }, "Errors"),
+      { class: "card", "aria-label": "Errors and recipients" },
+      h(
+        "div",
+        { class: "tabs", role: "tablist" },
+        tabs.errors,
+        tabs.recipients,
+      ),
+      panels.recipients,
+      panels.errors,
+    ),
+  );
+  panels.errors.append(
       h(
         "div",
         { class: "filters" },
@@ -181,7 +239,6 @@ export function render(root, id) {
         errorRows,
       ),
       h("div", { class: "actions" }, errorsMore),
-    ),
   );
   throughputChart(chart, []);
 
@@ -190,6 +247,20 @@ export function render(root, id) {
     current = b;
     const p = b.progress || { total: 0, completed: 0, failed: 0, pending: 0 };
     status.replaceChildren(badge(b.status));
+    title.textContent = b.name || "Batch";
+    document.title = `${b.name || "Batch"} · smsbatch`;
+    text.textContent = b.text || "";
+    scheduled.textContent = b.scheduleTime ? formatTime(b.scheduleTime) : "–";
+    const linked = [];
+    if (b.retryOf) linked.push("Retry of ", h("a", { href: `#/batch/${encodeURIComponent(b.retryOf)}`, class: "mono" }, b.retryOf.slice(-12)));
+    if (b.retries && b.retries.length) {
+      if (linked.length) linked.push(" · ");
+      linked.push("Retried as ");
+      b.retries.forEach((r, i) => linked.push(i ? ", " : "", h("a", { href: `#/batch/${encodeURIComponent(r)}`, class: "mono retry-link" }, r.slice(-12))));
+    }
+    links.replaceChildren(...linked);
+    links.hidden = linked.length === 0;
+    retryButton.hidden = !(p.failed > 0);
     setProgress(bar, p);
     for (const k of Object.keys(counts)) counts[k].textContent = String(p[k] || 0);
     remaining.textContent = String(Math.max(0, p.total - p.completed - p.failed - p.pending));
@@ -220,9 +291,11 @@ export function render(root, id) {
     }
     const ok = allowed[b.status] || [];
     for (const [action, btn] of Object.entries(buttons)) btn.disabled = !ok.includes(action);
-    buttons.pause.hidden = b.status === "paused";
+    buttons.pause.hidden = b.status !== "processing";
     buttons.resume.hidden = b.status !== "paused";
     buttons.start.hidden = b.status !== "pending";
+    // A finished batch has nothing left to pause or cancel.
+    buttons.cancel.hidden = final.has(b.status);
 
     // A finished batch changes no more once every sent message has its
     // delivery receipt: stop following it. Receipts come after the end, so
@@ -320,6 +393,38 @@ export function render(root, id) {
       } catch {
         if (current) show(current);
       }
+    }
+  }
+
+  function confirmCancel() {
+    const p = (current && current.progress) || { total: 0, completed: 0, failed: 0 };
+    const left = Math.max(0, p.total - p.completed - p.failed - (p.skipped || 0));
+    confirmText.textContent = `The ${left} recipient${left === 1 ? "" : "s"} not sent yet will never be sent. This cannot be undone.`;
+    confirm.showModal();
+  }
+
+  async function exportCSV() {
+    exportButton.disabled = true;
+    try {
+      const a = h("a", { href: await api.exportURL(id), download: `batch-${id}.csv`, hidden: true });
+      document.body.append(a);
+      a.click();
+      a.remove();
+    } catch (err) {
+      message.replaceChildren(errorAlert(err));
+    } finally {
+      exportButton.disabled = false;
+    }
+  }
+
+  async function retryFailed() {
+    retryButton.disabled = true;
+    try {
+      const b = await api.retryFailed(id);
+      location.hash = `#/batch/${encodeURIComponent(b.id)}`;
+    } catch (err) {
+      message.replaceChildren(errorAlert(err));
+      retryButton.disabled = false;
     }
   }
 

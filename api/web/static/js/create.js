@@ -12,6 +12,7 @@ const example = "phoneNumber,name\n+14155550100,Ada\n+14155550101,Grace";
 export function render(root) {
   const fieldError = (id) => h("p", { class: "field-error", id, role: "alert" });
   const errors = {
+    name: fieldError("name-error"),
     text: fieldError("text-error"),
     recipients: fieldError("recipients-error"),
     priority: fieldError("priority-error"),
@@ -20,6 +21,7 @@ export function render(root) {
   };
   const summary = h("div", { id: "form-errors", "aria-live": "polite" });
 
+  const name = h("input", { id: "batch-name-input", name: "name", type: "text", maxlength: 200, autocomplete: "off", "aria-describedby": "name-error" });
   const text = h("textarea", {
     id: "template", name: "text", rows: 4, required: true, maxlength: 1600,
     "aria-describedby": "template-info text-error",
@@ -57,6 +59,7 @@ export function render(root) {
       "section",
       { class: "card" },
       h("h2", {}, "Message"),
+      field("name", h("label", { for: "batch-name-input" }, "Name ", h("span", { class: "hint" }, "optional, shown in the list")), name, errors.name),
       field(
         "text",
         h("label", { for: "template" }, "Template ", h("span", { class: "hint" }, "placeholders look like {{name}}")),
@@ -178,6 +181,7 @@ export function render(root) {
       } else if (f === "text") mark("text", d.problem);
       else if (f === "recipients") mark("recipients", d.problem);
       else if (f === "options.priority") mark("priority", d.problem);
+      else if (f === "options.name") mark("name", d.problem);
       else if (f === "options.scheduleTime") mark("scheduleTime", d.problem);
       else if (f === "options.autoStart") mark("autoStart", d.problem);
       else other.push(f ? `${f}: ${d.problem}` : d.problem);
@@ -203,6 +207,7 @@ export function render(root) {
       return;
     }
     const options = { priority: priority.value, autoStart: autoStart.checked };
+    if (name.value.trim()) options.name = name.value.trim();
     if (schedule.value) {
       const when = new Date(schedule.value); // datetime-local is local time
       if (Number.isNaN(when.getTime())) {

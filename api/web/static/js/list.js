@@ -13,6 +13,20 @@ export function render(root) {
   const more = h("button", { type: "button", hidden: true, onclick: () => load(cursor) }, "Load more");
   const mode = h("span", { class: "live", "aria-live": "polite" }, "connecting");
   let cursor = "";
+  const search = h("input", { id: "batch-search", type: "search", autocomplete: "off", placeholder: "Name or ID" });
+  const statusFilter = h(
+    "select",
+    { id: "batch-status-filter", onchange: () => reload() },
+    h("option", { value: "" }, "All statuses"),
+    ["pending", "processing", "paused", "completed", "failed", "cancelled"].map((s) => h("option", { value: s }, s)),
+  );
+  let typing = 0;
+  search.addEventListener("input", () => {
+    clearTimeout(typing);
+    typing = setTimeout(reload, 250);
+  });
+  const filters = () => ({ status: statusFilter.value, search: search.value.trim() });
+  const filtered = () => !!(statusFilter.value || search.value.trim());
 
   root.replaceChildren(
     h(
@@ -26,6 +40,12 @@ export function render(root) {
       "div",
       { class: "card" },
       h(
+        "div",
+        { class: "filters" },
+        h("div", { class: "field" }, h("label", { for: "batch-search" }, "Search"), search),
+        h("div", { class: "field" }, h("label", { for: "batch-status-filter" }, "Status"), statusFilter),
+      ),
+      h(
         "table",
         { id: "batches" },
         h(
@@ -36,7 +56,7 @@ export function render(root) {
             {},
             h("th", { scope: "col" }, "Batch"),
             h("th", { scope: "col" }, "Status"),
-            h("th", { scope: "col" }, "Priority"),
+            h("th", { scope: "col", class: "hide-sm" }, "Priority"),
             h("th", { scope: "col", class: "hide-sm" }, "Created"),
             h("th", { scope: "col" }, "Progress"),
             h("th", { scope: "col", class: "num" }, "Done"),
@@ -52,10 +72,11 @@ export function render(root) {
     let r = rows.get(b.id);
     if (!r) {
       const bar = progressBar();
-      const link = h("a", { href: `#/batch/${encodeURIComponent(b.id)}`, class: "mono" }, b.id.slice(-12));
+      const link = h("a", { href: `#/batch/${encodeURIComponent(b.id)}`, class: "batch-link" });
       const cells = {
+        link,
         status: h("td"),
-        priority: h("td"),
+        priority: h("td", { class: "hide-sm" }),
         created: h("td", { class: "hide-sm" }),
         bar,
         done: h("td", { class: "num" }),
@@ -74,6 +95,9 @@ export function render(root) {
       rows.set(b.id, r);
     }
     const p = b.progress || { total: 0, completed: 0, failed: 0, pending: 0 };
+    // A batch without a name shows the end of its ID, which is what varies.
+    r.cells.link.replaceChildren(b.name ? b.name : h("span", { class: "mono" }, b.id.slice(-12)));
+    r.cells.link.title = b.id;
     r.cells.status.replaceChildren(badge(b.status));
     r.cells.priority.replaceChildren(h("span", { class: "badge prio" }, b.priority));
     r.cells.created.textContent = formatTime(b.createdAt);
@@ -85,14 +109,21 @@ export function render(root) {
   function showEmpty() {
     if (rows.size === 0) {
       tbody.replaceChildren(
-        h("tr", {}, h("td", { colspan: 6, class: "empty" }, "No batches yet. ", h("a", { href: "#/new" }, "Create one"), ".")),
+        h("tr", {}, h("td", { colspan: 6, class: "empty" }, ...(filtered() ? ["No batch matches."] : ["No batches yet. ", h("a", { href: "#/new" }, "Create one"), "."]))),
       );
     }
   }
 
+  function reload() {
+    rows.clear();
+    tbody.replaceChildren();
+    cursor = "";
+    load("");
+  }
+
   async function load(from) {
     try {
-      const page = await api.list(pageSize, from);
+      const page = await api.list(pageSize, from, filters());
       if (!from && rows.size === 0) tbody.replaceChildren();
       for (const b of page.batches) tbody.append(row(b));
       cursor = page.nextCursor || "";
@@ -106,7 +137,7 @@ export function render(root) {
 
   // Polling refreshes the first page: new batches go on top, known ones update.
   async function refresh() {
-    const page = await api.list(pageSize);
+    const page = await api.list(pageSize, "", filters());
     const fresh = page.batches.filter((b) => !rows.has(b.id));
     for (const b of page.batches) row(b);
     if (fresh.length) {
@@ -132,6 +163,8 @@ export function render(root) {
     onMessage: (msg) => {
       if (msg.type !== "batch.status" || !msg.batch) return;
       const known = rows.has(msg.batch.id);
+      // A filtered list is what the server chose: new batches wait for the next load.
+      if (!known && filtered()) return;
       const tr = row(msg.batch);
       if (!known) {
         if (rows.size === 1) tbody.replaceChildren();

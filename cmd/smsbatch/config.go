@@ -175,7 +175,7 @@ func ParseConfig(args []string, env func(string) string) (Config, error) {
 // simulatorFlags are the settings `smsbatch simulator` uses: its --help lists
 // these only. The others keep their defaults (or SMSBATCH_ variables).
 var simulatorFlags = []string{"addr", "data-dir", "sms-account-sid", "sim-rate-limit", "sim-latency", "sim-jitter",
-	"sim-failure-rate", "sim-seed", "sim-record-every-call", "log-level", "log-format"}
+	"sim-failure-rate", "sim-seed", "sim-receipt-delay", "sim-record-every-call", "log-level", "log-format"}
 
 // parseConfig reads every setting and returns the arguments after the flags.
 // With only, the command line takes those flags alone.

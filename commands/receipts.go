@@ -37,20 +37,14 @@ func (h *Handlers) RecordReceipt(ctx context.Context, r RecordReceipt) (recorded
 	if r.Index < 0 || r.Index >= b.Total() {
 		return false, b.Tenant(), domain.Errorf(domain.ENOTFOUND, "batch %s has no message %d", r.BatchID, r.Index)
 	}
-	header := domain.EventHeader{BatchID: r.BatchID, Tenant: b.Tenant(), At: h.now()}
-	var e domain.Event = domain.MessageDelivered{EventHeader: header, Index: r.Index, ProviderID: r.ProviderID, SentAt: r.SentAt}
-	if !r.Delivered {
-		e = domain.MessageUndelivered{EventHeader: header, Index: r.Index, ProviderID: r.ProviderID,
-			SentAt: r.SentAt, Code: r.Code, Message: r.Message}
-	}
-	typ, data, err := domain.EncodeEvent(e)
+	e, err := receiptEvent(r, b.Tenant(), h.now())
 	if err != nil {
 		return false, b.Tenant(), err
 	}
 	// At any revision: a receipt decides nothing, and the batch's writers
 	// must not be made to wait for it.
 	_, err = h.store.Append(ctx, domain.BatchStream(r.BatchID), eventstore.Any(),
-		[]eventstore.EventData{{ID: domain.DeliveryReceiptID(r.BatchID, r.Index), Type: typ, Data: data}})
+		[]eventstore.EventData{e})
 	switch {
 	case errors.Is(err, eventstore.ErrConcurrency):
 		return false, b.Tenant(), nil
@@ -58,4 +52,100 @@ func (h *Handlers) RecordReceipt(ctx context.Context, r RecordReceipt) (recorded
 		return false, b.Tenant(), fmt.Errorf("record receipt of %s:%d: %w", r.BatchID, r.Index, err)
 	}
 	return true, b.Tenant(), nil
+}
+
+// RecordReceipts records many receipts, with one append a batch where it can:
+// a provider in the same process hands them over together, many times a
+// second, and a webhook request a receipt would double the appends a sent
+// message costs. A group the store refuses (a receipt among them recorded
+// before) is recorded one by one, as RecordReceipt does. Receipts of a batch
+// or index that does not exist are dropped and counted in missing; the other
+// batches' are recorded when one batch fails, and the errors returned
+// together.
+func (h *Handlers) RecordReceipts(ctx context.Context, rs []RecordReceipt) (recorded, missing int, err error) {
+	var order []string
+	byBatch := make(map[string][]RecordReceipt)
+	for _, r := range rs {
+		if _, ok := byBatch[r.BatchID]; !ok {
+			order = append(order, r.BatchID)
+		}
+		byBatch[r.BatchID] = append(byBatch[r.BatchID], r)
+	}
+	var errs []error
+	for _, id := range order {
+		n, m, err := h.recordBatchReceipts(ctx, id, byBatch[id])
+		recorded += n
+		missing += m
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return recorded, missing, errors.Join(errs...)
+}
+
+// recordBatchReceipts records one batch's receipts in one append, or one by
+// one when that append is refused.
+func (h *Handlers) recordBatchReceipts(ctx context.Context, batchID string, rs []RecordReceipt) (recorded, missing int, err error) {
+	b, err := h.repo.Load(ctx, batchID)
+	if domain.ErrorCode(err) == domain.ENOTFOUND {
+		return 0, len(rs), nil
+	}
+	if err != nil {
+		return 0, 0, fmt.Errorf("record receipts: %w", err)
+	}
+	at := h.now()
+	events := make([]eventstore.EventData, 0, len(rs))
+	seen := make(map[int]bool, len(rs))
+	for _, r := range rs {
+		if r.Index < 0 || r.Index >= b.Total() {
+			missing++
+			continue
+		}
+		if seen[r.Index] {
+			continue // one counts; the store would refuse the group
+		}
+		seen[r.Index] = true
+		e, err := receiptEvent(r, b.Tenant(), at)
+		if err != nil {
+			return 0, missing, err
+		}
+		events = append(events, e)
+	}
+	if len(events) == 0 {
+		return 0, missing, nil
+	}
+	_, err = h.store.Append(ctx, domain.BatchStream(batchID), eventstore.Any(), events)
+	if err == nil {
+		return len(events), missing, nil
+	}
+	if !errors.Is(err, eventstore.ErrConcurrency) {
+		return 0, missing, fmt.Errorf("record receipts of %s: %w", batchID, err)
+	}
+	var errs []error
+	for _, e := range events {
+		_, err := h.store.Append(ctx, domain.BatchStream(batchID), eventstore.Any(), []eventstore.EventData{e})
+		switch {
+		case err == nil:
+			recorded++
+		case !errors.Is(err, eventstore.ErrConcurrency):
+			errs = append(errs, fmt.Errorf("record receipt %s: %w", e.ID, err))
+		}
+	}
+	return recorded, missing, errors.Join(errs...)
+}
+
+// receiptEvent is r's event, MessageDelivered or MessageUndelivered, with the
+// ID that makes it the message's only one.
+func receiptEvent(r RecordReceipt, tenant string, at time.Time) (eventstore.EventData, error) {
+	header := domain.EventHeader{BatchID: r.BatchID, Tenant: tenant, At: at}
+	var e domain.Event = domain.MessageDelivered{EventHeader: header, Index: r.Index, ProviderID: r.ProviderID, SentAt: r.SentAt}
+	if !r.Delivered {
+		e = domain.MessageUndelivered{EventHeader: header, Index: r.Index, ProviderID: r.ProviderID,
+			SentAt: r.SentAt, Code: r.Code, Message: r.Message}
+	}
+	typ, data, err := domain.EncodeEvent(e)
+	if err != nil {
+		return eventstore.EventData{}, err
+	}
+	return eventstore.EventData{ID: domain.DeliveryReceiptID(r.BatchID, r.Index), Type: typ, Data: data}, nil
 }

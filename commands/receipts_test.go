@@ -123,3 +123,65 @@ func TestReceiptOfAnUnknownMessageIsNotFound(t *testing.T) {
 		t.Fatalf("%d receipts stored", len(got))
 	}
 }
+
+func TestReceiptsTogetherCostOneAppendABatch(t *testing.T) {
+	eachStore(t, func(t *testing.T, base eventstore.Store) {
+		store := newCountingStore(base)
+		h := handlers(t, store)
+		ctx := context.Background()
+		create(t, h, "b1", 4, false)
+		create(t, h, "b2", 3, false)
+		sent := time.Date(2026, 5, 1, 9, 0, 0, 0, time.UTC)
+		// Message 3 of b2 was reported by a webhook before: its group is
+		// refused and recorded one by one.
+		if ok, _, err := h.RecordReceipt(ctx, RecordReceipt{BatchID: "b2", Index: 2, Delivered: true, SentAt: sent}); !ok || err != nil {
+			t.Fatal(ok, err)
+		}
+		store.mu.Lock()
+		clear(store.appends)
+		store.mu.Unlock()
+		recorded, missing, err := h.RecordReceipts(ctx, []RecordReceipt{
+			{BatchID: "b1", Index: 0, Delivered: true, ProviderID: "SM0", SentAt: sent},
+			{BatchID: "b2", Index: 0, Delivered: true, SentAt: sent},
+			{BatchID: "b1", Index: 1, Code: "30003", Message: "Unreachable destination handset", SentAt: sent},
+			{BatchID: "b1", Index: 1, Delivered: true, SentAt: sent}, // the same message twice: the first counts
+			{BatchID: "b1", Index: 9, Delivered: true},               // no such message
+			{BatchID: "nope", Index: 0, Delivered: true},             // no such batch
+			{BatchID: "b2", Index: 2, Code: "30005", SentAt: sent},   // recorded before
+			{BatchID: "b1", Index: 3, Delivered: true, SentAt: sent},
+		})
+		if err != nil || recorded != 4 || missing != 2 {
+			t.Fatalf("recorded %d, missing %d, %v; want 4 recorded (3 of b1, 1 new of b2), 2 missing", recorded, missing, err)
+		}
+		store.mu.Lock()
+		b1, b2 := store.appends[domain.BatchStream("b1")], store.appends[domain.BatchStream("b2")]
+		store.mu.Unlock()
+		if b1 != 1 {
+			t.Errorf("b1's receipts took %d appends, want 1", b1)
+		}
+		if b2 != 3 { // the refused group, then one each
+			t.Errorf("b2's receipts took %d appends, want 3", b2)
+		}
+		got := map[int]domain.Event{}
+		for _, e := range receipts(t, store, "b1") {
+			switch e := e.(type) {
+			case domain.MessageDelivered:
+				got[e.Index] = e
+			case domain.MessageUndelivered:
+				got[e.Index] = e
+			}
+		}
+		if len(got) != 3 {
+			t.Fatalf("b1 holds receipts of %v, want 0, 1, 3", got)
+		}
+		if u, ok := got[1].(domain.MessageUndelivered); !ok || u.Code != "30003" || u.Tenant != "acme" {
+			t.Errorf("b1's message 1: %+v, want the first receipt, undelivered 30003", got[1])
+		}
+		if d, ok := got[0].(domain.MessageDelivered); !ok || d.ProviderID != "SM0" || !d.SentAt.Equal(sent) {
+			t.Errorf("b1's message 0: %+v", got[0])
+		}
+		if n := len(receipts(t, store, "b2")); n != 2 {
+			t.Errorf("b2 holds %d receipts, want 2 (one each for messages 0 and 2)", n)
+		}
+	})
+}

@@ -28,11 +28,12 @@ type countingStore struct {
 	mu            sync.Mutex
 	read          map[string]int // events returned by ReadStream, by stream
 	backward      map[string]int // ReadStreamBackward calls, by stream
+	appends       map[string]int // Append calls, by stream
 	failSnapshots bool
 }
 
 func newCountingStore(s eventstore.Store) *countingStore {
-	return &countingStore{Store: s, read: map[string]int{}, backward: map[string]int{}}
+	return &countingStore{Store: s, read: map[string]int{}, backward: map[string]int{}, appends: map[string]int{}}
 }
 
 func (c *countingStore) ReadStream(ctx context.Context, stream string, from uint64, max int) ([]eventstore.Event, error) {
@@ -53,6 +54,7 @@ func (c *countingStore) ReadStreamBackward(ctx context.Context, stream string, f
 func (c *countingStore) Append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events []eventstore.EventData) (eventstore.AppendResult, error) {
 	c.mu.Lock()
 	fail := c.failSnapshots && strings.HasPrefix(stream, domain.SnapshotStreamPrefix)
+	c.appends[stream]++
 	c.mu.Unlock()
 	if fail {
 		return eventstore.AppendResult{}, fmt.Errorf("append to %s: %w", stream, eventstore.ErrUnavailable)

@@ -237,8 +237,8 @@ func (m *Main) Run(ctx context.Context) error {
 		return err
 	}
 
-	// Listen first: the built-in simulator reports delivery to this address
-	// when no public URL is set.
+	// Listen first: the built-in simulator signs for this address when no
+	// public URL is set (and reports delivery in-process).
 	m.listener, err = net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.Addr, err)
@@ -246,6 +246,9 @@ func (m *Main) Run(ctx context.Context) error {
 	hooks, err := webhooksFor(cfg, m.listener.Addr().String())
 	if err != nil {
 		return err
+	}
+	if cfg.SMSProvider == "simulator" && cfg.PublicURL == "" {
+		hooks.deliver = recordReceipts(cmds, m.logger)
 	}
 	provider, closer, err := openProvider(cfg, m.logger, hooks)
 	if err != nil {

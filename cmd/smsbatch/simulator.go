@@ -14,9 +14,11 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/smsbatch/smsbatch/commands"
 	"github.com/smsbatch/smsbatch/processors/sms"
 	"github.com/smsbatch/smsbatch/processors/sms/httpprovider"
 	"github.com/smsbatch/smsbatch/processors/sms/simulator"
+	"github.com/smsbatch/smsbatch/processors/sms/twilio"
 )
 
 // newSimulator opens the simulator with its outbox in the data directory. cb
@@ -59,7 +61,9 @@ func openProvider(cfg Config, logger *slog.Logger, hooks webhooks) (sms.Provider
 	if account == "" {
 		account = "ACsimulator"
 	}
-	sim, err := newSimulator(cfg, logger, simulator.Callbacks{PublicURL: hooks.publicURL, AuthToken: hooks.token, AccountSID: account})
+	sim, err := newSimulator(cfg, logger, simulator.Callbacks{
+		PublicURL: hooks.publicURL, AuthToken: hooks.token, AccountSID: account, Deliver: hooks.deliver,
+	})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -67,9 +71,30 @@ func openProvider(cfg Config, logger *slog.Logger, hooks webhooks) (sms.Provider
 }
 
 // webhooks is where the provider reaches this instance and the token its
-// requests are signed with.
+// requests are signed with. With deliver, the built-in simulator hands its
+// receipts over in-process instead.
 type webhooks struct {
 	publicURL, token string
+	deliver          func(context.Context, []simulator.Receipt) error
+}
+
+// recordReceipts records the built-in simulator's receipts as the status
+// webhook would, a batch's together: without a public URL set, nothing but
+// this instance hears them, and a webhook request a message would cost
+// more than the send.
+func recordReceipts(cmds *commands.Handlers, logger *slog.Logger) func(context.Context, []simulator.Receipt) error {
+	return func(ctx context.Context, rs []simulator.Receipt) error {
+		in := make([]commands.RecordReceipt, len(rs))
+		for i, r := range rs {
+			in[i] = commands.RecordReceipt{BatchID: r.BatchID, Index: r.Index, Delivered: r.Delivered,
+				ProviderID: r.ProviderID, SentAt: r.SentAt, Code: r.Code, Message: twilio.DeliveryErrorMessage(r.Code)}
+		}
+		_, missing, err := cmds.RecordReceipts(ctx, in)
+		if missing > 0 {
+			logger.WarnContext(ctx, "simulator receipts ignored: no such message", "receipts", missing)
+		}
+		return err
+	}
 }
 
 // webhooksFor returns the configured public URL and the provider's token. The

@@ -37,7 +37,29 @@ type Callbacks struct {
 	// HTTPClient posts the callbacks. Optional; the default gives up after
 	// 10 s and follows no redirect.
 	HTTPClient *http.Client
+	// Deliver, when set, takes an in-process Send's receipts in place of
+	// status callbacks over HTTP: those come due are handed over together,
+	// every DeliverEvery, so that a provider in the same process costs the
+	// service one write a batch every so often, not a request and a write a
+	// message. Receipts it fails are counted and logged, not tried again, as
+	// a failed callback. The HTTP server reports with callbacks still.
+	Deliver func(ctx context.Context, receipts []Receipt) error
 }
+
+// Receipt is one message's delivery as Callbacks.Deliver gets it.
+type Receipt struct {
+	BatchID    string
+	Index      int
+	ProviderID string
+	// SentAt is when the message reached the provider.
+	SentAt    time.Time
+	Delivered bool
+	// Code is Twilio's error code of a message not delivered.
+	Code string
+}
+
+// DeliverEvery is how often receipts come due are handed to Callbacks.Deliver.
+const DeliverEvery = 100 * time.Millisecond
 
 // undeliverable are the test numbers whose messages are accepted and then not
 // delivered, with Twilio's status and delivery error code. Any other accepted
@@ -48,28 +70,32 @@ var undeliverable = map[string]struct{ status, code string }{
 	"+15005550008": {twilio.StatusFailed, "30008"},      // unknown error
 }
 
-// callback is one status callback to send.
+// callback is one status callback to send, or with receipt set, one receipt
+// to hand to Callbacks.Deliver.
 type callback struct {
 	url, token string
 	form       url.Values
+	receipt    *Receipt
 }
 
 // reporter sends status callbacks after their delay. Sends run on their own
 // goroutines, at most maxReports at once; Close drops the ones not sent yet.
 type reporter struct {
-	delay  time.Duration
-	client *http.Client
-	log    *slog.Logger
+	delay   time.Duration
+	client  *http.Client
+	deliver func(context.Context, []Receipt) error
+	log     *slog.Logger
 
 	ctx    context.Context
 	cancel context.CancelFunc
 	slots  chan struct{}
 	wg     sync.WaitGroup
 
-	mu     sync.Mutex
-	closed bool
-	sent   int
-	failed int
+	mu      sync.Mutex
+	closed  bool
+	sent    int
+	failed  int
+	pending []Receipt // due, for deliver
 }
 
 // maxReports bounds the callbacks posted at once.
@@ -84,15 +110,31 @@ func newReporter(cfg Callbacks, log *slog.Logger) *reporter {
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &reporter{delay: cfg.Delay, client: client, log: log, ctx: ctx, cancel: cancel, slots: make(chan struct{}, maxReports)}
+	r := &reporter{delay: cfg.Delay, client: client, deliver: cfg.Deliver, log: log, ctx: ctx, cancel: cancel,
+		slots: make(chan struct{}, maxReports)}
+	if r.deliver != nil {
+		r.wg.Add(1)
+		go r.deliverDue()
+	}
+	return r
 }
 
 // report schedules c after the delay.
 func (r *reporter) report(c callback) {
-	if r == nil || r.delay <= 0 || c.url == "" {
+	if r == nil || r.delay <= 0 || c.url == "" && c.receipt == nil {
 		return
 	}
 	wait := r.delay/2 + time.Duration(mathrand.Int64N(int64(r.delay)+1))
+	if c.receipt != nil {
+		time.AfterFunc(wait, func() {
+			r.mu.Lock()
+			if !r.closed {
+				r.pending = append(r.pending, *c.receipt)
+			}
+			r.mu.Unlock()
+		})
+		return
+	}
 	time.AfterFunc(wait, func() {
 		// Counted once it runs, so that close waits for the callbacks being
 		// sent, not for the timers of those it drops.
@@ -147,6 +189,39 @@ func (r *reporter) post(c callback) error {
 	return nil
 }
 
+// deliverDue hands the receipts come due to deliver every DeliverEvery until
+// the reporter closes.
+func (r *reporter) deliverDue() {
+	defer r.wg.Done()
+	tick := time.NewTicker(DeliverEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-tick.C:
+		}
+		r.mu.Lock()
+		due := r.pending
+		r.pending = nil
+		r.mu.Unlock()
+		if len(due) == 0 {
+			continue
+		}
+		err := r.deliver(r.ctx, due)
+		r.mu.Lock()
+		if err != nil {
+			r.failed += len(due)
+		} else {
+			r.sent += len(due)
+		}
+		r.mu.Unlock()
+		if err != nil && r.ctx.Err() == nil {
+			r.log.Warn("simulator: delivering receipts failed", slog.Int("receipts", len(due)), slog.Any("error", err))
+		}
+	}
+}
+
 // counts returns the callbacks answered with a 2xx and those that were not.
 func (r *reporter) counts() (sent, failed int) {
 	if r == nil {
@@ -169,12 +244,18 @@ func (r *reporter) close() {
 	r.wg.Wait()
 }
 
+// fate is the final status of a message to to, and its error code when it
+// was not delivered.
+func fate(to string) (status, code string) {
+	if u, ok := undeliverable[to]; ok {
+		return u.status, u.code
+	}
+	return twilio.StatusDelivered, ""
+}
+
 // statusForm is the form Twilio posts to a status callback for message sid.
 func statusForm(sid, accountSID, from, to string) url.Values {
-	status, code := twilio.StatusDelivered, ""
-	if u, ok := undeliverable[to]; ok {
-		status, code = u.status, u.code
-	}
+	status, code := fate(to)
 	form := url.Values{
 		"MessageSid": {sid}, "SmsSid": {sid}, "AccountSid": {accountSID},
 		"MessageStatus": {status}, "SmsStatus": {status}, "To": {to}, "ApiVersion": {"2010-04-01"},

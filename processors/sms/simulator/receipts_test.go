@@ -1,6 +1,8 @@
 package simulator_test
 
 import (
+	"context"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -151,6 +153,77 @@ func TestServerReportsToTheRequestsStatusCallback(t *testing.T) {
 	f.Set("StatusCallback", "not a url")
 	w, body := do(t, h, post{key: "b2:8", form: f})
 	wantError(t, w, body, http.StatusBadRequest, 21609)
+}
+
+func TestInProcessReceiptsAreHandedOverTogether(t *testing.T) {
+	rc := newReceiver(t, "tok") // must hear nothing: Deliver takes the receipts
+	var mu sync.Mutex
+	var calls [][]simulator.Receipt
+	fail := true
+	const delay = 100 * time.Millisecond
+	sim := newSim(t, simulator.Config{Callbacks: simulator.Callbacks{
+		Delay: delay, PublicURL: rc.url, AuthToken: "tok",
+		Deliver: func(ctx context.Context, rs []simulator.Receipt) error {
+			mu.Lock()
+			defer mu.Unlock()
+			if fail { // the first hand-over fails: counted, not tried again
+				fail = false
+				return errors.New("store unavailable")
+			}
+			calls = append(calls, rs)
+			return nil
+		},
+	}})
+	if _, err := sim.Send(t.Context(), sms.Message{IdempotencyKey: "w:0", To: okNumber, Body: "lost", BatchID: "w", Index: 0}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2*delay + 2*simulator.DeliverEvery)
+	start := time.Now()
+	const n = 50
+	for i := range n {
+		to := okNumber
+		if i == 7 {
+			to = "+15005550006"
+		}
+		_, _ = sim.Send(t.Context(), sms.Message{IdempotencyKey: "b1:" + string(rune('A'+i)), To: to, Body: "hi", BatchID: "b1", Index: i})
+	}
+	_, _ = sim.Send(t.Context(), sms.Message{IdempotencyKey: "k", To: okNumber, Body: "no batch, no receipt"})
+	time.Sleep(3*delay/2 + 3*simulator.DeliverEvery)
+	mu.Lock()
+	got := map[int]simulator.Receipt{}
+	for _, rs := range calls {
+		for _, r := range rs {
+			if _, dup := got[r.Index]; dup || r.BatchID != "b1" {
+				t.Errorf("receipt %+v handed over twice or not of b1", r)
+			}
+			got[r.Index] = r
+		}
+	}
+	handovers := len(calls)
+	mu.Unlock()
+	if len(got) != n {
+		t.Fatalf("%d receipts handed over, want %d", len(got), n)
+	}
+	// The receipts come due over one delay (from half to one and a half
+	// times it); handed over every DeliverEvery, they take a few calls, not
+	// one each.
+	if max := int(delay/simulator.DeliverEvery) + 3; handovers > max {
+		t.Errorf("%d receipts in %d hand-overs, want at most %d", n, handovers, max)
+	}
+	for i, r := range got {
+		if r.ProviderID == "" || r.SentAt.Before(start.Add(-time.Millisecond)) {
+			t.Errorf("receipt %d: %+v", i, r)
+		}
+		if want := i != 7; r.Delivered != want || (r.Code == "30003") == want {
+			t.Errorf("receipt %d: delivered %v code %q", i, r.Delivered, r.Code)
+		}
+	}
+	if len(rc.got) != 0 {
+		t.Errorf("%d status callbacks posted besides", len(rc.got))
+	}
+	if st := sim.Stats(); st.Callbacks != n || st.CallbacksFailed != 1 {
+		t.Errorf("stats: %d receipts handed over, %d failed; want %d, 1", st.Callbacks, st.CallbacksFailed, n)
+	}
 }
 
 func TestCloseDropsCallbacksNotSentYet(t *testing.T) {

@@ -126,7 +126,7 @@ func (c Config) Validate() error {
 	if c.Callbacks.Delay < 0 {
 		errs = append(errs, fmt.Errorf("negative Callbacks.Delay %s", c.Callbacks.Delay))
 	}
-	if c.Callbacks.Delay > 0 && c.Callbacks.PublicURL != "" && c.Callbacks.AuthToken == "" {
+	if c.Callbacks.Delay > 0 && c.Callbacks.PublicURL != "" && c.Callbacks.Deliver == nil && c.Callbacks.AuthToken == "" {
 		errs = append(errs, errors.New("Callbacks.AuthToken is required to sign callbacks to Callbacks.PublicURL"))
 	}
 	return errors.Join(errs...)
@@ -252,16 +252,22 @@ func New(cfg Config) (*Simulator, error) {
 func (s *Simulator) Send(ctx context.Context, msg sms.Message) (receipt sms.Receipt, err error) {
 	received := s.cfg.Clock().UTC()
 	cb := callbackTo{token: s.cfg.Callbacks.AuthToken, accountSID: s.cfg.Callbacks.AccountSID}
-	if s.cfg.Callbacks.PublicURL != "" && msg.BatchID != "" {
+	switch {
+	case msg.BatchID == "":
+	case s.cfg.Callbacks.Deliver != nil:
+		cb.direct = true
+	case s.cfg.Callbacks.PublicURL != "":
 		cb.url = twilio.StatusCallbackURL(s.cfg.Callbacks.PublicURL, msg.BatchID, msg.Index, received)
 	}
 	return s.send(ctx, msg, received, cb)
 }
 
 // callbackTo is where a message's status callback goes ("" for nowhere), the
-// token it is signed with and the account it names.
+// token it is signed with and the account it names; direct, its receipt goes
+// to Callbacks.Deliver instead.
 type callbackTo struct {
 	url, token, accountSID, from string
+	direct                       bool
 }
 
 // send is Send with the message's status callback; the HTTP server passes the
@@ -316,7 +322,13 @@ func (s *Simulator) send(ctx context.Context, msg sms.Message, received time.Tim
 	}
 	s.stats.Accepted++
 	s.mu.Unlock()
-	s.reports.report(callback{url: cb.url, token: cb.token, form: statusForm(entry.ProviderID, cb.accountSID, cb.from, msg.To)})
+	if cb.direct {
+		status, code := fate(msg.To)
+		s.reports.report(callback{receipt: &Receipt{BatchID: msg.BatchID, Index: msg.Index, ProviderID: entry.ProviderID,
+			SentAt: received, Delivered: status == twilio.StatusDelivered, Code: code}})
+	} else if cb.url != "" {
+		s.reports.report(callback{url: cb.url, token: cb.token, form: statusForm(entry.ProviderID, cb.accountSID, cb.from, msg.To)})
+	}
 	return sms.Receipt{ProviderID: entry.ProviderID}, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -15,7 +16,13 @@ import (
 	"github.com/smsbatch/smsbatch/internal/pgtest"
 )
 
-func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+func TestMain(m *testing.M) {
+	code := pgtest.Main(m)
+	if binPath != "" {
+		_ = os.RemoveAll(filepath.Dir(binPath)) // the race-built binary: tens of MB a run
+	}
+	os.Exit(code)
+}
 
 func postgresConfig(t testing.TB, url string) Config {
 	cfg := testConfig(t)

@@ -22,6 +22,9 @@ type FollowerConfig struct {
 	// BatchSize is the most events handed to one call of the handler. Optional;
 	// DefaultBatchSize when <= 0.
 	BatchSize int
+	// Gather is SubscribeOptions.Gather: the wait after a page that was not
+	// full, so that the handler gets fewer, larger pages. Zero: none.
+	Gather time.Duration
 	// OnCaughtUp, if set, is called once, the first time every event that existed
 	// when the follower started has been handled. It must not block.
 	OnCaughtUp func()
@@ -116,6 +119,7 @@ func (f *Follower) Run(ctx context.Context) error {
 		err := SubscribeWith(ctx, f.cfg.Store, SubscribeOptions{
 			After:     from,
 			BatchSize: f.cfg.BatchSize,
+			Gather:    f.cfg.Gather,
 			OnCaughtUp: func() {
 				f.healthy()
 				if onCaughtUp != nil {

@@ -156,3 +156,69 @@ func waitFor(t *testing.T, ok func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// With Gather, a busy log reaches the handler in few, larger pages, every
+// event once and in order, while the first event after a quiet spell is
+// handled at once.
+func TestGatherHandsABusyLogInFewerPages(t *testing.T) {
+	store := memory.New()
+	defer store.Close()
+	const gather = 300 * time.Millisecond
+	var mu sync.Mutex
+	var pages int
+	var seen []eventstore.Position
+	handled := make(chan struct{}, 1000)
+	f, err := eventstore.NewFollower(eventstore.FollowerConfig{Name: "test", Store: store, Gather: gather},
+		func(ctx context.Context, events []eventstore.Event) error {
+			mu.Lock()
+			pages++
+			for _, e := range events {
+				seen = append(seen, e.Position)
+			}
+			mu.Unlock()
+			handled <- struct{}{}
+			return nil
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go f.Run(ctx)
+
+	// Quiet log: one event is handled well within the gathering time.
+	time.Sleep(50 * time.Millisecond)
+	start := time.Now()
+	appendN(t, store, "quiet", 1)
+	select {
+	case <-handled:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the event was not handled")
+	}
+	if d := time.Since(start); d >= gather {
+		t.Errorf("the first event after a quiet spell took %s, want it at once (not after %s)", d, gather)
+	}
+
+	// Busy log: an event every 2 ms for about a second.
+	mu.Lock()
+	pages = 0
+	mu.Unlock()
+	const n = 400
+	for i := range n {
+		appendN(t, store, fmt.Sprintf("busy-%d", i%7), 1)
+		time.Sleep(2 * time.Millisecond)
+	}
+	waitFor(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(seen) == 1+n })
+	mu.Lock()
+	defer mu.Unlock()
+	// About one page per gathering time, a few more for a slow machine;
+	// without Gather it would be a page every event or two.
+	if most := int(time.Since(start)/gather) + 5; pages > most {
+		t.Errorf("%d events in %d pages, want at most %d", n, pages, most)
+	}
+	for i := 1; i < len(seen); i++ {
+		if !seen[i-1].Less(seen[i]) {
+			t.Fatalf("event %d at %s handed after %s: out of order or twice", i, seen[i], seen[i-1])
+		}
+	}
+}

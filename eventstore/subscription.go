@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // DefaultBatchSize is the page size a subscription reads with when none is given.
@@ -23,6 +24,13 @@ type SubscribeOptions struct {
 	// has been handled). Projections use it to say they are ready. It runs on the
 	// subscription's goroutine, so it must not block.
 	OnCaughtUp func()
+	// Gather, when positive, is how long after handling a page that was not
+	// full the next read waits, so that it carries what came meanwhile: for a
+	// handler that pays per call (a commit, a sync) more than per event, at
+	// the cost of up to that much more delay. An event after a quiet spell
+	// longer than Gather is read at once; a full page, catching up, is
+	// followed at once. Zero: never wait.
+	Gather time.Duration
 }
 
 // Subscribe follows the global order of s from after (exclusive), handing each page
@@ -51,9 +59,19 @@ func SubscribeWith(ctx context.Context, s Store, opts SubscribeOptions, handle f
 	}
 	pos := opts.After
 	caughtUp := opts.OnCaughtUp == nil
+	var notBefore time.Time // with Gather: the next read's earliest time
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
+		}
+		if d := time.Until(notBefore); d > 0 {
+			t := time.NewTimer(d)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return ctx.Err()
+			}
 		}
 		events, err := s.ReadAll(ctx, pos, batch)
 		if err != nil {
@@ -81,6 +99,10 @@ func SubscribeWith(ctx context.Context, s Store, opts SubscribeOptions, handle f
 			return fmt.Errorf("subscribe: handle events %s..%s: %w", events[0].Position, last, err)
 		}
 		pos = last
+		notBefore = time.Time{}
+		if opts.Gather > 0 && len(events) < batch {
+			notBefore = time.Now().Add(opts.Gather)
+		}
 	}
 }
 

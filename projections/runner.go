@@ -19,6 +19,12 @@ import (
 // RunnerConfig.BatchSize is not set.
 const DefaultRunnerBatchSize = 500
 
+// DefaultGather is how long the runner lets events gather between pages of a
+// busy log when RunnerConfig.Gather is not set. At 20 ms a log taking 15,000
+// events a second is applied in about 50 transactions a second instead of
+// several hundred, each about 300 events.
+const DefaultGather = 20 * time.Millisecond
+
 // RunnerConfig configures a Runner.
 type RunnerConfig struct {
 	// Events is the event store followed (required).
@@ -27,6 +33,12 @@ type RunnerConfig struct {
 	Store Store
 	// BatchSize is the most events applied in one Store.Apply; default 500.
 	BatchSize int
+	// Gather is how long the runner lets events gather after applying a page
+	// that was not full, so that a busy log is applied in fewer, larger
+	// transactions (each a commit and a sync, and a read and write of every
+	// batch it touches); DefaultGather when 0, none when negative. Queries
+	// lag the log by up to that much more.
+	Gather time.Duration
 	// Logger; default discards.
 	Logger *slog.Logger
 	// Lag, if set, is set after every page to the seconds between now and the
@@ -40,6 +52,9 @@ type RunnerConfig struct {
 func (c *RunnerConfig) setDefaults() {
 	if c.BatchSize <= 0 {
 		c.BatchSize = DefaultRunnerBatchSize
+	}
+	if c.Gather == 0 {
+		c.Gather = DefaultGather
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -116,7 +131,7 @@ func (r *Runner) Run(ctx context.Context) error {
 	r.cfg.Logger.Info("projections: following events", "after", checkpoint.String())
 
 	f, err := eventstore.NewFollower(eventstore.FollowerConfig{
-		Name: "projections", Store: r.cfg.Events, After: checkpoint, BatchSize: r.cfg.BatchSize,
+		Name: "projections", Store: r.cfg.Events, After: checkpoint, BatchSize: r.cfg.BatchSize, Gather: max(r.cfg.Gather, 0),
 		OnCaughtUp: r.caughtUp, Backoff: r.cfg.backOff, Logger: r.cfg.Logger,
 	}, r.handle)
 	if err != nil {

@@ -258,6 +258,17 @@ func (s *server) decodeCreate(body io.Reader, spool *os.File) (createRequest, in
 			if err := expectDelim(dec, '[', "recipients must be an array"); err != nil {
 				return req, 0, nil, err
 			}
+			// Every recipient is spooled, valid or not, so that the
+			// variables of all of them can be checked once the template
+			// is known.
+			spool := func(i int, in recipientIn, p checkedPhone) error {
+				if err := enc.Encode(s.checkRecipient(i, in, p, probs, seen, seed)); err != nil {
+					return internalError("the upload could not be written to the service's disk", fmt.Errorf("spool recipient: %w", err))
+				}
+				return nil
+			}
+			numbers := newNumberChecker(s.cfg.DefaultRegion)
+			defer numbers.stop()
 			for dec.More() {
 				var in recipientIn
 				if err := dec.Decode(&in); err != nil {
@@ -266,13 +277,14 @@ func (s *server) decodeCreate(body io.Reader, spool *os.File) (createRequest, in
 				if count++; count > s.cfg.Limits.MaxRecipients {
 					return req, 0, nil, domain.Errorf(domain.ETOOLARGE, "a batch may have at most %d recipients", s.cfg.Limits.MaxRecipients)
 				}
-				// Every recipient is spooled, valid or not, so that the
-				// variables of all of them can be checked once the template
-				// is known.
-				if err := enc.Encode(s.checkRecipient(count-1, in, probs, seen, seed)); err != nil {
-					return req, 0, nil, internalError("the upload could not be written to the service's disk", fmt.Errorf("spool recipient: %w", err))
+				if err := numbers.add(in, spool); err != nil {
+					return req, 0, nil, err
 				}
 			}
+			if err := numbers.flush(spool); err != nil {
+				return req, 0, nil, err
+			}
+			numbers.stop()
 			if err := expectDelim(dec, ']', "recipients must be an array"); err != nil {
 				return req, 0, nil, err
 			}
@@ -299,23 +311,14 @@ func (s *server) decodeCreate(body io.Reader, spool *os.File) (createRequest, in
 	return req, count, probs, nil
 }
 
-// checkRecipient normalises one recipient's number and variables, adding problems.
-func (s *server) checkRecipient(i int, in recipientIn, probs *problems, seen map[uint64]int, seed maphash.Seed) spooled {
+// checkRecipient checks one recipient's number, normalised as p, and
+// variables, adding problems.
+func (s *server) checkRecipient(i int, in recipientIn, p checkedPhone, probs *problems, seen map[uint64]int, seed maphash.Seed) spooled {
 	field := "recipients[" + strconv.Itoa(i) + "]"
-	var phone string
-	raw, problem, ok := decodeString(in.PhoneNumber)
-	switch {
-	case !ok:
-		probs.add(field+".phoneNumber", "must be a string")
-	case problem != "":
-		probs.add(field+".phoneNumber", problem)
-	default:
-		p, err := domain.NormalizePhone(raw, s.cfg.DefaultRegion)
-		if err != nil {
-			probs.add(field+".phoneNumber", err.Error())
-			break
-		}
-		phone = p
+	phone := p.phone
+	if p.problem != "" {
+		probs.add(field+".phoneNumber", p.problem)
+	} else {
 		// A second message to the same number costs money and annoys the customer:
 		// refuse the batch rather than guess which was meant. Numbers are compared
 		// by a 64-bit hash, which keeps a million of them in a few MiB.

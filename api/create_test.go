@@ -286,3 +286,82 @@ func TestCleanSpoolDirRemovesLeftoverUploads(t *testing.T) {
 		t.Fatalf("left %v, want only keep.txt", files)
 	}
 }
+
+// A large upload's numbers are checked on every core, yet its problems come
+// in recipient order and every recipient keeps its own number and variables.
+func TestLargeUploadKeepsItsOrder(t *testing.T) {
+	env := newAPI(t, nil)
+	const n = 3000
+	recipient := func(i int) string {
+		return fmt.Sprintf(`{"phoneNumber": "+1415%07d", "variables": {"name": "N%d"}}`, 2000000+i, i)
+	}
+	build := func(bad map[int]string) string {
+		var b strings.Builder
+		b.WriteString(`{"text": "Hi {{name}}", "recipients": [`)
+		for i := range n {
+			if i > 0 {
+				b.WriteString(",")
+			}
+			if r, ok := bad[i]; ok {
+				b.WriteString(r)
+			} else {
+				b.WriteString(recipient(i))
+			}
+		}
+		b.WriteString(`], "options": {"autoStart": false}}`)
+		return b.String()
+	}
+	bad := map[int]string{
+		3:    `{"phoneNumber": "12", "variables": {"name": "x"}}`,
+		700:  `{"phoneNumber": "+1 415 CALL NOW", "variables": {"name": "x"}}`,
+		1500: `{"phoneNumber": 5, "variables": {"name": "x"}}`,
+		2999: strings.Replace(recipient(10), `"N10"`, `"again"`, 1), // recipient 10's number
+	}
+	a := env.do("POST", "/api/batch", testKey, build(bad))
+	if a.Code != http.StatusUnprocessableEntity {
+		t.Fatalf("%d %s, want 422", a.Code, a.Body)
+	}
+	e := a.envelope(t)
+	want := []string{"recipients[3].phoneNumber", "recipients[700].phoneNumber", "recipients[1500].phoneNumber", "recipients[2999].phoneNumber"}
+	if got := e.fields(); !slices.Equal(got, want) {
+		t.Fatalf("details name %v, want %v in this order", got, want)
+	}
+	if p := e.Error.Details[3].Problem; !strings.Contains(p, "recipients[10]") {
+		t.Errorf("the duplicate's problem %q does not name recipients[10]", p)
+	}
+
+	a = env.do("POST", "/api/batch", testKey, build(nil))
+	if a.Code != http.StatusCreated {
+		t.Fatalf("%d %s", a.Code, a.Body)
+	}
+	events, err := env.es.ReadAll(t.Context(), eventstore.Start, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := 0
+	for _, se := range events {
+		p, ok := decodeOrFail(t, se).(domain.RecipientsPageAdded)
+		if !ok {
+			continue
+		}
+		for k, r := range p.Recipients {
+			i := p.First + k
+			if i != next || r.Phone != fmt.Sprintf("+1415%07d", 2000000+i) || len(r.Values) != 1 || r.Values[0] != fmt.Sprintf("N%d", i) {
+				t.Fatalf("recipient %d (want %d) stored as %+v", i, next, r)
+			}
+			next++
+		}
+	}
+	if next != n {
+		t.Fatalf("%d recipients stored, want %d", next, n)
+	}
+}
+
+func decodeOrFail(t *testing.T, se eventstore.Event) domain.Event {
+	t.Helper()
+	e, err := domain.DecodeEvent(se.Type, se.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}

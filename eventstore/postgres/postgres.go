@@ -40,7 +40,6 @@
 package postgres
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -67,6 +66,10 @@ const Channel = "smsbatch_events"
 // notification came.
 const DefaultPollInterval = 250 * time.Millisecond
 
+// DefaultWriters is how many transactions of appends a Store runs at once by
+// default.
+const DefaultWriters = 2
+
 // Options configures Open and New. The zero value is ready to use.
 type Options struct {
 	// Logger receives the listener's connection troubles. Optional; slog.Default()
@@ -76,6 +79,10 @@ type Options struct {
 	// events that become readable later than their notification. Optional;
 	// DefaultPollInterval when <= 0.
 	PollInterval time.Duration
+	// Writers is how many transactions of appends the Store runs at once, each on
+	// a connection of the pool. Appends that arrive while all of them are busy are
+	// written together in one transaction. Optional; DefaultWriters when <= 0.
+	Writers int
 }
 
 func (o *Options) setDefaults() {
@@ -84,6 +91,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.PollInterval <= 0 {
 		o.PollInterval = DefaultPollInterval
+	}
+	if o.Writers <= 0 {
+		o.Writers = DefaultWriters
 	}
 }
 
@@ -104,6 +114,15 @@ type Store struct {
 	notifyReq    chan struct{}
 	notifierDone chan struct{}
 	closeOnce    sync.Once
+
+	// requests holds the appends waiting for a writer (see writer).
+	requests    chan *appendRequest
+	stopWriters chan struct{} // closed by Close: writers take no more appends
+	writers     sync.WaitGroup
+	writersDone chan struct{} // closed once every writer has returned
+	// groupHook, when set (by tests), is told the size of every group of appends
+	// before it is written.
+	groupHook func(size int)
 
 	mu     sync.Mutex
 	closed bool
@@ -162,10 +181,17 @@ func New(pool *pgxpool.Pool, opts Options) (*Store, error) {
 		listenerDone: make(chan struct{}),
 		notifyReq:    make(chan struct{}, 1),
 		notifierDone: make(chan struct{}),
+		requests:     make(chan *appendRequest, maxGroup),
+		stopWriters:  make(chan struct{}),
+		writersDone:  make(chan struct{}),
 		wake:         make(chan struct{}),
 	}
 	go s.listen(ctx)
 	go s.notifier(ctx)
+	for range opts.Writers {
+		s.writers.Add(1)
+		go s.writer()
+	}
 	return s, nil
 }
 
@@ -176,203 +202,6 @@ func (s *Store) Append(ctx context.Context, stream string, expected eventstore.E
 		return eventstore.AppendResult{}, fmt.Errorf("postgres: append to %s at %s: %w", stream, expected, err)
 	}
 	return res, nil
-}
-
-func (s *Store) append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events []eventstore.EventData) (eventstore.AppendResult, error) {
-	if err := eventstore.ValidateAppend(stream, events); err != nil {
-		return eventstore.AppendResult{}, err
-	}
-	if err := s.usable(ctx); err != nil {
-		return eventstore.AppendResult{}, err
-	}
-	st := newStatement(stream, expected, events)
-	res, err := s.insert(ctx, st)
-	if errors.Is(err, errNotAppended) || errors.Is(err, eventstore.ErrConcurrency) {
-		return s.conflict(ctx, stream, expected, events)
-	}
-	if err != nil {
-		return eventstore.AppendResult{}, err
-	}
-	s.notify()
-	return res, nil
-}
-
-// errNotAppended: the append's statement found the stream at another revision than
-// expected and wrote nothing.
-var errNotAppended = errors.New("stream not at the expected revision")
-
-// statement is one append as a single SQL statement (see appendSQL).
-type statement struct {
-	sql  string
-	args []any
-}
-
-// The stream's row in streams is locked, checked and moved on by one statement
-// chosen by the expectation; it returns the stream's new last revision, or no row
-// when the expectation does not hold (and then nothing is written). Any creates
-// the row or adds to it; NoStream only creates it (and waits for a concurrent
-// creator, then finds the row taken); Exact only moves a row at that revision
-// (READ COMMITTED re-checks the row's latest version after waiting for its lock).
-const (
-	streamAny = `INSERT INTO streams (stream, revision) VALUES ($1, $2::bigint - 1)
-		ON CONFLICT (stream) DO UPDATE SET revision = streams.revision + $2::bigint
-		RETURNING revision`
-	streamNew = `INSERT INTO streams (stream, revision) VALUES ($1, $2::bigint - 1)
-		ON CONFLICT (stream) DO NOTHING
-		RETURNING revision`
-	streamExact = `UPDATE streams SET revision = revision + $2::bigint
-		WHERE stream = $1 AND revision = $7::bigint
-		RETURNING revision`
-)
-
-// appendSQL writes an append in one statement, so that an append is one round trip
-// and one commit, like a bare INSERT: the stream's row (see above), then the events
-// at the revisions before the new last one. ORDER BY ord makes the sequence hand out
-// global_ids in revision order. A reused event ID fails the statement with a unique
-// violation; the caller then looks at what is stored (see conflict).
-const appendSQL = `WITH s AS (%s),
-	ins AS (
-		INSERT INTO events (stream, revision, id, type, data, metadata)
-		SELECT $1, s.revision - $2::bigint + t.ord, t.id, t.type, coalesce(t.data, ''::bytea), t.meta
-		FROM s, unnest($3::text[], $4::text[], $5::bytea[], $6::bytea[]) WITH ORDINALITY AS t(id, type, data, meta, ord)
-		ORDER BY t.ord
-		RETURNING global_id)
-	SELECT s.revision, (SELECT max(global_id) FROM ins), pg_current_xact_id()::text FROM s`
-
-var (
-	appendAnySQL   = fmt.Sprintf(appendSQL, streamAny)
-	appendNewSQL   = fmt.Sprintf(appendSQL, streamNew)
-	appendExactSQL = fmt.Sprintf(appendSQL, streamExact)
-)
-
-func newStatement(stream string, expected eventstore.ExpectedRevision, events []eventstore.EventData) statement {
-	ids := make([]string, len(events))
-	types := make([]string, len(events))
-	data := make([][]byte, len(events))
-	meta := make([][]byte, len(events))
-	for i, e := range events {
-		ids[i], types[i], data[i], meta[i] = e.ID, e.Type, e.Data, e.Metadata
-	}
-	args := []any{stream, int64(len(events)), ids, types, data, meta}
-	switch rev, exact := expected.Revision(); {
-	case exact:
-		return statement{appendExactSQL, append(args, int64(min(rev, math.MaxInt64)))}
-	case expected.IsNoStream():
-		return statement{appendNewSQL, args}
-	default:
-		return statement{appendAnySQL, args}
-	}
-}
-
-// insert runs one append's statement in a transaction of its own. It fails with
-// errNotAppended when the expectation does not hold.
-func (s *Store) insert(ctx context.Context, st statement) (eventstore.AppendResult, error) {
-	if s.appendDelay == nil {
-		// No BEGIN and COMMIT: the statement is its own transaction.
-		return s.scanAppend(ctx, s.pool.QueryRow(ctx, st.sql, st.args...))
-	}
-	tx, err := s.pool.Begin(ctx)
-	if err != nil {
-		return eventstore.AppendResult{}, s.opErr(ctx, "begin", err)
-	}
-	// Rollback after Commit is a no-op; on every other path it drops the append.
-	defer tx.Rollback(context.WithoutCancel(ctx))
-	res, err := s.scanAppend(ctx, tx.QueryRow(ctx, st.sql, st.args...))
-	if err != nil {
-		return eventstore.AppendResult{}, err
-	}
-	if err := s.appendDelay(ctx); err != nil {
-		return eventstore.AppendResult{}, err
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return eventstore.AppendResult{}, s.opErr(ctx, "commit", err)
-	}
-	return res, nil
-}
-
-// scanAppend reads the answer of an append's statement.
-func (s *Store) scanAppend(ctx context.Context, row pgx.Row) (eventstore.AppendResult, error) {
-	var (
-		last, globalID int64
-		xid            string
-	)
-	if err := row.Scan(&last, &globalID, &xid); err != nil {
-		if errors.Is(err, pgx.ErrNoRows) {
-			return eventstore.AppendResult{}, errNotAppended
-		}
-		return eventstore.AppendResult{}, s.opErr(ctx, "insert events", err)
-	}
-	commit, err := strconv.ParseUint(xid, 10, 64)
-	if err != nil {
-		return eventstore.AppendResult{}, fmt.Errorf("transaction id %q: %w", xid, err)
-	}
-	return eventstore.AppendResult{
-		NextExpected: uint64(last),
-		Position:     eventstore.Position{Commit: commit, Prepare: uint64(globalID)},
-	}, nil
-}
-
-// conflict answers an append that wrote nothing because its expectation did not
-// hold or one of its event IDs is stored: it succeeds with the original result
-// when the append is a retry of an earlier one (see the package doc), and fails
-// with ErrConcurrency otherwise. It looks only now, so that appends that go through
-// pay nothing for recognising retries.
-func (s *Store) conflict(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events []eventstore.EventData) (eventstore.AppendResult, error) {
-	ids := make([]string, len(events))
-	for i, e := range events {
-		ids[i] = e.ID
-	}
-	b := &pgx.Batch{}
-	b.Queue(`SELECT coalesce((SELECT revision FROM streams WHERE stream = $1), -1)`, stream)
-	b.Queue(`SELECT id, stream, revision, type, data, metadata, xid::text AS xid_text, global_id
-		FROM events WHERE id = ANY($1)`, ids)
-	br := s.pool.SendBatch(ctx, b)
-	defer br.Close()
-	var last int64
-	if err := br.QueryRow().Scan(&last); err != nil {
-		return eventstore.AppendResult{}, s.opErr(ctx, "read stream revision", err)
-	}
-	rows, _ := br.Query()
-	stored, err := pgx.CollectRows(rows, scanEvent)
-	if err != nil {
-		return eventstore.AppendResult{}, s.opErr(ctx, "look up event IDs", err)
-	}
-	if res, ok := retried(stream, expected, events, stored); ok {
-		return res, nil
-	}
-	n := uint64(last + 1) // events in the stream
-	if !expected.Check(n) || len(stored) == 0 {
-		return eventstore.AppendResult{}, fmt.Errorf("expected %s, stream holds %d events: %w", expected, n, eventstore.ErrConcurrency)
-	}
-	e := stored[0]
-	return eventstore.AppendResult{}, fmt.Errorf("event ID %s already stored in %s at revision %d: %w", e.ID, e.Stream, e.Revision, eventstore.ErrConcurrency)
-}
-
-// retried reports whether events were already written to stream by an earlier
-// append that expected allows, and if so that append's result. stored holds the
-// stored events that have one of the events' IDs. See the package doc.
-func retried(stream string, expected eventstore.ExpectedRevision, events []eventstore.EventData, stored []eventstore.Event) (eventstore.AppendResult, bool) {
-	if len(stored) != len(events) {
-		return eventstore.AppendResult{}, false
-	}
-	byID := make(map[string]eventstore.Event, len(stored))
-	for _, e := range stored {
-		byID[e.ID] = e
-	}
-	first := byID[events[0].ID]
-	if first.Stream != stream || !expected.Check(first.Revision) {
-		return eventstore.AppendResult{}, false
-	}
-	var last eventstore.Event
-	for k, e := range events {
-		got, ok := byID[e.ID]
-		if !ok || got.Stream != stream || got.Revision != first.Revision+uint64(k) ||
-			got.Type != e.Type || !bytes.Equal(got.Data, e.Data) || !bytes.Equal(got.Metadata, e.Metadata) {
-			return eventstore.AppendResult{}, false
-		}
-		last = got
-	}
-	return eventstore.AppendResult{NextExpected: last.Revision, Position: last.Position}, true
 }
 
 // columns are the events columns scanEvent reads, in its order.
@@ -555,34 +384,6 @@ func (s *Store) listenOnce(ctx context.Context, connected func()) error {
 	}
 }
 
-// notify makes the notifier send a NOTIFY soon, once for all the appends that
-// commit while it is sending one.
-func (s *Store) notify() {
-	select {
-	case s.notifyReq <- struct{}{}:
-	default: // one is pending already
-	}
-}
-
-// notifier sends the NOTIFYs that appends ask for until ctx is done. A NOTIFY
-// inside the append's transaction would be simpler, but PostgreSQL holds one
-// cluster-wide lock from a notifying transaction's commit until its WAL is flushed,
-// so concurrent appends would reach the disk one at a time instead of sharing
-// flushes. A transaction that only notifies writes no WAL and waits for no flush.
-func (s *Store) notifier(ctx context.Context) {
-	defer close(s.notifierDone)
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.notifyReq:
-		}
-		if _, err := s.pool.Exec(ctx, `SELECT pg_notify($1, '')`, Channel); err != nil && ctx.Err() == nil {
-			s.log.Warn("postgres: cannot notify of appended events; waiters find them by polling", "error", s.opErr(ctx, "notify", err))
-		}
-	}
-}
-
 // broadcast wakes every WaitForEvents.
 func (s *Store) broadcast() {
 	s.mu.Lock()
@@ -603,6 +404,10 @@ func (s *Store) Close() error {
 		s.closed = true
 		close(s.wake)
 		s.mu.Unlock()
+		// Appends a writer has taken are finished; the others fail with ErrClosed.
+		close(s.stopWriters)
+		s.writers.Wait()
+		close(s.writersDone)
 		s.stopListener()
 		<-s.listenerDone
 		<-s.notifierDone

@@ -79,7 +79,7 @@ func BenchmarkAppend(b *testing.B) {
 					}
 					wg.Wait()
 				}
-				const turns = 4
+				const turns = 16
 				var rawEvents int64
 				var rawTime time.Duration
 				b.ResetTimer()
@@ -143,7 +143,13 @@ type rawInserter struct {
 func newRawInserter(b *testing.B, url string, size, writers int) *rawInserter {
 	b.Helper()
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, url)
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	// One connection a writer, as pgbench has.
+	cfg.MaxConns = int32(writers)
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		b.Fatal(err)
 	}

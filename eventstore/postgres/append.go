@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/smsbatch/smsbatch/eventstore"
 )
@@ -116,12 +117,10 @@ const (
 		ORDER BY t.ord
 		RETURNING global_id)
 	SELECT s.revision, (SELECT max(global_id) FROM ins), pg_current_xact_id()::text FROM s`
-	appendOneSQL = `WITH s AS (%s),
-	ins AS (
-		INSERT INTO events (stream, revision, id, type, data, metadata)
-		SELECT $1, s.revision, $3::text, $4::text, coalesce($5::bytea, ''::bytea), $6::bytea FROM s
-		RETURNING global_id)
-	SELECT s.revision, ins.global_id, pg_current_xact_id()::text FROM s, ins`
+	appendOneSQL = `WITH s AS (%s)
+	INSERT INTO events (stream, revision, id, type, data, metadata)
+	SELECT $1, s.revision, $3::text, $4::text, coalesce($5::bytea, ''::bytea), $6::bytea FROM s
+	RETURNING revision, global_id, pg_current_xact_id()::text`
 )
 
 // appendSQL holds the statements by [one event][expectation].
@@ -143,10 +142,11 @@ func (r *appendRequest) statement() (string, []any) {
 		e := r.events[0]
 		args = append(args, e.ID, e.Type, e.Data, e.Metadata)
 	} else {
-		ids := make([]string, len(r.events))
-		types := make([]string, len(r.events))
-		data := make([][]byte, len(r.events))
-		meta := make([][]byte, len(r.events))
+		// FlatArray spares pgx finding a plan for the slices by reflection.
+		ids := make(pgtype.FlatArray[string], len(r.events))
+		types := make(pgtype.FlatArray[string], len(r.events))
+		data := make(pgtype.FlatArray[[]byte], len(r.events))
+		meta := make(pgtype.FlatArray[[]byte], len(r.events))
 		for i, e := range r.events {
 			ids[i], types[i], data[i], meta[i] = e.ID, e.Type, e.Data, e.Metadata
 		}

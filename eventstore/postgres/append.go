@@ -52,22 +52,15 @@ func (s *Store) append(ctx context.Context, stream string, expected eventstore.E
 		return eventstore.AppendResult{}, err
 	}
 	r := &appendRequest{ctx: ctx, stream: stream, expected: expected, events: events, done: make(chan struct{})}
-	select {
-	case s.requests <- r:
-	case <-s.stopWriters:
-		return eventstore.AppendResult{}, eventstore.ErrClosed
-	case <-ctx.Done():
-		return eventstore.AppendResult{}, ctx.Err()
+	lead, err := s.enqueue(r)
+	if err != nil {
+		return eventstore.AppendResult{}, err
+	}
+	if lead {
+		s.lead(r)
 	}
 	select {
 	case <-r.done:
-	case <-s.writersDone:
-		// Close stopped the writers; one of them may have answered first.
-		select {
-		case <-r.done:
-		default:
-			return eventstore.AppendResult{}, eventstore.ErrClosed
-		}
 	case <-ctx.Done():
 		// The append may still be written: like an answer lost on the network, an
 		// append retried with the same event IDs finds out (see conflict).
@@ -162,41 +155,84 @@ func (r *appendRequest) statement() (string, []any) {
 	}
 }
 
-// writer takes appends from s.requests and writes them until Close. The appends
-// that wait while every writer is busy go together in one transaction: one round
-// trip and one commit for all of them, as many appenders need when each commit
-// waits for the disk. An append that comes while a writer is idle goes at once.
-func (s *Store) writer() {
-	defer s.writers.Done()
-	group := make([]*appendRequest, 0, maxGroup)
-	concurrent := false // the last group had more than one append
+// Appends are written by leaders, at most Options.Writers at a time, each running
+// one transaction after another. An append that finds fewer leaders running leads
+// itself: a lone appender writes its append at once, in its own goroutine. The
+// appends that come while every leader is busy wait in the queue, and the next
+// transaction a leader starts takes them all: one round trip and one commit for
+// many appends, as many appenders need when each commit waits for the disk.
+
+// enqueue queues r and reports whether its caller is to lead.
+func (s *Store) enqueue(r *appendRequest) (lead bool, err error) {
+	s.queueMu.Lock()
+	defer s.queueMu.Unlock()
+	if s.stopped {
+		return false, eventstore.ErrClosed
+	}
+	s.queue = append(s.queue, r)
+	if s.leaders < s.maxLeaders {
+		s.leaders++
+		s.leading.Add(1)
+		return true, nil
+	}
+	return false, nil
+}
+
+// lead writes groups of queued appends until the queue is empty. Once own (which
+// may be nil) is answered while appends still wait, it hands the lead on to a new
+// goroutine, so that its caller does not wait for others' appends.
+func (s *Store) lead(own *appendRequest) {
 	for {
-		select {
-		case <-s.stopWriters:
-			return
-		case r := <-s.requests:
-			group = append(group[:0], r)
-		}
-		events := len(group[0].events)
-		if concurrent {
+		if s.concurrent.Load() {
 			// Appenders answered by the last commit are runnable now and about
-			// to append again: let them, so that they join this group instead of
-			// waiting for the next one alone.
+			// to append again: let them, so that they join the next group instead
+			// of following it alone.
 			runtime.Gosched()
 		}
-	gather:
-		for s.appendDelay == nil && len(group) < maxGroup && events < maxGroupEvents {
-			select {
-			case r := <-s.requests:
-				group = append(group, r)
-				events += len(r.events)
-			default:
-				break gather
-			}
-		}
-		concurrent = len(group) > 1
+		group := s.take()
+		s.concurrent.Store(len(group) > 1)
 		s.commit(group)
-		clear(group)
+		s.queueMu.Lock()
+		if len(s.queue) == 0 {
+			s.leaders--
+			s.queueMu.Unlock()
+			s.leading.Done()
+			return
+		}
+		s.queueMu.Unlock()
+		if own != nil && isDone(own) {
+			go s.lead(nil)
+			return
+		}
+	}
+}
+
+// take removes the next group from the queue: the appends in it, in the order
+// they came, up to maxGroup of them and maxGroupEvents events (at least one
+// append). The queue is not empty.
+func (s *Store) take() []*appendRequest {
+	s.queueMu.Lock()
+	defer s.queueMu.Unlock()
+	n, events := 0, 0
+	for n < len(s.queue) && n < maxGroup && (n == 0 || events+len(s.queue[n].events) <= maxGroupEvents) {
+		if n > 0 && s.appendDelay != nil {
+			break
+		}
+		events += len(s.queue[n].events)
+		n++
+	}
+	group := slices.Clone(s.queue[:n])
+	clear(s.queue[:n])
+	s.queue = s.queue[n:]
+	return group
+}
+
+func isDone(r *appendRequest) bool {
+	select {
+	case <-r.done:
+		return true
+	default:
+		return false
 	}
 }
 

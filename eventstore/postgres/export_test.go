@@ -11,5 +11,9 @@ func SetAppendDelay(s *Store, delay func(ctx context.Context) error) { s.appendD
 // written; hook may block, holding its writer. Set it before the store is used.
 func SetGroupHook(s *Store, hook func(size int)) { s.groupHook = hook }
 
-// QueuedAppends returns how many appends wait for a writer.
-func QueuedAppends(s *Store) int { return len(s.requests) }
+// QueuedAppends returns how many appends wait for a leader.
+func QueuedAppends(s *Store) int {
+	s.queueMu.Lock()
+	defer s.queueMu.Unlock()
+	return len(s.queue)
+}

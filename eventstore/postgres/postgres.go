@@ -49,6 +49,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -115,11 +116,15 @@ type Store struct {
 	notifierDone chan struct{}
 	closeOnce    sync.Once
 
-	// requests holds the appends waiting for a writer (see writer).
-	requests    chan *appendRequest
-	stopWriters chan struct{} // closed by Close: writers take no more appends
-	writers     sync.WaitGroup
-	writersDone chan struct{} // closed once every writer has returned
+	// queue holds the appends waiting for a leader (see lead).
+	queueMu    sync.Mutex
+	queue      []*appendRequest
+	leaders    int  // goroutines leading, at most maxLeaders
+	maxLeaders int  // Options.Writers
+	stopped    bool // set by Close: no more appends are queued
+	leading    sync.WaitGroup
+	// concurrent is whether the last group written had more than one append.
+	concurrent atomic.Bool
 	// groupHook, when set (by tests), is told the size of every group of appends
 	// before it is written.
 	groupHook func(size int)
@@ -181,17 +186,11 @@ func New(pool *pgxpool.Pool, opts Options) (*Store, error) {
 		listenerDone: make(chan struct{}),
 		notifyReq:    make(chan struct{}, 1),
 		notifierDone: make(chan struct{}),
-		requests:     make(chan *appendRequest, maxGroup),
-		stopWriters:  make(chan struct{}),
-		writersDone:  make(chan struct{}),
+		maxLeaders:   opts.Writers,
 		wake:         make(chan struct{}),
 	}
 	go s.listen(ctx)
 	go s.notifier(ctx)
-	for range opts.Writers {
-		s.writers.Add(1)
-		go s.writer()
-	}
 	return s, nil
 }
 
@@ -404,10 +403,11 @@ func (s *Store) Close() error {
 		s.closed = true
 		close(s.wake)
 		s.mu.Unlock()
-		// Appends a writer has taken are finished; the others fail with ErrClosed.
-		close(s.stopWriters)
-		s.writers.Wait()
-		close(s.writersDone)
+		// Appends queued before are written; later ones fail with ErrClosed.
+		s.queueMu.Lock()
+		s.stopped = true
+		s.queueMu.Unlock()
+		s.leading.Wait()
 		s.stopListener()
 		<-s.listenerDone
 		<-s.notifierDone

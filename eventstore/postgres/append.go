@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -76,21 +75,41 @@ func (s *Store) append(ctx context.Context, stream string, expected eventstore.E
 // expected and wrote nothing.
 var errNotAppended = errors.New("stream not at the expected revision")
 
-// The stream's row in streams is locked, checked and moved on by one statement
-// chosen by the expectation; it returns the stream's new last revision, or no row
-// when the expectation does not hold (and then nothing is written). Any creates
-// the row or adds to it; NoStream only creates it (and waits for a concurrent
-// creator, then finds the row taken); Exact only moves a row at that revision
-// (READ COMMITTED re-checks the row's latest version after waiting for its lock).
-// $1 is the stream, $2 the number of events, $7 the expected revision.
+// lockStreamsSQL takes the advisory locks of the streams $1, in one order for every
+// transaction, so that transactions taking several cannot deadlock. A group of
+// appends takes them all before it writes anything, because the global order
+// (see the package doc) needs a transaction that writes to a stream to have a
+// newer id than every transaction that wrote to it before: its id is assigned at
+// its first write, and the locks are held until commit, so by then every earlier
+// writer of its streams has committed. Advisory locks, unlike row locks, take no
+// transaction id.
+const lockStreamsSQL = `SELECT pg_advisory_xact_lock(` + lockSpaceSQL + `, k)
+	FROM (SELECT DISTINCT hashtext(s) AS k FROM unnest($1::text[]) AS s) AS streams
+	ORDER BY k`
+
+// lockSpaceSQL is the first key of the advisory locks on streams ("evst" as an
+// int4); the second is hashtext(stream). Two streams with one hash share a lock,
+// which only makes their appends wait for each other.
+const lockSpaceSQL = "1702261620"
+
+// The stream's row in streams is checked and moved on by one statement chosen by
+// the expectation, after the stream's advisory lock (l, a no-op when the group
+// took it already); it returns the stream's new last revision, or no row when the
+// expectation does not hold (and then nothing is written). Any creates the row or
+// adds to it; NoStream only creates it; Exact only moves a row at that revision.
+// Appends of older versions of smsbatch lock the row only, so READ COMMITTED's
+// re-check of the row's latest version after waiting for its lock keeps these
+// checks exact against them too. $1 is the stream, $2 the number of events, $7 the
+// expected revision.
 const (
-	streamAny = `INSERT INTO streams (stream, revision) VALUES ($1, $2::bigint - 1)
+	streamLock = `l AS (SELECT pg_advisory_xact_lock(` + lockSpaceSQL + `, hashtext($1)))`
+	streamAny  = `INSERT INTO streams (stream, revision) SELECT $1, $2::bigint - 1 FROM l
 		ON CONFLICT (stream) DO UPDATE SET revision = streams.revision + $2::bigint
 		RETURNING revision`
-	streamNew = `INSERT INTO streams (stream, revision) VALUES ($1, $2::bigint - 1)
+	streamNew = `INSERT INTO streams (stream, revision) SELECT $1, $2::bigint - 1 FROM l
 		ON CONFLICT (stream) DO NOTHING
 		RETURNING revision`
-	streamExact = `UPDATE streams SET revision = revision + $2::bigint
+	streamExact = `UPDATE streams SET revision = revision + $2::bigint FROM l
 		WHERE stream = $1 AND revision = $7::bigint
 		RETURNING revision`
 )
@@ -102,7 +121,7 @@ const (
 // metadata as arrays. appendOneSQL is the same for one event, without the arrays,
 // which cost the client and the server more than the row itself.
 const (
-	appendManySQL = `WITH s AS (%s),
+	appendManySQL = `WITH ` + streamLock + `, s AS (%s),
 	ins AS (
 		INSERT INTO events (stream, revision, id, type, data, metadata)
 		SELECT $1, s.revision - $2::bigint + t.ord, t.id, t.type, coalesce(t.data, ''::bytea), t.meta
@@ -110,7 +129,7 @@ const (
 		ORDER BY t.ord
 		RETURNING global_id)
 	SELECT s.revision, (SELECT max(global_id) FROM ins), pg_current_xact_id()::text FROM s`
-	appendOneSQL = `WITH s AS (%s)
+	appendOneSQL = `WITH ` + streamLock + `, s AS (%s)
 	INSERT INTO events (stream, revision, id, type, data, metadata)
 	SELECT $1, s.revision, $3::text, $4::text, coalesce($5::bytea, ''::bytea), $6::bytea FROM s
 	RETURNING revision, global_id, pg_current_xact_id()::text`
@@ -263,9 +282,6 @@ func (s *Store) commit(group []*appendRequest) {
 	if s.groupHook != nil {
 		s.groupHook(len(live))
 	}
-	// Streams' rows are locked in one order by every group, so that two groups (of
-	// this or another instance) cannot deadlock; appends to one stream keep theirs.
-	slices.SortStableFunc(live, func(a, b *appendRequest) int { return cmp.Compare(a.stream, b.stream) })
 	ctx, cancel := groupContext(live)
 	defer cancel()
 	answers, err := s.run(ctx, live)
@@ -331,13 +347,20 @@ func (s *Store) run(ctx context.Context, group []*appendRequest) ([]answer, erro
 		return []answer{a}, nil
 	}
 	b := &pgx.Batch{}
+	if len(group) > 1 {
+		streams := make([]string, len(group))
+		for i, r := range group {
+			streams[i] = r.stream
+		}
+		b.Queue(lockStreamsSQL, streams)
+	}
 	for _, r := range group {
 		sql, args := r.statement()
 		b.Queue(sql, args...)
 	}
 	if s.appendDelay == nil {
 		br := s.pool.SendBatch(ctx, b)
-		answers, err := s.scanGroup(ctx, br, len(group))
+		answers, err := s.scanGroup(ctx, br, group)
 		if closeErr := br.Close(); err == nil && closeErr != nil {
 			err = s.opErr(ctx, "commit", closeErr)
 		}
@@ -350,7 +373,7 @@ func (s *Store) run(ctx context.Context, group []*appendRequest) ([]answer, erro
 	// Rollback after Commit is a no-op; on every other path it drops the append.
 	defer tx.Rollback(context.WithoutCancel(ctx))
 	br := tx.SendBatch(ctx, b)
-	answers, err := s.scanGroup(ctx, br, len(group))
+	answers, err := s.scanGroup(ctx, br, group)
 	if closeErr := br.Close(); err == nil && closeErr != nil {
 		err = s.opErr(ctx, "insert events", closeErr)
 	}
@@ -368,10 +391,15 @@ func (s *Store) run(ctx context.Context, group []*appendRequest) ([]answer, erro
 	return answers, nil
 }
 
-// scanGroup reads the answers of a group's statements. An error other than
-// errNotAppended fails the group.
-func (s *Store) scanGroup(ctx context.Context, br pgx.BatchResults, n int) ([]answer, error) {
-	answers := make([]answer, n)
+// scanGroup reads the answers of a group's statements (after its locks, for more
+// than one append). An error other than errNotAppended fails the group.
+func (s *Store) scanGroup(ctx context.Context, br pgx.BatchResults, group []*appendRequest) ([]answer, error) {
+	if len(group) > 1 {
+		if _, err := br.Exec(); err != nil {
+			return nil, s.opErr(ctx, "lock streams", err)
+		}
+	}
+	answers := make([]answer, len(group))
 	for i := range answers {
 		a, err := s.scanAppend(ctx, br.QueryRow())
 		if err != nil {

@@ -26,7 +26,7 @@ const (
 	maxGroupEvents = 2000
 )
 
-// appendRequest is one Append waiting for a writer.
+// appendRequest is one Append on its way to the database.
 type appendRequest struct {
 	ctx      context.Context
 	stream   string
@@ -75,6 +75,11 @@ func (s *Store) append(ctx context.Context, stream string, expected eventstore.E
 // expected and wrote nothing.
 var errNotAppended = errors.New("stream not at the expected revision")
 
+// lockSpaceSQL is the first key of the advisory locks on streams ("evst" as an
+// int4); the second is hashtext(stream). Two streams with one hash share a lock,
+// which only makes their appends wait for each other.
+const lockSpaceSQL = "1702261620"
+
 // lockStreamsSQL takes the advisory locks of the streams $1, in one order for every
 // transaction, so that transactions taking several cannot deadlock. A group of
 // appends takes them all before it writes anything, because the global order
@@ -86,11 +91,6 @@ var errNotAppended = errors.New("stream not at the expected revision")
 const lockStreamsSQL = `SELECT pg_advisory_xact_lock(` + lockSpaceSQL + `, k)
 	FROM (SELECT DISTINCT hashtext(s) AS k FROM unnest($1::text[]) AS s) AS streams
 	ORDER BY k`
-
-// lockSpaceSQL is the first key of the advisory locks on streams ("evst" as an
-// int4); the second is hashtext(stream). Two streams with one hash share a lock,
-// which only makes their appends wait for each other.
-const lockSpaceSQL = "1702261620"
 
 // The stream's row in streams is checked and moved on by one statement chosen by
 // the expectation, after the stream's advisory lock (l, a no-op when the group
@@ -174,14 +174,13 @@ func (r *appendRequest) statement() (string, []any) {
 	}
 }
 
-// Appends are written by leaders, at most Options.Writers at a time, each running
-// one transaction after another. An append that finds fewer leaders running leads
-// itself: a lone appender writes its append at once, in its own goroutine. The
-// appends that come while every leader is busy wait in the queue, and the next
-// transaction a leader starts takes them all: one round trip and one commit for
-// many appends, as many appenders need when each commit waits for the disk.
-
-// enqueue queues r and reports whether its caller is to lead.
+// enqueue queues r and reports whether its caller is to lead. Appends are written
+// by leaders, at most Options.Writers at a time, each running one transaction after
+// another. An append that finds fewer leaders running leads itself: a lone appender
+// writes its append at once, in its own goroutine. The appends that come while
+// every leader is busy wait in the queue, and the next transaction a leader starts
+// takes them all: one round trip and one commit for many appends, as many
+// appenders need when each commit waits for the disk.
 func (s *Store) enqueue(r *appendRequest) (lead bool, err error) {
 	s.queueMu.Lock()
 	defer s.queueMu.Unlock()
@@ -202,15 +201,16 @@ func (s *Store) enqueue(r *appendRequest) (lead bool, err error) {
 // goroutine, so that its caller does not wait for others' appends.
 func (s *Store) lead(own *appendRequest) {
 	for {
-		if s.concurrent.Load() {
+		s.queueMu.Lock()
+		concurrent := s.concurrent
+		s.queueMu.Unlock()
+		if concurrent {
 			// Appenders answered by the last commit are runnable now and about
 			// to append again: let them, so that they join the next group instead
 			// of following it alone.
 			runtime.Gosched()
 		}
-		group := s.take()
-		s.concurrent.Store(len(group) > 1)
-		s.commit(group)
+		s.commit(s.take())
 		s.queueMu.Lock()
 		if len(s.queue) == 0 {
 			s.leaders--
@@ -243,6 +243,7 @@ func (s *Store) take() []*appendRequest {
 	group := slices.Clone(s.queue[:n])
 	clear(s.queue[:n])
 	s.queue = s.queue[n:]
+	s.concurrent = n > 1
 	return group
 }
 

@@ -90,8 +90,9 @@ const DefaultPollInterval = 250 * time.Millisecond
 
 // DefaultWriters is how many transactions of appends a Store runs at once by
 // default: with two, one is being written while the other waits for its commit;
-// more split the waiting appends into smaller groups (on 2 cores, eight appenders
-// of one event each went half as fast with eight as with two).
+// more split the waiting appends into smaller groups. On 2 cores, eight appenders
+// of one event each went about 1.5 times as fast through two as through eight
+// transactions of their own.
 const DefaultWriters = 2
 
 // Options configures Open and New. The zero value is ready to use.

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -366,4 +367,44 @@ func TestGroupedAppendsAreDeliveredInOrder(t *testing.T) {
 		t.Fatal("no group of more than one append formed: the test proves nothing about group commit")
 	}
 	t.Logf("%d events delivered once in order; %d groups of more than one append", len(got), grouped)
+}
+
+// TestSlowTransactionDoesNotHoldOtherAppends: while one transaction of appends is
+// held open, a small append waits a little behind it, then goes in a transaction of
+// its own (up to Options.Writers) instead of waiting for it.
+func TestSlowTransactionDoesNotHoldOtherAppends(t *testing.T) {
+	s := open(t, pgtest.Database(t), postgres.Options{Writers: 2})
+	entered, release := make(chan struct{}), make(chan struct{})
+	var first atomic.Bool
+	postgres.SetGroupHook(s, func(int) {
+		if first.CompareAndSwap(false, true) {
+			close(entered)
+			<-release
+		}
+	})
+	held := make(chan error, 1)
+	go func() {
+		_, err := s.Append(t.Context(), "held", eventstore.NoStream(), stepEvents(1))
+		held <- err
+	}()
+	<-entered
+	defer close(release)
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Append(t.Context(), "other", eventstore.NoStream(), stepEvents(1))
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("an append waited for a held transaction of appends of other streams")
+	}
+	select {
+	case err := <-held:
+		t.Fatalf("the held append returned (%v) before it was released", err)
+	default:
+	}
 }

@@ -11,10 +11,10 @@
 // stream are thus checked one after another, while appends to different streams do
 // not wait for each other.
 //
-// Concurrent appends of one Store are group-committed: at most Options.Writers
-// transactions of appends run at once, and the appends that arrive meanwhile go
-// together in the next one, as one batch of statements (one round trip, one commit,
-// one flush of the WAL). Each is still checked against its own stream: one whose
+// Concurrent appends of one Store are group-committed: the appends that arrive
+// while a transaction of appends runs go together in the next one, as one batch of
+// statements (one round trip, one commit, one flush of the WAL); a second
+// transaction (up to Options.Writers) runs beside it only when many events wait. Each is still checked against its own stream: one whose
 // expectation fails writes nothing and the others go on. When the transaction
 // fails (a reused event ID, a lost connection), each append is written again on its
 // own, so that only the one at fault fails.
@@ -89,10 +89,9 @@ const Channel = "smsbatch_events"
 const DefaultPollInterval = 250 * time.Millisecond
 
 // DefaultWriters is how many transactions of appends a Store runs at once by
-// default: with two, one is being written while the other waits for its commit;
-// more split the waiting appends into smaller groups. On 2 cores, eight appenders
-// of one event each went about 1.5 times as fast through two as through eight
-// transactions of their own.
+// default: a second one starts only when many events wait (see parallelEvents), so
+// that big appends are inserted over two connections while small ones join one
+// group a commit.
 const DefaultWriters = 2
 
 // Options configures Open and New. The zero value is ready to use.
@@ -104,9 +103,9 @@ type Options struct {
 	// events that become readable later than their notification. Optional;
 	// DefaultPollInterval when <= 0.
 	PollInterval time.Duration
-	// Writers is how many transactions of appends the Store runs at once, each on
-	// a connection of the pool. Appends that arrive while all of them are busy are
-	// written together in one transaction. Optional; DefaultWriters when <= 0.
+	// Writers is how many transactions of appends the Store runs at most at once,
+	// each on a connection of the pool. Appends that arrive while one is running
+	// are written together in the next one. Optional; DefaultWriters when <= 0.
 	Writers int
 }
 
@@ -141,13 +140,15 @@ type Store struct {
 	closeOnce    sync.Once
 
 	// queue holds the appends waiting for a leader (see lead).
-	queueMu    sync.Mutex
-	queue      []*appendRequest
-	leaders    int  // goroutines leading, at most maxLeaders
-	maxLeaders int  // Options.Writers
-	stopped    bool // set by Close: no more appends are queued
-	concurrent bool // the last group taken had more than one append
-	leading    sync.WaitGroup
+	queueMu sync.Mutex
+	queue   []*appendRequest
+	// queuedEvents counts the events of the queued appends.
+	queuedEvents int
+	leaders      int  // goroutines leading, at most maxLeaders
+	maxLeaders   int  // Options.Writers
+	stopped      bool // set by Close: no more appends are queued
+	concurrent   bool // the last group taken had more than one append
+	leading      sync.WaitGroup
 	// groupHook, when set (by tests), is told the size of every group of appends
 	// before it is written.
 	groupHook func(size int)

@@ -11,13 +11,14 @@
 // stream are thus checked one after another, while appends to different streams do
 // not wait for each other.
 //
-// Concurrent appends of one Store are group-committed: the appends that arrive
+// Concurrent appends of one Store are group-committed (group.go): the appends that arrive
 // while a transaction of appends runs go together in the next one, as one batch of
-// statements (one round trip, one commit, one flush of the WAL); a second
-// transaction (up to Options.Writers) runs beside it only when many events wait. Each is still checked against its own stream: one whose
-// expectation fails writes nothing and the others go on. When the transaction
-// fails (a reused event ID, a lost connection), each append is written again on its
-// own, so that only the one at fault fails.
+// statements (one round trip, one commit, one flush of the WAL); another
+// transaction (up to Options.Writers) runs beside it only when many events wait or
+// an append has waited long. Each append is still checked against its own stream:
+// one whose expectation fails writes nothing and the others go on. When the
+// transaction fails (a reused event ID, a lost connection), each append is written
+// again on its own, so that only the one at fault fails.
 //
 // An append is recognised as a retry of an earlier one (whose answer the caller may
 // have lost) when all its event IDs are already stored in the same stream, in the
@@ -53,9 +54,9 @@
 //
 // # Waking readers
 //
-// After appends commit, the Store sends a NOTIFY on channel smsbatch_events, at most
-// one every 5 ms for all the appends committed meanwhile; one connection per Store
-// listens and wakes every WaitForEvents. An event may become readable later than
+// After appends commit, the Store sends a NOTIFY on channel smsbatch_events
+// (notify.go), at most one every 5 ms for all the appends committed meanwhile; one
+// connection per Store listens and wakes every WaitForEvents. An event may become readable later than
 // its notification (an older transaction was still running), so waiters also poll
 // every Options.PollInterval. The listener reconnects when its connection drops,
 // and waiters wake when it does, so that a restart of the server loses no wake-up.
@@ -419,8 +420,9 @@ func (s *Store) broadcast() {
 }
 
 // Close implements eventstore.Store: it wakes WaitForEvents with ErrClosed, makes
-// every later call fail with ErrClosed, stops the listener and, when Open made the
-// pool, closes it (waiting for running calls to finish). Closing twice is harmless.
+// every later call fail with ErrClosed, writes the appends already queued, stops
+// the listener and, when Open made the pool, closes it (waiting for running calls
+// to finish). Closing twice is harmless.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		s.mu.Lock()

@@ -68,8 +68,8 @@ const promoteAfter = 5 * time.Millisecond
 // appends starts beside a running one. Below, the appends cost the server little
 // next to the running transaction's commit, and waiting to join the next group
 // makes fewer commits than starting one of their own: eight appenders of one
-// event each went about a quarter faster so than with two transactions at a time
-// (on 2 cores). Above, the work of inserting them is worth spreading over more
+// event each went about a quarter faster this way than with two transactions at a
+// time (on 2 cores). Above, the work of inserting them is worth spreading over more
 // than one connection.
 const parallelEvents = 32
 
@@ -104,8 +104,8 @@ func (s *Store) lead(own *appendRequest) {
 }
 
 // take removes the next group from the queue: the appends in it, in the order
-// they came, up to maxGroup of them and maxGroupEvents events (at least one
-// append). The queue is not empty.
+// they came, up to maxGroup of them and maxGroupEvents events (at least one append
+// unless another leader took them all).
 func (s *Store) take() []*appendRequest {
 	s.queueMu.Lock()
 	defer s.queueMu.Unlock()

@@ -28,7 +28,7 @@ func benchEvents(n int) []eventstore.EventData {
 			ID:       uuid.NewString(),
 			Type:     "MessageSent",
 			Data:     benchData,
-			Metadata: []byte(`{"tenant":"acme"}`),
+			Metadata: benchMeta,
 		}
 	}
 	return evs
@@ -54,10 +54,10 @@ var benchMeta = []byte(`{"tenant":"acme"}`)
 
 // BenchmarkAppend: appends of 1 and 100 events by 1 and 8 writers, each writer to
 // its own stream at an exact revision; one op is one append. Each row also reports
-// the raw insert rate of the same server (raw-events/s, see rawInsertRate) and the
+// the raw insert rate of the same server (raw-events/s, see rawInserter) and the
 // store's share of it (x-raw). The machine is shared and its disk's speed changes
-// from second to second, so the two are measured in turns: a quarter of the appends,
-// then the raw inserts for as long, four times.
+// from second to second, so the two are measured in turns: a sixteenth of the
+// appends, then the raw inserts for as long, sixteen times.
 //
 // Commit rates mean something only on a server that syncs its commits: run it on
 // the machine's server with TEST_DATABASE_URL (the throwaway cluster runs with
@@ -149,7 +149,9 @@ var logSettings sync.Once
 // rawInserter measures what /work/shared/bench/pgraw.sh measures with pgbench:
 // events a second that writers connections insert into the store's table shape,
 // size rows a transaction, with none of the store's logic. It works in the
-// store's database, beside the store's tables.
+// store's database, beside the store's tables. Through pgx its statements are
+// prepared once, where pgbench parses each: it measures somewhat more than
+// pgraw.sh, so the store's share of it is if anything understated.
 type rawInserter struct {
 	b       *testing.B
 	pool    *pgxpool.Pool

@@ -7,7 +7,7 @@ PKGS    ?= ./...
 # any transaction on the server is open.
 GOTESTFLAGS ?=
 
-.PHONY: run build test test-short bench bench-append vet fmt lint clean
+.PHONY: run build test test-short bench vet fmt lint clean
 
 ## run: start the service on the embedded default (bolt file + simulator under ./data)
 run: build
@@ -37,6 +37,7 @@ bench:
 	SMSBATCH_BENCH_BIG=1 $(GO) test -run '^$$' -bench . -benchmem -benchtime 2s -timeout 60m -p 1 $(PKGS)
 
 ## bench-append: only the append rates of PostgreSQL and bolt beside their raw rates
+.PHONY: bench-append
 bench-append:
 	$(GO) test -run '^$$' -bench '^BenchmarkAppend$$' -benchtime 2s -timeout 20m ./eventstore/postgres
 	$(GO) test -run '^$$' -bench '^BenchmarkAppend(Single|Batch100)$$' -benchtime 2s -timeout 20m ./eventstore/bolt

@@ -50,8 +50,18 @@ test-short:
 ## the NATS ones on TEST_NATS_URL or 127.0.0.1:4222). SMSBATCH_BENCH_BIG=1 makes the
 ## catch-up read cover 1,000,000 events, the cold loads a batch of 1,000,000 outcomes
 ## on memory, bolt and PostgreSQL, and adds loads across 5,000 batches.
+## Append rates print the raw rate of the same store measured in turns with them
+## (raw-events/s) and the share (x-raw). Commit rates need a server that syncs:
+## TEST_DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres make bench
+## (the throwaway cluster runs with fsync off; the benchmark logs the settings).
 bench:
 	SMSBATCH_BENCH_BIG=1 $(GO) test -run '^$$' -bench . -benchmem -benchtime 2s -timeout 60m -p 1 $(PKGS)
+
+## bench-append: only the append rates of PostgreSQL and bolt beside their raw rates
+.PHONY: bench-append
+bench-append:
+	$(GO) test -run '^$$' -bench '^BenchmarkAppend$$' -benchtime 2s -timeout 20m ./eventstore/postgres
+	$(GO) test -run '^$$' -bench '^BenchmarkAppend(Single|Batch100)$$' -benchtime 2s -timeout 20m ./eventstore/bolt
 
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 

@@ -2,11 +2,15 @@ package bolt_test
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"path/filepath"
 	"strconv"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	bbolt "go.etcd.io/bbolt"
 
 	"github.com/smsbatch/smsbatch/eventstore"
 	"github.com/smsbatch/smsbatch/eventstore/bolt"
@@ -43,21 +47,19 @@ func reportEventsPerSecond(b *testing.B, events int) {
 }
 
 // BenchmarkAppendSingle: one caller appending one event at a time to one stream,
-// each append fsynced before the next starts.
+// each append fsynced before the next starts. It reports the raw rate of bbolt on
+// the same disk beside it (see measureAgainstRaw).
 func BenchmarkAppendSingle(b *testing.B) {
 	s := benchStore(b)
 	ctx := context.Background()
-	evs := benchEvents("single", b.N)
 	expected := eventstore.NoStream()
-	b.ResetTimer()
-	for i := range b.N {
-		res, err := s.Append(ctx, "batch-1", expected, evs[i:i+1])
+	measureAgainstRaw(b, 1, func(i int) {
+		res, err := s.Append(ctx, "batch-1", expected, benchEvents("single-"+strconv.Itoa(i), 1))
 		if err != nil {
 			b.Fatal(err)
 		}
 		expected = eventstore.Exact(res.NextExpected)
-	}
-	reportEventsPerSecond(b, b.N)
+	})
 }
 
 // BenchmarkAppendSingleParallel: many callers appending one event at a time, each
@@ -83,22 +85,78 @@ func BenchmarkAppendSingleParallel(b *testing.B) {
 	reportEventsPerSecond(b, b.N)
 }
 
-// BenchmarkAppendBatch100: one caller appending 100 events per append.
+// BenchmarkAppendBatch100: one caller appending 100 events per append, beside the
+// raw rate of bbolt on the same disk (see measureAgainstRaw).
 func BenchmarkAppendBatch100(b *testing.B) {
 	const batch = 100
 	s := benchStore(b)
 	ctx := context.Background()
-	evs := benchEvents("batch", b.N*batch)
 	expected := eventstore.NoStream()
-	b.ResetTimer()
-	for i := range b.N {
-		res, err := s.Append(ctx, "batch-1", expected, evs[i*batch:(i+1)*batch])
+	measureAgainstRaw(b, batch, func(i int) {
+		res, err := s.Append(ctx, "batch-1", expected, benchEvents("batch-"+strconv.Itoa(i), batch))
 		if err != nil {
 			b.Fatal(err)
 		}
 		expected = eventstore.Exact(res.NextExpected)
+	})
+}
+
+// measureAgainstRaw times appendOp(0..b.N-1), appends of size events each (made
+// by appendOp as it goes: made up front for all of them they would fill the heap,
+// and the garbage collector would charge scanning them to the store), and
+// in turns with it measures what /work/shared/bench/boltraw measures: fsync'd bbolt
+// transactions of size puts of an event's bytes under sequential keys, in a file
+// of their own on the same disk. The disk's speed changes from second to second
+// on a shared machine, so a sixteenth of the appends and the raw transactions for
+// as long alternate. It reports events/s, raw-events/s and the share (x-raw).
+func measureAgainstRaw(b *testing.B, size int, appendOp func(i int)) {
+	db, err := bbolt.Open(filepath.Join(b.TempDir(), "raw.db"), 0o600, nil)
+	if err != nil {
+		b.Fatal(err)
 	}
-	reportEventsPerSecond(b, b.N*batch)
+	defer db.Close()
+	var seq uint64
+	rawTxn := func() error {
+		return db.Update(func(tx *bbolt.Tx) error {
+			bk, err := tx.CreateBucketIfNotExists([]byte("events"))
+			if err != nil {
+				return err
+			}
+			for range size {
+				seq++
+				if err := bk.Put(binary.BigEndian.AppendUint64(nil, seq), benchData); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	const turns = 16
+	var rawEvents int
+	var rawTime time.Duration
+	b.ResetTimer()
+	for t := range turns {
+		b.StartTimer()
+		began := time.Now()
+		for i := t * b.N / turns; i < (t+1)*b.N/turns; i++ {
+			appendOp(i)
+		}
+		took := time.Since(began)
+		b.StopTimer()
+		began = time.Now()
+		for time.Since(began) < took {
+			if err := rawTxn(); err != nil {
+				b.Fatal(err)
+			}
+			rawEvents += size
+		}
+		rawTime += time.Since(began)
+	}
+	rate := float64(b.N*size) / b.Elapsed().Seconds()
+	raw := float64(rawEvents) / rawTime.Seconds()
+	b.ReportMetric(rate, "events/s")
+	b.ReportMetric(raw, "raw-events/s")
+	b.ReportMetric(rate/raw, "x-raw")
 }
 
 // BenchmarkReadAll: reading the global order in pages of 512, as a projection

@@ -4,15 +4,30 @@
 //
 // # Appends
 //
-// An append is one transaction. It locks the stream's row in streams (creating it
-// if needed), so appends to one stream are checked against their expected revision
-// one after another while appends to different streams do not wait for each other.
+// An append is one SQL statement (append.go): it takes the stream's advisory lock,
+// checks the expected revision against the stream's row in streams while moving
+// the row on, and inserts the events, all in one round trip and one commit, like a
+// bare INSERT. When the expectation does not hold it writes nothing. Appends to one
+// stream are thus checked one after another, while appends to different streams do
+// not wait for each other.
+//
+// Concurrent appends of one Store are group-committed (group.go): the appends that arrive
+// while a transaction of appends runs go together in the next one, as one batch of
+// statements (one round trip, one commit, one flush of the WAL); another
+// transaction (up to Options.Writers) runs beside it only when many events wait or
+// an append has waited long. Each append is still checked against its own stream:
+// one whose expectation fails writes nothing and the others go on. When the
+// transaction fails (a reused event ID, a lost connection), each append is written
+// again on its own, so that only the one at fault fails.
+//
 // An append is recognised as a retry of an earlier one (whose answer the caller may
 // have lost) when all its event IDs are already stored in the same stream, in the
 // same order, at the revisions right after one the append's expectation allows, with
 // the same type, data and metadata. Such an append succeeds with the original result
 // and writes nothing. Any other append that reuses a stored event ID fails with an
-// error wrapping eventstore.ErrConcurrency.
+// error wrapping eventstore.ErrConcurrency. The stored IDs are looked up only when
+// an append wrote nothing or hit a stored ID, so appends that go through pay
+// nothing for this.
 //
 // # Global order
 //
@@ -25,22 +40,29 @@
 // snapshot). Every transaction that could still commit has a larger id than those,
 // so nothing can later appear before an event once it has been read.
 //
+// A transaction that writes to a stream must also have a newer id than every
+// transaction that wrote to it before, or the stream's events would be read out of
+// revision order. The id is assigned at a transaction's first write, so appends take
+// their streams' advisory locks (which, unlike row locks, take no id) before
+// writing anything, in one order, and hold them until commit. Appends of versions
+// of smsbatch before group commit take no such locks: do not run them against the
+// same database at the same time as this one.
+//
 // The cost: one long transaction on the server, in any database of the cluster,
 // holds back delivery of every event written after it began until it ends. Nothing
 // is lost, and ReadStream is not affected (it shows committed events at once).
 //
 // # Waking readers
 //
-// Appends send a NOTIFY on channel smsbatch_events when they commit; one connection
-// per Store listens and wakes every WaitForEvents. An event may become readable
-// later than its notification (an older transaction was still running), so waiters
-// also poll every Options.PollInterval. The listener reconnects when its connection
-// drops, and waiters wake when it does, so that a restart of the server loses no
-// wake-up.
+// After appends commit, the Store sends a NOTIFY on channel smsbatch_events
+// (notify.go), at most one every 5 ms for all the appends committed meanwhile; one
+// connection per Store listens and wakes every WaitForEvents. An event may become readable later than
+// its notification (an older transaction was still running), so waiters also poll
+// every Options.PollInterval. The listener reconnects when its connection drops,
+// and waiters wake when it does, so that a restart of the server loses no wake-up.
 package postgres
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -65,6 +87,12 @@ const Channel = "smsbatch_events"
 // notification came.
 const DefaultPollInterval = 250 * time.Millisecond
 
+// DefaultWriters is how many transactions of appends a Store runs at once by
+// default: a second one starts only when many events wait (see parallelEvents), so
+// that big appends are inserted over two connections while small ones join one
+// group a commit.
+const DefaultWriters = 2
+
 // Options configures Open and New. The zero value is ready to use.
 type Options struct {
 	// Logger receives the listener's connection troubles. Optional; slog.Default()
@@ -74,6 +102,10 @@ type Options struct {
 	// events that become readable later than their notification. Optional;
 	// DefaultPollInterval when <= 0.
 	PollInterval time.Duration
+	// Writers is how many transactions of appends the Store runs at most at once,
+	// each on a connection of the pool. Appends that arrive while one is running
+	// are written together in the next one. Optional; DefaultWriters when <= 0.
+	Writers int
 }
 
 func (o *Options) setDefaults() {
@@ -82,6 +114,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.PollInterval <= 0 {
 		o.PollInterval = DefaultPollInterval
+	}
+	if o.Writers <= 0 {
+		o.Writers = DefaultWriters
 	}
 }
 
@@ -98,7 +133,24 @@ type Store struct {
 
 	stopListener context.CancelFunc
 	listenerDone chan struct{}
+	// notifyReq asks the notifier goroutine for a NOTIFY (see notify).
+	notifyReq    chan struct{}
+	notifierDone chan struct{}
 	closeOnce    sync.Once
+
+	// queue holds the appends waiting for a leader (see lead).
+	queueMu sync.Mutex
+	queue   []*appendRequest
+	// queuedEvents counts the events of the queued appends.
+	queuedEvents int
+	leaders      int  // goroutines leading, at most maxLeaders
+	maxLeaders   int  // Options.Writers
+	stopped      bool // set by Close: no more appends are queued
+	concurrent   bool // the last group taken had more than one append
+	leading      sync.WaitGroup
+	// groupHook, when set (by tests), is told the size of every group of appends
+	// before it is written.
+	groupHook func(size int)
 
 	mu     sync.Mutex
 	closed bool
@@ -155,9 +207,13 @@ func New(pool *pgxpool.Pool, opts Options) (*Store, error) {
 		poll:         opts.PollInterval,
 		stopListener: cancel,
 		listenerDone: make(chan struct{}),
+		notifyReq:    make(chan struct{}, 1),
+		notifierDone: make(chan struct{}),
+		maxLeaders:   opts.Writers,
 		wake:         make(chan struct{}),
 	}
 	go s.listen(ctx)
+	go s.notifier(ctx)
 	return s, nil
 }
 
@@ -168,151 +224,6 @@ func (s *Store) Append(ctx context.Context, stream string, expected eventstore.E
 		return eventstore.AppendResult{}, fmt.Errorf("postgres: append to %s at %s: %w", stream, expected, err)
 	}
 	return res, nil
-}
-
-func (s *Store) append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events []eventstore.EventData) (eventstore.AppendResult, error) {
-	if err := eventstore.ValidateAppend(stream, events); err != nil {
-		return eventstore.AppendResult{}, err
-	}
-	if err := s.usable(ctx); err != nil {
-		return eventstore.AppendResult{}, err
-	}
-	tx, err := s.pool.Begin(ctx)
-	if err != nil {
-		return eventstore.AppendResult{}, s.opErr(ctx, "begin", err)
-	}
-	// Rollback after Commit is a no-op; on every other path it drops the append.
-	defer tx.Rollback(context.WithoutCancel(ctx))
-
-	res, wrote, err := s.write(ctx, tx, stream, expected, events)
-	if err != nil {
-		return eventstore.AppendResult{}, err
-	}
-	if !wrote {
-		return res, nil
-	}
-	if s.appendDelay != nil {
-		if err := s.appendDelay(ctx); err != nil {
-			return eventstore.AppendResult{}, err
-		}
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return eventstore.AppendResult{}, s.opErr(ctx, "commit", err)
-	}
-	return res, nil
-}
-
-// write checks the append against the stream in tx and writes it, reporting whether
-// it wrote (a recognised retry does not).
-func (s *Store) write(ctx context.Context, tx pgx.Tx, stream string, expected eventstore.ExpectedRevision, events []eventstore.EventData) (eventstore.AppendResult, bool, error) {
-	ids := make([]string, len(events))
-	for i, e := range events {
-		ids[i] = e.ID
-	}
-	// Lock the stream's row (inserting it for a new stream) and look for the IDs in
-	// one round trip. DO UPDATE, unlike DO NOTHING, locks an existing row and returns
-	// its latest committed revision even when another append just moved it.
-	b := &pgx.Batch{}
-	b.Queue(`INSERT INTO streams (stream, revision) VALUES ($1, -1)
-		ON CONFLICT (stream) DO UPDATE SET stream = EXCLUDED.stream
-		RETURNING revision`, stream)
-	b.Queue(`SELECT id, stream, revision, type, data, metadata, xid::text AS xid_text, global_id
-		FROM events WHERE id = ANY($1)`, ids)
-	br := tx.SendBatch(ctx, b)
-	var last int64
-	if err := br.QueryRow().Scan(&last); err != nil {
-		_ = br.Close()
-		return eventstore.AppendResult{}, false, s.opErr(ctx, "lock stream", err)
-	}
-	rows, _ := br.Query()
-	stored, err := pgx.CollectRows(rows, scanEvent)
-	if err != nil {
-		_ = br.Close()
-		return eventstore.AppendResult{}, false, s.opErr(ctx, "look up event IDs", err)
-	}
-	if err := br.Close(); err != nil {
-		return eventstore.AppendResult{}, false, s.opErr(ctx, "look up event IDs", err)
-	}
-	n := uint64(last + 1) // events in the stream
-
-	if len(stored) > 0 {
-		if res, ok := retried(stream, expected, events, stored); ok {
-			return res, false, nil
-		}
-		if !expected.Check(n) {
-			return eventstore.AppendResult{}, false, fmt.Errorf("expected %s, stream holds %d events: %w", expected, n, eventstore.ErrConcurrency)
-		}
-		e := stored[0]
-		return eventstore.AppendResult{}, false, fmt.Errorf("event ID %s already stored in %s at revision %d: %w", e.ID, e.Stream, e.Revision, eventstore.ErrConcurrency)
-	}
-	if !expected.Check(n) {
-		return eventstore.AppendResult{}, false, fmt.Errorf("expected %s, stream holds %d events: %w", expected, n, eventstore.ErrConcurrency)
-	}
-
-	types := make([]string, len(events))
-	data := make([][]byte, len(events))
-	meta := make([][]byte, len(events))
-	for i, e := range events {
-		types[i], data[i], meta[i] = e.Type, e.Data, e.Metadata
-	}
-	next := int64(n) + int64(len(events)) - 1
-	b = &pgx.Batch{}
-	// ORDER BY ord makes the sequence hand out global_ids in revision order.
-	b.Queue(`WITH ins AS (
-			INSERT INTO events (stream, revision, id, type, data, metadata)
-			SELECT $1, $2 + t.ord - 1, t.id, t.type, coalesce(t.data, ''::bytea), t.meta
-			FROM unnest($3::text[], $4::text[], $5::bytea[], $6::bytea[]) WITH ORDINALITY AS t(id, type, data, meta, ord)
-			ORDER BY t.ord
-			RETURNING global_id)
-		SELECT max(global_id), pg_current_xact_id()::text FROM ins`,
-		stream, int64(n), ids, types, data, meta)
-	b.Queue(`UPDATE streams SET revision = $2 WHERE stream = $1`, stream, next)
-	b.Queue(`SELECT pg_notify($1, '')`, Channel)
-	br = tx.SendBatch(ctx, b)
-	var globalID int64
-	var xid string
-	if err := br.QueryRow().Scan(&globalID, &xid); err != nil {
-		_ = br.Close()
-		return eventstore.AppendResult{}, false, s.opErr(ctx, "insert events", err)
-	}
-	if err := br.Close(); err != nil {
-		return eventstore.AppendResult{}, false, s.opErr(ctx, "insert events", err)
-	}
-	commit, err := strconv.ParseUint(xid, 10, 64)
-	if err != nil {
-		return eventstore.AppendResult{}, false, fmt.Errorf("transaction id %q: %w", xid, err)
-	}
-	return eventstore.AppendResult{
-		NextExpected: uint64(next),
-		Position:     eventstore.Position{Commit: commit, Prepare: uint64(globalID)},
-	}, true, nil
-}
-
-// retried reports whether events were already written to stream by an earlier
-// append that expected allows, and if so that append's result. stored holds the
-// stored events that have one of the events' IDs. See the package doc.
-func retried(stream string, expected eventstore.ExpectedRevision, events []eventstore.EventData, stored []eventstore.Event) (eventstore.AppendResult, bool) {
-	if len(stored) != len(events) {
-		return eventstore.AppendResult{}, false
-	}
-	byID := make(map[string]eventstore.Event, len(stored))
-	for _, e := range stored {
-		byID[e.ID] = e
-	}
-	first := byID[events[0].ID]
-	if first.Stream != stream || !expected.Check(first.Revision) {
-		return eventstore.AppendResult{}, false
-	}
-	var last eventstore.Event
-	for k, e := range events {
-		got, ok := byID[e.ID]
-		if !ok || got.Stream != stream || got.Revision != first.Revision+uint64(k) ||
-			got.Type != e.Type || !bytes.Equal(got.Data, e.Data) || !bytes.Equal(got.Metadata, e.Metadata) {
-			return eventstore.AppendResult{}, false
-		}
-		last = got
-	}
-	return eventstore.AppendResult{NextExpected: last.Revision, Position: last.Position}, true
 }
 
 // columns are the events columns scanEvent reads, in its order.
@@ -507,16 +418,23 @@ func (s *Store) broadcast() {
 }
 
 // Close implements eventstore.Store: it wakes WaitForEvents with ErrClosed, makes
-// every later call fail with ErrClosed, stops the listener and, when Open made the
-// pool, closes it (waiting for running calls to finish). Closing twice is harmless.
+// every later call fail with ErrClosed, writes the appends already queued, stops
+// the listener and, when Open made the pool, closes it (waiting for running calls
+// to finish). Closing twice is harmless.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		s.mu.Lock()
 		s.closed = true
 		close(s.wake)
 		s.mu.Unlock()
+		// Appends queued before are written; later ones fail with ErrClosed.
+		s.queueMu.Lock()
+		s.stopped = true
+		s.queueMu.Unlock()
+		s.leading.Wait()
 		s.stopListener()
 		<-s.listenerDone
+		<-s.notifierDone
 		if s.ownsPool {
 			s.pool.Close()
 		}

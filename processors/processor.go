@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -42,6 +43,9 @@ type Processor struct {
 	// stop ends the recorders' retries once Drain has given up waiting.
 	stop     chan struct{}
 	stopOnce sync.Once
+	// looks counts the times slices looked at their batch (turns of the
+	// slice loop): a handful a message, or the loop spins.
+	looks atomic.Int64
 }
 
 // batchState is what this instance holds of a batch while it works it: the

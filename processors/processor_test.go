@@ -597,3 +597,20 @@ func TestSliceGivesUpOnAStoreThatKeepsFailingAndNothingIsLost(t *testing.T) {
 	drive(t, h.processor(Config{Unlimited: true}), Work{BatchID: "b1", PrevSlice: b.LastSlice()})
 	assertOneOutcomeEach(t, h.outcomes("b1"), 8)
 }
+
+// While a batch whose rate is lifted gathers answers before its next dispatch,
+// its slice sleeps until the gathering ends or another answer comes: it looks
+// at the batch a handful of times a message, not thousands (it once spun on a
+// zero timer for the whole gathering, most of an instance's CPU).
+func TestSlicesDoNotSpinWhileAnswersGather(t *testing.T) {
+	h := newHarness(t, newFakeProvider(20*time.Millisecond))
+	p := h.processor(Config{Unlimited: true})
+	const n = 200
+	drive(t, p, h.create("b1", n, domain.PriorityNormal))
+	assertOneOutcomeEach(t, h.outcomes("b1"), n)
+	if looks := p.looks.Load(); looks > 10*n {
+		t.Fatalf("the slices looked at the batch %d times for %d messages, want at most %d", looks, n, 10*n)
+	} else {
+		t.Logf("%d looks for %d messages", looks, n)
+	}
+}

@@ -61,6 +61,7 @@ func (s *slice) run(ctx context.Context) (*Work, error) {
 	var held []answer
 	defer func() { st.putBack(held) }()
 	for {
+		p.looks.Add(1)
 		now := p.cfg.Now()
 		if !now.Before(deadline) || ctx.Err() != nil {
 			break
@@ -126,7 +127,10 @@ func (s *slice) run(ctx context.Context) (*Work, error) {
 		if len(held) > 0 {
 			wake = earliest(wake, held[0].at.Add(answerDelay))
 			if s.gathering(held, now) {
-				wake = earliest(wake, held[0].at.Add(gatherDelay))
+				// The dispatch waits for the gathering to end (or for another
+				// answer, which signals): looking again before then would
+				// find the same and spin.
+				wake = latest(wake, held[0].at.Add(gatherDelay))
 			}
 		}
 		timer.Reset(max(wake.Sub(p.cfg.Now()), 0))

@@ -191,7 +191,7 @@ func parseConfig(name string, args []string, env func(string) string, only ...st
 	s.str(&c.ReadStoreURL, "read-store-url", "SMSBATCH_READ_STORE_URL", "", "PostgreSQL URL of the read models; default the event store's URL")
 	s.str(&c.NATSURL, "nats-url", "SMSBATCH_NATS_URL", "", "NATS URL (JetStream) for the work messages; empty runs them in-process (GoChannel)")
 	s.str(&c.NATSNamespace, "nats-namespace", "SMSBATCH_NATS_NAMESPACE", "", "prefix of the NATS streams and subjects, for several deployments on one server")
-	s.int(&c.NATSConcurrency, "nats-concurrency", "SMSBATCH_NATS_CONCURRENCY", 64, "batches one instance works at once over NATS")
+	s.int(&c.NATSConcurrency, "nats-concurrency", "SMSBATCH_NATS_CONCURRENCY", 256, "batches one instance works at once over NATS")
 	s.str(&c.APIKeys, "api-keys", "SMSBATCH_API_KEYS", "", "API keys as tenant:key,tenant:key; empty creates a dev key in the data directory")
 	s.str(&c.DefaultRegion, "default-region", "SMSBATCH_DEFAULT_REGION", "US", "region of phone numbers given without a country code")
 	s.str(&c.LogLevel, "log-level", "SMSBATCH_LOG_LEVEL", "info", "debug, info, warn or error")

@@ -18,8 +18,10 @@ import (
 
 func TestMain(m *testing.M) {
 	code := pgtest.Main(m)
-	if binPath != "" {
-		_ = os.RemoveAll(filepath.Dir(binPath)) // the race-built binary: tens of MB a run
+	for _, bin := range []string{binPath, benchBinPath} {
+		if bin != "" {
+			_ = os.RemoveAll(filepath.Dir(bin)) // the binaries built: tens of MB a run
+		}
 	}
 	os.Exit(code)
 }

@@ -17,3 +17,6 @@ func QueuedAppends(s *Store) int {
 	defer s.queueMu.Unlock()
 	return len(s.queue)
 }
+
+// ReadableQuery is the query WaitForEvents asks whether an event is there with.
+const ReadableQuery = readableQuery

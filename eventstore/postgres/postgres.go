@@ -347,20 +347,29 @@ func (s *Store) WaitForEvents(ctx context.Context, after eventstore.Position) er
 	}
 }
 
+// readableQuery finds the first event ReadAll after ($1, $2) would return.
+const readableQuery = `SELECT 1 FROM events
+	WHERE (xid, global_id) > ($1::text::xid8, $2)
+	  AND xid < pg_snapshot_xmin(pg_current_snapshot())
+	ORDER BY xid, global_id LIMIT 1`
+
 // readable reports whether ReadAll after the position would return an event.
 func (s *Store) readable(ctx context.Context, after eventstore.Position) (bool, error) {
 	if err := s.usable(ctx); err != nil {
 		return false, err
 	}
-	var found bool
-	err := s.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM events
-		WHERE (xid, global_id) > ($1::text::xid8, $2)
-		  AND xid < pg_snapshot_xmin(pg_current_snapshot()))`,
-		strconv.FormatUint(after.Commit, 10), int64(min(after.Prepare, math.MaxInt64))).Scan(&found)
-	if err != nil {
+	// In the global order, as ReadAll reads: the planner walks the index from
+	// the position, where a bare EXISTS was planned as a scan of the table
+	// (all of it, when the new events are at its end).
+	var one int
+	err := s.pool.QueryRow(ctx, readableQuery, strconv.FormatUint(after.Commit, 10), int64(min(after.Prepare, math.MaxInt64))).Scan(&one)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return false, nil
+	case err != nil:
 		return false, s.opErr(ctx, "look for events", err)
 	}
-	return found, nil
+	return true, nil
 }
 
 // listen keeps one connection listening on Channel until ctx is done, waking the

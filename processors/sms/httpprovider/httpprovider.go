@@ -63,12 +63,24 @@ type Config struct {
 	PublicURL string
 }
 
+// MaxIdleConns is how many idle connections to the provider the default
+// client keeps.
+const MaxIdleConns = 512
+
 func (c *Config) setDefaults() {
 	if c.Timeout == 0 {
 		c.Timeout = DefaultTimeout
 	}
 	if c.HTTPClient == nil {
+		// Many batches send at once, each up to five in flight, all to one
+		// host: keep their connections for the next send rather than the
+		// default transport's two (a new connection, and over HTTPS a new
+		// handshake, per send otherwise).
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.MaxIdleConns = MaxIdleConns
+		t.MaxIdleConnsPerHost = MaxIdleConns
 		c.HTTPClient = &http.Client{
+			Transport:     t,
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		}
 	}

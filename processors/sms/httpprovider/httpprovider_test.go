@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -12,6 +13,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -435,5 +437,53 @@ func TestPrintingConfigOrProviderHidesTheToken(t *testing.T) {
 		if !strings.Contains(s, sid) {
 			t.Errorf("printed config lost the account SID, which helps debugging: %s", s)
 		}
+	}
+}
+
+// Many sends at once to one provider keep their connections for the next
+// ones: three rounds of 100 concurrent sends open about 100 connections, not
+// one a send (http.DefaultTransport keeps two idle per host).
+func TestConcurrentSendsReuseConnections(t *testing.T) {
+	simURL, _ := startSim(t, simulator.Config{Latency: 20 * time.Millisecond}, simulator.ServerConfig{})
+	var conns atomic.Int64
+	proxy := httptest.NewUnstartedServer(nil)
+	target, _ := url.Parse(simURL)
+	proxy.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.URL.Scheme, r.URL.Host, r.RequestURI = target.Scheme, target.Host, ""
+		resp, err := http.DefaultTransport.RoundTrip(r)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		for k, v := range resp.Header {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(resp.StatusCode)
+		_, _ = io.Copy(w, resp.Body)
+	})
+	proxy.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	proxy.Start()
+	t.Cleanup(proxy.Close)
+
+	p := newProvider(t, proxy.URL)
+	const perRound, rounds = 100, 3
+	for round := range rounds {
+		var wg sync.WaitGroup
+		for i := range perRound {
+			wg.Go(func() {
+				if _, err := send(t, p, fmt.Sprintf("r%d-%d", round, i), okNumber); err != nil {
+					t.Errorf("send: %v", err)
+				}
+			})
+		}
+		wg.Wait()
+	}
+	if n := conns.Load(); n > perRound+perRound/2 {
+		t.Fatalf("%d sends opened %d connections, want them kept between rounds (at most %d)", perRound*rounds, n, perRound+perRound/2)
 	}
 }

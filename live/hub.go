@@ -277,6 +277,12 @@ func (p *pending) collect(events []eventstore.Event) error {
 	var errs []error
 	for _, e := range events {
 		p.head = e.Position
+		if d := p.batches[projections.BatchOf(e)]; d != nil && !projections.MayBeError(e.Type) {
+			// A batch already to be sent: its tenant is known, and only an
+			// error has more to say than its position.
+			d.last = e.Position
+			continue
+		}
 		id, payload, ok, err := projections.Decode(e)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("event %s at %s: %w", e.Type, e.Position, err))

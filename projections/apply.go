@@ -65,6 +65,20 @@ func Decode(e eventstore.Event) (batchID string, payload domain.Event, ok bool, 
 	return batchID, payload, true, nil
 }
 
+// BatchOf is the batch of an event Decode would decode, or "".
+func BatchOf(e eventstore.Event) string {
+	batchID, isBatch := strings.CutPrefix(e.Stream, domain.BatchStreamPrefix)
+	if !isBatch || !projected[e.Type] {
+		return ""
+	}
+	return batchID
+}
+
+// MayBeError reports whether an event of type typ may have an ErrorEntryOf.
+func MayBeError(typ string) bool {
+	return typ == domain.TypeMessageFailed || typ == domain.TypeMessageSkipped
+}
+
 // decodeRecipients decodes a recipients page; ok is false for any other event.
 func decodeRecipients(e eventstore.Event) (batchID string, payload domain.Event, ok bool, err error) {
 	batchID, isPage := strings.CutPrefix(e.Stream, domain.RecipientsStreamPrefix)

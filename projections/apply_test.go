@@ -548,3 +548,18 @@ func TestThroughput(t *testing.T) {
 		t.Errorf("no outcomes: %v, want an empty list", points)
 	}
 }
+
+// The live hub skips decoding events of a batch it already has news of unless
+// MayBeError says they may carry an error entry: it must say so for every
+// type ErrorEntryOf reads one from.
+func TestMayBeErrorCoversEveryErrorEntry(t *testing.T) {
+	for _, typ := range projections.ProjectedTypes() {
+		e, err := domain.DecodeEvent(typ, []byte(`{}`))
+		if err != nil {
+			t.Fatalf("%s: %v", typ, err)
+		}
+		if _, ok := projections.ErrorEntryOf(e); ok != projections.MayBeError(typ) {
+			t.Errorf("%s: ErrorEntryOf finds an entry: %v, MayBeError: %v", typ, ok, projections.MayBeError(typ))
+		}
+	}
+}

@@ -12,3 +12,12 @@ func WithFastRetry(cfg RunnerConfig) RunnerConfig {
 	cfg.backOff = func() backoff.BackOff { return backoff.NewConstantBackOff(5 * time.Millisecond) }
 	return cfg
 }
+
+// ProjectedTypes are the event types Decode decodes.
+func ProjectedTypes() []string {
+	out := make([]string, 0, len(projected))
+	for t := range projected {
+		out = append(out, t)
+	}
+	return out
+}

@@ -261,7 +261,10 @@ func (m *Main) Run(ctx context.Context) error {
 		return err
 	}
 	readModels := m.readModels.Store
-	m.optOuts, err = optouts.New(optouts.Config{Store: store, From: readModels.Checkpoint, Logger: m.logger})
+	// The followers of the log (read models, opt-out lists, forwarder, live
+	// hub) share one read of its latest events.
+	tail := eventstore.NewTail(store, 0)
+	m.optOuts, err = optouts.New(optouts.Config{Store: tail, From: readModels.Checkpoint, Logger: m.logger})
 	if err != nil {
 		return err
 	}
@@ -270,7 +273,7 @@ func (m *Main) Run(ctx context.Context) error {
 		return err
 	}
 	m.runner, err = projections.NewRunner(projections.RunnerConfig{
-		Events: store, Store: readModels, Logger: m.logger, Lag: lag,
+		Events: tail, Store: readModels, Logger: m.logger, Lag: lag,
 	})
 	if err != nil {
 		return err
@@ -314,7 +317,7 @@ func (m *Main) Run(ctx context.Context) error {
 		procCfg.Gone = func(other string) bool { return other != instance }
 	}
 	procCfg.TenantMaxRate = cfg.TenantMaxRate
-	m.fwd, err = processors.NewForwarder(store, m.transport.pub, cmds, procCfg)
+	m.fwd, err = processors.NewForwarder(tail, m.transport.pub, cmds, procCfg)
 	if err != nil {
 		return err
 	}
@@ -343,7 +346,7 @@ func (m *Main) Run(ctx context.Context) error {
 	}
 	m.goRun("forwarder", func() error { return m.fwd.Run(bg) })
 
-	hub, err := live.NewHub(live.Config{Events: store, ReadModels: readModels, Projections: m.runner, Logger: m.logger})
+	hub, err := live.NewHub(live.Config{Events: tail, ReadModels: readModels, Projections: m.runner, Logger: m.logger})
 	if err != nil {
 		return err
 	}

@@ -204,3 +204,23 @@ type Store interface {
 	// send processor starts from them instead of reading the whole log.
 	Unfinished(ctx context.Context) (batches []BatchStatus, at eventstore.Position, err error)
 }
+
+// Shared is a Store that several processes keep together (the PostgreSQL
+// read models of instances sharing a database). One runner at a time applies
+// the events, the holder of the store's lease; the others follow its
+// checkpoint. Applying is safe from several at once all the same (Apply skips
+// what the checkpoint covers): the lease only spares the others reading and
+// decoding every event for nothing.
+type Shared interface {
+	Store
+	// TryLease takes the store's lease if no process holds it, reporting nil
+	// when one does.
+	TryLease(ctx context.Context) (*Lease, error)
+}
+
+// Lease is a Shared store's lease, held until Release or until Lost is
+// closed (the connection that held it went away).
+type Lease struct {
+	Lost    <-chan struct{}
+	Release func()
+}

@@ -45,6 +45,13 @@ type RunnerConfig struct {
 	// store time of the last event applied.
 	Lag prometheus.Gauge
 
+	// LeaseRetry is how often a runner without a Shared store's lease asks
+	// for it again (the holder may be gone); default 1s.
+	LeaseRetry time.Duration
+	// WatchEvery is how often a runner without the lease reads the shared
+	// checkpoint, which its WaitFor answers by; default 25ms.
+	WatchEvery time.Duration
+
 	// backOff makes the wait between retries; tests shorten it.
 	backOff func() backoff.BackOff
 }
@@ -55,6 +62,12 @@ func (c *RunnerConfig) setDefaults() {
 	}
 	if c.Gather == 0 {
 		c.Gather = DefaultGather
+	}
+	if c.LeaseRetry <= 0 {
+		c.LeaseRetry = time.Second
+	}
+	if c.WatchEvery <= 0 {
+		c.WatchEvery = 25 * time.Millisecond
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -100,6 +113,9 @@ type Runner struct {
 	follower *eventstore.Follower
 	// moved is closed and replaced whenever pos moves, waking WaitFor.
 	moved chan struct{}
+	// watchErr is the last failure to read a shared store's checkpoint, failing since then.
+	watchErr          error
+	watchFailingSince time.Time
 }
 
 // NewRunner returns a runner; it does nothing until Run.
@@ -114,13 +130,60 @@ func NewRunner(cfg RunnerConfig) (*Runner, error) {
 // Run applies events until ctx is done, then returns nil. It returns an error
 // when the event store is closed or damaged, or when called while already
 // running. Errors reading the event store or applying events are logged and
-// retried; Health reports them once they last.
+// retried; Health reports them once they last. With a Shared store, the runner
+// applies only while it holds the store's lease, and otherwise follows the
+// checkpoint of the one that does (see Shared).
 func (r *Runner) Run(ctx context.Context) error {
 	if !r.running.CompareAndSwap(false, true) {
 		return errors.New("projections runner: already running")
 	}
 	defer r.running.Store(false)
+	shared, ok := r.cfg.Store.(Shared)
+	if !ok {
+		return r.follow(ctx)
+	}
+	for {
+		lease, err := shared.TryLease(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			r.cfg.Logger.Warn("projections: could not ask for the read models' lease", "error", err)
+		}
+		if lease == nil {
+			r.watch(ctx, r.cfg.LeaseRetry)
+			if ctx.Err() != nil {
+				return nil
+			}
+			continue
+		}
+		r.cfg.Logger.Info("projections: this instance applies the events to the shared read models")
+		leading, cancel := context.WithCancel(ctx)
+		go func() {
+			select {
+			case <-lease.Lost:
+				cancel()
+			case <-leading.Done():
+			}
+		}()
+		err = r.follow(leading)
+		cancel()
+		lease.Release()
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			return err // the follower keeps saying why in Health
+		}
+		r.mu.Lock()
+		r.follower = nil
+		r.mu.Unlock()
+		r.cfg.Logger.Warn("projections: lost the read models' lease; following the checkpoint")
+	}
+}
 
+// follow applies events from the store's checkpoint until ctx is done.
+func (r *Runner) follow(ctx context.Context) error {
 	checkpoint, err := retry(ctx, r, "read checkpoint", func() (eventstore.Position, error) {
 		return r.cfg.Store.Checkpoint(ctx)
 	})
@@ -143,17 +206,58 @@ func (r *Runner) Run(ctx context.Context) error {
 	return r.stopped(ctx, f.Run(ctx))
 }
 
-// Health is nil while the runner follows the events; an error when it has been
-// failing for a while or stopped.
+// watch follows the shared store's checkpoint, which another process's runner
+// moves, for d or until ctx is done.
+func (r *Runner) watch(ctx context.Context, d time.Duration) {
+	until := time.Now().Add(d)
+	tick := time.NewTicker(r.cfg.WatchEvery)
+	defer tick.Stop()
+	for {
+		cp, err := r.cfg.Store.Checkpoint(ctx)
+		r.mu.Lock()
+		if err != nil && ctx.Err() == nil {
+			if r.watchFailingSince.IsZero() {
+				r.watchFailingSince = time.Now()
+			}
+			r.watchErr = err
+		} else {
+			r.watchFailingSince, r.watchErr = time.Time{}, nil
+		}
+		r.mu.Unlock()
+		if err == nil {
+			r.advance(cp)
+			r.caughtUp()
+		}
+		if !time.Now().Before(until) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// Health is nil while the runner follows the events (or the checkpoint of the
+// runner that applies them); an error when it has been failing for a while or
+// stopped.
 func (r *Runner) Health() error {
 	r.mu.Lock()
-	f := r.follower
+	f, since, err := r.follower, r.watchFailingSince, r.watchErr
 	r.mu.Unlock()
-	if f == nil {
-		return nil
+	if f != nil {
+		return f.Health()
 	}
-	return f.Health()
+	if !since.IsZero() && time.Since(since) >= watchUnhealthyAfter {
+		return fmt.Errorf("projections: reading the shared checkpoint failing for %s: %w", time.Since(since).Round(time.Second), err)
+	}
+	return nil
 }
+
+// watchUnhealthyAfter is how long reading the shared checkpoint may fail
+// before Health says so, as a follower's.
+const watchUnhealthyAfter = 10 * time.Second
 
 func (r *Runner) stopped(ctx context.Context, err error) error {
 	if ctx.Err() != nil || err == nil {

@@ -271,3 +271,88 @@ func TestNewRunnerRefusesMissingDependencies(t *testing.T) {
 		t.Errorf("runner without event store and store: %v, want an error naming both", err)
 	}
 }
+
+// sharedStore is a projections store several runners share, with a lease one
+// holds at a time, counting each runner's Apply calls.
+type sharedStore struct {
+	projections.Store
+	mu      sync.Mutex
+	holder  int // runner holding the lease; 0 for none
+	applies map[int]int
+}
+
+// as is the store as runner id sees it.
+type sharedAs struct {
+	*sharedStore
+	id int
+}
+
+func (s sharedAs) TryLease(context.Context) (*projections.Lease, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.holder != 0 {
+		return nil, nil
+	}
+	s.holder = s.id
+	lost := make(chan struct{})
+	var once sync.Once
+	return &projections.Lease{Lost: lost, Release: func() {
+		once.Do(func() {
+			s.mu.Lock()
+			s.holder = 0
+			s.mu.Unlock()
+			close(lost)
+		})
+	}}, nil
+}
+
+func (s sharedAs) Apply(ctx context.Context, events []eventstore.Event) error {
+	s.mu.Lock()
+	s.applies[s.id]++
+	s.mu.Unlock()
+	return s.Store.Apply(ctx, events)
+}
+
+// Two runners on one shared store: the lease holder applies, the other answers
+// WaitFor from the checkpoint; when the holder stops, the other takes over.
+func TestSharedStoreIsAppliedByTheLeaseHolder(t *testing.T) {
+	es := esmemory.New()
+	defer es.Close()
+	shared := &sharedStore{Store: memory.New(), applies: map[int]int{}}
+	cfg := func(id int) projections.RunnerConfig {
+		return projections.RunnerConfig{Events: es, Store: sharedAs{shared, id},
+			LeaseRetry: 50 * time.Millisecond, WatchEvery: 5 * time.Millisecond}
+	}
+	one, stopOne := start(t, cfg(1))
+	waitReady(t, one)
+	two, _ := start(t, cfg(2))
+	waitReady(t, two)
+
+	h := projectionstest.NewEvents()
+	h.Campaign("acme", "first", t0, 20)
+	pos := appendAll(t, es, h.List())
+	waitFor(t, one, pos)
+	waitFor(t, two, pos) // by the checkpoint runner one moved
+	shared.mu.Lock()
+	first, second := shared.applies[1], shared.applies[2]
+	shared.mu.Unlock()
+	if first == 0 || second != 0 {
+		t.Fatalf("applies: runner one %d, runner two %d; want only the lease holder's", first, second)
+	}
+
+	if err := stopOne(); err != nil {
+		t.Fatal(err)
+	}
+	n := h.Len()
+	h.Campaign("acme", "second", t0.Add(time.Hour), 10)
+	pos = appendAll(t, es, h.List()[n:])
+	waitFor(t, two, pos)
+	if st := status(t, shared.Store, "acme", "second"); st.Status != "completed" {
+		t.Fatalf("after the holder stopped: %s, want completed by the other runner", st.Status)
+	}
+	shared.mu.Lock()
+	defer shared.mu.Unlock()
+	if shared.applies[2] == 0 {
+		t.Fatal("runner two never applied")
+	}
+}

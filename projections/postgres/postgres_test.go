@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/smsbatch/smsbatch/domain"
@@ -460,5 +461,63 @@ func BenchmarkLagPostgres(b *testing.B) {
 		slices.Sort(store.lags)
 		b.ReportMetric(float64(store.lags[len(store.lags)/2].Microseconds())/1000, "p50-ms")
 		b.ReportMetric(float64(store.lags[len(store.lags)*99/100].Microseconds())/1000, "p99-ms")
+	}
+}
+
+// One process at a time holds the read models' lease: another gets it once
+// the holder releases it, or once the holder's connection is gone (a process
+// that dies).
+func TestLeaseIsHeldByOneAtATime(t *testing.T) {
+	url := pgtest.Database(t)
+	open := func() *postgres.Store {
+		pool, err := pgxpool.New(t.Context(), url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(pool.Close)
+		if _, err := migrations.Apply(t.Context(), pool); err != nil {
+			t.Fatal(err)
+		}
+		return newStore(t, pool)
+	}
+	a, b := open(), open()
+	held, err := a.TryLease(t.Context())
+	if err != nil || held == nil {
+		t.Fatalf("first lease: %v %v", held, err)
+	}
+	if l, err := b.TryLease(t.Context()); err != nil || l != nil {
+		t.Fatalf("second process got the lease while it was held: %v %v", l, err)
+	}
+	held.Release()
+	select {
+	case <-held.Lost:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Lost not closed by Release")
+	}
+	l, err := b.TryLease(t.Context())
+	if err != nil || l == nil {
+		t.Fatalf("lease after release: %v %v", l, err)
+	}
+
+	// The holder's connection is killed: Lost is closed, and the lease is free.
+	admin, err := pgx.Connect(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(context.Background())
+	if _, err := admin.Exec(t.Context(), `SELECT pg_terminate_backend(pid) FROM pg_locks
+		WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())`); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-l.Lost:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Lost not closed when the holder's connection died")
+	}
+	l.Release()
+	if l, err := a.TryLease(t.Context()); err != nil || l == nil {
+		t.Fatalf("lease after the holder died: %v %v", l, err)
+	} else {
+		l.Release()
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/smsbatch/smsbatch/domain"
 	"github.com/smsbatch/smsbatch/eventstore"
 	"github.com/smsbatch/smsbatch/internal/pgtest"
 	"github.com/smsbatch/smsbatch/processors/sms/simulator"
@@ -281,36 +282,71 @@ func TestExactlyOnceAtTheProviderWhileInstancesComeAndGo(t *testing.T) {
 		survivor.client.waitStatus(b.id, 120*time.Second, "completed")
 	}
 	calls = providerCalls(t, simDir)
+	events = pgEvents(t, url)
+	recorded := recordedProviderIDs(t, events)
 	for _, b := range killed {
 		// In flight at the kill: calls the provider was answering, and requests
 		// already on their way, which the provider reads a moment later.
 		inFlight := map[string]bool{}
+		// Answered but not recorded: the provider accepted the call shortly
+		// before the kill, and the victim died holding the answer, so the
+		// message was in doubt and rightly sent again after its deadline. No
+		// provider takes a key, so nothing can close this window but a
+		// faster record; answerRecordedWithin bounds how long it may stay open.
+		inDoubt := map[string]bool{}
 		for _, c := range calls[b.id] {
 			if !c.Start.After(lastWords) && !c.End.Before(killedAt) {
 				inFlight[c.Key] = true
 			}
+			if c.Outcome == "accepted" && !recorded[c.ProviderID] && c.End.Before(killedAt) && killedAt.Sub(c.End) <= answerRecordedWithin {
+				inDoubt[c.Key] = true
+			}
 		}
 		r := analyse(calls[b.id], time.Second-60*time.Millisecond)
-		t.Logf("batch %s: %d calls in flight at the kill, %d messages accepted twice", b.id, len(inFlight), len(r.duplicates))
+		t.Logf("batch %s: %d calls in flight at the kill, %d answers not recorded, %d messages accepted twice", b.id, len(inFlight), len(inDoubt), len(r.duplicates))
 		for _, key := range r.duplicates {
-			if !inFlight[key] {
+			if !inFlight[key] && !inDoubt[key] {
 				var times []string
 				for _, c := range calls[b.id] {
 					if c.Key == key {
-						times = append(times, fmt.Sprintf("%s..%s %s", c.Start.Sub(killedAt), c.End.Sub(killedAt), c.Outcome))
+						times = append(times, fmt.Sprintf("%s..%s %s %s recorded=%v", c.Start.Sub(killedAt), c.End.Sub(killedAt), c.Outcome, c.ProviderID, recorded[c.ProviderID]))
 					}
 				}
-				t.Errorf("batch %s: %s accepted twice although it was not in flight at the kill (calls relative to the kill: %v)", b.id, key, times)
+				t.Errorf("batch %s: %s accepted twice although it was neither in flight nor in doubt at the kill (calls relative to the kill: %v)", b.id, key, times)
 			}
 		}
 		if r.peak > 5+len(inFlight) {
 			t.Errorf("batch %s: %d calls in flight at once", b.id, r.peak)
 		}
 	}
-	events = pgEvents(t, url)
 	for _, b := range killed {
 		assertExactlyOneOutcome(t, events, b.id, b.n)
 	}
+}
+
+// answerRecordedWithin is how long after the provider's answer an instance
+// may still be recording it on a loaded machine: an answer gathers for a few
+// milliseconds, then waits for its append's commit.
+const answerRecordedWithin = time.Second
+
+// recordedProviderIDs is the set of provider message ids the store recorded
+// as sent.
+func recordedProviderIDs(t testing.TB, events []eventstore.Event) map[string]bool {
+	t.Helper()
+	ids := map[string]bool{}
+	for _, se := range events {
+		if se.Type != domain.TypeMessageSent {
+			continue
+		}
+		e, err := domain.DecodeEvent(se.Type, se.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sent, ok := e.(domain.MessageSent); ok && sent.ProviderID != "" {
+			ids[sent.ProviderID] = true
+		}
+	}
+	return ids
 }
 
 // failedFor counts the recipients of a batch that failed for good.

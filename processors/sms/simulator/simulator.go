@@ -150,6 +150,8 @@ type Call struct {
 	// Outcome is "accepted", the failure's category, or "abandoned" when the
 	// caller gave up before the answer.
 	Outcome string `json:"outcome"`
+	// ProviderID is the id an accepted call was answered with.
+	ProviderID string `json:"providerId,omitempty"`
 }
 
 // Stats counts what a Simulator did since New.
@@ -276,7 +278,7 @@ func (s *Simulator) send(ctx context.Context, msg sms.Message, received time.Tim
 	// The outbox records when the message reached the provider, not when the
 	// simulated latency ended: that is the moment a sender's rate is judged by.
 	if s.cfg.RecordEveryCall {
-		defer func() { s.recordCall(msg, received, err) }()
+		defer func() { s.recordCall(msg, received, receipt, err) }()
 	}
 	if err := s.wait(ctx); err != nil {
 		return sms.Receipt{}, err
@@ -334,8 +336,8 @@ func (s *Simulator) send(ctx context.Context, msg sms.Message, received time.Tim
 
 // recordCall writes one call to the calls file. A failure to write is logged:
 // the calls file is a witness, and the send itself went as answered.
-func (s *Simulator) recordCall(msg sms.Message, start time.Time, err error) {
-	c := Call{Key: msg.IdempotencyKey, To: msg.To, Start: start, End: s.cfg.Clock().UTC(), Outcome: "accepted"}
+func (s *Simulator) recordCall(msg sms.Message, start time.Time, receipt sms.Receipt, err error) {
+	c := Call{Key: msg.IdempotencyKey, To: msg.To, Start: start, End: s.cfg.Clock().UTC(), Outcome: "accepted", ProviderID: receipt.ProviderID}
 	var se *sms.Error
 	switch {
 	case errors.As(err, &se):

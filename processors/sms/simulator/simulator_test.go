@@ -162,11 +162,13 @@ func TestRecordEveryCallCountsEverySendAsAMessage(t *testing.T) {
 	}
 	seed.Close()
 	s := newSim(t, simulator.Config{OutboxPath: out, RecordEveryCall: true, CallsPath: calls, Latency: 5 * time.Millisecond})
+	var ids []string
 	for range 2 {
 		r, err := s.Send(t.Context(), msg("b1:7", okNumber))
 		if err != nil || r.Duplicate {
 			t.Fatalf("send: %+v %v, want a new message each time", r, err)
 		}
+		ids = append(ids, r.ProviderID)
 	}
 	if _, err := s.Send(t.Context(), msg("b1:8", "+15005550001")); err == nil {
 		t.Fatal("a test number succeeded")
@@ -186,6 +188,11 @@ func TestRecordEveryCallCountsEverySendAsAMessage(t *testing.T) {
 		if c.End.Sub(c.Start) < 5*time.Millisecond {
 			t.Fatalf("call %+v ended before its latency", c)
 		}
+	}
+	// Each accepted call names the message id it was answered with, so a test
+	// can tell which of two sends the sender recorded.
+	if got[0].ProviderID != ids[0] || got[1].ProviderID != ids[1] || ids[0] == ids[1] || got[2].ProviderID != "" {
+		t.Fatalf("calls name ids %q %q %q, want %q %q and none for the failure", got[0].ProviderID, got[1].ProviderID, got[2].ProviderID, ids[0], ids[1])
 	}
 }
 

@@ -83,13 +83,19 @@ func (s *benchServer) restart() time.Duration {
 }
 
 // rssMiB is the server's resident memory now.
-func (s *benchServer) rssMiB() float64 {
+func (s *benchServer) rssMiB() float64 { return s.statusMiB("VmRSS:") }
+
+// peakRSSMiB is the most resident memory the server has held.
+func (s *benchServer) peakRSSMiB() float64 { return s.statusMiB("VmHWM:") }
+
+// statusMiB reads one of the server's memory lines of /proc/PID/status, in MiB.
+func (s *benchServer) statusMiB(field string) float64 {
 	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", s.p.cmd.Process.Pid))
 	if err != nil {
 		s.b.Skipf("no /proc here: %v", err)
 	}
 	for line := range strings.Lines(string(raw)) {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if rest, ok := strings.CutPrefix(line, field); ok {
 			kb, _ := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
 			return kb / 1024
 		}

@@ -252,7 +252,10 @@ func waitFor(t *testing.T, ctx context.Context, timeout time.Duration, what, exp
 		chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(timeout)))
 	if err != nil {
 		saveScreenshot(t, ctx, "failure.png", "")
-		t.Fatalf("waiting for %s: %v", what, err)
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		page, _ := chromedp.Run(pctx, chromedp.Evaluate[string](`document.body.innerText.slice(0, 1500)`))
+		t.Fatalf("waiting for %s: %v\nthe page shows:\n%s", what, err, page)
 	}
 }
 

@@ -542,3 +542,119 @@ func TestTenantRateCapIsSharedAcrossInstances(t *testing.T) {
 		t.Fatalf("b2 %s", end.Status())
 	}
 }
+
+// Quiet hours keep every guarantee across a pause, a resume on a restarted
+// instance and a crash: the recipients waiting for their window are known from
+// the stream alone, none goes out in its night, and each is sent once.
+func TestQuietHoursSurvivePauseResumeAndACrash(t *testing.T) {
+	clock := &offsetClock{}
+	ny, _ := time.LoadLocation("America/New_York")
+	clock.set(time.Date(2026, 12, 1, 9, 0, 0, 0, ny)) // 06:00 in Los Angeles
+	h := newHarness(t, newFakeProvider(20*time.Millisecond))
+	tmpl, _ := domain.NewTemplate("Hi", domain.DefaultTemplateLimits)
+	q, _ := domain.ParseQuietHours("21:00", "08:00", "")
+	const n = 20
+	phone := func(i int) string {
+		if i%2 == 1 {
+			return fmt.Sprintf("+1213555%04d", i) // Los Angeles
+		}
+		return fmt.Sprintf("+1212555%04d", i) // New York
+	}
+	numbers := func(yield func(domain.Recipient, error) bool) {
+		for i := range n {
+			if !yield(domain.Recipient{Phone: phone(i)}, nil) {
+				return
+			}
+		}
+	}
+	ctx := context.Background()
+	cmds, _ := commands.New(h.store, h.cmds.Repository(), clock.Now)
+	res, err := cmds.CreateBatch(ctx, commands.CreateBatch{
+		ID: "b1", Tenant: "acme", Template: tmpl, AutoStart: true, QuietHours: &q, Recipients: numbers,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Rates: domain.Rates{High: 20, Normal: 20, Low: 20}, Now: clock.Now}
+	losAngelesCalls := func() int {
+		h.prov.mu.Lock()
+		defer h.prov.mu.Unlock()
+		c := 0
+		for i := 1; i < n; i += 2 {
+			c += h.prov.calls[fmt.Sprintf("b1:%d", i)]
+		}
+		return c
+	}
+
+	// Paused once New York is sent: Los Angeles is still waiting, in the stream.
+	first := h.processor(cfg)
+	a := driveAsync(first, Work{BatchID: "b1", PrevSlice: res.Batch.LastSlice()})
+	h.eventually(t, "New York sent", func(b *domain.Batch) bool { return b.Sent() == n/2 }, "b1")
+	act := commands.Act{Tenant: "acme", BatchID: "b1", By: "test"}
+	if _, err := cmds.PauseBatch(ctx, act); err != nil {
+		t.Fatal(err)
+	}
+	wait(t, a)
+	drained(t, first)
+	b, _ := h.cmds.Repository().Load(ctx, "b1")
+	if b.Status() != domain.StatusPaused || b.Waiting() != n/2 {
+		t.Fatalf("paused: status %s, %d waiting; want paused with Los Angeles's %d waiting", b.Status(), b.Waiting(), n/2)
+	}
+
+	// Resumed on a restarted instance, still in Los Angeles's night: it knows
+	// who waits from the stream and sends none of them.
+	res, err = cmds.ResumeBatch(ctx, act)
+	if err != nil {
+		t.Fatal(err)
+	}
+	restarted := h.processor(cfg)
+	rctx, stop := context.WithCancel(ctx)
+	r := make(chan error, 1)
+	go func() {
+		next := &Work{BatchID: "b1", PrevSlice: res.Batch.LastSlice()}
+		for next != nil && rctx.Err() == nil {
+			var err error
+			if next, err = restarted.RunSlice(rctx, *next); err != nil {
+				r <- err
+				return
+			}
+		}
+		r <- nil
+	}()
+	time.Sleep(300 * time.Millisecond)
+	if c := losAngelesCalls(); c != 0 {
+		t.Fatalf("%d sends in Los Angeles's night after the resume", c)
+	}
+	if b, _ := h.cmds.Repository().Load(ctx, "b1"); b.Waiting() != n/2 || b.Status() != domain.StatusProcessing {
+		t.Fatalf("resumed: status %s, %d waiting; want processing with %d waiting", b.Status(), b.Waiting(), n/2)
+	}
+
+	// That instance stops; morning comes in Los Angeles, and the instance that
+	// took the batch over crashes: it dispatched three of the waiting and died
+	// before sending them. Recovery continues from its slice, sends those three
+	// once, and the rest.
+	stop()
+	wait(t, r)
+	drained(t, restarted)
+	clock.advance(2 * time.Hour)
+	b, err = h.cmds.Repository().Update(ctx, "b1", func(b *domain.Batch) error {
+		_, err := b.Dispatch(clock.Now(), domain.DispatchRequest{Slice: "dead", PrevSlice: b.LastSlice(), Max: 3, MaxInFlight: 5,
+			Recipient: func(i int) (domain.RecipientInfo, error) { return domain.RecipientInfo{Phone: phone(i)}, nil }})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := len(b.Outstanding()); got != 3 {
+		t.Fatalf("the crashed instance dispatched %d, want 3", got)
+	}
+	recovered := h.processor(cfg)
+	wait(t, driveAsync(recovered, Work{BatchID: "b1", PrevSlice: "dead"}))
+	drained(t, recovered)
+	b, _ = h.cmds.Repository().Load(ctx, "b1")
+	if b.Status() != domain.StatusCompleted || b.Sent() != n || b.Waiting() != 0 {
+		t.Fatalf("status %s, %d sent, %d waiting; want all %d sent", b.Status(), b.Sent(), b.Waiting(), n)
+	}
+	h.prov.assertNoDuplicateCalls(t, n)
+	assertOneOutcomeEach(t, h.outcomes("b1"), n)
+}

@@ -63,7 +63,14 @@ func startMain(t testing.TB, cfg Config) *client {
 // runMain is startMain without waiting for readiness; it returns Run's error.
 func runMain(t testing.TB, cfg Config) (*client, error) {
 	t.Helper()
+	return runMainWith(t, cfg, nil)
+}
+
+// runMainWith is runMain with the event store wrapped by wrap (when not nil).
+func runMainWith(t testing.TB, cfg Config, wrap func(eventstore.Store) eventstore.Store) (*client, error) {
+	t.Helper()
 	m := NewMain(cfg, &testWriter{t: t})
+	m.wrapStore = wrap
 	if err := m.Run(context.Background()); err != nil {
 		m.Close()
 		return nil, err

@@ -185,6 +185,9 @@ type Main struct {
 	optOuts    *optouts.List
 	// DevKey is the API key created when none is configured.
 	DevKey string
+	// wrapStore, when set (by tests), wraps the event store as soon as it is
+	// open, so a test can watch what the program reads.
+	wrapStore func(eventstore.Store) eventstore.Store
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -216,6 +219,9 @@ func (m *Main) Run(ctx context.Context) error {
 	store, err := openEventStore(ctx, cfg, m.logger)
 	if err != nil {
 		return err
+	}
+	if m.wrapStore != nil {
+		store = m.wrapStore(store)
 	}
 	m.store = store
 

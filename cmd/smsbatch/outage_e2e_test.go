@@ -7,7 +7,7 @@ import (
 )
 
 // The provider goes away for 20 s in the middle of a batch. The batch must hold,
-// say why in its status, and complete once the provider is back, with no
+// say why in its status and over the WebSocket, and complete once the provider is back, with no
 // recipient failed for the outage.
 func TestProviderOutageHoldsTheBatchThenItCompletes(t *testing.T) {
 	skipShort(t)
@@ -20,6 +20,7 @@ func TestProviderOutageHoldsTheBatchThenItCompletes(t *testing.T) {
 		"--sms-provider", "http", "--sms-url", "http://"+simAddr, "--sms-account-sid", "ACtest",
 		"--send-timeout", "2s", "--max-attempts", "3", "--backoff-max", "1s",
 		"--breaker-threshold", "3", "--breaker-probe-after", "1s")
+	seen := followProgress(t, c)
 	const n = 60
 	st := c.create(batchBody(recipients(n), "high"))
 	deadline := time.Now().Add(20 * time.Second)
@@ -48,6 +49,7 @@ func TestProviderOutageHoldsTheBatchThenItCompletes(t *testing.T) {
 	if held.Hold.Reason != "provider_outage" || held.Status != "processing" {
 		t.Fatalf("held batch %+v, want processing with hold reason provider_outage", held)
 	}
+	waitLive(t, seen, st.ID, 10*time.Second, func(p liveProgress) bool { return p.Held == "provider_outage" && p.Status == "processing" })
 	time.Sleep(time.Until(down.Add(20 * time.Second)))
 	mid := c.status(st.ID)
 	if mid.Progress.Failed != 0 || mid.Status != "processing" {
@@ -66,6 +68,7 @@ func TestProviderOutageHoldsTheBatchThenItCompletes(t *testing.T) {
 	if held.Hold != nil {
 		t.Fatalf("a completed batch still shows a hold: %+v", held.Hold)
 	}
+	waitLive(t, seen, st.ID, 10*time.Second, func(p liveProgress) bool { return p.Status == "completed" && p.Held == "" })
 	var an struct {
 		RetriedCategories map[string]int `json:"retriedCategories"`
 	}

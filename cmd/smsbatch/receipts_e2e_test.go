@@ -18,6 +18,8 @@ type liveProgress struct {
 	Status                 string
 	Total, Completed       int
 	Delivered, Undelivered int
+	// Held is the reason of the batch's hold; "" while it sends.
+	Held string
 }
 
 // dialAll opens the WebSocket that follows every batch of c's tenant, closed
@@ -50,6 +52,9 @@ func followProgress(t *testing.T, c *client) func(id string) []liveProgress {
 					Progress struct {
 						Total, Completed, Delivered, Undelivered int
 					} `json:"progress"`
+					Hold *struct {
+						Reason string `json:"reason"`
+					} `json:"hold"`
 				} `json:"batch"`
 			}
 			if err := conn.ReadJSON(&msg); err != nil {
@@ -59,8 +64,12 @@ func followProgress(t *testing.T, c *client) func(id string) []liveProgress {
 				continue
 			}
 			p := msg.Batch.Progress
+			lp := liveProgress{Status: msg.Batch.Status, Total: p.Total, Completed: p.Completed, Delivered: p.Delivered, Undelivered: p.Undelivered}
+			if msg.Batch.Hold != nil {
+				lp.Held = msg.Batch.Hold.Reason
+			}
 			mu.Lock()
-			seen[msg.Batch.ID] = append(seen[msg.Batch.ID], liveProgress{msg.Batch.Status, p.Total, p.Completed, p.Delivered, p.Undelivered})
+			seen[msg.Batch.ID] = append(seen[msg.Batch.ID], lp)
 			mu.Unlock()
 		}
 	}()

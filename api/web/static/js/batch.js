@@ -5,7 +5,7 @@ import { api, ApiError } from "./api.js";
 import { throughputChart } from "./chart.js";
 import { follow } from "./live.js";
 import { recipientsPanel } from "./recipients.js";
-import { badge, errorAlert, formatTime, h, progressBar, setProgress } from "./ui.js";
+import { badge, errorAlert, formatTime, h, progressBar, setProgress, skippedTitle, waitingTitle } from "./ui.js";
 
 export const categories = [
   "invalid_number",
@@ -16,6 +16,8 @@ export const categories = [
   "provider_unavailable",
   "timeout",
   "unknown",
+  "opted_out",
+  "expired",
 ];
 
 // Which actions each status allows (domain/batch.go): anything not final can be
@@ -45,20 +47,27 @@ export function render(root, id) {
     delivered: num("delivered"),
     undelivered: num("undelivered"),
     failed: num("failed"),
+    skipped: num("skipped"),
     pending: num("pending"),
+    waiting: num("waiting"),
     total: num("total"),
   };
   const remaining = num("remaining");
+  // Only a batch with quiet hours has recipients waiting for them.
+  const waitingLegend = h("span", { class: "waiting", title: waitingTitle, hidden: true }, counts.waiting, " waiting for quiet hours");
   const rate = h("dd", { id: "rate" }, "0");
   const success = h("dd", { id: "success-rate" }, "–");
   const created = h("dd", {}, "");
   const priority = h("dd", {}, "");
   const scheduled = h("dd", { id: "schedule" }, "–");
+  const validUntil = h("dd", { id: "valid-until" }, "–");
+  const quietHours = h("dd", { id: "quiet-hours" }, "–");
   const title = h("h1", { id: "batch-name" }, "Batch");
   const links = h("p", { id: "batch-links", class: "small", hidden: true });
   const text = h("p", { id: "batch-text", class: "message-text" });
   const pauseNote = h("p", { id: "pause-note", class: "pause-note", hidden: true });
   const holdNote = h("p", { id: "hold-note", class: "hold-note", role: "status", hidden: true });
+  const capNote = h("p", { id: "cap-note", class: "cap-note", role: "status", hidden: true });
   const buttons = {};
   for (const [action, label, cls] of [
     ["start", "Start", "primary"],
@@ -165,12 +174,15 @@ export function render(root, id) {
         h("span", { class: "delivered", title: "The provider reported these sent messages delivered" }, counts.delivered, " delivered"),
         h("span", { class: "undelivered", title: "The provider could not deliver these sent messages" }, counts.undelivered, " undelivered"),
         h("span", { class: "failed" }, counts.failed, " failed"),
-        h("span", { class: "pending" }, counts.pending, " pending"),
-        h("span", { class: "remaining" }, remaining, " not sent yet"),
+        h("span", { class: "skipped", title: skippedTitle }, counts.skipped, " skipped"),
+        h("span", { class: "pending", title: "Handed to the provider, without a final answer yet" }, counts.pending, " pending"),
+        waitingLegend,
+        h("span", { class: "remaining", title: "Not handed to the provider yet" }, remaining, " not sent yet"),
         h("span", { class: "of" }, "of ", counts.total),
       ),
       pauseNote,
       holdNote,
+      capNote,
       h(
         "dl",
         { class: "stats" },
@@ -179,6 +191,8 @@ export function render(root, id) {
         stat("Priority", priority),
         stat("Created", created),
         stat("Scheduled for", scheduled),
+        stat("Valid until", validUntil),
+        stat("Quiet hours", quietHours),
       ),
     ),
     h(
@@ -251,6 +265,14 @@ export function render(root, id) {
     document.title = `${b.name || "Batch"} · smsbatch`;
     text.textContent = b.text || "";
     scheduled.textContent = b.scheduleTime ? formatTime(b.scheduleTime) : "–";
+    validUntil.textContent = b.validUntil ? formatTime(b.validUntil) : "–";
+    const q = b.quietHours;
+    waitingLegend.hidden = !q && !p.waiting;
+    quietHours.replaceChildren(
+      ...(q
+        ? [`${q.start}–${q.end}`, h("span", { class: "zone" }, q.timezone ? q.timezone : "each recipient's local time")]
+        : ["–"]),
+    );
     const linked = [];
     if (b.retryOf) linked.push("Retry of ", h("a", { href: `#/batch/${encodeURIComponent(b.retryOf)}`, class: "mono" }, b.retryOf.slice(-12)));
     if (b.retries && b.retries.length) {
@@ -263,7 +285,10 @@ export function render(root, id) {
     retryButton.hidden = !(p.failed > 0);
     setProgress(bar, p);
     for (const k of Object.keys(counts)) counts[k].textContent = String(p[k] || 0);
-    remaining.textContent = String(Math.max(0, p.total - p.completed - p.failed - p.pending));
+    // Skipped recipients have their outcome, and waiting ones are counted apart.
+    remaining.textContent = String(
+      Math.max(0, p.total - p.completed - p.failed - (p.skipped || 0) - p.pending - (p.waiting || 0)),
+    );
     const m = b.metrics || {};
     rate.textContent = (m.messagesPerSecond || 0).toFixed(1);
     success.textContent = p.completed + p.failed > 0 ? `${Math.round((m.successRate || 0) * 100)}%` : "–";
@@ -288,6 +313,13 @@ export function render(root, id) {
           : `Held since ${formatTime(hold.since)}: ${hold.reason}.`;
     } else {
       holdNote.hidden = true;
+    }
+    const cap = b.rateCap;
+    if (cap && b.status === "processing") {
+      capNote.hidden = false;
+      capNote.textContent = `Held to ${+cap.rate.toFixed(1)}/s by the account's rate cap, shared with its other running batches.`;
+    } else {
+      capNote.hidden = true;
     }
     const ok = allowed[b.status] || [];
     for (const [action, btn] of Object.entries(buttons)) btn.disabled = !ok.includes(action);

@@ -17,6 +17,9 @@ export function render(root) {
     recipients: fieldError("recipients-error"),
     priority: fieldError("priority-error"),
     scheduleTime: fieldError("schedule-error"),
+    quietHours: fieldError("quiet-error"),
+    timezone: fieldError("timezone-error"),
+    validUntil: fieldError("valid-until-error"),
     autoStart: fieldError("autostart-error"),
   };
   const summary = h("div", { id: "form-errors", "aria-live": "polite" });
@@ -48,6 +51,17 @@ export function render(root) {
   );
   const schedule = h("input", { id: "schedule", name: "scheduleTime", type: "datetime-local", "aria-describedby": "schedule-hint schedule-error" });
   const autoStart = h("input", { id: "autostart", name: "autoStart", type: "checkbox", checked: true });
+  const quietStart = h("input", { id: "quiet-start", name: "quietStart", type: "time", "aria-describedby": "quiet-hint quiet-error" });
+  const quietEnd = h("input", { id: "quiet-end", name: "quietEnd", type: "time", "aria-describedby": "quiet-hint quiet-error" });
+  const timezone = h("input", {
+    id: "timezone", name: "timezone", type: "text", list: "timezones", autocomplete: "off", spellcheck: "false",
+    placeholder: "America/New_York", "aria-describedby": "timezone-hint timezone-error",
+  });
+  const zones = typeof Intl.supportedValuesOf === "function" ? Intl.supportedValuesOf("timeZone") : [];
+  const zoneList = h("datalist", { id: "timezones" }, ["UTC", ...zones.filter((z) => z !== "UTC")].map((z) => h("option", { value: z })));
+  const validUntil = h("input", {
+    id: "valid-until-input", name: "validUntil", type: "datetime-local", "aria-describedby": "valid-until-hint valid-until-error",
+  });
   const submit = h("button", { type: "submit", class: "primary", id: "create-submit" }, "Create batch");
 
   const field = (key, ...children) => h("div", { class: "field", "data-field": key }, ...children);
@@ -109,6 +123,38 @@ export function render(root) {
         ),
         field("autoStart", h("label", { class: "check" }, autoStart, "Start automatically"), errors.autoStart),
       ),
+      h(
+        "div",
+        { class: "row" },
+        field(
+          "quietHours",
+          h(
+            "fieldset",
+            {},
+            h("legend", {}, "Quiet hours ", h("span", { class: "hint", id: "quiet-hint" }, "recipient's local time; both or neither")),
+            h(
+              "div",
+              { class: "pair" },
+              h("div", {}, h("label", { for: "quiet-start", class: "sub" }, "From"), quietStart),
+              h("div", {}, h("label", { for: "quiet-end", class: "sub" }, "To"), quietEnd),
+            ),
+          ),
+          errors.quietHours,
+        ),
+        field(
+          "timezone",
+          h("label", { for: "timezone" }, "Time zone ", h("span", { class: "hint", id: "timezone-hint" }, "for the quiet hours; empty: each number's zone")),
+          timezone,
+          zoneList,
+          errors.timezone,
+        ),
+        field(
+          "validUntil",
+          h("label", { for: "valid-until-input" }, "Valid until ", h("span", { class: "hint", id: "valid-until-hint" }, "your local time; unsent then: skipped")),
+          validUntil,
+          errors.validUntil,
+        ),
+      ),
       h("div", { class: "actions" }, submit, h("a", { class: "button", href: "#/" }, "Back to batches")),
     ),
   );
@@ -151,13 +197,21 @@ export function render(root) {
     for (const el of form.querySelectorAll("[aria-invalid]")) el.removeAttribute("aria-invalid");
   }
 
-  function mark(key, problem) {
+  // mark shows a problem at a field; inputs are the ones it is about, by
+  // default all of the field's.
+  function mark(key, problem, inputs) {
     const out = errors[key];
     out.textContent = out.textContent ? `${out.textContent} ${problem}` : problem;
     const f = form.querySelector(`.field[data-field="${key}"]`);
     f.classList.add("invalid");
-    const input = f.querySelector("input, select, textarea");
-    if (input) input.setAttribute("aria-invalid", "true");
+    for (const input of inputs || f.querySelectorAll("input, select, textarea")) input.setAttribute("aria-invalid", "true");
+  }
+
+  // The API names the quiet hours as one field; its problem says which end.
+  function quietInputs(problem) {
+    if (problem.startsWith("quietHours.start ")) return [quietStart];
+    if (problem.startsWith("quietHours.end ")) return [quietEnd];
+    return [quietStart, quietEnd];
   }
 
   function recipientProblem(line, what) {
@@ -184,6 +238,9 @@ export function render(root) {
       else if (f === "options.name") mark("name", d.problem);
       else if (f === "options.scheduleTime") mark("scheduleTime", d.problem);
       else if (f === "options.autoStart") mark("autoStart", d.problem);
+      else if (f === "options.quietHours" || f.startsWith("options.quietHours.")) mark("quietHours", d.problem, quietInputs(d.problem));
+      else if (f === "options.timezone") mark("timezone", d.problem);
+      else if (f === "options.validUntil") mark("validUntil", d.problem);
       else other.push(f ? `${f}: ${d.problem}` : d.problem);
     }
     summary.replaceChildren(
@@ -209,12 +266,39 @@ export function render(root) {
     const options = { priority: priority.value, autoStart: autoStart.checked };
     if (name.value.trim()) options.name = name.value.trim();
     if (schedule.value) {
-      const when = new Date(schedule.value); // datetime-local is local time
-      if (Number.isNaN(when.getTime())) {
+      const when = rfc3339(schedule.value);
+      if (!when) {
         mark("scheduleTime", "not a valid date and time");
         return;
       }
-      options.scheduleTime = when.toISOString().replace(/\.\d{3}Z$/, "Z");
+      options.scheduleTime = when;
+    }
+    // A time typed in part reads as empty: say so rather than drop it.
+    const partial = [quietStart, quietEnd].filter((i) => i.validity.badInput);
+    if (partial.length) {
+      mark("quietHours", "enter whole times, hours and minutes", partial);
+      return;
+    }
+    if (quietStart.value || quietEnd.value) {
+      if (!quietStart.value || !quietEnd.value) {
+        mark("quietHours", "give both a start and an end, or neither", [quietStart.value ? quietEnd : quietStart]);
+        return;
+      }
+      options.quietHours = { start: quietStart.value, end: quietEnd.value };
+    }
+    // Without quiet hours the API refuses a time zone, and says so at the field.
+    if (timezone.value.trim()) options.timezone = timezone.value.trim();
+    if (validUntil.validity.badInput) {
+      mark("validUntil", "enter a whole date and time");
+      return;
+    }
+    if (validUntil.value) {
+      const until = rfc3339(validUntil.value);
+      if (!until) {
+        mark("validUntil", "not a valid date and time");
+        return;
+      }
+      options.validUntil = until;
     }
     submit.disabled = true;
     submit.textContent = "Creating…";
@@ -233,4 +317,11 @@ export function render(root) {
   }
 
   return () => {};
+}
+
+// rfc3339 turns a datetime-local value, which is local time, into the API's
+// UTC form; "" when it is not a time.
+function rfc3339(local) {
+  const when = new Date(local);
+  return Number.isNaN(when.getTime()) ? "" : when.toISOString().replace(/\.\d{3}Z$/, "Z");
 }

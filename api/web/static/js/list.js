@@ -102,7 +102,7 @@ export function render(root) {
     r.cells.priority.replaceChildren(h("span", { class: "badge prio" }, b.priority));
     r.cells.created.textContent = formatTime(b.createdAt);
     setProgress(r.cells.bar, p);
-    r.cells.done.textContent = `${p.completed + p.failed} / ${p.total}`;
+    r.cells.done.textContent = `${p.completed + p.failed + (p.skipped || 0)} / ${p.total}`;
     return r.tr;
   }
 

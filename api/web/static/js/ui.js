@@ -34,16 +34,21 @@ export function formatClock(d) {
   return timeFmt.format(d);
 }
 
-// progressBar returns a bar whose completed, failed and pending parts are
-// widths out of the total, the completed part split into delivered and
-// undelivered as receipts come; update it with setProgress.
+export const skippedTitle = "Not sent, and not failed: the number opted out, or the batch's validity ran out first";
+export const waitingTitle = "Not sent yet because it is quiet hours where the recipient is; they go when the window ends";
+
+// progressBar returns a bar whose completed, failed, skipped, pending and
+// waiting parts are widths out of the total, the completed part split into
+// delivered and undelivered as receipts come; update it with setProgress.
 export function progressBar(big = false) {
   const bar = h(
     "div",
     { class: big ? "progress big" : "progress", role: "img" },
     h("span", { class: "completed" }, h("span", { class: "delivered" }), h("span", { class: "undelivered" })),
     h("span", { class: "failed" }),
+    h("span", { class: "skipped", title: skippedTitle }),
     h("span", { class: "pending" }),
+    h("span", { class: "waiting", title: waitingTitle }),
   );
   return bar;
 }
@@ -51,15 +56,20 @@ export function progressBar(big = false) {
 export function setProgress(bar, p) {
   const total = Math.max(p.total || 0, 0);
   const pct = (n, of = total) => (of > 0 ? `${(100 * Math.max(n || 0, 0)) / of}%` : "0%");
-  const [c, f, pe] = bar.children;
-  const [d, u] = c.children;
+  const part = (cls) => bar.querySelector(`.${cls}`);
   // Styles set through the CSSOM are allowed by the page's style-src 'self'.
-  c.style.width = pct(p.completed);
-  d.style.width = pct(p.delivered, p.completed);
-  u.style.width = pct(p.undelivered, p.completed);
-  f.style.width = pct(p.failed);
-  pe.style.width = pct(p.pending);
-  let label = `${p.completed} completed, ${p.failed} failed, ${p.pending} pending of ${total}`;
+  part("completed").style.width = pct(p.completed);
+  part("delivered").style.width = pct(p.delivered, p.completed);
+  part("undelivered").style.width = pct(p.undelivered, p.completed);
+  part("failed").style.width = pct(p.failed);
+  part("skipped").style.width = pct(p.skipped);
+  part("pending").style.width = pct(p.pending);
+  part("waiting").style.width = pct(p.waiting);
+  let label = `${p.completed} completed, ${p.failed} failed`;
+  if (p.skipped) label += `, ${p.skipped} skipped`;
+  label += `, ${p.pending} pending`;
+  if (p.waiting) label += `, ${p.waiting} waiting for quiet hours to end`;
+  label += ` of ${total}`;
   if (p.delivered || p.undelivered) label += `; ${p.delivered || 0} delivered, ${p.undelivered || 0} undelivered`;
   bar.setAttribute("aria-label", label);
   bar.title = label;

@@ -86,7 +86,7 @@ func NormalizePhone(raw string, defaultRegion string) (string, error) {
 	default:
 		return "", phoneError(s, "wrong length")
 	}
-	if !phonenumbers.IsValidNumber(n) {
+	if !validNumber(n) {
 		cc := int(n.GetCountryCode())
 		if region != "" && cc == phonenumbers.GetCountryCodeForRegion(region) {
 			return "", phoneError(s, "not a valid number for region "+region)

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/chromedp/chromedp"
+
+	"github.com/smsbatch/smsbatch/domain"
 )
 
 // chromiumPath is where Debian's chromium package puts the browser; CI installs it
@@ -89,6 +91,15 @@ func TestDashboardInABrowser(t *testing.T) {
 	}
 	if got := eval[string](t, ctx, `document.querySelector("#count-total").textContent`); got != "25" {
 		t.Fatalf("total shown %q, want 25", got)
+	}
+	// The page sent its create with an Idempotency-Key, so a retry after a lost
+	// answer makes no second batch: the key's stream is in the store.
+	keyed := false
+	for _, e := range allEvents(t, c.main.store) {
+		keyed = keyed || strings.HasPrefix(e.Stream, domain.IdempotencyStreamPrefix)
+	}
+	if !keyed {
+		t.Fatal("the dashboard's create carried no Idempotency-Key")
 	}
 
 	// The bar advances without a reload: the page itself is never loaded again.

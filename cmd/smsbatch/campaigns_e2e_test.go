@@ -121,7 +121,8 @@ func TestPostgresCampaignEndpoints(t *testing.T) {
 }
 
 // campaignEndpoints runs names and the list's filters, the recipients,
-// the export, retry-failed and the dry run through the real program.
+// the export and retry-failed through the real program (the dry run and the
+// reschedule have tests of their own, on each store).
 func campaignEndpoints(t *testing.T, c *client) {
 	const n = 30
 	created := c.create(campaignBody(n, "Spring Sale 2026"))
@@ -292,8 +293,10 @@ func campaignEndpoints(t *testing.T, c *client) {
 func TestDryRunStoresNothing(t *testing.T) {
 	skipShort(t)
 	t.Parallel()
-	cfg := testConfig(t)
-	c := startMain(t, cfg)
+	onEachStore(t, func(t *testing.T, cfg Config) { dryRunStoresNothing(t, startMain(t, cfg)) })
+}
+
+func dryRunStoresNothing(t *testing.T, c *client) {
 	before := allEvents(t, c.main.store)
 	rcps := recipients(12)
 	rcps[1].Variables["name"] = "Zoë 🌸"                     // UCS-2
@@ -351,8 +354,10 @@ func TestDryRunStoresNothing(t *testing.T) {
 func TestRescheduledBatchStartsAtItsNewTime(t *testing.T) {
 	skipShort(t)
 	t.Parallel()
-	cfg := testConfig(t)
-	c := startMain(t, cfg)
+	onEachStore(t, func(t *testing.T, cfg Config) { rescheduledBatchStartsAtItsNewTime(t, startMain(t, cfg)) })
+}
+
+func rescheduledBatchStartsAtItsNewTime(t *testing.T, c *client) {
 	start := time.Now()
 	schedule := func(id string, at time.Time) campaign {
 		t.Helper()

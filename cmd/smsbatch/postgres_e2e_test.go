@@ -33,6 +33,21 @@ func postgresConfig(t testing.TB, url string) Config {
 	return cfg
 }
 
+// onEachStore runs test, in parallel, on the embedded default and on a fresh
+// PostgreSQL database (its event store and read models).
+func onEachStore(t *testing.T, test func(t *testing.T, cfg Config)) {
+	for _, store := range []string{"bolt", "postgres"} {
+		t.Run(store, func(t *testing.T) {
+			t.Parallel()
+			if store == "postgres" {
+				test(t, postgresConfig(t, pgtest.Database(t)))
+				return
+			}
+			test(t, testConfig(t))
+		})
+	}
+}
+
 // pgEvents reads every event of the PostgreSQL event store at url.
 func pgEvents(t testing.TB, url string) []eventstore.Event {
 	t.Helper()

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/smsbatch/smsbatch/eventstore"
-	"github.com/smsbatch/smsbatch/internal/pgtest"
 )
 
 // readWatch counts the events the program reads from the log, and those of
@@ -41,57 +40,51 @@ func (w *readWatch) Health() error { return storeHealth(w.Store) }
 // models, the forwarder's unfinished batches, the opt-out lists and the live
 // hub all start from checkpoints, so start-up does not grow with history.
 func TestRestartReadsNoHistory(t *testing.T) {
-	for _, store := range []string{"bolt", "postgres"} {
-		t.Run(store, func(t *testing.T) {
-			cfg := testConfig(t)
-			if store == "postgres" {
-				cfg = postgresConfig(t, pgtest.Database(t))
-			}
-			cfg.RateUnlimited = true
-			c := startMain(t, cfg)
-			for range 3 {
-				st := c.create(batchBody(recipients(20), "high"))
-				c.waitStatus(st.ID, 30*time.Second, "completed")
-			}
-			// Everything applied: the position the read models stop at.
-			deadline := time.Now().Add(30 * time.Second)
-			for {
-				more, err := c.main.store.ReadAll(t.Context(), c.main.runner.Position(), 1)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if len(more) == 0 {
-					break
-				}
-				if time.Now().After(deadline) {
-					t.Fatal("the read models did not catch up")
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
-			stoppedAt := c.main.runner.Position()
-			c.stop()
-
-			watch := &readWatch{before: stoppedAt}
-			again, err := runMainWith(t, cfg, func(s eventstore.Store) eventstore.Store {
-				watch.Store = s
-				return watch
-			})
+	onEachStore(t, func(t *testing.T, cfg Config) {
+		cfg.RateUnlimited = true
+		c := startMain(t, cfg)
+		for range 3 {
+			st := c.create(batchBody(recipients(20), "high"))
+			c.waitStatus(st.ID, 30*time.Second, "completed")
+		}
+		// Everything applied: the position the read models stop at.
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			more, err := c.main.store.ReadAll(t.Context(), c.main.runner.Position(), 1)
 			if err != nil {
 				t.Fatal(err)
 			}
-			again.waitReady()
-			// It works on: a new batch goes out and is seen by every follower.
-			st := again.create(batchBody(recipients(5), "high"))
-			again.waitStatus(st.ID, 30*time.Second, "completed")
+			if len(more) == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the read models did not catch up")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		stoppedAt := c.main.runner.Position()
+		c.stop()
 
-			watch.mu.Lock()
-			defer watch.mu.Unlock()
-			if watch.read == 0 {
-				t.Fatal("the restarted program never read the log; the watch saw nothing")
-			}
-			if len(watch.old) > 0 {
-				t.Fatalf("the restarted program read %d events from before %s, where its read models stood: %v", len(watch.old), stoppedAt, watch.old)
-			}
+		watch := &readWatch{before: stoppedAt}
+		again, err := runMainWith(t, cfg, func(s eventstore.Store) eventstore.Store {
+			watch.Store = s
+			return watch
 		})
-	}
+		if err != nil {
+			t.Fatal(err)
+		}
+		again.waitReady()
+		// It works on: a new batch goes out and is seen by every follower.
+		st := again.create(batchBody(recipients(5), "high"))
+		again.waitStatus(st.ID, 30*time.Second, "completed")
+
+		watch.mu.Lock()
+		defer watch.mu.Unlock()
+		if watch.read == 0 {
+			t.Fatal("the restarted program never read the log; the watch saw nothing")
+		}
+		if len(watch.old) > 0 {
+			t.Fatalf("the restarted program read %d events from before %s, where its read models stood: %v", len(watch.old), stoppedAt, watch.old)
+		}
+	})
 }

@@ -509,8 +509,11 @@ func roll(seed int64, key string, attempt int) float64 {
 func newProviderID() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:]) // never fails, per its documentation
-	return "SM" + hex.EncodeToString(b[:])
+	return providerIDPrefix + hex.EncodeToString(b[:])
 }
+
+// providerIDPrefix starts every message id the simulator gives, as Twilio's.
+const providerIDPrefix = "SM"
 
 // append writes e as one line with one write call, so that a crash leaves at most
 // the last line torn.

@@ -24,7 +24,6 @@ require (
 	go.etcd.io/bbolt v1.5.0
 	golang.org/x/time v0.16.0
 	google.golang.org/grpc v1.67.1
-	google.golang.org/protobuf v1.36.12
 )
 
 require (
@@ -57,4 +56,5 @@ require (
 	golang.org/x/sys v0.48.0 // indirect
 	golang.org/x/text v0.42.0 // indirect
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20241007155032-5fefd90f89a9 // indirect
+	google.golang.org/protobuf v1.36.12 // indirect
 )

@@ -658,3 +658,51 @@ func TestQuietHoursSurvivePauseResumeAndACrash(t *testing.T) {
 	h.prov.assertNoDuplicateCalls(t, n)
 	assertOneOutcomeEach(t, h.outcomes("b1"), n)
 }
+
+// slowStore takes delay over every append, as a store under load does.
+type slowStore struct {
+	eventstore.Store
+	delay time.Duration
+}
+
+func (s *slowStore) Append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events []eventstore.EventData) (eventstore.AppendResult, error) {
+	time.Sleep(s.delay)
+	return s.Store.Append(ctx, stream, expected, events)
+}
+
+// A send goes out by its recorded SendAt plus handoverMargin or not at all. When
+// appends take longer than that margin, as they do with a thousand batches on
+// one instance, a SendAt decided before the append made every send give up once
+// the append returned, and the batch dispatched the same message again and again
+// without sending it. The lead follows the commit time, so sends go out, at the
+// rate, once each.
+func TestSlowAppendsStillSend(t *testing.T) {
+	store := &slowStore{Store: memory.New(), delay: 150 * time.Millisecond}
+	t.Cleanup(func() { store.Close() })
+	h := newHarnessOn(t, store, newFakeProvider(10*time.Millisecond))
+	const n = 12
+	w := h.create("b1", n, domain.PriorityNormal)
+	p := h.processor(Config{Rates: domain.Rates{High: 5, Normal: 5, Low: 5}})
+	start := time.Now()
+	done := driveAsync(p, w)
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		h.prov.mu.Lock()
+		sent := len(h.prov.calls)
+		h.prov.mu.Unlock()
+		t.Fatalf("after 20 s, %d of %d sent: the sends keep giving up after their slow appends", sent, n)
+	}
+	drained(t, p)
+	elapsed := time.Since(start)
+	h.prov.assertNoDuplicateCalls(t, n)
+	assertOneOutcomeEach(t, h.outcomes("b1"), n)
+	assertRate(t, h.prov.times, 5)
+	// 11 intervals at 5/s is 2.2 s; slow appends may cost some rate, not most of it.
+	if elapsed > 6*time.Second {
+		t.Fatalf("%d messages at 5/s took %s with 150 ms appends", n, elapsed)
+	}
+}

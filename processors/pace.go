@@ -34,7 +34,13 @@ type pace struct {
 
 // lookahead lets a dispatch be decided this long before its token is due, so the
 // append's latency does not eat into the rate; the send itself waits for the token.
+// It is the least lead (Processor.lead): a store that appends slower, under load,
+// gets a longer one.
 const lookahead = 25 * time.Millisecond
+
+// maxLead bounds the lead, so a send still starts well within maxStartDelay of
+// its dispatch.
+const maxLead = 400 * time.Millisecond
 
 // handoverMargin is how much later than its recorded SendAt a send may go out:
 // a send whose goroutine wakes later than that gives up before reaching the
@@ -122,9 +128,10 @@ func (p *pace) tokenAt(now time.Time) time.Time {
 	return now.Add(time.Duration(missing / float64(p.limiter.Limit()) * float64(time.Second)))
 }
 
-// wakeAt is when a decision that is not ready at now could be.
-func (p *pace) wakeAt(now time.Time) time.Time {
-	wake := p.tokenAt(now).Add(-lookahead)
+// wakeAt is when a decision that is not ready at now could be, deciding lead
+// before the token.
+func (p *pace) wakeAt(now time.Time, lead time.Duration) time.Time {
+	wake := p.tokenAt(now).Add(-lead)
 	if p.waiting.Load() > 0 {
 		wake = latest(wake, now.Add(lookahead)) // until the waiting send takes its token
 	}

@@ -46,6 +46,8 @@ type Processor struct {
 	// looks counts the times slices looked at their batch (turns of the
 	// slice loop): a handful a message, or the loop spins.
 	looks atomic.Int64
+	// commitTime is the recent time a slice's commit took, in nanoseconds (lead).
+	commitTime atomic.Int64
 }
 
 // batchState is what this instance holds of a batch while it works it: the

@@ -68,7 +68,7 @@ func (s *slice) run(ctx context.Context) (*Work, error) {
 		}
 		held = append(held, st.takeAnswers()...)
 		freed := s.freed(held)
-		dispatch := s.canDispatch(freed, now.Add(lookahead), settled) && !s.gathering(held, now)
+		dispatch := s.canDispatch(freed, now.Add(p.lead()), settled) && !s.gathering(held, now)
 		if dispatch {
 			// Read ahead so the page is at hand once the dispatch is appended.
 			if _, err := p.recipients.get(ctx, s.batch.ID(), min(s.batch.Cursor(), s.batch.Total()-1)); err != nil {
@@ -87,7 +87,9 @@ func (s *slice) run(ctx context.Context) (*Work, error) {
 			}
 			answers := held
 			held = nil
+			began := p.cfg.Now()
 			c, err := p.commit(keep, st, answers, ask)
+			p.noteCommit(p.cfg.Now().Sub(began))
 			if err != nil {
 				held = answers
 				p.log.Error("recording batch progress failed", "batch", s.batch.ID(), "err", err)
@@ -250,7 +252,7 @@ func (s *slice) wakeAt(freed int, now, deadline time.Time, settled domain.Settle
 	if next.IsZero() {
 		return deadline // nothing to send until an answer comes
 	}
-	wake := latest(next, s.st.pace.wakeAt(now))
+	wake := latest(next, s.st.pace.wakeAt(now, s.p.lead()))
 	if !s.p.outage.admits() {
 		// Held by the provider's outage: look again when the probe may go.
 		wake = latest(wake, s.p.outage.probeAt())
@@ -274,7 +276,7 @@ func (s *slice) ask(settled domain.Settled) dispatchFunc {
 		}
 		return b.Dispatch(now, domain.DispatchRequest{
 			Slice: s.id, PrevSlice: s.w.PrevSlice,
-			Instance: p.instance, Deadline: p.deadline(now), SendAt: pc.tokenAt(now), Settled: settled,
+			Instance: p.instance, Deadline: p.deadline(now), SendAt: latest(pc.tokenAt(now), now.Add(p.lead())), Settled: settled,
 			Recipient: p.recipientInfo(s.ctx, b),
 			Max:       n, MaxInFlight: p.cfg.MaxInFlight,
 		})
@@ -286,6 +288,27 @@ func (s *slice) ask(settled domain.Settled) dispatchFunc {
 // covers clocks that differ between instances.
 func (p *Processor) deadline(now time.Time) time.Time {
 	return now.Add(maxStartDelay + p.cfg.SendTimeout + p.cfg.DeadlineMargin)
+}
+
+// lead is how long before its token a dispatch is decided, and how much later
+// than its decision its recorded SendAt lies: twice the recent commit time, at
+// least lookahead and at most maxLead. A send goes out by SendAt plus
+// handoverMargin or not at all, so under load, when a commit waits longer than
+// that margin, a fixed lead made every send give up after its commit and the
+// batch dispatch the same message again and again without sending it.
+func (p *Processor) lead() time.Duration {
+	return min(max(2*time.Duration(p.commitTime.Load()), lookahead), maxLead)
+}
+
+// noteCommit folds one commit's duration into the recent commit time (a moving
+// average over about eight commits).
+func (p *Processor) noteCommit(d time.Duration) {
+	for {
+		old := p.commitTime.Load()
+		if p.commitTime.CompareAndSwap(old, old+(int64(d)-old)/8) {
+			return
+		}
+	}
 }
 
 // dispatchFunc decides a dispatch on the batch as loaded for a commit.

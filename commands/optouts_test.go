@@ -6,6 +6,7 @@ import (
 
 	"github.com/smsbatch/smsbatch/domain"
 	"github.com/smsbatch/smsbatch/eventstore"
+	"github.com/smsbatch/smsbatch/internal/storetest"
 	"github.com/smsbatch/smsbatch/optouts"
 )
 
@@ -32,7 +33,7 @@ func streamLen(t *testing.T, store eventstore.Store, tenant string) int {
 }
 
 func TestOptOutChangesAreIdempotent(t *testing.T) {
-	eachStore(t, func(t *testing.T, store eventstore.Store) {
+	storetest.Each(t, func(t *testing.T, store eventstore.Store) {
 		o, list := optOutCommands(t, store)
 		ctx := context.Background()
 		stop := ChangeOptOut{Tenant: "acme", Phone: "+14155550100", OptOut: true, Source: domain.OptOutByAPI, By: "acme/k"}
@@ -65,7 +66,7 @@ func TestOptOutChangesAreIdempotent(t *testing.T) {
 // A replayed inbound STOP (the same provider message) changes nothing, even
 // after the number opted back in since.
 func TestAReplayedInboundChangeChangesNothing(t *testing.T) {
-	eachStore(t, func(t *testing.T, store eventstore.Store) {
+	storetest.Each(t, func(t *testing.T, store eventstore.Store) {
 		o, list := optOutCommands(t, store)
 		ctx := context.Background()
 		stop := ChangeOptOut{Tenant: "acme", Phone: "+14155550100", OptOut: true, Source: domain.OptOutByKeyword,

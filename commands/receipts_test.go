@@ -2,48 +2,13 @@ package commands
 
 import (
 	"context"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/smsbatch/smsbatch/domain"
 	"github.com/smsbatch/smsbatch/eventstore"
-	"github.com/smsbatch/smsbatch/eventstore/bolt"
-	"github.com/smsbatch/smsbatch/eventstore/memory"
-	"github.com/smsbatch/smsbatch/eventstore/postgres"
-	"github.com/smsbatch/smsbatch/internal/pgtest"
+	"github.com/smsbatch/smsbatch/internal/storetest"
 )
-
-// eachStore runs test against every event store adapter that can run here,
-// for rules that rest on the store's handling of event IDs.
-func eachStore(t *testing.T, test func(t *testing.T, store eventstore.Store)) {
-	for _, st := range []struct {
-		name string
-		open func(t *testing.T) eventstore.Store
-	}{
-		{"memory", func(t *testing.T) eventstore.Store { return memory.New() }},
-		{"bolt", func(t *testing.T) eventstore.Store {
-			s, err := bolt.Open(filepath.Join(t.TempDir(), "events.db"), bolt.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return s
-		}},
-		{"postgres", func(t *testing.T) eventstore.Store {
-			s, err := postgres.Open(t.Context(), pgtest.Database(t), postgres.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return s
-		}},
-	} {
-		t.Run(st.name, func(t *testing.T) {
-			store := st.open(t)
-			t.Cleanup(func() { store.Close() })
-			test(t, store)
-		})
-	}
-}
 
 // receipts returns the receipt events of a batch's stream.
 func receipts(t *testing.T, store eventstore.Store, batchID string) []domain.Event {
@@ -66,7 +31,7 @@ func receipts(t *testing.T, store eventstore.Store, batchID string) []domain.Eve
 }
 
 func TestOneReceiptCountsPerMessageAfterCompletion(t *testing.T) {
-	eachStore(t, func(t *testing.T, store eventstore.Store) {
+	storetest.Each(t, func(t *testing.T, store eventstore.Store) {
 		h := handlers(t, store)
 		ctx := context.Background()
 		create(t, h, "b1", 3, false)
@@ -125,7 +90,7 @@ func TestReceiptOfAnUnknownMessageIsNotFound(t *testing.T) {
 }
 
 func TestReceiptsTogetherCostOneAppendABatch(t *testing.T) {
-	eachStore(t, func(t *testing.T, base eventstore.Store) {
+	storetest.Each(t, func(t *testing.T, base eventstore.Store) {
 		store := newCountingStore(base)
 		h := handlers(t, store)
 		ctx := context.Background()

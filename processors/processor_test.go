@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"iter"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,10 +14,8 @@ import (
 	"github.com/smsbatch/smsbatch/commands"
 	"github.com/smsbatch/smsbatch/domain"
 	"github.com/smsbatch/smsbatch/eventstore"
-	"github.com/smsbatch/smsbatch/eventstore/bolt"
 	"github.com/smsbatch/smsbatch/eventstore/memory"
-	"github.com/smsbatch/smsbatch/eventstore/postgres"
-	"github.com/smsbatch/smsbatch/internal/pgtest"
+	"github.com/smsbatch/smsbatch/internal/storetest"
 	"github.com/smsbatch/smsbatch/processors/sms"
 )
 
@@ -88,33 +85,7 @@ func newHarness(t *testing.T, prov *fakeProvider) *harness {
 // onEveryStore runs a guarantee's test against every event store adapter that
 // can run here: memory, bolt and PostgreSQL.
 func onEveryStore(t *testing.T, prov func() *fakeProvider, test func(t *testing.T, h *harness)) {
-	stores := []struct {
-		name string
-		open func(t *testing.T) eventstore.Store
-	}{
-		{"memory", func(t *testing.T) eventstore.Store { return memory.New() }},
-		{"bolt", func(t *testing.T) eventstore.Store {
-			s, err := bolt.Open(filepath.Join(t.TempDir(), "events.db"), bolt.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return s
-		}},
-		{"postgres", func(t *testing.T) eventstore.Store {
-			s, err := postgres.Open(t.Context(), pgtest.Database(t), postgres.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return s
-		}},
-	}
-	for _, st := range stores {
-		t.Run(st.name, func(t *testing.T) {
-			store := st.open(t)
-			t.Cleanup(func() { store.Close() })
-			test(t, newHarnessOn(t, store, prov()))
-		})
-	}
+	storetest.Each(t, func(t *testing.T, store eventstore.Store) { test(t, newHarnessOn(t, store, prov())) })
 }
 
 func newHarnessOn(t *testing.T, store eventstore.Store, prov *fakeProvider) *harness {

@@ -97,15 +97,7 @@ func BenchmarkPostgresEndToEnd(b *testing.B) {
 					before += cpuSeconds(b, p)
 				}
 				start := time.Now()
-				ids := make([]string, batches)
-				var wg sync.WaitGroup
-				for i := range ids {
-					wg.Go(func() { ids[i] = clients[i%instances].create(body).ID })
-				}
-				wg.Wait()
-				for i, id := range ids {
-					sent += clients[i%instances].waitStatus(id, 10*time.Minute, "completed").Progress.Completed
-				}
+				sent += sendSpread(clients, body, batches)
 				wall += time.Since(start)
 				for _, p := range procs {
 					cpu += cpuSeconds(b, p)

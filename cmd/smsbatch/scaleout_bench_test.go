@@ -51,16 +51,7 @@ func BenchmarkScaleOut(b *testing.B) {
 			sent := 0
 			start := time.Now()
 			for range b.N {
-				ids := make([]string, batches)
-				var wg sync.WaitGroup
-				for i := range ids {
-					wg.Go(func() { ids[i] = clients[i%instances].create(body).ID })
-				}
-				wg.Wait()
-				for i, id := range ids {
-					st := clients[i%instances].waitStatus(id, 10*time.Minute, "completed")
-					sent += st.Progress.Completed
-				}
+				sent += sendSpread(clients, body, batches)
 			}
 			b.ReportMetric(float64(sent)/time.Since(start).Seconds(), "msgs/s")
 		})
@@ -108,4 +99,20 @@ func BenchmarkFailover(b *testing.B) {
 		total += time.Since(killed)
 	}
 	b.ReportMetric(total.Seconds()/float64(b.N), "failover-s")
+}
+
+// sendSpread creates n batches of body at once, spread over the instances'
+// clients in turn, and waits for each to complete; it returns the messages sent.
+func sendSpread(clients []*client, body any, n int) int {
+	ids := make([]string, n)
+	var wg sync.WaitGroup
+	for i := range ids {
+		wg.Go(func() { ids[i] = clients[i%len(clients)].create(body).ID })
+	}
+	wg.Wait()
+	sent := 0
+	for i, id := range ids {
+		sent += clients[i%len(clients)].waitStatus(id, 10*time.Minute, "completed").Progress.Completed
+	}
+	return sent
 }

@@ -2,7 +2,8 @@ package processors
 
 import (
 	"context"
-	"sync/atomic"
+	"math"
+	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -15,6 +16,12 @@ import (
 // batch to slow down, and reseeded when another instance dispatched since this
 // one last did. Everything here answers "when may the next message go out".
 //
+// A dispatch takes its token when it is committed, at its recorded SendAt, so the
+// next dispatch is planned one interval after it without waiting for the send to
+// go out: a send that goes out a little late does not push the following ones
+// back. The provider is kept from seeing more than the rate in any one second by
+// a check on the times the sends really start (see take).
+//
 // The batch's priority rate is the target. A throttle (BatchThrottled, recorded
 // when the provider answers 429) holds sending until its Until and resumes at its
 // Rate, which climbs back by a tenth of the target every second. Because the
@@ -24,12 +31,19 @@ type pace struct {
 	// share is what the tenant's rate cap leaves the batch; at most target.
 	share   rate.Limit
 	limiter *rate.Limiter
+	// planned is the latest time the bucket was read or spent at: the SendAt of
+	// the last send it planned. The bucket is only ever read at or after it,
+	// since golang.org/x/time/rate measures from the latest time it was given.
+	planned time.Time
 	// seededAt is the last send this bucket accounts for: a later SendAt in the
 	// stream was decided elsewhere and reseeds the bucket.
 	seededAt time.Time
-	// waiting counts dispatched sends that have not taken their token yet: one
-	// at a time, or the next decision would count the same token twice.
-	waiting atomic.Int32
+
+	// mu guards starts, which the sends' goroutines use.
+	mu sync.Mutex
+	// starts are when this instance's latest sends of the batch went out,
+	// oldest first: at most the target's sends in one second.
+	starts []time.Time
 }
 
 // lookahead lets a dispatch be decided this long before its token is due, so the
@@ -50,12 +64,19 @@ const maxLead = 400 * time.Millisecond
 // because a slice moved to another instance.
 const handoverMargin = 50 * time.Millisecond
 
+// headroom is how much slower than its rate a batch plans its sends, and how
+// much longer than a second the sends one second's worth apart must be: at 5/s,
+// five sends that start 1.01 s apart leave 10 ms for a send to reach the
+// provider later than the one five before it did, without six landing in one
+// second there. It costs a percent of the rate.
+const headroom = 1.01
+
 // rampPerSecond is the share of the target rate a throttled batch wins back
 // every second after its hold.
 const rampPerSecond = 0.1
 
 func newPace(target rate.Limit) *pace {
-	return &pace{target: target, share: target, limiter: rate.NewLimiter(target, 1)}
+	return &pace{target: target, share: target, limiter: rate.NewLimiter(target/headroom, 1)}
 }
 
 // capTo sets what the tenant's rate cap leaves the batch.
@@ -65,14 +86,20 @@ func (p *pace) capTo(share rate.Limit) {
 	}
 }
 
+// reseed empties the bucket at t: the next token is one interval after it.
+func (p *pace) reseed(t time.Time) {
+	p.limiter = rate.NewLimiter(p.limiter.Limit(), 1)
+	p.limiter.AllowN(t, 1)
+	p.planned = t
+}
+
 // warmUp holds the first send until at: a capped batch that never sent waits
 // for every instance to count it among its tenant's batches.
 func (p *pace) warmUp(at time.Time) {
 	if p.unlimited() {
 		return
 	}
-	p.limiter = rate.NewLimiter(p.limiter.Limit(), 1)
-	p.limiter.AllowN(at.Add(-time.Duration(float64(time.Second)/float64(p.limiter.Limit()))), 1)
+	p.reseed(at.Add(-time.Duration(float64(time.Second) / float64(p.limiter.Limit()))))
 }
 
 // unlimited reports whether the rate is lifted: no token is ever waited for.
@@ -84,19 +111,31 @@ func (p *pace) follow(b *domain.Batch, now time.Time) {
 	if p.unlimited() {
 		return
 	}
-	p.limiter.SetLimitAt(now, p.rateAt(now, b.Throttle()))
+	p.limiter.SetLimitAt(p.at(now), p.rateAt(now, b.Throttle())/headroom)
 	if last := b.LastSendAt(); last.After(p.seededAt) {
-		// Start from an empty bucket at that send: the next token is one
-		// interval after it, whatever this bucket believed before.
-		p.limiter = rate.NewLimiter(p.limiter.Limit(), 1)
-		p.limiter.AllowN(last.Add(handoverMargin), 1)
+		// Start from an empty bucket once that send may have gone out,
+		// whatever this bucket believed before.
+		p.reseed(latest(last.Add(handoverMargin), p.planned))
 		p.seededAt = last
 	}
 }
 
-// sent records that this instance dispatched the batch's latest send, so the
-// bucket, which will give that send its token, is not reseeded from it.
-func (p *pace) sent(b *domain.Batch) { p.seededAt = latest(p.seededAt, b.LastSendAt()) }
+// sent spends the tokens of the sends this instance just dispatched, at token,
+// when the rate allowed them, so that the next is planned one interval later.
+func (p *pace) sent(b *domain.Batch, token time.Time, dispatched int) {
+	p.seededAt = latest(p.seededAt, b.LastSendAt())
+	if p.unlimited() || dispatched == 0 {
+		return
+	}
+	t := p.at(token)
+	for range dispatched {
+		p.limiter.ReserveN(t, 1)
+	}
+	p.planned = t
+}
+
+// at is t, or the bucket's last planned send if that is later.
+func (p *pace) at(t time.Time) time.Time { return latest(t, p.planned) }
 
 // rateAt is the rate allowed at t under th.
 func (p *pace) rateAt(t time.Time, th domain.Throttle) rate.Limit {
@@ -110,71 +149,89 @@ func (p *pace) rateAt(t time.Time, th domain.Throttle) rate.Limit {
 	return min(p.share, rate.Limit(th.Rate)+p.target*rate.Limit(rampPerSecond*since))
 }
 
-// ready reports whether a send decided at t would get its token by then and no
-// earlier send still waits for its own.
+// ready reports whether a send decided at t would get its token by then.
 func (p *pace) ready(t time.Time) bool {
 	if p.unlimited() {
 		return true
 	}
-	return p.waiting.Load() == 0 && p.limiter.TokensAt(t) >= 1
+	return !t.Before(p.planned) && p.limiter.TokensAt(t) >= 1
 }
 
 // tokenAt is when the next send is allowed, looking from now.
 func (p *pace) tokenAt(now time.Time) time.Time {
-	if p.unlimited() || p.limiter.TokensAt(now) >= 1 || p.limiter.Limit() <= 0 {
+	if p.unlimited() || p.limiter.Limit() <= 0 {
 		return now
 	}
-	missing := 1 - p.limiter.TokensAt(now)
-	return now.Add(time.Duration(missing / float64(p.limiter.Limit()) * float64(time.Second)))
+	t := p.at(now)
+	if tokens := p.limiter.TokensAt(t); tokens < 1 {
+		t = t.Add(time.Duration((1 - tokens) / float64(p.limiter.Limit()) * float64(time.Second)))
+	}
+	return t
 }
 
 // wakeAt is when a decision that is not ready at now could be, deciding lead
 // before the token.
 func (p *pace) wakeAt(now time.Time, lead time.Duration) time.Time {
-	wake := p.tokenAt(now).Add(-lead)
-	if p.waiting.Load() > 0 {
-		wake = latest(wake, now.Add(lookahead)) // until the waiting send takes its token
+	return p.tokenAt(now).Add(-lead)
+}
+
+// slot is what one send needs to take its token: when the token is due, the
+// last moment the send may start, and how many sends may start within how long.
+type slot struct {
+	at, by time.Time
+	n      int
+	window time.Duration
+}
+
+// slot is the token of a send due at sendAt that must start by startBy, at the
+// batch's present rate: a second's worth of sends (one below 2/s) must start at
+// least that many planned intervals apart.
+func (p *pace) slot(sendAt, startBy time.Time) slot {
+	if p.unlimited() {
+		return slot{at: sendAt, by: startBy}
 	}
-	return wake
+	planned := float64(p.limiter.Limit())
+	n := max(int(math.Floor(planned*headroom+1e-9)), 1)
+	return slot{at: sendAt, by: startBy, n: n, window: time.Duration(float64(n) / planned * float64(time.Second))}
 }
 
-// reserve notes a send that will wait for its token; take must follow.
-func (p *pace) reserve() *rate.Limiter {
-	p.waiting.Add(1)
-	return p.limiter
-}
-
-// take waits for the send's token and takes it at the moment it sends, not when
-// it was planned: a goroutine that wakes late then pushes the following send back
-// by as much, so no one-second window seen by the provider holds more sends than
-// the rate. It gives up, reporting false, when it would send after startBy.
-func (p *pace) take(ctx context.Context, lim *rate.Limiter, now func() time.Time, startBy time.Time) bool {
-	defer p.waiting.Add(-1)
+// take waits for a send's token and then until fewer than the rate's sends of
+// the batch started here in the last second, counting the times they really
+// went out: a send that went out late does not make the next, on time, land in
+// the same second as the provider sees it. It gives up, reporting false, when
+// it would start after s.by.
+func (p *pace) take(ctx context.Context, now func() time.Time, s slot) bool {
 	if p.unlimited() {
 		return true
 	}
 	for {
 		t := now()
-		if t.After(startBy) {
+		if t.After(s.by) {
 			return false // woke too late: going now could crowd the next instance's sends
 		}
-		r := lim.ReserveN(t, 1)
-		d := r.DelayFrom(t)
-		if d <= 0 {
+		due := s.at
+		p.mu.Lock()
+		if len(p.starts) >= s.n {
+			due = latest(due, p.starts[len(p.starts)-s.n].Add(s.window))
+		}
+		if !t.Before(due) {
+			p.starts = append(p.starts, t)
+			if over := len(p.starts) - p.keep(); over > 0 {
+				p.starts = append(p.starts[:0], p.starts[over:]...)
+			}
+			p.mu.Unlock()
 			return true
 		}
-		r.CancelAt(t)
-		if t.Add(d).After(startBy) {
-			return false
-		}
-		timer := time.NewTimer(d)
-		select {
-		case <-timer.C:
-		case <-ctx.Done():
-			timer.Stop()
+		p.mu.Unlock()
+		if due.After(s.by) || !sleep(ctx, due.Sub(t)) {
 			return false
 		}
 	}
+}
+
+// keep is how many start times take needs: the target's sends in one second.
+func (p *pace) keep() int {
+	return max(int(math.Floor(float64(p.target)+1e-9)), 1)
 }
 
 func latest(a, b time.Time) time.Time {

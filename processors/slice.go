@@ -22,6 +22,9 @@ type slice struct {
 	id    string
 	batch *domain.Batch
 	owned bool // this slice has dispatched, so it leads the chain
+	// token is when the rate allowed the send of the last dispatch decided,
+	// at or before its SendAt: the send may go from then on.
+	token time.Time
 }
 
 // maxCommitFailures bounds how often a slice tries to store its progress before
@@ -104,13 +107,13 @@ func (s *slice) run(ctx context.Context) (*Work, error) {
 			s.batch = c.batch
 			if len(c.dispatched) > 0 {
 				s.owned = true
-				st.pace.sent(c.batch)
+				st.pace.sent(c.batch, s.token, len(c.dispatched))
 			}
 			st.pace.capTo(p.share(c.batch))
 			st.pace.follow(c.batch, p.cfg.Now())
 			st.dispatched(c.dispatched)
 			p.afterCommit(st, answers, c.recorded)
-			s.start(keep, c.dispatched, c.batch.LastSendAt())
+			s.start(keep, c.dispatched, s.token, c.batch.LastSendAt())
 			if errors.Is(c.dispatchErr, domain.ErrNotRunning) || errors.Is(c.dispatchErr, domain.ErrSuperseded) {
 				handOn = false
 				break
@@ -274,9 +277,10 @@ func (s *slice) ask(settled domain.Settled) dispatchFunc {
 		if pc.unlimited() {
 			n = p.cfg.MaxInFlight
 		}
+		s.token = pc.tokenAt(now)
 		return b.Dispatch(now, domain.DispatchRequest{
 			Slice: s.id, PrevSlice: s.w.PrevSlice,
-			Instance: p.instance, Deadline: p.deadline(now), SendAt: latest(pc.tokenAt(now), now.Add(p.lead())), Settled: settled,
+			Instance: p.instance, Deadline: p.deadline(now), SendAt: latest(s.token, now.Add(p.lead())), Settled: settled,
 			Recipient: p.recipientInfo(s.ctx, b),
 			Max:       n, MaxInFlight: p.cfg.MaxInFlight,
 		})
@@ -470,9 +474,10 @@ func (p *Processor) backoff(attempt int) time.Duration {
 }
 
 // start hands dispatched messages to the provider, each once its rate token is
-// due (sendAt, the dispatch's recorded SendAt). Each send's answer goes to the batch's state here, whichever slice is
-// running by then.
-func (s *slice) start(ctx context.Context, dispatched []domain.Dispatch, sendAt time.Time) {
+// due (token) and no later than the dispatch's recorded SendAt allows. Each
+// send's answer goes to the batch's state here, whichever slice is running by
+// then.
+func (s *slice) start(ctx context.Context, dispatched []domain.Dispatch, token, sendAt time.Time) {
 	p, st := s.p, s.st
 	// A send goes out by its token time plus handoverMargin, or not at all: the
 	// next instance to work the batch paces itself from that bound. Nor after
@@ -490,7 +495,7 @@ func (s *slice) start(ctx context.Context, dispatched []domain.Dispatch, sendAt 
 			continue
 		}
 		pc := st.pace
-		lim := pc.reserve()
+		slot := pc.slot(token, startBy)
 		body := st.template.Render(rcp.Values)
 		_, segments := domain.Segments(body)
 		msg := sms.Message{IdempotencyKey: st.id + ":" + strconv.Itoa(d.Index), To: rcp.Phone, Body: body, BatchID: st.id, Index: d.Index}
@@ -499,7 +504,7 @@ func (s *slice) start(ctx context.Context, dispatched []domain.Dispatch, sendAt 
 		go func() {
 			defer p.sends.Done()
 			a := answer{d: d, phone: rcp.Phone, segments: segments, notSent: true}
-			if pc.take(ctx, lim, p.cfg.Now, startBy) {
+			if pc.take(ctx, p.cfg.Now, slot) {
 				// The breaker may have opened since the dispatch: then the
 				// message never reaches the provider and goes again later.
 				if done, ok := p.outage.allow(); ok {
@@ -534,12 +539,14 @@ func earliest(a, b time.Time) time.Time {
 	return b
 }
 
-// sleep waits d or until ctx is done.
-func sleep(ctx context.Context, d time.Duration) {
+// sleep waits d or until ctx is done, reporting whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
+		return true
 	case <-ctx.Done():
+		return false
 	}
 }

@@ -78,9 +78,10 @@ type Config struct {
 	// StateIdle is how long the state of a batch nobody sends for here is kept
 	// (its pace and template); default 30s.
 	StateIdle time.Duration
-	// RecipientPages bounds the pages of recipients kept in memory, across all
-	// batches; default 256 (at most 256,000 recipients).
-	RecipientPages int
+	// CachedRecipients bounds the recipients kept in memory, a page at a time,
+	// across all batches; default 256,000 (about 256 full pages, or a thousand
+	// batches of 256).
+	CachedRecipients int
 	// TenantMaxRate caps the messages a second of all of a tenant's batches
 	// together, across instances; 0 is off. Each batch's share is in proportion
 	// to its priority's rate and never above it. Shares gives the shares; a
@@ -139,8 +140,8 @@ func (c *Config) setDefaults() {
 	if c.StateIdle <= 0 {
 		c.StateIdle = 30 * time.Second
 	}
-	if c.RecipientPages <= 0 {
-		c.RecipientPages = 256
+	if c.CachedRecipients <= 0 {
+		c.CachedRecipients = 256 * domain.RecipientPageSize
 	}
 	if c.CapWarmup <= 0 {
 		c.CapWarmup = time.Second

@@ -321,8 +321,8 @@ func TestBatchStateIsFreedWhoeverEndedTheBatch(t *testing.T) {
 		if n := p.States(); n != 0 {
 			t.Fatalf("instance %d holds state for %d batches nobody sends for", i, n)
 		}
-		if n := p.recipients.pages.Len(); n > p.cfg.RecipientPages {
-			t.Fatalf("instance %d caches %d recipient pages, bound %d", i, n, p.cfg.RecipientPages)
+		if n := p.recipients.recipients(); n > p.cfg.CachedRecipients {
+			t.Fatalf("instance %d caches %d recipients, bound %d", i, n, p.cfg.CachedRecipients)
 		}
 	}
 	t.Logf("%d batches finished across 3 instances; none holds state for any", batches)

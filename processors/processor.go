@@ -106,7 +106,7 @@ func NewProcessor(cfg Config) (*Processor, error) {
 		repo:       cfg.Commands.Repository(),
 		log:        cfg.Logger.With("instance", instance),
 		instance:   instance,
-		recipients: newRecipientPages(cfg.Store, cfg.RecipientPages),
+		recipients: newRecipientPages(cfg.Store, cfg.CachedRecipients),
 		outage:     newOutage(cfg, cfg.Logger, cfg.Metrics),
 		batches:    make(map[string]*batchState),
 		stop:       make(chan struct{}),

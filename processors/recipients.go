@@ -5,8 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 
-	lru "github.com/hashicorp/golang-lru/v2"
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 
 	"github.com/smsbatch/smsbatch/domain"
 	"github.com/smsbatch/smsbatch/eventstore"
@@ -17,12 +18,19 @@ import (
 var errRecipientsBroken = errors.New("recipients missing or unreadable")
 
 // recipientPages reads recipients a page at a time and keeps the most recently
-// used pages of every batch this instance sends for, up to a bound, so that
-// memory does not grow with the number of batches and a batch whose slices hop
-// between instances reads each page about once per instance.
+// used pages of every batch this instance sends for, up to a number of
+// recipients, so that memory does not grow with the number of batches and a
+// batch whose slices hop between instances reads each page about once per
+// instance. The bound counts recipients, not pages: a thousand small batches
+// sending at once each need their one short page at hand, and a bound of 256
+// pages made every one of their dispatches read and decode its page again.
 type recipientPages struct {
 	store eventstore.Store
-	pages *lru.Cache[pageKey, []domain.Recipient]
+	max   int
+
+	mu    sync.Mutex
+	pages *simplelru.LRU[pageKey, []domain.Recipient]
+	held  int // recipients in pages
 }
 
 type pageKey struct {
@@ -30,31 +38,63 @@ type pageKey struct {
 	page    int
 }
 
-func newRecipientPages(store eventstore.Store, maxPages int) *recipientPages {
-	pages, err := lru.New[pageKey, []domain.Recipient](maxPages)
+// maxCachedPages bounds the pages cached, however short: the cache's own
+// bookkeeping per page.
+const maxCachedPages = 1 << 16
+
+func newRecipientPages(store eventstore.Store, maxRecipients int) *recipientPages {
+	r := &recipientPages{store: store, max: maxRecipients}
+	pages, err := simplelru.NewLRU(maxCachedPages, func(_ pageKey, recipients []domain.Recipient) {
+		r.held -= len(recipients)
+	})
 	if err != nil {
-		panic(fmt.Sprintf("recipient page cache of %d pages: %v", maxPages, err)) // only for a size <= 0
+		panic(fmt.Sprintf("recipient page cache: %v", err)) // only for a size <= 0
 	}
-	return &recipientPages{store: store, pages: pages}
+	r.pages = pages
+	return r
 }
 
 // get returns recipient index of batchID.
 func (r *recipientPages) get(ctx context.Context, batchID string, index int) (domain.Recipient, error) {
 	page := index / domain.RecipientPageSize
 	key := pageKey{batchID, page}
+	r.mu.Lock()
 	recipients, ok := r.pages.Get(key)
+	r.mu.Unlock()
 	if !ok {
 		var err error
 		if recipients, err = r.read(ctx, batchID, page); err != nil {
 			return domain.Recipient{}, err
 		}
-		r.pages.Add(key, recipients)
+		r.add(key, recipients)
 	}
 	i := index - page*domain.RecipientPageSize
 	if i < 0 || i >= len(recipients) {
 		return domain.Recipient{}, fmt.Errorf("recipient %d: %w", index, errRecipientsBroken)
 	}
 	return recipients[i], nil
+}
+
+// add caches a page, dropping the least recently used ones while more than max
+// recipients are held.
+func (r *recipientPages) add(key pageKey, recipients []domain.Recipient) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.pages.Contains(key) {
+		return // read at the same time by another send
+	}
+	r.pages.Add(key, recipients)
+	r.held += len(recipients)
+	for r.held > r.max && r.pages.Len() > 1 {
+		r.pages.RemoveOldest()
+	}
+}
+
+// recipients is how many recipients the cached pages hold.
+func (r *recipientPages) recipients() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.held
 }
 
 func (r *recipientPages) read(ctx context.Context, batchID string, page int) ([]domain.Recipient, error) {
@@ -79,6 +119,8 @@ func (r *recipientPages) read(ctx context.Context, batchID string, page int) ([]
 
 // forget drops the pages of a batch that will send no more.
 func (r *recipientPages) forget(batchID string, pages int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	for page := range pages {
 		r.pages.Remove(pageKey{batchID, page})
 	}

@@ -7,6 +7,7 @@ import (
 	"math"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -880,7 +881,14 @@ func (b *Batch) record(e Event) {
 
 // ChainToken is the PrevSlice of the first work message after a start or resume
 // stored at revision rev: it ends every older chain of work messages.
-func ChainToken(rev uint64) string { return "rev-" + strconv.FormatUint(rev, 10) }
+func ChainToken(rev uint64) string { return chainTokenPrefix + strconv.FormatUint(rev, 10) }
+
+// StartsChain reports whether prevSlice is a ChainToken: the work it came with
+// begins a chain after a start or resume (or replaces a lost one), rather than
+// following a slice's.
+func StartsChain(prevSlice string) bool { return strings.HasPrefix(prevSlice, chainTokenPrefix) }
+
+const chainTokenPrefix = "rev-"
 
 func (b *Batch) apply(e Event) {
 	rev := b.version

@@ -42,8 +42,10 @@ type pace struct {
 	// mu guards starts, which the sends' goroutines use.
 	mu sync.Mutex
 	// starts are when this instance's latest sends of the batch went out,
-	// oldest first: at most the target's sends in one second.
-	starts []time.Time
+	// oldest first: at most the target's sends in one second. started counts
+	// every start ever noted, so a start can be found again (restamp).
+	starts  []time.Time
+	started int
 }
 
 // lookahead lets a dispatch be decided this long before its token is due, so the
@@ -63,6 +65,12 @@ const maxLead = 400 * time.Millisecond
 // the provider never sees two sends of a batch closer than the rate allows
 // because a slice moved to another instance.
 const handoverMargin = 50 * time.Millisecond
+
+// lateStart is how much later than handoverMargin allows a send may still
+// start while the slice that dispatched it runs (batchState.startLate): on a
+// saturated instance a send's goroutine may wake that late, and giving up its
+// token then cost the batch a whole interval.
+const lateStart = 200 * time.Millisecond
 
 // headroom is how much slower than its rate a batch plans its sends, and how
 // much longer than a second the sends one second's worth apart must be: at 5/s,
@@ -107,7 +115,10 @@ func (p *pace) unlimited() bool { return p.target == rate.Inf }
 
 // follow brings the pace in line with the batch as stored: the rate a throttle
 // allows at now, and a reseed when the batch's last send was decided elsewhere.
-func (p *pace) follow(b *domain.Batch, now time.Time) {
+// A slice that begins a chain (after a start or resume) has no word from the
+// slice before it of a send that started late (Work.NotBefore), so it allows
+// for one.
+func (p *pace) follow(b *domain.Batch, now time.Time, chainStart bool) {
 	if p.unlimited() {
 		return
 	}
@@ -115,8 +126,20 @@ func (p *pace) follow(b *domain.Batch, now time.Time) {
 	if last := b.LastSendAt(); last.After(p.seededAt) {
 		// Start from an empty bucket once that send may have gone out,
 		// whatever this bucket believed before.
-		p.reseed(latest(last.Add(handoverMargin), p.planned))
+		bound := last.Add(handoverMargin)
+		if chainStart {
+			bound = bound.Add(lateStart)
+		}
+		p.reseed(latest(bound, p.planned))
 		p.seededAt = last
+	}
+}
+
+// notBefore makes the next token come at least an interval after t, when a
+// send of the batch started (Work.NotBefore).
+func (p *pace) notBefore(t time.Time) {
+	if !p.unlimited() && p.planned.Before(t) {
+		p.reseed(t)
 	}
 }
 
@@ -157,16 +180,28 @@ func (p *pace) ready(t time.Time) bool {
 	return !t.Before(p.planned) && p.limiter.TokensAt(t) >= 1
 }
 
-// tokenAt is when the next send is allowed, looking from now.
+// tokenAt is when the next send is allowed, looking from now: an interval
+// after the last planned, even if that has passed, by up to an interval. A
+// decision made late (a slice that woke late, or the next slice of the batch
+// starting) then does not push the rest of the batch back: its send goes at
+// once and the next keeps to the plan. take still holds what the provider sees
+// to the rate in any one second.
 func (p *pace) tokenAt(now time.Time) time.Time {
 	if p.unlimited() || p.limiter.Limit() <= 0 {
 		return now
 	}
 	t := p.at(now)
 	if tokens := p.limiter.TokensAt(t); tokens < 1 {
-		t = t.Add(time.Duration((1 - tokens) / float64(p.limiter.Limit()) * float64(time.Second)))
+		return t.Add(time.Duration((1 - tokens) / float64(p.limiter.Limit()) * float64(time.Second)))
 	}
-	return t
+	if p.planned.IsZero() {
+		return t
+	}
+	interval := time.Duration(float64(time.Second) / float64(p.limiter.Limit()))
+	if due := p.planned.Add(interval); !due.Before(now.Add(-interval)) {
+		return latest(due, p.planned)
+	}
+	return t // idle for longer: no send is owed
 }
 
 // wakeAt is when a decision that is not ready at now could be, deciding lead
@@ -198,16 +233,21 @@ func (p *pace) slot(sendAt, startBy time.Time) slot {
 // take waits for a send's token and then until fewer than the rate's sends of
 // the batch started here in the last second, counting the times they really
 // went out: a send that went out late does not make the next, on time, land in
-// the same second as the provider sees it. It gives up, reporting false, when
-// it would start after s.by.
-func (p *pace) take(ctx context.Context, now func() time.Time, s slot) bool {
+// the same second as the provider sees it. A send starts by s.by, or up to
+// lateStart later if st lets it (a slice of the batch still runs here); it
+// gives up, reporting false, when it cannot. How late it woke is noted in wakes.
+// The start is noted at the time take returns; the caller restamps it with the
+// moment it calls the provider (restamp), so that a send delayed on its way
+// there counts from when it left.
+func (p *pace) take(ctx context.Context, now func() time.Time, s slot, st *batchState, wakes *latency) (start int, ok bool) {
 	if p.unlimited() {
-		return true
+		return 0, true
 	}
+	last := s.by.Add(lateStart)
 	for {
 		t := now()
-		if t.After(s.by) {
-			return false // woke too late: going now could crowd the next instance's sends
+		if t.After(last) {
+			return 0, false // woke too late: going now could crowd the next slice's sends
 		}
 		due := s.at
 		p.mu.Lock()
@@ -215,17 +255,37 @@ func (p *pace) take(ctx context.Context, now func() time.Time, s slot) bool {
 			due = latest(due, p.starts[len(p.starts)-s.n].Add(s.window))
 		}
 		if !t.Before(due) {
+			if t.After(s.by) && !st.startLate(t) {
+				p.mu.Unlock()
+				return 0, false
+			}
 			p.starts = append(p.starts, t)
+			p.started++
 			if over := len(p.starts) - p.keep(); over > 0 {
 				p.starts = append(p.starts[:0], p.starts[over:]...)
 			}
+			start = p.started
 			p.mu.Unlock()
-			return true
+			return start, true
 		}
 		p.mu.Unlock()
-		if due.After(s.by) || !sleep(ctx, due.Sub(t)) {
-			return false
+		if due.After(last) || !sleep(ctx, due.Sub(t)) {
+			return 0, false
 		}
+		wakes.note(max(now().Sub(due), 0))
+	}
+}
+
+// restamp moves start (from take) to t, the moment its send left for the
+// provider: between take and the call, a send may wait on a busy instance.
+func (p *pace) restamp(start int, t time.Time) {
+	if p.unlimited() {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if i := len(p.starts) - (p.started - start) - 1; i >= 0 && i < len(p.starts) {
+		p.starts[i] = latest(p.starts[i], t)
 	}
 }
 

@@ -51,11 +51,11 @@ func TestSendsStartNoMoreThanTheRateInAnySecond(t *testing.T) {
 	begin := time.Now()
 	due := func(by time.Duration) slot { return p.slot(time.Now(), time.Now().Add(by)) }
 	for i := range 5 {
-		if !p.take(ctx, time.Now, due(2*time.Second)) {
+		if _, ok := p.take(ctx, time.Now, due(2*time.Second), &batchState{}, &latency{}); !ok {
 			t.Fatalf("send %d refused", i)
 		}
 	}
-	if !p.take(ctx, time.Now, due(2*time.Second)) {
+	if _, ok := p.take(ctx, time.Now, due(2*time.Second), &batchState{}, &latency{}); !ok {
 		t.Fatal("sixth send refused, though it could wait for the window")
 	}
 	if waited := time.Since(begin); waited < time.Second {
@@ -64,12 +64,82 @@ func TestSendsStartNoMoreThanTheRateInAnySecond(t *testing.T) {
 	// The next four belong to the same second as the sixth: the first five
 	// started a second ago.
 	for i := range 4 {
-		if !p.take(ctx, time.Now, due(100*time.Millisecond)) {
+		if _, ok := p.take(ctx, time.Now, due(100*time.Millisecond), &batchState{}, &latency{}); !ok {
 			t.Fatalf("send %d refused, though the second before it held fewer than five", 7+i)
 		}
 	}
 	// The eleventh would have to wait until the sixth is a second old.
-	if p.take(ctx, time.Now, due(100*time.Millisecond)) {
+	if _, ok := p.take(ctx, time.Now, due(100*time.Millisecond), &batchState{}, &latency{}); ok {
 		t.Fatal("eleventh send started within a second of the five before it")
+	}
+}
+
+// A send that would start after its dispatch's SendAt allowed goes only while
+// a slice of the batch runs here, which hands the late start on to the next
+// slice; without one it gives up, since the next slice may be pacing elsewhere.
+// Its start counts from when it left for the provider.
+func TestLateSendsStartOnlyWhileTheirSliceRuns(t *testing.T) {
+	p := newPace(5)
+	ctx := context.Background()
+	late := func() slot { return p.slot(time.Now().Add(-time.Millisecond), time.Now().Add(-time.Millisecond)) }
+
+	idle := &batchState{}
+	if _, ok := p.take(ctx, time.Now, late(), idle, &latency{}); ok {
+		t.Fatal("a late send started with no slice of its batch running")
+	}
+
+	running := &batchState{}
+	running.setActive(true)
+	start, ok := p.take(ctx, time.Now, late(), running, &latency{})
+	if !ok {
+		t.Fatal("a late send gave up while its slice runs")
+	}
+	left := time.Now().Add(300 * time.Millisecond) // held up on its way to the provider
+	p.restamp(start, left)
+	handedOn := running.setActive(false)
+	if handedOn.IsZero() || time.Since(handedOn) > time.Second {
+		t.Fatalf("the slice's end hands on %v as the late start, want the late send's", handedOn)
+	}
+
+	// The next slice, elsewhere, paces from the late start.
+	next := newPace(5)
+	next.notBefore(handedOn)
+	if got := next.tokenAt(handedOn).Sub(handedOn); got < 200*time.Millisecond {
+		t.Fatalf("next token %s after the late start, want an interval", got)
+	}
+	// Here, four more may start at once, the fifth waits for a second after
+	// the restamped start, not the earlier one take noted.
+	for range 4 {
+		if _, ok := p.take(ctx, time.Now, p.slot(time.Now(), time.Now().Add(time.Second)), idle, &latency{}); !ok {
+			t.Fatal("send refused")
+		}
+	}
+	if got := p.starts[0]; !got.Equal(left) {
+		t.Fatalf("first start noted at %v, want the restamped %v", got, left)
+	}
+}
+
+// A decision made late, by less than an interval, still gets the token the plan
+// gave it, so the next keeps to the plan; after a longer pause nothing is owed
+// and the token is now.
+func TestLateDecisionKeepsThePlan(t *testing.T) {
+	p := newPace(5)
+	interval := time.Duration(float64(time.Second) * headroom / 5)
+	t0 := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	b := &domain.Batch{}
+	p.sent(b, t0, 1)
+
+	late := t0.Add(interval + interval/2)
+	if got := p.tokenAt(late); !got.Equal(t0.Add(interval)) {
+		t.Fatalf("decided half an interval late: token at %s, want the planned %s", got.Sub(t0), interval)
+	}
+	p.sent(b, p.tokenAt(late), 1)
+	if got := p.tokenAt(late); !got.Equal(t0.Add(2 * interval)) {
+		t.Fatalf("next token at %s, want %s: the late decision pushed the plan back", got.Sub(t0), 2*interval)
+	}
+
+	idle := t0.Add(10 * interval)
+	if got := p.tokenAt(idle); !got.Equal(idle) {
+		t.Fatalf("after a pause: token at %s, want now (%s)", got.Sub(t0), idle.Sub(t0))
 	}
 }

@@ -20,6 +20,10 @@ import (
 type Work struct {
 	BatchID   string `json:"batchId"`
 	PrevSlice string `json:"prevSlice"`
+	// NotBefore is when the slice that handed the work on last started a send
+	// later than its dispatch's SendAt allowed (it may while it runs, see
+	// lateStart): the next slice, wherever it runs, paces from it.
+	NotBefore time.Time `json:"notBefore,omitzero"`
 }
 
 // Processor sends for batches, one bounded time slice per work message. Sends
@@ -46,8 +50,9 @@ type Processor struct {
 	// looks counts the times slices looked at their batch (turns of the
 	// slice loop): a handful a message, or the loop spins.
 	looks atomic.Int64
-	// commitTime is the recent time a slice's commit took, in nanoseconds (lead).
-	commitTime atomic.Int64
+	// commits is how long slices' commits take of late (lead); wakes is how
+	// late sends wake for their token (wakeSlack).
+	commits, wakes latency
 }
 
 // batchState is what this instance holds of a batch while it works it: the
@@ -70,8 +75,9 @@ type batchState struct {
 	answers  []answer
 	// signal wakes the active slice when an answer arrives.
 	signal    chan struct{}
-	active    bool // a slice holds the turn
-	recording bool // a recorder runs
+	active    bool      // a slice holds the turn
+	lateStart time.Time // the latest late start during the active slice
+	recording bool      // a recorder runs
 	idleSince time.Time
 }
 
@@ -199,7 +205,7 @@ func (p *Processor) Drain(ctx context.Context) error {
 // hand on, or nil when the batch needs no more work from this chain (paused,
 // finished, or taken over by another slice). When ctx is cancelled it stops
 // dispatching and hands the work on; its sends finish and are recorded anyway.
-func (p *Processor) RunSlice(ctx context.Context, w Work) (*Work, error) {
+func (p *Processor) RunSlice(ctx context.Context, w Work) (next *Work, err error) {
 	st := p.state(w.BatchID)
 	select {
 	case st.turn <- struct{}{}:
@@ -208,11 +214,17 @@ func (p *Processor) RunSlice(ctx context.Context, w Work) (*Work, error) {
 	}
 	st.setActive(true)
 	defer func() {
-		st.setActive(false)
+		if late := st.setActive(false); next != nil && !late.IsZero() {
+			next.NotBefore = late
+		}
 		<-st.turn
 		p.recordLeftovers(st)
 	}()
+	return p.runSlice(ctx, st, w)
+}
 
+// runSlice runs one slice of w's batch while it holds the batch's turn.
+func (p *Processor) runSlice(ctx context.Context, st *batchState, w Work) (*Work, error) {
 	b, err := p.repo.Load(ctx, w.BatchID)
 	if domain.ErrorCode(err) == domain.ENOTFOUND {
 		p.log.Warn("work for an unknown batch dropped", "batch", w.BatchID)
@@ -225,15 +237,15 @@ func (p *Processor) RunSlice(ctx context.Context, w Work) (*Work, error) {
 		p.finished(b)
 		return nil, nil
 	}
-	if err := p.prepare(st, b); err != nil {
+	if err := p.prepare(st, b, w); err != nil {
 		return nil, err
 	}
 	s := &slice{p: p, st: st, w: w, id: uuid.NewString(), batch: b}
 	return s.run(ctx)
 }
 
-// prepare readies the batch's template and pace.
-func (p *Processor) prepare(st *batchState, b *domain.Batch) error {
+// prepare readies the batch's template and pace for a slice of w.
+func (p *Processor) prepare(st *batchState, b *domain.Batch, w Work) error {
 	if st.template == nil {
 		t, err := domain.NewTemplate(b.Text(), domain.TemplateLimits{MaxLength: 1 << 20, MaxVariables: 1 << 10})
 		if err != nil {
@@ -248,7 +260,8 @@ func (p *Processor) prepare(st *batchState, b *domain.Batch) error {
 		}
 	}
 	st.pace.capTo(p.share(b))
-	st.pace.follow(b, p.cfg.Now())
+	st.pace.follow(b, p.cfg.Now(), domain.StartsChain(w.PrevSlice))
+	st.pace.notBefore(w.NotBefore)
 	return nil
 }
 
@@ -259,10 +272,28 @@ func (p *Processor) finished(b *domain.Batch) {
 	}
 }
 
-func (st *batchState) setActive(active bool) {
+// setActive marks whether a slice of the batch runs here. Ending it returns
+// the latest late start its sends made (see startLate), zero if none.
+func (st *batchState) setActive(active bool) (lateStart time.Time) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	st.active = active
+	lateStart, st.lateStart = st.lateStart, time.Time{}
+	return lateStart
+}
+
+// startLate reports whether a send may start at t, later than its dispatch's
+// SendAt allowed: only while a slice of the batch runs here, which then hands
+// t on to the next slice (Work.NotBefore), so that wherever that runs it paces
+// from t. Without a running slice the next may already be pacing elsewhere.
+func (st *batchState) startLate(t time.Time) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if !st.active {
+		return false
+	}
+	st.lateStart = latest(st.lateStart, t)
+	return true
 }
 
 // takeAnswers returns the answers waiting to be recorded.

@@ -143,3 +143,48 @@ func TestLateDecisionKeepsThePlan(t *testing.T) {
 		t.Fatalf("after a pause: token at %s, want now (%s)", got.Sub(t0), idle.Sub(t0))
 	}
 }
+
+// The work a slice hands on carries the latest late start of its sends, and
+// the next slice, wherever it runs, paces from it.
+func TestSliceHandsItsLateStartOn(t *testing.T) {
+	h := newHarness(t, newFakeProvider(0))
+	p := h.processor(Config{})
+	w := h.create("b1", 50, domain.PriorityNormal)
+	st := p.state(w.BatchID)
+	var late time.Time
+	go func() {
+		// As a send of the running slice would that woke after its SendAt.
+		for !st.isActive() {
+			time.Sleep(time.Millisecond)
+		}
+		late = time.Now()
+		st.startLate(late)
+	}()
+	next, err := p.RunSlice(context.Background(), w)
+	if err != nil || next == nil {
+		t.Fatalf("slice: next %v, err %v", next, err)
+	}
+	if !next.NotBefore.Equal(late) {
+		t.Fatalf("handed on NotBefore %v, want the late start %v", next.NotBefore, late)
+	}
+
+	other := h.processor(Config{})
+	b, err := h.cmds.Repository().Load(context.Background(), w.BatchID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ost := other.state(w.BatchID)
+	if err := other.prepare(ost, b, *next); err != nil {
+		t.Fatal(err)
+	}
+	if got := ost.pace.tokenAt(late).Sub(late); got < 190*time.Millisecond {
+		t.Fatalf("the next instance's first token %s after the late start, want an interval", got)
+	}
+}
+
+// isActive reports whether a slice of the batch runs here.
+func (st *batchState) isActive() bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.active
+}

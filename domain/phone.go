@@ -106,9 +106,11 @@ func NormalizePhone(raw string, defaultRegion string) (string, error) {
 const maxE164Digits = 15
 
 // isTwilioTestNumber reports whether n is in Twilio's test range, +1 500 555 xxxx.
+// Leading zeros are digits of the number ("+1 0500 555 0006" has eleven), not
+// of the range.
 func isTwilioTestNumber(n *phonenumbers.PhoneNumber) bool {
 	nn := n.GetNationalNumber()
-	return n.GetCountryCode() == 1 && nn >= 500_555_0000 && nn <= 500_555_9999
+	return n.GetCountryCode() == 1 && !n.GetItalianLeadingZero() && nn >= 500_555_0000 && nn <= 500_555_9999
 }
 
 func phoneError(s, reason string) error {

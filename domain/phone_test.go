@@ -82,6 +82,8 @@ func TestNormalizePhoneRejects(t *testing.T) {
 		{name: "00 is not the international prefix from the US", raw: "0044 20 7946 0958", region: "US", want: "invalid phone number"},
 		{name: "valid for Germany but longer than E.164", raw: "20100000000 0000", region: "DE", want: "more than the 15 digits E.164 allows"},
 		{name: "Twilio range needs ten digits", raw: "+1 500 555 000", region: "US", want: "too short"},
+		{name: "Twilio range with a leading zero", raw: "+1 0500 555 0006", region: "US", want: "too long"},
+		{name: "Twilio range after leading zeros", raw: "+1 0000 500 555 0000", region: "US", want: "too long"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -41,6 +41,16 @@ func NormalizePhone(raw string, defaultRegion string) (string, error) {
 		return "", fmt.Errorf("normalize phone: unknown default region %q", clip(defaultRegion, 8))
 	}
 	s := strings.TrimSpace(raw)
+	if cleanE164(s) {
+		return s, nil
+	}
+	return normalizeParsed(s, region)
+}
+
+// normalizeParsed is NormalizePhone through phonenumbers.Parse, for s trimmed
+// and region upper case and valid (or ""). cleanE164 answers for most uploaded
+// numbers without it.
+func normalizeParsed(s, region string) (string, error) {
 	switch {
 	case s == "":
 		return "", fmt.Errorf("%w: empty", ErrInvalidPhone)

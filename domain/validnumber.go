@@ -15,9 +15,13 @@ import (
 // match; that was half of a large upload's time. TestValidNumberAgreesWithTheLibrary
 // and FuzzValidNumber hold the two to the same answers.
 func validNumber(n *phonenumbers.PhoneNumber) bool {
+	return validNSN(n.GetCountryCode(), phonenumbers.GetNationalSignificantNumber(n))
+}
+
+// validNSN is validNumber of the number with country code cc and national
+// significant number nsn (leading zeros included).
+func validNSN(cc int32, nsn string) bool {
 	r := numberRules()
-	cc := n.GetCountryCode()
-	nsn := phonenumbers.GetNationalSignificantNumber(n)
 	regions := phonenumbers.GetRegionCodesForCountryCode(int(cc))
 	var region string
 	switch len(regions) {

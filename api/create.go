@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"hash/maphash"
 	"io"
-	"iter"
 	"maps"
 	"net/http"
 	"os"
@@ -61,12 +60,6 @@ type createChecked struct {
 type recipientIn struct {
 	PhoneNumber json.RawMessage            `json:"phoneNumber"`
 	Variables   map[string]json.RawMessage `json:"variables"`
-}
-
-// spooled is one recipient as kept in the spool file between validation and storage.
-type spooled struct {
-	Phone string            `json:"p"`
-	Vars  map[string]string `json:"v,omitempty"`
 }
 
 // A scheduleTime must lie in this window around now. The past allows for clocks
@@ -217,7 +210,7 @@ func (s *server) decodeCreate(body io.Reader, spool *os.File) (createRequest, in
 	dec.UseNumber()
 	dec.DisallowUnknownFields()
 	out := bufio.NewWriterSize(spool, 256<<10)
-	enc := json.NewEncoder(out)
+	var record []byte
 	seen := make(map[uint64]int)
 	seed := maphash.MakeSeed()
 	given := make(map[string]bool)
@@ -262,7 +255,8 @@ func (s *server) decodeCreate(body io.Reader, spool *os.File) (createRequest, in
 			// variables of all of them can be checked once the template
 			// is known.
 			spool := func(i int, in recipientIn, p checkedPhone) error {
-				if err := enc.Encode(s.checkRecipient(i, in, p, probs, seen, seed)); err != nil {
+				record = s.checkRecipient(record[:0], i, in, p, probs, seen, seed)
+				if _, err := out.Write(record); err != nil {
 					return internalError("the upload could not be written to the service's disk", fmt.Errorf("spool recipient: %w", err))
 				}
 				return nil
@@ -312,8 +306,8 @@ func (s *server) decodeCreate(body io.Reader, spool *os.File) (createRequest, in
 }
 
 // checkRecipient checks one recipient's number, normalised as p, and
-// variables, adding problems.
-func (s *server) checkRecipient(i int, in recipientIn, p checkedPhone, probs *problems, seen map[uint64]int, seed maphash.Seed) spooled {
+// variables, adding problems, and appends its spool record to record.
+func (s *server) checkRecipient(record []byte, i int, in recipientIn, p checkedPhone, probs *problems, seen map[uint64]int, seed maphash.Seed) []byte {
 	field := "recipients[" + strconv.Itoa(i) + "]"
 	phone := p.phone
 	if p.problem != "" {
@@ -329,7 +323,7 @@ func (s *server) checkRecipient(i int, in recipientIn, p checkedPhone, probs *pr
 			seen[h] = i
 		}
 	}
-	vars := make(map[string]string, len(in.Variables))
+	var names, values []string
 	for _, name := range slices.Sorted(maps.Keys(in.Variables)) {
 		// A name is never sent, but one that is not text is not what the client
 		// meant either (encoding/json has turned its bad bytes into U+FFFD).
@@ -343,9 +337,9 @@ func (s *server) checkRecipient(i int, in recipientIn, p checkedPhone, probs *pr
 			// problem refuses the batch.
 			probs.add(field+".variables."+name, problem)
 		}
-		vars[name] = v
+		names, values = append(names, name), append(values, v)
 	}
-	return spooled{Phone: phone, Vars: vars}
+	return appendSpoolRecord(record, phone, names, values)
 }
 
 // checkCreate validates the template and options.
@@ -465,33 +459,6 @@ func checkSending(o createOptions, schedule *time.Time, probs *problems) (validU
 		}
 	}
 	return validUntil, quiet
-}
-
-type spoolItem struct {
-	spooled
-	err error
-}
-
-// readSpool reads the spool file from its start.
-func readSpool(f *os.File) iter.Seq2[int, spoolItem] {
-	return func(yield func(int, spoolItem) bool) {
-		if _, err := f.Seek(0, io.SeekStart); err != nil {
-			yield(0, spoolItem{err: fmt.Errorf("rewind spool: %w", err)})
-			return
-		}
-		dec := json.NewDecoder(bufio.NewReaderSize(f, 256<<10))
-		for i := 0; ; i++ {
-			var item spoolItem
-			if err := dec.Decode(&item.spooled); errors.Is(err, io.EOF) {
-				return
-			} else if err != nil {
-				item.err = fmt.Errorf("read spool: %w", err)
-			}
-			if !yield(i, item) || item.err != nil {
-				return
-			}
-		}
-	}
 }
 
 // scalarString returns a variable's value as text: a string as given, a number

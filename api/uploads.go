@@ -183,7 +183,9 @@ func (b *minRateBody) Read(p []byte) (int, error) {
 }
 
 // spoolPattern names upload spool files, for os.CreateTemp and CleanSpoolDir.
-const spoolPattern = "smsbatch-upload-*.jsonl"
+// It has no extension: earlier versions named theirs *.jsonl, and those are
+// cleaned up too.
+const spoolPattern = "smsbatch-upload-*"
 
 // newSpool creates an upload's spool file in dir and removes its name at once:
 // the open file keeps its data until closed, and a process killed mid-upload

@@ -7,10 +7,8 @@ import (
 	"fmt"
 	"hash/maphash"
 	"io"
-	"maps"
 	"net/http"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -210,7 +208,6 @@ func (s *server) decodeCreate(body io.Reader, spool *os.File) (createRequest, in
 	dec.UseNumber()
 	dec.DisallowUnknownFields()
 	out := bufio.NewWriterSize(spool, 256<<10)
-	var record []byte
 	seen := make(map[uint64]int)
 	seed := maphash.MakeSeed()
 	given := make(map[string]bool)
@@ -254,15 +251,15 @@ func (s *server) decodeCreate(body io.Reader, spool *os.File) (createRequest, in
 			// Every recipient is spooled, valid or not, so that the
 			// variables of all of them can be checked once the template
 			// is known.
-			spool := func(i int, in recipientIn, p checkedPhone) error {
-				record = s.checkRecipient(record[:0], i, in, p, probs, seen, seed)
+			spool := func(i int, c *checkedRecipient, record []byte) error {
+				addProblems(i, c, probs, seen, seed)
 				if _, err := out.Write(record); err != nil {
 					return internalError("the upload could not be written to the service's disk", fmt.Errorf("spool recipient: %w", err))
 				}
 				return nil
 			}
-			numbers := newNumberChecker(s.cfg.DefaultRegion)
-			defer numbers.stop()
+			recipients := newRecipientChecker(s.cfg.DefaultRegion)
+			defer recipients.stop()
 			for dec.More() {
 				var in recipientIn
 				if err := dec.Decode(&in); err != nil {
@@ -271,14 +268,14 @@ func (s *server) decodeCreate(body io.Reader, spool *os.File) (createRequest, in
 				if count++; count > s.cfg.Limits.MaxRecipients {
 					return req, 0, nil, domain.Errorf(domain.ETOOLARGE, "a batch may have at most %d recipients", s.cfg.Limits.MaxRecipients)
 				}
-				if err := numbers.add(in, spool); err != nil {
+				if err := recipients.add(in, spool); err != nil {
 					return req, 0, nil, err
 				}
 			}
-			if err := numbers.flush(spool); err != nil {
+			if err := recipients.flush(spool); err != nil {
 				return req, 0, nil, err
 			}
-			numbers.stop()
+			recipients.stop()
 			if err := expectDelim(dec, ']', "recipients must be an array"); err != nil {
 				return req, 0, nil, err
 			}
@@ -305,41 +302,27 @@ func (s *server) decodeCreate(body io.Reader, spool *os.File) (createRequest, in
 	return req, count, probs, nil
 }
 
-// checkRecipient checks one recipient's number, normalised as p, and
-// variables, adding problems, and appends its spool record to record.
-func (s *server) checkRecipient(record []byte, i int, in recipientIn, p checkedPhone, probs *problems, seen map[uint64]int, seed maphash.Seed) []byte {
-	field := "recipients[" + strconv.Itoa(i) + "]"
-	phone := p.phone
-	if p.problem != "" {
-		probs.add(field+".phoneNumber", p.problem)
+// addProblems adds what is wrong with recipient i, checked alone as c, and
+// whether its number is an earlier recipient's, in the order a client reads
+// them: the number, then the variables.
+func addProblems(i int, c *checkedRecipient, probs *problems, seen map[uint64]int, seed maphash.Seed) {
+	field := func() string { return "recipients[" + strconv.Itoa(i) + "]" }
+	if c.phoneProblem != "" {
+		probs.add(field()+".phoneNumber", c.phoneProblem)
 	} else {
 		// A second message to the same number costs money and annoys the customer:
 		// refuse the batch rather than guess which was meant. Numbers are compared
 		// by a 64-bit hash, which keeps a million of them in a few MiB.
-		h := maphash.String(seed, phone)
+		h := maphash.String(seed, c.phone)
 		if first, dup := seen[h]; dup {
-			probs.add(field+".phoneNumber", fmt.Sprintf("%s is also recipients[%d]; each number may appear once", phone, first))
+			probs.add(field()+".phoneNumber", fmt.Sprintf("%s is also recipients[%d]; each number may appear once", c.phone, first))
 		} else {
 			seen[h] = i
 		}
 	}
-	var names, values []string
-	for _, name := range slices.Sorted(maps.Keys(in.Variables)) {
-		// A name is never sent, but one that is not text is not what the client
-		// meant either (encoding/json has turned its bad bytes into U+FFFD).
-		if strings.ContainsRune(name, utf8.RuneError) || domain.CheckText(name) != nil {
-			probs.add(field+".variables", fmt.Sprintf("variable name %q is not valid text", name))
-			continue
-		}
-		v, problem := scalarString(in.Variables[name])
-		if problem != "" {
-			// Kept, empty, so that it is not reported missing as well; the
-			// problem refuses the batch.
-			probs.add(field+".variables."+name, problem)
-		}
-		names, values = append(names, name), append(values, v)
+	for _, p := range c.varProblems {
+		probs.add(field()+"."+p.Field, p.Problem)
 	}
-	return appendSpoolRecord(record, phone, names, values)
 }
 
 // checkCreate validates the template and options.
@@ -486,16 +469,37 @@ func decodeString(raw json.RawMessage) (s, problem string, ok bool) {
 	if len(raw) == 0 || string(raw) == "null" {
 		return "", "", true
 	}
-	if raw[0] != '"' || json.Unmarshal(raw, &s) != nil {
+	if plain, ok := plainJSONString(raw); ok {
+		s = plain
+	} else if raw[0] != '"' || json.Unmarshal(raw, &s) != nil {
 		return "", "", false
-	}
-	if !validJSONString(raw) {
+	} else if !validJSONString(raw) {
 		return "", "is not valid UTF-8", true
 	}
 	if err := domain.CheckText(s); err != nil {
 		return "", err.Error(), true
 	}
 	return s, "", true
+}
+
+// plainJSONString returns the string raw holds when raw is a string literal
+// with neither escapes nor bytes that are not UTF-8: its bytes between the
+// quotes, as encoding/json would decode them, without its reflection (a
+// million numbers and values in a large upload).
+func plainJSONString(raw []byte) (string, bool) {
+	if len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
+		return "", false
+	}
+	body := raw[1 : len(raw)-1]
+	for _, b := range body {
+		if b == '\\' || b == '"' || b < 0x20 {
+			return "", false
+		}
+	}
+	if !utf8.Valid(body) {
+		return "", false
+	}
+	return string(body), true
 }
 
 // validJSONString reports whether raw, a JSON string literal the decoder

@@ -257,3 +257,24 @@ func FuzzListQueries(f *testing.F) {
 		}
 	})
 }
+
+// plainJSONString answers only for string literals encoding/json decodes to
+// exactly the bytes between the quotes, and then gives those.
+func FuzzPlainJSONString(f *testing.F) {
+	for _, seed := range []string{
+		`"+14155550100"`, `""`, `"Ada 1"`, `"é 😀"`, `"a\"b"`, `"a\\b"`, `"\u00e9"`, `"\ud800"`,
+		"\"a\x00b\"", "\"\xff\"", "\"\xed\xa0\x80\"", `"`, `"a`, `a"`, `"a"b"`, `5`, `null`, `"\t"`,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		s, ok := plainJSONString(raw)
+		if !ok {
+			return
+		}
+		var want string
+		if !json.Valid(raw) || json.Unmarshal(raw, &want) != nil || want != s || !validJSONString(raw) {
+			t.Fatalf("plainJSONString(%q) = %q; encoding/json: valid %v, %q", raw, s, json.Valid(raw), want)
+		}
+	})
+}

@@ -11,6 +11,7 @@ import (
 	"github.com/smsbatch/smsbatch/domain"
 	"github.com/smsbatch/smsbatch/eventstore"
 	"github.com/smsbatch/smsbatch/eventstore/memory"
+	"github.com/smsbatch/smsbatch/internal/storetest"
 )
 
 func setup(t *testing.T) (eventstore.Store, *Handlers) {
@@ -79,6 +80,56 @@ func TestCreateWritesPagesThenTheBatch(t *testing.T) {
 	if last := all[len(all)-1]; last.Type != domain.TypeBatchStarted || all[len(all)-2].Type != domain.TypeBatchCreated {
 		t.Fatalf("the batch events do not come after every page: last is %s", last.Type)
 	}
+}
+
+// countingAppends counts the appends that reach a store.
+type countingAppends struct {
+	eventstore.Store
+	appends int
+}
+
+func (c *countingAppends) Append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events []eventstore.EventData) (eventstore.AppendResult, error) {
+	c.appends++
+	return c.Store.Append(ctx, stream, expected, events)
+}
+
+// A large batch's pages go to the store several per append, since each append
+// waits for its commit, and every store holds them all, in order, each at its
+// revision.
+func TestCreateAppendsPagesSeveralAtATime(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, store eventstore.Store) {
+		counted := &countingAppends{Store: store}
+		h := handlers(t, counted)
+		const n = 60_500
+		res := create(t, h, "b1", n, false)
+		if res.Batch.Total() != n || res.Batch.Pages() != 61 {
+			t.Fatalf("batch total %d pages %d", res.Batch.Total(), res.Batch.Pages())
+		}
+		pages, err := store.ReadStream(context.Background(), domain.RecipientsStream("b1"), 0, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(pages) != 61 {
+			t.Fatalf("%d recipient pages, want 61", len(pages))
+		}
+		for i, se := range pages {
+			e, err := domain.DecodeEvent(se.Type, se.Data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := e.(domain.RecipientsPageAdded)
+			want := min(1000, n-1000*i)
+			if se.Revision != uint64(i) || p.Page != i || p.First != 1000*i || len(p.Recipients) != want ||
+				p.Recipients[0].Phone != fmt.Sprintf("+1415555%04d", 1000*i) {
+				t.Fatalf("event %d: revision %d, page %d from %d with %d recipients, the first %s", i, se.Revision, p.Page, p.First, len(p.Recipients), p.Recipients[0].Phone)
+			}
+		}
+		// The pages, at least four at a time, and BatchCreated.
+		if counted.appends > 61/4+1 {
+			t.Fatalf("%d appends for 61 pages", counted.appends)
+		}
+		t.Logf("%d appends for 61 pages", counted.appends)
+	})
 }
 
 func TestFailedUploadCreatesNoBatch(t *testing.T) {

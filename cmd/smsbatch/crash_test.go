@@ -19,13 +19,17 @@ var (
 	buildOnce sync.Once
 	binPath   string
 	buildErr  error
+	// binDir is where binary builds: the temporary directory as the process
+	// started, since a test may point TMPDIR at its own, removed when it ends,
+	// and may be the first to ask for the binary.
+	binDir = os.TempDir()
 )
 
 // binary builds the real smsbatch binary once for the tests that kill it.
 func binary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "smsbatch-bin-")
+		dir, err := os.MkdirTemp(binDir, "smsbatch-bin-")
 		if err != nil {
 			buildErr = err
 			return

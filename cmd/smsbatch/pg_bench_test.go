@@ -25,7 +25,7 @@ var (
 func benchBinary(b *testing.B) string {
 	b.Helper()
 	benchBuildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "smsbatch-bench-")
+		dir, err := os.MkdirTemp(binDir, "smsbatch-bench-")
 		if err != nil {
 			benchBuildErr = err
 			return

@@ -16,11 +16,11 @@ import (
 // batch to slow down, and reseeded when another instance dispatched since this
 // one last did. Everything here answers "when may the next message go out".
 //
-// A dispatch takes its token when it is committed, at its recorded SendAt, so the
-// next dispatch is planned one interval after it without waiting for the send to
-// go out: a send that goes out a little late does not push the following ones
-// back. The provider is kept from seeing more than the rate in any one second by
-// a check on the times the sends really start (see take).
+// A dispatch spends its token when it is committed, at the time the token was
+// due, so the next dispatch is planned one interval after it without waiting for
+// the send to go out: a send that goes out a little late does not push the
+// following ones back. The provider is kept from seeing more than the rate in
+// any one second by a check on the times the sends really start (see take).
 //
 // The batch's priority rate is the target. A throttle (BatchThrottled, recorded
 // when the provider answers 429) holds sending until its Until and resumes at its
@@ -31,9 +31,10 @@ type pace struct {
 	// share is what the tenant's rate cap leaves the batch; at most target.
 	share   rate.Limit
 	limiter *rate.Limiter
-	// planned is the latest time the bucket was read or spent at: the SendAt of
-	// the last send it planned. The bucket is only ever read at or after it,
-	// since golang.org/x/time/rate measures from the latest time it was given.
+	// planned is the latest time the bucket was spent at: the token time of the
+	// last send it planned, or a reseed. The bucket is only ever read at or
+	// after it, since golang.org/x/time/rate measures from the latest time it
+	// was given.
 	planned time.Time
 	// seededAt is the last send this bucket accounts for: a later SendAt in the
 	// stream was decided elsewhere and reseeds the bucket.
@@ -211,31 +212,32 @@ func (p *pace) wakeAt(now time.Time, lead time.Duration) time.Time {
 }
 
 // slot is what one send needs to take its token: when the token is due, the
-// last moment the send may start, and how many sends may start within how long.
+// moment after which it starts only while its slice runs (by), the last moment
+// it may start at all (last), and how many sends may start within how long.
 type slot struct {
-	at, by time.Time
-	n      int
-	window time.Duration
+	at, by, last time.Time
+	n            int
+	window       time.Duration
 }
 
-// slot is the token of a send due at sendAt that must start by startBy, at the
-// batch's present rate: a second's worth of sends (one below 2/s) must start at
-// least that many planned intervals apart.
-func (p *pace) slot(sendAt, startBy time.Time) slot {
+// slot is the token of a send due at token that must start by startBy, or by
+// last while its slice runs, at the batch's present rate: a second's worth of
+// sends (one below 2/s) must start at least that many planned intervals apart.
+func (p *pace) slot(token, startBy, last time.Time) slot {
 	if p.unlimited() {
-		return slot{at: sendAt, by: startBy}
+		return slot{at: token, by: startBy, last: last}
 	}
 	planned := float64(p.limiter.Limit())
 	n := max(int(math.Floor(planned*headroom+1e-9)), 1)
-	return slot{at: sendAt, by: startBy, n: n, window: time.Duration(float64(n) / planned * float64(time.Second))}
+	return slot{at: token, by: startBy, last: last, n: n, window: time.Duration(float64(n) / planned * float64(time.Second))}
 }
 
 // take waits for a send's token and then until fewer than the rate's sends of
 // the batch started here in the last second, counting the times they really
 // went out: a send that went out late does not make the next, on time, land in
-// the same second as the provider sees it. A send starts by s.by, or up to
-// lateStart later if st lets it (a slice of the batch still runs here); it
-// gives up, reporting false, when it cannot. How late it woke is noted in wakes.
+// the same second as the provider sees it. A send starts by s.by, or by s.last
+// if st lets it (a slice of the batch still runs here); it gives up, reporting
+// false, when it cannot. How late it woke is noted in wakes.
 // The start is noted at the time take returns; the caller restamps it with the
 // moment it calls the provider (restamp), so that a send delayed on its way
 // there counts from when it left.
@@ -243,10 +245,9 @@ func (p *pace) take(ctx context.Context, now func() time.Time, s slot, st *batch
 	if p.unlimited() {
 		return 0, true
 	}
-	last := s.by.Add(lateStart)
 	for {
 		t := now()
-		if t.After(last) {
+		if t.After(s.last) {
 			return 0, false // woke too late: going now could crowd the next slice's sends
 		}
 		due := s.at
@@ -269,7 +270,7 @@ func (p *pace) take(ctx context.Context, now func() time.Time, s slot, st *batch
 			return start, true
 		}
 		p.mu.Unlock()
-		if due.After(last) || !sleep(ctx, due.Sub(t)) {
+		if due.After(s.last) || !sleep(ctx, due.Sub(t)) {
 			return 0, false
 		}
 		wakes.note(max(now().Sub(due), 0))

@@ -49,7 +49,7 @@ func TestSendsStartNoMoreThanTheRateInAnySecond(t *testing.T) {
 	p := newPace(5)
 	ctx := context.Background()
 	begin := time.Now()
-	due := func(by time.Duration) slot { return p.slot(time.Now(), time.Now().Add(by)) }
+	due := func(by time.Duration) slot { return p.slot(time.Now(), time.Now().Add(by), time.Now().Add(by)) }
 	for i := range 5 {
 		if _, ok := p.take(ctx, time.Now, due(2*time.Second), &batchState{}, &latency{}); !ok {
 			t.Fatalf("send %d refused", i)
@@ -81,7 +81,9 @@ func TestSendsStartNoMoreThanTheRateInAnySecond(t *testing.T) {
 func TestLateSendsStartOnlyWhileTheirSliceRuns(t *testing.T) {
 	p := newPace(5)
 	ctx := context.Background()
-	late := func() slot { return p.slot(time.Now().Add(-time.Millisecond), time.Now().Add(-time.Millisecond)) }
+	late := func() slot {
+		return p.slot(time.Now().Add(-time.Millisecond), time.Now().Add(-time.Millisecond), time.Now().Add(time.Second))
+	}
 
 	idle := &batchState{}
 	if _, ok := p.take(ctx, time.Now, late(), idle, &latency{}); ok {
@@ -90,6 +92,12 @@ func TestLateSendsStartOnlyWhileTheirSliceRuns(t *testing.T) {
 
 	running := &batchState{}
 	running.setActive(true)
+	// Not after the last moment it may start at all (the batch's validity, or
+	// lateStart past its SendAt), slice or no slice.
+	expired := p.slot(time.Now().Add(-time.Second), time.Now().Add(-time.Second), time.Now().Add(-time.Millisecond))
+	if _, ok := p.take(ctx, time.Now, expired, running, &latency{}); ok {
+		t.Fatal("a send started after the last moment it could")
+	}
 	start, ok := p.take(ctx, time.Now, late(), running, &latency{})
 	if !ok {
 		t.Fatal("a late send gave up while its slice runs")
@@ -110,7 +118,7 @@ func TestLateSendsStartOnlyWhileTheirSliceRuns(t *testing.T) {
 	// Here, four more may start at once, the fifth waits for a second after
 	// the restamped start, not the earlier one take noted.
 	for range 4 {
-		if _, ok := p.take(ctx, time.Now, p.slot(time.Now(), time.Now().Add(time.Second)), idle, &latency{}); !ok {
+		if _, ok := p.take(ctx, time.Now, p.slot(time.Now(), time.Now().Add(time.Second), time.Now().Add(time.Second)), idle, &latency{}); !ok {
 			t.Fatal("send refused")
 		}
 	}

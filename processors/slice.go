@@ -511,12 +511,13 @@ func (p *Processor) backoff(attempt int) time.Duration {
 // then.
 func (s *slice) start(ctx context.Context, dispatched []domain.Dispatch, token, sendAt time.Time) {
 	p, st := s.p, s.st
-	// A send goes out by its token time plus handoverMargin, or not at all: the
-	// next instance to work the batch paces itself from that bound. Nor after
-	// the batch's validity: then it is skipped as expired instead.
-	startBy := sendAt.Add(handoverMargin)
-	if until := s.batch.ValidUntil(); !until.IsZero() && until.Before(startBy) {
-		startBy = until
+	// A send goes out by its SendAt plus handoverMargin (the next instance to
+	// work the batch paces itself from that bound), or up to lateStart later
+	// while this slice runs, or not at all. Never after the batch's validity:
+	// then it is skipped as expired instead.
+	startBy, last := sendAt.Add(handoverMargin), sendAt.Add(handoverMargin+lateStart)
+	if until := s.batch.ValidUntil(); !until.IsZero() {
+		startBy, last = earliest(startBy, until), earliest(last, until)
 	}
 	for _, d := range dispatched {
 		rcp, err := p.recipients.get(ctx, st.id, d.Index)
@@ -527,7 +528,7 @@ func (s *slice) start(ctx context.Context, dispatched []domain.Dispatch, token, 
 			continue
 		}
 		pc := st.pace
-		slot := pc.slot(token, startBy)
+		slot := pc.slot(token, startBy, last)
 		body := st.template.Render(rcp.Values)
 		_, segments := domain.Segments(body)
 		msg := sms.Message{IdempotencyKey: st.id + ":" + strconv.Itoa(d.Index), To: rcp.Phone, Body: body, BatchID: st.id, Index: d.Index}

@@ -297,12 +297,13 @@ func (p *Processor) deadline(now time.Time) time.Time {
 
 // lead is how long before its token a dispatch is decided, and how much later
 // than its decision its recorded SendAt lies: the recent commit time plus four
-// times its recent deviation, at least lookahead and at most maxLead (a TCP
-// retransmission timeout's rule, RFC 6298). A send goes out by SendAt plus
-// handoverMargin or not at all, so the lead must outlast nearly every commit,
-// not the average one: with twice the average, a thousand batches on one
-// instance gave up one send in eleven after a commit slower than that, each
-// costing the batch a token.
+// times its recent deviation (a TCP retransmission timeout's rule, RFC 6298),
+// plus how late sends wake for their token estimated the same way (wakeSlack),
+// at least lookahead and at most maxLead. A send goes out by SendAt plus
+// handoverMargin, or a little later while its slice runs, or not at all, so the
+// lead must outlast nearly every commit, not the average one: with twice the
+// average, a thousand batches on one instance gave up about one send in eleven,
+// each costing the batch a token.
 func (p *Processor) lead() time.Duration {
 	return min(max(p.commits.timeout()+p.wakes.timeout(), lookahead), maxLead)
 }
@@ -314,8 +315,8 @@ func (p *Processor) noteCommit(d time.Duration) { p.commits.note(d) }
 // at least, so that a send whose goroutine wakes late still goes out by SendAt
 // plus handoverMargin: how late sends wake of late (mean plus four deviations),
 // at most maxWakeSlack. Idle, it is next to nothing; on a saturated instance
-// (a thousand batches on two cores) sends woke up to 100 ms late, and one in
-// twelve gave up its token with a fixed 50 ms.
+// (a thousand batches on two cores) sends woke up to 200 ms late, and about one
+// in eleven gave up its token with a fixed 50 ms.
 func (p *Processor) wakeSlack() time.Duration { return min(p.wakes.timeout(), maxWakeSlack) }
 
 // maxWakeSlack bounds wakeSlack, so a send still starts well within

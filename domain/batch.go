@@ -430,7 +430,7 @@ type DispatchRequest struct {
 	// clocks), so that every instance agrees when they may be sent again.
 	Instance string
 	Deadline time.Time
-	// SendAt is the earliest moment the first message goes out (its rate token);
+	// SendAt bounds when the messages go out (see MessagesDispatched.SendAt);
 	// another instance taking the batch over paces itself from it.
 	SendAt time.Time
 	// Settled is the asking instance's knowledge of sends that cannot be running

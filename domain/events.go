@@ -114,7 +114,10 @@ type MessagesDispatched struct {
 	// them has ended, answered or given up: until then no one sends them again.
 	Instance string    `json:"instance,omitempty"`
 	Deadline time.Time `json:"deadline"`
-	// SendAt is the earliest moment the first of them goes out (its rate token).
+	// SendAt bounds when they go out: each starts by SendAt plus the
+	// processor's handover margin (a little later only while the slice that
+	// dispatched it runs, which then says so to the next), or not at all. It is
+	// at or after their rate token, from which they may go.
 	SendAt   time.Time  `json:"sendAt"`
 	Messages []Dispatch `json:"messages"`
 }

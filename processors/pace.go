@@ -2,7 +2,6 @@ package processors
 
 import (
 	"context"
-	"math"
 	"sync"
 	"time"
 
@@ -19,8 +18,8 @@ import (
 // A dispatch spends its token when it is committed, at the time the token was
 // due, so the next dispatch is planned one interval after it without waiting for
 // the send to go out: a send that goes out a little late does not push the
-// following ones back. The provider is kept from seeing more than the rate in
-// any one second by a check on the times the sends really start (see take).
+// following ones back. The provider is kept from seeing two sends closer than
+// an interval by a check on the times the sends really start (see take).
 //
 // The batch's priority rate is the target. A throttle (BatchThrottled, recorded
 // when the provider answers 429) holds sending until its Until and resumes at its
@@ -40,13 +39,13 @@ type pace struct {
 	// stream was decided elsewhere and reseeds the bucket.
 	seededAt time.Time
 
-	// mu guards starts, which the sends' goroutines use.
+	// mu guards lastStart and starts, which the sends' goroutines use.
 	mu sync.Mutex
-	// starts are when this instance's latest sends of the batch went out,
-	// oldest first: at most the target's sends in one second. started counts
-	// every start ever noted, so a start can be found again (restamp).
-	starts  []time.Time
-	started int
+	// lastStart is when this instance's latest send of the batch left for the
+	// provider; starts counts the sends noted, so a send can find its own
+	// again (restamp).
+	lastStart time.Time
+	starts    int
 }
 
 // lookahead lets a dispatch be decided this long before its token is due, so the
@@ -73,11 +72,11 @@ const handoverMargin = 50 * time.Millisecond
 // token then cost the batch a whole interval.
 const lateStart = 200 * time.Millisecond
 
-// headroom is how much slower than its rate a batch plans its sends, and how
-// much longer than a second the sends one second's worth apart must be: at 5/s,
-// five sends that start 1.01 s apart leave 10 ms for a send to reach the
-// provider later than the one five before it did, without six landing in one
-// second there. It costs a percent of the rate.
+// headroom is how much slower than its rate a batch plans its sends, and so
+// how much more than the rate's interval apart its sends start: at 5/s, 202 ms,
+// so five intervals make 1.01 s and leave 10 ms for a send to reach the provider
+// later than the one five before it did without six landing in one second
+// there. It costs a percent of the rate.
 const headroom = 1.01
 
 // rampPerSecond is the share of the target rate a throttled batch wins back
@@ -213,34 +212,34 @@ func (p *pace) wakeAt(now time.Time, lead time.Duration) time.Time {
 
 // slot is what one send needs to take its token: when the token is due, the
 // moment after which it starts only while its slice runs (by), the last moment
-// it may start at all (last), and how many sends may start within how long.
+// it may start at all (last), and how long after the send before it.
 type slot struct {
 	at, by, last time.Time
-	n            int
-	window       time.Duration
+	interval     time.Duration
 }
 
 // slot is the token of a send due at token that must start by startBy, or by
-// last while its slice runs, at the batch's present rate: a second's worth of
-// sends (one below 2/s) must start at least that many planned intervals apart.
+// last while its slice runs, an interval of the batch's present rate after the
+// send before it.
 func (p *pace) slot(token, startBy, last time.Time) slot {
-	if p.unlimited() {
-		return slot{at: token, by: startBy, last: last}
+	s := slot{at: token, by: startBy, last: last}
+	if !p.unlimited() && p.limiter.Limit() > 0 {
+		s.interval = time.Duration(float64(time.Second) / float64(p.limiter.Limit()))
 	}
-	planned := float64(p.limiter.Limit())
-	n := max(int(math.Floor(planned*headroom+1e-9)), 1)
-	return slot{at: token, by: startBy, last: last, n: n, window: time.Duration(float64(n) / planned * float64(time.Second))}
+	return s
 }
 
-// take waits for a send's token and then until fewer than the rate's sends of
-// the batch started here in the last second, counting the times they really
-// went out: a send that went out late does not make the next, on time, land in
-// the same second as the provider sees it. A send starts by s.by, or by s.last
-// if st lets it (a slice of the batch still runs here); it gives up, reporting
-// false, when it cannot. How late it woke is noted in wakes.
-// The start is noted at the time take returns; the caller restamps it with the
-// moment it calls the provider (restamp), so that a send delayed on its way
-// there counts from when it left.
+// take waits for a send's token and then until an interval has passed since
+// the batch's send before it really started here: a send that went out late
+// does not make the next, on time, land closer to it than the rate allows as the
+// provider sees it, so no one-second window there holds more than the rate,
+// wherever the next slice runs (it paces from the last send's bound). The plan
+// stays as it was, so a late send delays the ones after it only while they
+// would come too close. A send starts by s.by, or by s.last if st lets it (a
+// slice of the batch still runs here); it gives up, reporting false, when it
+// cannot. How late it woke is noted in wakes. The start is noted at the time
+// take returns; the caller restamps it with the moment it calls the provider
+// (restamp), so that a send delayed on its way there counts from when it left.
 func (p *pace) take(ctx context.Context, now func() time.Time, s slot, st *batchState, wakes *latency) (start int, ok bool) {
 	if p.unlimited() {
 		return 0, true
@@ -250,22 +249,19 @@ func (p *pace) take(ctx context.Context, now func() time.Time, s slot, st *batch
 		if t.After(s.last) {
 			return 0, false // woke too late: going now could crowd the next slice's sends
 		}
-		due := s.at
 		p.mu.Lock()
-		if len(p.starts) >= s.n {
-			due = latest(due, p.starts[len(p.starts)-s.n].Add(s.window))
+		due := s.at
+		if !p.lastStart.IsZero() {
+			due = latest(due, p.lastStart.Add(s.interval))
 		}
 		if !t.Before(due) {
 			if t.After(s.by) && !st.startLate(t) {
 				p.mu.Unlock()
 				return 0, false
 			}
-			p.starts = append(p.starts, t)
-			p.started++
-			if over := len(p.starts) - p.keep(); over > 0 {
-				p.starts = append(p.starts[:0], p.starts[over:]...)
-			}
-			start = p.started
+			p.lastStart = t
+			p.starts++
+			start = p.starts
 			p.mu.Unlock()
 			return start, true
 		}
@@ -278,21 +274,17 @@ func (p *pace) take(ctx context.Context, now func() time.Time, s slot, st *batch
 }
 
 // restamp moves start (from take) to t, the moment its send left for the
-// provider: between take and the call, a send may wait on a busy instance.
+// provider, if no later send has started since: between take and the call, a
+// send may wait on a busy instance.
 func (p *pace) restamp(start int, t time.Time) {
 	if p.unlimited() {
 		return
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if i := len(p.starts) - (p.started - start) - 1; i >= 0 && i < len(p.starts) {
-		p.starts[i] = latest(p.starts[i], t)
+	if start == p.starts {
+		p.lastStart = latest(p.lastStart, t)
 	}
-}
-
-// keep is how many start times take needs: the target's sends in one second.
-func (p *pace) keep() int {
-	return max(int(math.Floor(float64(p.target)+1e-9)), 1)
 }
 
 func latest(a, b time.Time) time.Time {

@@ -38,39 +38,29 @@ func TestNextTokenIsPlannedFromTheLastToken(t *testing.T) {
 	}
 }
 
-// The sends' real start times hold the rate the provider sees: once a second's
-// worth of sends started, the next waits until the first of them is a second
-// (and 1%) old, whatever its token says, and gives up if that is after it must
-// have started.
-func TestSendsStartNoMoreThanTheRateInAnySecond(t *testing.T) {
-	if testing.Short() {
-		t.Skip("waits a second")
-	}
+// The sends' real start times hold the rate the provider sees: a send starts an
+// interval after the one before it really started, whatever its token says, so
+// a late send and the next, on time, never come closer than the rate allows;
+// it gives up if that is after it must have started.
+func TestSendsStartAnIntervalApart(t *testing.T) {
 	p := newPace(5)
+	interval := time.Duration(float64(time.Second) * headroom / 5)
 	ctx := context.Background()
-	begin := time.Now()
 	due := func(by time.Duration) slot { return p.slot(time.Now(), time.Now().Add(by), time.Now().Add(by)) }
-	for i := range 5 {
-		if _, ok := p.take(ctx, time.Now, due(2*time.Second), &batchState{}, &latency{}); !ok {
-			t.Fatalf("send %d refused", i)
-		}
+	if _, ok := p.take(ctx, time.Now, due(time.Second), &batchState{}, &latency{}); !ok {
+		t.Fatal("first send refused")
 	}
-	if _, ok := p.take(ctx, time.Now, due(2*time.Second), &batchState{}, &latency{}); !ok {
-		t.Fatal("sixth send refused, though it could wait for the window")
+	first := time.Now()
+	// The next token is due now, as after a late send: it still waits.
+	if _, ok := p.take(ctx, time.Now, due(time.Second), &batchState{}, &latency{}); !ok {
+		t.Fatal("second send refused, though it could wait an interval")
 	}
-	if waited := time.Since(begin); waited < time.Second {
-		t.Fatalf("sixth send started %s after the first, want at least a second", waited)
+	if got := time.Since(first); got < interval-time.Millisecond {
+		t.Fatalf("second send started %s after the first, want at least %s", got, interval)
 	}
-	// The next four belong to the same second as the sixth: the first five
-	// started a second ago.
-	for i := range 4 {
-		if _, ok := p.take(ctx, time.Now, due(100*time.Millisecond), &batchState{}, &latency{}); !ok {
-			t.Fatalf("send %d refused, though the second before it held fewer than five", 7+i)
-		}
-	}
-	// The eleventh would have to wait until the sixth is a second old.
-	if _, ok := p.take(ctx, time.Now, due(100*time.Millisecond), &batchState{}, &latency{}); ok {
-		t.Fatal("eleventh send started within a second of the five before it")
+	// A third that must start within 50 ms cannot: it gives up.
+	if _, ok := p.take(ctx, time.Now, due(50*time.Millisecond), &batchState{}, &latency{}); ok {
+		t.Fatal("third send started within an interval of the second")
 	}
 }
 
@@ -115,15 +105,13 @@ func TestLateSendsStartOnlyWhileTheirSliceRuns(t *testing.T) {
 	if got := next.tokenAt(handedOn).Sub(handedOn); got < 200*time.Millisecond {
 		t.Fatalf("next token %s after the late start, want an interval", got)
 	}
-	// Here, four more may start at once, the fifth waits for a second after
-	// the restamped start, not the earlier one take noted.
-	for range 4 {
-		if _, ok := p.take(ctx, time.Now, p.slot(time.Now(), time.Now().Add(time.Second), time.Now().Add(time.Second)), idle, &latency{}); !ok {
-			t.Fatal("send refused")
-		}
+	// Here, the next send waits an interval after the restamped start, not
+	// after the earlier one take noted.
+	if _, ok := p.take(ctx, time.Now, p.slot(time.Now(), time.Now().Add(time.Second), time.Now().Add(time.Second)), idle, &latency{}); !ok {
+		t.Fatal("send refused")
 	}
-	if got := p.starts[0]; !got.Equal(left) {
-		t.Fatalf("first start noted at %v, want the restamped %v", got, left)
+	if got, want := time.Since(left), time.Duration(float64(time.Second)*headroom/5); got < want-time.Millisecond {
+		t.Fatalf("next send started %s after the restamped start, want an interval (%s)", got, want)
 	}
 }
 

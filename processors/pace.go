@@ -39,13 +39,14 @@ type pace struct {
 	// stream was decided elsewhere and reseeds the bucket.
 	seededAt time.Time
 
-	// mu guards lastStart and starts, which the sends' goroutines use.
+	// mu guards lastStart and leaving, which the sends' goroutines use.
 	mu sync.Mutex
 	// lastStart is when this instance's latest send of the batch left for the
-	// provider; starts counts the sends noted, so a send can find its own
-	// again (restamp).
+	// provider; leaving is set from a send's take until it has left (or will
+	// not), and the next send waits for it: the time it left is what the next
+	// is spaced from.
 	lastStart time.Time
-	starts    int
+	leaving   chan struct{} // closed by left; nil when no send is on its way
 }
 
 // lookahead lets a dispatch be decided this long before its token is due, so the
@@ -237,19 +238,29 @@ func (p *pace) slot(token, startBy, last time.Time) slot {
 // stays as it was, so a late send delays the ones after it only while they
 // would come too close. A send starts by s.by, or by s.last if st lets it (a
 // slice of the batch still runs here); it gives up, reporting false, when it
-// cannot. How late it woke is noted in wakes. The start is noted at the time
-// take returns; the caller restamps it with the moment it calls the provider
-// (restamp), so that a send delayed on its way there counts from when it left.
-func (p *pace) take(ctx context.Context, now func() time.Time, s slot, st *batchState, wakes *latency) (start int, ok bool) {
+// cannot. How late it woke is noted in wakes. A send that take lets go must
+// then say when it left for the provider, or that it did not (left): until
+// then the batch's next send waits, so that one held up on its way there
+// cannot land next to the one after it.
+func (p *pace) take(ctx context.Context, now func() time.Time, s slot, st *batchState, wakes *latency) bool {
 	if p.unlimited() {
-		return 0, true
+		return true
 	}
 	for {
 		t := now()
 		if t.After(s.last) {
-			return 0, false // woke too late: going now could crowd the next slice's sends
+			return false // woke too late: going now could crowd the next slice's sends
 		}
 		p.mu.Lock()
+		if on := p.leaving; on != nil {
+			// The send before is on its way to the provider: wait until it
+			// has left, then look again.
+			p.mu.Unlock()
+			if !waitFor(ctx, on, s.last.Sub(t)) {
+				return false
+			}
+			continue
+		}
 		due := s.at
 		if !p.lastStart.IsZero() {
 			due = latest(due, p.lastStart.Add(s.interval))
@@ -257,33 +268,46 @@ func (p *pace) take(ctx context.Context, now func() time.Time, s slot, st *batch
 		if !t.Before(due) {
 			if t.After(s.by) && !st.startLate(t) {
 				p.mu.Unlock()
-				return 0, false
+				return false
 			}
-			p.lastStart = t
-			p.starts++
-			start = p.starts
+			p.lastStart, p.leaving = t, make(chan struct{})
 			p.mu.Unlock()
-			return start, true
+			return true
 		}
 		p.mu.Unlock()
 		if due.After(s.last) || !sleep(ctx, due.Sub(t)) {
-			return 0, false
+			return false
 		}
 		wakes.note(max(now().Sub(due), 0))
 	}
 }
 
-// restamp moves start (from take) to t, the moment its send left for the
-// provider, if no later send has started since: between take and the call, a
-// send may wait on a busy instance.
-func (p *pace) restamp(start int, t time.Time) {
+// waitFor waits until ch is closed, for at most d, reporting whether it was.
+func waitFor(ctx context.Context, ch <-chan struct{}, d time.Duration) bool {
+	t := time.NewTimer(max(d, 0))
+	defer t.Stop()
+	select {
+	case <-ch:
+		return true
+	case <-t.C:
+		return false
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// left tells the pace that the send take let go left for the provider at t, or
+// did not leave at all (zero t): the next send may then go, an interval after.
+func (p *pace) left(t time.Time) {
 	if p.unlimited() {
 		return
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if start == p.starts {
-		p.lastStart = latest(p.lastStart, t)
+	p.lastStart = latest(p.lastStart, t)
+	if p.leaving != nil {
+		close(p.leaving)
+		p.leaving = nil
 	}
 }
 

@@ -47,19 +47,26 @@ func TestSendsStartAnIntervalApart(t *testing.T) {
 	interval := time.Duration(float64(time.Second) * headroom / 5)
 	ctx := context.Background()
 	due := func(by time.Duration) slot { return p.slot(time.Now(), time.Now().Add(by), time.Now().Add(by)) }
-	if _, ok := p.take(ctx, time.Now, due(time.Second), &batchState{}, &latency{}); !ok {
+	if ok := p.take(ctx, time.Now, due(time.Second), &batchState{}, &latency{}); !ok {
 		t.Fatal("first send refused")
 	}
 	first := time.Now()
+	p.left(first)
 	// The next token is due now, as after a late send: it still waits.
-	if _, ok := p.take(ctx, time.Now, due(time.Second), &batchState{}, &latency{}); !ok {
+	if ok := p.take(ctx, time.Now, due(time.Second), &batchState{}, &latency{}); !ok {
 		t.Fatal("second send refused, though it could wait an interval")
 	}
 	if got := time.Since(first); got < interval-time.Millisecond {
 		t.Fatalf("second send started %s after the first, want at least %s", got, interval)
 	}
+	// Until the second has left for the provider, the next waits however late.
+	late := p.slot(time.Now().Add(-time.Second), time.Now().Add(100*time.Millisecond), time.Now().Add(100*time.Millisecond))
+	if ok := p.take(ctx, time.Now, late, &batchState{}, &latency{}); ok {
+		t.Fatal("a send started while the one before it was still on its way to the provider")
+	}
+	p.left(time.Now())
 	// A third that must start within 50 ms cannot: it gives up.
-	if _, ok := p.take(ctx, time.Now, due(50*time.Millisecond), &batchState{}, &latency{}); ok {
+	if ok := p.take(ctx, time.Now, due(50*time.Millisecond), &batchState{}, &latency{}); ok {
 		t.Fatal("third send started within an interval of the second")
 	}
 }
@@ -76,7 +83,7 @@ func TestLateSendsStartOnlyWhileTheirSliceRuns(t *testing.T) {
 	}
 
 	idle := &batchState{}
-	if _, ok := p.take(ctx, time.Now, late(), idle, &latency{}); ok {
+	if ok := p.take(ctx, time.Now, late(), idle, &latency{}); ok {
 		t.Fatal("a late send started with no slice of its batch running")
 	}
 
@@ -85,15 +92,15 @@ func TestLateSendsStartOnlyWhileTheirSliceRuns(t *testing.T) {
 	// Not after the last moment it may start at all (the batch's validity, or
 	// lateStart past its SendAt), slice or no slice.
 	expired := p.slot(time.Now().Add(-time.Second), time.Now().Add(-time.Second), time.Now().Add(-time.Millisecond))
-	if _, ok := p.take(ctx, time.Now, expired, running, &latency{}); ok {
+	if ok := p.take(ctx, time.Now, expired, running, &latency{}); ok {
 		t.Fatal("a send started after the last moment it could")
 	}
-	start, ok := p.take(ctx, time.Now, late(), running, &latency{})
+	ok := p.take(ctx, time.Now, late(), running, &latency{})
 	if !ok {
 		t.Fatal("a late send gave up while its slice runs")
 	}
 	left := time.Now().Add(300 * time.Millisecond) // held up on its way to the provider
-	p.restamp(start, left)
+	p.left(left)
 	handedOn := running.setActive(false)
 	if handedOn.IsZero() || time.Since(handedOn) > time.Second {
 		t.Fatalf("the slice's end hands on %v as the late start, want the late send's", handedOn)
@@ -107,7 +114,7 @@ func TestLateSendsStartOnlyWhileTheirSliceRuns(t *testing.T) {
 	}
 	// Here, the next send waits an interval after the restamped start, not
 	// after the earlier one take noted.
-	if _, ok := p.take(ctx, time.Now, p.slot(time.Now(), time.Now().Add(time.Second), time.Now().Add(time.Second)), idle, &latency{}); !ok {
+	if ok := p.take(ctx, time.Now, p.slot(time.Now(), time.Now().Add(time.Second), time.Now().Add(time.Second)), idle, &latency{}); !ok {
 		t.Fatal("send refused")
 	}
 	if got, want := time.Since(left), time.Duration(float64(time.Second)*headroom/5); got < want-time.Millisecond {

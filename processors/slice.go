@@ -538,13 +538,16 @@ func (s *slice) start(ctx context.Context, dispatched []domain.Dispatch, token, 
 		go func() {
 			defer p.sends.Done()
 			a := answer{d: d, phone: rcp.Phone, segments: segments, notSent: true}
-			if start, ok := pc.take(ctx, p.cfg.Now, slot, st, &p.wakes); ok {
+			if pc.take(ctx, p.cfg.Now, slot, st, &p.wakes) {
 				// The breaker may have opened since the dispatch: then the
 				// message never reaches the provider and goes again later.
-				if done, ok := p.outage.allow(); ok {
+				done, ok := p.outage.allow()
+				if !ok {
+					pc.left(time.Time{})
+				} else {
 					sendCtx, cancel := context.WithTimeout(ctx, p.cfg.SendTimeout)
 					begin := p.cfg.Now()
-					pc.restamp(start, begin)
+					pc.left(begin)
 					a.receipt, a.err = p.cfg.Provider.Send(sendCtx, msg)
 					cancel()
 					done(a.err)

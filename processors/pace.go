@@ -282,7 +282,8 @@ func (p *pace) take(ctx context.Context, now func() time.Time, s slot, st *batch
 	}
 }
 
-// waitFor waits until ch is closed, for at most d, reporting whether it was.
+// waitFor waits until ch is closed, for at most d, reporting whether it was
+// (a nil ch is never closed).
 func waitFor(ctx context.Context, ch <-chan struct{}, d time.Duration) bool {
 	t := time.NewTimer(max(d, 0))
 	defer t.Stop()

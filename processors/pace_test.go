@@ -112,13 +112,13 @@ func TestLateSendsStartOnlyWhileTheirSliceRuns(t *testing.T) {
 	if got := next.tokenAt(handedOn).Sub(handedOn); got < 200*time.Millisecond {
 		t.Fatalf("next token %s after the late start, want an interval", got)
 	}
-	// Here, the next send waits an interval after the restamped start, not
+	// Here, the next send waits an interval after the time the send left, not
 	// after the earlier one take noted.
 	if ok := p.take(ctx, time.Now, p.slot(time.Now(), time.Now().Add(time.Second), time.Now().Add(time.Second)), idle, &latency{}); !ok {
 		t.Fatal("send refused")
 	}
 	if got, want := time.Since(left), time.Duration(float64(time.Second)*headroom/5); got < want-time.Millisecond {
-		t.Fatalf("next send started %s after the restamped start, want an interval (%s)", got, want)
+		t.Fatalf("next send started %s after the late send left, want an interval (%s)", got, want)
 	}
 }
 

@@ -579,12 +579,5 @@ func earliest(a, b time.Time) time.Time {
 
 // sleep waits d or until ctx is done, reporting whether d passed.
 func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
+	return !waitFor(ctx, nil, d) && ctx.Err() == nil
 }

@@ -706,3 +706,83 @@ func TestSlowAppendsStillSend(t *testing.T) {
 		t.Fatalf("%d messages at 5/s took %s with 150 ms appends", n, elapsed)
 	}
 }
+
+// delayStore delays every append by delay, which a test may change.
+type delayStore struct {
+	eventstore.Store
+	delay atomic.Int64
+}
+
+func (s *delayStore) Append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events []eventstore.EventData) (eventstore.AppendResult, error) {
+	time.Sleep(time.Duration(s.delay.Load()))
+	return s.Store.Append(ctx, stream, expected, events)
+}
+
+// A slice that ends with sends in flight leaves their answers to a recorder.
+// The next slice here once loaded the batch while the recorder's append ran,
+// saw those messages still in flight, and, with no room for more, waited out
+// its whole slice for answers that had gone to the recorder: batches stood
+// still for a slice now and then (40 batches with the rate lifted lost 1.5 s of
+// 7). One message in flight makes the recorder's append hold every answer.
+func TestNextSliceSeesTheAnswersARecorderStores(t *testing.T) {
+	store := &delayStore{Store: memory.New()}
+	t.Cleanup(func() { store.Close() })
+	gate := make(chan struct{})
+	prov := newFakeProvider(0)
+	prov.fail = func(key string, n int) error {
+		if strings.HasSuffix(key, ":0") {
+			<-gate // out until the first slice has ended
+		}
+		return nil
+	}
+	h := newHarnessOn(t, store, prov)
+	const n = 3
+	w := h.create("b1", n, domain.PriorityNormal)
+	p := h.processor(Config{Unlimited: true, MaxInFlight: 1, SliceDuration: 10 * time.Second})
+
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		for {
+			prov.mu.Lock()
+			out := len(prov.calls)
+			prov.mu.Unlock()
+			if out > 0 {
+				cancel() // the first slice ends with its send out
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	next, err := p.RunSlice(ctx, w)
+	if err != nil || next == nil {
+		t.Fatalf("first slice: next %v, err %v; want work to hand on", next, err)
+	}
+	store.delay.Store(int64(300 * time.Millisecond))
+	close(gate) // the answer comes while no slice runs: a recorder stores it
+	st := p.state("b1")
+	for !recorderHasAll(prov, st, 1) {
+		time.Sleep(time.Millisecond)
+	}
+
+	start := time.Now()
+	wait(t, driveAsync(p, *next))
+	// Five appends of 300 ms: the recorder's, then a dispatch and an answer for
+	// each of the other two (one rides with the next dispatch).
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("the last %d messages took %s once the first was answered; a slice lasts 10 s", n-1, took)
+	}
+	drained(t, p)
+	prov.assertNoDuplicateCalls(t, n)
+	assertOneOutcomeEach(t, h.outcomes("b1"), n)
+}
+
+// recorderHasAll reports whether the provider answered n calls and a recorder
+// runs with every answer taken.
+func recorderHasAll(prov *fakeProvider, st *batchState, n int) bool {
+	prov.mu.Lock()
+	answered := len(prov.calls) >= n && prov.inFlight == 0
+	prov.mu.Unlock()
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return answered && st.recorder != nil && len(st.answers) == 0
+}

@@ -77,7 +77,9 @@ type batchState struct {
 	signal    chan struct{}
 	active    bool      // a slice holds the turn
 	lateStart time.Time // the latest late start during the active slice
-	recording bool      // a recorder runs
+	// recorder is closed when the recorder running (see record) stops; nil
+	// when none runs.
+	recorder  chan struct{}
 	idleSince time.Time
 }
 
@@ -147,7 +149,7 @@ func (p *Processor) sweep(now time.Time) {
 	defer p.mu.Unlock()
 	for id, st := range p.batches {
 		st.mu.Lock()
-		idle := !st.active && !st.recording && len(st.inFlight) == 0 && len(st.answers) == 0 &&
+		idle := !st.active && st.recorder == nil && len(st.inFlight) == 0 && len(st.answers) == 0 &&
 			!st.idleSince.IsZero() && now.Sub(st.idleSince) >= p.cfg.StateIdle
 		st.mu.Unlock()
 		if idle {
@@ -213,6 +215,16 @@ func (p *Processor) RunSlice(ctx context.Context, w Work) (next *Work, err error
 		return &w, nil
 	}
 	st.setActive(true)
+	// A recorder storing answers that came while no slice ran stops after its
+	// current append: wait for it, or the slice would load the batch without
+	// those answers, see their messages still in flight, and wait for answers
+	// that will never come to it.
+	if done := st.recording(); done != nil {
+		select {
+		case <-done:
+		case <-ctx.Done():
+		}
+	}
 	defer func() {
 		if late := st.setActive(false); next != nil && !late.IsZero() {
 			next.NotBefore = late
@@ -376,9 +388,9 @@ func (p *Processor) answered(st *batchState, a answer) {
 	}
 	st.answers = append(st.answers, a)
 	active := st.active
-	startRecorder := !active && !st.recording
+	startRecorder := !active && st.recorder == nil
 	if startRecorder {
-		st.recording = true
+		st.recorder = make(chan struct{})
 		p.sends.Add(1)
 	}
 	st.mu.Unlock()
@@ -393,13 +405,27 @@ func (p *Processor) answered(st *batchState, a answer) {
 	}
 }
 
+// recording returns a channel closed when the running recorder stops, or nil
+// when none runs.
+func (st *batchState) recording() chan struct{} {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.recorder
+}
+
+// stopRecording marks the recorder stopped; st.mu is held.
+func (st *batchState) stopRecording() {
+	close(st.recorder)
+	st.recorder = nil
+}
+
 // recordLeftovers starts a recorder for answers that arrived while the last
 // slice was ending.
 func (p *Processor) recordLeftovers(st *batchState) {
 	st.mu.Lock()
-	start := len(st.answers) > 0 && !st.active && !st.recording
+	start := len(st.answers) > 0 && !st.active && st.recorder == nil
 	if start {
-		st.recording = true
+		st.recorder = make(chan struct{})
 		p.sends.Add(1)
 	}
 	if len(st.inFlight) == 0 && st.idleSince.IsZero() {
@@ -420,7 +446,7 @@ func (p *Processor) record(st *batchState) {
 	for {
 		st.mu.Lock()
 		if st.active || len(st.answers) == 0 {
-			st.recording = false
+			st.stopRecording()
 			st.mu.Unlock()
 			return
 		}
@@ -444,7 +470,7 @@ func (p *Processor) record(st *batchState) {
 		case <-time.After(wait):
 		case <-p.stop:
 			st.mu.Lock()
-			st.recording = false
+			st.stopRecording()
 			st.mu.Unlock()
 			return
 		}

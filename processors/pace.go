@@ -2,6 +2,8 @@ package processors
 
 import (
 	"context"
+	"math"
+	"slices"
 	"sync"
 	"time"
 
@@ -18,8 +20,9 @@ import (
 // A dispatch spends its token when it is committed, at the time the token was
 // due, so the next dispatch is planned one interval after it without waiting for
 // the send to go out: a send that goes out a little late does not push the
-// following ones back. The provider is kept from seeing two sends closer than
-// an interval by a check on the times the sends really start (see take).
+// following ones back. What the provider sees is held to the rate by the times
+// the sends really start (see take): no second holds more sends than the rate,
+// wherever the batch's slices run (see handOn and adopt).
 //
 // The batch's priority rate is the target. A throttle (BatchThrottled, recorded
 // when the provider answers 429) holds sending until its Until and resumes at its
@@ -39,15 +42,25 @@ type pace struct {
 	// stream was decided elsewhere and reseeds the bucket.
 	seededAt time.Time
 
-	// mu guards lastStart and leaving, which the sends' goroutines use.
+	// mu guards recent, pending and leaving, which the sends' goroutines use.
 	mu sync.Mutex
-	// lastStart is when this instance's latest send of the batch left for the
-	// provider; leaving is set from a send's take until it has left (or will
-	// not), and the next send waits for it: the time it left is what the next
-	// is spaced from.
-	lastStart time.Time
-	leaving   chan struct{} // closed by left; nil when no send is on its way
+	// recent holds when the batch's latest sends left for the provider, oldest
+	// first, at most maxRecent: this instance's, and those another instance
+	// handed on (or, not knowing them, the latest they can have left).
+	recent []time.Time
+	// pending holds the start-by bounds of the sends dispatched here that have
+	// not yet taken their slot.
+	pending []time.Time
+	// leaving is set from a send's take until it has left (or will not), and
+	// the next send waits for it: the time it left is what the next is paced
+	// from.
+	leaving chan struct{} // closed by left; nil when no send is on its way
 }
+
+// maxRecent bounds the sends whose start times a pace keeps, and so the rate
+// whose one-second window it holds exactly; above it a second may hold up to
+// twice the rate in short bursts, never more.
+const maxRecent = 256
 
 // lookahead lets a dispatch be decided this long before its token is due, so the
 // append's latency does not eat into the rate; the send itself waits for the token.
@@ -73,11 +86,11 @@ const handoverMargin = 50 * time.Millisecond
 // token then cost the batch a whole interval.
 const lateStart = 200 * time.Millisecond
 
-// headroom is how much slower than its rate a batch plans its sends, and so
-// how much more than the rate's interval apart its sends start: at 5/s, 202 ms,
-// so five intervals make 1.01 s and leave 10 ms for a send to reach the provider
-// later than the one five before it did without six landing in one second
-// there. It costs a percent of the rate.
+// headroom is how much slower than its rate a batch plans its sends: at 5/s,
+// 202 ms apart, and a send starts at least five intervals, 1.01 s, after the
+// fifth before it, which leaves 10 ms for a send to reach the provider later
+// than that one did without six landing in one second there. It costs a
+// percent of the rate.
 const headroom = 1.01
 
 // rampPerSecond is the share of the target rate a throttled batch wins back
@@ -118,8 +131,11 @@ func (p *pace) unlimited() bool { return p.target == rate.Inf }
 // allows at now, and a reseed when the batch's last send was decided elsewhere.
 // A slice that begins a chain (after a start or resume) has no word from the
 // slice before it of a send that started late (Work.NotBefore), so it allows
-// for one.
-func (p *pace) follow(b *domain.Batch, now time.Time, chainStart bool) {
+// for one. Sends decided elsewhere are paced from the start times the work
+// carries (recent, see handOn); work without them (a new chain) has every
+// window's worth of sends start at the bound of the last, so the next waits
+// out a window after it.
+func (p *pace) follow(b *domain.Batch, now time.Time, chainStart bool, recent []time.Time) {
 	if p.unlimited() {
 		return
 	}
@@ -133,7 +149,47 @@ func (p *pace) follow(b *domain.Batch, now time.Time, chainStart bool) {
 		}
 		p.reseed(latest(bound, p.planned))
 		p.seededAt = last
+		p.adopt(recent, bound)
 	}
+}
+
+// adopt replaces what the pace knows of the batch's latest sends with recent,
+// handed on by the slice before, which knew them all; or, without it, with a
+// window's worth of sends at bound, the latest they can have started.
+func (p *pace) adopt(recent []time.Time, bound time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(recent) > 0 {
+		p.recent = slices.Clone(recent)
+		slices.SortFunc(p.recent, time.Time.Compare)
+		return
+	}
+	p.recent = p.recent[:0]
+	for range min(windowSends(p.target), maxRecent) {
+		p.recent = append(p.recent, bound)
+	}
+}
+
+// handOn returns the start times the next slice of the batch, wherever it
+// runs, paces from (Work.Recent): those of its latest sends, a window's worth,
+// with the start-by bound of each send dispatched here that has not started
+// (no slice runs here to let it start later). A send on its way to the
+// provider is waited for, so that the time it left is the one handed on.
+func (p *pace) handOn() []time.Time {
+	if p.unlimited() {
+		return nil
+	}
+	p.mu.Lock()
+	for p.leaving != nil {
+		on := p.leaving
+		p.mu.Unlock()
+		<-on // closed by left, right after take let the send go
+		p.mu.Lock()
+	}
+	defer p.mu.Unlock()
+	out := append(slices.Clone(p.recent), p.pending...)
+	slices.SortFunc(out, time.Time.Compare)
+	return out[max(len(out)-min(windowSends(p.target), maxRecent), 0):]
 }
 
 // notBefore makes the next token come at least an interval after t, when a
@@ -213,35 +269,51 @@ func (p *pace) wakeAt(now time.Time, lead time.Duration) time.Time {
 
 // slot is what one send needs to take its token: when the token is due, the
 // moment after which it starts only while its slice runs (by), the last moment
-// it may start at all (last), and how long after the send before it.
+// it may start at all (last), and how far from the sends before it: at least
+// gap after the last, and window after the sends-th before it. Zero sends: the
+// rate holds none (lifted, or nothing allowed), nor is the send pending.
 type slot struct {
 	at, by, last time.Time
-	interval     time.Duration
+	gap, window  time.Duration
+	sends        int
 }
 
 // slot is the token of a send due at token that must start by startBy, or by
-// last while its slice runs, an interval of the batch's present rate after the
-// send before it.
+// last while its slice runs, paced at the batch's present rate. The send is
+// pending until it takes the slot or gives it up.
 func (p *pace) slot(token, startBy, last time.Time) slot {
 	s := slot{at: token, by: startBy, last: last}
-	if !p.unlimited() && p.limiter.Limit() > 0 {
-		s.interval = time.Duration(float64(time.Second) / float64(p.limiter.Limit()))
+	if p.unlimited() || p.limiter.Limit() <= 0 {
+		return s
 	}
+	interval := time.Duration(float64(time.Second) / float64(p.limiter.Limit()))
+	s.sends = min(windowSends(p.limiter.Limit()*headroom), maxRecent)
+	s.gap, s.window = interval/2, time.Duration(s.sends)*interval
+	p.mu.Lock()
+	p.pending = append(p.pending, startBy)
+	p.mu.Unlock()
 	return s
 }
 
-// take waits for a send's token and then until an interval has passed since
-// the batch's send before it really started here: a send that went out late
-// does not make the next, on time, land closer to it than the rate allows as the
-// provider sees it, so no one-second window there holds more than the rate,
-// wherever the next slice runs (it paces from the last send's bound). The plan
-// stays as it was, so a late send delays the ones after it only while they
-// would come too close. A send starts by s.by, or by s.last if st lets it (a
-// slice of the batch still runs here); it gives up, reporting false, when it
-// cannot. How late it woke is noted in wakes. A send that take lets go must
-// then say when it left for the provider, or that it did not (left): until
-// then the batch's next send waits, so that one held up on its way there
-// cannot land next to the one after it.
+// windowSends is how many sends one second may hold at rate r: its whole
+// part, at least one.
+func windowSends(r rate.Limit) int {
+	return max(int(math.Floor(float64(r)+1e-9)), 1)
+}
+
+// take waits for a send's token, and then until the batch's sends before it
+// that really started leave room: the send starts at least s.window after the
+// s.sends-th before it (at 5/s, 1.01 s after the fifth), so no one-second
+// window at the provider holds more than the rate, and at least s.gap (half an
+// interval) after the one before. The plan stays as it was: a send that went
+// out late does not push the next back unless the two would come closer than
+// that, and a late send's neighbours catch up with the plan instead of passing
+// its lateness along the batch. A send starts by s.by, or by s.last if st lets
+// it (a slice of the batch still runs here); it gives up, reporting false,
+// when it cannot. How late it woke is noted in wakes. A send that take lets go
+// must then say when it left for the provider, or that it did not (left):
+// until then the batch's next send waits, so that one held up on its way there
+// cannot land next to the ones after it.
 func (p *pace) take(ctx context.Context, now func() time.Time, s slot, st *batchState, wakes *latency) bool {
 	if p.unlimited() {
 		return true
@@ -249,6 +321,7 @@ func (p *pace) take(ctx context.Context, now func() time.Time, s slot, st *batch
 	for {
 		t := now()
 		if t.After(s.last) {
+			p.giveUp(s)
 			return false // woke too late: going now could crowd the next slice's sends
 		}
 		p.mu.Lock()
@@ -257,28 +330,56 @@ func (p *pace) take(ctx context.Context, now func() time.Time, s slot, st *batch
 			// has left, then look again.
 			p.mu.Unlock()
 			if !waitFor(ctx, on, s.last.Sub(t)) {
+				p.giveUp(s)
 				return false
 			}
 			continue
 		}
 		due := s.at
-		if !p.lastStart.IsZero() {
-			due = latest(due, p.lastStart.Add(s.interval))
+		if n := len(p.recent); n > 0 && s.sends > 0 {
+			due = latest(due, p.recent[n-1].Add(s.gap))
+			if n >= s.sends {
+				due = latest(due, p.recent[n-s.sends].Add(s.window))
+			}
 		}
 		if !t.Before(due) {
 			if t.After(s.by) && !st.startLate(t) {
+				p.dropPending(s)
 				p.mu.Unlock()
 				return false
 			}
-			p.lastStart, p.leaving = t, make(chan struct{})
+			p.dropPending(s)
+			p.recent = append(p.recent, t)
+			if len(p.recent) > maxRecent {
+				p.recent = slices.Delete(p.recent, 0, len(p.recent)-maxRecent)
+			}
+			p.leaving = make(chan struct{})
 			p.mu.Unlock()
 			return true
 		}
 		p.mu.Unlock()
 		if due.After(s.last) || !sleep(ctx, due.Sub(t)) {
+			p.giveUp(s)
 			return false
 		}
 		wakes.note(max(now().Sub(due), 0))
+	}
+}
+
+// giveUp forgets a send that will not start.
+func (p *pace) giveUp(s slot) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.dropPending(s)
+}
+
+// dropPending forgets s's send as pending; p.mu is held.
+func (p *pace) dropPending(s slot) {
+	if s.sends == 0 {
+		return
+	}
+	if i := slices.IndexFunc(p.pending, s.by.Equal); i >= 0 {
+		p.pending = slices.Delete(p.pending, i, i+1)
 	}
 }
 
@@ -298,14 +399,20 @@ func waitFor(ctx context.Context, ch <-chan struct{}, d time.Duration) bool {
 }
 
 // left tells the pace that the send take let go left for the provider at t, or
-// did not leave at all (zero t): the next send may then go, an interval after.
+// did not leave at all (zero t): the next send may then go, paced from it.
 func (p *pace) left(t time.Time) {
 	if p.unlimited() {
 		return
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.lastStart = latest(p.lastStart, t)
+	if n := len(p.recent); n > 0 && p.leaving != nil {
+		if t.IsZero() {
+			p.recent = p.recent[:n-1] // it never went
+		} else {
+			p.recent[n-1] = latest(p.recent[n-1], t)
+		}
+	}
 	if p.leaving != nil {
 		close(p.leaving)
 		p.leaving = nil

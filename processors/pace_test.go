@@ -2,6 +2,7 @@ package processors
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
@@ -38,36 +39,113 @@ func TestNextTokenIsPlannedFromTheLastToken(t *testing.T) {
 	}
 }
 
-// The sends' real start times hold the rate the provider sees: a send starts an
-// interval after the one before it really started, whatever its token says, so
-// a late send and the next, on time, never come closer than the rate allows;
-// it gives up if that is after it must have started.
-func TestSendsStartAnIntervalApart(t *testing.T) {
+// The sends' real start times hold the rate the provider sees: a send starts
+// at least a window (1.01 s at 5/s) after the fifth send before it and half an
+// interval after the one before, whatever its token says, so no second at the
+// provider holds more than the rate; it gives up if that is after it must have
+// started. A late send does not push the next, on time, a whole interval back.
+func TestSendsKeepToTheRateInEverySecond(t *testing.T) {
 	p := newPace(5)
 	interval := time.Duration(float64(time.Second) * headroom / 5)
+	window := 5 * interval
 	ctx := context.Background()
-	due := func(by time.Duration) slot { return p.slot(time.Now(), time.Now().Add(by), time.Now().Add(by)) }
-	if ok := p.take(ctx, time.Now, due(time.Second), &batchState{}, &latency{}); !ok {
-		t.Fatal("first send refused")
+	due := func(at time.Time, by time.Duration) slot {
+		return p.slot(at, time.Now().Add(by), time.Now().Add(by))
 	}
-	first := time.Now()
-	p.left(first)
-	// The next token is due now, as after a late send: it still waits.
-	if ok := p.take(ctx, time.Now, due(time.Second), &batchState{}, &latency{}); !ok {
-		t.Fatal("second send refused, though it could wait an interval")
+	// Every token already due, as after a stall: the sends catch up, half an
+	// interval apart, five to a window.
+	var starts []time.Time
+	for i := range 6 {
+		if ok := p.take(ctx, time.Now, due(time.Now().Add(-time.Second), 2*time.Second), &batchState{}, &latency{}); !ok {
+			t.Fatalf("send %d refused", i)
+		}
+		starts = append(starts, time.Now())
+		p.left(starts[i])
 	}
-	if got := time.Since(first); got < interval-time.Millisecond {
-		t.Fatalf("second send started %s after the first, want at least %s", got, interval)
+	for i := 1; i < len(starts); i++ {
+		if got := starts[i].Sub(starts[i-1]); got < interval/2-time.Millisecond {
+			t.Fatalf("send %d started %s after the one before, want at least %s", i, got, interval/2)
+		}
 	}
-	// Until the second has left for the provider, the next waits however late.
-	late := p.slot(time.Now().Add(-time.Second), time.Now().Add(100*time.Millisecond), time.Now().Add(100*time.Millisecond))
-	if ok := p.take(ctx, time.Now, late, &batchState{}, &latency{}); ok {
+	if got := starts[5].Sub(starts[0]); got < window-time.Millisecond {
+		t.Fatalf("six sends within %s, want the sixth at least %s after the first", got, window)
+	}
+	if got := starts[4].Sub(starts[0]); got > window-interval/2 {
+		t.Fatalf("five sends took %s: the late ones did not catch up with the plan", got)
+	}
+
+	// A send that went out late does not hold the next, due an interval after
+	// its token, a whole interval back.
+	q := newPace(5)
+	token := time.Now()
+	if ok := q.take(ctx, time.Now, q.slot(token, token.Add(time.Second), token.Add(time.Second)), &batchState{}, &latency{}); !ok {
+		t.Fatal("send refused")
+	}
+	lateBy := 80 * time.Millisecond
+	q.left(token.Add(lateBy)) // held up on its way to the provider
+	if ok := q.take(ctx, time.Now, q.slot(token.Add(interval), token.Add(time.Second), token.Add(time.Second)), &batchState{}, &latency{}); !ok {
+		t.Fatal("next send refused")
+	}
+	if got := time.Since(token); got < interval-time.Millisecond || got > interval+lateBy/2 {
+		t.Fatalf("next send started %s after the last token, want at its own token (%s)", got, interval)
+	}
+
+	// Until a send has left for the provider, the next waits however late.
+	if ok := q.take(ctx, time.Now, q.slot(time.Now().Add(-time.Second), time.Now().Add(100*time.Millisecond), time.Now().Add(100*time.Millisecond)), &batchState{}, &latency{}); ok {
 		t.Fatal("a send started while the one before it was still on its way to the provider")
 	}
-	p.left(time.Now())
-	// A third that must start within 50 ms cannot: it gives up.
-	if ok := p.take(ctx, time.Now, due(50*time.Millisecond), &batchState{}, &latency{}); ok {
-		t.Fatal("third send started within an interval of the second")
+	q.left(time.Now())
+	// One that must start within 20 ms, less than half an interval, cannot:
+	// it gives up.
+	if ok := q.take(ctx, time.Now, q.slot(time.Now(), time.Now().Add(20*time.Millisecond), time.Now().Add(20*time.Millisecond)), &batchState{}, &latency{}); ok {
+		t.Fatal("a send started within half an interval of the one before")
+	}
+	if len(q.pending) != 0 {
+		t.Fatalf("%d sends still pending after taking or giving up their slots", len(q.pending))
+	}
+}
+
+// The start times a slice hands on hold its sends that started and the bounds
+// of those that had not; the next slice elsewhere paces from them, so a window
+// still holds at most the rate when the batch moves. Without them (a new
+// chain), it waits a window after the last send's bound.
+func TestNextSliceElsewherePacesFromTheStartsHandedOn(t *testing.T) {
+	p := newPace(5)
+	interval := time.Duration(float64(time.Second) * headroom / 5)
+	window := 5 * interval
+	ctx := context.Background()
+	for range 4 {
+		if ok := p.take(ctx, time.Now, p.slot(time.Now().Add(-time.Second), time.Now().Add(time.Second), time.Now().Add(time.Second)), &batchState{}, &latency{}); !ok {
+			t.Fatal("send refused")
+		}
+		p.left(time.Now())
+	}
+	// Dispatched, not started: its token and bound are ahead.
+	by := time.Now().Add(300 * time.Millisecond)
+	waiting := p.slot(time.Now().Add(250*time.Millisecond), by, by)
+	recent := p.handOn()
+	if len(recent) != 5 || !recent[4].Equal(by) {
+		t.Fatalf("handed on %v, want the four starts and the waiting send's bound %v", recent, by)
+	}
+
+	next := newPace(5)
+	next.adopt(recent, by)
+	if ok := next.take(ctx, time.Now, next.slot(time.Now().Add(-time.Second), time.Now().Add(2*time.Second), time.Now().Add(2*time.Second)), &batchState{}, &latency{}); !ok {
+		t.Fatal("send refused on the next instance")
+	}
+	if got := time.Since(recent[0]); got < window-time.Millisecond {
+		t.Fatalf("the next instance's first send started %s after the first handed on, want a window (%s)", got, window)
+	}
+	p.giveUp(waiting)
+
+	fresh := newPace(5)
+	bound := time.Now().Add(-100 * time.Millisecond)
+	fresh.adopt(nil, bound)
+	if ok := fresh.take(ctx, time.Now, fresh.slot(time.Now(), time.Now().Add(2*time.Second), time.Now().Add(2*time.Second)), &batchState{}, &latency{}); !ok {
+		t.Fatal("send refused after a new chain")
+	}
+	if got := time.Since(bound); got < window-time.Millisecond {
+		t.Fatalf("a new chain's first send started %s after the last send's bound, want a window (%s)", got, window)
 	}
 }
 
@@ -112,13 +190,13 @@ func TestLateSendsStartOnlyWhileTheirSliceRuns(t *testing.T) {
 	if got := next.tokenAt(handedOn).Sub(handedOn); got < 200*time.Millisecond {
 		t.Fatalf("next token %s after the late start, want an interval", got)
 	}
-	// Here, the next send waits an interval after the time the send left, not
-	// after the earlier one take noted.
+	// Here, the next send waits half an interval after the time the send
+	// left, not after the earlier one take noted.
 	if ok := p.take(ctx, time.Now, p.slot(time.Now(), time.Now().Add(time.Second), time.Now().Add(time.Second)), idle, &latency{}); !ok {
 		t.Fatal("send refused")
 	}
-	if got, want := time.Since(left), time.Duration(float64(time.Second)*headroom/5); got < want-time.Millisecond {
-		t.Fatalf("next send started %s after the late send left, want an interval (%s)", got, want)
+	if got, want := time.Since(left), time.Duration(float64(time.Second)*headroom/5/2); got < want-time.Millisecond {
+		t.Fatalf("next send started %s after the late send left, want half an interval (%s)", got, want)
 	}
 }
 
@@ -147,8 +225,9 @@ func TestLateDecisionKeepsThePlan(t *testing.T) {
 	}
 }
 
-// The work a slice hands on carries the latest late start of its sends, and
-// the next slice, wherever it runs, paces from it.
+// The work a slice hands on carries the latest late start of its sends and the
+// start times of its latest sends, and the next slice, wherever it runs, paces
+// from them.
 func TestSliceHandsItsLateStartOn(t *testing.T) {
 	h := newHarness(t, newFakeProvider(0))
 	p := h.processor(Config{})
@@ -182,6 +261,10 @@ func TestSliceHandsItsLateStartOn(t *testing.T) {
 	}
 	if got := ost.pace.tokenAt(late).Sub(late); got < 190*time.Millisecond {
 		t.Fatalf("the next instance's first token %s after the late start, want an interval", got)
+	}
+	// With the start times of the sends before, which it paces from.
+	if len(next.Recent) == 0 || !slices.Equal(ost.pace.recent, next.Recent) {
+		t.Fatalf("the next instance paces from %v, want the starts handed on %v", ost.pace.recent, next.Recent)
 	}
 }
 

@@ -24,6 +24,11 @@ type Work struct {
 	// later than its dispatch's SendAt allowed (it may while it runs, see
 	// lateStart): the next slice, wherever it runs, paces from it.
 	NotBefore time.Time `json:"notBefore,omitzero"`
+	// Recent is when the batch's latest sends, a second's worth, started (or,
+	// for those that had not, the latest they may), as the slice that handed
+	// the work on knew them: the next slice, if it runs elsewhere, paces from
+	// them (see pace.handOn).
+	Recent []time.Time `json:"recent,omitempty"`
 }
 
 // Processor sends for batches, one bounded time slice per work message. Sends
@@ -226,8 +231,12 @@ func (p *Processor) RunSlice(ctx context.Context, w Work) (next *Work, err error
 		}
 	}
 	defer func() {
-		if late := st.setActive(false); next != nil && !late.IsZero() {
+		late := st.setActive(false)
+		if next != nil && !late.IsZero() {
 			next.NotBefore = late
+		}
+		if next != nil && st.pace != nil {
+			next.Recent = st.pace.handOn()
 		}
 		<-st.turn
 		p.recordLeftovers(st)
@@ -272,7 +281,7 @@ func (p *Processor) prepare(st *batchState, b *domain.Batch, w Work) error {
 		}
 	}
 	st.pace.capTo(p.share(b))
-	st.pace.follow(b, p.cfg.Now(), domain.StartsChain(w.PrevSlice))
+	st.pace.follow(b, p.cfg.Now(), domain.StartsChain(w.PrevSlice), w.Recent)
 	st.pace.notBefore(w.NotBefore)
 	return nil
 }

@@ -111,7 +111,7 @@ func (s *slice) run(ctx context.Context) (*Work, error) {
 				st.pace.sent(c.batch, s.token, len(c.dispatched))
 			}
 			st.pace.capTo(p.share(c.batch))
-			st.pace.follow(c.batch, p.cfg.Now(), false)
+			st.pace.follow(c.batch, p.cfg.Now(), false, nil)
 			st.dispatched(c.dispatched)
 			p.afterCommit(st, answers, c.recorded)
 			s.start(keep, c.dispatched, s.token, c.batch.LastSendAt())

@@ -91,7 +91,7 @@ const DefaultLockTimeout = time.Second
 // formatVersion is the layout written in the "meta" bucket. Change it whenever
 // the layout or the encoding of a value changes: Open then refuses older files
 // with ErrFormat, and they are rebuilt from the events.
-const formatVersion = "3"
+const formatVersion = "4"
 
 var (
 	bucketMeta       = []byte("meta")
@@ -423,23 +423,7 @@ func applyOutcome(batch *bbolt.Bucket, i int, payload domain.Event) error {
 		}
 	}
 	o.Apply(i, payload)
-	raw, err := json.Marshal(o)
-	if err != nil {
-		return err
-	}
-	return outcomes.Put(key, append(append([]byte(o.Status), 0), raw...))
-}
-
-func decodeOutcome(v []byte) (projections.RecipientOutcome, error) {
-	var o projections.RecipientOutcome
-	_, raw, ok := bytes.Cut(v, []byte{0})
-	if !ok {
-		return o, errors.New("outcome record without its status")
-	}
-	if err := json.Unmarshal(raw, &o); err != nil {
-		return o, fmt.Errorf("decode outcome record: %w", err)
-	}
-	return o, nil
+	return outcomes.Put(key, encodeOutcome(nil, o))
 }
 
 // putError records a recipient's final failure. A second final failure of the

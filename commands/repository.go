@@ -162,18 +162,37 @@ type Result struct {
 	Position eventstore.Position
 }
 
+// update is Update, returning the position of the last event appended too.
+//
+// The first decision is made on the cached batch without reading the store: the
+// append's expected revision proves it current, and when it is not (another
+// instance, or a receipt, wrote since) the batch is caught up and the decision
+// made again. A decision that appends nothing or fails is only answered once it
+// was made on the batch caught up with its stream. A slice that dispatches then
+// costs one store round trip, not two.
 func (r *Repository) update(ctx context.Context, id string, decide func(b *domain.Batch) error) (Result, error) {
 	for attempt := 0; ; attempt++ {
-		b, err := r.Load(ctx, id)
-		if err != nil {
-			return Result{}, err
+		b, fresh := r.cached(id), true
+		if b != nil && attempt == 0 {
+			fresh = false
+		} else {
+			var err error
+			if b, err = r.Load(ctx, id); err != nil {
+				return Result{}, err
+			}
 		}
 		loaded := b.Version()
 		expected := eventstore.After(loaded)
 		if err := decide(b); err != nil {
+			if !fresh {
+				continue // perhaps decided on what has changed since
+			}
 			return Result{}, err
 		}
 		if len(b.Changes()) == 0 {
+			if !fresh {
+				continue
+			}
 			return Result{Batch: b}, nil
 		}
 		pos, err := r.append(ctx, domain.BatchStream(id), expected, b.Changes())
@@ -392,6 +411,24 @@ func (r *Repository) entry(id string) *cachedBatch {
 		delete(r.cache, oldest.Value.(*cachedBatch).id)
 	}
 	return e
+}
+
+// cached returns a copy of the cached batch id as it stands, without reading
+// the store, or nil when it is not cached.
+func (r *Repository) cached(id string) *domain.Batch {
+	r.mu.Lock()
+	el, ok := r.cache[id]
+	r.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	entry := el.Value.(*cachedBatch)
+	entry.mu.Lock()
+	defer entry.mu.Unlock()
+	if entry.batch == nil {
+		return nil
+	}
+	return entry.batch.Clone()
 }
 
 // remember caches b, which was just written, unless the cached copy is newer.

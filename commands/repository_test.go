@@ -27,19 +27,21 @@ type countingStore struct {
 
 	mu            sync.Mutex
 	read          map[string]int // events returned by ReadStream, by stream
+	readCalls     map[string]int // ReadStream calls, by stream
 	backward      map[string]int // ReadStreamBackward calls, by stream
 	appends       map[string]int // Append calls, by stream
 	failSnapshots bool
 }
 
 func newCountingStore(s eventstore.Store) *countingStore {
-	return &countingStore{Store: s, read: map[string]int{}, backward: map[string]int{}, appends: map[string]int{}}
+	return &countingStore{Store: s, read: map[string]int{}, readCalls: map[string]int{}, backward: map[string]int{}, appends: map[string]int{}}
 }
 
 func (c *countingStore) ReadStream(ctx context.Context, stream string, from uint64, max int) ([]eventstore.Event, error) {
 	evs, err := c.Store.ReadStream(ctx, stream, from, max)
 	c.mu.Lock()
 	c.read[stream] += len(evs)
+	c.readCalls[stream]++
 	c.mu.Unlock()
 	return evs, err
 }
@@ -66,6 +68,7 @@ func (c *countingStore) reset() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	clear(c.read)
+	clear(c.readCalls)
 	clear(c.backward)
 }
 
@@ -467,5 +470,55 @@ func TestCacheDropsTheLeastRecentlyUsed(t *testing.T) {
 	}
 	if _, ok := repo.cache["missing"]; ok || repo.lru.Len() != len(repo.cache) {
 		t.Errorf("a missing batch stays in the cache (%d entries, list %d)", len(repo.cache), repo.lru.Len())
+	}
+}
+
+// An update of a batch the repository holds appends without reading the store
+// first: the append's expected revision proves the cache current. When another
+// writer got there first the store refuses it and the decision is made again
+// on the batch caught up; a decision on the cache that appends nothing or
+// refuses is made again on the batch caught up before it is answered.
+func TestUpdateDecidesOnTheCacheAndChecksWhatItCannotProve(t *testing.T) {
+	ctx := context.Background()
+	store := newCountingStore(memory.New())
+	here, _ := newRepo(t, store, RepositoryConfig{})
+	elsewhere, _ := newRepo(t, store, RepositoryConfig{}) // another instance
+	addBatch(t, here, "b1", 10)
+	stream := domain.BatchStream("b1")
+	store.reset()
+	send(t, here, "b1", 2)
+	store.mu.Lock()
+	reads := store.readCalls[stream]
+	store.mu.Unlock()
+	if reads != 0 {
+		t.Fatalf("an update of a cached, current batch read its stream %d times, want none", reads)
+	}
+
+	pause := func(b *domain.Batch) error { return b.Pause(time.Now(), "u") }
+	resume := func(b *domain.Batch) error { return b.Resume(time.Now(), "u") }
+	// Paused elsewhere: here the cache still says processing, where Resume
+	// refuses. It must look again, and resume.
+	if _, err := elsewhere.Update(ctx, "b1", pause); err != nil {
+		t.Fatal(err)
+	}
+	b, err := here.Update(ctx, "b1", resume)
+	if err != nil || b.Status() != domain.StatusProcessing {
+		t.Fatalf("resume of a batch paused elsewhere: %v, status %v", err, b)
+	}
+	// Paused elsewhere again: here the cache says processing, where Pause
+	// records; the store refuses that append, and the batch caught up is
+	// already paused.
+	if _, err := elsewhere.Update(ctx, "b1", pause); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := here.Update(ctx, "b1", pause); domain.ErrorCode(err) != domain.ECONFLICT {
+		t.Fatalf("pause of a batch paused elsewhere: %v, want a conflict", err)
+	}
+	got, err := here.Load(ctx, "b1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := replayed(t, store, "b1"); got.Version() != want.Version() || got.Status() != domain.StatusPaused {
+		t.Fatalf("cached batch at version %d, %s; the stream holds %d events, paused", got.Version(), got.Status(), want.Version())
 	}
 }

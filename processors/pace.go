@@ -165,7 +165,7 @@ func (p *pace) adopt(recent []time.Time, bound time.Time) {
 		return
 	}
 	p.recent = p.recent[:0]
-	for range min(windowSends(p.target), maxRecent) {
+	for range min(windowSends(p.target/headroom), maxRecent) {
 		p.recent = append(p.recent, bound)
 	}
 }
@@ -189,7 +189,7 @@ func (p *pace) handOn() []time.Time {
 	defer p.mu.Unlock()
 	out := append(slices.Clone(p.recent), p.pending...)
 	slices.SortFunc(out, time.Time.Compare)
-	return out[max(len(out)-min(windowSends(p.target), maxRecent), 0):]
+	return out[max(len(out)-min(windowSends(p.target/headroom), maxRecent), 0):]
 }
 
 // notBefore makes the next token come at least an interval after t, when a
@@ -287,18 +287,23 @@ func (p *pace) slot(token, startBy, last time.Time) slot {
 		return s
 	}
 	interval := time.Duration(float64(time.Second) / float64(p.limiter.Limit()))
-	s.sends = min(windowSends(p.limiter.Limit()*headroom), maxRecent)
-	s.gap, s.window = interval/2, time.Duration(s.sends)*interval
+	s.sends = min(windowSends(p.limiter.Limit()), maxRecent)
+	// At least a second and the headroom: a send may reach the provider a
+	// little later than the one a window before it did.
+	s.gap, s.window = interval/2, max(time.Duration(s.sends)*interval, time.Duration(headroom*float64(time.Second)))
 	p.mu.Lock()
 	p.pending = append(p.pending, startBy)
 	p.mu.Unlock()
 	return s
 }
 
-// windowSends is how many sends one second may hold at rate r: its whole
-// part, at least one.
-func windowSends(r rate.Limit) int {
-	return max(int(math.Floor(float64(r)+1e-9)), 1)
+// windowSends is how many sends one second may hold at limit l sends a second
+// (the rate less headroom): l rounded up, at least one. That many intervals
+// make at least a second, so no second holds more, as with a send every
+// interval; at 5/s, five sends, 1.01 s. (Rounded down, 4.9/s would let six
+// sends come within 0.93 s while a throttled batch's rate climbed back.)
+func windowSends(l rate.Limit) int {
+	return max(int(math.Ceil(float64(l)-1e-9)), 1)
 }
 
 // take waits for a send's token, and then until the batch's sends before it

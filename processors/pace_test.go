@@ -74,6 +74,22 @@ func TestSendsKeepToTheRateInEverySecond(t *testing.T) {
 		t.Fatalf("five sends took %s: the late ones did not catch up with the plan", got)
 	}
 
+	// At a rate that is not whole, as while a throttled batch climbs back, a
+	// second still holds no more sends than a send every interval would put
+	// there: at 4.9/s, five.
+	r := newPace(4.9)
+	var rs []time.Time
+	for i := range 6 {
+		if ok := r.take(ctx, time.Now, r.slot(time.Now().Add(-time.Second), time.Now().Add(2*time.Second), time.Now().Add(2*time.Second)), &batchState{}, &latency{}); !ok {
+			t.Fatalf("send %d at 4.9/s refused", i)
+		}
+		rs = append(rs, time.Now())
+		r.left(rs[i])
+	}
+	if got := rs[5].Sub(rs[0]); got < time.Second {
+		t.Fatalf("at 4.9/s six sends within %s", got)
+	}
+
 	// A send that went out late does not hold the next, due an interval after
 	// its token, a whole interval back.
 	q := newPace(5)

@@ -37,7 +37,7 @@ func (h *Handlers) RecordReceipt(ctx context.Context, r RecordReceipt) (recorded
 	if r.Index < 0 || r.Index >= b.Total() {
 		return false, b.Tenant(), domain.Errorf(domain.ENOTFOUND, "batch %s has no message %d", r.BatchID, r.Index)
 	}
-	e, err := receiptEvent(r, b.Tenant(), h.now())
+	e, _, err := receiptEvent(r, b.Tenant(), h.now())
 	if err != nil {
 		return false, b.Tenant(), err
 	}
@@ -95,6 +95,7 @@ func (h *Handlers) recordBatchReceipts(ctx context.Context, batchID string, rs [
 	}
 	at := h.now()
 	events := make([]eventstore.EventData, 0, len(rs))
+	decided := make([]domain.Event, 0, len(rs))
 	seen := make(map[int]bool, len(rs))
 	for _, r := range rs {
 		if r.Index < 0 || r.Index >= b.Total() {
@@ -105,17 +106,20 @@ func (h *Handlers) recordBatchReceipts(ctx context.Context, batchID string, rs [
 			continue // one counts; the store would refuse the group
 		}
 		seen[r.Index] = true
-		e, err := receiptEvent(r, b.Tenant(), at)
+		e, de, err := receiptEvent(r, b.Tenant(), at)
 		if err != nil {
 			return 0, missing, err
 		}
-		events = append(events, e)
+		events, decided = append(events, e), append(decided, de)
 	}
 	if len(events) == 0 {
 		return 0, missing, nil
 	}
-	_, err = h.store.Append(ctx, domain.BatchStream(batchID), eventstore.Any(), events)
+	res, err := h.store.Append(ctx, domain.BatchStream(batchID), eventstore.Any(), events)
 	if err == nil {
+		// The batch's writers here decide on the cached batch first: keep it
+		// current, or each of their next appends would be refused once.
+		h.repo.appended(batchID, res.NextExpected+1-uint64(len(decided)), decided)
 		return len(events), missing, nil
 	}
 	if !errors.Is(err, eventstore.ErrConcurrency) {
@@ -135,8 +139,8 @@ func (h *Handlers) recordBatchReceipts(ctx context.Context, batchID string, rs [
 }
 
 // receiptEvent is r's event, MessageDelivered or MessageUndelivered, with the
-// ID that makes it the message's only one.
-func receiptEvent(r RecordReceipt, tenant string, at time.Time) (eventstore.EventData, error) {
+// ID that makes it the message's only one, encoded and as it is.
+func receiptEvent(r RecordReceipt, tenant string, at time.Time) (eventstore.EventData, domain.Event, error) {
 	header := domain.EventHeader{BatchID: r.BatchID, Tenant: tenant, At: at}
 	var e domain.Event = domain.MessageDelivered{EventHeader: header, Index: r.Index, ProviderID: r.ProviderID, SentAt: r.SentAt}
 	if !r.Delivered {
@@ -145,7 +149,7 @@ func receiptEvent(r RecordReceipt, tenant string, at time.Time) (eventstore.Even
 	}
 	typ, data, err := domain.EncodeEvent(e)
 	if err != nil {
-		return eventstore.EventData{}, err
+		return eventstore.EventData{}, nil, err
 	}
-	return eventstore.EventData{ID: domain.DeliveryReceiptID(r.BatchID, r.Index), Type: typ, Data: data}, nil
+	return eventstore.EventData{ID: domain.DeliveryReceiptID(r.BatchID, r.Index), Type: typ, Data: data}, e, nil
 }

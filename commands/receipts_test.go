@@ -7,6 +7,7 @@ import (
 
 	"github.com/smsbatch/smsbatch/domain"
 	"github.com/smsbatch/smsbatch/eventstore"
+	"github.com/smsbatch/smsbatch/eventstore/memory"
 	"github.com/smsbatch/smsbatch/internal/storetest"
 )
 
@@ -149,4 +150,34 @@ func TestReceiptsTogetherCostOneAppendABatch(t *testing.T) {
 			t.Errorf("b2 holds %d receipts, want 2 (one each for messages 0 and 2)", n)
 		}
 	})
+}
+
+// Receipts recorded together keep the cached batch current: the batch's next
+// update, decided on the cache, is not refused for them.
+func TestReceiptsKeepTheCachedBatchCurrent(t *testing.T) {
+	store := newCountingStore(memory.New())
+	h := handlers(t, store)
+	ctx := context.Background()
+	create(t, h, "b1", 4, false)
+	sent := time.Date(2026, 5, 1, 9, 0, 0, 0, time.UTC)
+	if recorded, _, err := h.RecordReceipts(ctx, []RecordReceipt{
+		{BatchID: "b1", Index: 0, Delivered: true, SentAt: sent},
+		{BatchID: "b1", Index: 1, Code: "30003", SentAt: sent},
+	}); err != nil || recorded != 2 {
+		t.Fatalf("recorded %d: %v", recorded, err)
+	}
+	store.mu.Lock()
+	clear(store.appends)
+	clear(store.readCalls)
+	store.mu.Unlock()
+	b, err := h.Repository().Update(ctx, "b1", func(b *domain.Batch) error { return b.Cancel(time.Now(), "u") })
+	if err != nil || b.Status() != domain.StatusCancelled {
+		t.Fatalf("cancel: %v", err)
+	}
+	store.mu.Lock()
+	appends, reads := store.appends[domain.BatchStream("b1")], store.readCalls[domain.BatchStream("b1")]
+	store.mu.Unlock()
+	if appends != 1 || reads != 0 {
+		t.Fatalf("the update after the receipts took %d appends and %d reads, want one append and no read", appends, reads)
+	}
 }

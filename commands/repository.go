@@ -431,6 +431,30 @@ func (r *Repository) cached(id string) *domain.Batch {
 	return entry.batch.Clone()
 }
 
+// appended brings the cached batch id over events, just appended outside
+// Update at revision first on: when the cache held the batch up to just
+// before them, it holds it up to after them without reading them back.
+func (r *Repository) appended(id string, first uint64, events []domain.Event) {
+	r.mu.Lock()
+	el, ok := r.cache[id]
+	r.mu.Unlock()
+	if !ok {
+		return
+	}
+	entry := el.Value.(*cachedBatch)
+	entry.mu.Lock()
+	defer entry.mu.Unlock()
+	if entry.batch == nil || entry.batch.Version() != first {
+		return
+	}
+	for _, e := range events {
+		if err := entry.batch.Replay(e); err != nil {
+			entry.batch = nil // the next load reads it whole
+			return
+		}
+	}
+}
+
 // remember caches b, which was just written, unless the cached copy is newer.
 func (r *Repository) remember(id string, b *domain.Batch) {
 	entry := r.entry(id)

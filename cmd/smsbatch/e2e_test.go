@@ -70,7 +70,11 @@ func TestHighAndLowBatchesKeepTheirRates(t *testing.T) {
 		}
 		achieved := float64(tc.n-1) / ts[tc.n-1].Sub(ts[0]).Seconds()
 		if achieved < 0.9*tc.rate || achieved > 1.05*tc.rate {
-			t.Fatalf("rate %v: achieved %.2f/s", tc.rate, achieved)
+			gaps := make([]string, 0, len(ts))
+			for i := 1; i < len(ts); i++ {
+				gaps = append(gaps, ts[i].Sub(ts[i-1]).Round(time.Millisecond).String())
+			}
+			t.Fatalf("rate %v: achieved %.2f/s; between sends %v", tc.rate, achieved, gaps)
 		}
 		t.Logf("rate %v: achieved %.2f msg/s", tc.rate, achieved)
 	}

@@ -53,8 +53,9 @@ type pace struct {
 	pending []time.Time
 	// leaving is set from a send's take until it has left (or will not), and
 	// the next send waits for it: the time it left is what the next is paced
-	// from.
-	leaving chan struct{} // closed by left; nil when no send is on its way
+	// from. leavingAt is when take let it go, its entry in recent until then.
+	leaving   chan struct{} // closed by left; nil when no send is on its way
+	leavingAt time.Time
 }
 
 // maxRecent bounds the sends whose start times a pace keeps, and so the rate
@@ -355,6 +356,7 @@ func (p *pace) take(ctx context.Context, now func() time.Time, s slot, st *batch
 			}
 			p.dropPending(s)
 			p.recent = append(p.recent, t)
+			p.leavingAt = t
 			if len(p.recent) > maxRecent {
 				p.recent = slices.Delete(p.recent, 0, len(p.recent)-maxRecent)
 			}
@@ -411,11 +413,18 @@ func (p *pace) left(t time.Time) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if n := len(p.recent); n > 0 && p.leaving != nil {
+	// Its entry is the last one take noted at leavingAt, unless the pace
+	// adopted another slice's start times since (then those stand).
+	i := len(p.recent) - 1
+	for i >= 0 && !p.recent[i].Equal(p.leavingAt) {
+		i--
+	}
+	if p.leaving != nil && i >= 0 {
 		if t.IsZero() {
-			p.recent = p.recent[:n-1] // it never went
+			p.recent = slices.Delete(p.recent, i, i+1) // it never went
 		} else {
-			p.recent[n-1] = latest(p.recent[n-1], t)
+			p.recent[i] = latest(p.recent[i], t)
+			slices.SortFunc(p.recent, time.Time.Compare)
 		}
 	}
 	if p.leaving != nil {

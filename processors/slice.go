@@ -270,15 +270,19 @@ func (s *slice) wakeAt(freed int, now, deadline time.Time, settled domain.Settle
 	return wake
 }
 
-// ask is the slice's dispatch decision, made on the batch as it is at commit time.
+// ask is the slice's dispatch decision, made on the batch as it is at commit
+// time. Its token is the one due when the slice decided to dispatch: an append
+// the store refused, and the decision made again after it, does not make the
+// decision late and move the batch's plan.
 func (s *slice) ask(settled domain.Settled) dispatchFunc {
 	p, pc := s.p, s.st.pace
+	token := pc.tokenAt(p.cfg.Now())
 	return func(b *domain.Batch, now time.Time) ([]domain.Dispatch, error) {
 		n := 1 // burst 1: one send per token
 		if pc.unlimited() {
 			n = p.cfg.MaxInFlight
 		}
-		s.token = pc.tokenAt(now)
+		s.token = token
 		return b.Dispatch(now, domain.DispatchRequest{
 			Slice: s.id, PrevSlice: s.w.PrevSlice,
 			Instance: p.instance, Deadline: p.deadline(now), SendAt: latest(s.token.Add(p.wakeSlack()), now.Add(p.lead())), Settled: settled,

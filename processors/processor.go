@@ -220,6 +220,18 @@ func (p *Processor) RunSlice(ctx context.Context, w Work) (next *Work, err error
 		return &w, nil
 	}
 	st.setActive(true)
+	ran := false // a slice ran: its pace follows the work, and hands it on
+	defer func() {
+		late := st.setActive(false)
+		if next != nil && !late.IsZero() {
+			next.NotBefore = late
+		}
+		if next != nil && ran && st.pace != nil {
+			next.Recent = st.pace.handOn()
+		}
+		<-st.turn
+		p.recordLeftovers(st)
+	}()
 	// A recorder storing answers that came while no slice ran stops after its
 	// current append: wait for it, or the slice would load the batch without
 	// those answers, see their messages still in flight, and wait for answers
@@ -228,19 +240,10 @@ func (p *Processor) RunSlice(ctx context.Context, w Work) (next *Work, err error
 		select {
 		case <-done:
 		case <-ctx.Done():
+			return &w, nil // as it came
 		}
 	}
-	defer func() {
-		late := st.setActive(false)
-		if next != nil && !late.IsZero() {
-			next.NotBefore = late
-		}
-		if next != nil && st.pace != nil {
-			next.Recent = st.pace.handOn()
-		}
-		<-st.turn
-		p.recordLeftovers(st)
-	}()
+	ran = true
 	return p.runSlice(ctx, st, w)
 }
 

@@ -433,6 +433,25 @@ func (p *pace) left(t time.Time) {
 	}
 }
 
+// departed moves the start time of the send that left at begin (as left noted
+// it) to t, when the provider said the message really left then: the sends a
+// second's worth later are paced from that. Unless the pace adopted another
+// slice's start times since.
+func (p *pace) departed(begin, t time.Time) {
+	if p.unlimited() || !t.After(begin) {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i := len(p.recent) - 1; i >= 0; i-- {
+		if p.recent[i].Equal(begin) {
+			p.recent[i] = t
+			slices.SortFunc(p.recent, time.Time.Compare)
+			return
+		}
+	}
+}
+
 func latest(a, b time.Time) time.Time {
 	if a.After(b) {
 		return a

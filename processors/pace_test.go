@@ -290,3 +290,27 @@ func (st *batchState) isActive() bool {
 	defer st.mu.Unlock()
 	return st.active
 }
+
+// A send the provider says left later than the pace noted (it was held up on
+// its way there) counts from when it left: the send a window after it waits
+// for that, so the provider still sees no more than the rate in a second.
+func TestSendsArePacedFromWhenTheProviderSaysTheyLeft(t *testing.T) {
+	p := newPace(5)
+	window := 5 * time.Duration(float64(time.Second)*headroom/5)
+	ctx := context.Background()
+	var first time.Time
+	for i := range 6 {
+		if ok := p.take(ctx, time.Now, p.slot(time.Now().Add(-time.Second), time.Now().Add(2*time.Second), time.Now().Add(2*time.Second)), &batchState{}, &latency{}); !ok {
+			t.Fatalf("send %d refused", i)
+		}
+		begin := time.Now()
+		p.left(begin)
+		if i == 0 {
+			first = begin.Add(40 * time.Millisecond)
+			p.departed(begin, first) // it reached the provider 40 ms after the pace's note
+		}
+	}
+	if got := time.Since(first); got < window-time.Millisecond {
+		t.Fatalf("the sixth send started %s after the first left, want a window (%s)", got, window)
+	}
+}

@@ -552,6 +552,9 @@ func (s *slice) start(ctx context.Context, dispatched []domain.Dispatch, token, 
 					sendCtx, cancel := context.WithTimeout(ctx, p.cfg.SendTimeout)
 					begin := p.cfg.Now()
 					pc.left(begin)
+					// The provider may say when the message really left,
+					// which on a busy process can be some milliseconds later.
+					sendCtx = sms.WithDeparture(sendCtx, func() { pc.departed(begin, p.cfg.Now()) })
 					a.receipt, a.err = p.cfg.Provider.Send(sendCtx, msg)
 					cancel()
 					done(a.err)

@@ -44,6 +44,26 @@ type Provider interface {
 	Send(ctx context.Context, msg Message) (Receipt, error)
 }
 
+type departureKey struct{}
+
+// WithDeparture returns ctx carrying f, which a provider's Send calls at the
+// moment the message leaves for the provider (Departed): the sender paces its
+// next sends from it, by its own clock. The time taken before the call can be
+// some milliseconds earlier on a busy process.
+func WithDeparture(ctx context.Context, f func()) context.Context {
+	return context.WithValue(ctx, departureKey{}, f)
+}
+
+// Departed tells the sender that the message of this Send leaves now: for a
+// provider in the process, when it takes the message; over HTTP, when the
+// request has been written. Calling it is optional, and harmless without a
+// sender that asked.
+func Departed(ctx context.Context) {
+	if f, ok := ctx.Value(departureKey{}).(func()); ok {
+		f()
+	}
+}
+
 // Error is a send failure the provider explained.
 type Error struct {
 	Category domain.ErrorCategory

@@ -14,6 +14,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strconv"
 	"strings"
@@ -225,6 +226,9 @@ func (p *Provider) Send(ctx context.Context, msg sms.Message) (sms.Receipt, erro
 		req.Header.Set(IdempotencyHeader, msg.IdempotencyKey)
 	}
 
+	req = req.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		WroteRequest: func(httptrace.WroteRequestInfo) { sms.Departed(ctx) },
+	}))
 	resp, err := p.cfg.HTTPClient.Do(req)
 	if err != nil {
 		return sms.Receipt{}, fmt.Errorf("httpprovider: send: %w", stripURL(err))

@@ -487,3 +487,27 @@ func TestConcurrentSendsReuseConnections(t *testing.T) {
 		t.Fatalf("%d sends opened %d connections, want them kept between rounds (at most %d)", perRound*rounds, n, perRound+perRound/2)
 	}
 }
+
+// The provider says when the request has been written, before the answer
+// comes: the sender paces the batch's next sends from that moment.
+func TestSendSaysWhenTheMessageLeft(t *testing.T) {
+	answer := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-answer // the answer comes only after the departure was reported
+		w.WriteHeader(http.StatusCreated)
+		_, _ = w.Write([]byte(`{"sid":"SM1"}`))
+	}))
+	t.Cleanup(srv.Close)
+	p := newProvider(t, srv.URL)
+	departures := 0
+	ctx := sms.WithDeparture(context.Background(), func() {
+		departures++
+		close(answer)
+	})
+	if _, err := p.Send(ctx, sms.Message{IdempotencyKey: "b1:0", To: okNumber, Body: "hello"}); err != nil {
+		t.Fatal(err)
+	}
+	if departures != 1 {
+		t.Fatalf("departure reported %d times, want once", departures)
+	}
+}

@@ -253,6 +253,7 @@ func New(cfg Config) (*Simulator, error) {
 // Callbacks, an accepted message's delivery is reported to Callbacks.PublicURL.
 func (s *Simulator) Send(ctx context.Context, msg sms.Message) (receipt sms.Receipt, err error) {
 	received := s.cfg.Clock().UTC()
+	sms.Departed(ctx)
 	cb := callbackTo{token: s.cfg.Callbacks.AuthToken, accountSID: s.cfg.Callbacks.AccountSID}
 	switch {
 	case msg.BatchID == "":

@@ -413,16 +413,24 @@ func (r *Repository) entry(id string) *cachedBatch {
 	return e
 }
 
+// cachedEntry returns id's cache entry, or nil, without making it the most
+// recently used.
+func (r *Repository) cachedEntry(id string) *cachedBatch {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if el, ok := r.cache[id]; ok {
+		return el.Value.(*cachedBatch)
+	}
+	return nil
+}
+
 // cached returns a copy of the cached batch id as it stands, without reading
 // the store, or nil when it is not cached.
 func (r *Repository) cached(id string) *domain.Batch {
-	r.mu.Lock()
-	el, ok := r.cache[id]
-	r.mu.Unlock()
-	if !ok {
+	entry := r.cachedEntry(id)
+	if entry == nil {
 		return nil
 	}
-	entry := el.Value.(*cachedBatch)
 	entry.mu.Lock()
 	defer entry.mu.Unlock()
 	if entry.batch == nil {
@@ -435,13 +443,10 @@ func (r *Repository) cached(id string) *domain.Batch {
 // Update at revision first on: when the cache held the batch up to just
 // before them, it holds it up to after them without reading them back.
 func (r *Repository) appended(id string, first uint64, events []domain.Event) {
-	r.mu.Lock()
-	el, ok := r.cache[id]
-	r.mu.Unlock()
-	if !ok {
+	entry := r.cachedEntry(id)
+	if entry == nil {
 		return
 	}
-	entry := el.Value.(*cachedBatch)
 	entry.mu.Lock()
 	defer entry.mu.Unlock()
 	if entry.batch == nil || entry.batch.Version() != first {

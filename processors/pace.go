@@ -239,11 +239,12 @@ func (p *pace) ready(t time.Time) bool {
 }
 
 // tokenAt is when the next send is allowed, looking from now: an interval
-// after the last planned, even if that has passed, by up to an interval. A
-// decision made late (a slice that woke late, or the next slice of the batch
-// starting) then does not push the rest of the batch back: its send goes at
-// once and the next keeps to the plan. take still holds what the provider sees
-// to the rate in any one second.
+// after the last planned, even if that has passed, by up to a second's worth of
+// sends. A decision made late (a slice that woke late, a commit that took long,
+// or the next slice of the batch starting) then does not push the rest of the
+// batch back: its send goes at once and the next ones catch up with the plan,
+// as fast as take lets them, which holds what the provider sees to the rate in
+// any one second. After a longer pause nothing is owed.
 func (p *pace) tokenAt(now time.Time) time.Time {
 	if p.unlimited() || p.limiter.Limit() <= 0 {
 		return now
@@ -256,7 +257,8 @@ func (p *pace) tokenAt(now time.Time) time.Time {
 		return t
 	}
 	interval := time.Duration(float64(time.Second) / float64(p.limiter.Limit()))
-	if due := p.planned.Add(interval); !due.Before(now.Add(-interval)) {
+	owed := time.Duration(windowSends(p.limiter.Limit())) * interval
+	if due := p.planned.Add(interval); !due.Before(now.Add(-owed)) {
 		return latest(due, p.planned)
 	}
 	return t // idle for longer: no send is owed

@@ -216,9 +216,9 @@ func TestLateSendsStartOnlyWhileTheirSliceRuns(t *testing.T) {
 	}
 }
 
-// A decision made late, by less than an interval, still gets the token the plan
-// gave it, so the next keeps to the plan; after a longer pause nothing is owed
-// and the token is now.
+// A decision made late, by up to a second's worth of sends, still gets the
+// token the plan gave it, so the next ones catch up with the plan; after a
+// longer pause nothing is owed and the token is now.
 func TestLateDecisionKeepsThePlan(t *testing.T) {
 	p := newPace(5)
 	interval := time.Duration(float64(time.Second) * headroom / 5)
@@ -233,6 +233,12 @@ func TestLateDecisionKeepsThePlan(t *testing.T) {
 	p.sent(b, p.tokenAt(late), 1)
 	if got := p.tokenAt(late); !got.Equal(t0.Add(2 * interval)) {
 		t.Fatalf("next token at %s, want %s: the late decision pushed the plan back", got.Sub(t0), 2*interval)
+	}
+
+	// Three intervals late, as after a commit that took long: still the plan.
+	stalled := t0.Add(5 * interval)
+	if got := p.tokenAt(stalled); !got.Equal(t0.Add(2 * interval)) {
+		t.Fatalf("decided three intervals late: token at %s, want the planned %s", got.Sub(t0), 2*interval)
 	}
 
 	idle := t0.Add(10 * interval)

@@ -358,6 +358,11 @@ func (p *pace) take(ctx context.Context, now func() time.Time, s slot, st *batch
 			}
 			p.dropPending(s)
 			p.recent = append(p.recent, t)
+			if n := len(p.recent); n > 1 && t.Before(p.recent[n-2]) {
+				// Only with no rule to keep it after them (sends == 0), or
+				// behind bounds another instance handed on.
+				slices.SortFunc(p.recent, time.Time.Compare)
+			}
 			p.leavingAt = t
 			if len(p.recent) > maxRecent {
 				p.recent = slices.Delete(p.recent, 0, len(p.recent)-maxRecent)

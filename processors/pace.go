@@ -166,7 +166,7 @@ func (p *pace) adopt(recent []time.Time, bound time.Time) {
 		return
 	}
 	p.recent = p.recent[:0]
-	for range min(windowSends(p.target/headroom), maxRecent) {
+	for range p.handedOn() {
 		p.recent = append(p.recent, bound)
 	}
 }
@@ -190,7 +190,7 @@ func (p *pace) handOn() []time.Time {
 	defer p.mu.Unlock()
 	out := append(slices.Clone(p.recent), p.pending...)
 	slices.SortFunc(out, time.Time.Compare)
-	return out[max(len(out)-min(windowSends(p.target/headroom), maxRecent), 0):]
+	return out[max(len(out)-p.handedOn(), 0):]
 }
 
 // notBefore makes the next token come at least an interval after t, when a
@@ -299,6 +299,10 @@ func (p *pace) slot(token, startBy, last time.Time) slot {
 	p.mu.Unlock()
 	return s
 }
+
+// handedOn is how many start times a slice hands on: a second's worth at the
+// batch's target rate.
+func (p *pace) handedOn() int { return min(windowSends(p.target/headroom), maxRecent) }
 
 // windowSends is how many sends one second may hold at limit l sends a second
 // (the rate less headroom): l rounded up, at least one. That many intervals

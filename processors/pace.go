@@ -48,15 +48,19 @@ type pace struct {
 	// first, at most maxRecent: this instance's, and those another instance
 	// handed on (or, not knowing them, the latest they can have left).
 	recent []time.Time
-	// pending holds the start-by bounds of the sends dispatched here that have
-	// not yet taken their slot.
-	pending []time.Time
+	// pending holds the sends dispatched here that have not yet taken their
+	// slot, in the order they are due.
+	pending []pendingSend
 	// leaving is set from a send's take until it has left (or will not), and
 	// the next send waits for it: the time it left is what the next is paced
 	// from. leavingAt is when take let it go, its entry in recent until then.
 	leaving   chan struct{} // closed by left; nil when no send is on its way
 	leavingAt time.Time
 }
+
+// pendingSend is a send dispatched here that has not started: when it is due,
+// and the bound it starts by (slot.at and slot.by).
+type pendingSend struct{ at, by time.Time }
 
 // maxRecent bounds the sends whose start times a pace keeps, and so the rate
 // whose one-second window it holds exactly; above it a second may hold up to
@@ -188,7 +192,10 @@ func (p *pace) handOn() []time.Time {
 		p.mu.Lock()
 	}
 	defer p.mu.Unlock()
-	out := append(slices.Clone(p.recent), p.pending...)
+	out := slices.Clone(p.recent)
+	for _, ps := range p.pending {
+		out = append(out, ps.by)
+	}
 	slices.SortFunc(out, time.Time.Compare)
 	return out[max(len(out)-p.handedOn(), 0):]
 }
@@ -235,7 +242,53 @@ func (p *pace) ready(t time.Time) bool {
 	if p.unlimited() {
 		return true
 	}
-	return !t.Before(p.planned) && p.limiter.TokensAt(t) >= 1
+	return !t.Before(p.planned) && p.limiter.TokensAt(t) >= 1 && !t.Before(p.windowDue())
+}
+
+// nextStart is when the next send may start, looking from now: its token
+// (tokenAt), or later if the sends a window before it started late (windowDue).
+func (p *pace) nextStart(now time.Time) time.Time {
+	return latest(p.tokenAt(now), p.windowDue())
+}
+
+// startAt is when a send whose token is due at token may start: then, or once
+// the sends before it leave room (see take), as they are known now.
+func (p *pace) startAt(token time.Time) time.Time {
+	return latest(token, p.windowDue())
+}
+
+// windowDue is the earliest a send decided now may start by the rules take
+// holds it to: s.gap after the send before it, s.window after the s.sends-th
+// before it, counting the sends dispatched here that are still due as starting
+// when they are due. A send decided for its token alone, while the sends a
+// window before it started late, would wait past the start-by bound its
+// dispatch recorded and give its token up; decided for when it can start, it
+// goes then. Zero when no rule holds.
+func (p *pace) windowDue() time.Time {
+	r := p.rules()
+	if r.sends == 0 {
+		return time.Time{}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	// The starts, latest first: the later of the two lists' last ones each time.
+	i, j := len(p.recent)-1, len(p.pending)-1
+	var due time.Time
+	for k := 1; k <= r.sends && (i >= 0 || j >= 0); k++ {
+		var t time.Time
+		if j < 0 || (i >= 0 && p.recent[i].After(p.pending[j].at)) {
+			t, i = p.recent[i], i-1
+		} else {
+			t, j = p.pending[j].at, j-1
+		}
+		if k == 1 {
+			due = t.Add(r.gap)
+		}
+		if k == r.sends {
+			due = latest(due, t.Add(r.window))
+		}
+	}
+	return due
 }
 
 // tokenAt is when the next send is allowed, looking from now: an interval
@@ -265,9 +318,9 @@ func (p *pace) tokenAt(now time.Time) time.Time {
 }
 
 // wakeAt is when a decision that is not ready at now could be, deciding lead
-// before the token.
+// before the send may start.
 func (p *pace) wakeAt(now time.Time, lead time.Duration) time.Time {
-	return p.tokenAt(now).Add(-lead)
+	return p.nextStart(now).Add(-lead)
 }
 
 // slot is what one send needs to take its token: when the token is due, the
@@ -281,11 +334,27 @@ type slot struct {
 	sends        int
 }
 
-// slot is the token of a send due at token that must start by startBy, or by
+// slot is the token of a send due at at that must start by startBy, or by
 // last while its slice runs, paced at the batch's present rate. The send is
 // pending until it takes the slot or gives it up.
-func (p *pace) slot(token, startBy, last time.Time) slot {
-	s := slot{at: token, by: startBy, last: last}
+func (p *pace) slot(at, startBy, last time.Time) slot {
+	s := p.rules()
+	s.at, s.by, s.last = at, startBy, last
+	if s.sends == 0 {
+		return s
+	}
+	p.mu.Lock()
+	i, _ := slices.BinarySearchFunc(p.pending, at, func(ps pendingSend, t time.Time) int { return ps.at.Compare(t) })
+	p.pending = slices.Insert(p.pending, i, pendingSend{at: at, by: startBy})
+	p.mu.Unlock()
+	return s
+}
+
+// rules is how far apart the batch's sends start at its present rate (the
+// sends, gap and window of a slot); none when the rate is lifted or nothing
+// is allowed.
+func (p *pace) rules() slot {
+	var s slot
 	if p.unlimited() || p.limiter.Limit() <= 0 {
 		return s
 	}
@@ -294,9 +363,6 @@ func (p *pace) slot(token, startBy, last time.Time) slot {
 	// At least a second and the headroom: a send may reach the provider a
 	// little later than the one a window before it did.
 	s.gap, s.window = interval/2, max(time.Duration(s.sends)*interval, time.Duration(headroom*float64(time.Second)))
-	p.mu.Lock()
-	p.pending = append(p.pending, startBy)
-	p.mu.Unlock()
 	return s
 }
 
@@ -396,7 +462,7 @@ func (p *pace) dropPending(s slot) {
 	if s.sends == 0 {
 		return
 	}
-	if i := slices.IndexFunc(p.pending, s.by.Equal); i >= 0 {
+	if i := slices.IndexFunc(p.pending, func(ps pendingSend) bool { return ps.at.Equal(s.at) && ps.by.Equal(s.by) }); i >= 0 {
 		p.pending = slices.Delete(p.pending, i, i+1)
 	}
 }

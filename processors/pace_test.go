@@ -320,3 +320,51 @@ func TestSendsArePacedFromWhenTheProviderSaysTheyLeft(t *testing.T) {
 		t.Fatalf("the sixth send started %s after the first left, want a window (%s)", got, window)
 	}
 }
+
+// A send is decided for when it can start, not for its token alone: when the
+// sends a window before it started late, or a send dispatched here is still
+// due, the dispatch waits until just before the send may go, and records that
+// as when it goes. Decided at its token, it would wait past the bound its
+// dispatch recorded, give up, and cost the batch a token and a new dispatch.
+func TestDecisionWaitsUntilTheSendCanStart(t *testing.T) {
+	p := newPace(5)
+	interval := time.Duration(float64(time.Second) * headroom / 5)
+	window := 5 * interval
+	t0 := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	b := &domain.Batch{}
+	// Five sends planned an interval apart; the first left 300 ms late.
+	for i := range 5 {
+		p.sent(b, t0.Add(time.Duration(i)*interval), 1)
+	}
+	p.recent = []time.Time{t0.Add(300 * time.Millisecond), t0.Add(interval + 300*time.Millisecond), t0.Add(2*interval + 100*time.Millisecond), t0.Add(3 * interval), t0.Add(4 * interval)}
+	token := t0.Add(5 * interval)
+	if got := p.tokenAt(token); !got.Equal(token) {
+		t.Fatalf("token at %s, want the plan's %s", got.Sub(t0), token.Sub(t0))
+	}
+	can := p.recent[0].Add(window)
+	if p.ready(token) {
+		t.Fatalf("ready at the token, %s before the send may start", can.Sub(token))
+	}
+	if got := p.wakeAt(token, 30*time.Millisecond); !got.Equal(can.Add(-30 * time.Millisecond)) {
+		t.Fatalf("wakes at %s, want a lead before the send may start (%s)", got.Sub(t0), can.Sub(t0))
+	}
+	if !p.ready(can) {
+		t.Fatal("not ready once the send may start")
+	}
+	if got := p.startAt(token); !got.Equal(can) {
+		t.Fatalf("decided to start at %s, want %s, a window after the fifth send before", got.Sub(t0), can.Sub(t0))
+	}
+
+	// Dispatched and still due here, it counts as starting then: the next
+	// send is due half an interval after it, and a window after the second
+	// send before, which also left late.
+	p.slot(can, can.Add(time.Second), can.Add(time.Second))
+	next := p.recent[1].Add(window)
+	if got := p.startAt(token.Add(interval)); !got.Equal(next) {
+		t.Fatalf("the send after: due at %s, want %s", got.Sub(t0), next.Sub(t0))
+	}
+	p.slot(next, next.Add(time.Second), next.Add(time.Second))
+	if got, want := p.startAt(token.Add(2*interval)), next.Add(interval/2); !got.Equal(want) {
+		t.Fatalf("the third: due at %s, want %s, half an interval after the one before", got.Sub(t0), want.Sub(t0))
+	}
+}

@@ -23,9 +23,10 @@ type slice struct {
 	id    string
 	batch *domain.Batch
 	owned bool // this slice has dispatched, so it leads the chain
-	// token is when the rate allowed the send of the last dispatch decided,
-	// at or before its SendAt: the send may go from then on.
-	token time.Time
+	// token is when the rate allowed the send of the last dispatch decided;
+	// at is when it may start, the token or later if the sends before it
+	// started late (pace.startAt), at or before its SendAt.
+	token, at time.Time
 }
 
 // maxCommitFailures bounds how often a slice tries to store its progress before
@@ -114,7 +115,7 @@ func (s *slice) run(ctx context.Context) (*Work, error) {
 			st.pace.follow(c.batch, p.cfg.Now(), false, nil)
 			st.dispatched(c.dispatched)
 			p.afterCommit(st, answers, c.recorded)
-			s.start(keep, c.dispatched, s.token, c.batch.LastSendAt())
+			s.start(keep, c.dispatched, s.at, c.batch.LastSendAt())
 			if errors.Is(c.dispatchErr, domain.ErrNotRunning) || errors.Is(c.dispatchErr, domain.ErrSuperseded) {
 				handOn = false
 				break
@@ -230,7 +231,7 @@ func (s *slice) recordNow(freed int, held []answer, now time.Time, settled domai
 	if !now.Before(until) {
 		return true
 	}
-	if next := b.NextDispatchAtFreeing(now, s.p.cfg.MaxInFlight, freed, settled); !next.IsZero() && !latest(next, s.st.pace.tokenAt(now)).After(until) {
+	if next := b.NextDispatchAtFreeing(now, s.p.cfg.MaxInFlight, freed, settled); !next.IsZero() && !latest(next, s.st.pace.nextStart(now)).After(until) {
 		return false
 	}
 	return s.st.sendingCount() == len(held)
@@ -282,10 +283,10 @@ func (s *slice) ask(settled domain.Settled) dispatchFunc {
 		if pc.unlimited() {
 			n = p.cfg.MaxInFlight
 		}
-		s.token = token
+		s.token, s.at = token, pc.startAt(token)
 		return b.Dispatch(now, domain.DispatchRequest{
 			Slice: s.id, PrevSlice: s.w.PrevSlice,
-			Instance: p.instance, Deadline: p.deadline(now), SendAt: latest(s.token.Add(p.wakeSlack()), now.Add(p.lead())), Settled: settled,
+			Instance: p.instance, Deadline: p.deadline(now), SendAt: latest(s.at.Add(p.wakeSlack()), now.Add(p.lead())), Settled: settled,
 			Recipient: p.recipientInfo(s.ctx, b),
 			Max:       n, MaxInFlight: p.cfg.MaxInFlight,
 		})
@@ -510,11 +511,11 @@ func (p *Processor) backoff(attempt int) time.Duration {
 	return d
 }
 
-// start hands dispatched messages to the provider, each once its rate token is
-// due (token) and no later than the dispatch's recorded SendAt allows. Each
-// send's answer goes to the batch's state here, whichever slice is running by
-// then.
-func (s *slice) start(ctx context.Context, dispatched []domain.Dispatch, token, sendAt time.Time) {
+// start hands dispatched messages to the provider, each once it is due (at:
+// its rate token, or later when the sends before it started late) and no later
+// than the dispatch's recorded SendAt allows. Each send's answer goes to the
+// batch's state here, whichever slice is running by then.
+func (s *slice) start(ctx context.Context, dispatched []domain.Dispatch, at, sendAt time.Time) {
 	p, st := s.p, s.st
 	// A send goes out by its SendAt plus handoverMargin (the next instance to
 	// work the batch paces itself from that bound), or up to lateStart later
@@ -533,7 +534,7 @@ func (s *slice) start(ctx context.Context, dispatched []domain.Dispatch, token, 
 			continue
 		}
 		pc := st.pace
-		slot := pc.slot(token, startBy, last)
+		slot := pc.slot(at, startBy, last)
 		body := st.template.Render(rcp.Values)
 		_, segments := domain.Segments(body)
 		msg := sms.Message{IdempotencyKey: st.id + ":" + strconv.Itoa(d.Index), To: rcp.Phone, Body: body, BatchID: st.id, Index: d.Index}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"iter"
 	"os"
+	"sync"
 )
 
 // An upload's spool file holds its recipients between validation and storage,
@@ -45,6 +46,15 @@ func appendSpoolString(buf []byte, s string) []byte {
 // without bound.
 const maxSpoolString = 256 << 20
 
+// spoolReaders and spoolWriters hold the spool's buffers between uploads:
+// large enough that a million recipients cost few system calls, and at 256 KiB
+// each, allocated anew for every upload (three a create) they were most of
+// what a thousand small creates allocated, and the collector's work.
+var (
+	spoolReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 256<<10) }}
+	spoolWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 256<<10) }}
+)
+
 type spoolItem struct {
 	spooled
 	err error
@@ -57,7 +67,10 @@ func readSpool(f *os.File) iter.Seq2[int, spoolItem] {
 			yield(0, spoolItem{err: fmt.Errorf("rewind spool: %w", err)})
 			return
 		}
-		r := spoolReader{r: bufio.NewReaderSize(f, 256<<10), names: map[string]string{}}
+		buf := spoolReaders.Get().(*bufio.Reader)
+		buf.Reset(f)
+		defer func() { buf.Reset(nil); spoolReaders.Put(buf) }()
+		r := spoolReader{r: buf, names: map[string]string{}}
 		for i := 0; ; i++ {
 			var item spoolItem
 			if err := r.read(&item.spooled); errors.Is(err, io.EOF) {

@@ -8,7 +8,7 @@ import (
 	"hash/maphash"
 	"io"
 	"os"
-	"strings"
+	"slices"
 )
 
 // recentKeys remembers the idempotency keys of the most recently accepted
@@ -46,7 +46,29 @@ func (k *recentKeys) get(key string) (string, bool) {
 
 // add remembers key, forgetting the oldest key once max are held.
 func (k *recentKeys) add(key, providerID string) {
-	h := maphash.String(k.seed, key)
+	k.remember(newKeyEntry(maphash.String(k.seed, key), providerID))
+}
+
+// keyEntry is one remembered key as recentKeys holds it: its hash, and its
+// provider ID as 16 bytes when it has the simulator's own shape (sm), or
+// whole (other).
+type keyEntry struct {
+	h     uint64
+	sm    [16]byte
+	other string
+}
+
+// newKeyEntry is the entry of a key with hash h and its provider ID.
+func newKeyEntry[T string | []byte](h uint64, providerID T) keyEntry {
+	if b, ok := smID(providerID); ok {
+		return keyEntry{h: h, sm: b}
+	}
+	return keyEntry{h: h, other: string(providerID)}
+}
+
+// remember adds e, forgetting the oldest key once max are held.
+func (k *recentKeys) remember(e keyEntry) {
+	h := e.h
 	_, known := k.ids[h]
 	if _, ok := k.other[h]; ok {
 		known = true
@@ -63,19 +85,51 @@ func (k *recentKeys) add(key, providerID string) {
 	}
 	delete(k.ids, h)
 	delete(k.other, h)
-	var b [16]byte
-	if rest, ok := strings.CutPrefix(providerID, providerIDPrefix); ok && len(rest) == 32 && strings.ToLower(rest) == rest {
-		if _, err := hex.Decode(b[:], []byte(rest)); err == nil {
-			k.ids[h] = b
-			return
-		}
+	if e.other == "" {
+		k.ids[h] = e.sm
+		return
 	}
-	k.other[h] = providerID
+	k.other[h] = e.other
+}
+
+// smID is the 16 bytes of a provider ID of the simulator's own shape: "SM"
+// and 32 lower-case hex digits.
+func smID[T string | []byte](id T) (b [16]byte, ok bool) {
+	if len(id) != len(providerIDPrefix)+2*len(b) || string(id[:len(providerIDPrefix)]) != providerIDPrefix {
+		return b, false
+	}
+	digits := id[len(providerIDPrefix):]
+	for i := range b {
+		hi, ok1 := lowerHex(digits[2*i])
+		lo, ok2 := lowerHex(digits[2*i+1])
+		if !ok1 || !ok2 {
+			return b, false
+		}
+		b[i] = hi<<4 | lo
+	}
+	return b, true
+}
+
+func lowerHex(c byte) (byte, bool) {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0', true
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10, true
+	}
+	return 0, false
+}
+
+// reserve makes room for n keys in a recentKeys that holds none yet.
+func (k *recentKeys) reserve(n int) {
+	n = min(n, k.max)
+	k.ids, k.order = make(map[uint64][16]byte, n), make([]uint64, 0, n)
 }
 
 func (k *recentKeys) len() int { return len(k.ids) + len(k.other) }
 
-// outboxKey is what a restart reads back of an outbox line.
+// outboxKey is what a restart reads back of an outbox line whose fields it
+// cannot take as they stand.
 type outboxKey struct {
 	Key        string `json:"key"`
 	ProviderID string `json:"providerId"`
@@ -84,11 +138,11 @@ type outboxKey struct {
 // tailChunk is how much of the outbox is read at a time, from its end.
 const tailChunk = 64 << 10
 
-// readOutboxTail reads the last entries of the outbox in f, up to max with a
-// key, in the order they were written, without reading the rest of the file:
+// readOutboxTail reads the keys of the last entries of the outbox in f, up to
+// max, oldest first, as k holds them, without reading the rest of the file:
 // start-up costs the same whatever the outbox's size. It reports how many
 // unreadable lines it skipped and whether the file ends mid-line.
-func readOutboxTail(f *os.File, max int) (entries []outboxKey, skipped int, midLine bool, err error) {
+func readOutboxTail(f *os.File, max int, k *recentKeys) (entries []keyEntry, skipped int, midLine bool, err error) {
 	info, err := f.Stat()
 	if err != nil {
 		return nil, 0, false, err
@@ -102,42 +156,92 @@ func readOutboxTail(f *os.File, max int) (entries []outboxKey, skipped int, midL
 		return nil, 0, false, err
 	}
 	midLine = last[0] != '\n'
-	var carry []byte // the start of a line whose beginning is in the next chunk back
-	keyed := 0
-	for pos > 0 && keyed < max {
+	// The start of a line whose beginning is in the next chunk back, kept
+	// apart from buf, which each chunk reuses.
+	var carry, buf []byte
+	for pos > 0 && len(entries) < max {
 		n := min(int64(tailChunk), pos)
 		pos -= n
-		chunk := make([]byte, n, n+int64(len(carry)))
-		if _, err := f.ReadAt(chunk, pos); err != nil && err != io.EOF {
+		buf = slices.Grow(buf[:0], int(n)+len(carry))[:n]
+		if _, err := f.ReadAt(buf, pos); err != nil && err != io.EOF {
 			return nil, 0, false, err
 		}
-		data := append(chunk, carry...)
-		lines := bytes.Split(data, []byte{'\n'})
-		carry = nil
+		data := append(buf, carry...)
+		carry = carry[:0]
 		if pos > 0 {
-			carry, lines = lines[0], lines[1:]
+			i := bytes.IndexByte(data, '\n')
+			if i < 0 {
+				i = len(data)
+			}
+			carry = append(carry, data[:i]...)
+			data = data[min(i+1, len(data)):]
 		}
-		for i := len(lines) - 1; i >= 0 && keyed < max; i-- {
-			line := bytes.TrimSpace(lines[i])
+		for len(data) > 0 && len(entries) < max {
+			var line []byte
+			if i := bytes.LastIndexByte(data, '\n'); i >= 0 {
+				line, data = data[i+1:], data[:i]
+			} else {
+				line, data = data, nil
+			}
+			line = bytes.TrimSpace(line)
 			if len(line) == 0 {
 				continue
 			}
-			var e outboxKey
-			if json.Unmarshal(line, &e) != nil || e.ProviderID == "" {
+			e, keyed, ok := readOutboxLine(k, line)
+			if !ok {
 				skipped++
 				continue
 			}
-			entries = append(entries, e)
-			if e.Key != "" {
-				keyed++
+			if keyed {
+				entries = append(entries, e)
 			}
 		}
 		if len(carry) > 1<<20 {
 			return nil, 0, false, fmt.Errorf("an outbox line over 1 MiB near byte %d", pos)
 		}
 	}
-	for i, j := 0, len(entries)-1; i < j; i, j = i+1, j-1 {
-		entries[i], entries[j] = entries[j], entries[i]
-	}
+	slices.Reverse(entries)
 	return entries, skipped, midLine, nil
+}
+
+// readOutboxLine reads the key and provider ID of one outbox line: keyed is
+// false for a line without a key, ok false for a line that is not whole JSON
+// or has no provider ID (torn by a crash). The two fields are taken as they
+// stand when they hold no escapes, as json.Marshal writes a key and an ID;
+// otherwise the line is decoded.
+func readOutboxLine(k *recentKeys, line []byte) (e keyEntry, keyed, ok bool) {
+	if !json.Valid(line) {
+		return e, false, false
+	}
+	key, ok1 := plainField(line, `"key":"`)
+	id, ok2 := plainField(line, `"providerId":"`)
+	if ok1 && ok2 {
+		if len(id) == 0 {
+			return e, false, false
+		}
+		return newKeyEntry(maphash.Bytes(k.seed, key), id), len(key) > 0, true
+	}
+	var o outboxKey
+	if json.Unmarshal(line, &o) != nil || o.ProviderID == "" {
+		return e, false, false
+	}
+	return newKeyEntry(maphash.String(k.seed, o.Key), o.ProviderID), o.Key != "", true
+}
+
+// plainField is the value of the string member that starts with name (its
+// quoted name, the colon and the opening quote) in a line of valid JSON, if
+// the line has one and the value holds no escape. In valid JSON a quote inside
+// a string is escaped, so the name found is a member's name. ok is false when
+// it is not there or escaped.
+func plainField(line []byte, name string) (v []byte, ok bool) {
+	i := bytes.Index(line, []byte(name))
+	if i < 0 {
+		return nil, false
+	}
+	rest := line[i+len(name):]
+	j := bytes.IndexByte(rest, '"')
+	if j < 0 || bytes.IndexByte(rest[:j], '\\') >= 0 {
+		return nil, false
+	}
+	return rest[:j], true
 }

@@ -207,14 +207,15 @@ func New(cfg Config) (*Simulator, error) {
 	if err != nil {
 		return nil, fmt.Errorf("simulator: open outbox: %w", err)
 	}
-	entries, skipped, midLine, err := readOutboxTail(f, cfg.RememberKeys)
+	accepted := newRecentKeys(cfg.RememberKeys)
+	entries, skipped, midLine, err := readOutboxTail(f, cfg.RememberKeys, accepted)
 	if err != nil {
 		_ = f.Close()
 		return nil, fmt.Errorf("simulator: read outbox %s: %w", cfg.OutboxPath, err)
 	}
 	s := &Simulator{
 		cfg:      cfg,
-		accepted: newRecentKeys(cfg.RememberKeys),
+		accepted: accepted,
 		inflight: make(map[string]chan struct{}),
 		attempts: make(map[string]int),
 		stats:    Stats{Failed: make(map[domain.ErrorCategory]int)},
@@ -222,10 +223,9 @@ func New(cfg Config) (*Simulator, error) {
 		midLine:  midLine,
 	}
 	if !cfg.RecordEveryCall { // otherwise keys are not honoured: nothing read back answers a send
+		s.accepted.reserve(len(entries))
 		for _, e := range entries {
-			if e.Key != "" {
-				s.accepted.add(e.Key, e.ProviderID)
-			}
+			s.accepted.remember(e)
 		}
 	}
 	if cfg.RecordEveryCall {

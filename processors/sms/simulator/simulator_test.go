@@ -1,6 +1,7 @@
 package simulator_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -551,5 +552,69 @@ func TestRecentKeysAreRememberedAcrossARestart(t *testing.T) {
 	entries := readOutbox(t, path)
 	if len(entries) != 301 || entries[300].Key != "b1:0" {
 		t.Fatalf("outbox has %d entries ending %+v, want 301 ending with b1:0 written after the torn line", len(entries), entries[len(entries)-1].Key)
+	}
+}
+
+// A restart reads each outbox line's key and ID as they stand when they need
+// no unescaping, and decodes the line otherwise; a line that is not whole JSON
+// counts as never sent, even when its fragment holds both fields and ends in a
+// brace, as a crash in the middle of a later line's write can leave it.
+func TestRestartReadsEveryShapeOfOutboxLine(t *testing.T) {
+	path := outboxPath(t)
+	lines := []string{
+		`{"key":"b1:0","to":"+14155550100","body":"plain","providerId":"SM0123456789abcdef0123456789abcdef","time":"2025-03-01T12:00:00Z"}`,
+		// A key json.Marshal escapes, and an ID of another provider's shape.
+		`{"key":"b\u003c2:1","to":"+14155550100","body":"escaped","providerId":"MM-other","time":"2025-03-01T12:00:01Z"}`,
+		// Torn after its fields, by a crash; the restart after it began a new line.
+		`{"key":"b1:2","to":"+14155550100","body":"a}","providerId":"SM11111111111111111111111111111111","time":"2025-03-01T1}`,
+		// No key: not deduplicated, and not counted.
+		`{"key":"","to":"+14155550100","body":"keyless","providerId":"SM22222222222222222222222222222222","time":"2025-03-01T12:00:02Z"}`,
+		// Fields in another order, and an upper-case ID kept as it is.
+		`{"providerId":"SMABCDEF0123456789ABCDEF0123456789","time":"2025-03-01T12:00:03Z","key":"b1:3","to":"+14155550100","body":"x"}`,
+	}
+	if err := os.WriteFile(path, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := newSim(t, simulator.Config{OutboxPath: path})
+	if st := s.Stats(); st.Restored != 3 {
+		t.Errorf("restored %d keys, want 3 (b1:0, b<2:1, b1:3)", st.Restored)
+	}
+	for key, want := range map[string]string{
+		"b1:0":  "SM0123456789abcdef0123456789abcdef",
+		"b<2:1": "MM-other",
+		"b1:3":  "SMABCDEF0123456789ABCDEF0123456789",
+	} {
+		r, err := s.Send(t.Context(), msg(key, okNumber))
+		if err != nil || !r.Duplicate || r.ProviderID != want {
+			t.Errorf("send of %q = %+v, %v; want a duplicate of %s", key, r, err, want)
+		}
+	}
+	r, err := s.Send(t.Context(), msg("b1:2", okNumber))
+	if err != nil || r.Duplicate {
+		t.Errorf("send of the torn line's key = %+v, %v; want a fresh acceptance", r, err)
+	}
+}
+
+// BenchmarkRestoreKeys is a restart's read of the outbox's last 200,000 keys
+// (the default RememberKeys), as after a long history.
+func BenchmarkRestoreKeys(b *testing.B) {
+	path := filepath.Join(b.TempDir(), "sim-outbox.jsonl")
+	var buf bytes.Buffer
+	for i := range 200_000 {
+		fmt.Fprintf(&buf, `{"key":"01a2300b-4799-75e2-b164-b472a65e02aa:%d","to":"+14152000000","body":"Hi N%d, code %d","providerId":"SM%032x","time":"2026-12-01T05:19:35.343541054Z"}`+"\n", i, i, i, i)
+	}
+	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		s, err := simulator.New(simulator.Config{OutboxPath: path})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if st := s.Stats(); st.Restored != 200_000 {
+			b.Fatalf("restored %d", st.Restored)
+		}
+		s.Close()
 	}
 }

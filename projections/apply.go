@@ -137,6 +137,10 @@ func DecodePage(events []eventstore.Event) ([]Decoded, error) {
 	return use, nil
 }
 
+// CachedStates bounds how many batches' decoded states a store keeps between
+// applies: a few thousand batches sending at once.
+const CachedStates = 4096
+
 // BatchState is everything the status and analytics read models of one batch are
 // derived from. It is plain data with JSON tags, so a store may persist it as it
 // is; the read models are views of it (StatusView, AnalyticsView). Failed

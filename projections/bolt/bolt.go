@@ -185,16 +185,13 @@ func Open(path string, opts Options) (*Store, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("bolt projections: open %s: %w", path, err)
 	}
-	states, err := lru.New[string, *projections.BatchState](cachedStates)
+	states, err := lru.New[string, *projections.BatchState](projections.CachedStates)
 	if err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("bolt projections: open %s: %w", path, err)
 	}
 	return &Store{db: db, states: states}, nil
 }
-
-// cachedStates bounds Store.states: a few thousand batches sending at once.
-const cachedStates = 4096
 
 // Close releases the file.
 func (s *Store) Close() error {

@@ -12,8 +12,10 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"sync"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -49,6 +51,20 @@ type Store struct {
 	pool   *pgxpool.Pool
 	schema string
 	q      queries
+
+	// mu serialises the store's applies, which share states.
+	mu sync.Mutex
+	// states are batches' states as this store's last apply committed them,
+	// decoded, so the next apply need not read and decode them again. They
+	// hold while the checkpoint row is the version that apply wrote (statesAt,
+	// its xmin): an apply by another instance or a rebuild's swap writes
+	// another, and they are dropped. "" when they must not be used.
+	states   *lru.Cache[string, *projections.BatchState]
+	statesAt string
+
+	// beforeWrite, when set (by tests), runs inside an apply's transaction
+	// once the states are changed, before anything is written.
+	beforeWrite func() error
 }
 
 var _ projections.Store = (*Store)(nil)
@@ -61,7 +77,11 @@ func New(ctx context.Context, pool *pgxpool.Pool, opts Options) (*Store, error) 
 		return nil, errors.New("postgres projections: pool is required")
 	}
 	opts.setDefaults()
-	s := &Store{pool: pool, schema: opts.Schema, q: newQueries(opts.Schema)}
+	states, err := lru.New[string, *projections.BatchState](projections.CachedStates)
+	if err != nil {
+		return nil, fmt.Errorf("postgres projections: new: %w", err)
+	}
+	s := &Store{pool: pool, schema: opts.Schema, q: newQueries(opts.Schema), states: states}
 	conn, err := pool.Acquire(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("postgres projections: new: %w", err)
@@ -95,10 +115,10 @@ func newQueries(schema string) queries {
 	return queries{
 		ensureCheckpoint: `INSERT INTO ` + checkpoints + ` (name) VALUES ($1) ON CONFLICT DO NOTHING`,
 		checkpoint:       `SELECT commit, prepare FROM ` + checkpoints + ` WHERE name = $1`,
-		lockCheckpoint:   `SELECT commit, prepare, applied FROM ` + checkpoints + ` WHERE name = $1 FOR UPDATE`,
-		writeCheckpoint:  `UPDATE ` + checkpoints + ` SET commit = $2, prepare = $3, applied = applied + $4 WHERE name = $1`,
+		lockCheckpoint:   `SELECT commit, prepare, applied, xmin::text FROM ` + checkpoints + ` WHERE name = $1 FOR UPDATE`,
+		writeCheckpoint:  `UPDATE ` + checkpoints + ` SET commit = $2, prepare = $3, applied = applied + $4 WHERE name = $1 RETURNING xmin::text`,
 
-		loadStates: `SELECT state FROM ` + batches + ` WHERE id = ANY($1) FOR UPDATE`,
+		loadStates: `SELECT state FROM ` + batches + ` WHERE id = ANY($1)`,
 		upsertStates: `INSERT INTO ` + batches + ` (id, tenant, created_ns, status, state, name_folded)
 			SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::jsonb[], $6::text[])
 			ON CONFLICT (id) DO UPDATE SET status = excluded.status, state = excluded.state, name_folded = excluded.name_folded`,
@@ -161,34 +181,49 @@ func (s *Store) Apply(ctx context.Context, events []eventstore.Event) error {
 	if err != nil {
 		return fmt.Errorf("postgres projections: apply: %w", err)
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("postgres projections: apply: %w", err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
-	if err := s.applyTx(ctx, tx, events, use); err != nil {
+	written, states, err := s.applyTx(ctx, tx, events, use)
+	if err != nil {
 		return err
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("postgres projections: apply: commit: %w", err)
 	}
+	for id, st := range states {
+		s.states.Add(id, st)
+	}
+	s.statesAt = written
 	return nil
 }
 
 // applyTx applies events (use being those of them the read models use) in tx:
 // it locks the checkpoint, folds the events after it into the touched batches'
-// states, writes the states, the new errors and the checkpoint back.
-func (s *Store) applyTx(ctx context.Context, tx pgx.Tx, events []eventstore.Event, use []projections.Decoded) error {
-	// The checkpoint row lock serialises every Apply on the schema, so the state
-	// rows locked below are never contended.
+// states, writes the states, the new errors and the checkpoint back. It
+// returns the version of the checkpoint row it leaves (its xmin) and the
+// states as written, for Apply to keep once tx commits. The caller holds s.mu.
+func (s *Store) applyTx(ctx context.Context, tx pgx.Tx, events []eventstore.Event, use []projections.Decoded) (string, map[string]*projections.BatchState, error) {
+	// The checkpoint row lock serialises every Apply on the schema, so the
+	// state rows read below are not written by anyone else meanwhile.
 	var commit, prepare, applied int64
-	if err := tx.QueryRow(ctx, s.q.lockCheckpoint, checkpointName).Scan(&commit, &prepare, &applied); err != nil {
-		return fmt.Errorf("postgres projections: apply: lock checkpoint: %w", err)
+	var version string
+	if err := tx.QueryRow(ctx, s.q.lockCheckpoint, checkpointName).Scan(&commit, &prepare, &applied, &version); err != nil {
+		return "", nil, fmt.Errorf("postgres projections: apply: lock checkpoint: %w", err)
 	}
+	if version != s.statesAt {
+		s.states.Purge() // someone else applied since this store's last commit
+	}
+	// The cached states are changed below, and hold again only once tx commits.
+	s.statesAt = ""
 	checkpoint := eventstore.Position{Commit: uint64(commit), Prepare: uint64(prepare)}
 	last := events[len(events)-1].Position
 	if !checkpoint.Less(last) {
-		return nil // all applied before
+		return version, nil, nil // all applied before
 	}
 	fresh := 0
 	for _, e := range events {
@@ -200,11 +235,11 @@ func (s *Store) applyTx(ctx context.Context, tx pgx.Tx, events []eventstore.Even
 
 	states, err := s.loadStates(ctx, tx, use)
 	if err != nil {
-		return err
+		return "", nil, err
 	}
 	outcomes, err := s.loadOutcomes(ctx, tx, use)
 	if err != nil {
-		return err
+		return "", nil, err
 	}
 	touched := make(map[string]bool)
 	var errs errorRows
@@ -237,7 +272,12 @@ func (s *Store) applyTx(ctx context.Context, tx pgx.Tx, events []eventstore.Even
 	var rows stateRows
 	for _, id := range slices.Sorted(maps.Keys(touched)) {
 		if err := rows.add(states[id]); err != nil {
-			return fmt.Errorf("postgres projections: apply: encode state of %s: %w", id, err)
+			return "", nil, fmt.Errorf("postgres projections: apply: encode state of %s: %w", id, err)
+		}
+	}
+	if s.beforeWrite != nil {
+		if err := s.beforeWrite(); err != nil {
+			return "", nil, err
 		}
 	}
 	b := &pgx.Batch{}
@@ -252,18 +292,20 @@ func (s *Store) applyTx(ctx context.Context, tx pgx.Tx, events []eventstore.Even
 		b.Queue(s.q.upsertNumbers, nums.batchID, nums.page, nums.numbers)
 	}
 	if rows, err := outcomes.rows(); err != nil {
-		return fmt.Errorf("postgres projections: apply: %w", err)
+		return "", nil, fmt.Errorf("postgres projections: apply: %w", err)
 	} else if len(rows.batchID) > 0 {
 		b.Queue(s.q.upsertOutcomes, rows.batchID, rows.idx, rows.status, rows.category, rows.outcome)
 	}
-	b.Queue(s.q.writeCheckpoint, checkpointName, int64(last.Commit), int64(last.Prepare), fresh)
+	b.Queue(s.q.writeCheckpoint, checkpointName, int64(last.Commit), int64(last.Prepare), fresh).
+		QueryRow(func(row pgx.Row) error { return row.Scan(&version) })
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
-		return fmt.Errorf("postgres projections: apply: write: %w", err)
+		return "", nil, fmt.Errorf("postgres projections: apply: write: %w", err)
 	}
-	return nil
+	return version, states, nil
 }
 
-// loadStates locks and reads the state rows of the batches the events touch.
+// loadStates reads the states of the batches the events touch: from s.states
+// when it holds them, else from their rows.
 func (s *Store) loadStates(ctx context.Context, tx pgx.Tx, use []projections.Decoded) (map[string]*projections.BatchState, error) {
 	states := make(map[string]*projections.BatchState)
 	ids := make([]string, 0, len(use))
@@ -278,6 +320,13 @@ func (s *Store) loadStates(ctx context.Context, tx pgx.Tx, use []projections.Dec
 			}
 		}
 	}
+	ids = slices.DeleteFunc(ids, func(id string) bool {
+		st, ok := s.states.Get(id)
+		if ok {
+			states[id] = st
+		}
+		return ok
+	})
 	if len(ids) == 0 {
 		return states, nil
 	}

@@ -521,3 +521,61 @@ func TestLeaseIsHeldByOneAtATime(t *testing.T) {
 		l.Release()
 	}
 }
+
+// A store keeps the states it last committed for its next apply, and drops
+// them when another instance applied in between (kept, the second part fails),
+// or when its own apply failed after changing them: the tables are those one
+// store applying every event once would write. (A state skips events at or
+// before its position, so the third part holds even with states kept after a
+// failed apply; they are dropped anyway, as nothing uncommitted should be
+// trusted.)
+func TestKeptStatesNeverOutliveTheirCommit(t *testing.T) {
+	events := history(4, 80).List()
+	const page = 7
+	pages := func(yield func(int, []eventstore.Event) bool) {
+		for i := 0; i*page < len(events); i++ {
+			if !yield(i, events[i*page:min((i+1)*page, len(events))]) {
+				return
+			}
+		}
+	}
+	wantPool := database(t)
+	one := newStore(t, wantPool)
+	for _, p := range pages {
+		if err := one.Apply(t.Context(), p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := tables(t, wantPool)
+
+	// Two instances take turns, as after the read models' lease moved.
+	pool := database(t)
+	a, b := newStore(t, pool), newStore(t, pool)
+	for i, p := range pages {
+		s := a
+		if i%3 == 1 {
+			s = b
+		}
+		if err := s.Apply(t.Context(), p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sameTables(t, "two instances taking turns", tables(t, pool), want)
+
+	// An apply that fails once its states are changed, then succeeds.
+	pool = database(t)
+	s := newStore(t, pool)
+	for i, p := range pages {
+		if i%4 == 2 {
+			postgres.SetBeforeWrite(s, func() error { return errors.New("the connection broke") })
+			if err := s.Apply(t.Context(), p); err == nil {
+				t.Fatal("apply with a failing write succeeded")
+			}
+			postgres.SetBeforeWrite(s, nil)
+		}
+		if err := s.Apply(t.Context(), p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sameTables(t, "applies that failed and were made again", tables(t, pool), want)
+}

@@ -172,7 +172,10 @@ func swap(ctx context.Context, pool *pgxpool.Pool, events eventstore.Store, shad
 		if err != nil {
 			return err
 		}
-		return shadow.applyTx(ctx, tx, page, use)
+		shadow.mu.Lock()
+		defer shadow.mu.Unlock()
+		_, _, err = shadow.applyTx(ctx, tx, page, use)
+		return err
 	}, projections.ReplayOptions{After: pos, BatchSize: opts.BatchSize})
 	if err != nil {
 		return fmt.Errorf("postgres projections: rebuild: swap: %w", err)

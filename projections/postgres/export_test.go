@@ -1,0 +1,3 @@
+package postgres
+
+func SetBeforeWrite(s *Store, f func() error) { s.beforeWrite = f }

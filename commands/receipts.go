@@ -25,7 +25,7 @@ type RecordReceipt struct {
 
 // RecordReceipt appends the receipt to the batch's stream, after the batch
 // completed too. One receipt counts per message: the event's ID is derived
-// from the batch and index (domain.DeliveryReceiptID), so the store refuses
+// from the batch and index (Batch.ReceiptID), so the store refuses
 // a second one, repeated or late (recorded is false). A batch that does not
 // exist, or has no such index, is an ENOTFOUND error. It returns the batch's
 // tenant.
@@ -37,7 +37,7 @@ func (h *Handlers) RecordReceipt(ctx context.Context, r RecordReceipt) (recorded
 	if r.Index < 0 || r.Index >= b.Total() {
 		return false, b.Tenant(), domain.Errorf(domain.ENOTFOUND, "batch %s has no message %d", r.BatchID, r.Index)
 	}
-	e, _, err := receiptEvent(r, b.Tenant(), h.now())
+	e, _, err := receiptEvent(r, b, h.now())
 	if err != nil {
 		return false, b.Tenant(), err
 	}
@@ -106,7 +106,7 @@ func (h *Handlers) recordBatchReceipts(ctx context.Context, batchID string, rs [
 			continue // one counts; the store would refuse the group
 		}
 		seen[r.Index] = true
-		e, de, err := receiptEvent(r, b.Tenant(), at)
+		e, de, err := receiptEvent(r, b, at)
 		if err != nil {
 			return 0, missing, err
 		}
@@ -140,8 +140,8 @@ func (h *Handlers) recordBatchReceipts(ctx context.Context, batchID string, rs [
 
 // receiptEvent is r's event, MessageDelivered or MessageUndelivered, with the
 // ID that makes it the message's only one, encoded and as it is.
-func receiptEvent(r RecordReceipt, tenant string, at time.Time) (eventstore.EventData, domain.Event, error) {
-	header := domain.EventHeader{BatchID: r.BatchID, Tenant: tenant, At: at}
+func receiptEvent(r RecordReceipt, b *domain.Batch, at time.Time) (eventstore.EventData, domain.Event, error) {
+	header := domain.EventHeader{BatchID: r.BatchID, Tenant: b.Tenant(), At: at}
 	var e domain.Event = domain.MessageDelivered{EventHeader: header, Index: r.Index, ProviderID: r.ProviderID, SentAt: r.SentAt}
 	if !r.Delivered {
 		e = domain.MessageUndelivered{EventHeader: header, Index: r.Index, ProviderID: r.ProviderID,
@@ -151,5 +151,5 @@ func receiptEvent(r RecordReceipt, tenant string, at time.Time) (eventstore.Even
 	if err != nil {
 		return eventstore.EventData{}, nil, err
 	}
-	return eventstore.EventData{ID: domain.DeliveryReceiptID(r.BatchID, r.Index), Type: typ, Data: data}, e, nil
+	return eventstore.EventData{ID: b.ReceiptID(r.Index), Type: typ, Data: data}, e, nil
 }

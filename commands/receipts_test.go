@@ -181,3 +181,59 @@ func TestReceiptsKeepTheCachedBatchCurrent(t *testing.T) {
 		t.Fatalf("the update after the receipts took %d appends and %d reads, want one append and no read", appends, reads)
 	}
 }
+
+// A batch created now takes receipt IDs that begin with its own ID's time, so
+// that its receipts land beside the newest events in a store's index of IDs;
+// a batch created before that keeps hashed IDs, and a receipt it got before an
+// upgrade is still the one that counts.
+func TestReceiptIDsFollowTheBatchesCreation(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, store eventstore.Store) {
+		h := handlers(t, store)
+		ctx := context.Background()
+		sent := time.Date(2026, 5, 1, 9, 0, 0, 0, time.UTC)
+
+		const fresh = "01a2300b-4799-75e2-b164-b472a65e02aa" // a UUIDv7, as the API makes
+		create(t, h, fresh, 3, false)
+		if ok, _, err := h.RecordReceipt(ctx, RecordReceipt{BatchID: fresh, Index: 1, Delivered: true, SentAt: sent}); !ok || err != nil {
+			t.Fatalf("receipt: %v %v", ok, err)
+		}
+		events, err := store.ReadStream(ctx, domain.BatchStream(fresh), 0, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := events[len(events)-1].ID
+		if id != domain.OrderedReceiptID(fresh, 1) || id[:13] != fresh[:13] || id[14] != '8' {
+			t.Errorf("receipt ID %s: want it to begin with the batch's time %s and be version 8", id, fresh[:13])
+		}
+
+		// A batch from before: its BatchCreated has no receiptIds, and one of
+		// its receipts was recorded with a hashed ID.
+		const old = "01a22fff-0000-7000-8000-000000000001"
+		typ, data, err := domain.EncodeEvent(domain.BatchCreated{
+			EventHeader: domain.EventHeader{BatchID: old, Tenant: "acme", At: sent},
+			Text:        "Hi", Variables: []string{}, Priority: domain.PriorityNormal, Total: 3, Pages: 1,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rtyp, rdata, err := domain.EncodeEvent(domain.MessageDelivered{EventHeader: domain.EventHeader{BatchID: old, Tenant: "acme", At: sent}, Index: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := store.Append(ctx, domain.BatchStream(old), eventstore.NoStream(), []eventstore.EventData{
+			{ID: "0196a3c4-5b7e-7c1d-9e2f-3a4b5c6d7e8f", Type: typ, Data: data},
+			{ID: domain.DeliveryReceiptID(old, 2), Type: rtyp, Data: rdata},
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if ok, _, err := h.RecordReceipt(ctx, RecordReceipt{BatchID: old, Index: 2, Delivered: true, SentAt: sent}); ok || err != nil {
+			t.Fatalf("the old batch's message 2 again: recorded %v, %v; want refused as recorded before", ok, err)
+		}
+		if n, _, err := h.RecordReceipts(ctx, []RecordReceipt{{BatchID: old, Index: 2, Delivered: true}, {BatchID: old, Index: 0, Delivered: true}}); n != 1 || err != nil {
+			t.Fatalf("the old batch's receipts together: %d recorded, %v; want only message 0's", n, err)
+		}
+		if got := receipts(t, store, old); len(got) != 2 {
+			t.Fatalf("the old batch has %d receipts, want 2", len(got))
+		}
+	})
+}

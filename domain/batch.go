@@ -118,6 +118,8 @@ type Batch struct {
 	lastEventAt    time.Time
 	pausedAt       time.Time
 	resumedAt      time.Time
+	// receiptIDs is BatchCreated.ReceiptIDs.
+	receiptIDs int
 
 	changes []Event
 }
@@ -176,6 +178,7 @@ func NewBatch(p NewBatchParams, now time.Time) (*Batch, error) {
 		Total:        p.Total,
 		Pages:        p.Pages,
 		RetryOf:      p.RetryOf,
+		ReceiptIDs:   ReceiptIDsOrdered,
 	})
 	if p.AutoStart && (schedule == nil || !schedule.After(now)) {
 		b.record(BatchStarted{EventHeader: b.header(now), By: "auto"})
@@ -247,6 +250,15 @@ func (b *Batch) LastEventAt() time.Time    { return b.lastEventAt }
 func (b *Batch) PausedAt() time.Time       { return b.pausedAt }
 func (b *Batch) ResumedAt() time.Time      { return b.resumedAt }
 func (b *Batch) ValidUntil() time.Time     { return b.validUntil }
+
+// ReceiptID is the event ID of the delivery receipt of the batch's message
+// index: the store refuses a second event with it, so one receipt counts.
+func (b *Batch) ReceiptID(index int) string {
+	if b.receiptIDs == ReceiptIDsOrdered {
+		return OrderedReceiptID(b.id, index)
+	}
+	return DeliveryReceiptID(b.id, index)
+}
 
 // QuietHours returns the batch's quiet hours, if it has them.
 func (b *Batch) QuietHours() (QuietHours, bool) {
@@ -910,6 +922,7 @@ func (b *Batch) apply(e Event) {
 			b.validUntil = *e.ValidUntil
 		}
 		b.quiet = e.QuietHours
+		b.receiptIDs = e.ReceiptIDs
 		b.outstanding = make(map[int]Outstanding)
 	case BatchRescheduled:
 		b.schedule = e.ScheduleTime

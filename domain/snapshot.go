@@ -32,7 +32,7 @@ const TypeBatchSnapshot = "BatchSnapshot"
 // format, so snapshots written before the change are ignored rather than restored
 // without the new state. TestSnapshotFormatFollowsItsShape holds the shape of
 // each format.
-const SnapshotFormat = 5
+const SnapshotFormat = 6
 
 // ErrSnapshotFormat is returned by RestoreBatch for a snapshot of another format.
 var ErrSnapshotFormat = errors.New("snapshot of another format")
@@ -79,6 +79,7 @@ type BatchSnapshot struct {
 	LastEventAt    time.Time `json:"lastEventAt"`
 	PausedAt       time.Time `json:"pausedAt,omitzero"`
 	ResumedAt      time.Time `json:"resumedAt,omitzero"`
+	ReceiptIDs     int       `json:"receiptIds,omitempty"`
 }
 
 // OutstandingSnapshot is an Outstanding message in a snapshot, field for field:
@@ -140,6 +141,7 @@ func (b *Batch) Snapshot() (BatchSnapshot, error) {
 		LastEventAt:    b.lastEventAt,
 		PausedAt:       b.pausedAt,
 		ResumedAt:      b.resumedAt,
+		ReceiptIDs:     b.receiptIDs,
 	}
 	// Sorted, so that one state always gives the same snapshot.
 	for _, i := range slices.Sorted(maps.Keys(b.outstanding)) {
@@ -192,6 +194,7 @@ func RestoreBatch(s BatchSnapshot) (*Batch, error) {
 		lastEventAt:    s.LastEventAt,
 		pausedAt:       s.PausedAt,
 		resumedAt:      s.ResumedAt,
+		receiptIDs:     s.ReceiptIDs,
 	}
 	for _, o := range s.Outstanding {
 		b.outstanding[o.Index] = Outstanding(o)

@@ -173,6 +173,14 @@ var snapshotShapes = map[int]string{
 		"sent int; failed int; skipped int; lastSlice string; lastDispatchAt time.Time; lastSendAt time.Time; " +
 		"throttleUntil time.Time; throttleRate float64; holdReason string; holdSince time.Time; cappedRate float64; " +
 		"lastEventAt time.Time; pausedAt time.Time; resumedAt time.Time",
+	6: "format int; version uint64; id string; tenant string; status domain.Status; priority domain.Priority; " +
+		"text string; variables []string; total int; pages int; autoStart bool; schedule time.Time; createdAt time.Time; " +
+		"validUntil time.Time; quiet *domain.QuietHours; " +
+		"deferred []{group string; from int; to int; next int; waiting int; opensAt time.Time}; " +
+		"cursor int; outstanding []{index int; attempt int; slice string; instance string; deadline time.Time; retryAt time.Time; failures int}; " +
+		"sent int; failed int; skipped int; lastSlice string; lastDispatchAt time.Time; lastSendAt time.Time; " +
+		"throttleUntil time.Time; throttleRate float64; holdReason string; holdSince time.Time; cappedRate float64; " +
+		"lastEventAt time.Time; pausedAt time.Time; resumedAt time.Time; receiptIds int",
 }
 
 // shape describes a type's JSON fields, nested structs inline.

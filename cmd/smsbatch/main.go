@@ -16,7 +16,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"syscall"
@@ -56,7 +55,6 @@ serve (flags or SMSBATCH_ variables); simulator takes its own few.
 `
 
 func main() {
-	tuneGC()
 	args := os.Args[1:]
 	cmd := "serve"
 	switch {
@@ -534,20 +532,4 @@ func newLogger(cfg Config, out io.Writer) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(out, opts))
 	}
 	return slog.New(slog.NewTextHandler(out, opts))
-}
-
-// gcPercent is the collector's GOGC unless the environment sets one. The Go
-// default, 100, spent about a fifth of the CPU of a thousand batches sending
-// at once in the collector; at 200 that CPU went down by a fifth (12.0-13.4
-// to 9.7-9.9 s, BenchmarkConcurrentBatches) for a larger heap between
-// collections (RSS 215-268 MiB instead of 160), while RSS after a restart
-// stayed where it was (49 MiB after 100,000 messages of history, 59 MiB after
-// 1,000,000). GOMEMLIMIT bounds the heap where memory is short.
-const gcPercent = 200
-
-// tuneGC sets the collector's GOGC to gcPercent, unless GOGC is set.
-func tuneGC() {
-	if _, set := os.LookupEnv("GOGC"); !set {
-		debug.SetGCPercent(gcPercent)
-	}
 }

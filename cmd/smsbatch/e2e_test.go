@@ -47,6 +47,13 @@ func TestNormalBatchOf12SendsEachOnceAtItsRate(t *testing.T) {
 	}
 }
 
+// Each priority's batch sends at its rate, and never more than it in a second.
+// The rate is judged with the longest gap between two sends left out: on a
+// loaded two-core machine (the race detector, the suite's other servers) a
+// goroutine now and then waits a few hundred milliseconds for a core, and one
+// such stall near a 20-send batch's end alone took it below 90% in CI (gaps
+// of 126 ms and one of 427 ms). A pace that lost time send after send, which
+// is what the check is for, is still caught; so is a whole batch below 75%.
 func TestHighAndLowBatchesKeepTheirRates(t *testing.T) {
 	skipShort(t)
 	t.Parallel()
@@ -68,15 +75,19 @@ func TestHighAndLowBatchesKeepTheirRates(t *testing.T) {
 		if most := maxInWindow(ts, time.Second-20*time.Millisecond); most > int(tc.rate) {
 			t.Fatalf("rate %v: %d messages within one second", tc.rate, most)
 		}
-		achieved := float64(tc.n-1) / ts[tc.n-1].Sub(ts[0]).Seconds()
-		if achieved < 0.9*tc.rate || achieved > 1.05*tc.rate {
-			gaps := make([]string, 0, len(ts))
-			for i := 1; i < len(ts); i++ {
-				gaps = append(gaps, ts[i].Sub(ts[i-1]).Round(time.Millisecond).String())
-			}
-			t.Fatalf("rate %v: achieved %.2f/s; between sends %v", tc.rate, achieved, gaps)
+		span := ts[tc.n-1].Sub(ts[0])
+		achieved := float64(tc.n-1) / span.Seconds()
+		var longest time.Duration
+		gaps := make([]string, 0, len(ts))
+		for i := 1; i < len(ts); i++ {
+			longest = max(longest, ts[i].Sub(ts[i-1]))
+			gaps = append(gaps, ts[i].Sub(ts[i-1]).Round(time.Millisecond).String())
 		}
-		t.Logf("rate %v: achieved %.2f msg/s", tc.rate, achieved)
+		steady := float64(tc.n-2) / (span - longest).Seconds()
+		if steady < 0.9*tc.rate || achieved < 0.75*tc.rate || achieved > 1.05*tc.rate {
+			t.Fatalf("rate %v: achieved %.2f/s, %.2f/s without the longest gap; between sends %v", tc.rate, achieved, steady, gaps)
+		}
+		t.Logf("rate %v: achieved %.2f msg/s, %.2f without the longest gap", tc.rate, achieved, steady)
 	}
 }
 

@@ -414,9 +414,14 @@ func TestAppendsPerMessage(t *testing.T) {
 		latency time.Duration
 		max     float64
 	}{
-		// One per message, and one for the last answers, which no dispatch follows.
-		{"rate 20/s, 30 ms provider", Config{Rates: domain.Rates{High: 20, Normal: 20, Low: 20}}, 30 * time.Millisecond, 1 + 2.0/60},
-		{"rate 20/s, 300 ms provider", Config{Rates: domain.Rates{High: 20, Normal: 20, Low: 20}}, 300 * time.Millisecond, 1 + 2.0/60},
+		// One per message, and one for the last answers, which no dispatch
+		// follows; and two more for a loaded machine: a send whose goroutine
+		// waits past its start-by bound for a core gives up and is dispatched
+		// again, and an answer whose dispatch came that late is recorded
+		// alone. Under CI's load 63 appends for 60 messages came once in 27
+		// runs; unloaded it is 61 every time.
+		{"rate 20/s, 30 ms provider", Config{Rates: domain.Rates{High: 20, Normal: 20, Low: 20}}, 30 * time.Millisecond, 1 + 3.5/60},
+		{"rate 20/s, 300 ms provider", Config{Rates: domain.Rates{High: 20, Normal: 20, Low: 20}}, 300 * time.Millisecond, 1 + 3.5/60},
 		{"rate lifted, no latency", Config{Unlimited: true}, 0, 0.5},
 		{"rate lifted, 20 ms provider", Config{Unlimited: true}, 20 * time.Millisecond, 0.5},
 	}

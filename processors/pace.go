@@ -248,7 +248,7 @@ func (p *pace) ready(t time.Time) bool {
 // nextStart is when the next send may start, looking from now: its token
 // (tokenAt), or later if the sends a window before it started late (windowDue).
 func (p *pace) nextStart(now time.Time) time.Time {
-	return latest(p.tokenAt(now), p.windowDue())
+	return p.startAt(p.tokenAt(now))
 }
 
 // startAt is when a send whose token is due at token may start: then, or once
@@ -271,22 +271,34 @@ func (p *pace) windowDue() time.Time {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	// The starts, latest first: the later of the two lists' last ones each time.
+	// The starts, latest first: the later of the two lists' last ones each
+	// time, down to the r.sends-th.
 	i, j := len(p.recent)-1, len(p.pending)-1
-	var due time.Time
-	for k := 1; k <= r.sends && (i >= 0 || j >= 0); k++ {
-		var t time.Time
+	var last, back time.Time
+	k := 0
+	for ; k < r.sends && (i >= 0 || j >= 0); k++ {
 		if j < 0 || (i >= 0 && p.recent[i].After(p.pending[j].at)) {
-			t, i = p.recent[i], i-1
+			back, i = p.recent[i], i-1
 		} else {
-			t, j = p.pending[j].at, j-1
+			back, j = p.pending[j].at, j-1
 		}
-		if k == 1 {
-			due = t.Add(r.gap)
+		if k == 0 {
+			last = back
 		}
-		if k == r.sends {
-			due = latest(due, t.Add(r.window))
-		}
+	}
+	if k == 0 {
+		return time.Time{}
+	}
+	return r.after(last, back, k == r.sends)
+}
+
+// after is the earliest a send may start by s's rules: s.gap after the start
+// of the send before it (last), and, when there are s.sends sends before it
+// (full), s.window after the start of the s.sends-th (back).
+func (s slot) after(last, back time.Time, full bool) time.Time {
+	due := last.Add(s.gap)
+	if full {
+		due = latest(due, back.Add(s.window))
 	}
 	return due
 }
@@ -415,10 +427,7 @@ func (p *pace) take(ctx context.Context, now func() time.Time, s slot, st *batch
 		}
 		due := s.at
 		if n := len(p.recent); n > 0 && s.sends > 0 {
-			due = latest(due, p.recent[n-1].Add(s.gap))
-			if n >= s.sends {
-				due = latest(due, p.recent[n-s.sends].Add(s.window))
-			}
+			due = latest(due, s.after(p.recent[n-1], p.recent[max(n-s.sends, 0)], n >= s.sends))
 		}
 		if !t.Before(due) {
 			if t.After(s.by) && !st.startLate(t) {

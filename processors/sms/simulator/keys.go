@@ -138,11 +138,11 @@ type outboxKey struct {
 // tailChunk is how much of the outbox is read at a time, from its end.
 const tailChunk = 64 << 10
 
-// readOutboxTail reads the keys of the last entries of the outbox in f, up to
-// max, oldest first, as k holds them, without reading the rest of the file:
-// start-up costs the same whatever the outbox's size. It reports how many
-// unreadable lines it skipped and whether the file ends mid-line.
-func readOutboxTail(f *os.File, max int, k *recentKeys) (entries []keyEntry, skipped int, midLine bool, err error) {
+// readOutboxTail reads the keys of the last entries of the outbox in f, as
+// many as k remembers, oldest first, as k holds them, without reading the rest
+// of the file: start-up costs the same whatever the outbox's size. It reports
+// how many unreadable lines it skipped and whether the file ends mid-line.
+func readOutboxTail(f *os.File, k *recentKeys) (entries []keyEntry, skipped int, midLine bool, err error) {
 	info, err := f.Stat()
 	if err != nil {
 		return nil, 0, false, err
@@ -159,7 +159,7 @@ func readOutboxTail(f *os.File, max int, k *recentKeys) (entries []keyEntry, ski
 	// The start of a line whose beginning is in the next chunk back, kept
 	// apart from buf, which each chunk reuses.
 	var carry, buf []byte
-	for pos > 0 && len(entries) < max {
+	for pos > 0 && len(entries) < k.max {
 		n := min(int64(tailChunk), pos)
 		pos -= n
 		buf = slices.Grow(buf[:0], int(n)+len(carry))[:n]
@@ -176,7 +176,7 @@ func readOutboxTail(f *os.File, max int, k *recentKeys) (entries []keyEntry, ski
 			carry = append(carry, data[:i]...)
 			data = data[min(i+1, len(data)):]
 		}
-		for len(data) > 0 && len(entries) < max {
+		for len(data) > 0 && len(entries) < k.max {
 			var line []byte
 			if i := bytes.LastIndexByte(data, '\n'); i >= 0 {
 				line, data = data[i+1:], data[:i]

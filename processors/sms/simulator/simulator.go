@@ -208,7 +208,7 @@ func New(cfg Config) (*Simulator, error) {
 		return nil, fmt.Errorf("simulator: open outbox: %w", err)
 	}
 	accepted := newRecentKeys(cfg.RememberKeys)
-	entries, skipped, midLine, err := readOutboxTail(f, cfg.RememberKeys, accepted)
+	entries, skipped, midLine, err := readOutboxTail(f, accepted)
 	if err != nil {
 		_ = f.Close()
 		return nil, fmt.Errorf("simulator: read outbox %s: %w", cfg.OutboxPath, err)

@@ -142,11 +142,11 @@ func (h *Handlers) CreateBatch(ctx context.Context, cmd CreateBatch) (Result, er
 	if err != nil {
 		return Result{}, err
 	}
-	pos, err := h.repo.Add(ctx, b)
+	pos, err := h.repo.Add(ctx, b) // caches a copy of b
 	if err != nil {
 		return Result{}, err
 	}
-	return Result{Batch: b.Clone(), Position: pos}, nil
+	return Result{Batch: b, Position: pos}, nil
 }
 
 // Act names a caller acting on a batch: only its own tenant may.

@@ -203,9 +203,9 @@ func (r *Repository) update(ctx context.Context, id string, decide func(b *domai
 			return Result{}, fmt.Errorf("update batch %s: %w", id, err)
 		}
 		b.ClearChanges()
-		r.remember(id, b)
+		r.remember(id, b) // a copy: b is the caller's own
 		r.snapshotIfDue(ctx, loaded, b)
-		return Result{Batch: b.Clone(), Position: pos}, nil
+		return Result{Batch: b, Position: pos}, nil
 	}
 }
 

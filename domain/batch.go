@@ -3,7 +3,6 @@ package domain
 import (
 	"errors"
 	"fmt"
-	"maps"
 	"math"
 	"slices"
 	"strconv"
@@ -64,6 +63,42 @@ type Outstanding struct {
 // InFlight reports whether the attempt was handed to the provider and has no answer recorded.
 func (o Outstanding) InFlight() bool { return o.RetryAt.IsZero() }
 
+// outstandingSet holds a batch's outstanding messages sorted by index: a few
+// at a time (the batch's in-flight bound), so a slice is searched as fast as a
+// map, and copying it for every decision (Batch.Clone) costs one small
+// allocation where a map's cost several.
+type outstandingSet []Outstanding
+
+func (s outstandingSet) find(index int) (int, bool) {
+	return slices.BinarySearchFunc(s, index, func(o Outstanding, index int) int { return o.Index - index })
+}
+
+func (s outstandingSet) get(index int) (Outstanding, bool) {
+	if i, ok := s.find(index); ok {
+		return s[i], true
+	}
+	return Outstanding{}, false
+}
+
+// put adds o, or replaces the message at its index.
+func (s *outstandingSet) put(o Outstanding) {
+	if i, ok := s.find(o.Index); ok {
+		(*s)[i] = o
+	} else {
+		*s = slices.Insert(*s, i, o)
+	}
+}
+
+// remove drops the message at index; an emptied set is nil, as a new one is,
+// so that equal states compare equal however they were reached.
+func (s *outstandingSet) remove(index int) {
+	if i, ok := s.find(index); ok {
+		if *s = slices.Delete(*s, i, i+1); len(*s) == 0 {
+			*s = nil
+		}
+	}
+}
+
 // Settled tells whether a send of an in-flight message can no longer be running
 // for a reason the aggregate cannot see: its instance is known gone, or (for the
 // asking instance's own sends) it knows the send ended without an answer to
@@ -104,7 +139,7 @@ type Batch struct {
 	createdAt time.Time
 
 	cursor      int
-	outstanding map[int]Outstanding
+	outstanding outstandingSet
 	sent        int
 	failed      int
 	skipped     int
@@ -221,7 +256,7 @@ func (b *Batch) ClearChanges() { b.changes = nil }
 func (b *Batch) Clone() *Batch {
 	c := *b
 	c.variables = slices.Clone(b.variables)
-	c.outstanding = maps.Clone(b.outstanding)
+	c.outstanding = slices.Clone(b.outstanding)
 	c.changes = slices.Clone(b.changes)
 	return &c
 }
@@ -289,9 +324,7 @@ func (b *Batch) ScheduleTime() time.Time { return b.schedule }
 
 // Outstanding returns the dispatched messages without a final outcome, by index.
 func (b *Batch) Outstanding() []Outstanding {
-	out := slices.Collect(maps.Values(b.outstanding))
-	slices.SortFunc(out, func(x, y Outstanding) int { return x.Index - y.Index })
-	return out
+	return slices.Clone(b.outstanding)
 }
 
 // OutstandingCount is how many messages are outstanding.
@@ -299,8 +332,7 @@ func (b *Batch) OutstandingCount() int { return len(b.outstanding) }
 
 // OutstandingAt returns the outstanding message at index, if there is one.
 func (b *Batch) OutstandingAt(index int) (Outstanding, bool) {
-	o, ok := b.outstanding[index]
-	return o, ok
+	return b.outstanding.get(index)
 }
 
 // NextRetryAt is the earliest time a waiting retry becomes due; zero if none waits.
@@ -846,7 +878,7 @@ type SkipParams struct {
 // flight cannot be skipped: its answer decides.
 func (b *Batch) Skip(now time.Time, p SkipParams, settled Settled) error {
 	attempt := 0
-	if o, ok := b.outstanding[p.Index]; ok {
+	if o, ok := b.outstanding.get(p.Index); ok {
 		if o.InFlight() && !o.InDoubt(now, settled) {
 			return ErrStaleOutcome
 		}
@@ -863,7 +895,7 @@ func (b *Batch) Skip(now time.Time, p SkipParams, settled Settled) error {
 }
 
 func (b *Batch) checkInFlight(index, attempt int) error {
-	o, ok := b.outstanding[index]
+	o, ok := b.outstanding.get(index)
 	if !ok || o.Attempt != attempt || !o.InFlight() {
 		return ErrStaleOutcome
 	}
@@ -923,7 +955,7 @@ func (b *Batch) apply(e Event) {
 		}
 		b.quiet = e.QuietHours
 		b.receiptIDs = e.ReceiptIDs
-		b.outstanding = make(map[int]Outstanding)
+		b.outstanding = nil
 	case BatchRescheduled:
 		b.schedule = e.ScheduleTime
 		b.autoStart = true
@@ -932,10 +964,11 @@ func (b *Batch) apply(e Event) {
 		b.lastSlice = ChainToken(rev)
 	case MessagesDispatched:
 		for _, d := range e.Messages {
-			b.outstanding[d.Index] = Outstanding{
+			before, _ := b.outstanding.get(d.Index)
+			b.outstanding.put(Outstanding{
 				Index: d.Index, Attempt: d.Attempt, Slice: e.Slice, Instance: e.Instance, Deadline: e.Deadline,
-				Failures: b.outstanding[d.Index].Failures,
-			}
+				Failures: before.Failures,
+			})
 			b.cursor = max(b.cursor, d.Index+1)
 		}
 		b.lastSlice = e.Slice
@@ -944,15 +977,15 @@ func (b *Batch) apply(e Event) {
 	case BatchThrottled:
 		b.throttle = Throttle{Until: e.Until, Rate: e.Rate}
 	case MessageSent:
-		delete(b.outstanding, e.Index)
+		b.outstanding.remove(e.Index)
 		b.sent++
 	case MessageAttemptFailed:
-		o := b.outstanding[e.Index]
+		o, _ := b.outstanding.get(e.Index)
 		o.RetryAt = e.RetryAt
 		if !e.Category.Outage() {
 			o.Failures++
 		}
-		b.outstanding[e.Index] = o
+		b.outstanding.put(o)
 	case BatchRateCapped:
 		b.cappedRate = e.Rate
 	case BatchHeld:
@@ -960,10 +993,10 @@ func (b *Batch) apply(e Event) {
 	case BatchUnheld:
 		b.hold = Hold{}
 	case MessageFailed:
-		delete(b.outstanding, e.Index)
+		b.outstanding.remove(e.Index)
 		b.failed++
 	case MessageSkipped:
-		delete(b.outstanding, e.Index)
+		b.outstanding.remove(e.Index)
 		b.cursor = max(b.cursor, e.Index+1)
 		b.skipped++
 	case RecipientsDeferred:

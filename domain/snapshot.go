@@ -3,7 +3,6 @@ package domain
 import (
 	"errors"
 	"fmt"
-	"maps"
 	"slices"
 	"time"
 )
@@ -143,9 +142,8 @@ func (b *Batch) Snapshot() (BatchSnapshot, error) {
 		ResumedAt:      b.resumedAt,
 		ReceiptIDs:     b.receiptIDs,
 	}
-	// Sorted, so that one state always gives the same snapshot.
-	for _, i := range slices.Sorted(maps.Keys(b.outstanding)) {
-		s.Outstanding = append(s.Outstanding, OutstandingSnapshot(b.outstanding[i]))
+	for _, o := range b.outstanding { // sorted by index
+		s.Outstanding = append(s.Outstanding, OutstandingSnapshot(o))
 	}
 	return s, nil
 }
@@ -179,11 +177,10 @@ func RestoreBatch(s BatchSnapshot) (*Batch, error) {
 		quiet:      clonePtr(s.Quiet),
 		deferred:   slices.Clone(s.Deferred),
 
-		cursor:      s.Cursor,
-		outstanding: make(map[int]Outstanding, len(s.Outstanding)),
-		sent:        s.Sent,
-		failed:      s.Failed,
-		skipped:     s.Skipped,
+		cursor:  s.Cursor,
+		sent:    s.Sent,
+		failed:  s.Failed,
+		skipped: s.Skipped,
 
 		lastSlice:      s.LastSlice,
 		lastDispatchAt: s.LastDispatchAt,
@@ -197,7 +194,7 @@ func RestoreBatch(s BatchSnapshot) (*Batch, error) {
 		receiptIDs:     s.ReceiptIDs,
 	}
 	for _, o := range s.Outstanding {
-		b.outstanding[o.Index] = Outstanding(o)
+		b.outstanding.put(Outstanding(o))
 	}
 	return b, nil
 }

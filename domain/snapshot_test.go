@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -105,12 +106,10 @@ func TestSnapshotCarriesEveryField(t *testing.T) {
 	// What RestoreBatch checks must make sense; every other value stays as filled.
 	b.status = StatusPaused
 	b.cursor, b.total = 1000, 2000
-	outstanding := make(map[int]Outstanding, len(b.outstanding))
-	for k, o := range b.outstanding {
-		o.Index = k % b.cursor
-		outstanding[o.Index] = o
+	for i := range b.outstanding {
+		b.outstanding[i].Index %= b.cursor
 	}
-	b.outstanding = outstanding
+	slices.SortFunc(b.outstanding, func(x, y Outstanding) int { return x.Index - y.Index })
 	if len(b.outstanding) != 2 {
 		t.Fatalf("filled %d outstanding messages, want 2", len(b.outstanding))
 	}

@@ -435,7 +435,10 @@ func TestLongExportOutlivesTheWriteTimeout(t *testing.T) {
 	skipShort(t)
 	t.Parallel()
 	cfg := testConfig(t)
-	cfg.HTTPWriteTimeout = time.Second
+	// Two seconds, not one: under CI's load a write at one point of the export
+	// (where the server reads the next page of recipients) once waited over a
+	// second for this process's reader.
+	cfg.HTTPWriteTimeout = 2 * time.Second
 	c := startMain(t, cfg)
 	// Wide rows: 16 MB, several times what the sockets' buffers hold, so
 	// that the server's writes wait for the reader for seconds.
@@ -493,7 +496,7 @@ func TestLongExportOutlivesTheWriteTimeout(t *testing.T) {
 		if err != nil {
 			t.Fatalf("export cut off after %s and %d bytes: %v", time.Since(began), got.Len(), err)
 		}
-		time.Sleep(time.Duration(k) * 250 * time.Nanosecond) // 4 MB/s
+		time.Sleep(time.Duration(k) * 333 * time.Nanosecond) // 3 MB/s: 5.3 s
 	}
 	resp.Body.Close()
 	took := time.Since(began)
@@ -504,7 +507,7 @@ func TestLongExportOutlivesTheWriteTimeout(t *testing.T) {
 	if len(rows) != n+1 || rows[n][0] != fmt.Sprint(n-1) {
 		t.Fatalf("export: %d rows, want %d", len(rows)-1, n)
 	}
-	if took < 3*cfg.HTTPWriteTimeout {
+	if took < 2*cfg.HTTPWriteTimeout {
 		t.Fatalf("the export took %s: too fast to show the write timeout (%s) lifted", took, cfg.HTTPWriteTimeout)
 	}
 	t.Logf("a slow reader took %s to read %d rows; the write timeout is %s", took, n, cfg.HTTPWriteTimeout)

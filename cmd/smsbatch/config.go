@@ -191,7 +191,7 @@ func parseConfig(name string, args []string, env func(string) string, only ...st
 	s.str(&c.ReadStoreURL, "read-store-url", "SMSBATCH_READ_STORE_URL", "", "PostgreSQL URL of the read models; default the event store's URL")
 	s.str(&c.NATSURL, "nats-url", "SMSBATCH_NATS_URL", "", "NATS URL (JetStream) for the work messages; empty runs them in-process (GoChannel)")
 	s.str(&c.NATSNamespace, "nats-namespace", "SMSBATCH_NATS_NAMESPACE", "", "prefix of the NATS streams and subjects, for several deployments on one server")
-	s.int(&c.NATSConcurrency, "nats-concurrency", "SMSBATCH_NATS_CONCURRENCY", 256, "batches one instance works at once over NATS")
+	s.int(&c.NATSConcurrency, "nats-concurrency", "SMSBATCH_NATS_CONCURRENCY", 4096, "batches one instance works at once over NATS")
 	s.str(&c.APIKeys, "api-keys", "SMSBATCH_API_KEYS", "", "API keys as tenant:key,tenant:key; empty creates a dev key in the data directory")
 	s.str(&c.DefaultRegion, "default-region", "SMSBATCH_DEFAULT_REGION", "US", "region of phone numbers given without a country code")
 	s.str(&c.LogLevel, "log-level", "SMSBATCH_LOG_LEVEL", "info", "debug, info, warn or error")
@@ -276,6 +276,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxInFlight < 1 {
 		errs = append(errs, errors.New("max in flight must be at least 1"))
+	}
+	if c.NATSConcurrency < 1 {
+		errs = append(errs, errors.New("nats concurrency must be at least 1"))
 	}
 	if c.TenantMaxRate < 0 {
 		errs = append(errs, errors.New("tenant max rate must be 0 (off) or positive"))

@@ -34,7 +34,7 @@ func (t transport) Close() error {
 
 // openTransport returns GoChannel for a single instance, or NATS JetStream when a
 // NATS URL is configured: durable streams so a restart loses no work message, one
-// queue group so each message is handled by one instance.
+// pull consumer each so each message is handled by one instance.
 func openTransport(cfg Config, logger *slog.Logger) (transport, error) {
 	wlog := watermill.NewSlogLogger(logger.With("component", "watermill"))
 	if cfg.NATSURL == "" {
@@ -52,11 +52,8 @@ func openTransport(cfg Config, logger *slog.Logger) (transport, error) {
 	}
 	opts := []nats.Option{nats.Name("smsbatch"), nats.MaxReconnects(-1), nats.ReconnectWait(500 * time.Millisecond)}
 	js := wmnats.JetStreamConfig{
-		AutoProvision:     false, // provisionStreams made them as work queues
-		TrackMsgId:        true,
-		DurablePrefix:     "smsbatch",
-		DurableCalculator: func(_, topic string) string { return names.durable(topic) },
-		SubscribeOptions:  []nats.SubOpt{nats.AckExplicit(), nats.DeliverAll(), nats.MaxAckPending(4096)},
+		AutoProvision: false, // provisionStreams made them as work queues
+		TrackMsgId:    true,
 	}
 	pub, err := wmnats.NewPublisher(wmnats.PublisherConfig{
 		URL: cfg.NATSURL, NatsOptions: opts, Marshaler: &wmnats.NATSMarshaler{}, JetStream: js,
@@ -64,19 +61,9 @@ func openTransport(cfg Config, logger *slog.Logger) (transport, error) {
 	if err != nil {
 		return transport{}, fmt.Errorf("NATS publisher: %w", err)
 	}
-	sub, err := wmnats.NewSubscriber(wmnats.SubscriberConfig{
-		URL:              cfg.NATSURL,
-		QueueGroupPrefix: names.queueGroup(),
-		// Each subscriber holds one work message for a slice at a time, so this
-		// bounds the batches one instance works at once.
-		SubscribersCount: cfg.NATSConcurrency,
-		AckWaitTimeout:   ackWait,
-		CloseTimeout:     cfg.Slice + cfg.SendTimeout + 5*time.Second,
-		SubscribeTimeout: 10 * time.Second,
-		NatsOptions:      opts,
-		Unmarshaler:      &wmnats.NATSMarshaler{},
-		JetStream:        js,
-	}, wlog)
+	// Each slot holds one work message for a slice at a time, so this bounds
+	// the batches one instance works at once.
+	sub, err := newPullSubscriber(cfg.NATSURL, opts, names, cfg.NATSConcurrency, ackWait, wlog)
 	if err != nil {
 		pub.Close()
 		return transport{}, fmt.Errorf("NATS subscriber: %w", err)
@@ -92,29 +79,22 @@ type natsNames struct {
 	ackWait time.Duration
 }
 
-// queueGroup is the one queue group of every instance of the deployment.
-func (n natsNames) queueGroup() string { return n.ns + "smsbatch" }
-
 // durable is the name of the consumer of a topic (which carries the namespace).
 func (n natsNames) durable(topic string) string {
 	return "smsbatch_" + strings.NewReplacer(".", "_", "-", "_").Replace(topic)
 }
 
-// deliverSubject is where the consumer of a topic pushes its messages to the
-// queue group: fixed, so that every instance listens where the consumer sends.
-func (n natsNames) deliverSubject(topic string) string {
-	return "_smsbatch.deliver." + n.durable(topic)
-}
-
 // provisionStreams creates the JetStream streams of the two topics as work
 // queues (a message is removed once acknowledged, so the streams do not grow),
-// and the durable consumer of each, which the instances' subscriptions bind to.
+// and the durable pull consumer of each, which every instance pulls from.
 //
-// The consumer is made here, not by the first subscription: nats.go deletes a
+// The consumer is made here, not by a subscription: nats.go deletes a
 // consumer its subscription created when that subscription ends, so the first
-// instance to start would take the consumer away with it when it stopped, and
-// every other instance, still listening on the old delivery subject, would get
-// no work message again.
+// instance to start took the consumer away with it when it stopped, and the
+// others got no work message again. A push consumer left by an older version
+// (watermill-nats made one per topic, under the same name) is replaced: a
+// work-queue stream takes one consumer per subject, and the messages stay in
+// the stream for the new one.
 func provisionStreams(url string, names natsNames) error {
 	nc, err := nats.Connect(url, nats.Name("smsbatch-provision"), nats.Timeout(5*time.Second))
 	if err != nil {
@@ -138,20 +118,25 @@ func provisionStreams(url string, names natsNames) error {
 				return fmt.Errorf("create NATS stream %s: %w", topic, err)
 			}
 		}
-		if _, err := js.ConsumerInfo(topic, names.durable(topic)); err == nil {
-			continue // made by another instance, or by a subscription of an older one
-		} else if !errors.Is(err, nats.ErrConsumerNotFound) {
+		info, err := js.ConsumerInfo(topic, names.durable(topic))
+		switch {
+		case err == nil && info.Config.DeliverSubject == "":
+			continue // made by another instance
+		case err == nil:
+			if err := js.DeleteConsumer(topic, names.durable(topic)); err != nil && !errors.Is(err, nats.ErrConsumerNotFound) {
+				return fmt.Errorf("replace the NATS push consumer of %s: %w", topic, err)
+			}
+		case !errors.Is(err, nats.ErrConsumerNotFound):
 			return fmt.Errorf("NATS consumer of %s: %w", topic, err)
 		}
-		_, err := js.AddConsumer(topic, &nats.ConsumerConfig{
-			Durable:        names.durable(topic),
-			DeliverSubject: names.deliverSubject(topic),
-			DeliverGroup:   names.queueGroup(),
-			FilterSubject:  topic,
-			DeliverPolicy:  nats.DeliverAllPolicy,
-			AckPolicy:      nats.AckExplicitPolicy,
-			AckWait:        names.ackWait,
-			MaxAckPending:  4096,
+		_, err = js.AddConsumer(topic, &nats.ConsumerConfig{
+			Durable:       names.durable(topic),
+			FilterSubject: topic,
+			DeliverPolicy: nats.DeliverAllPolicy,
+			AckPolicy:     nats.AckExplicitPolicy,
+			AckWait:       names.ackWait,
+			// Every work message handled at once, on all instances together.
+			MaxAckPending: 1 << 16,
 		})
 		if err != nil && !errors.Is(err, nats.ErrConsumerNameAlreadyInUse) {
 			return fmt.Errorf("create NATS consumer of %s: %w", topic, err)

@@ -34,14 +34,21 @@ type benchServer struct {
 }
 
 // storeArgs are the serve flags of the stores a benchmark runs on: the
-// embedded default, or a fresh PostgreSQL database (skipped without one).
+// embedded default, a fresh PostgreSQL database (skipped without one), or
+// "postgres+nats", that database with the work messages on NATS JetStream (the
+// multi-instance mode, on one instance).
 func storeArgs(b *testing.B, store string) []string {
 	b.Helper()
 	if store == "bolt" {
 		return nil
 	}
 	url := pgtest.Database(b)
-	return []string{"--event-store", "postgres", "--event-store-url", url, "--read-store", "postgres"}
+	args := []string{"--event-store", "postgres", "--event-store-url", url, "--read-store", "postgres"}
+	if store == "postgres+nats" {
+		nurl := natsURL(b)
+		args = append(args, "--nats-url", nurl, "--nats-namespace", natsNamespace(b, nurl))
+	}
+	return args
 }
 
 func newBenchServer(b *testing.B, args ...string) *benchServer {
@@ -214,13 +221,14 @@ func BenchmarkRestartAfterHistory(b *testing.B) {
 // best) created by 32 clients at once. It reports the creation rate, each
 // batch's achieved rate (24 sends over its first-to-last time) at the median
 // and the worst, the busiest second of any batch (at most 5), and the
-// instance's CPU and RSS. 2,000 only with SMSBATCH_BENCH_BIG=1.
+// instance's CPU and RSS. 2,000 only with SMSBATCH_BENCH_BIG=1. On bolt,
+// PostgreSQL, and PostgreSQL with the work messages on NATS.
 func BenchmarkConcurrentBatches(b *testing.B) {
 	sizes := []int{100, 500, 1000}
 	if os.Getenv("SMSBATCH_BENCH_BIG") == "1" {
 		sizes = append(sizes, 2000)
 	}
-	for _, store := range []string{"bolt", "postgres"} {
+	for _, store := range []string{"bolt", "postgres", "postgres+nats"} {
 		for _, n := range sizes {
 			b.Run(fmt.Sprintf("store=%s/batches=%d", store, n), func(b *testing.B) {
 				for range b.N {

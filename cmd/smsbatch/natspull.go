@@ -145,8 +145,11 @@ func (s *pullSubscriber) pull(ctx context.Context, cons jetstream.Consumer, out 
 }
 
 // handle gives one message to the router and acknowledges it as the handler
-// does. A message left unacknowledged (the subscriber closed, or its handler
-// took longer than ackWait) is delivered again after the consumer's ack wait.
+// does, also while the subscriber closes: closing cancels the message's
+// context, the slice hands its work on and returns, and its message is
+// acknowledged rather than delivered again. A message left unacknowledged (its
+// handler took longer than ackWait) is delivered again after the consumer's
+// ack wait.
 func (s *pullSubscriber) handle(ctx context.Context, m jetstream.Msg, out chan<- *message.Message) {
 	wm, err := wmjs.DefaultUnmarshaler{}.Unmarshal(m)
 	if err != nil {
@@ -177,15 +180,15 @@ func (s *pullSubscriber) handle(ctx context.Context, m jetstream.Msg, out chan<-
 			s.log.Error("refusing a NATS message failed", err, fields)
 		}
 	case <-timer.C:
-	case <-s.closing:
 	}
 }
 
-// Close stops pulling and closes the connection. The router closes its
-// subscriber when it starts to stop, before its handlers end (once for each
-// handler, and the transport once more): the messages they hold are left to
-// the consumer's redelivery, as watermill-nats leaves them, and fencing keeps
-// a redelivered one from sending anything twice.
+// Close stops pulling, cancels the context of every message held, waits for
+// their handlers to acknowledge them, and closes the connection. The router
+// closes its subscriber when it starts to stop, before its handlers end (once
+// for each handler, and the transport once more). watermill-nats left the
+// messages held then unacknowledged, so each came back after the ack wait to
+// start a chain that fencing then refused.
 func (s *pullSubscriber) Close() error {
 	s.once.Do(func() {
 		close(s.closing)

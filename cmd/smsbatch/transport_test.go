@@ -182,3 +182,59 @@ func TestAnOlderPushConsumerIsReplacedWithoutLosingWork(t *testing.T) {
 		t.Fatal("the work message waiting for the old consumer never reached the new one")
 	}
 }
+
+// A work message whose handler finishes while the instance stops is
+// acknowledged, not left to come back after the ack wait: stopping cancels the
+// message's context, and the subscriber waits for the handler's answer.
+func TestWorkHeldAtStopIsAcknowledged(t *testing.T) {
+	url := natsURL(t)
+	cfg := Config{
+		NATSURL: url, NATSNamespace: natsNamespace(t, url),
+		Slice: 2 * time.Second, SendTimeout: time.Second, NATSConcurrency: 4,
+	}
+	tr, err := openTransport(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	msgs, err := tr.sub.Subscribe(ctx, processors.TopicWork)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.pub.Publish(processors.TopicWork, message.NewMessage(watermill.NewUUID(), []byte(`{}`))); err != nil {
+		t.Fatal(err)
+	}
+	var m *message.Message
+	select {
+	case m = <-msgs:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no work message")
+	}
+	go func() {
+		<-m.Context().Done() // the slice sees the stop, hands on, returns
+		time.Sleep(100 * time.Millisecond)
+		m.Ack()
+	}()
+	if err := tr.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := nc.JetStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	topic := cfg.NATSNamespace + processors.TopicWork
+	info, err := js.ConsumerInfo(topic, natsNames{}.durable(topic))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.NumAckPending != 0 {
+		t.Fatalf("%d work messages unacknowledged after the stop: they would come back after the ack wait", info.NumAckPending)
+	}
+}

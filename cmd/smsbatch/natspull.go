@@ -26,7 +26,6 @@ import (
 type pullSubscriber struct {
 	nc      *nats.Conn
 	js      jetstream.JetStream
-	names   natsNames
 	slots   int           // messages of one topic handled at once
 	ackWait time.Duration // how long a handler may take to acknowledge
 	log     watermill.LoggerAdapter
@@ -44,7 +43,7 @@ const maxFetch = 32
 // fetchWait is how long one pull waits for messages before asking again.
 const fetchWait = 5 * time.Second
 
-func newPullSubscriber(url string, opts []nats.Option, names natsNames, slots int, ackWait time.Duration, log watermill.LoggerAdapter) (*pullSubscriber, error) {
+func newPullSubscriber(url string, opts []nats.Option, slots int, ackWait time.Duration, log watermill.LoggerAdapter) (*pullSubscriber, error) {
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		return nil, err
@@ -55,7 +54,7 @@ func newPullSubscriber(url string, opts []nats.Option, names natsNames, slots in
 		return nil, err
 	}
 	return &pullSubscriber{
-		nc: nc, js: js, names: names, slots: max(slots, 1), ackWait: ackWait, log: log,
+		nc: nc, js: js, slots: max(slots, 1), ackWait: ackWait, log: log,
 		closing: make(chan struct{}),
 	}, nil
 }
@@ -63,7 +62,7 @@ func newPullSubscriber(url string, opts []nats.Option, names natsNames, slots in
 // Subscribe implements message.Subscriber. The topic's stream and consumer
 // exist (provisionStreams made them).
 func (s *pullSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
-	cons, err := s.js.Consumer(ctx, topic, s.names.durable(topic))
+	cons, err := s.js.Consumer(ctx, topic, durableName(topic))
 	if err != nil {
 		return nil, err
 	}

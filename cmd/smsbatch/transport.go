@@ -46,8 +46,7 @@ func openTransport(cfg Config, logger *slog.Logger) (transport, error) {
 	// redelivered to another instance after this, which is how the work of an
 	// instance that died moves on.
 	ackWait := cfg.Slice + cfg.SendTimeout + 10*time.Second
-	names := natsNames{ns: ns, ackWait: ackWait}
-	if err := provisionStreams(cfg.NATSURL, names); err != nil {
+	if err := provisionStreams(cfg.NATSURL, ns, ackWait); err != nil {
 		return transport{}, err
 	}
 	opts := []nats.Option{nats.Name("smsbatch"), nats.MaxReconnects(-1), nats.ReconnectWait(500 * time.Millisecond)}
@@ -63,7 +62,7 @@ func openTransport(cfg Config, logger *slog.Logger) (transport, error) {
 	}
 	// Each slot holds one work message for a slice at a time, so this bounds
 	// the batches one instance works at once.
-	sub, err := newPullSubscriber(cfg.NATSURL, opts, names, cfg.NATSConcurrency, ackWait, wlog)
+	sub, err := newPullSubscriber(cfg.NATSURL, opts, cfg.NATSConcurrency, ackWait, wlog)
 	if err != nil {
 		pub.Close()
 		return transport{}, fmt.Errorf("NATS subscriber: %w", err)
@@ -73,14 +72,9 @@ func openTransport(cfg Config, logger *slog.Logger) (transport, error) {
 	}}, nil
 }
 
-// natsNames are the names of the JetStream consumers the instances share.
-type natsNames struct {
-	ns      string
-	ackWait time.Duration
-}
-
-// durable is the name of the consumer of a topic (which carries the namespace).
-func (n natsNames) durable(topic string) string {
+// durableName is the name of the consumer of a topic (which carries the
+// namespace).
+func durableName(topic string) string {
 	return "smsbatch_" + strings.NewReplacer(".", "_", "-", "_").Replace(topic)
 }
 
@@ -95,7 +89,7 @@ func (n natsNames) durable(topic string) string {
 // (watermill-nats made one per topic, under the same name) is replaced: a
 // work-queue stream takes one consumer per subject, and the messages stay in
 // the stream for the new one.
-func provisionStreams(url string, names natsNames) error {
+func provisionStreams(url, ns string, ackWait time.Duration) error {
 	nc, err := nats.Connect(url, nats.Name("smsbatch-provision"), nats.Timeout(5*time.Second))
 	if err != nil {
 		return fmt.Errorf("connect to NATS: %w", err)
@@ -105,7 +99,7 @@ func provisionStreams(url string, names natsNames) error {
 	if err != nil {
 		return fmt.Errorf("NATS JetStream: %w", err)
 	}
-	for _, topic := range []string{names.ns + processors.TopicBatchEvents, names.ns + processors.TopicWork} {
+	for _, topic := range []string{ns + processors.TopicBatchEvents, ns + processors.TopicWork} {
 		if _, err := js.StreamInfo(topic); err != nil {
 			_, err := js.AddStream(&nats.StreamConfig{
 				Name:      topic,
@@ -118,23 +112,23 @@ func provisionStreams(url string, names natsNames) error {
 				return fmt.Errorf("create NATS stream %s: %w", topic, err)
 			}
 		}
-		info, err := js.ConsumerInfo(topic, names.durable(topic))
+		info, err := js.ConsumerInfo(topic, durableName(topic))
 		switch {
 		case err == nil && info.Config.DeliverSubject == "":
 			continue // made by another instance
 		case err == nil:
-			if err := js.DeleteConsumer(topic, names.durable(topic)); err != nil && !errors.Is(err, nats.ErrConsumerNotFound) {
+			if err := js.DeleteConsumer(topic, durableName(topic)); err != nil && !errors.Is(err, nats.ErrConsumerNotFound) {
 				return fmt.Errorf("replace the NATS push consumer of %s: %w", topic, err)
 			}
 		case !errors.Is(err, nats.ErrConsumerNotFound):
 			return fmt.Errorf("NATS consumer of %s: %w", topic, err)
 		}
 		_, err = js.AddConsumer(topic, &nats.ConsumerConfig{
-			Durable:       names.durable(topic),
+			Durable:       durableName(topic),
 			FilterSubject: topic,
 			DeliverPolicy: nats.DeliverAllPolicy,
 			AckPolicy:     nats.AckExplicitPolicy,
-			AckWait:       names.ackWait,
+			AckWait:       ackWait,
 			// Every work message handled at once, on all instances together.
 			MaxAckPending: 1 << 16,
 		})

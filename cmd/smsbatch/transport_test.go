@@ -15,43 +15,74 @@ import (
 	"github.com/smsbatch/smsbatch/processors"
 )
 
+// natsConfig is a NATS transport configuration with slots work slots, in a
+// namespace of the test's own on the test's NATS server.
+func natsConfig(t *testing.T, slots int) Config {
+	url := natsURL(t)
+	return Config{
+		NATSURL: url, NATSNamespace: natsNamespace(t, url),
+		Slice: 2 * time.Second, SendTimeout: time.Second, NATSConcurrency: slots,
+	}
+}
+
+// subscribeWork opens a transport on cfg, as an instance does, and subscribes
+// it to the work topic until the test ends.
+func subscribeWork(t *testing.T, cfg Config) (transport, <-chan *message.Message) {
+	t.Helper()
+	tr, err := openTransport(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	msgs, err := tr.sub.Subscribe(ctx, processors.TopicWork)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tr, msgs
+}
+
+// publishWork publishes a work message through tr and returns it.
+func publishWork(t *testing.T, tr transport) *message.Message {
+	t.Helper()
+	m := message.NewMessage(watermill.NewUUID(), []byte(`{}`))
+	if err := tr.pub.Publish(processors.TopicWork, m); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// jetStream is a JetStream context on url, to look at the streams and
+// consumers from outside.
+func jetStream(t *testing.T, url string) nats.JetStreamContext {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := nc.JetStream()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
+
 // Work messages reach the instances that stay when the first instance to start
 // stops: its subscription must not take the shared consumer away with it (it
 // did, and the others, still listening, got no work message again).
 func TestWorkReachesTheOthersAfterTheFirstInstanceStops(t *testing.T) {
-	url := natsURL(t)
-	cfg := Config{
-		NATSURL: url, NATSNamespace: natsNamespace(t, url),
-		Slice: 2 * time.Second, SendTimeout: time.Second, NATSConcurrency: 4,
-	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	open := func() (transport, <-chan *message.Message) {
-		tr, err := openTransport(cfg, log)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { tr.Close() })
-		msgs, err := tr.sub.Subscribe(ctx, processors.TopicWork)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return tr, msgs
-	}
-	first, _ := open()
-	second, msgs := open()
+	cfg := natsConfig(t, 4)
+	first, _ := subscribeWork(t, cfg)
+	second, msgs := subscribeWork(t, cfg)
 	if err := first.Close(); err != nil {
 		t.Fatal(err)
 	}
 
 	sent := map[string]bool{}
 	for range 3 {
-		m := message.NewMessage(watermill.NewUUID(), []byte(`{}`))
-		if err := second.pub.Publish(processors.TopicWork, m); err != nil {
-			t.Fatal(err)
-		}
-		sent[m.UUID] = true
+		sent[publishWork(t, second).UUID] = true
 	}
 	timeout := time.After(15 * time.Second)
 	for len(sent) > 0 {
@@ -70,29 +101,7 @@ func TestWorkReachesTheOthersAfterTheFirstInstanceStops(t *testing.T) {
 // subscriptions handed each message to a subscription whether it was busy or
 // not, and a batch's next slice waited seconds for another batch's to end.)
 func TestWorkIsNotHeldBehindBusySlices(t *testing.T) {
-	url := natsURL(t)
-	cfg := Config{
-		NATSURL: url, NATSNamespace: natsNamespace(t, url),
-		Slice: 2 * time.Second, SendTimeout: time.Second, NATSConcurrency: 8,
-	}
-	tr, err := openTransport(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	msgs, err := tr.sub.Subscribe(ctx, processors.TopicWork)
-	if err != nil {
-		t.Fatal(err)
-	}
-	publish := func(n int) {
-		for range n {
-			if err := tr.pub.Publish(processors.TopicWork, message.NewMessage(watermill.NewUUID(), []byte(`{}`))); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	tr, msgs := subscribeWork(t, natsConfig(t, 8))
 	receive := func(n, free int) []*message.Message {
 		var got []*message.Message
 		timeout := time.After(3 * time.Second)
@@ -106,9 +115,13 @@ func TestWorkIsNotHeldBehindBusySlices(t *testing.T) {
 		}
 		return got
 	}
-	publish(6)
+	for range 6 {
+		publishWork(t, tr)
+	}
 	busy := receive(6, 8) // six slices running, not acknowledged yet
-	publish(2)
+	for range 2 {
+		publishWork(t, tr)
+	}
 	for _, m := range receive(2, 2) {
 		m.Ack()
 	}
@@ -122,61 +135,38 @@ func TestWorkIsNotHeldBehindBusySlices(t *testing.T) {
 // this version starts: the consumer is replaced by a pull consumer, and the
 // messages wait in the stream for it.
 func TestAnOlderPushConsumerIsReplacedWithoutLosingWork(t *testing.T) {
-	url := natsURL(t)
-	cfg := Config{
-		NATSURL: url, NATSNamespace: natsNamespace(t, url),
-		Slice: 2 * time.Second, SendTimeout: time.Second, NATSConcurrency: 4,
-	}
+	cfg := natsConfig(t, 4)
 	topic := cfg.NATSNamespace + processors.TopicWork
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := nc.JetStream()
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := jetStream(t, cfg.NATSURL)
 	if _, err := js.AddStream(&nats.StreamConfig{Name: topic, Subjects: []string{topic}, Retention: nats.WorkQueuePolicy}); err != nil {
 		t.Fatal(err)
 	}
-	durable := natsNames{}.durable(topic)
 	if _, err := js.AddConsumer(topic, &nats.ConsumerConfig{
-		Durable: durable, DeliverSubject: nats.NewInbox(), DeliverGroup: cfg.NATSNamespace + "smsbatch",
+		Durable: durableName(topic), DeliverSubject: nats.NewInbox(), DeliverGroup: cfg.NATSNamespace + "smsbatch",
 		AckPolicy: nats.AckExplicitPolicy,
 	}); err != nil {
 		t.Fatal(err)
 	}
-	waiting := message.NewMessage(watermill.NewUUID(), []byte(`{}`))
+	waiting := watermill.NewUUID()
 	msg := nats.NewMsg(topic)
-	msg.Header.Set(wmnats.WatermillUUIDHdr, waiting.UUID)
+	msg.Header.Set(wmnats.WatermillUUIDHdr, waiting)
 	if _, err := js.PublishMsg(msg); err != nil {
 		t.Fatal(err)
 	}
 
-	tr, err := openTransport(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tr.Close()
-	info, err := js.ConsumerInfo(topic, durable)
+	_, msgs := subscribeWork(t, cfg)
+	info, err := js.ConsumerInfo(topic, durableName(topic))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if info.Config.DeliverSubject != "" {
 		t.Fatalf("the work consumer still pushes to %s", info.Config.DeliverSubject)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	msgs, err := tr.sub.Subscribe(ctx, processors.TopicWork)
-	if err != nil {
-		t.Fatal(err)
-	}
 	select {
 	case m := <-msgs:
 		m.Ack()
-		if m.UUID != waiting.UUID {
-			t.Fatalf("got work message %s, want the one waiting, %s", m.UUID, waiting.UUID)
+		if m.UUID != waiting {
+			t.Fatalf("got work message %s, want the one waiting, %s", m.UUID, waiting)
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the work message waiting for the old consumer never reached the new one")
@@ -187,24 +177,9 @@ func TestAnOlderPushConsumerIsReplacedWithoutLosingWork(t *testing.T) {
 // acknowledged, not left to come back after the ack wait: stopping cancels the
 // message's context, and the subscriber waits for the handler's answer.
 func TestWorkHeldAtStopIsAcknowledged(t *testing.T) {
-	url := natsURL(t)
-	cfg := Config{
-		NATSURL: url, NATSNamespace: natsNamespace(t, url),
-		Slice: 2 * time.Second, SendTimeout: time.Second, NATSConcurrency: 4,
-	}
-	tr, err := openTransport(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	msgs, err := tr.sub.Subscribe(ctx, processors.TopicWork)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := tr.pub.Publish(processors.TopicWork, message.NewMessage(watermill.NewUUID(), []byte(`{}`))); err != nil {
-		t.Fatal(err)
-	}
+	cfg := natsConfig(t, 4)
+	tr, msgs := subscribeWork(t, cfg)
+	publishWork(t, tr)
 	var m *message.Message
 	select {
 	case m = <-msgs:
@@ -220,17 +195,8 @@ func TestWorkHeldAtStopIsAcknowledged(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := nc.JetStream()
-	if err != nil {
-		t.Fatal(err)
-	}
 	topic := cfg.NATSNamespace + processors.TopicWork
-	info, err := js.ConsumerInfo(topic, natsNames{}.durable(topic))
+	info, err := jetStream(t, cfg.NATSURL).ConsumerInfo(topic, durableName(topic))
 	if err != nil {
 		t.Fatal(err)
 	}

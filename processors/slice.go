@@ -73,7 +73,7 @@ func (s *slice) run(ctx context.Context) (*Work, error) {
 		}
 		held = append(held, st.takeAnswers()...)
 		freed := s.freed(held)
-		dispatch := s.canDispatch(freed, now.Add(p.lead()), settled) && !s.gathering(held, now)
+		dispatch := s.canDispatch(freed, now.Add(p.lead(st.pace)), settled) && !s.gathering(held, now)
 		if dispatch {
 			// Read ahead so the page is at hand once the dispatch is appended.
 			if _, err := p.recipients.get(ctx, s.batch.ID(), min(s.batch.Cursor(), s.batch.Total()-1)); err != nil {
@@ -257,7 +257,7 @@ func (s *slice) wakeAt(freed int, now, deadline time.Time, settled domain.Settle
 	if next.IsZero() {
 		return deadline // nothing to send until an answer comes
 	}
-	wake := latest(next, s.st.pace.wakeAt(now, s.p.lead()))
+	wake := latest(next, s.st.pace.wakeAt(now, s.p.lead(s.st.pace)))
 	if !s.p.outage.admits() {
 		// Held by the provider's outage: look again when the probe may go.
 		wake = latest(wake, s.p.outage.probeAt())
@@ -286,7 +286,7 @@ func (s *slice) ask(settled domain.Settled) dispatchFunc {
 		s.token, s.at = token, pc.startAt(token)
 		return b.Dispatch(now, domain.DispatchRequest{
 			Slice: s.id, PrevSlice: s.w.PrevSlice,
-			Instance: p.instance, Deadline: p.deadline(now), SendAt: latest(s.at.Add(p.wakeSlack()), now.Add(p.lead())), Settled: settled,
+			Instance: p.instance, Deadline: p.deadline(now), SendAt: latest(s.at.Add(p.wakeSlack()), now.Add(p.lead(pc))), Settled: settled,
 			Recipient: p.recipientInfo(s.ctx, b),
 			Max:       n, MaxInFlight: p.cfg.MaxInFlight,
 		})
@@ -304,13 +304,13 @@ func (p *Processor) deadline(now time.Time) time.Time {
 // than its decision its recorded SendAt lies: the recent commit time plus four
 // times its recent deviation (a TCP retransmission timeout's rule, RFC 6298),
 // plus how late sends wake for their token estimated the same way (wakeSlack),
-// at least lookahead and at most maxLead. A send goes out by SendAt plus
-// handoverMargin, or a little later while its slice runs, or not at all, so the
-// lead must outlast nearly every commit, not the average one: with twice the
-// average, a thousand batches on one instance gave up about one send in eleven,
-// each costing the batch a token.
-func (p *Processor) lead() time.Duration {
-	return min(max(p.commits.timeout()+p.wakes.timeout(), lookahead), maxLead)
+// at least lookahead and the batch's leadFloor, and at most maxLead. A send
+// goes out by SendAt plus handoverMargin, or a little later while its slice
+// runs, or not at all, so the lead must outlast nearly every commit, not the
+// average one: with twice the average, a thousand batches on one instance gave
+// up about one send in eleven, each costing the batch a token.
+func (p *Processor) lead(pc *pace) time.Duration {
+	return min(max(p.commits.timeout()+p.wakes.timeout(), lookahead, pc.leadFloor()), maxLead)
 }
 
 // noteCommit folds one commit's duration into the recent commit time.

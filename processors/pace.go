@@ -384,10 +384,10 @@ func (p *pace) rules() slot {
 // (see take) carries that lateness to every send a window after it, to the end
 // of the batch. The commit time and wake lateness the lead otherwise follows
 // are averages with a margin: on a loaded instance a collection or a slow fsync
-// made one dispatch in five miss its token by 20 ms or more at a 25 ms lead
-// (1,000 batches at 5/s on two cores), one in a hundred at this floor. Deciding
-// half an interval ahead keeps at most one dispatch of the batch waiting for
-// its token.
+// made about one dispatch in eight miss its token by 20 ms or more at a lead of
+// 25 ms and up (1,000 batches at 5/s on two cores), fewer than one in two
+// hundred at this floor. Deciding half an interval ahead keeps at most one
+// dispatch of the batch waiting for its token.
 func (p *pace) leadFloor() time.Duration {
 	if p.unlimited() || p.limiter.Limit() <= 0 {
 		return 0

@@ -206,6 +206,20 @@ type touched struct {
 	bucket  *bbolt.Bucket
 	state   *projections.BatchState
 	created bool
+	// listed is what the tenant's list and the unfinished set hold of the
+	// batch, as stored before this transaction: they are written again only
+	// when it changes.
+	listed listing
+}
+
+// listing is what the tenant's list and the unfinished set know of a batch.
+type listing struct {
+	status domain.Status
+	name   string
+}
+
+func listingOf(st *projections.BatchState) listing {
+	return listing{status: st.Status, name: st.Name}
 }
 
 // Apply implements projections.Store. Every event is decoded before the
@@ -326,14 +340,14 @@ func (s *Store) loadStored(batches *bbolt.Bucket, id string) (*touched, error) {
 		return nil, nil
 	}
 	if st, ok := s.states.Get(id); ok {
-		return &touched{bucket: bucket, state: st}, nil
+		return &touched{bucket: bucket, state: st, listed: listingOf(st)}, nil
 	}
 	st := &projections.BatchState{}
 	if err := json.Unmarshal(bucket.Get(keyState), st); err != nil {
 		return nil, fmt.Errorf("decode state of %s: %w", id, err)
 	}
 	s.states.Add(id, st)
-	return &touched{bucket: bucket, state: st}, nil
+	return &touched{bucket: bucket, state: st, listed: listingOf(st)}, nil
 }
 
 // loadBatch returns the stored batch d belongs to, a new one when d creates it,
@@ -354,8 +368,10 @@ func (s *Store) loadBatch(batches *bbolt.Bucket, d projections.Decoded) (*touche
 	return &touched{bucket: bucket, state: st, created: true}, nil
 }
 
-// save writes the batch's state and, for a new batch, its place in its
-// tenant's list.
+// save writes the batch's state and, for a new batch or one whose status
+// changed, its place in its tenant's list and in the unfinished set. Most
+// pages change only counts and outcomes: writing those two again for every
+// batch a page touched rewrote their pages in every transaction.
 func (b *touched) save(tx *bbolt.Tx) error {
 	raw, err := json.Marshal(b.state)
 	if err != nil {
@@ -363,6 +379,9 @@ func (b *touched) save(tx *bbolt.Tx) error {
 	}
 	if err := b.bucket.Put(keyState, raw); err != nil {
 		return err
+	}
+	if !b.created && listingOf(b.state) == b.listed {
+		return nil
 	}
 	unfinished := tx.Bucket(bucketUnfinished)
 	if b.state.Status.Final() {

@@ -254,6 +254,9 @@ func (p *Processor) runSlice(ctx context.Context, st *batchState, w Work) (*Work
 		p.log.Warn("work for an unknown batch dropped", "batch", w.BatchID)
 		return nil, nil
 	}
+	if err != nil && ctx.Err() != nil {
+		return &w, nil // stopping while the batch loaded: the work goes on as it came
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -468,6 +468,32 @@ func TestShutdownFinishesInFlightSends(t *testing.T) {
 	}
 }
 
+// Work that arrives as the instance stops is handed on as it came, whatever
+// the slice was doing: loading its batch included, which a stopped context
+// cuts short. Failing instead made the router log an error at every shutdown
+// and left the work to the transport's redelivery.
+func TestWorkIsHandedOnWhenStoppedBeforeTheBatchLoads(t *testing.T) {
+	h := newHarness(t, newFakeProvider(time.Millisecond))
+	w := h.create("b1", 5, domain.PriorityNormal)
+	stopped, cancel := context.WithCancel(context.Background())
+	cancel()
+	for range 20 { // the turn and the stop are both ready: either may be taken
+		p := h.processor(Config{})
+		next, err := p.RunSlice(stopped, w)
+		if err != nil {
+			t.Fatalf("stopped: %v, want the work handed on", err)
+		}
+		if next == nil || next.BatchID != w.BatchID || next.PrevSlice != w.PrevSlice {
+			t.Fatalf("stopped: handed on %+v, want %+v as it came", next, w)
+		}
+	}
+	h.prov.mu.Lock()
+	defer h.prov.mu.Unlock()
+	if calls := len(h.prov.times); calls != 0 {
+		t.Fatalf("%d sends after the stop", calls)
+	}
+}
+
 // Over a broker, consecutive slices of a batch may run on different instances,
 // each with its own limiter: the batch's rate must hold across the hops.
 func TestRateHeldWhenSlicesMoveBetweenInstances(t *testing.T) {

@@ -126,7 +126,7 @@ func (p *pace) warmUp(at time.Time) {
 	if p.unlimited() {
 		return
 	}
-	p.reseed(at.Add(-time.Duration(float64(time.Second) / float64(p.limiter.Limit()))))
+	p.reseed(at.Add(-p.interval()))
 }
 
 // unlimited reports whether the rate is lifted: no token is ever waited for.
@@ -321,7 +321,7 @@ func (p *pace) tokenAt(now time.Time) time.Time {
 	if p.planned.IsZero() {
 		return t
 	}
-	interval := time.Duration(float64(time.Second) / float64(p.limiter.Limit()))
+	interval := p.interval()
 	owed := time.Duration(windowSends(p.limiter.Limit())) * interval
 	if due := p.planned.Add(interval); !due.Before(now.Add(-owed)) {
 		return latest(due, p.planned)
@@ -370,7 +370,7 @@ func (p *pace) rules() slot {
 	if p.unlimited() || p.limiter.Limit() <= 0 {
 		return s
 	}
-	interval := time.Duration(float64(time.Second) / float64(p.limiter.Limit()))
+	interval := p.interval()
 	s.sends = min(windowSends(p.limiter.Limit()), maxRecent)
 	// At least a second and the headroom: a send may reach the provider a
 	// little later than the one a window before it did.
@@ -392,7 +392,13 @@ func (p *pace) leadFloor() time.Duration {
 	if p.unlimited() || p.limiter.Limit() <= 0 {
 		return 0
 	}
-	return time.Duration(float64(time.Second) / float64(p.limiter.Limit()) / 2)
+	return p.interval() / 2
+}
+
+// interval is the time between two tokens at the bucket's present rate, which
+// is positive and not lifted.
+func (p *pace) interval() time.Duration {
+	return time.Duration(float64(time.Second) / float64(p.limiter.Limit()))
 }
 
 // handedOn is how many start times a slice hands on: a second's worth at the

@@ -42,7 +42,8 @@ type pace struct {
 	// stream was decided elsewhere and reseeds the bucket.
 	seededAt time.Time
 
-	// mu guards recent, pending and leaving, which the sends' goroutines use.
+	// mu guards recent, pending, started and leaving, which the sends'
+	// goroutines use.
 	mu sync.Mutex
 	// recent holds when the batch's latest sends left for the provider, oldest
 	// first, at most maxRecent: this instance's, and those another instance
@@ -51,6 +52,8 @@ type pace struct {
 	// pending holds the sends dispatched here that have not yet taken their
 	// slot, in the order they are due.
 	pending []pendingSend
+	// started is closed once pending empties; nil when nothing waits for it.
+	started chan struct{}
 	// leaving is set from a send's take until it has left (or will not), and
 	// the next send waits for it: the time it left is what the next is paced
 	// from. leavingAt is when take let it go, its entry in recent until then.
@@ -139,10 +142,11 @@ func (p *pace) unlimited() bool { return p.target == rate.Inf }
 // for one. Sends decided elsewhere are paced from the start times the work
 // carries (recent, see handOn); work without them (a new chain) has every
 // window's worth of sends start at the bound of the last, so the next waits
-// out a window after it.
-func (p *pace) follow(b *domain.Batch, now time.Time, chainStart bool, recent []time.Time) {
+// out a window after it. It reports whether it reseeded: only then does the
+// pace not know the batch's latest sends first hand.
+func (p *pace) follow(b *domain.Batch, now time.Time, chainStart bool, recent []time.Time) (reseeded bool) {
 	if p.unlimited() {
-		return
+		return false
 	}
 	p.limiter.SetLimitAt(p.at(now), p.rateAt(now, b.Throttle())/headroom)
 	if last := b.LastSendAt(); last.After(p.seededAt) {
@@ -155,7 +159,9 @@ func (p *pace) follow(b *domain.Batch, now time.Time, chainStart bool, recent []
 		p.reseed(latest(bound, p.planned))
 		p.seededAt = last
 		p.adopt(recent, bound)
+		return true
 	}
+	return false
 }
 
 // adopt replaces what the pace knows of the batch's latest sends with recent,
@@ -497,6 +503,25 @@ func (p *pace) dropPending(s slot) {
 	if i := slices.IndexFunc(p.pending, func(ps pendingSend) bool { return ps.at.Equal(s.at) && ps.by.Equal(s.by) }); i >= 0 {
 		p.pending = slices.Delete(p.pending, i, i+1)
 	}
+	if len(p.pending) == 0 && p.started != nil {
+		close(p.started)
+		p.started = nil
+	}
+}
+
+// pendingStarted returns a channel closed once every send dispatched here has
+// taken its slot or given it up (each does by its slot's last moment), or nil
+// when none is pending.
+func (p *pace) pendingStarted() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.pending) == 0 {
+		return nil
+	}
+	if p.started == nil {
+		p.started = make(chan struct{})
+	}
+	return p.started
 }
 
 // waitFor waits until ch is closed, for at most d, reporting whether it was

@@ -290,6 +290,84 @@ func TestSliceHandsItsLateStartOn(t *testing.T) {
 	}
 }
 
+// A send dispatched near a slice's end and due after it may start late while
+// the slice hands on, as any send of a running slice may: the slice waits for
+// it before ending. Before, the slice ended at its deadline, the send could
+// then start only by its SendAt plus handoverMargin, and on a saturated
+// instance (a thousand batches on two cores, whose first slices all end
+// together) about one batch in fifty had such a send wake later than that and
+// give its token up, losing an interval. Here the instance stalls (the clock
+// jumps 150 ms) between the slice's deadline and that send's token.
+func TestASendDueAfterItsSliceEndsMayStillStartLate(t *testing.T) {
+	h := newHarness(t, newFakeProvider(0))
+	clock := &offsetClock{}
+	// 1/s: tokens 1.01 s apart, each dispatch decided half an interval ahead.
+	// The third (at 2.02 s) is decided at about 1.52 s, before the deadline.
+	p := h.processor(Config{SliceDuration: 1800 * time.Millisecond, Rates: domain.Rates{High: 1, Normal: 1, Low: 1}, Now: clock.Now})
+	w := h.create("b1", 10, domain.PriorityNormal)
+	go func() {
+		time.Sleep(1900 * time.Millisecond)
+		clock.advance(150 * time.Millisecond)
+	}()
+	next, err := p.RunSlice(context.Background(), w)
+	if err != nil || next == nil {
+		t.Fatalf("slice: next %v, err %v", next, err)
+	}
+	drained(t, p)
+	b, err := h.cmds.Repository().Load(context.Background(), "b1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Cursor() != 3 {
+		t.Skipf("the slice dispatched %d messages, not 3: it woke too late for the third", b.Cursor())
+	}
+	h.prov.mu.Lock()
+	calls := len(h.prov.times)
+	h.prov.mu.Unlock()
+	if calls != 3 {
+		t.Fatalf("the provider got %d of the slice's 3 sends: the one due after its end gave up", calls)
+	}
+	if next.NotBefore.IsZero() {
+		t.Fatal("the late start was not handed on")
+	}
+}
+
+// A late start handed on moves the next slice's plan only where that slice
+// runs on another instance, which knows the batch's sends from the work alone.
+// Here the pace saw the send start and holds the sends a window after it to
+// it; reseeding from it pushed every later send of the batch back by its
+// lateness.
+func TestALateStartDoesNotPushThePlanBackHere(t *testing.T) {
+	h := newHarness(t, newFakeProvider(0))
+	p := h.processor(Config{})
+	w := h.create("b1", 50, domain.PriorityNormal)
+	st := p.state(w.BatchID)
+	late := time.Now().Add(time.Second) // later than anything the slice plans
+	go func() {
+		for !st.isActive() {
+			time.Sleep(time.Millisecond)
+		}
+		st.startLate(late)
+	}()
+	next, err := p.RunSlice(context.Background(), w)
+	if err != nil || next == nil || !next.NotBefore.Equal(late) {
+		t.Fatalf("slice: next %v, err %v; want the late start handed on", next, err)
+	}
+	b, err := h.cmds.Repository().Load(context.Background(), w.BatchID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	plan := st.pace.tokenAt(now)
+	if err := p.prepare(st, b, *next); err != nil {
+		t.Fatal(err)
+	}
+	if got := st.pace.tokenAt(now); got.Sub(plan) > time.Millisecond {
+		t.Fatalf("the next slice here plans its first token at %s, %s after the plan; want the plan",
+			got.Format(time.StampMilli), got.Sub(plan))
+	}
+}
+
 // isActive reports whether a slice of the batch runs here.
 func (st *batchState) isActive() bool {
 	st.mu.Lock()

@@ -494,6 +494,42 @@ func TestWorkIsHandedOnWhenStoppedBeforeTheBatchLoads(t *testing.T) {
 	}
 }
 
+// A batch's first work message comes twice (the API publishes it, and so does
+// the lifecycle handler when the event arrives). The copy that gets the turn
+// after a slice of the chain has dispatched ends at once: its slice could
+// never dispatch, and running it held the turn from the chain's next slice.
+func TestWorkOfAChainThatMovedOnEndsAtOnce(t *testing.T) {
+	h := newHarness(t, newFakeProvider(0))
+	p := h.processor(Config{})
+	w := h.create("b1", 50, domain.PriorityNormal)
+	next, err := p.RunSlice(context.Background(), w)
+	if err != nil || next == nil || next.PrevSlice == w.PrevSlice {
+		t.Fatalf("first slice: next %+v, err %v; want it to lead the chain", next, err)
+	}
+	drained(t, p) // its answers recorded
+	before, _ := h.cmds.Repository().Load(context.Background(), "b1")
+	looks := p.looks.Load()
+	again, err := p.RunSlice(context.Background(), w) // the second copy
+	if err != nil || again != nil {
+		t.Fatalf("second copy: next %+v, err %v; want the chain it began to end here", again, err)
+	}
+	if n := p.looks.Load() - looks; n != 0 {
+		t.Fatalf("the second copy ran a slice that looked at the batch %d times", n)
+	}
+	after, _ := h.cmds.Repository().Load(context.Background(), "b1")
+	if after.Version() != before.Version() {
+		t.Fatalf("the second copy appended to the batch (version %d, was %d)", after.Version(), before.Version())
+	}
+	// The chain goes on from the first copy's successor.
+	if next, err = p.RunSlice(context.Background(), *next); err != nil || next == nil {
+		t.Fatalf("the chain's next slice: next %+v, err %v", next, err)
+	}
+	drained(t, p)
+	if b, _ := h.cmds.Repository().Load(context.Background(), "b1"); b.Cursor() <= before.Cursor() {
+		t.Fatalf("the chain's next slice dispatched nothing (cursor %d)", b.Cursor())
+	}
+}
+
 // Over a broker, consecutive slices of a batch may run on different instances,
 // each with its own limiter: the batch's rate must hold across the hops.
 func TestRateHeldWhenSlicesMoveBetweenInstances(t *testing.T) {

@@ -40,6 +40,10 @@ type pullSubscriber struct {
 // the same time share what is waiting rather than the first taking it all.
 const maxFetch = 32
 
+// returnDelay is how long a message refused at close waits before it is
+// delivered again: long after the closing instance's pulls have ended.
+const returnDelay = time.Second
+
 // fetchWait is how long one pull waits for messages before asking again.
 const fetchWait = 5 * time.Second
 
@@ -146,9 +150,10 @@ func (s *pullSubscriber) pull(ctx context.Context, cons jetstream.Consumer, out 
 // handle gives one message to the router and acknowledges it as the handler
 // does, also while the subscriber closes: closing cancels the message's
 // context, the slice hands its work on and returns, and its message is
-// acknowledged rather than delivered again. A message left unacknowledged (its
-// handler took longer than ackWait) is delivered again after the consumer's
-// ack wait.
+// acknowledged rather than delivered again. A message the router had not taken
+// when the subscriber closed is refused, so that another instance gets it at
+// once. A message left unacknowledged (its handler took longer than ackWait)
+// is delivered again after the consumer's ack wait.
 func (s *pullSubscriber) handle(ctx context.Context, m jetstream.Msg, out chan<- *message.Message) {
 	wm, err := wmjs.DefaultUnmarshaler{}.Unmarshal(m)
 	if err != nil {
@@ -162,6 +167,13 @@ func (s *pullSubscriber) handle(ctx context.Context, m jetstream.Msg, out chan<-
 	select {
 	case out <- wm:
 	case <-ctx.Done():
+		// Stopping before the router took it: give it back for another
+		// instance to take, not after the ack wait. Not at once: this
+		// instance's last pull may not have ended at the server yet, which
+		// would deliver it here again.
+		if err := m.NakWithDelay(returnDelay); err != nil {
+			s.log.Error("returning a NATS message failed", err, watermill.LogFields{"message_uuid": wm.UUID})
+		}
 		return
 	}
 	timer := time.NewTimer(s.ackWait)

@@ -934,6 +934,16 @@ func StartsChain(prevSlice string) bool { return strings.HasPrefix(prevSlice, ch
 
 const chainTokenPrefix = "rev-"
 
+// ChainRevision returns the revision of the start or resume whose ChainToken
+// prevSlice is, and whether it is one.
+func ChainRevision(prevSlice string) (uint64, bool) {
+	if !StartsChain(prevSlice) {
+		return 0, false
+	}
+	rev, err := strconv.ParseUint(strings.TrimPrefix(prevSlice, chainTokenPrefix), 10, 64)
+	return rev, err == nil
+}
+
 func (b *Batch) apply(e Event) {
 	rev := b.version
 	b.version++

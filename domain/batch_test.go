@@ -436,3 +436,14 @@ func TestSkipEndsARecipientWithoutSendingIt(t *testing.T) {
 		t.Fatalf("status %s skipped %d sent %d failed %d, want completed with 3 skipped", b.Status(), b.Skipped(), b.Sent(), b.Failed())
 	}
 }
+
+func TestChainRevisionReadsTheToken(t *testing.T) {
+	if rev, ok := ChainRevision(ChainToken(42)); !ok || rev != 42 {
+		t.Fatalf("ChainRevision(ChainToken(42)) = %d, %v", rev, ok)
+	}
+	for _, s := range []string{"", "0190e5f4-8a1b-7c3d-9e2f-1a2b3c4d5e6f", "rev-", "rev-x"} {
+		if _, ok := ChainRevision(s); ok {
+			t.Fatalf("ChainRevision(%q) reads a revision", s)
+		}
+	}
+}

@@ -269,14 +269,15 @@ func (p *Processor) runSlice(ctx context.Context, st *batchState, w Work) (*Work
 		p.finished(b)
 		return nil, nil
 	}
-	if b.LastSlice() != w.PrevSlice {
-		// The chain has moved on without this work: the second copy of a
-		// chain's first work message (the API publishes it, and so does the
-		// lifecycle handler when the event arrives), or one a slice has since
-		// dispatched past. Its slice could never dispatch (Batch.Dispatch
-		// refuses it), and running it only held the batch's turn from the
-		// slice that leads the chain: every batch's first handover waited for
-		// one.
+	if rev, ok := domain.ChainRevision(w.PrevSlice); ok && b.Version() > rev && b.LastSlice() != w.PrevSlice {
+		// The chain this work begins has moved on without it: it is the
+		// second copy of the chain's first work message (the API publishes
+		// it, and so does the lifecycle handler when the event arrives), or
+		// a later start or resume ended the chain. Its slice could never
+		// dispatch (Batch.Dispatch refuses it), and running it only held the
+		// batch's turn from the slice that leads the chain: every batch's
+		// first handover waited for one. (The batch as loaded holds the
+		// chain's start, so it is not merely behind the store.)
 		return nil, nil
 	}
 	if err := p.prepare(st, b, w); err != nil {

@@ -53,6 +53,23 @@ func publishWork(t *testing.T, tr transport) *message.Message {
 	return m
 }
 
+// receiveAll acknowledges the work messages that come on msgs until every one
+// in sent (by UUID) has come, and fails the test if some have not within d.
+func receiveAll(t *testing.T, msgs <-chan *message.Message, sent map[string]bool, d time.Duration, what string) {
+	t.Helper()
+	total := len(sent)
+	timeout := time.After(d)
+	for len(sent) > 0 {
+		select {
+		case m := <-msgs:
+			m.Ack()
+			delete(sent, m.UUID)
+		case <-timeout:
+			t.Fatalf("%d of %d work messages %s within %s", len(sent), total, what, d)
+		}
+	}
+}
+
 // jetStream is a JetStream context on url, to look at the streams and
 // consumers from outside.
 func jetStream(t *testing.T, url string) nats.JetStreamContext {
@@ -84,16 +101,7 @@ func TestWorkReachesTheOthersAfterTheFirstInstanceStops(t *testing.T) {
 	for range 3 {
 		sent[publishWork(t, second).UUID] = true
 	}
-	timeout := time.After(15 * time.Second)
-	for len(sent) > 0 {
-		select {
-		case m := <-msgs:
-			m.Ack()
-			delete(sent, m.UUID)
-		case <-timeout:
-			t.Fatalf("%d of 3 work messages never reached the instance that stayed", len(sent))
-		}
-	}
+	receiveAll(t, msgs, sent, 15*time.Second, "did not reach the instance that stayed")
 }
 
 // A work message goes to a free slot at once while the others hold messages
@@ -237,14 +245,6 @@ func TestWorkNotHandedOutAtStopGoesBackAtOnce(t *testing.T) {
 	}
 
 	_, msgs := subscribeWork(t, cfg)
-	timeout := time.After(5 * time.Second) // well within the ack wait
-	for len(sent) > 0 {
-		select {
-		case m := <-msgs:
-			m.Ack()
-			delete(sent, m.UUID)
-		case <-timeout:
-			t.Fatalf("%d of 2 work messages the stopped instance held did not reach the next within 5 s", len(sent))
-		}
-	}
+	// Well within the ack wait.
+	receiveAll(t, msgs, sent, 5*time.Second, "the stopped instance held did not reach the next")
 }

@@ -22,7 +22,12 @@ const DefaultTailSize = 16384
 // goes to the store. What ReadAll returned once it returns again (positions are
 // final once read, on every adapter), so answers from the run are the store's.
 // Events handed out share their Data and Metadata: callers must not change
-// them. Everything but ReadAll is the store's own.
+// them.
+//
+// Followers that have read to the end wait there together too: WaitForEvents
+// after the position another follower already waits at joins that wait, so the
+// store is asked once (on PostgreSQL a query for every wake-up), not once for
+// every follower. Everything but ReadAll and WaitForEvents is the store's own.
 type Tail struct {
 	Store
 	size int
@@ -35,7 +40,20 @@ type Tail struct {
 	mu     sync.Mutex
 	valid  bool     // a run was started
 	before Position // the position the run's first event follows
-	run    []Event
+	run    []Event  // its capacity, size and a half, is allocated once
+
+	wmu  sync.Mutex
+	wait *sharedWait // the wait on the store in progress, if any
+}
+
+// sharedWait is one wait on the store for events after a position, which the
+// followers that wait there share.
+type sharedWait struct {
+	after   Position
+	joined  int           // followers waiting on it besides the one that asks the store
+	done    chan struct{} // closed when the wait has ended, err set
+	err     error
+	dropped bool // err is the context of the follower that asked: the others wait again
 }
 
 // NewTail wraps s; size is how many of the latest events it keeps
@@ -109,13 +127,55 @@ func (t *Tail) cached(after Position, max int) (out []Event, ok bool) {
 	return append([]Event(nil), t.run[i:i+n]...), true
 }
 
+// WaitForEvents implements Store. A follower waiting after the position another
+// one already waits at joins its wait; one waiting elsewhere asks the store
+// itself.
+func (t *Tail) WaitForEvents(ctx context.Context, after Position) error {
+	for {
+		t.wmu.Lock()
+		w := t.wait
+		switch {
+		case w == nil:
+			w = &sharedWait{after: after, done: make(chan struct{})}
+			t.wait = w
+			t.wmu.Unlock()
+			err := t.Store.WaitForEvents(ctx, after)
+			t.wmu.Lock()
+			t.wait = nil
+			w.err, w.dropped = err, err != nil && ctx.Err() != nil
+			close(w.done)
+			t.wmu.Unlock()
+			return err
+		case w.after != after:
+			t.wmu.Unlock()
+			return t.Store.WaitForEvents(ctx, after)
+		}
+		w.joined++
+		t.wmu.Unlock()
+		select {
+		case <-w.done:
+			if !w.dropped {
+				return w.err
+			}
+			// The follower that asked the store stopped waiting: so did the
+			// store for everyone. Wait again, perhaps asking it this time.
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
 // restart makes events, read after `after` up to the end, the run.
 func (t *Tail) restart(after Position, events []Event) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.valid, t.before = true, after
-	t.run = append(t.run[:0:0], events...)
-	t.trim()
+	if t.run == nil {
+		t.run = make([]Event, 0, t.size+t.size/2)
+	}
+	clear(t.run)
+	t.run = t.run[:0]
+	t.keep(events)
 }
 
 // extend appends events, read after from, to the run if from is still its end.
@@ -132,15 +192,35 @@ func (t *Tail) extend(from Position, events []Event) {
 	if !t.valid || end != from {
 		return
 	}
-	t.run = append(t.run, events...)
-	t.trim()
+	t.keep(events)
 }
 
-// trim drops the oldest events once the run is half as long again as the
-// size, down to the size: a copy every size/2 events, not every read.
-func (t *Tail) trim() {
-	if over := len(t.run) - t.size; over > t.size/2 {
-		t.before = t.run[over-1].Position
-		t.run = append(t.run[:0:0], t.run[over:]...)
+// keep appends events to the run. When they do not fit in its capacity, the
+// oldest events go first, down to the size (or fewer, for a read longer than
+// that): the run moves within its own array, a copy every size/2 events, and
+// following the log allocates nothing here. (Grown and copied to a new array
+// instead, the run was a tenth of what following the log allocated on
+// PostgreSQL, large arrays full of pointers for the collector to scan.)
+func (t *Tail) keep(events []Event) {
+	if over := len(t.run) + len(events) - cap(t.run); over > 0 {
+		over = max(over, len(t.run)+len(events)-t.size)
+		if over < len(t.run) {
+			t.before = t.run[over-1].Position
+			n := copy(t.run, t.run[over:])
+			clear(t.run[n:]) // let go of what the dropped events hold
+			t.run = t.run[:n]
+		} else { // a read longer than the size: the run is its latest events
+			over -= len(t.run)
+			if len(t.run) > 0 {
+				t.before = t.run[len(t.run)-1].Position
+			}
+			clear(t.run)
+			t.run = t.run[:0]
+			if over > 0 {
+				t.before = events[over-1].Position
+				events = events[over:]
+			}
+		}
 	}
+	t.run = append(t.run, events...)
 }

@@ -2,10 +2,12 @@ package eventstore_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/smsbatch/smsbatch/eventstore"
 	"github.com/smsbatch/smsbatch/eventstore/eventstoretest"
@@ -110,4 +112,156 @@ func ids(events []eventstore.Event) []string {
 		out[i] = e.ID
 	}
 	return out
+}
+
+// countingWaits counts the WaitForEvents calls that reach the store.
+type countingWaits struct {
+	eventstore.Store
+	waits atomic.Int64
+}
+
+func (c *countingWaits) WaitForEvents(ctx context.Context, after eventstore.Position) error {
+	c.waits.Add(1)
+	return c.Store.WaitForEvents(ctx, after)
+}
+
+// joined waits until n followers have joined the tail's wait.
+func joined(t *testing.T, tail *eventstore.Tail, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for eventstore.TailJoined(tail) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d followers joined the wait, want %d", eventstore.TailJoined(tail), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// On PostgreSQL every wait on the store is a query for every wake-up: four
+// followers of one instance at the end ask it once.
+func TestFollowersAtTheEndShareOneWait(t *testing.T) {
+	base := &countingWaits{Store: memory.New()}
+	tail := eventstore.NewTail(base, 100)
+	appendN(t, base, "a", 3)
+	end := readToEnd(t, tail, eventstore.Start, 10)[2].Position
+
+	errs := make(chan error, 4)
+	for range 4 {
+		go func() { errs <- tail.WaitForEvents(context.Background(), end) }()
+	}
+	joined(t, tail, 3)
+	appendN(t, base, "b", 1)
+	for range 4 {
+		select {
+		case err := <-errs:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("a follower still waits after an append")
+		}
+	}
+	if n := base.waits.Load(); n != 1 {
+		t.Errorf("four followers waiting at the end made %d waits on the store, want 1", n)
+	}
+	if got := readToEnd(t, tail, end, 10); len(got) != 1 {
+		t.Errorf("after the wait the tail reads %d events, want 1", len(got))
+	}
+}
+
+// A follower that stops waiting (its context ends) does not end the wait of
+// the others that joined it, and its own context's end is only its own.
+func TestAFollowerThatStopsWaitingLeavesTheOthersWaiting(t *testing.T) {
+	base := &countingWaits{Store: memory.New()}
+	tail := eventstore.NewTail(base, 100)
+	appendN(t, base, "a", 1)
+	end := readToEnd(t, tail, eventstore.Start, 10)[0].Position
+
+	ctx, cancel := context.WithCancel(context.Background())
+	first := make(chan error, 1)
+	go func() { first <- tail.WaitForEvents(ctx, end) }()
+	for base.waits.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	others := make(chan error, 2)
+	for range 2 {
+		go func() { others <- tail.WaitForEvents(context.Background(), end) }()
+	}
+	joined(t, tail, 2)
+	cancel()
+	if err := <-first; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the follower whose context ended got %v, want context.Canceled", err)
+	}
+	select {
+	case err := <-others:
+		t.Fatalf("a follower stopped waiting with %v when another's context ended", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	appendN(t, base, "b", 1)
+	for range 2 {
+		select {
+		case err := <-others:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("a follower still waits after an append")
+		}
+	}
+}
+
+// Following the log at its end does not allocate a new run: the run moves
+// within its array, and keeps answering as the store does.
+func TestTheRunKeepsItsArray(t *testing.T) {
+	const size = 64
+	base := memory.New()
+	tail := eventstore.NewTail(base, size)
+	appendN(t, base, "a", 1)
+	end := readToEnd(t, tail, eventstore.Start, 10)[0].Position
+
+	const reads, perRead = 101, 7 // AllocsPerRun's 100 and its warm-up
+	var pages [][]eventstore.Event
+	for c := end.Commit + 1; len(pages) < reads; c += perRead {
+		page := make([]eventstore.Event, perRead)
+		for i := range page {
+			at := eventstore.Position{Commit: c + uint64(i)}
+			page[i] = eventstore.Event{ID: fmt.Sprint(at.Commit), Stream: "s", Type: "T", Position: at}
+		}
+		pages = append(pages, page)
+	}
+	readOn := func() {
+		page := pages[0]
+		pages = pages[1:]
+		eventstore.TailExtend(tail, end, page)
+		end = page[len(page)-1].Position
+	}
+	if allocs := testing.AllocsPerRun(100, readOn); allocs != 0 {
+		t.Errorf("a read on at the end allocated %.1f times for the run, want 0", allocs)
+	}
+	latest := func() {
+		t.Helper()
+		var want []string
+		for c := end.Commit - size + 1; c <= end.Commit; c++ {
+			want = append(want, fmt.Sprint(c))
+		}
+		from := eventstore.Position{Commit: end.Commit - size}
+		got, err := tail.ReadAll(context.Background(), from, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fmt.Sprint(ids(got)) != fmt.Sprint(want) {
+			t.Errorf("after %s the run answered %v, want %v", from, ids(got), want)
+		}
+	}
+	// The latest size events are answered from the run, as they were read.
+	latest()
+	// So they are after one read longer than the run's whole array.
+	long := make([]eventstore.Event, 3*size)
+	for i := range long {
+		at := eventstore.Position{Commit: end.Commit + 1 + uint64(i)}
+		long[i] = eventstore.Event{ID: fmt.Sprint(at.Commit), Stream: "s", Type: "T", Position: at}
+	}
+	eventstore.TailExtend(tail, end, long)
+	end = long[len(long)-1].Position
+	latest()
 }

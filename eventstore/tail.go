@@ -198,9 +198,10 @@ func (t *Tail) extend(from Position, events []Event) {
 // keep appends events to the run. When they do not fit in its capacity, the
 // oldest events go first, down to the size (or fewer, for a read longer than
 // that): the run moves within its own array, a copy every size/2 events, and
-// following the log allocates nothing here. (Grown and copied to a new array
-// instead, the run was a tenth of what following the log allocated on
-// PostgreSQL, large arrays full of pointers for the collector to scan.)
+// following the log allocates nothing here. (Grown and copied to new arrays
+// instead, the run took 5% of the bytes an instance allocated at 1,000 batches
+// on bolt, large arrays full of pointers for the collector to scan, and a third
+// of the tail's CPU with three instances on PostgreSQL.)
 func (t *Tail) keep(events []Event) {
 	if over := len(t.run) + len(events) - cap(t.run); over > 0 {
 		over = max(over, len(t.run)+len(events)-t.size)

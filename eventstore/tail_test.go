@@ -137,6 +137,21 @@ func joined(t *testing.T, tail *eventstore.Tail, n int) {
 	}
 }
 
+// woken waits for n waits to end without error.
+func woken(t *testing.T, errs <-chan error, n int) {
+	t.Helper()
+	for range n {
+		select {
+		case err := <-errs:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("a follower still waits after an append")
+		}
+	}
+}
+
 // On PostgreSQL every wait on the store is a query for every wake-up: four
 // followers of one instance at the end ask it once.
 func TestFollowersAtTheEndShareOneWait(t *testing.T) {
@@ -151,16 +166,7 @@ func TestFollowersAtTheEndShareOneWait(t *testing.T) {
 	}
 	joined(t, tail, 3)
 	appendN(t, base, "b", 1)
-	for range 4 {
-		select {
-		case err := <-errs:
-			if err != nil {
-				t.Fatal(err)
-			}
-		case <-time.After(5 * time.Second):
-			t.Fatal("a follower still waits after an append")
-		}
-	}
+	woken(t, errs, 4)
 	if n := base.waits.Load(); n != 1 {
 		t.Errorf("four followers waiting at the end made %d waits on the store, want 1", n)
 	}
@@ -198,16 +204,7 @@ func TestAFollowerThatStopsWaitingLeavesTheOthersWaiting(t *testing.T) {
 	case <-time.After(50 * time.Millisecond):
 	}
 	appendN(t, base, "b", 1)
-	for range 2 {
-		select {
-		case err := <-others:
-			if err != nil {
-				t.Fatal(err)
-			}
-		case <-time.After(5 * time.Second):
-			t.Fatal("a follower still waits after an append")
-		}
-	}
+	woken(t, others, 2)
 }
 
 // Following the log at its end does not allocate a new run: the run moves

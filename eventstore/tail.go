@@ -95,7 +95,7 @@ func (t *Tail) ReadAll(ctx context.Context, after Position, max int) ([]Event, e
 	if t.fills.Load() != gen {
 		// Another follower read on from here while this one waited, and
 		// found nothing: so does this one. It goes on to WaitForEvents,
-		// which asks the store itself.
+		// where it joins the others waiting at the end.
 		return nil, nil
 	}
 	events, err := t.Store.ReadAll(ctx, after, max)

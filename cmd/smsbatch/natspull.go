@@ -152,8 +152,9 @@ func (s *pullSubscriber) pull(ctx context.Context, cons jetstream.Consumer, out 
 // context, the slice hands its work on and returns, and its message is
 // acknowledged rather than delivered again. A message the router had not taken
 // when the subscriber closed is refused, to be delivered again a second later
-// (returnDelay), to another instance. A message left unacknowledged (its handler took longer than ackWait)
-// is delivered again after the consumer's ack wait.
+// (returnDelay), to another instance. A message left unacknowledged (its
+// handler took longer than ackWait) is delivered again after the consumer's ack
+// wait.
 func (s *pullSubscriber) handle(ctx context.Context, m jetstream.Msg, out chan<- *message.Message) {
 	wm, err := wmjs.DefaultUnmarshaler{}.Unmarshal(m)
 	if err != nil {

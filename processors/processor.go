@@ -222,9 +222,11 @@ func (p *Processor) RunSlice(ctx context.Context, w Work) (next *Work, err error
 	st.setActive(true)
 	ran := false // a slice ran: its pace follows the work, and hands it on
 	defer func() {
-		if next != nil && ran && st.pace != nil {
+		if ran && st.pace != nil {
 			// The slice's sends still waiting for their token may start late
-			// only while it runs (see startLate): hand on once they have.
+			// only while it runs (see startLate): end once they have, whether
+			// the slice hands on or the batch paused (its messages in flight
+			// complete and are recorded while paused).
 			st.awaitStarts(ctx)
 		}
 		late := st.setActive(false)
@@ -337,7 +339,9 @@ func (st *batchState) setActive(active bool) (lateStart time.Time) {
 // to start by its SendAt plus handoverMargin, and on a saturated instance, where
 // every slice of the batches started together ends together, its goroutine
 // often woke later than that, gave its token up and cost the batch an
-// interval: the worst batches of a thousand on two cores each lost one so.
+// interval: the worst batches of a thousand on two cores each lost one so. A
+// slice that ends on a pause waits too: a send that gave up then stayed
+// outstanding until a resume, though it was in flight when the pause came.
 func (st *batchState) awaitStarts(ctx context.Context) {
 	if started := st.pace.pendingStarted(); started != nil {
 		select {

@@ -339,6 +339,59 @@ func TestPauseBarrierAndResume(t *testing.T) {
 	})
 }
 
+// A message dispatched before a pause and still waiting for its token when
+// the slice learns of the pause is in flight: it goes out and is recorded
+// while paused, even when the instance stalls just then. The slice that ended
+// on the pause used to leave it the 50 ms margin alone: woken later, it gave
+// up and stayed outstanding until a resume (CI caught one on a loaded
+// machine). At 1/s: the second message is dispatched at about 0.61 s (its
+// token at 1.01 s less the 400 ms lead); the pause comes at 0.7 s; the first
+// message's answer, a permanent failure at 0.8 s, is recorded at once, so the
+// slice learns of the pause then and ends; the clock jumps 150 ms at 0.9 s, so
+// the second wakes 150 ms after its token.
+func TestASendInFlightAtAPauseStartsLateRatherThanStayOutstanding(t *testing.T) {
+	clock := &offsetClock{}
+	prov := newFakeProvider(800 * time.Millisecond)
+	prov.fail = func(key string, n int) error {
+		if key == "b1:0" {
+			return &sms.Error{Category: domain.CategoryInvalidNumber, Code: "21211", Message: "invalid"}
+		}
+		return nil
+	}
+	h := newHarness(t, prov)
+	p := h.processor(Config{Rates: domain.Rates{High: 1, Normal: 1, Low: 1}, Now: clock.Now})
+	w := h.create("b1", 10, domain.PriorityNormal)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		drive(t, p, w)
+	}()
+	time.Sleep(700 * time.Millisecond)
+	if _, err := h.cmds.PauseBatch(context.Background(), commands.Act{Tenant: "acme", BatchID: "b1", By: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	clock.advance(150 * time.Millisecond)
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the work chain did not stop after the pause")
+	}
+	b := h.eventually(t, "the messages dispatched before the pause recorded while paused", func(b *domain.Batch) bool {
+		return len(b.Outstanding()) == 0
+	}, "b1")
+	if b.Cursor() != 2 {
+		t.Skipf("the slice dispatched %d messages before the pause, not 2", b.Cursor())
+	}
+	h.prov.mu.Lock()
+	calls := len(h.prov.times)
+	h.prov.mu.Unlock()
+	if b.Status() != domain.StatusPaused || calls != 2 || b.Sent() != 1 || b.Failed() != 1 {
+		t.Fatalf("status %s, provider calls %d, sent %d, failed %d; want paused, both messages sent, one failed",
+			b.Status(), calls, b.Sent(), b.Failed())
+	}
+}
+
 func TestRetryableFailuresAreRetried(t *testing.T) {
 	prov := newFakeProvider(0)
 	prov.fail = func(key string, n int) error {

@@ -43,7 +43,7 @@ func (h *Handlers) RecordReceipt(ctx context.Context, r RecordReceipt) (recorded
 	}
 	// At any revision: a receipt decides nothing, and the batch's writers
 	// must not be made to wait for it.
-	_, err = h.store.Append(ctx, domain.BatchStream(r.BatchID), eventstore.Any(),
+	_, err = h.store.Append(receiptContext(ctx), domain.BatchStream(r.BatchID), eventstore.Any(),
 		[]eventstore.EventData{e})
 	switch {
 	case errors.Is(err, eventstore.ErrConcurrency):
@@ -52,6 +52,12 @@ func (h *Handlers) RecordReceipt(ctx context.Context, r RecordReceipt) (recorded
 		return false, b.Tenant(), fmt.Errorf("record receipt of %s:%d: %w", r.BatchID, r.Index, err)
 	}
 	return true, b.Tenant(), nil
+}
+
+// receiptContext lets a receipt's append share a commit with others
+// (eventstore.CommitCompany): nobody waits for it to be stored.
+func receiptContext(ctx context.Context) context.Context {
+	return eventstore.WithCommitDelay(ctx, eventstore.CommitCompany)
 }
 
 // RecordReceipts records many receipts, with one append a batch where it can:
@@ -115,6 +121,7 @@ func (h *Handlers) recordBatchReceipts(ctx context.Context, batchID string, rs [
 	if len(events) == 0 {
 		return 0, missing, nil
 	}
+	ctx = receiptContext(ctx)
 	res, err := h.store.Append(ctx, domain.BatchStream(batchID), eventstore.Any(), events)
 	if err == nil {
 		// The batch's writers here decide on the cached batch first: keep it

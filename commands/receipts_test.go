@@ -149,6 +149,25 @@ func TestReceiptsTogetherCostOneAppendABatch(t *testing.T) {
 		if n := len(receipts(t, store, "b2")); n != 2 {
 			t.Errorf("b2 holds %d receipts, want 2 (one each for messages 0 and 2)", n)
 		}
+		// Nobody waits for a receipt to be stored: each append of them,
+		// together or one by one, may share a commit with others.
+		store.mu.Lock()
+		defer store.mu.Unlock()
+		asked := append(store.delays[domain.TypeMessageDelivered], store.delays[domain.TypeMessageUndelivered]...)
+		if len(asked) != 5 {
+			t.Fatalf("%d receipt appends noted, want 5", len(asked))
+		}
+		for _, d := range asked {
+			if d != eventstore.CommitCompany {
+				t.Fatalf("a receipt append asked for a commit delay of %s, want %s", d, eventstore.CommitCompany)
+			}
+		}
+		// The batch's own decisions did not.
+		for _, d := range store.delays[domain.TypeBatchCreated] {
+			if d != 0 {
+				t.Fatalf("a create asked for a commit delay of %s", d)
+			}
+		}
 	})
 }
 

@@ -25,11 +25,14 @@ import (
 type countingStore struct {
 	eventstore.Store
 
-	mu            sync.Mutex
-	read          map[string]int // events returned by ReadStream, by stream
-	readCalls     map[string]int // ReadStream calls, by stream
-	backward      map[string]int // ReadStreamBackward calls, by stream
-	appends       map[string]int // Append calls, by stream
+	mu        sync.Mutex
+	read      map[string]int // events returned by ReadStream, by stream
+	readCalls map[string]int // ReadStream calls, by stream
+	backward  map[string]int // ReadStreamBackward calls, by stream
+	appends   map[string]int // Append calls, by stream
+	// delays holds the commit delay each append asked for
+	// (eventstore.WithCommitDelay), by the type of its first event.
+	delays        map[string][]time.Duration
 	failSnapshots bool
 }
 
@@ -57,6 +60,10 @@ func (c *countingStore) Append(ctx context.Context, stream string, expected even
 	c.mu.Lock()
 	fail := c.failSnapshots && strings.HasPrefix(stream, domain.SnapshotStreamPrefix)
 	c.appends[stream]++
+	if c.delays == nil {
+		c.delays = map[string][]time.Duration{}
+	}
+	c.delays[events[0].Type] = append(c.delays[events[0].Type], eventstore.CommitDelay(ctx))
 	c.mu.Unlock()
 	if fail {
 		return eventstore.AppendResult{}, fmt.Errorf("append to %s: %w", stream, eventstore.ErrUnavailable)

@@ -700,3 +700,59 @@ func TestSlicesDoNotSpinWhileAnswersGather(t *testing.T) {
 		t.Logf("%d looks for %d messages", looks, n)
 	}
 }
+
+// delaysStore notes, for every append of a dispatch, the commit delay it asked
+// for (eventstore.WithCommitDelay).
+type delaysStore struct {
+	eventstore.Store
+	mu     sync.Mutex
+	delays []time.Duration
+}
+
+func (d *delaysStore) Append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events []eventstore.EventData) (eventstore.AppendResult, error) {
+	for _, e := range events {
+		if e.Type == domain.TypeMessagesDispatched {
+			d.mu.Lock()
+			d.delays = append(d.delays, eventstore.CommitDelay(ctx))
+			d.mu.Unlock()
+			break
+		}
+	}
+	return d.Store.Append(ctx, stream, expected, events)
+}
+
+// A paced batch's dispatches, decided a lead ahead of their token, let the store
+// hold their commit for others to share; a batch whose rate is lifted, whose
+// next dispatch waits for this one, does not.
+func TestPacedDispatchesMayShareCommits(t *testing.T) {
+	tests := []struct {
+		name string
+		cfg  Config
+		want time.Duration
+	}{
+		{"paced", Config{Rates: domain.Rates{High: 50, Normal: 50, Low: 50}}, eventstore.CommitCompany},
+		{"rate lifted", Config{Unlimited: true}, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			store := &delaysStore{Store: memory.New()}
+			t.Cleanup(func() { store.Close() })
+			h := newHarnessOn(t, store, newFakeProvider(0))
+			w := h.create("b1", 10, domain.PriorityNormal)
+			p := h.processor(tt.cfg)
+			drive(t, p, w)
+			drained(t, p)
+			assertOneOutcomeEach(t, h.outcomes("b1"), 10)
+			store.mu.Lock()
+			defer store.mu.Unlock()
+			if len(store.delays) == 0 {
+				t.Fatal("no dispatch appended")
+			}
+			for i, d := range store.delays {
+				if d != tt.want {
+					t.Fatalf("dispatch %d of %d asked for a commit delay of %s, want %s", i+1, len(store.delays), d, tt.want)
+				}
+			}
+		})
+	}
+}

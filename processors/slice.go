@@ -11,6 +11,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/smsbatch/smsbatch/domain"
+	"github.com/smsbatch/smsbatch/eventstore"
 	"github.com/smsbatch/smsbatch/processors/sms"
 )
 
@@ -92,8 +93,16 @@ func (s *slice) run(ctx context.Context) (*Work, error) {
 			}
 			answers := held
 			held = nil
+			commitCtx := keep
+			if !st.pace.unlimited() {
+				// Decided a lead ahead of its token, and the lead follows the
+				// commits' real duration (noteCommit): it can wait for others
+				// to share its commit. A batch whose rate is lifted commits at
+				// once: its next dispatch waits for this one.
+				commitCtx = eventstore.WithCommitDelay(keep, eventstore.CommitCompany)
+			}
 			began := time.Now() // the store's real latency, whatever clock decides
-			c, err := p.commit(keep, st, answers, ask)
+			c, err := p.commit(commitCtx, st, answers, ask)
 			p.noteCommit(time.Since(began))
 			if err != nil {
 				held = answers

@@ -276,10 +276,29 @@ func BenchmarkConcurrentBatches(b *testing.B) {
 					b.ReportMetric(float64(busiest), "busiest-1s")
 					b.ReportMetric(cpu, "cpu-s")
 					b.ReportMetric(s.rssMiB(), "rss-MiB")
+					b.ReportMetric(s.writtenMB(), "written-MB")
 				}
 			})
 		}
 	}
+}
+
+// writtenMB is what the server has handed to write system calls so far
+// (wchar of /proc/PID/io), in MB: on bolt nearly all of it is the event store's
+// and the read models' pages, so it shows the write volume per message.
+func (s *benchServer) writtenMB() float64 {
+	s.b.Helper()
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", s.p.cmd.Process.Pid))
+	if err != nil {
+		s.b.Skipf("no /proc here: %v", err)
+	}
+	for line := range strings.Lines(string(raw)) {
+		if rest, ok := strings.CutPrefix(line, "wchar:"); ok {
+			n, _ := strconv.ParseFloat(strings.TrimSpace(rest), 64)
+			return n / 1e6
+		}
+	}
+	return 0
 }
 
 // cpu is the CPU seconds the server has used.

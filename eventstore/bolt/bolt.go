@@ -304,6 +304,9 @@ type appendRequest struct {
 	stream   string
 	expected eventstore.ExpectedRevision
 	events   []eventstore.EventData
+	// waitUntil is how long its group may stay open for others to join
+	// (eventstore.WithCommitDelay); zero: commit as soon as the writer can.
+	waitUntil time.Time
 
 	result eventstore.AppendResult
 	err    error
@@ -326,6 +329,9 @@ func (s *Store) Append(ctx context.Context, stream string, expected eventstore.E
 		return eventstore.AppendResult{}, fmt.Errorf("bolt: append to %s: %w", stream, err)
 	}
 	r := &appendRequest{ctx: ctx, stream: stream, expected: expected, events: events, done: make(chan struct{})}
+	if d := eventstore.CommitDelay(ctx); d > 0 {
+		r.waitUntil = time.Now().Add(d)
+	}
 	select {
 	case s.requests <- r:
 	case <-s.stop:
@@ -382,9 +388,53 @@ func (s *Store) write() {
 				break gather
 			}
 		}
+		group = s.linger(group)
 		s.commit(group)
 		clear(group)
 	}
+}
+
+// linger keeps a group whose appends are all willing to wait (see
+// eventstore.WithCommitDelay) open for more until the first of them has waited
+// its delay, the group is full, an append that is not willing comes, or the
+// store closes. A commit costs bbolt a rewrite of every page on the paths it
+// touches, so at a paced rate, where appends come one at a time from many
+// batches, sharing commits writes a fraction of the pages.
+func (s *Store) linger(group []*appendRequest) []*appendRequest {
+	until := group[0].waitUntil
+	for _, r := range group {
+		if r.waitUntil.IsZero() {
+			return group
+		}
+		until = earliest(until, r.waitUntil)
+	}
+	wait := time.Until(until)
+	if wait <= 0 {
+		return group
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	for len(group) < maxGroup {
+		select {
+		case r := <-s.requests:
+			group = append(group, r)
+			if r.waitUntil.IsZero() {
+				return group
+			}
+		case <-t.C:
+			return group
+		case <-s.stop:
+			return group
+		}
+	}
+	return group
+}
+
+func earliest(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 // commit writes a group of appends in one transaction and answers each of them.

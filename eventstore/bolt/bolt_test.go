@@ -157,3 +157,68 @@ func TestCloseDuringAppends(t *testing.T) {
 		}
 	}
 }
+
+// An append willing to wait for company (eventstore.WithCommitDelay) stays
+// unwritten while nothing else comes, up to its delay; an append that is not
+// willing is committed at once and takes the waiting ones with it.
+func TestAppendsWaitForCompanyOnlyWhenAllMay(t *testing.T) {
+	ctx := context.Background()
+	readable := func(s *bolt.Store) int {
+		t.Helper()
+		events, err := s.ReadAll(ctx, eventstore.Start, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(events)
+	}
+	appendOne := func(ctx context.Context, s *bolt.Store, stream string) error {
+		_, err := s.Append(ctx, stream, eventstore.Any(), []eventstore.EventData{{ID: stream, Type: "T"}})
+		return err
+	}
+
+	t.Run("alone, it is written once its delay is over", func(t *testing.T) {
+		s := open(t, filepath.Join(t.TempDir(), "events.db"))
+		const delay = 300 * time.Millisecond
+		began := time.Now()
+		if err := appendOne(eventstore.WithCommitDelay(ctx, delay), s, "a"); err != nil {
+			t.Fatal(err)
+		}
+		if waited := time.Since(began); waited < delay {
+			t.Fatalf("append answered after %s, before its %s delay: it did not wait for company", waited, delay)
+		}
+		if n := readable(s); n != 1 {
+			t.Fatalf("%d events readable, want 1", n)
+		}
+	})
+
+	t.Run("one that may not wait commits the group", func(t *testing.T) {
+		s := open(t, filepath.Join(t.TempDir(), "events.db"))
+		waiting := make(chan error, 1)
+		go func() { waiting <- appendOne(eventstore.WithCommitDelay(ctx, time.Hour), s, "a") }()
+		// While it waits it is not written (nor answered).
+		for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			if n := readable(s); n != 0 {
+				t.Fatalf("%d events readable while the only append waits for company", n)
+			}
+			select {
+			case err := <-waiting:
+				t.Fatalf("the waiting append was answered alone (%v)", err)
+			default:
+			}
+		}
+		if err := appendOne(ctx, s, "b"); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-waiting:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("the waiting append was not committed with the one that may not wait")
+		}
+		if n := readable(s); n != 2 {
+			t.Fatalf("%d events readable, want 2", n)
+		}
+	})
+}

@@ -100,14 +100,19 @@ func TestConcurrentUploadsPerKeyAreCapped(t *testing.T) {
 
 	// The first upload sends part of its body over a connection of its own,
 	// then waits. A probe may take the only slot just as it arrives: then the
-	// first is answered 429 at once, and starts again.
+	// first is answered 429 at once, and starts again, with a longer head
+	// start each time before the next probe (under load a probe in flight at
+	// every restart kept it out for the whole deadline).
 	var first net.Conn
+	headStart := 20 * time.Millisecond
 	begin := func() {
 		var err error
 		if first, err = net.Dial("tcp", srv.Listener.Addr().String()); err != nil {
 			t.Fatal(err)
 		}
 		fmt.Fprintf(first, "POST /api/batch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\n\r\n%s", testKey, len(body), body[:40])
+		time.Sleep(headStart)
+		headStart = min(2*headStart, time.Second)
 	}
 	answered := func() bool {
 		first.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
@@ -116,7 +121,7 @@ func TestConcurrentUploadsPerKeyAreCapped(t *testing.T) {
 	}
 	begin()
 	t.Cleanup(func() { first.Close() })
-	for deadline := time.Now().Add(10 * time.Second); ; {
+	for deadline := time.Now().Add(30 * time.Second); ; {
 		code, e, hdr := post(testKey)
 		if code == http.StatusTooManyRequests {
 			if e.Error.Code != domain.ERATELIMITED || hdr.Get("Retry-After") == "" {

@@ -21,6 +21,9 @@ type appendRequest struct {
 	stream   string
 	expected eventstore.ExpectedRevision
 	events   []eventstore.EventData
+	// waitUntil is how long its group may wait for others to join
+	// (eventstore.WithCommitDelay); zero: no longer than the writer must.
+	waitUntil time.Time
 
 	result eventstore.AppendResult
 	err    error
@@ -40,6 +43,9 @@ func (s *Store) append(ctx context.Context, stream string, expected eventstore.E
 		return eventstore.AppendResult{}, err
 	}
 	r := &appendRequest{ctx: ctx, stream: stream, expected: expected, events: events, done: make(chan struct{})}
+	if d := eventstore.CommitDelay(ctx); d > 0 {
+		r.waitUntil = time.Now().Add(d)
+	}
 	lead, err := s.enqueue(r)
 	if err != nil {
 		return eventstore.AppendResult{}, err

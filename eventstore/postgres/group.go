@@ -37,6 +37,10 @@ func (s *Store) enqueue(r *appendRequest) (lead bool, err error) {
 	}
 	s.queue = append(s.queue, r)
 	s.queuedEvents += len(r.events)
+	select {
+	case s.arrived <- struct{}{}:
+	default:
+	}
 	if s.leaders == 0 || s.leaders < s.maxLeaders && s.queuedEvents >= parallelEvents {
 		s.leaders++
 		s.leading.Add(1)
@@ -87,6 +91,7 @@ func (s *Store) lead(own *appendRequest) {
 			// of following it alone.
 			runtime.Gosched()
 		}
+		s.linger()
 		s.commit(s.take())
 		s.queueMu.Lock()
 		if len(s.queue) == 0 {
@@ -101,6 +106,48 @@ func (s *Store) lead(own *appendRequest) {
 			return
 		}
 	}
+}
+
+// linger holds the leader back while every queued append may wait for others
+// to share its commit (eventstore.WithCommitDelay), until the first of them has
+// waited its delay, the group would be full, or one that may not wait comes. At
+// a paced rate appends come one at a time from many batches, and from several
+// instances each committing its own: a transaction, a round trip and a commit
+// each, where one would carry them all.
+func (s *Store) linger() {
+	for {
+		s.queueMu.Lock()
+		until, ok := s.lingerUntilLocked()
+		s.queueMu.Unlock()
+		wait := time.Until(until)
+		if !ok || wait <= 0 {
+			return
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-s.arrived:
+		}
+		t.Stop()
+	}
+}
+
+// lingerUntilLocked is when the queued appends stop waiting for company, and
+// whether they all may wait at all; queueMu is held.
+func (s *Store) lingerUntilLocked() (time.Time, bool) {
+	if len(s.queue) == 0 || len(s.queue) >= maxGroup || s.queuedEvents >= maxGroupEvents {
+		return time.Time{}, false
+	}
+	until := s.queue[0].waitUntil
+	for _, r := range s.queue {
+		if r.waitUntil.IsZero() {
+			return time.Time{}, false
+		}
+		if r.waitUntil.Before(until) {
+			until = r.waitUntil
+		}
+	}
+	return until, true
 }
 
 // take removes the next group from the queue: the appends in it, in the order

@@ -408,3 +408,55 @@ func TestSlowTransactionDoesNotHoldOtherAppends(t *testing.T) {
 	default:
 	}
 }
+
+// An append willing to wait for company (eventstore.WithCommitDelay) is held
+// while nothing else comes, up to its delay; an append that may not wait is
+// written at once and takes the waiting one into its transaction.
+func TestAppendsWaitForCompanyOnlyWhenAllMay(t *testing.T) {
+	s := open(t, pgtest.Database(t), postgres.Options{})
+	var mu sync.Mutex
+	var sizes []int
+	postgres.SetGroupHook(s, func(size int) {
+		mu.Lock()
+		sizes = append(sizes, size)
+		mu.Unlock()
+	})
+	ctx := t.Context()
+
+	const delay = 300 * time.Millisecond
+	began := time.Now()
+	if _, err := s.Append(eventstore.WithCommitDelay(ctx, delay), "alone", eventstore.Any(), stepEvents(1)); err != nil {
+		t.Fatal(err)
+	}
+	if waited := time.Since(began); waited < delay {
+		t.Fatalf("append answered after %s, before its %s delay: it did not wait for company", waited, delay)
+	}
+
+	waiting := make(chan error, 1)
+	go func() {
+		_, err := s.Append(eventstore.WithCommitDelay(ctx, time.Hour), "willing", eventstore.Any(), stepEvents(1))
+		waiting <- err
+	}()
+	for postgres.QueuedAppends(s) == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	select {
+	case err := <-waiting:
+		t.Fatalf("the willing append was answered alone (%v)", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	mustAppend(t, s, "unwilling", eventstore.Any(), stepEvents(1))
+	select {
+	case err := <-waiting:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the willing append was not written with the one that may not wait")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(sizes, []int{1, 2}) {
+		t.Fatalf("groups of %v appends, want [1 2]: the one alone, then the two together", sizes)
+	}
+}

@@ -148,6 +148,9 @@ type Store struct {
 	stopped      bool // set by Close: no more appends are queued
 	concurrent   bool // the last group taken had more than one append
 	leading      sync.WaitGroup
+	// arrived is signalled (without blocking) by every append queued, for a
+	// leader waiting for company (see linger).
+	arrived chan struct{}
 	// groupHook, when set (by tests), is told the size of every group of appends
 	// before it is written.
 	groupHook func(size int)
@@ -210,6 +213,7 @@ func New(pool *pgxpool.Pool, opts Options) (*Store, error) {
 		notifyReq:    make(chan struct{}, 1),
 		notifierDone: make(chan struct{}),
 		maxLeaders:   opts.Writers,
+		arrived:      make(chan struct{}, 1),
 		wake:         make(chan struct{}),
 	}
 	go s.listen(ctx)

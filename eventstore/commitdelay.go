@@ -16,12 +16,12 @@ const CommitCompany = time.Millisecond
 
 // WithCommitDelay marks the appends made with the returned context as willing to
 // wait up to d for other appends to share their commit. A store that commits
-// concurrent appends in groups holds such an append's group open that
-// long while every append in it is willing, and commits at once when one that
-// is not joins (bolt's writer, PostgreSQL's leader); a store that does not
-// group ignores it. It is for an appender
-// that decides ahead of time (a paced dispatch, due after its lead): fewer,
-// larger commits cost the store less per event than many of one or two.
+// concurrent appends in groups (bolt's writer, PostgreSQL's leader) holds such an
+// append's group open that long while every append in it is willing, and commits
+// at once when one that is not joins; a store that does not group ignores it. It
+// is for an appender that decides ahead of time (a paced dispatch, due after its
+// lead) or decides nothing (a receipt): fewer, larger commits cost the store less
+// per event than many of one or two.
 func WithCommitDelay(ctx context.Context, d time.Duration) context.Context {
 	if d <= 0 {
 		return ctx

@@ -58,6 +58,14 @@ func (s *slice) run(ctx context.Context) (*Work, error) {
 	keep := context.WithoutCancel(ctx)
 	s.ctx = keep
 	settled := p.settled(st)
+	commitCtx := keep
+	if !st.pace.unlimited() {
+		// A dispatch is decided a lead ahead of its token, and the lead follows
+		// the commits' real duration (noteCommit): it can wait for others to
+		// share its commit. A batch whose rate is lifted commits at once: its
+		// next dispatch waits for this one.
+		commitCtx = eventstore.WithCommitDelay(keep, eventstore.CommitCompany)
+	}
 	handOn, failures := true, 0
 	timer := time.NewTimer(0)
 	defer timer.Stop()
@@ -93,14 +101,6 @@ func (s *slice) run(ctx context.Context) (*Work, error) {
 			}
 			answers := held
 			held = nil
-			commitCtx := keep
-			if !st.pace.unlimited() {
-				// Decided a lead ahead of its token, and the lead follows the
-				// commits' real duration (noteCommit): it can wait for others
-				// to share its commit. A batch whose rate is lifted commits at
-				// once: its next dispatch waits for this one.
-				commitCtx = eventstore.WithCommitDelay(keep, eventstore.CommitCompany)
-			}
 			began := time.Now() // the store's real latency, whatever clock decides
 			c, err := p.commit(commitCtx, st, answers, ask)
 			p.noteCommit(time.Since(began))

@@ -406,7 +406,9 @@ func (s *Store) linger(group []*appendRequest) []*appendRequest {
 		if r.waitUntil.IsZero() {
 			return group
 		}
-		until = earliest(until, r.waitUntil)
+		if r.waitUntil.Before(until) {
+			until = r.waitUntil
+		}
 	}
 	wait := time.Until(until)
 	if wait <= 0 {
@@ -428,13 +430,6 @@ func (s *Store) linger(group []*appendRequest) []*appendRequest {
 		}
 	}
 	return group
-}
-
-func earliest(a, b time.Time) time.Time {
-	if b.Before(a) {
-		return b
-	}
-	return a
 }
 
 // commit writes a group of appends in one transaction and answers each of them.

@@ -8,6 +8,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -123,6 +125,20 @@ func TestFirstRunBannerREADMEAndPageLogs(t *testing.T) {
 	}
 	if strings.Contains(string(readme), "export KEY=") {
 		t.Error("the README still exports KEY")
+	}
+
+	// On the embedded default serve runs two of the runtime's processors a
+	// core, so that sends due while one is held still start on time
+	// (procsPerCore); a CPU quota below the cores would keep Go's own.
+	if runtime.GOMAXPROCS(0) == runtime.NumCPU() {
+		serving := regexp.MustCompile(`msg="smsbatch is serving".* gomaxprocs=(\d+)`)
+		procs := serving.FindStringSubmatch(out.String())
+		for deadline := time.Now().Add(10 * time.Second); procs == nil && time.Now().Before(deadline); procs = serving.FindStringSubmatch(out.String()) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if want := strconv.Itoa(procsPerCore * runtime.NumCPU()); procs == nil || procs[1] != want {
+			t.Errorf("serving line's gomaxprocs: got %v, want %s:\n%s", procs, want, out.String())
+		}
 	}
 
 	c := &client{t: t, base: "http://" + addr, key: banner[2]}

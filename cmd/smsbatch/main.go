@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -142,6 +143,7 @@ func serve(args []string) int {
 		fmt.Fprintf(os.Stderr, "smsbatch: %v\n", err)
 		return 2
 	}
+	tuneProcs(cfg, os.Getenv)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	// The parts that log without a logger of their own (the send processor's
@@ -407,7 +409,7 @@ func (m *Main) Run(ctx context.Context) error {
 	})
 	m.logger.Info("smsbatch is serving", "url", "http://"+m.Addr(), "data_dir", cfg.DataDir,
 		"event_store", cfg.EventStore, "read_store", cfg.ReadStore, "transport", m.transport.name,
-		"webhooks", hooks.publicURL)
+		"webhooks", hooks.publicURL, "gomaxprocs", runtime.GOMAXPROCS(0))
 	return nil
 }
 

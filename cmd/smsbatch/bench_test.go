@@ -38,7 +38,7 @@ func benchPost(b *testing.B, c *client, body []byte) string {
 	b.Helper()
 	req, _ := http.NewRequest("POST", c.base+"/api/batch", bytes.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+c.key)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := testHTTP.Do(req)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -55,13 +55,14 @@ func benchPost(b *testing.B, c *client, body []byte) string {
 func benchStatus(b *testing.B, c *client, id string) status {
 	req, _ := http.NewRequest("GET", c.base+"/api/batch/"+id, nil)
 	req.Header.Set("Authorization", "Bearer "+c.key)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := testHTTP.Do(req)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer resp.Body.Close()
 	var st status
 	json.NewDecoder(resp.Body).Decode(&st)
+	io.Copy(io.Discard, resp.Body) // to its end, so that the connection is kept
 	return st
 }
 

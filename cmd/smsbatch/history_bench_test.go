@@ -122,7 +122,7 @@ func (s *benchServer) create(body []byte, n, clients int) time.Duration {
 			for next.Add(1) <= int64(n) {
 				req, _ := http.NewRequest("POST", "http://"+s.addr+"/api/batch", bytes.NewReader(body))
 				req.Header.Set("Authorization", "Bearer "+acmeKey)
-				resp, err := http.DefaultClient.Do(req)
+				resp, err := testHTTP.Do(req)
 				if err != nil {
 					s.b.Error(err)
 					return

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -26,6 +27,11 @@ func benchMain(b *testing.B, mod func(*Config)) *client {
 	cfg.HTTPRateLimit = -1
 	cfg.MaxBodyBytes = 256 << 20
 	mod(&cfg)
+	// The program runs here as serve runs it, with the runtime's processors
+	// serve would set (procsPerCore), the clients beside it.
+	procs := runtime.GOMAXPROCS(0)
+	tuneProcs(cfg, os.Getenv)
+	b.Cleanup(func() { runtime.GOMAXPROCS(procs) })
 	m := NewMain(cfg, io.Discard)
 	if err := m.Run(context.Background()); err != nil {
 		b.Fatal(err)

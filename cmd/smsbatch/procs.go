@@ -18,21 +18,22 @@ import "runtime"
 // docs/ARCHITECTURE.md, "Two processors a core on the embedded stores".
 const procsPerCore = 2
 
-// tuneProcs sets the processors serve runs with (procsFor) and returns them.
-func tuneProcs(cfg Config, getenv func(string) string) int {
+// tuneProcs sets the processors serve runs with (procsFor).
+func tuneProcs(cfg Config, getenv func(string) string) {
 	embedded := cfg.EventStore == "bolt" || cfg.ReadStore == "bolt"
 	if n := procsFor(getenv("GOMAXPROCS") != "", embedded, runtime.GOMAXPROCS(0), runtime.NumCPU()); n != runtime.GOMAXPROCS(0) {
 		runtime.GOMAXPROCS(n)
 	}
-	return runtime.GOMAXPROCS(0)
 }
 
 // procsFor is the processors to run with: set says the GOMAXPROCS variable
 // chose them, embedded that a store is a bbolt file, defaults is the
 // runtime's choice, and cores the CPUs the process may run on. A default
-// below the cores is a CPU quota (a container's limit): more threads than the
-// quota would let the kernel throttle the whole process for the rest of each
-// period, so it stands, as a choice made with GOMAXPROCS does.
+// below the cores is a CPU quota (a container's limit, rounded up): more
+// threads than the quota would let the kernel throttle the whole process for
+// the rest of each period, so it stands, as a choice made with GOMAXPROCS
+// does. A default at the cores can use them all already, so twice as many
+// processors use no more CPU than the quota allowed before.
 func procsFor(set, embedded bool, defaults, cores int) int {
 	if set || !embedded || defaults < cores {
 		return defaults

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -392,15 +393,24 @@ func TestProviderOutageHoldsTheBatchAndFailsNobody(t *testing.T) {
 	}
 }
 
-// countingStore counts appends to batch streams.
+// countingStore counts appends to batch streams, and notes the commit delay
+// each append of a dispatch asked for (eventstore.WithCommitDelay).
 type countingStore struct {
 	eventstore.Store
 	appends atomic.Int64
+
+	mu     sync.Mutex
+	delays []time.Duration
 }
 
 func (c *countingStore) Append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events []eventstore.EventData) (eventstore.AppendResult, error) {
 	if strings.HasPrefix(stream, domain.BatchStreamPrefix) {
 		c.appends.Add(1)
+	}
+	if slices.ContainsFunc(events, func(e eventstore.EventData) bool { return e.Type == domain.TypeMessagesDispatched }) {
+		c.mu.Lock()
+		c.delays = append(c.delays, eventstore.CommitDelay(ctx))
+		c.mu.Unlock()
 	}
 	return c.Store.Append(ctx, stream, expected, events)
 }

@@ -701,26 +701,6 @@ func TestSlicesDoNotSpinWhileAnswersGather(t *testing.T) {
 	}
 }
 
-// delaysStore notes, for every append of a dispatch, the commit delay it asked
-// for (eventstore.WithCommitDelay).
-type delaysStore struct {
-	eventstore.Store
-	mu     sync.Mutex
-	delays []time.Duration
-}
-
-func (d *delaysStore) Append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events []eventstore.EventData) (eventstore.AppendResult, error) {
-	for _, e := range events {
-		if e.Type == domain.TypeMessagesDispatched {
-			d.mu.Lock()
-			d.delays = append(d.delays, eventstore.CommitDelay(ctx))
-			d.mu.Unlock()
-			break
-		}
-	}
-	return d.Store.Append(ctx, stream, expected, events)
-}
-
 // A paced batch's dispatches, decided a lead ahead of their token, let the store
 // hold their commit for others to share; a batch whose rate is lifted, whose
 // next dispatch waits for this one, does not.
@@ -735,7 +715,7 @@ func TestPacedDispatchesMayShareCommits(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			store := &delaysStore{Store: memory.New()}
+			store := &countingStore{Store: memory.New()}
 			t.Cleanup(func() { store.Close() })
 			h := newHarnessOn(t, store, newFakeProvider(0))
 			w := h.create("b1", 10, domain.PriorityNormal)

@@ -221,4 +221,32 @@ func TestAppendsWaitForCompanyOnlyWhenAllMay(t *testing.T) {
 			t.Fatalf("%d events readable, want 2", n)
 		}
 	})
+
+	t.Run("Close commits the waiting group", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "events.db")
+		s, err := bolt.Open(path, bolt.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		waiting := make(chan error, 1)
+		go func() { waiting <- appendOne(eventstore.WithCommitDelay(ctx, time.Hour), s, "a") }()
+		time.Sleep(200 * time.Millisecond) // it reaches the writer, and waits there
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-waiting:
+			if errors.Is(err, eventstore.ErrClosed) {
+				t.Skip("Close came before the append reached the writer")
+			}
+			if err != nil {
+				t.Fatalf("the waiting append failed at Close: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("Close left the waiting append unanswered")
+		}
+		if n := readable(open(t, path)); n != 1 {
+			t.Fatalf("%d events readable after reopening, want the 1 answered", n)
+		}
+	})
 }

@@ -110,7 +110,8 @@ func (s *Store) lead(own *appendRequest) {
 
 // linger holds the leader back while every queued append may wait for others
 // to share its commit (eventstore.WithCommitDelay), until the first of them has
-// waited its delay, the group would be full, or one that may not wait comes. At
+// waited its delay, the group would be full, one that may not wait comes, or
+// the Store closes (Close waits for the leaders: the group commits at once). At
 // a paced rate appends come one at a time from many batches, and from several
 // instances each committing its own: a transaction, a round trip and a commit
 // each, where one would carry them all.
@@ -135,7 +136,7 @@ func (s *Store) linger() {
 // lingerUntilLocked is when the queued appends stop waiting for company, and
 // whether they all may wait at all; queueMu is held.
 func (s *Store) lingerUntilLocked() (time.Time, bool) {
-	if len(s.queue) == 0 || len(s.queue) >= maxGroup || s.queuedEvents >= maxGroupEvents {
+	if s.stopped || len(s.queue) == 0 || len(s.queue) >= maxGroup || s.queuedEvents >= maxGroupEvents {
 		return time.Time{}, false
 	}
 	until := s.queue[0].waitUntil

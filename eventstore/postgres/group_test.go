@@ -460,3 +460,33 @@ func TestAppendsWaitForCompanyOnlyWhenAllMay(t *testing.T) {
 		t.Fatalf("groups of %v appends, want [1 2]: the one alone, then the two together", sizes)
 	}
 }
+
+// Close does not wait out the delay of an append that waits for company: its
+// group is written at once, and the append answered.
+func TestCloseCommitsAppendsWaitingForCompany(t *testing.T) {
+	url := pgtest.Database(t)
+	s := open(t, url, postgres.Options{})
+	waiting := make(chan error, 1)
+	evs := stepEvents(1)
+	go func() {
+		_, err := s.Append(eventstore.WithCommitDelay(t.Context(), time.Hour), "willing", eventstore.Any(), evs)
+		waiting <- err
+	}()
+	for postgres.QueuedAppends(s) == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- s.Close() }()
+	select {
+	case err := <-waiting:
+		if err != nil {
+			t.Fatalf("the waiting append failed at Close: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close held the waiting append for its delay")
+	}
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	checkStream(t, open(t, url, postgres.Options{}), "willing", evs)
+}

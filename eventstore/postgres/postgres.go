@@ -149,7 +149,8 @@ type Store struct {
 	concurrent   bool // the last group taken had more than one append
 	leading      sync.WaitGroup
 	// arrived is signalled (without blocking) by every append queued, for a
-	// leader waiting for company (see linger).
+	// leader waiting for company (see linger); Close closes it once stopped is
+	// set, when no append is queued any more, so that none lingers on.
 	arrived chan struct{}
 	// groupHook, when set (by tests), is told the size of every group of appends
 	// before it is written.
@@ -443,6 +444,7 @@ func (s *Store) Close() error {
 		// Appends queued before are written; later ones fail with ErrClosed.
 		s.queueMu.Lock()
 		s.stopped = true
+		close(s.arrived)
 		s.queueMu.Unlock()
 		s.leading.Wait()
 		s.stopListener()

@@ -114,6 +114,15 @@ const headroom = 1.01
 // rate (eight runs; 0 to 5 with this margin).
 const windowMargin = 2 * time.Millisecond
 
+// clockSkew is how far apart the clocks of two instances may be, beyond
+// windowMargin: the start times a slice hands on to the next, which may run
+// on another instance, count that much later there, so that the sends of a
+// batch that moves keep a second apart at the provider even when the
+// instance it moves to has a clock that far ahead. (The bounds a dispatch
+// records, SendAt, have handoverMargin.) It costs the next slice's first
+// window that much, which the plan's headroom takes back.
+const clockSkew = 10 * time.Millisecond
+
 // rampPerSecond is the share of the target rate a throttled batch wins back
 // every second after its hold.
 const rampPerSecond = 0.1
@@ -179,12 +188,17 @@ func (p *pace) follow(b *domain.Batch, now time.Time, chainStart bool, recent []
 
 // adopt replaces what the pace knows of the batch's latest sends with recent,
 // handed on by the slice before, which knew them all; or, without it, with a
-// window's worth of sends at bound, the latest they can have started.
+// window's worth of sends at bound, the latest they can have started. The
+// start times handed on were read on another instance's clock: each counts
+// clockSkew later here.
 func (p *pace) adopt(recent []time.Time, bound time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if len(recent) > 0 {
-		p.recent = slices.Clone(recent)
+		p.recent = p.recent[:0]
+		for _, t := range recent {
+			p.recent = append(p.recent, t.Add(clockSkew))
+		}
 		slices.SortFunc(p.recent, time.Time.Compare)
 		return
 	}

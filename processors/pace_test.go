@@ -124,11 +124,13 @@ func TestSendsKeepToTheRateInEverySecond(t *testing.T) {
 
 // The start times a slice hands on hold its sends that started and the bounds
 // of those that had not; the next slice elsewhere paces from them, so a window
-// still holds at most the rate when the batch moves. Without them (a new
-// chain), it waits a window after the last send's bound.
+// still holds at most the rate when the batch moves, even to an instance
+// whose clock is up to clockSkew ahead. Without them (a new chain), it waits a
+// window after the last send's bound.
 func TestNextSliceElsewherePacesFromTheStartsHandedOn(t *testing.T) {
 	p := newPace(5)
 	window := time.Second + windowMargin // the window rule at 5/s
+	elsewhere := window + clockSkew      // from start times read on another clock
 	ctx := context.Background()
 	for range 4 {
 		if ok := p.take(ctx, time.Now, p.slot(time.Now().Add(-time.Second), time.Now().Add(time.Second), time.Now().Add(time.Second)), &batchState{}, &latency{}); !ok {
@@ -149,8 +151,8 @@ func TestNextSliceElsewherePacesFromTheStartsHandedOn(t *testing.T) {
 	if ok := next.take(ctx, time.Now, next.slot(time.Now().Add(-time.Second), time.Now().Add(2*time.Second), time.Now().Add(2*time.Second)), &batchState{}, &latency{}); !ok {
 		t.Fatal("send refused on the next instance")
 	}
-	if got := time.Since(recent[0]); got < window-time.Millisecond {
-		t.Fatalf("the next instance's first send started %s after the first handed on, want a window (%s)", got, window)
+	if got := time.Since(recent[0]); got < elsewhere-time.Millisecond {
+		t.Fatalf("the next instance's first send started %s after the first handed on, want a window and the clocks' skew (%s)", got, elsewhere)
 	}
 	p.giveUp(waiting)
 
@@ -284,9 +286,14 @@ func TestSliceHandsItsLateStartOn(t *testing.T) {
 	if got := ost.pace.tokenAt(late).Sub(late); got < 190*time.Millisecond {
 		t.Fatalf("the next instance's first token %s after the late start, want an interval", got)
 	}
-	// With the start times of the sends before, which it paces from.
-	if len(next.Recent) == 0 || !slices.Equal(ost.pace.recent, next.Recent) {
-		t.Fatalf("the next instance paces from %v, want the starts handed on %v", ost.pace.recent, next.Recent)
+	// With the start times of the sends before, which it paces from, each
+	// allowing for the clocks' skew.
+	var want []time.Time
+	for _, at := range next.Recent {
+		want = append(want, at.Add(clockSkew))
+	}
+	if len(next.Recent) == 0 || !slices.Equal(ost.pace.recent, want) {
+		t.Fatalf("the next instance paces from %v, want the starts handed on %v, %s later", ost.pace.recent, next.Recent, clockSkew)
 	}
 }
 

@@ -6,12 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/google/uuid"
 
 	"github.com/smsbatch/smsbatch/commands"
 	"github.com/smsbatch/smsbatch/domain"
@@ -261,12 +262,17 @@ func (f *Forwarder) index(id string, e eventstore.Event) bool {
 	return true
 }
 
+// lifecycleMessage is the message of a lifecycle event. Its ID is derived from
+// the event, so that the copies the forwarders of several instances publish are
+// one message to a broker that drops duplicates (NATS JetStream, see
+// chainStart).
 func lifecycleMessage(l Lifecycle) (*message.Message, error) {
 	payload, err := json.Marshal(l)
 	if err != nil {
 		return nil, fmt.Errorf("encode lifecycle message: %w", err)
 	}
-	msg := message.NewMessage(watermill.NewUUID(), payload)
+	id := uuid.NewSHA1(messageIDs, []byte("lifecycle\x00"+l.BatchID+"\x00"+l.Type+"\x00"+strconv.FormatUint(l.Revision, 10)))
+	msg := message.NewMessage(id.String(), payload)
 	msg.Metadata.Set("batch_id", l.BatchID)
 	return msg, nil
 }

@@ -227,3 +227,57 @@ func TestForwarderStartsFromItsStartPoint(t *testing.T) {
 		t.Fatalf("work published %v: the scheduled batch from the start point was not started", got)
 	}
 }
+
+// Every copy of a lifecycle message, and of the first work message of a chain,
+// has the same ID, derived from the event: the forwarder of each instance
+// publishes the lifecycle message, and both the API and the lifecycle handler
+// publish the chain's first work message. A broker that drops duplicates (NATS
+// JetStream, by Nats-Msg-Id) then queues one of each, so one chain starts
+// instead of one a copy, each loading the batch to find the chain taken. A
+// stalled batch's recovery message is new each time: taken for the message it
+// replaces, it would be dropped.
+func TestCopiesOfAChainStartAreOneMessage(t *testing.T) {
+	pub := &recordingPublisher{}
+	if err := PublishWork(pub, "b1", 3); err != nil {
+		t.Fatal(err)
+	}
+	fromAPI := pub.msgs[TopicWork][0]
+
+	l1, err := lifecycleMessage(Lifecycle{BatchID: "b1", Type: domain.TypeBatchStarted, Revision: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l2, _ := lifecycleMessage(Lifecycle{BatchID: "b1", Type: domain.TypeBatchStarted, Revision: 3})
+	if l1.UUID != l2.UUID {
+		t.Fatalf("two forwarders' lifecycle messages of one event: IDs %s and %s, want one", l1.UUID, l2.UUID)
+	}
+	for _, other := range []Lifecycle{
+		{BatchID: "b1", Type: domain.TypeBatchResumed, Revision: 9},
+		{BatchID: "b2", Type: domain.TypeBatchStarted, Revision: 3},
+	} {
+		if m, _ := lifecycleMessage(other); m.UUID == l1.UUID {
+			t.Fatalf("lifecycle message of %+v has the ID of b1's start", other)
+		}
+	}
+
+	p := newHarness(t, newFakeProvider(0)).processor(Config{})
+	out, err := p.handleLifecycle(l1)
+	if err != nil || len(out) != 1 {
+		t.Fatalf("lifecycle handler: %v, %v", out, err)
+	}
+	if out[0].UUID != fromAPI.UUID || string(out[0].Payload) != string(fromAPI.Payload) {
+		t.Fatalf("the lifecycle handler's first work message (%s %s) is not the API's (%s %s)", out[0].UUID, out[0].Payload, fromAPI.UUID, fromAPI.Payload)
+	}
+	if err := PublishWork(pub, "b1", 12); err != nil {
+		t.Fatal(err)
+	}
+	if resumed := pub.msgs[TopicWork][1]; resumed.UUID == fromAPI.UUID {
+		t.Fatal("the chain a resume begins has the ID of the chain before")
+	}
+
+	r1, _ := workMessage(Work{BatchID: "b1", PrevSlice: domain.ChainToken(3)})
+	r2, _ := workMessage(Work{BatchID: "b1", PrevSlice: domain.ChainToken(3)})
+	if r1.UUID == r2.UUID || r1.UUID == fromAPI.UUID {
+		t.Fatalf("recovery work messages %s and %s share an ID (chain start %s)", r1.UUID, r2.UUID, fromAPI.UUID)
+	}
+}

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	"github.com/google/uuid"
 
 	"github.com/smsbatch/smsbatch/domain"
 )
@@ -85,7 +87,7 @@ func (p *Processor) handleLifecycle(msg *message.Message) ([]*message.Message, e
 	}
 	switch l.Type {
 	case domain.TypeBatchStarted, domain.TypeBatchResumed:
-		out, err := workMessage(Work{BatchID: l.BatchID, PrevSlice: domain.ChainToken(l.Revision)})
+		out, err := chainStart(l.BatchID, l.Revision)
 		if err != nil {
 			return nil, err
 		}
@@ -114,23 +116,46 @@ func (p *Processor) handleWork(msg *message.Message) ([]*message.Message, error)
 	return []*message.Message{out}, nil
 }
 
+// workMessage is a work message of its own: a hand-on, or a stalled batch's
+// recovery, which must not be taken for the message it replaces.
 func workMessage(w Work) (*message.Message, error) {
+	return newWorkMessage(watermill.NewUUID(), w)
+}
+
+func newWorkMessage(id string, w Work) (*message.Message, error) {
 	payload, err := json.Marshal(w)
 	if err != nil {
 		return nil, errors.New("encode work message")
 	}
-	msg := message.NewMessage(watermill.NewUUID(), payload)
+	msg := message.NewMessage(id, payload)
 	msg.Metadata.Set("batch_id", w.BatchID)
 	return msg, nil
+}
+
+// messageIDs is the namespace of the message IDs derived from what a message
+// stands for (see chainStart).
+var messageIDs = uuid.MustParse("8f44c6cf-65c6-48bb-ae0a-a831bf9d3af4")
+
+// chainStart is the first work message of the chain a start or resume begins
+// (revision: that of the BatchStarted or BatchResumed event). Its ID is derived
+// from the two, so every copy of it is the same message: the API's (PublishWork)
+// and the lifecycle handler's of each instance's lifecycle message. Watermill
+// NATS sends the ID as Nats-Msg-Id, and JetStream keeps one message of an ID
+// within its duplicate window (two minutes): one chain starts, not one per
+// copy, each loading the batch to find the chain taken.
+func chainStart(batchID string, revision uint64) (*message.Message, error) {
+	id := uuid.NewSHA1(messageIDs, []byte("start\x00"+batchID+"\x00"+strconv.FormatUint(revision, 10)))
+	return newWorkMessage(id.String(), Work{BatchID: batchID, PrevSlice: domain.ChainToken(revision)})
 }
 
 // PublishWork hands a batch that was just started or resumed (revision: that of
 // the BatchStarted or BatchResumed event) its first work message directly, so
 // sending does not wait for the event subscription to deliver the event. The
-// lifecycle handler publishes the same work message when the event arrives;
-// the two share one chain token, so only one of their slices can dispatch.
+// lifecycle handler publishes the same work message when the event arrives:
+// over NATS the broker keeps one of them (see chainStart); in process both
+// run, and as they share one chain token only one of their slices dispatches.
 func PublishWork(pub message.Publisher, batchID string, revision uint64) error {
-	msg, err := workMessage(Work{BatchID: batchID, PrevSlice: domain.ChainToken(revision)})
+	msg, err := chainStart(batchID, revision)
 	if err != nil {
 		return err
 	}

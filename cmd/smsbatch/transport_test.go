@@ -248,3 +248,33 @@ func TestWorkNotHandedOutAtStopGoesBackAtOnce(t *testing.T) {
 	// Well within the ack wait.
 	receiveAll(t, msgs, sent, 5*time.Second, "the stopped instance held did not reach the next")
 }
+
+// Over NATS the copies of a chain's first work message are one message in the
+// stream: the API publishes it, and so does the lifecycle handler of whichever
+// instance takes the lifecycle message (which the forwarders of every instance
+// publish, also as one). Each copy queued started a chain of its own that
+// loaded the batch only to find the chain taken: with three instances, four a
+// start.
+func TestAChainStartIsQueuedOnceOverNATS(t *testing.T) {
+	cfg := natsConfig(t, 4)
+	tr, err := openTransport(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	for range 3 {
+		if err := processors.PublishWork(tr.pub, "b1", 3); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := processors.PublishWork(tr.pub, "b1", 7); err != nil { // a resume: a chain of its own
+		t.Fatal(err)
+	}
+	info, err := jetStream(t, cfg.NATSURL).StreamInfo(cfg.NATSNamespace + processors.TopicWork)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != 2 {
+		t.Fatalf("the work stream holds %d messages, want 2: one a chain start", info.State.Msgs)
+	}
+}

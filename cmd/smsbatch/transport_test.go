@@ -270,11 +270,46 @@ func TestAChainStartIsQueuedOnceOverNATS(t *testing.T) {
 	if err := processors.PublishWork(tr.pub, "b1", 7); err != nil { // a resume: a chain of its own
 		t.Fatal(err)
 	}
-	info, err := jetStream(t, cfg.NATSURL).StreamInfo(cfg.NATSNamespace + processors.TopicWork)
+	js := jetStream(t, cfg.NATSURL)
+	queued := func() uint64 {
+		t.Helper()
+		info, err := js.StreamInfo(cfg.NATSNamespace + processors.TopicWork)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.State.Msgs
+	}
+	if n := queued(); n != 2 {
+		t.Fatalf("the work stream holds %d messages, want 2: one a chain start", n)
+	}
+
+	// A copy that comes after the first was handled is dropped too (a
+	// forwarder behind the others).
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	msgs, err := tr.sub.Subscribe(ctx, processors.TopicWork)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if info.State.Msgs != 2 {
-		t.Fatalf("the work stream holds %d messages, want 2: one a chain start", info.State.Msgs)
+	for range 2 {
+		select {
+		case m := <-msgs:
+			m.Ack()
+		case <-time.After(10 * time.Second):
+			t.Fatal("the chain starts did not come")
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for queued() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the acknowledged work messages stayed in the stream")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := processors.PublishWork(tr.pub, "b1", 3); err != nil {
+		t.Fatal(err)
+	}
+	if n := queued(); n != 0 {
+		t.Fatalf("a late copy of a chain start handled already was queued again (%d messages)", n)
 	}
 }

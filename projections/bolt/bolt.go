@@ -138,6 +138,13 @@ type Store struct {
 	// page took a third of applying with a thousand batches sending. Apply
 	// changes them in place and forgets them all when its transaction fails.
 	states *lru.Cache[string, *projections.BatchState]
+	// reads are the states the read side decoded, each with the bytes it came
+	// from: a state read again unchanged (a status polled, a list page shown
+	// again, the live hub's next status) is not decoded again, which took most
+	// of a status read. The bytes are compared whole, so an entry never
+	// answers for another version of its state. Readers share what it holds
+	// and do not change it.
+	reads *lru.Cache[string, readState]
 
 	// beforeCheckpoint, when set (by tests), runs inside Apply's transaction
 	// after the read models were written and before the checkpoint is.
@@ -190,7 +197,21 @@ func Open(path string, opts Options) (*Store, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("bolt projections: open %s: %w", path, err)
 	}
-	return &Store{db: db, states: states}, nil
+	reads, err := lru.New[string, readState](CachedReads)
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("bolt projections: open %s: %w", path, err)
+	}
+	return &Store{db: db, states: states, reads: reads}, nil
+}
+
+// CachedReads bounds how many decoded states the read side keeps (Store.reads).
+const CachedReads = 1024
+
+// readState is a state the read side decoded, and the stored bytes it is.
+type readState struct {
+	raw []byte
+	st  *projections.BatchState
 }
 
 // Close releases the file.
@@ -503,7 +524,7 @@ func (s *Store) Unfinished(ctx context.Context) ([]projections.BatchStatus, even
 			if b == nil {
 				return fmt.Errorf("unfinished batch %s has no state", id)
 			}
-			st, err := stateOf(b)
+			st, err := s.stateOf(string(id), b)
 			if err != nil {
 				return err
 			}
@@ -568,11 +589,18 @@ func batchOf(tx *bbolt.Tx, tenant, id string) (*bbolt.Bucket, error) {
 	return b, nil
 }
 
-func stateOf(b *bbolt.Bucket) (*projections.BatchState, error) {
+// stateOf returns the state of batch id, whose bucket is b, for reading only:
+// the one decoded before when it is stored unchanged since.
+func (s *Store) stateOf(id string, b *bbolt.Bucket) (*projections.BatchState, error) {
+	raw := b.Get(keyState)
+	if r, ok := s.reads.Get(id); ok && bytes.Equal(r.raw, raw) {
+		return r.st, nil
+	}
 	st := &projections.BatchState{}
-	if err := json.Unmarshal(b.Get(keyState), st); err != nil {
+	if err := json.Unmarshal(raw, st); err != nil {
 		return nil, fmt.Errorf("decode state: %w", err)
 	}
+	s.reads.Add(id, readState{raw: bytes.Clone(raw), st: st})
 	return st, nil
 }
 
@@ -584,7 +612,7 @@ func (s *Store) state(op, tenant, id string) (*projections.BatchState, error) {
 		if err != nil {
 			return err
 		}
-		st, err = stateOf(b)
+		st, err = s.stateOf(id, b)
 		return err
 	})
 	if err != nil {
@@ -659,7 +687,7 @@ func (s *Store) Batches(ctx context.Context, q projections.ListQuery) ([]project
 			if b == nil {
 				return fmt.Errorf("batch %s is listed but not stored", id)
 			}
-			st, err := stateOf(b)
+			st, err := s.stateOf(string(id), b)
 			if err != nil {
 				return fmt.Errorf("batch %s: %w", id, err)
 			}
@@ -693,7 +721,7 @@ func (s *Store) Recipients(ctx context.Context, q projections.RecipientQuery) ([
 		if err != nil {
 			return err
 		}
-		st, err := stateOf(b)
+		st, err := s.stateOf(q.BatchID, b)
 		if err != nil {
 			return err
 		}

@@ -575,3 +575,45 @@ func BenchmarkRebuild(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.N*len(events))/b.Elapsed().Seconds(), "events/s")
 }
+
+// A state read again while it is stored unchanged is the one decoded before (a
+// status polled, a list shown again: decoding it took most of a status read);
+// once the batch moved on, the read decodes what is stored now.
+func TestAStateReadAgainUnchangedIsNotDecodedAgain(t *testing.T) {
+	s := open(t, tempPath(t))
+	events := history(1, 40).List()
+	half := len(events) / 2
+	projectionstest.Apply(t, s, events[:half], 10)
+	read := func() *projections.BatchState {
+		t.Helper()
+		st, err := bolt.ReadState(s, tenants[0], "batch-00")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	first := read()
+	if again := read(); again != first {
+		t.Fatal("a state read twice, unchanged in between, was decoded twice")
+	}
+	projectionstest.Apply(t, s, events[half:], 10)
+	now := read()
+	if now == first || now.Position == first.Position {
+		t.Fatalf("after more events the read still gives the state at %s", first.Position)
+	}
+	if want := events[len(events)-1].Position; now.Position != want {
+		t.Fatalf("state at %s, want the last event's %s", now.Position, want)
+	}
+}
+
+// BenchmarkStatusRead is a status read of a batch whose state did not change
+// since the last read (a status polled).
+func BenchmarkStatusRead(b *testing.B) {
+	s := open(b, tempPath(b))
+	projectionstest.Apply(b, s, history(1, 1000).List(), 100)
+	for b.Loop() {
+		if _, err := s.Batch(b.Context(), tenants[0], "batch-00"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -138,13 +138,9 @@ type Store struct {
 	// page took a third of applying with a thousand batches sending. Apply
 	// changes them in place and forgets them all when its transaction fails.
 	states *lru.Cache[string, *projections.BatchState]
-	// reads are the states the read side decoded, each with the bytes it came
-	// from: a state read again unchanged (a status polled, a list page shown
-	// again, the live hub's next status) is not decoded again, which took most
-	// of a status read. The bytes are compared whole, so an entry never
-	// answers for another version of its state. Readers share what it holds
-	// and do not change it.
-	reads *lru.Cache[string, readState]
+	// reads are the states the read side decoded, kept while they are
+	// stored unchanged.
+	reads *projections.ReadCache
 
 	// beforeCheckpoint, when set (by tests), runs inside Apply's transaction
 	// after the read models were written and before the checkpoint is.
@@ -197,21 +193,7 @@ func Open(path string, opts Options) (*Store, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("bolt projections: open %s: %w", path, err)
 	}
-	reads, err := lru.New[string, readState](CachedReads)
-	if err != nil {
-		_ = db.Close()
-		return nil, fmt.Errorf("bolt projections: open %s: %w", path, err)
-	}
-	return &Store{db: db, states: states, reads: reads}, nil
-}
-
-// CachedReads bounds how many decoded states the read side keeps (Store.reads).
-const CachedReads = 1024
-
-// readState is a state the read side decoded, and the stored bytes it is.
-type readState struct {
-	raw []byte
-	st  *projections.BatchState
+	return &Store{db: db, states: states, reads: projections.NewReadCache()}, nil
 }
 
 // Close releases the file.
@@ -592,16 +574,7 @@ func batchOf(tx *bbolt.Tx, tenant, id string) (*bbolt.Bucket, error) {
 // stateOf returns the state of batch id, whose bucket is b, for reading only:
 // the one decoded before when it is stored unchanged since.
 func (s *Store) stateOf(id string, b *bbolt.Bucket) (*projections.BatchState, error) {
-	raw := b.Get(keyState)
-	if r, ok := s.reads.Get(id); ok && bytes.Equal(r.raw, raw) {
-		return r.st, nil
-	}
-	st := &projections.BatchState{}
-	if err := json.Unmarshal(raw, st); err != nil {
-		return nil, fmt.Errorf("decode state: %w", err)
-	}
-	s.reads.Add(id, readState{raw: bytes.Clone(raw), st: st})
-	return st, nil
+	return s.reads.Decode(id, b.Get(keyState))
 }
 
 // state loads a batch's state; ENOTFOUND as batchOf.

@@ -61,6 +61,9 @@ type Store struct {
 	// another, and they are dropped. "" when they must not be used.
 	states   *lru.Cache[string, *projections.BatchState]
 	statesAt string
+	// reads are the states status and recipient reads decoded, kept while
+	// they are stored unchanged.
+	reads *projections.ReadCache
 
 	// beforeWrite, when set (by tests), runs inside an apply's transaction
 	// once the states are changed, before anything is written.
@@ -81,7 +84,7 @@ func New(ctx context.Context, pool *pgxpool.Pool, opts Options) (*Store, error) 
 	if err != nil {
 		return nil, fmt.Errorf("postgres projections: new: %w", err)
 	}
-	s := &Store{pool: pool, schema: opts.Schema, q: newQueries(opts.Schema), states: states}
+	s := &Store{pool: pool, schema: opts.Schema, q: newQueries(opts.Schema), states: states, reads: projections.NewReadCache()}
 	conn, err := pool.Acquire(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("postgres projections: new: %w", err)
@@ -560,9 +563,9 @@ func (s *Store) state(ctx context.Context, op, tenant, id string) (*projections.
 	if err != nil {
 		return nil, fmt.Errorf("postgres projections: %s: %w", op, pgerr.Classify(err))
 	}
-	st := &projections.BatchState{}
-	if err := json.Unmarshal(raw, st); err != nil {
-		return nil, fmt.Errorf("postgres projections: %s: decode state of %s: %w", op, id, err)
+	st, err := s.reads.Decode(id, raw)
+	if err != nil {
+		return nil, fmt.Errorf("postgres projections: %s: state of %s: %w", op, id, err)
 	}
 	return st, nil
 }
@@ -699,9 +702,9 @@ func (s *Store) Recipients(ctx context.Context, q projections.RecipientQuery) ([
 	if err != nil {
 		return nil, "", fmt.Errorf("postgres projections: recipients: %w", pgerr.Classify(err))
 	}
-	st := &projections.BatchState{}
-	if err := json.Unmarshal(raw, st); err != nil {
-		return nil, "", fmt.Errorf("postgres projections: recipients: decode state of %s: %w", q.BatchID, err)
+	st, err := s.reads.Decode(q.BatchID, raw)
+	if err != nil {
+		return nil, "", fmt.Errorf("postgres projections: recipients: state of %s: %w", q.BatchID, err)
 	}
 	out, next, err := projections.QueryRecipients(st, page, source{ctx: ctx, tx: tx, q: s.q, batchID: q.BatchID})
 	if err != nil {

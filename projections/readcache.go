@@ -9,14 +9,15 @@ import (
 )
 
 // CachedReads bounds how many decoded states a store's read side keeps
-// (ReadCache).
-const CachedReads = 1024
+// (ReadCache): a state's JSON is bounded (its throughput buckets are) and
+// about 12 KB at most, so a few megabytes.
+const CachedReads = 256
 
 // ReadCache keeps the states a store's read side decoded, each with the stored
 // bytes it came from: a state read again while it is stored unchanged (a
 // status polled, a list page shown again, the live hub's next status) is not
 // decoded again, which was most of a status read (a 1,000-recipient batch's
-// state is tens of kilobytes of JSON). The bytes are compared whole, so an
+// state is 8 KB of JSON, its throughput buckets mostly). The bytes are compared whole, so an
 // entry never answers for another version of its state. Readers share the
 // states it returns and must not change them. Safe for concurrent use.
 type ReadCache struct {

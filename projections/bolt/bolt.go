@@ -506,9 +506,10 @@ func (s *Store) Unfinished(ctx context.Context) ([]projections.BatchStatus, even
 			if b == nil {
 				return fmt.Errorf("unfinished batch %s has no state", id)
 			}
-			st, err := s.stateOf(string(id), b)
-			if err != nil {
-				return err
+			// Read once, at start: not kept.
+			st := &projections.BatchState{}
+			if err := json.Unmarshal(b.Get(keyState), st); err != nil {
+				return fmt.Errorf("batch %s: decode state: %w", id, err)
 			}
 			out = append(out, st.StatusView())
 			return nil

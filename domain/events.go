@@ -380,7 +380,7 @@ var decoders = map[string]func([]byte) (Event, error){
 	TypeBatchRescheduled:     decode[BatchRescheduled],
 	TypeBatchStarted:         decode[BatchStarted],
 	TypeMessagesDispatched:   decode[MessagesDispatched],
-	TypeMessageSent:          decode[MessageSent],
+	TypeMessageSent:          decodeMessageSent,
 	TypeMessageAttemptFailed: decode[MessageAttemptFailed],
 	TypeMessageFailed:        decode[MessageFailed],
 	TypeMessageSkipped:       decode[MessageSkipped],

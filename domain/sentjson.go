@@ -1,0 +1,137 @@
+package domain
+
+import (
+	"strconv"
+	"time"
+)
+
+// decodeMessageSent decodes a MessageSent, the one event every message sent
+// adds. Stored as EncodeEvent writes it (those keys in that order, strings of
+// printable ASCII without escapes, whole numbers), it is read field by field,
+// in a fifth of the time encoding/json's reflection took (its decode was 3% of
+// the CPU of sending 100,000 messages end to end); anything else goes to
+// encoding/json, and whatever the quick read accepts it reads as encoding/json
+// does (FuzzMessageSentQuickRead).
+func decodeMessageSent(data []byte) (Event, error) {
+	if e, ok := readMessageSent(data); ok {
+		return e, nil
+	}
+	return decode[MessageSent](data)
+}
+
+// readMessageSent reads data as EncodeEvent writes a MessageSent, reporting
+// false when it is written any other way.
+func readMessageSent(data []byte) (MessageSent, bool) {
+	var e MessageSent
+	r := jsonReader{b: data, ok: true}
+	r.lit(`{"batchId":`)
+	e.BatchID = r.str()
+	r.lit(`,"tenant":`)
+	e.Tenant = r.str()
+	r.lit(`,"at":`)
+	e.At = r.time()
+	r.lit(`,"index":`)
+	e.Index = int(r.int())
+	r.lit(`,"attempt":`)
+	e.Attempt = int(r.int())
+	if r.peek(`,"providerId":`) {
+		r.lit(`,"providerId":`)
+		e.ProviderID = r.str()
+	}
+	r.lit(`,"segments":`)
+	e.Segments = int(r.int())
+	r.lit(`,"latencyMs":`)
+	e.LatencyMs = r.int()
+	r.lit(`}`)
+	return e, r.ok && r.i == len(r.b)
+}
+
+// jsonReader reads JSON written one way only. It starts with ok set; ok turns
+// false at the first byte that is not as expected, and every later read
+// returns zero values.
+type jsonReader struct {
+	b  []byte
+	i  int
+	ok bool
+}
+
+func (r *jsonReader) peek(s string) bool {
+	return r.i+len(s) <= len(r.b) && string(r.b[r.i:r.i+len(s)]) == s
+}
+
+func (r *jsonReader) lit(s string) {
+	if !r.ok || !r.peek(s) {
+		r.ok = false
+		return
+	}
+	r.i += len(s)
+}
+
+// quoted returns a string's bytes with their quotes: printable ASCII but " and
+// \, which a JSON string holds as they are.
+func (r *jsonReader) quoted() []byte {
+	if !r.ok || r.i >= len(r.b) || r.b[r.i] != '"' {
+		r.ok = false
+		return nil
+	}
+	for j := r.i + 1; j < len(r.b); j++ {
+		switch c := r.b[j]; {
+		case c == '"':
+			q := r.b[r.i : j+1]
+			r.i = j + 1
+			return q
+		case c < 0x20 || c >= 0x7f || c == '\\':
+			r.ok = false
+			return nil
+		}
+	}
+	r.ok = false
+	return nil
+}
+
+func (r *jsonReader) str() string {
+	q := r.quoted()
+	if len(q) < 2 {
+		return ""
+	}
+	return string(q[1 : len(q)-1])
+}
+
+func (r *jsonReader) time() time.Time {
+	var t time.Time
+	q := r.quoted()
+	if !r.ok {
+		return t
+	}
+	if err := t.UnmarshalJSON(q); err != nil {
+		r.ok = false
+	}
+	return t
+}
+
+// int reads a whole number as JSON writes one: an optional minus, then 0 or
+// digits that do not start with 0.
+func (r *jsonReader) int() int64 {
+	if !r.ok {
+		return 0
+	}
+	j := r.i
+	if j < len(r.b) && r.b[j] == '-' {
+		j++
+	}
+	start := j
+	for j < len(r.b) && r.b[j] >= '0' && r.b[j] <= '9' {
+		j++
+	}
+	if j == start || (r.b[start] == '0' && j-start > 1) {
+		r.ok = false
+		return 0
+	}
+	n, err := strconv.ParseInt(string(r.b[r.i:j]), 10, strconv.IntSize)
+	if err != nil {
+		r.ok = false
+		return 0
+	}
+	r.i = j
+	return n
+}

@@ -577,7 +577,8 @@ func BenchmarkRebuild(b *testing.B) {
 }
 
 // A state read again while it is stored unchanged is the one decoded before (a
-// status polled, a list shown again: decoding it took most of a status read);
+// finished batch's status read again, a list shown again: decoding it took most
+// of a status read);
 // once the batch moved on, the read decodes what is stored now.
 func TestAStateReadAgainUnchangedIsNotDecodedAgain(t *testing.T) {
 	s := open(t, tempPath(t))
@@ -607,7 +608,7 @@ func TestAStateReadAgainUnchangedIsNotDecodedAgain(t *testing.T) {
 }
 
 // BenchmarkStatusRead is a status read of a batch whose state did not change
-// since the last read (a status polled).
+// since the last read (a finished batch's status read again).
 func BenchmarkStatusRead(b *testing.B) {
 	s := open(b, tempPath(b))
 	projectionstest.Apply(b, s, history(1, 1000).List(), 100)

@@ -61,8 +61,8 @@ type Store struct {
 	// another, and they are dropped. "" when they must not be used.
 	states   *lru.Cache[string, *projections.BatchState]
 	statesAt string
-	// reads are the states status and recipient reads decoded, kept while
-	// they are stored unchanged.
+	// reads are the states status, list and recipient reads decoded, kept
+	// while they are stored unchanged.
 	reads *projections.ReadCache
 
 	// beforeWrite, when set (by tests), runs inside an apply's transaction
@@ -135,10 +135,10 @@ func newQueries(schema string) queries {
 		state:  `SELECT state FROM ` + batches + ` WHERE id = $1 AND tenant = $2`,
 		exists: `SELECT EXISTS (SELECT 1 FROM ` + batches + ` WHERE id = $1 AND tenant = $2)`,
 		// The filters ($2 status, $3 folded name or ID prefix) are '' when not used.
-		list: `SELECT state FROM ` + batches + ` WHERE tenant = $1
+		list: `SELECT id, state FROM ` + batches + ` WHERE tenant = $1
 			AND ($2 = '' OR status = $2) AND ($3 = '' OR starts_with(name_folded, $3) OR starts_with(id, $3))
 			ORDER BY created_ns DESC, id DESC LIMIT $4`,
-		listAfter: `SELECT state FROM ` + batches + ` WHERE tenant = $1 AND (created_ns, id) < ($5, $6)
+		listAfter: `SELECT id, state FROM ` + batches + ` WHERE tenant = $1 AND (created_ns, id) < ($5, $6)
 			AND ($2 = '' OR status = $2) AND ($3 = '' OR starts_with(name_folded, $3) OR starts_with(id, $3))
 			ORDER BY created_ns DESC, id DESC LIMIT $4`,
 		errors: `SELECT idx, phone, category, code, message, attempts, time_ns FROM ` + errs + `
@@ -611,15 +611,18 @@ func (s *Store) Batches(ctx context.Context, q projections.ListQuery) ([]project
 	}
 	out := make([]projections.BatchStatus, 0, page.Limit)
 	more := false
-	var raw []byte
-	_, err = pgx.ForEachRow(rows, []any{&raw}, func() error {
+	var (
+		id  string
+		raw []byte
+	)
+	_, err = pgx.ForEachRow(rows, []any{&id, &raw}, func() error {
 		if len(out) == page.Limit {
 			more = true
 			return nil
 		}
-		var st projections.BatchState
-		if err := json.Unmarshal(raw, &st); err != nil {
-			return err
+		st, err := s.reads.Decode(id, raw)
+		if err != nil {
+			return fmt.Errorf("state of %s: %w", id, err)
 		}
 		out = append(out, st.StatusView())
 		return nil

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill/message"
-	"github.com/google/uuid"
 
 	"github.com/smsbatch/smsbatch/commands"
 	"github.com/smsbatch/smsbatch/domain"
@@ -271,8 +270,7 @@ func lifecycleMessage(l Lifecycle) (*message.Message, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode lifecycle message: %w", err)
 	}
-	id := uuid.NewSHA1(messageIDs, []byte("lifecycle\x00"+l.BatchID+"\x00"+l.Type+"\x00"+strconv.FormatUint(l.Revision, 10)))
-	msg := message.NewMessage(id.String(), payload)
+	msg := message.NewMessage(derivedID("lifecycle", l.BatchID, l.Type, strconv.FormatUint(l.Revision, 10)), payload)
 	msg.Metadata.Set("batch_id", l.BatchID)
 	return msg, nil
 }

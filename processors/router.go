@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -136,6 +137,12 @@ func newWorkMessage(id string, w Work) (*message.Message, error) {
 // stands for (see chainStart).
 var messageIDs = uuid.MustParse("8f44c6cf-65c6-48bb-ae0a-a831bf9d3af4")
 
+// derivedID is the ID of the message that parts stand for: the same for every
+// copy of it, wherever it is published.
+func derivedID(parts ...string) string {
+	return uuid.NewSHA1(messageIDs, []byte(strings.Join(parts, "\x00"))).String()
+}
+
 // chainStart is the first work message of the chain a start or resume begins
 // (revision: that of the BatchStarted or BatchResumed event). Its ID is derived
 // from the two, so every copy of it is the same message: the API's (PublishWork)
@@ -144,8 +151,8 @@ var messageIDs = uuid.MustParse("8f44c6cf-65c6-48bb-ae0a-a831bf9d3af4")
 // within its duplicate window (two minutes): one chain starts, not one per
 // copy, each loading the batch to find the chain taken.
 func chainStart(batchID string, revision uint64) (*message.Message, error) {
-	id := uuid.NewSHA1(messageIDs, []byte("start\x00"+batchID+"\x00"+strconv.FormatUint(revision, 10)))
-	return newWorkMessage(id.String(), Work{BatchID: batchID, PrevSlice: domain.ChainToken(revision)})
+	id := derivedID("start", batchID, strconv.FormatUint(revision, 10))
+	return newWorkMessage(id, Work{BatchID: batchID, PrevSlice: domain.ChainToken(revision)})
 }
 
 // PublishWork hands a batch that was just started or resumed (revision: that of

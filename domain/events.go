@@ -379,7 +379,7 @@ var decoders = map[string]func([]byte) (Event, error){
 	TypeBatchCreated:         decode[BatchCreated],
 	TypeBatchRescheduled:     decode[BatchRescheduled],
 	TypeBatchStarted:         decode[BatchStarted],
-	TypeMessagesDispatched:   decode[MessagesDispatched],
+	TypeMessagesDispatched:   decodeMessagesDispatched,
 	TypeMessageSent:          decodeMessageSent,
 	TypeMessageAttemptFailed: decode[MessageAttemptFailed],
 	TypeMessageFailed:        decode[MessageFailed],

@@ -46,6 +46,60 @@ func readMessageSent(data []byte) (MessageSent, bool) {
 	return e, r.ok && r.i == len(r.b)
 }
 
+// decodeMessagesDispatched decodes a MessagesDispatched, which every message
+// sent is named in, the same way: read element by element as EncodeEvent
+// writes it, or by encoding/json (FuzzMessagesDispatchedQuickRead). With the
+// rate lifted, a slice names many messages in one: encoding/json's reflection
+// over them was 3% of the CPU of sending 100,000 messages end to end.
+func decodeMessagesDispatched(data []byte) (Event, error) {
+	if e, ok := readMessagesDispatched(data); ok {
+		return e, nil
+	}
+	return decode[MessagesDispatched](data)
+}
+
+// readMessagesDispatched reads data as EncodeEvent writes a
+// MessagesDispatched, reporting false when it is written any other way (a
+// null list of messages among them).
+func readMessagesDispatched(data []byte) (MessagesDispatched, bool) {
+	var e MessagesDispatched
+	r := jsonReader{b: data, ok: true}
+	r.lit(`{"batchId":`)
+	e.BatchID = r.str()
+	r.lit(`,"tenant":`)
+	e.Tenant = r.str()
+	r.lit(`,"at":`)
+	e.At = r.time()
+	r.lit(`,"slice":`)
+	e.Slice = r.str()
+	if r.peek(`,"instance":`) {
+		r.lit(`,"instance":`)
+		e.Instance = r.str()
+	}
+	r.lit(`,"deadline":`)
+	e.Deadline = r.time()
+	r.lit(`,"sendAt":`)
+	e.SendAt = r.time()
+	r.lit(`,"messages":[`)
+	// Each element takes at least 13 bytes: the list's length bounds what is
+	// made before its elements are read.
+	e.Messages = make([]Dispatch, 0, min(len(data)/13, 1024))
+	for r.ok && !r.peek(`]`) {
+		if len(e.Messages) > 0 {
+			r.lit(`,`)
+		}
+		var d Dispatch
+		r.lit(`{"i":`)
+		d.Index = int(r.int())
+		r.lit(`,"a":`)
+		d.Attempt = int(r.int())
+		r.lit(`}`)
+		e.Messages = append(e.Messages, d)
+	}
+	r.lit(`]}`)
+	return e, r.ok && r.i == len(r.b)
+}
+
 // jsonReader reads JSON written one way only. It starts with ok set; ok turns
 // false at the first byte that is not as expected, and every later read
 // returns zero values.

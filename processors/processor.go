@@ -49,6 +49,8 @@ type Processor struct {
 	batches map[string]*batchState
 	// sends counts send goroutines and recorders, for Drain.
 	sends sync.WaitGroup
+	// senders run the sends.
+	senders *workers
 	// stop ends the recorders' retries once Drain has given up waiting.
 	stop     chan struct{}
 	stopOnce sync.Once
@@ -120,6 +122,7 @@ func NewProcessor(cfg Config) (*Processor, error) {
 		log:        cfg.Logger.With("instance", instance),
 		instance:   instance,
 		recipients: newRecipientPages(cfg.Store, cfg.CachedRecipients),
+		senders:    newWorkers(),
 		outage:     newOutage(cfg, cfg.Logger, cfg.Metrics),
 		batches:    make(map[string]*batchState),
 		stop:       make(chan struct{}),
@@ -190,6 +193,7 @@ func (p *Processor) Drain(ctx context.Context) error {
 	}()
 	select {
 	case <-done:
+		p.senders.stop()
 		return nil
 	case <-ctx.Done():
 	}

@@ -549,7 +549,7 @@ func (s *slice) start(ctx context.Context, dispatched []domain.Dispatch, at, sen
 		msg := sms.Message{IdempotencyKey: st.id + ":" + strconv.Itoa(d.Index), To: rcp.Phone, Body: body, BatchID: st.id, Index: d.Index}
 		p.cfg.Metrics.InFlight.Inc()
 		p.sends.Add(1)
-		go func() {
+		p.senders.Go(func() {
 			defer p.sends.Done()
 			a := answer{d: d, phone: rcp.Phone, segments: segments, notSent: true}
 			if pc.take(ctx, p.cfg.Now, slot, st, &p.wakes) {
@@ -573,7 +573,7 @@ func (s *slice) start(ctx context.Context, dispatched []domain.Dispatch, at, sen
 			}
 			p.cfg.Metrics.InFlight.Dec()
 			p.answered(st, a)
-		}()
+		})
 	}
 }
 

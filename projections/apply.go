@@ -186,6 +186,11 @@ type BatchState struct {
 	// Outstanding holds the indexes dispatched without a final outcome, sorted. The
 	// aggregate bounds them by its in-flight limit, so the slice stays short.
 	Outstanding []int `json:"outstanding,omitempty"`
+	// PendingRecords are the outcome records of recipients dispatched without a
+	// final outcome, by index (see FoldOutcome): a store writes a recipient's
+	// record once, with its final outcome, instead of once more at each
+	// dispatch. Only the outstanding recipients of a batch are here.
+	PendingRecords []RecipientOutcome `json:"pendingRecords,omitempty"`
 	// Cursor is the first recipient never dispatched nor skipped: dispatch goes
 	// in index order, so it and every recipient after it are unsent.
 	Cursor int `json:"cursor,omitempty"`

@@ -16,8 +16,9 @@ import (
 // outcome record for each recipient that was dispatched or skipped. A
 // recipient without a record was never dispatched: it is unsent. Numbers are
 // written once per page of 1,000 (a million recipients cost a thousand writes
-// at create time); outcome records are written as sending goes, a few times
-// per recipient. Variables are not copied: they stay in the recipients stream,
+// at create time); outcome records are written once a recipient's outcome is
+// final (and again with its delivery receipt), the records of recipients not
+// final yet kept in the batch's state (see FoldOutcome). Variables are not copied: they stay in the recipients stream,
 // where the export reads them.
 
 // Recipient statuses, as GET /api/batch/{id}/recipients shows them.
@@ -304,7 +305,7 @@ type RecipientSource interface {
 // pending ones are the state's outstanding set; a phone filter walks the
 // numbers a page at a time; the other statuses ask the store for their records.
 func QueryRecipients(st *BatchState, page RecipientPage, src RecipientSource) ([]Recipient, string, error) {
-	q := recipientScan{st: st, page: page, src: src, want: page.Limit + 1, from: page.AfterIndex + 1}
+	q := recipientScan{st: st, page: page, src: withPending{src: src, st: st}, want: page.Limit + 1, from: page.AfterIndex + 1}
 	var err error
 	switch {
 	case page.Phone != "":

@@ -19,9 +19,11 @@
 //     recipient index -> projections.ErrorEntry as JSON) and "categories"
 //     (category, a zero byte, big-endian index -> empty): the second is the
 //     index of the first by category, so a filtered page reads only its rows;
-//     once a recipient was dispatched or skipped, nested bucket "outcomes"
-//     (big-endian uint64 index -> its status, a zero byte, and its
-//     projections.RecipientOutcome as JSON: a status filter reads no JSON).
+//     once a recipient's outcome is final, nested bucket "outcomes"
+//     (big-endian uint64 index -> its status, a zero byte, and the rest of its
+//     projections.RecipientOutcome in binary, outcome.go: a status filter
+//     reads no record); the records of recipients not final yet are in the
+//     state (projections.FoldOutcome).
 //   - bucket "numbers": one nested bucket per batch ID, key = recipients page
 //     (big-endian uint32), value = the page's numbers joined by newlines. Pages
 //     are stored before their batch's BatchCreated, as the event store holds
@@ -211,11 +213,9 @@ type touched struct {
 	bucket  *bbolt.Bucket
 	state   *projections.BatchState
 	created bool
-	// outcomes are the recipients' records the page changes, each read once
-	// and written once when the batch is saved: a page often holds a
-	// message's dispatch and its outcome, and rewriting the record for each
-	// event was a twentieth of the CPU of sending with the rate lifted.
-	outcomes map[int]*projections.RecipientOutcome
+	// outcomes are the records the page makes final or a receipt changes
+	// (projections.FoldOutcome), written once each when the batch is saved.
+	outcomes map[int]projections.RecipientOutcome
 	// listed is what the tenant's list and the unfinished set hold of the
 	// batch, as stored before this transaction: they are written again only
 	// when it changes.
@@ -295,11 +295,16 @@ func (s *Store) applyTx(tx *bbolt.Tx, events []eventstore.Event, use []projectio
 			}
 		}
 		for _, i := range projections.OutcomeIndexes(d.Payload) {
-			o, err := b.outcome(i)
+			rec, write, err := b.state.FoldOutcome(i, d.Payload, func() (projections.RecipientOutcome, error) { return b.outcome(i) })
 			if err != nil {
 				return fmt.Errorf("read outcome %d of %s: %w", i, d.BatchID, err)
 			}
-			o.Apply(i, d.Payload)
+			if write {
+				if b.outcomes == nil {
+					b.outcomes = make(map[int]projections.RecipientOutcome)
+				}
+				b.outcomes[i] = rec
+			}
 		}
 		if original, ok := projections.RetryLink(d.Payload); ok {
 			old := changed[original]
@@ -440,26 +445,18 @@ func putNumbers(tx *bbolt.Tx, batchID string, p domain.RecipientsPageAdded) erro
 	return nums.Put(binary.BigEndian.AppendUint32(nil, uint32(p.Page)), []byte(projections.JoinNumbers(projections.RecipientNumbers(p))))
 }
 
-// outcome returns recipient i's outcome record as the page has changed it so
-// far, read from the batch the first time.
-func (b *touched) outcome(i int) (*projections.RecipientOutcome, error) {
-	if o := b.outcomes[i]; o != nil {
+// outcome returns the record the batch holds of recipient i: as this page
+// wrote it, or as stored.
+func (b *touched) outcome(i int) (projections.RecipientOutcome, error) {
+	if o, ok := b.outcomes[i]; ok {
 		return o, nil
 	}
-	o := projections.NewOutcome(i)
 	if outcomes := b.bucket.Bucket(bucketOutcomes); outcomes != nil {
 		if v := outcomes.Get(indexKey(i)); v != nil {
-			var err error
-			if o, err = decodeOutcome(v); err != nil {
-				return nil, err
-			}
+			return decodeOutcome(v)
 		}
 	}
-	if b.outcomes == nil {
-		b.outcomes = make(map[int]*projections.RecipientOutcome)
-	}
-	b.outcomes[i] = &o
-	return &o, nil
+	return projections.NewOutcome(i), nil
 }
 
 // saveOutcomes writes the outcome records the page changed, in key order.
@@ -472,7 +469,7 @@ func (b *touched) saveOutcomes() error {
 		return err
 	}
 	for _, i := range slices.Sorted(maps.Keys(b.outcomes)) {
-		if err := outcomes.Put(indexKey(i), encodeOutcome(nil, *b.outcomes[i])); err != nil {
+		if err := outcomes.Put(indexKey(i), encodeOutcome(nil, b.outcomes[i])); err != nil {
 			return fmt.Errorf("write outcome %d: %w", i, err)
 		}
 	}

@@ -91,13 +91,15 @@ func (s *Store) apply(d projections.Decoded) {
 	}
 	b.state.Apply(d.Event, d.Payload)
 	for _, i := range projections.OutcomeIndexes(d.Payload) {
-		o := b.outcomes[i]
-		if o == nil {
-			rec := projections.NewOutcome(i)
-			o = &rec
-			b.outcomes[i] = o
+		rec, write, _ := b.state.FoldOutcome(i, d.Payload, func() (projections.RecipientOutcome, error) {
+			if o := b.outcomes[i]; o != nil {
+				return *o, nil
+			}
+			return projections.NewOutcome(i), nil
+		})
+		if write {
+			b.outcomes[i] = &rec
 		}
-		o.Apply(i, d.Payload)
 	}
 	if original, ok := projections.RetryLink(d.Payload); ok {
 		if old := s.batches[original]; old != nil {

@@ -240,7 +240,7 @@ func (s *Store) applyTx(ctx context.Context, tx pgx.Tx, events []eventstore.Even
 	if err != nil {
 		return "", nil, err
 	}
-	outcomes, err := s.loadOutcomes(ctx, tx, use)
+	outcomes, err := s.loadOutcomes(ctx, tx, use, states)
 	if err != nil {
 		return "", nil, err
 	}
@@ -265,7 +265,9 @@ func (s *Store) applyTx(ctx context.Context, tx pgx.Tx, events []eventstore.Even
 		if entry, ok := projections.ErrorEntryOf(d.Payload); ok {
 			errs.add(d.BatchID, entry)
 		}
-		outcomes.apply(d)
+		if err := outcomes.apply(st, d); err != nil {
+			return "", nil, fmt.Errorf("postgres projections: apply: %w", err)
+		}
 		if original, ok := projections.RetryLink(d.Payload); ok && states[original] != nil {
 			states[original].AddRetry(d.Event, d.Payload)
 			touched[original] = true
@@ -400,21 +402,31 @@ type outcomeSet struct {
 	changed map[outcomeKey]bool
 }
 
-func (o *outcomeSet) apply(d projections.Decoded) {
+// apply folds d into the records of the recipients it names, through st, the
+// batch's state (projections.FoldOutcome): the records it makes final or a
+// receipt changes are the ones written.
+func (o *outcomeSet) apply(st *projections.BatchState, d projections.Decoded) error {
 	for _, i := range projections.OutcomeIndexes(d.Payload) {
 		key := outcomeKey{d.BatchID, i}
-		rec := o.records[key]
-		if rec == nil {
-			r := projections.NewOutcome(i)
-			rec = &r
-			o.records[key] = rec
+		rec, write, err := st.FoldOutcome(i, d.Payload, func() (projections.RecipientOutcome, error) {
+			if rec := o.records[key]; rec != nil {
+				return *rec, nil
+			}
+			return projections.NewOutcome(i), nil
+		})
+		if err != nil {
+			return err
 		}
+		if !write {
+			continue
+		}
+		o.records[key] = &rec
 		if !o.changed[key] {
 			o.changed[key] = true
 			o.order = append(o.order, key)
 		}
-		rec.Apply(i, d.Payload)
 	}
+	return nil
 }
 
 // outcomeRows are outcome records as columns.
@@ -440,15 +452,27 @@ func (o *outcomeSet) rows() (outcomeRows, error) {
 	return r, nil
 }
 
-// loadOutcomes locks and reads the outcome records the events change.
-func (s *Store) loadOutcomes(ctx context.Context, tx pgx.Tx, use []projections.Decoded) (*outcomeSet, error) {
+// loadOutcomes locks and reads the stored outcome records the events may
+// fold into: not those of recipients whose records the batches' states hold
+// (projections.BatchState.NeedsStored), nor those of batches created by
+// these events.
+func (s *Store) loadOutcomes(ctx context.Context, tx pgx.Tx, use []projections.Decoded, states map[string]*projections.BatchState) (*outcomeSet, error) {
 	set := &outcomeSet{records: make(map[outcomeKey]*projections.RecipientOutcome), changed: make(map[outcomeKey]bool)}
 	var ids []string
 	var idx []int32
+	seen := make(map[outcomeKey]bool)
 	for _, d := range use {
+		st := states[d.BatchID]
 		for _, i := range projections.OutcomeIndexes(d.Payload) {
-			ids = append(ids, d.BatchID)
-			idx = append(idx, int32(i))
+			key := outcomeKey{d.BatchID, i}
+			if seen[key] || st == nil {
+				continue
+			}
+			seen[key] = true
+			if st.NeedsStored(i, d.Payload) {
+				ids = append(ids, d.BatchID)
+				idx = append(idx, int32(i))
+			}
 		}
 	}
 	if len(ids) == 0 {

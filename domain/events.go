@@ -354,6 +354,9 @@ func (BatchFailed) EventType() string          { return TypeBatchFailed }
 
 // EncodeEvent returns the stored type name and JSON payload of e.
 func EncodeEvent(e Event) (string, []byte, error) {
+	if data, ok := quickEncode(e); ok {
+		return e.EventType(), data, nil
+	}
 	data, err := json.Marshal(e)
 	if err != nil {
 		return "", nil, fmt.Errorf("encode %s: %w", e.EventType(), err)

@@ -100,6 +100,97 @@ func readMessagesDispatched(data []byte) (MessagesDispatched, bool) {
 	return e, r.ok && r.i == len(r.b)
 }
 
+// quickEncode writes the two events every message sent is in, MessageSent and
+// MessagesDispatched, as encoding/json writes them, byte for byte
+// (FuzzQuickEncode), without its reflection: their encoding was 3% of the CPU
+// of sending with the rate lifted. It reports false for any other event, and
+// for one whose strings or times it leaves to encoding/json (strings that are
+// not printable ASCII, or that hold characters it escapes).
+func quickEncode(e Event) ([]byte, bool) {
+	w := jsonWriter{ok: true}
+	switch e := e.(type) {
+	case MessageSent:
+		w.b = make([]byte, 0, 256)
+		w.header(e.EventHeader)
+		w.key(`,"index":`).int(int64(e.Index))
+		w.key(`,"attempt":`).int(int64(e.Attempt))
+		if e.ProviderID != "" {
+			w.key(`,"providerId":`).str(e.ProviderID)
+		}
+		w.key(`,"segments":`).int(int64(e.Segments))
+		w.key(`,"latencyMs":`).int(e.LatencyMs)
+	case MessagesDispatched:
+		w.b = make([]byte, 0, 256+16*len(e.Messages))
+		w.header(e.EventHeader)
+		w.key(`,"slice":`).str(e.Slice)
+		if e.Instance != "" {
+			w.key(`,"instance":`).str(e.Instance)
+		}
+		w.key(`,"deadline":`).time(e.Deadline)
+		w.key(`,"sendAt":`).time(e.SendAt)
+		if e.Messages == nil {
+			w.key(`,"messages":null`)
+			break
+		}
+		w.key(`,"messages":[`)
+		for i, d := range e.Messages {
+			if i > 0 {
+				w.key(`,`)
+			}
+			w.key(`{"i":`).int(int64(d.Index))
+			w.key(`,"a":`).int(int64(d.Attempt))
+			w.key(`}`)
+		}
+		w.key(`]`)
+	default:
+		return nil, false
+	}
+	w.key(`}`)
+	return w.b, w.ok
+}
+
+// jsonWriter writes JSON the one way encoding/json writes these events; ok
+// turns false at a value it leaves to encoding/json.
+type jsonWriter struct {
+	b  []byte
+	ok bool
+}
+
+func (w *jsonWriter) header(h EventHeader) {
+	w.key(`{"batchId":`).str(h.BatchID)
+	w.key(`,"tenant":`).str(h.Tenant)
+	w.key(`,"at":`).time(h.At)
+}
+
+func (w *jsonWriter) key(s string) *jsonWriter {
+	w.b = append(w.b, s...)
+	return w
+}
+
+func (w *jsonWriter) int(n int64) { w.b = strconv.AppendInt(w.b, n, 10) }
+
+// str writes s between quotes when encoding/json would write it so: printable
+// ASCII but " and \ and the characters it escapes for HTML.
+func (w *jsonWriter) str(s string) {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			w.ok = false
+			return
+		}
+	}
+	w.b = append(append(append(w.b, '"'), s...), '"')
+}
+
+// time writes t as its MarshalJSON does: the same strict RFC 3339, quoted.
+func (w *jsonWriter) time(t time.Time) {
+	b, err := t.AppendText(append(w.b, '"'))
+	if err != nil {
+		w.ok = false
+		return
+	}
+	w.b = append(b, '"')
+}
+
 // jsonReader reads JSON written one way only. It starts with ok set; ok turns
 // false at the first byte that is not as expected, and every later read
 // returns zero values.

@@ -3,6 +3,7 @@ package domain
 import (
 	"encoding/json"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 )
@@ -178,6 +179,95 @@ func BenchmarkDecodeMessagesDispatched(b *testing.B) {
 	b.Run("encoding/json", func(b *testing.B) {
 		for b.Loop() {
 			if _, err := decode[MessagesDispatched](data); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// The quick encoding writes what encoding/json writes, byte for byte, or
+// leaves the event to it.
+func TestQuickEncodeWritesWhatEncodingJSONWrites(t *testing.T) {
+	at := time.Date(2026, 12, 2, 3, 30, 0, 123000000, time.UTC)
+	for _, e := range []Event{
+		MessageSent{EventHeader: EventHeader{BatchID: "0193d5a4-7b1c-7c1e-9f4b-2a1d3c5e7f90", Tenant: "acme", At: at},
+			Index: 1234, Attempt: 2, ProviderID: "SM0123456789abcdef", Segments: 3, LatencyMs: 20},
+		MessageSent{EventHeader: EventHeader{BatchID: "b", Tenant: "t", At: at.In(time.FixedZone("", -5*3600))}, LatencyMs: -1},
+		MessagesDispatched{EventHeader: EventHeader{BatchID: "b", Tenant: "acme", At: at}, Slice: "s-1", Instance: "host:1",
+			Deadline: at.Add(time.Minute), SendAt: at, Messages: []Dispatch{{Index: 1, Attempt: 1}, {Index: 2, Attempt: 3}}},
+		MessagesDispatched{EventHeader: EventHeader{BatchID: "b", Tenant: "acme", At: at}, Slice: "s-1", Messages: []Dispatch{}},
+		MessagesDispatched{EventHeader: EventHeader{BatchID: "b", Tenant: "acme", At: at}, Slice: "s-1"},
+	} {
+		quick, ok := quickEncode(e)
+		if !ok {
+			t.Fatalf("%+v: not encoded quickly", e)
+		}
+		want, err := json.Marshal(e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(quick) != string(want) {
+			t.Fatalf("quick %s\nwant  %s", quick, want)
+		}
+	}
+	// Left to encoding/json: what it escapes, and times it refuses.
+	for _, e := range []Event{
+		MessageSent{EventHeader: EventHeader{BatchID: "b<1>", Tenant: "t", At: at}},
+		MessageSent{EventHeader: EventHeader{BatchID: "b", Tenant: "tén", At: at}},
+		MessagesDispatched{EventHeader: EventHeader{BatchID: "b", Tenant: "t", At: at}, Slice: `s"1`},
+		MessagesDispatched{EventHeader: EventHeader{BatchID: "b", Tenant: "t", At: at.AddDate(9000, 0, 0)}, Slice: "s"},
+		BatchPaused{EventHeader: EventHeader{BatchID: "b", Tenant: "t", At: at}},
+	} {
+		if data, ok := quickEncode(e); ok {
+			t.Fatalf("%+v encoded quickly as %s", e, data)
+		}
+		if _, _, err := EncodeEvent(e); err != nil && !strings.Contains(err.Error(), "year outside of range") {
+			t.Fatalf("%+v: %v", e, err)
+		}
+	}
+}
+
+// Whatever the quick encoding writes, encoding/json writes the same.
+func FuzzQuickEncode(f *testing.F) {
+	f.Add("0193d5a4-7b1c-7c1e-9f4b-2a1d3c5e7f90", "acme", int64(1764646200123456789), 12, 1, "SM1", 1, int64(20), "host:1")
+	f.Add("b", "", int64(0), 0, 0, "", 0, int64(-1), "")
+	f.Add("b&c", "t\u2028", int64(-62135596800000000000/1e9), -1, 1<<40, "\x7f", -3, int64(1)<<62, "<i>")
+	f.Fuzz(func(t *testing.T, batch, tenant string, ns int64, index, attempt int, provider string, segments int, latency int64, instance string) {
+		at := time.Unix(0, ns).In(time.FixedZone("", (index%48)*1800))
+		h := EventHeader{BatchID: batch, Tenant: tenant, At: at}
+		for _, e := range []Event{
+			MessageSent{EventHeader: h, Index: index, Attempt: attempt, ProviderID: provider, Segments: segments, LatencyMs: latency},
+			MessagesDispatched{EventHeader: h, Slice: provider, Instance: instance, Deadline: at.Add(time.Duration(latency)), SendAt: at,
+				Messages: []Dispatch{{Index: index, Attempt: attempt}, {Index: segments, Attempt: 1}}},
+		} {
+			quick, ok := quickEncode(e)
+			if !ok {
+				continue
+			}
+			want, err := json.Marshal(e)
+			if err != nil {
+				t.Fatalf("%+v encoded quickly as %s, which encoding/json refuses: %v", e, quick, err)
+			}
+			if string(quick) != string(want) {
+				t.Fatalf("quick %s\nwant  %s", quick, want)
+			}
+		}
+	})
+}
+
+func BenchmarkEncodeMessageSent(b *testing.B) {
+	e := MessageSent{EventHeader: EventHeader{BatchID: "0193d5a4-7b1c-7c1e-9f4b-2a1d3c5e7f90", Tenant: "acme", At: time.Now().UTC()},
+		Index: 1234, Attempt: 1, ProviderID: "SM0123456789abcdef0123456789abcdef", Segments: 1, LatencyMs: 20}
+	b.Run("quick", func(b *testing.B) {
+		for b.Loop() {
+			if _, _, err := EncodeEvent(e); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("encoding/json", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := json.Marshal(e); err != nil {
 				b.Fatal(err)
 			}
 		}

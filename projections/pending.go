@@ -11,11 +11,11 @@ import (
 // failed attempt and at its final outcome (and again with a delivery
 // receipt). Written at each, a recipient cost its store two writes or more:
 // on PostgreSQL, where a page's dispatches and their outcomes mostly fall in
-// different pages, rewriting the records was a third of the server's time
-// sending. So the records of the recipients not final yet stay in the batch's
-// state (BatchState.PendingRecords, at most the batch's outstanding set), and
-// a store writes a record when it becomes final or a receipt changes it;
-// QueryRecipients reads the pending ones from the state.
+// different pages, rewriting the records was over a third of the server's
+// statement time sending. So the records of the recipients not final yet stay
+// in the batch's state (BatchState.PendingRecords, at most the batch's
+// outstanding set), and a store writes a record when it becomes final or a
+// receipt changes it; QueryRecipients reads the pending ones from the state.
 
 // FoldOutcome folds payload, one of the events OutcomeIndexes names index i
 // in, into recipient i's outcome record, and reports whether the store must

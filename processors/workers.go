@@ -43,6 +43,7 @@ func (w *workers) run(f func()) {
 	defer idle.Stop()
 	for {
 		f()
+		f = nil // an idle worker holds nothing of the send it ran
 		idle.Reset(workerIdle)
 		select {
 		case f = <-w.jobs:

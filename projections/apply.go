@@ -187,7 +187,7 @@ type BatchState struct {
 	// aggregate bounds them by its in-flight limit, so the slice stays short.
 	Outstanding []int `json:"outstanding,omitempty"`
 	// PendingRecords are the outcome records of recipients dispatched without a
-	// final outcome, by index (see FoldOutcome): a store writes a recipient's
+	// final outcome, by index (see FoldOutcomes): a store writes a recipient's
 	// record once, with its final outcome, instead of once more at each
 	// dispatch. Only the outstanding recipients of a batch are here.
 	PendingRecords []RecipientOutcome `json:"pendingRecords,omitempty"`

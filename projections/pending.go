@@ -2,6 +2,7 @@ package projections
 
 import (
 	"cmp"
+	"fmt"
 	"slices"
 
 	"github.com/smsbatch/smsbatch/domain"
@@ -17,36 +18,39 @@ import (
 // outstanding set), and a store writes a record when it becomes final or a
 // receipt changes it; QueryRecipients reads the pending ones from the state.
 
-// FoldOutcome folds payload, one of the events OutcomeIndexes names index i
-// in, into recipient i's outcome record, and reports whether the store must
-// write the record: a final record (sent, failed, skipped), or one a receipt
-// changed, leaves the state and is written; a pending one is kept in the
-// state. The record folded into is the state's pending one, a new one for a
-// message's first dispatch, or else what stored returns: the store's record
-// of i (which this page may have written already), or NewOutcome(i) when it
-// has none.
-func (s *BatchState) FoldOutcome(i int, payload domain.Event, stored func() (RecipientOutcome, error)) (RecipientOutcome, bool, error) {
-	rec, ok := s.pendingRecord(i)
-	if !ok {
-		if firstDispatch(i, payload) {
-			rec = NewOutcome(i)
-		} else {
-			var err error
-			if rec, err = stored(); err != nil {
-				return rec, false, err
+// FoldOutcomes folds payload into the outcome record of every recipient
+// OutcomeIndexes names in it, and hands write the records the store must
+// write: a final record (sent, failed, skipped), or one a receipt changed,
+// leaves the state and is written; a pending one is kept in the state. The
+// record folded into is the state's pending one, a new one for a message's
+// first dispatch, or else what stored returns: the store's record of the
+// recipient (which this page may have written already), or NewOutcome when
+// it has none.
+func (s *BatchState) FoldOutcomes(payload domain.Event, stored func(i int) (RecipientOutcome, error), write func(RecipientOutcome)) error {
+	for _, i := range OutcomeIndexes(payload) {
+		rec, ok := s.pendingRecord(i)
+		if !ok {
+			if firstDispatch(i, payload) {
+				rec = NewOutcome(i)
+			} else {
+				var err error
+				if rec, err = stored(i); err != nil {
+					return fmt.Errorf("read outcome %d: %w", i, err)
+				}
 			}
 		}
+		rec.Apply(i, payload)
+		if rec.Status == RecipientPending {
+			s.setPending(rec)
+			continue
+		}
+		s.dropPending(i)
+		write(rec)
 	}
-	rec.Apply(i, payload)
-	if rec.Status == RecipientPending {
-		s.setPending(rec)
-		return rec, false, nil
-	}
-	s.dropPending(i)
-	return rec, true, nil
+	return nil
 }
 
-// NeedsStored reports whether FoldOutcome, given payload as the first event
+// NeedsStored reports whether FoldOutcomes, given payload as the first event
 // of a page touching recipient i, may ask for the store's record of i: a
 // store reads those records before it applies the page.
 func (s *BatchState) NeedsStored(i int, payload domain.Event) bool {

@@ -21,18 +21,21 @@ func TestARecordIsWrittenOnceFinal(t *testing.T) {
 	reads := 0
 	fold := func(i int, e domain.Event) bool {
 		t.Helper()
-		rec, write, err := st.FoldOutcome(i, e, func() (RecipientOutcome, error) {
+		write := false
+		err := st.FoldOutcomes(e, func(i int) (RecipientOutcome, error) {
 			reads++
 			if r, ok := stored[i]; ok {
 				return r, nil
 			}
 			return NewOutcome(i), nil
+		}, func(rec RecipientOutcome) {
+			if rec.Index != i {
+				t.Fatalf("record %d written, want %d", rec.Index, i)
+			}
+			stored[i], write = rec, true
 		})
 		if err != nil {
 			t.Fatal(err)
-		}
-		if write {
-			stored[i] = rec
 		}
 		return write
 	}
@@ -72,7 +75,10 @@ func TestAPendingRecordStoredEarlierIsFoldedInto(t *testing.T) {
 	if !st.NeedsStored(3, sent) {
 		t.Fatal("the stored record is not asked for")
 	}
-	rec, write, err := st.FoldOutcome(3, sent, func() (RecipientOutcome, error) { return legacy, nil })
+	var rec RecipientOutcome
+	write := false
+	err := st.FoldOutcomes(sent, func(int) (RecipientOutcome, error) { return legacy, nil },
+		func(r RecipientOutcome) { rec, write = r, true })
 	if err != nil || !write || rec.Status != RecipientSent || !rec.DispatchedAt.Equal(at) {
 		t.Fatalf("folded %+v, write %v, %v", rec, write, err)
 	}

@@ -18,8 +18,9 @@ import (
 // written once per page of 1,000 (a million recipients cost a thousand writes
 // at create time); outcome records are written once a recipient's outcome is
 // final (and again with its delivery receipt), the records of recipients not
-// final yet kept in the batch's state (see FoldOutcome). Variables are not copied: they stay in the recipients stream,
-// where the export reads them.
+// final yet kept in the batch's state (see BatchState.FoldOutcomes).
+// Variables are not copied: they stay in the recipients stream, where the
+// export reads them.
 
 // Recipient statuses, as GET /api/batch/{id}/recipients shows them.
 const (

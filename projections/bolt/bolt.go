@@ -23,7 +23,7 @@
 //     (big-endian uint64 index -> its status, a zero byte, and the rest of its
 //     projections.RecipientOutcome in binary, outcome.go: a status filter
 //     reads no record); the records of recipients not final yet are in the
-//     state (projections.FoldOutcome).
+//     state (projections.BatchState.FoldOutcomes).
 //   - bucket "numbers": one nested bucket per batch ID, key = recipients page
 //     (big-endian uint32), value = the page's numbers joined by newlines. Pages
 //     are stored before their batch's BatchCreated, as the event store holds
@@ -214,7 +214,8 @@ type touched struct {
 	state   *projections.BatchState
 	created bool
 	// outcomes are the records the page makes final or a receipt changes
-	// (projections.FoldOutcome), written once each when the batch is saved.
+	// (projections.BatchState.FoldOutcomes), written once each when the batch
+	// is saved.
 	outcomes map[int]projections.RecipientOutcome
 	// listed is what the tenant's list and the unfinished set hold of the
 	// batch, as stored before this transaction: they are written again only
@@ -294,17 +295,8 @@ func (s *Store) applyTx(tx *bbolt.Tx, events []eventstore.Event, use []projectio
 				return fmt.Errorf("write error of %s: %w", d.BatchID, err)
 			}
 		}
-		for _, i := range projections.OutcomeIndexes(d.Payload) {
-			rec, write, err := b.state.FoldOutcome(i, d.Payload, func() (projections.RecipientOutcome, error) { return b.outcome(i) })
-			if err != nil {
-				return fmt.Errorf("read outcome %d of %s: %w", i, d.BatchID, err)
-			}
-			if write {
-				if b.outcomes == nil {
-					b.outcomes = make(map[int]projections.RecipientOutcome)
-				}
-				b.outcomes[i] = rec
-			}
+		if err := b.state.FoldOutcomes(d.Payload, b.outcome, b.setOutcome); err != nil {
+			return fmt.Errorf("batch %s: %w", d.BatchID, err)
 		}
 		if original, ok := projections.RetryLink(d.Payload); ok {
 			old := changed[original]
@@ -457,6 +449,14 @@ func (b *touched) outcome(i int) (projections.RecipientOutcome, error) {
 		}
 	}
 	return projections.NewOutcome(i), nil
+}
+
+// setOutcome keeps rec to be written when the batch is saved.
+func (b *touched) setOutcome(rec projections.RecipientOutcome) {
+	if b.outcomes == nil {
+		b.outcomes = make(map[int]projections.RecipientOutcome)
+	}
+	b.outcomes[rec.Index] = rec
 }
 
 // saveOutcomes writes the outcome records the page changed, in key order.

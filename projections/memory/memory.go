@@ -90,17 +90,12 @@ func (s *Store) apply(d projections.Decoded) {
 		b = &batch{outcomes: make(map[int]*projections.RecipientOutcome)}
 	}
 	b.state.Apply(d.Event, d.Payload)
-	for _, i := range projections.OutcomeIndexes(d.Payload) {
-		rec, write, _ := b.state.FoldOutcome(i, d.Payload, func() (projections.RecipientOutcome, error) {
-			if o := b.outcomes[i]; o != nil {
-				return *o, nil
-			}
-			return projections.NewOutcome(i), nil
-		})
-		if write {
-			b.outcomes[i] = &rec
+	_ = b.state.FoldOutcomes(d.Payload, func(i int) (projections.RecipientOutcome, error) {
+		if o := b.outcomes[i]; o != nil {
+			return *o, nil
 		}
-	}
+		return projections.NewOutcome(i), nil
+	}, func(rec projections.RecipientOutcome) { b.outcomes[rec.Index] = &rec }) // stored never fails here
 	if original, ok := projections.RetryLink(d.Payload); ok {
 		if old := s.batches[original]; old != nil {
 			old.state.AddRetry(d.Event, d.Payload)

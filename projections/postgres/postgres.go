@@ -403,30 +403,22 @@ type outcomeSet struct {
 }
 
 // apply folds d into the records of the recipients it names, through st, the
-// batch's state (projections.FoldOutcome): the records it makes final or a
-// receipt changes are the ones written.
+// batch's state (projections.BatchState.FoldOutcomes): the records it makes
+// final or a receipt changes are the ones written.
 func (o *outcomeSet) apply(st *projections.BatchState, d projections.Decoded) error {
-	for _, i := range projections.OutcomeIndexes(d.Payload) {
-		key := outcomeKey{d.BatchID, i}
-		rec, write, err := st.FoldOutcome(i, d.Payload, func() (projections.RecipientOutcome, error) {
-			if rec := o.records[key]; rec != nil {
-				return *rec, nil
-			}
-			return projections.NewOutcome(i), nil
-		})
-		if err != nil {
-			return err
+	return st.FoldOutcomes(d.Payload, func(i int) (projections.RecipientOutcome, error) {
+		if rec := o.records[outcomeKey{d.BatchID, i}]; rec != nil {
+			return *rec, nil
 		}
-		if !write {
-			continue
-		}
+		return projections.NewOutcome(i), nil
+	}, func(rec projections.RecipientOutcome) {
+		key := outcomeKey{d.BatchID, rec.Index}
 		o.records[key] = &rec
 		if !o.changed[key] {
 			o.changed[key] = true
 			o.order = append(o.order, key)
 		}
-	}
-	return nil
+	})
 }
 
 // outcomeRows are outcome records as columns.

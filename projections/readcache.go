@@ -17,12 +17,12 @@ const CachedReads = 256
 // ReadCache keeps the states a store's read side decoded, each with the stored
 // bytes it came from: a state read again while it is stored unchanged (a
 // finished, paused or scheduled batch's status read again, a list page of them
-// shown again) is not decoded again, which was most of a status read (a 1,000-recipient batch's
-// state is 8 KB of JSON, its throughput buckets mostly). The bytes are
-// compared whole, so an entry never answers for another version of its state.
-// A sending batch's state changes with every apply and is decoded again. Readers
-// share the states it returns and must not change them (the views copy what
-// they hand out). Safe for concurrent use.
+// shown again) is not decoded again, which was most of a status read (a
+// 1,000-recipient batch's state is 8 KB of JSON, its throughput buckets
+// mostly). The bytes are compared whole, so an entry never answers for another
+// version of its state. A sending batch's state changes with every apply and
+// is decoded again. Readers share the states it returns and must not change
+// them (the views copy what they hand out). Safe for concurrent use.
 type ReadCache struct {
 	states *lru.Cache[string, readState]
 }

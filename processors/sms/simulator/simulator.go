@@ -640,13 +640,13 @@ func (e OutboxEntry) appendLine(b []byte) ([]byte, error) {
 	b = appendJSONString(b, e.Body)
 	b = append(b, `,"providerId":`...)
 	b = appendJSONString(b, e.ProviderID)
-	b = append(b, `,"time":`...)
-	t, err := e.Time.MarshalJSON()
+	b = append(b, `,"time":"`...)
+	// As the time's MarshalJSON writes it, without its buffer.
+	b, err := e.Time.AppendText(b)
 	if err != nil {
 		return nil, err
 	}
-	b = append(b, t...)
-	return append(b, '}', '\n'), nil
+	return append(b, '"', '}', '\n'), nil
 }
 
 // appendJSONString appends s as a JSON string, as a json.Encoder that does not

@@ -80,7 +80,11 @@ func (s *slice) run(ctx context.Context) (*Work, error) {
 		if !now.Before(deadline) || ctx.Err() != nil {
 			break
 		}
-		held = append(held, st.takeAnswers()...)
+		if a := st.takeAnswers(); len(held) == 0 {
+			held = a // most looks: no copy
+		} else {
+			held = append(held, a...)
+		}
 		freed := s.freed(held)
 		dispatch := s.canDispatch(freed, now.Add(p.lead(st.pace)), settled) && !s.gathering(held, now)
 		if dispatch {

@@ -52,7 +52,7 @@ func openAPI(t testing.TB) routers.Router {
 // Benchmarks are not checked: the validator compiles the document's schemas
 // for every exchange (2.7 CPU-s of the PostgreSQL end to end's 100 creates
 // and its status polls), on the cores the service they measure runs on; the
-// tests check the same exchanges.
+// tests check every exchange they make.
 func checkOpenAPI(t testing.TB, req *http.Request, body []byte, resp *http.Response, answer []byte) {
 	t.Helper()
 	if _, bench := t.(*testing.B); bench {

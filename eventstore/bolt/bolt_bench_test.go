@@ -96,11 +96,17 @@ func BenchmarkAppendSingleParallel(b *testing.B) {
 func BenchmarkAppendAcrossStreams(b *testing.B) {
 	for _, streams := range []int{16, 1000} {
 		b.Run(fmt.Sprintf("streams=%d", streams), func(b *testing.B) {
-			const callers = 16
+			// RunParallel runs parallelism x GOMAXPROCS callers: at least
+			// 16 (exactly on 1, 2, 4, 8 or 16 processors), each with at
+			// least one stream of its own.
+			procs := runtime.GOMAXPROCS(0)
+			parallelism := (16 + procs - 1) / procs
+			callers := parallelism * procs
+			streams := max(streams, callers)
 			s := benchStore(b)
 			ctx := context.Background()
 			var next atomic.Int64
-			b.SetParallelism(callers / max(runtime.GOMAXPROCS(0), 1))
+			b.SetParallelism(parallelism)
 			b.ReportAllocs()
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {

@@ -8,9 +8,13 @@
 //   - bucket "all": big-endian uint64 global sequence -> the event record (see
 //     record.go). The sequence starts at 1 and is the event's Position.Commit;
 //     Prepare is always 0.
-//   - bucket "streams": one nested bucket per stream, big-endian uint64 revision ->
-//     8-byte global sequence. The nested bucket's sequence counter holds the number
-//     of events in the stream.
+//   - bucket "heads": stream name -> its number of events and the global sequence
+//     of its last event, two big-endian uint64s.
+//   - bucket "prev": global sequence -> the global sequence of the previous event of
+//     the same stream (0 for a stream's first), so that a stream is a chain back
+//     through the log from its head (see chain.go).
+//   - bucket "marks": stream name and revision -> global sequence, for every 32nd
+//     revision, where a read far from the head starts following the chain.
 //   - bucket "ids": event ID -> 8-byte global sequence, to recognise retried appends
 //     and refuse a reused event ID.
 //   - bucket "meta": "format" -> the layout version, checked at Open; "id" -> the
@@ -21,14 +25,17 @@
 // # Integrity
 //
 // Every record carries a CRC-32C checksum, verified on every read (record.go); a
-// stream read also checks that the record its index points to is the one it
-// names. Open refuses, with an error wrapping eventstore.ErrCorrupt and naming the
+// stream read also checks that every record its chain leads to is the revision
+// of the stream it should be. Open refuses, with an error wrapping eventstore.ErrCorrupt and naming the
 // file, a store file that is empty, shorter than its own pages reach, not a bbolt
 // file, or another store's. Once a read meets corrupt data (or bbolt panics on a
 // damaged page) the store fails: every later operation, appends included, returns
 // an error wrapping eventstore.ErrCorrupt and Health reports it, so that nothing
 // more is decided on a history that can no longer be read. Check verifies a whole
 // store offline.
+//
+// Layout "2" kept a nested bucket for each stream, revision -> global sequence,
+// and layout "1" had no checksums either; Open migrates both (migrate.go).
 //
 // # Appends
 //
@@ -74,9 +81,11 @@ const DefaultLockTimeout = time.Second
 
 // formatVersion is the layout written in the "meta" bucket. Change it, and teach
 // Open to migrate, whenever the layout or the record encoding changes. Layout "1"
-// had no record checksums and no identity; Open migrates it (migrate.go).
+// had no record checksums and no identity, layout "2" a nested bucket for each
+// stream; Open migrates both (migrate.go).
 const (
-	formatVersion   = "2"
+	formatVersion   = "3"
+	formatVersionV2 = "2"
 	formatVersionV1 = "1"
 )
 
@@ -86,7 +95,10 @@ const maxGroup = 256
 
 var (
 	bucketAll     = []byte("all")
-	bucketStreams = []byte("streams")
+	bucketHeads   = []byte("heads")
+	bucketPrev    = []byte("prev")
+	bucketMarks   = []byte("marks")
+	bucketStreams = []byte("streams") // layouts 1 and 2
 	bucketIDs     = []byte("ids")
 	bucketMeta    = []byte("meta")
 	keyFormat     = []byte("format")
@@ -236,7 +248,8 @@ func prepare(db *bbolt.DB, path, held string, log *slog.Logger) (id string, last
 	err = db.View(func(tx *bbolt.Tx) error {
 		meta := tx.Bucket(bucketMeta)
 		if meta == nil {
-			fresh = tx.Bucket(bucketAll) == nil && tx.Bucket(bucketStreams) == nil && tx.Bucket(bucketIDs) == nil
+			fresh = tx.Bucket(bucketAll) == nil && tx.Bucket(bucketHeads) == nil &&
+				tx.Bucket(bucketStreams) == nil && tx.Bucket(bucketIDs) == nil
 			return nil
 		}
 		format, id = string(meta.Get(keyFormat)), string(meta.Get(keyStoreID))
@@ -253,7 +266,7 @@ func prepare(db *bbolt.DB, path, held string, log *slog.Logger) (id string, last
 			return "", 0, err
 		}
 		err = db.Update(func(tx *bbolt.Tx) error {
-			for _, name := range [][]byte{bucketAll, bucketStreams, bucketIDs, bucketMeta} {
+			for _, name := range [][]byte{bucketAll, bucketHeads, bucketPrev, bucketMarks, bucketIDs, bucketMeta} {
 				if _, err := tx.CreateBucket(name); err != nil {
 					return err
 				}
@@ -271,18 +284,26 @@ func prepare(db *bbolt.DB, path, held string, log *slog.Logger) (id string, last
 		return "", 0, replacedError(path, held, "a store of layout 1, which has no identity")
 	case format == formatVersionV1:
 		if id, err = migrateV1(db, log, path); err != nil {
-			return "", 0, fmt.Errorf("migrate layout 1 to %s: %w", formatVersion, err)
+			return "", 0, fmt.Errorf("migrate layout 1 to %s: %w", formatVersionV2, err)
 		}
-	case format != formatVersion:
-		return "", 0, fmt.Errorf("file has layout version %q, this build reads %q (and migrates %q)", format, formatVersion, formatVersionV1)
+		format = formatVersionV2
+	case format != formatVersion && format != formatVersionV2:
+		return "", 0, fmt.Errorf("file has layout version %q, this build reads %q (and migrates %q and %q)",
+			format, formatVersion, formatVersionV1, formatVersionV2)
 	case held != "" && id != held:
 		return "", 0, replacedError(path, held, "store "+id)
 	case held == "":
 		log.Warn("event store identity file was missing: written again from the store", "file", identityPath(path), "store_id", id)
 	}
+	if format == formatVersionV2 {
+		if err := migrateV2(db, log, path); err != nil {
+			return "", 0, fmt.Errorf("migrate layout 2 to %s: %w", formatVersion, err)
+		}
+	}
 	err = db.View(func(tx *bbolt.Tx) error {
 		all := tx.Bucket(bucketAll)
-		if all == nil || tx.Bucket(bucketStreams) == nil || tx.Bucket(bucketIDs) == nil {
+		if all == nil || tx.Bucket(bucketHeads) == nil || tx.Bucket(bucketPrev) == nil ||
+			tx.Bucket(bucketMarks) == nil || tx.Bucket(bucketIDs) == nil {
 			return fmt.Errorf("a bucket of the layout is missing: %w", eventstore.ErrCorrupt)
 		}
 		last = all.Sequence()
@@ -608,21 +629,20 @@ func (e writeError) Unwrap() error { return e.err }
 func (s *Store) apply(tx *bbolt.Tx, r *appendRequest) (eventstore.AppendResult, bool, error) {
 	all := tx.Bucket(bucketAll)
 	ids := tx.Bucket(bucketIDs)
-	streams := tx.Bucket(bucketStreams)
-	sb := streams.Bucket([]byte(r.stream))
-	var n uint64
-	if sb != nil {
-		n = sb.Sequence()
+	heads := tx.Bucket(bucketHeads)
+	h, err := streamHead(heads, r.stream)
+	if err != nil {
+		return eventstore.AppendResult{}, false, err
 	}
 
 	if seq := ids.Get([]byte(r.events[0].ID)); seq != nil {
-		res, ok, err := retried(all, sb, r, binary.BigEndian.Uint64(seq))
+		res, ok, err := retried(all, ids, h, r, binary.BigEndian.Uint64(seq))
 		if err != nil || ok {
 			return res, false, err
 		}
 	}
-	if !r.expected.Check(n) {
-		return eventstore.AppendResult{}, false, fmt.Errorf("expected %s, stream holds %d events: %w", r.expected, n, eventstore.ErrConcurrency)
+	if !r.expected.Check(h.n) {
+		return eventstore.AppendResult{}, false, fmt.Errorf("expected %s, stream holds %d events: %w", r.expected, h.n, eventstore.ErrConcurrency)
 	}
 	for _, e := range r.events {
 		if seq := ids.Get([]byte(e.ID)); seq != nil {
@@ -632,26 +652,21 @@ func (s *Store) apply(tx *bbolt.Tx, r *appendRequest) (eventstore.AppendResult, 
 
 	// Keys only ever grow, so full pages split less and the file stays compact.
 	all.FillPercent = 1
-	if sb == nil {
-		var err error
-		if sb, err = streams.CreateBucket([]byte(r.stream)); err != nil {
-			return eventstore.AppendResult{}, false, writeError{fmt.Errorf("create stream bucket: %w", err)}
-		}
-	}
-	sb.FillPercent = 1
-
+	prev, marks := tx.Bucket(bucketPrev), tx.Bucket(bucketMarks)
+	prev.FillPercent = 1
 	unixNano := s.clock().UnixNano()
 	seq := all.Sequence()
 	for k, e := range r.events {
 		seq++
-		rev := n + uint64(k)
+		rev := h.n + uint64(k)
 		seqKey := u64(seq)
 		if err := all.Put(seqKey, encodeRecord(seq, r.stream, rev, unixNano, e)); err != nil {
 			return eventstore.AppendResult{}, false, writeError{fmt.Errorf("put event %s: %w", e.ID, err)}
 		}
-		if err := sb.Put(u64(rev), seqKey); err != nil {
-			return eventstore.AppendResult{}, false, writeError{fmt.Errorf("index event %s by revision: %w", e.ID, err)}
+		if err := link(prev, marks, r.stream, rev, seq, h.last); err != nil {
+			return eventstore.AppendResult{}, false, writeError{fmt.Errorf("event %s: %w", e.ID, err)}
 		}
+		h.last = seq
 		if err := ids.Put([]byte(e.ID), seqKey); err != nil {
 			return eventstore.AppendResult{}, false, writeError{fmt.Errorf("index event %s by ID: %w", e.ID, err)}
 		}
@@ -659,39 +674,40 @@ func (s *Store) apply(tx *bbolt.Tx, r *appendRequest) (eventstore.AppendResult, 
 	if err := all.SetSequence(seq); err != nil {
 		return eventstore.AppendResult{}, false, writeError{fmt.Errorf("set global sequence: %w", err)}
 	}
-	next := n + uint64(len(r.events))
-	if err := sb.SetSequence(next); err != nil {
-		return eventstore.AppendResult{}, false, writeError{fmt.Errorf("set stream length: %w", err)}
+	h.n += uint64(len(r.events))
+	if err := heads.Put([]byte(r.stream), h.encode()); err != nil {
+		return eventstore.AppendResult{}, false, writeError{fmt.Errorf("set stream head: %w", err)}
 	}
-	return eventstore.AppendResult{NextExpected: next - 1, Position: eventstore.Position{Commit: seq}}, true, nil
+	return eventstore.AppendResult{NextExpected: h.n - 1, Position: eventstore.Position{Commit: seq}}, true, nil
 }
 
 // retried reports whether r was already written by an earlier append whose first
 // event is at global sequence firstSeq, and if so that append's result. See the
 // package doc.
-func retried(all, sb *bbolt.Bucket, r *appendRequest, firstSeq uint64) (eventstore.AppendResult, bool, error) {
-	if sb == nil {
-		return eventstore.AppendResult{}, false, nil
-	}
+func retried(all, ids *bbolt.Bucket, h head, r *appendRequest, firstSeq uint64) (eventstore.AppendResult, bool, error) {
 	first, err := readEvent(all, firstSeq)
 	if err != nil {
 		return eventstore.AppendResult{}, false, err
 	}
-	if first.Stream != r.stream || !r.expected.Check(first.Revision) || sb.Sequence()-first.Revision < uint64(len(r.events)) {
+	if first.Stream != r.stream || !r.expected.Check(first.Revision) || h.n-first.Revision < uint64(len(r.events)) {
 		return eventstore.AppendResult{}, false, nil
 	}
+	// The retried events are the stream's from first on, each found by its ID.
 	var seq uint64
 	for k, e := range r.events {
-		v := sb.Get(u64(first.Revision + uint64(k)))
+		v := ids.Get([]byte(e.ID))
+		if v == nil {
+			return eventstore.AppendResult{}, false, nil
+		}
 		if len(v) != 8 {
-			return eventstore.AppendResult{}, false, fmt.Errorf("stream %s: revision %d missing from index", r.stream, first.Revision+uint64(k))
+			return eventstore.AppendResult{}, false, fmt.Errorf("event ID %s: %w: index entry of %d bytes", e.ID, eventstore.ErrCorrupt, len(v))
 		}
 		seq = binary.BigEndian.Uint64(v)
 		stored, err := readEvent(all, seq)
 		if err != nil {
 			return eventstore.AppendResult{}, false, err
 		}
-		if !sameEvent(stored, e) {
+		if stored.Stream != r.stream || stored.Revision != first.Revision+uint64(k) || !sameEvent(stored, e) {
 			return eventstore.AppendResult{}, false, nil
 		}
 	}
@@ -737,48 +753,9 @@ func (s *Store) readStream(ctx context.Context, stream string, from uint64, max 
 		return nil, err
 	}
 	var events []eventstore.Event
-	err := s.view(func(tx *bbolt.Tx) error {
-		sb := tx.Bucket(bucketStreams).Bucket([]byte(stream))
-		if sb == nil || sb.Sequence() == 0 || !backward && from >= sb.Sequence() {
-			return nil
-		}
-		left := sb.Sequence() - from // events from `from` to the end
-		if backward {
-			from = min(from, sb.Sequence()-1)
-			left = from + 1
-		}
-		all := tx.Bucket(bucketAll)
-		events = make([]eventstore.Event, 0, min(uint64(max), left, 1024))
-		c := sb.Cursor()
-		k, v := c.Seek(u64(from))
-		next := c.Next
-		if backward {
-			next = c.Prev
-			// Revisions are contiguous, so Seek lands on from itself; the other
-			// cases only guard against an index with holes.
-			switch {
-			case k == nil:
-				k, v = c.Last()
-			case binary.BigEndian.Uint64(k) > from:
-				k, v = c.Prev()
-			}
-		}
-		for ; k != nil && len(events) < max; k, v = next() {
-			rev := binary.BigEndian.Uint64(k)
-			if len(v) != 8 {
-				return fmt.Errorf("revision %d: %w: index entry of %d bytes", rev, eventstore.ErrCorrupt, len(v))
-			}
-			e, err := readEvent(all, binary.BigEndian.Uint64(v))
-			if err != nil {
-				return err
-			}
-			if e.Stream != stream || e.Revision != rev {
-				return fmt.Errorf("revision %d: %w: the index points to event %d, which is revision %d of %s",
-					rev, eventstore.ErrCorrupt, e.Position.Commit, e.Revision, e.Stream)
-			}
-			events = append(events, e)
-		}
-		return nil
+	err := s.view(func(tx *bbolt.Tx) (err error) {
+		events, err = readChain(tx, stream, from, max, backward)
+		return err
 	})
 	return events, err
 }

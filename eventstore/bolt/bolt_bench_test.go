@@ -88,11 +88,11 @@ func BenchmarkAppendSingleParallel(b *testing.B) {
 
 // BenchmarkAppendAcrossStreams: 16 callers appending one event at a time, each
 // to the next of its share of the streams in turn: 16 streams that grow long, or
-// 1,000 that stay short, as 1,000 batches sending at once keep them. Every append
-// writes its stream's index page whatever the count, so the two beside each other
-// say whether many streams cost more an event than few (here they did not:
-// 6,700-6,800 events/s and 25-27 KB allocated an event for 1,000, 4,200-5,500 and
-// 37-38 KB for 16, two cores).
+// 1,000 that stay short, as 1,000 batches sending at once keep them. With a bucket
+// for each stream (layout 2) every append rewrote its stream's page: 3,900-4,600
+// events/s and 37 KB allocated an event for 16 streams, 4,100-6,600 and 20-22 KB
+// for 1,000. Chained through the log (layout 3) 5,000-7,000 and 25 KB, and
+// 6,000-6,800 and 21 KB (two cores, side by side).
 func BenchmarkAppendAcrossStreams(b *testing.B) {
 	for _, streams := range []int{16, 1000} {
 		b.Run(fmt.Sprintf("streams=%d", streams), func(b *testing.B) {

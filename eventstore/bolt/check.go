@@ -113,20 +113,30 @@ func Check(ctx context.Context, path string, opts Options) (*Report, error) {
 
 // check runs the checks inside one read transaction.
 func (r *Report) check(ctx context.Context, tx *bbolt.Tx, held string) error {
-	meta, all, streams, ids := tx.Bucket(bucketMeta), tx.Bucket(bucketAll), tx.Bucket(bucketStreams), tx.Bucket(bucketIDs)
-	if meta == nil || all == nil || streams == nil || ids == nil {
+	meta, all, ids := tx.Bucket(bucketMeta), tx.Bucket(bucketAll), tx.Bucket(bucketIDs)
+	if meta == nil || all == nil || ids == nil {
 		r.problem("%s: not an smsbatch event store: a bucket of its layout is missing", r.Path)
 		return nil
 	}
 	r.Format, r.StoreID = string(meta.Get(keyFormat)), string(meta.Get(keyStoreID))
 	decode := decodeRecord
+	var streams streamCheck
 	switch r.Format {
 	case formatVersion:
+		streams = newChainCheck(r, tx)
+	case formatVersionV2:
+		streams = newNestedCheck(r, tx, decode)
+		r.Notes = append(r.Notes, "layout 2: streams have a bucket each; `smsbatch serve` chains them through the log once")
 	case formatVersionV1:
 		decode = decodeRecordV1
+		streams = newNestedCheck(r, tx, decode)
 		r.Notes = append(r.Notes, "layout 1: records carry no checksum yet; `smsbatch serve` adds them once")
 	default:
 		r.problem("%s: unknown layout version %q", r.Path, r.Format)
+		return nil
+	}
+	if streams == nil {
+		r.problem("%s: not an smsbatch event store of layout %s: a bucket of its layout is missing", r.Path, r.Format)
 		return nil
 	}
 	switch {
@@ -136,7 +146,7 @@ func (r *Report) check(ctx context.Context, tx *bbolt.Tx, held string) error {
 			store = "store " + r.StoreID
 		}
 		r.problem("%s: it is %s, but this data directory held store %s (see %s): the file was replaced", r.Path, store, held, identityPath(r.Path))
-	case held == "" && r.Format == formatVersion:
+	case held == "" && r.Format != formatVersionV1:
 		r.Notes = append(r.Notes, fmt.Sprintf("no identity file %s: `smsbatch serve` writes it again", identityPath(r.Path)))
 	}
 
@@ -145,7 +155,7 @@ func (r *Report) check(ctx context.Context, tx *bbolt.Tx, held string) error {
 	}
 
 	// Every record: its checksum, and the indexes pointing back at it. A damaged
-	// record is reported with the stream whose index points to it, below.
+	// record is reported with the stream that leads to it, by the stream check.
 	damaged := map[uint64]error{}
 	var lastSeq uint64
 	c := all.Cursor()
@@ -169,14 +179,7 @@ func (r *Report) check(ctx context.Context, tx *bbolt.Tx, held string) error {
 			continue
 		}
 		r.Streams[e.Stream]++
-		var at []byte
-		if sb := streams.Bucket([]byte(e.Stream)); sb != nil {
-			at = sb.Get(u64(e.Revision))
-		}
-		if len(at) != 8 || binary.BigEndian.Uint64(at) != seq {
-			r.damagedStream(e.Stream)
-			r.problem("%s: event %d (%s revision %d): the stream index %s", r.Path, seq, e.Stream, e.Revision, pointsTo(at))
-		}
+		streams.record(seq, e, damaged)
 		if at := ids.Get([]byte(e.ID)); len(at) != 8 || binary.BigEndian.Uint64(at) != seq {
 			r.damagedStream(e.Stream)
 			r.problem("%s: event %d (%s revision %d): the event ID index %s", r.Path, seq, e.Stream, e.Revision, pointsTo(at))
@@ -186,73 +189,12 @@ func (r *Report) check(ctx context.Context, tx *bbolt.Tx, held string) error {
 		r.problem("%s: the last record is event %d, but the global sequence says %d", r.Path, lastSeq, seq)
 	}
 
-	// Every stream index: revisions 0..n-1, each pointing at a record of the stream.
-	err := streams.ForEachBucket(func(name []byte) error {
-		stream := string(name)
-		sb := streams.Bucket(name)
-		var n uint64 // entries seen, and the revision expected next
-		damagedIn := map[string]uint64{}
-		err := sb.ForEach(func(k, v []byte) error {
-			if len(k) != 8 {
-				r.damagedStream(stream)
-				r.problem("%s: stream %s: an index key of %d bytes", r.Path, stream, len(k))
-				return nil
-			}
-			if rev := binary.BigEndian.Uint64(k); rev != n {
-				r.damagedStream(stream)
-				r.problem("%s: stream %s: the index jumps from revision %d to %d", r.Path, stream, n, rev)
-			}
-			defer func() { n++ }()
-			if len(v) != 8 {
-				r.damagedStream(stream)
-				r.problem("%s: stream %s revision %d: index entry of %d bytes", r.Path, stream, n, len(v))
-				return nil
-			}
-			seq := binary.BigEndian.Uint64(v)
-			if err, ok := damaged[seq]; ok {
-				r.damagedStream(stream)
-				r.problem("%s: stream %s revision %d: %v", r.Path, stream, n, err)
-				damagedIn[stream]++
-				delete(damaged, seq)
-				return nil
-			}
-			rec := all.Get(v)
-			if rec == nil {
-				r.damagedStream(stream)
-				r.problem("%s: stream %s revision %d: points to event %d, which is missing", r.Path, stream, n, seq)
-				return nil
-			}
-			if e, err := decode(seq, rec); err == nil && (e.Stream != stream || e.Revision != n) {
-				r.damagedStream(stream)
-				r.problem("%s: stream %s revision %d: points to event %d, which is revision %d of %s", r.Path, stream, n, seq, e.Revision, e.Stream)
-			}
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		if n != sb.Sequence() {
-			r.damagedStream(stream)
-			r.problem("%s: stream %s: its index holds %d events, its length says %d", r.Path, stream, n, sb.Sequence())
-		}
-		if got := r.Streams[stream]; got+damagedIn[stream] != n {
-			r.damagedStream(stream)
-			r.problem("%s: stream %s: its index holds %d events, its records %d", r.Path, stream, n, got)
-		}
-		return nil
-	})
-	if err != nil {
+	if err := streams.finish(damaged); err != nil {
 		return err
 	}
 	for _, seq := range r.DamagedEvents {
 		if err, ok := damaged[seq]; ok {
-			r.problem("%s: %v (no stream index points to it)", r.Path, err)
-		}
-	}
-	for stream := range r.Streams {
-		if streams.Bucket([]byte(stream)) == nil {
-			r.damagedStream(stream)
-			r.problem("%s: stream %s has records but no index", r.Path, stream)
+			r.problem("%s: %v (no stream leads to it)", r.Path, err)
 		}
 	}
 	if n := uint64(ids.Stats().KeyN); n != r.Events {

@@ -129,7 +129,7 @@ func TestReadAllFindsAFlippedRecord(t *testing.T) {
 	}
 }
 
-// TestStreamIndexMustAgreeWithRecords: a stream index entry pointing at another
+// TestStreamIndexMustAgreeWithRecords: a stream's chain leading to another
 // stream's record is corruption, not that record.
 func TestStreamIndexMustAgreeWithRecords(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "events.db")
@@ -139,18 +139,19 @@ func TestStreamIndexMustAgreeWithRecords(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = db.Update(func(tx *bbolt.Tx) error {
-		// Revision 1 of "a" now points at event 5, which is revision 1 of "b".
-		return tx.Bucket([]byte("streams")).Bucket([]byte("a")).Put(u64(1), u64(5))
+		// Event 3, revision 2 of "a", now links back to event 5, which is
+		// revision 1 of "b", instead of event 2.
+		return tx.Bucket([]byte("prev")).Put(u64(3), u64(5))
 	})
 	db.Close()
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := open(t, path)
-	_, err = s.ReadStream(context.Background(), "a", 0, 10)
-	wantCorrupt(t, "read a stream whose index disagrees", err)
-	if !strings.Contains(err.Error(), "revision 1 of b") {
-		t.Errorf("error %q does not say what the index points to", err)
+	_, err = s.ReadStream(context.Background(), "a", 1, 10)
+	wantCorrupt(t, "read a stream whose chain disagrees", err)
+	if !strings.Contains(err.Error(), "revision 1: ") || !strings.Contains(err.Error(), "event 5, which is revision 1 of b") {
+		t.Errorf("error %q does not say where the chain leads", err)
 	}
 	s.Close()
 
@@ -158,8 +159,54 @@ func TestStreamIndexMustAgreeWithRecords(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.Clean() || !equal(r.DamagedStreams, []string{"a"}) || !strings.Contains(strings.Join(r.Problems, "\n"), "stream a revision 1: points to event 5, which is revision 1 of b") {
-		t.Errorf("check: problems %q, damaged streams %v; want stream a's index named", r.Problems, r.DamagedStreams)
+	if r.Clean() || !equal(r.DamagedStreams, []string{"a"}) || !strings.Contains(strings.Join(r.Problems, "\n"), "event 3 (a revision 2): links to event 5, but the stream's previous is 2") {
+		t.Errorf("check: problems %q, damaged streams %v; want stream a's link named", r.Problems, r.DamagedStreams)
+	}
+}
+
+// TestStreamMarksAndHeadsMustAgreeWithRecords: a read that starts from a missing
+// mark, and a head that does not say where its stream ends, are corruption, and
+// Check names the stream of each.
+func TestStreamMarksAndHeadsMustAgreeWithRecords(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "events.db")
+	fill(t, path, []string{"a", "b"}, 120, 1)
+	db, err := bbolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bbolt.Tx) error {
+		// Revision 64 of "a", "\x01a" then the revision, is no longer marked.
+		if err := tx.Bucket([]byte("marks")).Delete(append([]byte("\x01a"), u64(64)...)); err != nil {
+			return err
+		}
+		// "b"'s head says 119 events, the last at event 239.
+		return tx.Bucket([]byte("heads")).Put([]byte("b"), append(u64(119), u64(239)...))
+	})
+	db.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := open(t, path)
+	ctx := context.Background()
+	if got, err := s.ReadStream(ctx, "a", 100, 5); err != nil || len(got) != 5 || got[0].Revision != 100 {
+		t.Fatalf("read of a from 100, which the lost mark is not on the way to: %d events, %v", len(got), err)
+	}
+	_, err = s.ReadStream(ctx, "a", 40, 5)
+	wantCorrupt(t, "read from a missing mark", err)
+	if !strings.Contains(err.Error(), "stream a revision 64") {
+		t.Errorf("error %q does not say which mark", err)
+	}
+	s.Close()
+
+	r, err := bolt.Check(ctx, path, bolt.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := strings.Join(r.Problems, "\n")
+	if r.Clean() || !equal(r.DamagedStreams, []string{"a", "b"}) ||
+		!strings.Contains(all, "event 65 (a revision 64): the stream's mark has no entry for it") ||
+		!strings.Contains(all, "stream b: its head says 119 events, the last at event 239; its records 120, the last at event 240") {
+		t.Errorf("check: problems %q, damaged streams %v; want a's mark and b's head named", r.Problems, r.DamagedStreams)
 	}
 }
 

@@ -473,7 +473,7 @@ func TestCheckCommand(t *testing.T) {
 	dataDir := t.TempDir()
 	_, held := storeWithHistory(t, dataDir)
 	file := filepath.Join(dataDir, "events.db")
-	wantCheck(t, dataDir, 0, file, "clean", "layout 2")
+	wantCheck(t, dataDir, 0, file, "clean", "layout 3")
 
 	faultfs.Flip(t, file, heldMarker(3))
 	wantCheck(t, dataDir, 1, file, "DAMAGED: 1 problem(s)", "stream "+domain.RecipientsStream(held)+" revision 0: event",

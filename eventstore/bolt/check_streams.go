@@ -48,6 +48,9 @@ func (c *chainCheck) skipDamaged(stream string, seq uint64, damaged map[uint64]e
 	c.r.damagedStream(stream)
 	c.r.problem("%s: stream %s revision %d: %v", c.r.Path, stream, h.n, err)
 	delete(damaged, seq)
+	if at := c.marks.Get(markKey(stream, h.n)); h.n%markEvery == 0 && len(at) == 8 && binary.BigEndian.Uint64(at) == seq {
+		c.marked++
+	}
 	c.walked[stream] = head{h.n + 1, seq}
 	return true
 }

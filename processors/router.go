@@ -148,8 +148,9 @@ func derivedID(parts ...string) string {
 // from the two, so every copy of it is the same message: the API's (PublishWork)
 // and the lifecycle handler's of each instance's lifecycle message. Watermill
 // NATS sends the ID as Nats-Msg-Id, and JetStream keeps one message of an ID
-// within its duplicate window (two minutes): one chain starts, not one per
-// copy, each loading the batch to find the chain taken.
+// within its duplicate window (two minutes), and in process OncePublisher does
+// the same: one chain starts, not one per copy, each loading the batch to find
+// the chain taken.
 func chainStart(batchID string, revision uint64) (*message.Message, error) {
 	id := derivedID("start", batchID, strconv.FormatUint(revision, 10))
 	return newWorkMessage(id, Work{BatchID: batchID, PrevSlice: domain.ChainToken(revision)})
@@ -159,8 +160,9 @@ func chainStart(batchID string, revision uint64) (*message.Message, error) {
 // the BatchStarted or BatchResumed event) its first work message directly, so
 // sending does not wait for the event subscription to deliver the event. The
 // lifecycle handler publishes the same work message when the event arrives:
-// over NATS the broker keeps one of them (see chainStart); in process both
-// run, and as they share one chain token only one of their slices dispatches.
+// over NATS the broker keeps one of them (see chainStart), in process the
+// OncePublisher does; were both to run, as they share one chain token only one
+// of their slices would dispatch.
 func PublishWork(pub message.Publisher, batchID string, revision uint64) error {
 	msg, err := chainStart(batchID, revision)
 	if err != nil {

@@ -39,7 +39,8 @@ func openTransport(cfg Config, logger *slog.Logger) (transport, error) {
 	wlog := watermill.NewSlogLogger(logger.With("component", "watermill"))
 	if cfg.NATSURL == "" {
 		gc := gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 64}, wlog)
-		return transport{pub: gc, sub: gc, closer: gc.Close, name: "gochannel"}, nil
+		// One chain start a start, as over NATS (processors.OncePublisher).
+		return transport{pub: processors.NewOncePublisher(gc), sub: gc, closer: gc.Close, name: "gochannel"}, nil
 	}
 	ns := cfg.NATSNamespace
 	// Longer than a slice plus its last sends: an unacknowledged message is

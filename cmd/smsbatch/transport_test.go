@@ -313,3 +313,62 @@ func TestAChainStartIsQueuedOnceOverNATS(t *testing.T) {
 		t.Fatalf("a late copy of a chain start handled already was queued again (%d messages)", n)
 	}
 }
+
+// TestAChainStartIsQueuedOnceInProcess: over the in-process transport, as over
+// NATS, the copies of a chain start (the API's and the lifecycle handler's) are
+// one work message, a resume's is another, and hand-ons all go through.
+func TestAChainStartIsQueuedOnceInProcess(t *testing.T) {
+	tr, err := openTransport(Config{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tr.Close() })
+	if tr.name != "gochannel" {
+		t.Fatalf("transport %s without a NATS URL", tr.name)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	msgs, err := tr.sub.Subscribe(ctx, processors.TopicWork)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 16)
+	go func() {
+		for m := range msgs {
+			got <- m.UUID
+			m.Ack()
+		}
+	}()
+	for range 3 {
+		if err := processors.PublishWork(tr.pub, "b1", 3); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := processors.PublishWork(tr.pub, "b1", 7); err != nil { // a resume: a chain of its own
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := tr.pub.Publish(processors.TopicWork, message.NewMessage(watermill.NewUUID(), []byte(`{"batchId":"b1"}`))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen := map[string]int{}
+	for len(seen) < 4 {
+		select {
+		case id := <-got:
+			seen[id]++
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%d distinct work messages came, want 4", len(seen))
+		}
+	}
+	select {
+	case id := <-got:
+		t.Fatalf("a fifth work message came (%s): a chain start was queued twice", id)
+	case <-time.After(200 * time.Millisecond):
+	}
+	for id, n := range seen {
+		if n != 1 {
+			t.Errorf("work message %s came %d times", id, n)
+		}
+	}
+}

@@ -26,13 +26,13 @@
 //
 // Every record carries a CRC-32C checksum, verified on every read (record.go); a
 // stream read also checks that every record its chain leads to is the revision
-// of the stream it should be. Open refuses, with an error wrapping eventstore.ErrCorrupt and naming the
-// file, a store file that is empty, shorter than its own pages reach, not a bbolt
-// file, or another store's. Once a read meets corrupt data (or bbolt panics on a
-// damaged page) the store fails: every later operation, appends included, returns
-// an error wrapping eventstore.ErrCorrupt and Health reports it, so that nothing
-// more is decided on a history that can no longer be read. Check verifies a whole
-// store offline.
+// of the stream it should be. Open refuses, with an error wrapping
+// eventstore.ErrCorrupt and naming the file, a store file that is empty, shorter
+// than its own pages reach, not a bbolt file, or another store's. Once a read
+// meets corrupt data (or bbolt panics on a damaged page) the store fails: every
+// later operation, appends included, returns an error wrapping
+// eventstore.ErrCorrupt and Health reports it, so that nothing more is decided on
+// a history that can no longer be read. Check verifies a whole store offline.
 //
 // Layout "2" kept a nested bucket for each stream, revision -> global sequence,
 // and layout "1" had no checksums either; Open migrates both (migrate.go).

@@ -62,9 +62,10 @@ func (r *Report) damagedStream(name string) {
 
 // Check verifies the store at path offline: the identity file and the file's size
 // (as Open does), bbolt's own consistency check, every record's checksum, and that
-// the stream and event ID indexes agree with the records. It opens the file
-// read-only and fails with ErrInUse while a running smsbatch holds it. It returns
-// an error only when it could not check; what is damaged is in the report.
+// the streams (their chains, or the stream buckets of layouts 1 and 2) and the
+// event ID index agree with the records. It opens the file read-only and fails
+// with ErrInUse while a running smsbatch holds it. It returns an error only when
+// it could not check; what is damaged is in the report.
 func Check(ctx context.Context, path string, opts Options) (*Report, error) {
 	opts.setDefaults()
 	r := &Report{Path: path, Streams: map[string]uint64{}}

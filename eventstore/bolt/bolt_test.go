@@ -3,8 +3,10 @@ package bolt_test
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -249,4 +251,81 @@ func TestAppendsWaitForCompanyOnlyWhenAllMay(t *testing.T) {
 			t.Fatalf("%d events readable after reopening, want the 1 answered", n)
 		}
 	})
+}
+
+// TestStreamReadsFromAnyRevision: streams appended to in turns, by appends of
+// 1 to 40 events that cross the chains' marks (every 32nd revision) at any
+// point, read forward and backward from every revision, by as many as a read
+// may take, give exactly the stream's events in order, then again after a
+// reopen.
+func TestStreamReadsFromAnyRevision(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "events.db")
+	s := open(t, path)
+	ctx := context.Background()
+	rng := rand.New(rand.NewPCG(1, 2))
+	streams := []string{"a", "b", "c"}
+	ids := map[string][]string{} // each stream's event IDs, by revision
+	for n := 0; len(ids["a"]) < 150 || len(ids["b"]) < 150 || len(ids["c"]) < 150; n++ {
+		stream := streams[rng.IntN(len(streams))]
+		var evs []eventstore.EventData
+		for range 1 + rng.IntN(40) {
+			id := stream + "-" + strconv.Itoa(len(ids[stream])+len(evs))
+			evs = append(evs, eventstore.EventData{ID: id, Type: "T", Data: []byte(`{}`)})
+		}
+		expected := eventstore.NoStream()
+		if k := len(ids[stream]); k > 0 {
+			expected = eventstore.Exact(uint64(k - 1))
+		}
+		if _, err := s.Append(ctx, stream, expected, evs); err != nil {
+			t.Fatalf("append %d to %s: %v", n, stream, err)
+		}
+		for _, e := range evs {
+			ids[stream] = append(ids[stream], e.ID)
+		}
+	}
+	check := func(s *bolt.Store) {
+		t.Helper()
+		for _, stream := range streams {
+			want := ids[stream]
+			n := len(want)
+			for from := 0; from <= n; from++ {
+				for _, size := range []int{1, 2, 31, 32, 33, 64, 1000} {
+					got, err := s.ReadStream(ctx, stream, uint64(from), size)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if w := want[min(from, n):min(from+size, n)]; !sameIDs(got, w) {
+						t.Fatalf("%s forward from %d by %d: %v, want %v", stream, from, size, idsOf(got), w)
+					}
+					got, err = s.ReadStreamBackward(ctx, stream, uint64(from), size)
+					if err != nil {
+						t.Fatal(err)
+					}
+					top := min(from, n-1) + 1
+					w := slices.Clone(want[max(0, top-size):top])
+					slices.Reverse(w)
+					if !sameIDs(got, w) {
+						t.Fatalf("%s backward from %d by %d: %v, want %v", stream, from, size, idsOf(got), w)
+					}
+				}
+			}
+		}
+	}
+	check(s)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	check(open(t, path))
+}
+
+func idsOf(events []eventstore.Event) []string {
+	out := make([]string, len(events))
+	for i, e := range events {
+		out[i] = e.ID
+	}
+	return out
+}
+
+func sameIDs(events []eventstore.Event, want []string) bool {
+	return slices.Equal(idsOf(events), want)
 }

@@ -19,9 +19,8 @@ import (
 // records at the tail of "all", so the appends of one commit, whatever their
 // streams, share the same few pages. A bucket of its own for each stream made
 // every append rewrite a page of its stream and the stream's entry in the
-// parent, a page each for as many streams as the commit held: with as many
-// batches sending at once, most of what a commit wrote and most of the memory
-// it took.
+// parent, a page each for as many streams as the commit held: with many batches
+// sending at once, the largest share of the memory an append took.
 
 // markEvery is how far apart marked revisions are: 0, 32, 64, ...
 const markEvery = 32

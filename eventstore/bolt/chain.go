@@ -37,7 +37,11 @@ func (h head) encode() []byte {
 
 // streamHead reads stream's head: the zero head when the stream has no events.
 func streamHead(heads *bbolt.Bucket, stream string) (head, error) {
-	v := heads.Get([]byte(stream))
+	return decodeHead(stream, heads.Get([]byte(stream)))
+}
+
+// decodeHead decodes stream's entry v in "heads" (nil: no events).
+func decodeHead(stream string, v []byte) (head, error) {
 	switch {
 	case v == nil:
 		return head{}, nil

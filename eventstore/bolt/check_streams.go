@@ -90,7 +90,7 @@ func (c *chainCheck) finish(damaged map[uint64]error) error {
 	r := c.r
 	err := c.heads.ForEach(func(k, v []byte) error {
 		stream := string(k)
-		h, err := streamHead(c.heads, stream)
+		h, err := decodeHead(stream, v)
 		if err != nil {
 			r.damagedStream(stream)
 			r.problem("%s: %v", r.Path, err)

@@ -175,8 +175,8 @@ func migrateChunkV2(db *bbolt.DB) (linked int, err error) {
 			from = binary.BigEndian.Uint64(k) + 1
 		}
 		type entry struct {
-			seq uint64
-			e   eventstore.Event
+			seq, rev uint64
+			stream   string
 		}
 		var batch []entry
 		c := all.Cursor()
@@ -189,22 +189,22 @@ func migrateChunkV2(db *bbolt.DB) (linked int, err error) {
 			if err != nil {
 				return err
 			}
-			batch = append(batch, entry{seq, e})
+			batch = append(batch, entry{seq, e.Revision, e.Stream})
 		}
 		prev.FillPercent = 1
 		for _, b := range batch {
-			h, err := streamHead(heads, b.e.Stream)
+			h, err := streamHead(heads, b.stream)
 			if err != nil {
 				return err
 			}
-			if b.e.Revision != h.n {
+			if b.rev != h.n {
 				return fmt.Errorf("event %d: %w: revision %d of %s, whose records before it number %d",
-					b.seq, eventstore.ErrCorrupt, b.e.Revision, b.e.Stream, h.n)
+					b.seq, eventstore.ErrCorrupt, b.rev, b.stream, h.n)
 			}
-			if err := link(prev, marks, b.e.Stream, h.n, b.seq, h.last); err != nil {
+			if err := link(prev, marks, b.stream, h.n, b.seq, h.last); err != nil {
 				return err
 			}
-			if err := heads.Put([]byte(b.e.Stream), head{h.n + 1, b.seq}.encode()); err != nil {
+			if err := heads.Put([]byte(b.stream), head{h.n + 1, b.seq}.encode()); err != nil {
 				return err
 			}
 		}

@@ -21,13 +21,6 @@ func encodeRecordV1(stream string, revision uint64, unixNano int64, e eventstore
 	return appendBody([]byte{recordVersionV1}, stream, revision, unixNano, e)
 }
 
-// writeV1Store writes a store of layout "1" as an earlier build did: n events
-// spread over three streams.
-func writeV1Store(t *testing.T, path string, n int) []eventstore.Event {
-	t.Helper()
-	return writeOldStore(t, path, n, formatVersionV1)
-}
-
 // writeOldStore writes a store of layout "1" or "2" as an earlier build did: n
 // events spread over three streams, each stream with a bucket of its own.
 func writeOldStore(t *testing.T, path string, n int, format string) []eventstore.Event {
@@ -144,7 +137,7 @@ func TestLayout1IsMigrated(t *testing.T) {
 	migrateChunk = 7 // several transactions
 
 	path := filepath.Join(t.TempDir(), "events.db")
-	want := writeV1Store(t, path, 50)
+	want := writeOldStore(t, path, 50, formatVersionV1)
 	check, err := Check(context.Background(), path, Options{})
 	if err != nil || !check.Clean() || check.Format != "1" || check.Events != 50 {
 		t.Fatalf("check of a layout 1 store: %v %+v", err, check)
@@ -187,7 +180,7 @@ func TestLayout1IsMigrated(t *testing.T) {
 // a store of layout 2, so a layout 1 file here replaced it.
 func TestLayout1WithIdentityFileIsRefused(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "events.db")
-	writeV1Store(t, path, 3)
+	writeOldStore(t, path, 3, formatVersionV1)
 	if err := writeIdentityFile(path, testStoreID); err != nil {
 		t.Fatal(err)
 	}

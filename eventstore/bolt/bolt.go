@@ -367,13 +367,18 @@ func (s *Store) Append(ctx context.Context, stream string, expected eventstore.E
 	return r.result, nil
 }
 
+// maxStreamName is the longest stream name bolt stores: a stream's marks are
+// keyed by its name with its length before and a revision after (markKey), and
+// bbolt refuses a key longer than MaxKeySize.
+const maxStreamName = bbolt.MaxKeySize - binary.MaxVarintLen64 - 8
+
 // validateAppend adds bolt's key size limits to the port's rules.
 func validateAppend(stream string, events []eventstore.EventData) error {
 	if err := eventstore.ValidateAppend(stream, events); err != nil {
 		return err
 	}
-	if len(stream) > bbolt.MaxKeySize {
-		return fmt.Errorf("stream name is %d bytes, more than %d", len(stream), bbolt.MaxKeySize)
+	if len(stream) > maxStreamName {
+		return fmt.Errorf("stream name is %d bytes, more than %d", len(stream), maxStreamName)
 	}
 	for i, e := range events {
 		if len(e.ID) > bbolt.MaxKeySize {

@@ -49,7 +49,8 @@ type RunnerConfig struct {
 	// for it again (the holder may be gone); default 1s.
 	LeaseRetry time.Duration
 	// WatchEvery is how often a runner without the lease reads the shared
-	// checkpoint, which its WaitFor answers by; default 25ms.
+	// checkpoint while a WaitFor waits on it; default 25ms. With nobody
+	// waiting it reads it once every LeaseRetry.
 	WatchEvery time.Duration
 
 	// backOff makes the wait between retries; tests shorten it.
@@ -113,6 +114,11 @@ type Runner struct {
 	follower *eventstore.Follower
 	// moved is closed and replaced whenever pos moves, waking WaitFor.
 	moved chan struct{}
+	// waiting counts the WaitFor calls waiting for pos to move; one that
+	// starts waiting sends on waiter, waking a runner that watches a shared
+	// checkpoint only while someone waits on it.
+	waiting int
+	waiter  chan struct{}
 	// watchErr is the last failure to read a shared store's checkpoint, failing since then.
 	watchErr          error
 	watchFailingSince time.Time
@@ -124,7 +130,7 @@ func NewRunner(cfg RunnerConfig) (*Runner, error) {
 		return nil, err
 	}
 	cfg.setDefaults()
-	return &Runner{cfg: cfg, ready: make(chan struct{}), moved: make(chan struct{})}, nil
+	return &Runner{cfg: cfg, ready: make(chan struct{}), moved: make(chan struct{}), waiter: make(chan struct{}, 1)}, nil
 }
 
 // Run applies events until ctx is done, then returns nil. It returns an error
@@ -207,9 +213,12 @@ func (r *Runner) follow(ctx context.Context) error {
 }
 
 // watch follows the shared store's checkpoint, which another process's runner
-// moves, for d or until ctx is done.
+// moves, for d or until ctx is done: it reads it once, then every WatchEvery
+// while a WaitFor waits. An instance nobody asks to read its writes (idle, or
+// serving only reads) does not query the store 40 times a second for nothing.
 func (r *Runner) watch(ctx context.Context, d time.Duration) {
-	until := time.Now().Add(d)
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
 	tick := time.NewTicker(r.cfg.WatchEvery)
 	defer tick.Stop()
 	for {
@@ -228,11 +237,23 @@ func (r *Runner) watch(ctx context.Context, d time.Duration) {
 			r.advance(cp)
 			r.caughtUp()
 		}
-		if !time.Now().Before(until) {
-			return
+		r.mu.Lock()
+		waiting := r.waiting > 0
+		r.mu.Unlock()
+		if !waiting {
+			select {
+			case <-ctx.Done():
+				return
+			case <-deadline.C:
+				return
+			case <-r.waiter:
+				continue // read at once: the waiter may be answered already
+			}
 		}
 		select {
 		case <-ctx.Done():
+			return
+		case <-deadline.C:
 			return
 		case <-tick.C:
 		}
@@ -323,12 +344,28 @@ func (r *Runner) Position() eventstore.Position {
 // one), so that a caller who appended an event reads its own write. It returns
 // ctx's error when ctx is done first.
 func (r *Runner) WaitFor(ctx context.Context, pos eventstore.Position) error {
+	counted := false
+	defer func() {
+		if counted {
+			r.mu.Lock()
+			r.waiting--
+			r.mu.Unlock()
+		}
+	}()
 	for {
 		r.mu.Lock()
 		applied, moved := !r.pos.Less(pos), r.moved
+		if !applied && !counted {
+			counted = true
+			r.waiting++
+		}
 		r.mu.Unlock()
 		if applied {
 			return nil
+		}
+		select {
+		case r.waiter <- struct{}{}:
+		default: // a wake-up is pending already
 		}
 		select {
 		case <-moved:

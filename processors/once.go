@@ -45,13 +45,32 @@ func NewOncePublisher(pub message.Publisher) *OncePublisher {
 	return &OncePublisher{Publisher: pub, now: time.Now, seen: map[string]struct{}{}}
 }
 
-// Publish publishes the messages of msgs not published within the window.
+// Publish publishes the messages of msgs not published within the window. When
+// publishing fails, their IDs are forgotten, so that the copy its caller counts
+// on (the lifecycle handler's, a redelivered message's) is published after all.
 func (p *OncePublisher) Publish(topic string, msgs ...*message.Message) error {
 	out := p.first(msgs)
 	if len(out) == 0 {
 		return nil
 	}
-	return p.Publisher.Publish(topic, out...)
+	err := p.Publisher.Publish(topic, out...)
+	if err != nil {
+		p.unsee(out)
+	}
+	return err
+}
+
+// unsee forgets the derived IDs of msgs. Their entries in order stay until they
+// expire: one that then forgets the same ID published again later only lets a
+// copy through early, which fencing ends.
+func (p *OncePublisher) unsee(msgs []*message.Message) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, m := range msgs {
+		if derived(m.UUID) {
+			delete(p.seen, m.UUID)
+		}
+	}
 }
 
 // first returns the messages of msgs to publish, remembering their derived IDs.

@@ -1,6 +1,7 @@
 package processors
 
 import (
+	"errors"
 	"slices"
 	"testing"
 	"time"
@@ -105,5 +106,42 @@ func TestOncePublisherForgetsTheOldestPastItsBound(t *testing.T) {
 	got := rec.published()
 	if n := len(got); n != onceMaxIDs+11 || got[n-1] != first.UUID {
 		t.Fatalf("%d published, the last %s; want the forgotten first again and not the remembered last", n, got[n-1])
+	}
+}
+
+// failingOncePublisher fails its first Publish, then counts what it publishes.
+type failingOncePublisher struct {
+	failed bool
+	n      int
+}
+
+func (f *failingOncePublisher) Publish(topic string, msgs ...*message.Message) error {
+	if !f.failed {
+		f.failed = true
+		return errors.New("publish failed")
+	}
+	f.n += len(msgs)
+	return nil
+}
+
+func (f *failingOncePublisher) Close() error { return nil }
+
+// TestOncePublisherForgetsWhatItFailedToPublish: a chain start whose publish
+// failed is published by the next copy (the API counts on the lifecycle
+// handler's when its own fails), not taken for a duplicate.
+func TestOncePublisherForgetsWhatItFailedToPublish(t *testing.T) {
+	under := &failingOncePublisher{}
+	p := NewOncePublisher(under)
+	if err := PublishWork(p, "b1", 3); err == nil {
+		t.Fatal("the first publish succeeded; want the transport's failure")
+	}
+	if err := PublishWork(p, "b1", 3); err != nil {
+		t.Fatal(err)
+	}
+	if err := PublishWork(p, "b1", 3); err != nil {
+		t.Fatal(err)
+	}
+	if under.n != 1 {
+		t.Fatalf("after a failed publish the chain start reached the transport %d times, want once", under.n)
 	}
 }

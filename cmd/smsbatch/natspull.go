@@ -41,11 +41,13 @@ type pullSubscriber struct {
 const maxFetch = 32
 
 // returnDelay is how long a message refused at close waits before it is
-// delivered again: long after the closing instance's pulls have ended.
+// delivered again: after the closing instance's pulls have ended (fetchWait).
 const returnDelay = time.Second
 
-// fetchWait is how long one pull waits for messages before asking again.
-const fetchWait = 5 * time.Second
+// fetchWait is how long one pull waits for messages before asking again, and
+// so how long a stop may wait for the last pulls to end (see pull). Idle, an
+// instance then spends 0.11% of a core on asking (0.014% at 5 s).
+const fetchWait = 500 * time.Millisecond
 
 func newPullSubscriber(url string, opts []nats.Option, slots int, ackWait time.Duration, log watermill.LoggerAdapter) (*pullSubscriber, error) {
 	nc, err := nats.Connect(url, opts...)
@@ -115,8 +117,14 @@ func (s *pullSubscriber) pull(ctx context.Context, cons jetstream.Consumer, out 
 			}
 		}
 		got := 0
-		fctx, done := context.WithTimeout(ctx, fetchWait)
-		batch, err := cons.Fetch(n, jetstream.FetchContext(fctx))
+		// Not cancelled at the stop: a cancelled fetch drops, unanswered,
+		// what the server has sent to it by then, which came back only after
+		// the ack wait (a pull's worth sent as an instance stopped: 6 to 32
+		// of 32, 8 runs of 8). Run to its end, everything it brings in is
+		// handed out or refused. The server ends it after fetchWait, the
+		// client waits a second longer, so a message the server sends last
+		// is not dropped when the client is slow to read it.
+		batch, err := cons.Fetch(n, jetstream.FetchMaxWait(fetchWait))
 		if err == nil {
 			for m := range batch.Messages() {
 				got++
@@ -129,12 +137,11 @@ func (s *pullSubscriber) pull(ctx context.Context, cons jetstream.Consumer, out 
 			}
 			err = batch.Error()
 		}
-		done()
 		for range n - got {
 			<-free
 		}
 		switch {
-		case err == nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) || ctx.Err() != nil:
+		case err == nil || errors.Is(err, nats.ErrTimeout) || ctx.Err() != nil:
 			failures = 0
 		default:
 			failures++
@@ -196,11 +203,12 @@ func (s *pullSubscriber) handle(ctx context.Context, m jetstream.Msg, out chan<-
 }
 
 // Close stops pulling, cancels the context of every message held, waits for
-// their handlers to acknowledge them, and closes the connection. The router
-// closes its subscriber when it starts to stop, before its handlers end (once
-// for each handler, and the transport once more). watermill-nats left the
-// messages held then unacknowledged, so each came back after the ack wait to
-// start a chain that fencing then refused.
+// the last pulls to end (at most fetchWait; what they bring in is refused) and
+// for the handlers to acknowledge their messages, and closes the connection.
+// The router closes its subscriber when it starts to stop, before its handlers
+// end (once for each handler, and the transport once more). watermill-nats
+// left the messages held then unacknowledged, so each came back after the ack
+// wait to start a chain that fencing then refused.
 func (s *pullSubscriber) Close() error {
 	s.once.Do(func() {
 		close(s.closing)

@@ -113,18 +113,7 @@ func provisionStreams(url, ns string, ackWait time.Duration) error {
 				return fmt.Errorf("create NATS stream %s: %w", topic, err)
 			}
 		}
-		info, err := js.ConsumerInfo(topic, durableName(topic))
-		switch {
-		case err == nil && info.Config.DeliverSubject == "":
-			continue // made by another instance
-		case err == nil:
-			if err := js.DeleteConsumer(topic, durableName(topic)); err != nil && !errors.Is(err, nats.ErrConsumerNotFound) {
-				return fmt.Errorf("replace the NATS push consumer of %s: %w", topic, err)
-			}
-		case !errors.Is(err, nats.ErrConsumerNotFound):
-			return fmt.Errorf("NATS consumer of %s: %w", topic, err)
-		}
-		_, err = js.AddConsumer(topic, &nats.ConsumerConfig{
+		cfg := &nats.ConsumerConfig{
 			Durable:       durableName(topic),
 			FilterSubject: topic,
 			DeliverPolicy: nats.DeliverAllPolicy,
@@ -132,10 +121,52 @@ func provisionStreams(url, ns string, ackWait time.Duration) error {
 			AckWait:       ackWait,
 			// Every work message handled at once, on all instances together.
 			MaxAckPending: 1 << 16,
-		})
-		if err != nil && !errors.Is(err, nats.ErrConsumerNameAlreadyInUse) {
+		}
+		info, err := js.ConsumerInfo(topic, cfg.Durable)
+		switch {
+		case err == nil && info.Config.DeliverSubject == "":
+			// Made by another instance, or before a restart: with the ack
+			// wait of its configuration, which the subscriber's handlers
+			// count on. Left as it was, a longer --work-slice or
+			// --send-timeout kept the first ack wait, and the messages of
+			// slices still running were delivered again.
+			if err := updateConsumer(js, topic, info.Config, cfg); err != nil {
+				return err
+			}
+			continue
+		case err == nil:
+			if err := js.DeleteConsumer(topic, cfg.Durable); err != nil && !errors.Is(err, nats.ErrConsumerNotFound) {
+				return fmt.Errorf("replace the NATS push consumer of %s: %w", topic, err)
+			}
+		case !errors.Is(err, nats.ErrConsumerNotFound):
+			return fmt.Errorf("NATS consumer of %s: %w", topic, err)
+		}
+		_, err = js.AddConsumer(topic, cfg)
+		if errors.Is(err, nats.ErrConsumerNameAlreadyInUse) {
+			// Made just now by another instance, with other settings.
+			info, err = js.ConsumerInfo(topic, cfg.Durable)
+			if err == nil {
+				err = updateConsumer(js, topic, info.Config, cfg)
+			}
+		}
+		if err != nil {
 			return fmt.Errorf("create NATS consumer of %s: %w", topic, err)
 		}
+	}
+	return nil
+}
+
+// updateConsumer gives the pull consumer of topic the settings of ours in
+// want that have changed since it was made (the last instance to start sets
+// them).
+func updateConsumer(js nats.JetStreamContext, topic string, have nats.ConsumerConfig, want *nats.ConsumerConfig) error {
+	if have.AckWait == want.AckWait && have.MaxAckPending == want.MaxAckPending {
+		return nil
+	}
+	upd := have
+	upd.AckWait, upd.MaxAckPending = want.AckWait, want.MaxAckPending
+	if _, err := js.UpdateConsumer(topic, &upd); err != nil {
+		return fmt.Errorf("update the NATS consumer of %s: %w", topic, err)
 	}
 	return nil
 }

@@ -181,6 +181,146 @@ func TestLostAnswerToADispatchDoesNotEndTheChain(t *testing.T) {
 	}
 }
 
+// slowDispatchStore calls slow once, when the first append that dispatches
+// has been stored and before its answer: a test moves its clock on there, as
+// if the append had taken that long (the repository sends an append again
+// after the store went away, 50, 200 and 800 ms later), or the recipient page
+// read before the send.
+type slowDispatchStore struct {
+	eventstore.Store
+	slow func()
+	once sync.Once
+}
+
+func (s *slowDispatchStore) Append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events []eventstore.EventData) (eventstore.AppendResult, error) {
+	res, err := s.Store.Append(ctx, stream, expected, events)
+	if err == nil && slices.ContainsFunc(events, func(e eventstore.EventData) bool { return e.Type == domain.TypeMessagesDispatched }) {
+		s.once.Do(s.slow)
+	}
+	return res, err
+}
+
+// Cause 8: a send that starts late. A dispatch's deadline counts on its sends
+// starting within a second of the decision (maxStartDelay); one that cannot
+// gives up before reaching the provider, and its message goes again under a
+// new attempt. With the rate lifted a send waited for no token and had no such
+// bound: when its dispatch's append took 3.5 s it started then, the provider
+// took 4.6 s (under the 5 s send timeout), and at the deadline, that call
+// still running, the message was in doubt and went again: two SMS.
+func TestASendThatCannotStartInItsWindowIsNotSentTwice(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		cfg  Config
+	}{
+		{"rate lifted", Config{Unlimited: true}},
+		{"5/s", Config{Rates: domain.Rates{High: 5, Normal: 5, Low: 5}}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			clock := &offsetClock{}
+			store := &slowDispatchStore{Store: memory.New(), slow: func() { clock.advance(3500 * time.Millisecond) }}
+			t.Cleanup(func() { store.Close() })
+			prov := newFakeProvider(0)
+			var reached atomic.Bool
+			again := make(chan struct{})
+			prov.fail = func(key string, n int) error {
+				if n > 1 {
+					close(again)
+					return nil
+				}
+				// 4.6 s at the provider by the clock, and on the line
+				// while the slices look again (until a second call).
+				clock.advance(4600 * time.Millisecond)
+				reached.Store(true)
+				select {
+				case <-again:
+				case <-time.After(time.Second):
+				}
+				return nil
+			}
+			h := newHarnessOn(t, store, prov)
+			w := h.create("b1", 1, domain.PriorityNormal)
+			cfg := tt.cfg
+			cfg.Now = clock.Now
+			p := h.processor(cfg)
+			next, err := p.RunSlice(context.Background(), w) // dispatches b1:0, 3.5 s late
+			if err != nil || next == nil {
+				t.Fatalf("first slice: next %v, err %v; want work to hand on", next, err)
+			}
+			// The next slice looks once that send has reached the provider or
+			// given up.
+			st := p.state("b1")
+			h.eventually(t, "the first send reached the provider or gave up", func(*domain.Batch) bool {
+				return reached.Load() || !st.sending(0, 1)
+			}, "b1")
+			drive(t, p, *next)
+			drained(t, p)
+			prov.assertNoDuplicateCalls(t, 1)
+			assertOneOutcomeEach(t, h.outcomes("b1"), 1)
+		})
+	}
+}
+
+// With the rate lifted a send's start bound is the one its deadline counts on,
+// a second after the decision, not its SendAt's: held to SendAt and its
+// margins (75 ms to 275 ms after the decision here), a send whose append took
+// 300 ms gave up and its message went under a second dispatch, and when the
+// chain had moved to another instance meanwhile, the message waited out the
+// deadline there (three instances on PostgreSQL sent half as fast).
+func TestASendWithTheRateLiftedStartsWithinItsWindow(t *testing.T) {
+	clock := &offsetClock{}
+	store := &slowDispatchStore{Store: memory.New(), slow: func() { clock.advance(300 * time.Millisecond) }}
+	t.Cleanup(func() { store.Close() })
+	h := newHarnessOn(t, store, newFakeProvider(0))
+	w := h.create("b1", 1, domain.PriorityNormal)
+	p := h.processor(Config{Unlimited: true, Now: clock.Now})
+	drive(t, p, w)
+	drained(t, p)
+	h.prov.assertNoDuplicateCalls(t, 1)
+	dispatches := 0
+	for _, e := range h.events("b1") {
+		if e.Type == domain.TypeMessagesDispatched {
+			dispatches++
+		}
+	}
+	if dispatches != 1 {
+		t.Fatalf("b1:0 was dispatched %d times; want once, its send starting 300 ms after the decision", dispatches)
+	}
+}
+
+// With the rate lifted too, a send never starts after the batch's validity:
+// one whose dispatch's append ended past it gives up, and its message is
+// skipped as expired.
+func TestASendWithTheRateLiftedNeverStartsAfterTheValidity(t *testing.T) {
+	clock := &offsetClock{}
+	validUntil := time.Now().Add(time.Minute)
+	// The dispatch is decided 200 ms before the validity ends, and its append
+	// ends just after: within the start window the send would otherwise have.
+	store := &slowDispatchStore{Store: memory.New(), slow: func() { clock.set(validUntil.Add(time.Millisecond)) }}
+	t.Cleanup(func() { store.Close() })
+	h := newHarnessOn(t, store, newFakeProvider(0))
+	tmpl, _ := domain.NewTemplate("Hello {{name}}", domain.DefaultTemplateLimits)
+	res, err := h.cmds.CreateBatch(context.Background(), commands.CreateBatch{
+		ID: "b1", Tenant: "acme", Template: tmpl, AutoStart: true, ValidUntil: &validUntil, Recipients: phones(1),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock.set(validUntil.Add(-200 * time.Millisecond))
+	p := h.processor(Config{Unlimited: true, Now: clock.Now})
+	drive(t, p, Work{BatchID: "b1", PrevSlice: res.Batch.LastSlice()})
+	drained(t, p)
+	h.prov.mu.Lock()
+	calls := h.prov.calls["b1:0"]
+	h.prov.mu.Unlock()
+	if calls > 0 {
+		t.Fatalf("b1:0 reached the provider %d times after the batch's validity", calls)
+	}
+	b, _ := h.cmds.Repository().Load(context.Background(), "b1")
+	if b.Status() != domain.StatusCompleted || b.Skipped() != 1 {
+		t.Fatalf("status %s, %d skipped; want b1:0 skipped as expired", b.Status(), b.Skipped())
+	}
+}
+
 // Cause 5: a 429's hold and reduced rate must be kept by whichever instance
 // works the batch next.
 func TestThrottleIsKeptAcrossInstances(t *testing.T) {

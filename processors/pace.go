@@ -461,9 +461,16 @@ func windowSends(l rate.Limit) int {
 // must then say when it left for the provider, or that it did not (left):
 // until then the batch's next send waits, so that one held up on its way there
 // cannot land next to the ones after it.
+//
+// With the rate lifted there is no token to wait for, but the bounds hold
+// all the same: a send whose dispatch's append or recipient page took long
+// starts by them or gives up, and its message goes again under a new
+// attempt. Its dispatch's deadline counts on it starting within
+// maxStartDelay; one that started seconds later was still at the provider
+// when another look found the message in doubt and sent it again.
 func (p *pace) take(ctx context.Context, now func() time.Time, s slot, st *batchState, wakes *latency) bool {
 	if p.unlimited() {
-		return true
+		return !s.late(now(), st)
 	}
 	for {
 		t := now()
@@ -487,7 +494,7 @@ func (p *pace) take(ctx context.Context, now func() time.Time, s slot, st *batch
 			due = latest(due, s.after(p.recent[n-1], p.recent[max(n-s.sends, 0)], n >= s.sends))
 		}
 		if !t.Before(due) {
-			if t.After(s.by) && !st.startLate(t) {
+			if s.late(t, st) {
 				p.dropPending(s)
 				p.mu.Unlock()
 				return false
@@ -514,6 +521,12 @@ func (p *pace) take(ctx context.Context, now func() time.Time, s slot, st *batch
 		}
 		wakes.note(max(now().Sub(due), 0))
 	}
+}
+
+// late reports whether a send may no longer start at t: after s.last, or
+// after s.by unless st lets it start late (a slice of the batch runs here).
+func (s slot) late(t time.Time, st *batchState) bool {
+	return t.After(s.last) || (t.After(s.by) && !st.startLate(t))
 }
 
 // giveUp forgets a send that will not start.

@@ -100,9 +100,9 @@ type answer struct {
 	latency  time.Duration
 	// at is when the answer came.
 	at time.Time
-	// notSent: the send gave up before reaching the provider (its rate token
-	// would have come too late). Nothing is recorded; the message is dispatched
-	// again under a new attempt.
+	// notSent: the send gave up before reaching the provider (it could not
+	// start by its dispatch's bound: see pace.take). Nothing is recorded; the
+	// message is dispatched again under a new attempt.
 	notSent bool
 }
 

@@ -701,6 +701,105 @@ func TestSlicesDoNotSpinWhileAnswersGather(t *testing.T) {
 	}
 }
 
+// A retry is due when Batch.Dispatch says so, at the time it decides. A slice
+// that took one due within its lead (it decides that long before its token)
+// for due, whenever an answer woke it with no room for a new recipient,
+// appended nothing, reloaded the batch and looked again at once, until the
+// retry was due. Here the second of two messages answers 200 ms before the
+// first's retry, within the 400 ms lead of a batch at 1/s: 33,000 to 48,000
+// looks before, 11 now that the slice sleeps until the retry is due.
+func TestSlicesDoNotSpinWhileARetryComesDueWithinTheLead(t *testing.T) {
+	answer := make(chan struct{})
+	prov := newFakeProvider(0)
+	prov.fail = func(key string, n int) error {
+		switch {
+		case key == "b1:0" && n == 1:
+			// Tried again 2 s after, as the provider asks.
+			return &sms.Error{Category: domain.CategoryUnknown, Code: "30008", Message: "try again", RetryAfter: 2 * time.Second}
+		case key == "b1:1":
+			<-answer
+		}
+		return nil
+	}
+	h := newHarness(t, prov)
+	p := h.processor(Config{Rates: domain.Rates{High: 1, Normal: 1, Low: 1}, MaxInFlight: 2, SliceDuration: 10 * time.Second,
+		BackoffInitial: 10 * time.Millisecond, BackoffMax: 10 * time.Millisecond})
+	if lead := p.lead(newPace(1)); lead != maxLead {
+		t.Fatalf("lead %s at 1/s, want %s", lead, maxLead)
+	}
+	done := driveAsync(p, h.create("b1", 2, domain.PriorityNormal))
+	b := h.eventually(t, "b1:0 waiting for its retry, b1:1 at the provider", func(b *domain.Batch) bool {
+		o, ok := b.OutstandingAt(0)
+		prov.mu.Lock()
+		defer prov.mu.Unlock()
+		return ok && !o.InFlight() && prov.calls["b1:1"] == 1
+	}, "b1")
+	o, _ := b.OutstandingAt(0)
+	time.Sleep(time.Until(o.RetryAt.Add(-200 * time.Millisecond)))
+	close(answer)
+	wait(t, done)
+	drained(t, p)
+	assertOneOutcomeEach(t, h.outcomes("b1"), 2)
+	// A dozen looks, each for an answer, a token or the retry; thousands when
+	// the slice spun.
+	if looks := p.looks.Load(); looks > 40 {
+		t.Fatalf("the slices looked at the batch %d times for 2 messages and a retry, want at most 40", looks)
+	} else {
+		t.Logf("%d looks", looks)
+	}
+}
+
+// An in-flight message whose dispatch's deadline comes within the lead is not
+// in doubt before it, and the slice sleeps until then, as for a retry
+// (TestSlicesDoNotSpinWhileARetryComesDueWithinTheLead). Here another instance
+// dispatched the first of two messages and died (not known gone); the second
+// answers 200 ms before that dispatch's deadline: 42,000 to 52,000 looks
+// before, 8 now.
+func TestSlicesDoNotSpinWhileADeadlineComesWithinTheLead(t *testing.T) {
+	answer := make(chan struct{})
+	prov := newFakeProvider(0)
+	prov.fail = func(key string, n int) error {
+		if key == "b1:1" {
+			<-answer
+		}
+		return nil
+	}
+	h := newHarness(t, prov)
+	ctx := context.Background()
+	w := h.create("b1", 2, domain.PriorityNormal)
+	deadline := time.Now().Add(2300 * time.Millisecond)
+	if _, err := h.cmds.Repository().Update(ctx, "b1", func(b *domain.Batch) error {
+		_, err := b.Dispatch(time.Now(), domain.DispatchRequest{Slice: "elsewhere-1", PrevSlice: w.PrevSlice,
+			Instance: "elsewhere", Deadline: deadline, SendAt: time.Now(), Max: 1, MaxInFlight: 2})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	p := h.processor(Config{Rates: domain.Rates{High: 1, Normal: 1, Low: 1}, MaxInFlight: 2, SliceDuration: 10 * time.Second})
+	if lead := p.lead(newPace(1)); lead != maxLead {
+		t.Fatalf("lead %s at 1/s, want %s", lead, maxLead)
+	}
+	// b1:1 goes out a second after the dispatch elsewhere, b1:0 again once
+	// its deadline has passed, in the second after.
+	done := driveAsync(p, Work{BatchID: "b1", PrevSlice: "elsewhere-1"})
+	h.eventually(t, "b1:1 at the provider", func(*domain.Batch) bool {
+		prov.mu.Lock()
+		defer prov.mu.Unlock()
+		return prov.calls["b1:1"] == 1
+	}, "b1")
+	time.Sleep(time.Until(deadline.Add(-200 * time.Millisecond)))
+	close(answer)
+	wait(t, done)
+	drained(t, p)
+	prov.assertNoDuplicateCalls(t, 2)
+	assertOneOutcomeEach(t, h.outcomes("b1"), 2)
+	if looks := p.looks.Load(); looks > 40 {
+		t.Fatalf("the slices looked at the batch %d times for 2 messages, want at most 40", looks)
+	} else {
+		t.Logf("%d looks", looks)
+	}
+}
+
 // A paced batch's dispatches, decided a lead ahead of their token, let the store
 // hold their commit for others to share; a batch whose rate is lifted, whose
 // next dispatch waits for this one, does not.

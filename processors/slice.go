@@ -46,8 +46,10 @@ const answerDelay = 500 * time.Millisecond
 const gatherDelay = 5 * time.Millisecond
 
 // maxStartDelay bounds how long after its dispatch a send may still go out. A
-// send whose rate token would come later gives up before reaching the provider,
-// so the dispatch's deadline can be known when it is appended.
+// send that cannot start by its dispatch's bound (its rate token, or with the
+// rate lifted its append or its recipient page, came too late) gives up before
+// reaching the provider, so the dispatch's deadline can be known when it is
+// appended.
 const maxStartDelay = time.Second
 
 func (s *slice) run(ctx context.Context) (*Work, error) {
@@ -86,7 +88,7 @@ func (s *slice) run(ctx context.Context) (*Work, error) {
 			held = append(held, a...)
 		}
 		freed := s.freed(held)
-		dispatch := s.canDispatch(freed, now.Add(p.lead(st.pace)), settled) && !s.gathering(held, now)
+		dispatch := s.canDispatch(freed, now, p.lead(st.pace), settled) && !s.gathering(held, now)
 		if dispatch {
 			// Read ahead so the page is at hand once the dispatch is appended.
 			if _, err := p.recipients.get(ctx, s.batch.ID(), min(s.batch.Cursor(), s.batch.Total()-1)); err != nil {
@@ -250,18 +252,24 @@ func (s *slice) recordNow(freed int, held []answer, now time.Time, settled domai
 	return s.st.sendingCount() == len(held)
 }
 
-// canDispatch reports whether, at time t, the rate allows a send and the batch,
-// once freed slots are given back, has something it may send.
-func (s *slice) canDispatch(freed int, t time.Time, settled domain.Settled) bool {
+// canDispatch reports whether a dispatch decided now would send: the batch,
+// once freed slots are given back, has something it may send now, and the rate
+// allows a send by lead from now (the decision is made a lead before its
+// token). The batch is judged at now, as Batch.Dispatch judges it: a retry, a
+// deadline, a quiet window or a throttle hold that ends within the lead is not
+// due yet, and a slice that took it for due appended nothing, looked again at
+// once and reloaded the batch each time, until it was (wakeAt sleeps until
+// then).
+func (s *slice) canDispatch(freed int, now time.Time, lead time.Duration, settled domain.Settled) bool {
 	b := s.batch
 	if b.Status() != domain.StatusProcessing {
 		return false
 	}
-	next := b.NextDispatchAtFreeing(t, s.p.cfg.MaxInFlight, freed, settled)
-	if next.IsZero() || next.After(t) {
+	next := b.NextDispatchAtFreeing(now, s.p.cfg.MaxInFlight, freed, settled)
+	if next.IsZero() || next.After(now) {
 		return false
 	}
-	return s.st.pace.ready(t) && s.p.outage.admits()
+	return s.st.pace.ready(now.Add(lead)) && s.p.outage.admits()
 }
 
 // wakeAt is when the loop should look again if no answer arrives first.
@@ -535,10 +543,28 @@ func (s *slice) start(ctx context.Context, dispatched []domain.Dispatch, at, sen
 	// while this slice runs, or not at all. Never after the batch's validity:
 	// then it is skipped as expired instead.
 	startBy, last := sendAt.Add(handoverMargin), sendAt.Add(handoverMargin+lateStart)
-	if until := s.batch.ValidUntil(); !until.IsZero() {
+	until := s.batch.ValidUntil()
+	if !until.IsZero() {
 		startBy, last = earliest(startBy, until), earliest(last, until)
 	}
 	for _, d := range dispatched {
+		startBy, last := startBy, last
+		if st.pace.unlimited() {
+			// No token, no pace for the next instance to keep: the bound is
+			// the one its deadline counts on, maxStartDelay after the
+			// decision. Held to SendAt plus the margins, a send whose
+			// append outlasted the lead by tens of milliseconds gave up
+			// after its slice had ended, and its message waited out the
+			// deadline on the instance the chain had moved to: three
+			// instances on PostgreSQL sent half as fast.
+			if o, ok := s.batch.OutstandingAt(d.Index); ok {
+				startBy = o.Deadline.Add(-p.cfg.SendTimeout - p.cfg.DeadlineMargin)
+				if !until.IsZero() {
+					startBy = earliest(startBy, until)
+				}
+				last = startBy
+			}
+		}
 		rcp, err := p.recipients.get(ctx, st.id, d.Index)
 		if err != nil {
 			// Dispatched but never sent: it goes out again under a new attempt.

@@ -232,30 +232,25 @@ func (r *Runner) watch(ctx context.Context, d time.Duration) {
 		} else {
 			r.watchFailingSince, r.watchErr = time.Time{}, nil
 		}
+		waiting := r.waiting > 0
 		r.mu.Unlock()
 		if err == nil {
 			r.advance(cp)
 			r.caughtUp()
 		}
-		r.mu.Lock()
-		waiting := r.waiting > 0
-		r.mu.Unlock()
+		// While a WaitFor waits, read again at the next tick; otherwise
+		// when one starts to (at once: it may be answered already).
+		next, woken := tick.C, (<-chan struct{})(nil)
 		if !waiting {
-			select {
-			case <-ctx.Done():
-				return
-			case <-deadline.C:
-				return
-			case <-r.waiter:
-				continue // read at once: the waiter may be answered already
-			}
+			next, woken = nil, r.waiter
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-deadline.C:
 			return
-		case <-tick.C:
+		case <-next:
+		case <-woken:
 		}
 	}
 }

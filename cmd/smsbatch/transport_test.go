@@ -404,17 +404,7 @@ func TestWorkArrivingAsAnInstanceStopsReachesTheNextWithinSeconds(t *testing.T) 
 	var stopped time.Time
 	const instances, limit = 8, 3 * time.Second
 	for i := range instances + 1 {
-		tr, err := openTransport(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { tr.Close() })
-		ctx, cancel := context.WithCancel(context.Background())
-		t.Cleanup(cancel)
-		msgs, err := tr.sub.Subscribe(ctx, processors.TopicWork)
-		if err != nil {
-			t.Fatal(err)
-		}
+		tr, msgs := subscribeWork(t, cfg)
 		router := make(chan struct{})
 		go func() { // takes every message and acknowledges it
 			defer close(router)

@@ -202,10 +202,14 @@ type BatchState struct {
 	Skipped     int `json:"skipped,omitempty"`
 	Delivered   int `json:"delivered,omitempty"`
 	Undelivered int `json:"undelivered,omitempty"`
-	// Waiting counts recipients waiting for their quiet hours to end.
-	Waiting  int `json:"waiting,omitempty"`
-	Retries  int `json:"retries"`
-	Segments int `json:"segments"`
+	// Waiting counts recipients waiting for their quiet hours to end, and
+	// WaitingFrom is the lowest index one of them may have: the cursor has
+	// passed them, so unsent recipients lie below it from there on (0 in a
+	// state kept before it existed: from the first).
+	Waiting     int `json:"waiting,omitempty"`
+	WaitingFrom int `json:"waitingFrom,omitempty"`
+	Retries     int `json:"retries"`
+	Segments    int `json:"segments"`
 	// ErrorCategories counts final failures, RetriedCategories retried attempts.
 	ErrorCategories   map[string]int `json:"errorCategories,omitempty"`
 	RetriedCategories map[string]int `json:"retriedCategories,omitempty"`
@@ -312,8 +316,11 @@ func (s *BatchState) Apply(e eventstore.Event, payload domain.Event) {
 		s.Skipped++
 		s.ErrorCategories = increment(s.ErrorCategories, string(p.Category))
 	case domain.RecipientsDeferred:
-		s.Waiting = 0
+		s.Waiting, s.WaitingFrom = 0, 0
 		for _, r := range p.Ranges {
+			if r.Waiting > 0 && (s.Waiting == 0 || r.From < s.WaitingFrom) {
+				s.WaitingFrom = r.From
+			}
 			s.Waiting += r.Waiting
 		}
 	case domain.MessageDelivered:

@@ -302,7 +302,8 @@ type RecipientSource interface {
 // QueryRecipients answers a recipients page of a batch whose state is st from
 // src. Each filter takes the path that reads least: a page without filters is
 // a range of indexes; unsent recipients are those from the state's cursor on
-// (dispatch goes in index order, so every recipient before it has a record);
+// (dispatch goes in index order, so every recipient before it has a record),
+// and, while some wait for their quiet hours, from the first of those on;
 // pending ones are the state's outstanding set; a phone filter walks the
 // numbers a page at a time; the other statuses ask the store for their records.
 func QueryRecipients(st *BatchState, page RecipientPage, src RecipientSource) ([]Recipient, string, error) {
@@ -313,7 +314,11 @@ func QueryRecipients(st *BatchState, page RecipientPage, src RecipientSource) ([
 		err = q.byPhone()
 	case page.Status == RecipientUnsent:
 		if page.Category == "" {
-			err = q.indexes(max(q.from, st.Cursor), st.Total)
+			from := st.Cursor
+			if st.Waiting > 0 {
+				from = min(from, st.WaitingFrom) // passed over for their quiet hours
+			}
+			err = q.indexes(max(q.from, from), st.Total)
 		}
 	case page.Status == RecipientPending:
 		err = q.pending()

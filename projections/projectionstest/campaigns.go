@@ -253,6 +253,25 @@ func testRecipients(t *testing.T, s projections.Store) {
 		t.Errorf("first unsent after 11 was dispatched: %+v, %v", unsent, err)
 	}
 
+	// Quiet hours: recipient 0 waits for its morning while 1 is dispatched,
+	// so an unsent recipient lies below the cursor; the unsent filter lists it
+	// as the whole list does (it started at the cursor and left it out).
+	before := len(h.List())
+	q := h.Batch("acme", "q1", t0)
+	q.Pages(3)
+	q.Created(3)
+	q.Started()
+	h.Append(domain.RecipientsDeferred{EventHeader: domain.EventHeader{BatchID: "q1", Tenant: "acme", At: q.Now}, Cursor: 1,
+		Ranges: []domain.DeferredRange{{Group: "America/Los_Angeles", From: 0, To: 1, Waiting: 1, OpensAt: q.Now.Add(time.Hour)}}})
+	q.Dispatched(1)
+	Apply(t, s, h.List()[before:], 2)
+	for _, limit := range []int{1, 0} {
+		got := AllRecipients(t, s, projections.RecipientQuery{Tenant: "acme", BatchID: "q1", Status: "unsent", Limit: limit})
+		if idx := indexesOf(got); !slices.Equal(idx, []int{0, 2}) {
+			t.Errorf("unsent recipients of a batch with one waiting for its quiet hours, %d a page: %v, want [0 2]", limit, idx)
+		}
+	}
+
 	// Another tenant's batch does not exist; bad queries are EINVALID.
 	_, _, err = s.Recipients(ctx(t), projections.RecipientQuery{Tenant: "globex", BatchID: "r1"})
 	wantCode(t, "recipients of another tenant's batch", err, domain.ENOTFOUND)
@@ -305,4 +324,12 @@ func testRetryLinks(t *testing.T, s projections.Store) {
 	want := Snapshot(t, s, "acme", "globex")
 	Apply(t, s, events, 5)
 	SameSnapshot(t, "links after replaying every event", Snapshot(t, s, "acme", "globex"), want)
+}
+
+func indexesOf(rs []projections.Recipient) []int {
+	out := []int{}
+	for _, r := range rs {
+		out = append(out, r.Index)
+	}
+	return out
 }

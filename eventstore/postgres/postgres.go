@@ -186,6 +186,10 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 		pool.Close()
 		return nil, fmt.Errorf("postgres: open: %w", pgerr.Classify(err))
 	}
+	if err := checkTransactionIDs(ctx, pool); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("postgres: open: %w", err)
+	}
 	s, err := New(pool, opts)
 	if err != nil {
 		pool.Close()
@@ -193,6 +197,34 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	}
 	s.ownsPool = true
 	return s, nil
+}
+
+// ErrForeignTransactionIDs is returned by Open when the events were written by
+// transactions this server has not reached yet: a logical copy of the database
+// (pg_dump and restore, logical replication) into another cluster keeps each
+// event's transaction ID, which is its position, while the new cluster counts
+// its own from lower down. Its new events would sort before the old ones, and
+// every follower whose checkpoint is an old position would skip them for good
+// (the read models, the forwarder, the opt-out lists: a STOP never honoured).
+// A physical copy or pg_upgrade keeps the counter and is fine.
+var ErrForeignTransactionIDs = errors.New("the events were written by transaction IDs this PostgreSQL server has not reached: " +
+	"was the database copied logically (pg_dump, logical replication) into another cluster? Copy it physically " +
+	"(pg_basebackup, pg_upgrade), or advance this cluster's transaction counter past the newest event's before starting")
+
+// checkTransactionIDs fails with ErrForeignTransactionIDs when the newest
+// event's transaction ID is at or past the server's next one, which in the
+// cluster that wrote it never happens.
+func checkTransactionIDs(ctx context.Context, pool *pgxpool.Pool) error {
+	var foreign bool
+	err := pool.QueryRow(ctx, `SELECT COALESCE((SELECT xid FROM events ORDER BY xid DESC, global_id DESC LIMIT 1)
+		>= pg_snapshot_xmax(pg_current_snapshot()), false)`).Scan(&foreign)
+	if err != nil {
+		return fmt.Errorf("check the events' transaction IDs: %w", pgerr.Classify(err))
+	}
+	if foreign {
+		return ErrForeignTransactionIDs
+	}
+	return nil
 }
 
 // New returns a Store on a pool made elsewhere, whose database already has the

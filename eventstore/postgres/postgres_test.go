@@ -478,3 +478,45 @@ func TestWaitingForEventsWalksTheIndex(t *testing.T) {
 		t.Fatalf("the generic plan does not walk events_global_order:\n%s", plan)
 	}
 }
+
+// A database copied logically into another cluster keeps each event's
+// transaction ID, its position, while the new cluster counts from lower down:
+// its new events sorted before the old ones and a follower at an old position
+// skipped them for good. Open refuses such a database, and says why; the
+// database it was copied from opens as ever.
+func TestOpenRefusesEventsFromAnotherClustersTransactions(t *testing.T) {
+	url := pgtest.Database(t)
+	ctx := t.Context()
+	s := open(t, url, postgres.Options{})
+	if _, err := s.Append(ctx, "a", eventstore.NoStream(), []eventstore.EventData{{ID: uuid.NewString(), Type: "T", Data: []byte(`{}`)}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	reopened := open(t, url, postgres.Options{})
+	if err := reopened.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	// As a restore into a younger cluster leaves it: an event written by a
+	// transaction a million IDs past this server's counter.
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, `INSERT INTO streams VALUES ('b', 0);
+		INSERT INTO events (xid, stream, revision, id, type, data)
+		VALUES ((pg_current_xact_id()::text::bigint + 1000000)::text::xid8, 'b', 0, 'restored', 'T', '')`); err != nil {
+		t.Fatal(err)
+	}
+	refused, err := postgres.Open(ctx, url, postgres.Options{})
+	if err == nil {
+		refused.Close()
+		t.Fatal("opened a database whose events are ahead of the server's transaction IDs")
+	}
+	if !errors.Is(err, postgres.ErrForeignTransactionIDs) || !strings.Contains(err.Error(), "copied logically") {
+		t.Fatalf("open: %v; want ErrForeignTransactionIDs, saying why", err)
+	}
+}

@@ -321,6 +321,12 @@ func (p *Processor) deadline(now time.Time) time.Time {
 	return now.Add(maxStartDelay + p.cfg.SendTimeout + p.cfg.DeadlineMargin)
 }
 
+// startsBy is the latest a send of a dispatch with deadline may start for the
+// deadline to hold: maxStartDelay after the decision.
+func (p *Processor) startsBy(deadline time.Time) time.Time {
+	return deadline.Add(-p.cfg.SendTimeout - p.cfg.DeadlineMargin)
+}
+
 // lead is how long before its token a dispatch is decided, and how much later
 // than its decision its recorded SendAt lies: the recent commit time plus four
 // times its recent deviation (a TCP retransmission timeout's rule, RFC 6298),
@@ -542,28 +548,21 @@ func (s *slice) start(ctx context.Context, dispatched []domain.Dispatch, at, sen
 	// work the batch paces itself from that bound), or up to lateStart later
 	// while this slice runs, or not at all. Never after the batch's validity:
 	// then it is skipped as expired instead.
-	startBy, last := sendAt.Add(handoverMargin), sendAt.Add(handoverMargin+lateStart)
 	until := s.batch.ValidUntil()
-	if !until.IsZero() {
-		startBy, last = earliest(startBy, until), earliest(last, until)
-	}
 	for _, d := range dispatched {
-		startBy, last := startBy, last
-		if st.pace.unlimited() {
+		startBy, last := sendAt.Add(handoverMargin), sendAt.Add(handoverMargin+lateStart)
+		if o, ok := s.batch.OutstandingAt(d.Index); ok && st.pace.unlimited() {
 			// No token, no pace for the next instance to keep: the bound is
-			// the one its deadline counts on, maxStartDelay after the
-			// decision. Held to SendAt plus the margins, a send whose
-			// append outlasted the lead by tens of milliseconds gave up
-			// after its slice had ended, and its message waited out the
-			// deadline on the instance the chain had moved to: three
-			// instances on PostgreSQL sent half as fast.
-			if o, ok := s.batch.OutstandingAt(d.Index); ok {
-				startBy = o.Deadline.Add(-p.cfg.SendTimeout - p.cfg.DeadlineMargin)
-				if !until.IsZero() {
-					startBy = earliest(startBy, until)
-				}
-				last = startBy
-			}
+			// the one its deadline counts on. Held to SendAt plus the
+			// margins, a send whose append outlasted the lead by tens of
+			// milliseconds gave up after its slice had ended, and its
+			// message waited out the deadline on the instance the chain
+			// had moved to: three instances on PostgreSQL sent half as fast.
+			startBy = p.startsBy(o.Deadline)
+			last = startBy
+		}
+		if !until.IsZero() {
+			startBy, last = earliest(startBy, until), earliest(last, until)
 		}
 		rcp, err := p.recipients.get(ctx, st.id, d.Index)
 		if err != nil {

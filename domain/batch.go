@@ -421,6 +421,11 @@ func (b *Batch) Reschedule(now, at time.Time, by string) error {
 	if b.status != StatusPending {
 		return b.conflict("rescheduled")
 	}
+	if !b.validUntil.IsZero() && !at.Before(b.validUntil) {
+		// As at create: every recipient would end skipped as expired.
+		return &Error{Code: EINVALID, Message: "the schedule is invalid",
+			Details: []FieldProblem{{Field: "scheduleTime", Problem: "is at or after the batch's validUntil: nothing would be sent"}}}
+	}
 	b.record(BatchRescheduled{EventHeader: b.header(now), ScheduleTime: at.UTC(), By: by})
 	return nil
 }

@@ -82,3 +82,31 @@ func TestRescheduleOnlyAPendingBatch(t *testing.T) {
 		t.Fatalf("replayed: schedule %s, status %s", replayed.ScheduleTime(), replayed.Status())
 	}
 }
+
+// A reschedule at or after the batch's validUntil would end every recipient
+// skipped as expired without one send: refused, as the same schedule is at create.
+func TestRescheduleBeyondTheValidityIsRefused(t *testing.T) {
+	now := time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)
+	tmpl, err := NewTemplate("Hi", TemplateLimits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	valid := now.Add(time.Hour)
+	b, err := NewBatch(NewBatchParams{ID: "b1", Tenant: "t", Template: tmpl, Total: 1, Pages: 1, ValidUntil: &valid}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, at := range []time.Time{valid, valid.Add(time.Hour)} {
+		err := b.Reschedule(now, at, "key")
+		var e *Error
+		if ErrorCode(err) != EINVALID || !errors.As(err, &e) || len(e.Details) != 1 || e.Details[0].Field != "scheduleTime" {
+			t.Fatalf("reschedule to %s with validUntil %s: %v, want invalid scheduleTime", at, valid, err)
+		}
+	}
+	if len(b.Changes()) != 1 {
+		t.Fatalf("a refused reschedule recorded %d events", len(b.Changes())-1)
+	}
+	if err := b.Reschedule(now, valid.Add(-time.Minute), "key"); err != nil {
+		t.Fatalf("reschedule before the validity: %v", err)
+	}
+}

@@ -135,5 +135,12 @@ func (q QuietHours) windowEnd(zone string, t time.Time) (time.Time, bool) {
 	if now >= end { // the window ends tomorrow
 		day = local.AddDate(0, 0, 1)
 	}
-	return time.Date(day.Year(), day.Month(), day.Day(), end/60, end%60, 0, 0, loc), true
+	at := time.Date(day.Year(), day.Month(), day.Day(), end/60, end%60, 0, 0, loc)
+	if at.Hour()*60+at.Minute() != end {
+		// The end's clock time does not exist that day (the clocks spring forward
+		// over it), and time.Date gave an instant before the jump: the window ends
+		// when the clocks pass it, at the jump.
+		_, at = at.ZoneBounds()
+	}
+	return at, true
 }

@@ -65,6 +65,38 @@ func TestQuietHoursWindows(t *testing.T) {
 	}
 }
 
+// A window whose end falls in the hour the clocks skip ends when they jump
+// over it, never an hour early: 02:30 does not exist in New York on
+// 2026-03-08, and the night's recipients wait until 03:00 EDT.
+func TestQuietHoursEndingInTheSpringForwardGap(t *testing.T) {
+	q, err := ParseQuietHours("22:00", "02:30", "America/New_York")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ny, _ := time.LoadLocation("America/New_York")
+	jump := time.Date(2026, 3, 8, 7, 0, 0, 0, time.UTC) // 02:00 EST is 03:00 EDT
+	for _, local := range []time.Time{
+		time.Date(2026, 3, 7, 23, 0, 0, 0, ny),
+		time.Date(2026, 3, 8, 1, 0, 0, 0, ny),
+		time.Date(2026, 3, 8, 1, 45, 0, 0, ny),
+		time.Date(2026, 3, 8, 1, 59, 59, 0, ny),
+	} {
+		quiet, opens := q.QuietAt(q.ZoneGroup(newYork), local)
+		if !quiet || !opens.Equal(jump) {
+			t.Errorf("at %s: quiet %v, opens %s; want quiet until %s",
+				local.Format("Jan 2 15:04:05 MST"), quiet, opens.In(ny).Format("Jan 2 15:04 MST"), jump.In(ny).Format("Jan 2 15:04 MST"))
+		}
+	}
+	if quiet, _ := q.QuietAt(q.ZoneGroup(newYork), jump); quiet {
+		t.Errorf("still quiet at %s", jump.In(ny).Format("15:04 MST"))
+	}
+	// The night after, 02:30 exists again.
+	next := time.Date(2026, 3, 9, 1, 0, 0, 0, ny)
+	if _, opens := q.QuietAt(q.ZoneGroup(newYork), next); !opens.Equal(time.Date(2026, 3, 9, 2, 30, 0, 0, ny)) {
+		t.Errorf("the next night opens at %s", opens.In(ny))
+	}
+}
+
 // quietBatch is a started batch with quiet hours whose recipients alternate
 // between New York and Los Angeles.
 func quietBatch(t *testing.T, n int, validUntil *time.Time) (*Batch, func(int) (RecipientInfo, error)) {

@@ -18,6 +18,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
+
 	"github.com/smsbatch/smsbatch/domain"
 	"github.com/smsbatch/smsbatch/eventstore"
 	"github.com/smsbatch/smsbatch/projections"
@@ -100,6 +102,8 @@ type Hub struct {
 	clients map[*Client]struct{}
 	// follower follows the event store once Run has started.
 	follower *eventstore.Follower
+	// startErr is why Run has not started yet, while it retries.
+	startErr error
 }
 
 // NewHub returns a hub; it sends nothing until Run.
@@ -139,19 +143,16 @@ var errHubStopped = domain.Errorf(domain.EUNAVAILABLE, "live updates are not ava
 // changes until ctx is done, then disconnects every client and returns nil. It
 // returns an error when the event store is closed or Run is already running.
 func (h *Hub) Run(ctx context.Context) error {
-	start, err := h.cfg.ReadModels.Checkpoint(ctx)
+	start, err := h.startPoint(ctx)
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return fmt.Errorf("live hub: read checkpoint: %w", err)
+		return nil // ctx is done
 	}
 	h.mu.Lock()
 	if h.running {
 		h.mu.Unlock()
 		return errors.New("live hub: already running")
 	}
-	h.running, h.flushed = true, start
+	h.running, h.flushed, h.startErr = true, start, nil
 	h.mu.Unlock()
 	defer h.stop()
 
@@ -216,6 +217,26 @@ func (h *Hub) Run(ctx context.Context) error {
 	}
 }
 
+// startPoint reads the read models' checkpoint, the position the hub follows
+// from, retrying with backoff until it succeeds or ctx is done: a read models'
+// hiccup as the instance starts must not leave it without live updates. While
+// it fails, Health says so.
+func (h *Hub) startPoint(ctx context.Context) (eventstore.Position, error) {
+	attempt := 0
+	return backoff.Retry(ctx, func() (eventstore.Position, error) { return h.cfg.ReadModels.Checkpoint(ctx) },
+		backoff.WithBackOff(&backoff.ExponentialBackOff{InitialInterval: 100 * time.Millisecond,
+			RandomizationFactor: 0.5, Multiplier: 2, MaxInterval: 15 * time.Second}),
+		backoff.WithMaxElapsedTime(0),
+		backoff.WithNotify(func(err error, wait time.Duration) {
+			attempt++
+			h.mu.Lock()
+			h.startErr = err
+			h.mu.Unlock()
+			h.log.Error("live hub: reading the read models' checkpoint failed; retrying",
+				"error", err, "attempt", attempt, "wait", wait)
+		}))
+}
+
 // follow hands every page of events after from to pages until ctx is done or
 // the store is closed; the follower resubscribes after failures.
 func (h *Hub) follow(ctx context.Context, from eventstore.Position, pages chan<- []eventstore.Event) error {
@@ -241,8 +262,11 @@ func (h *Hub) follow(ctx context.Context, from eventstore.Position, pages chan<-
 // failing for a while or stopped.
 func (h *Hub) Health() error {
 	h.mu.Lock()
-	f := h.follower
+	f, startErr := h.follower, h.startErr
 	h.mu.Unlock()
+	if startErr != nil {
+		return fmt.Errorf("live hub: cannot start: read checkpoint: %w", startErr)
+	}
 	if f == nil {
 		return nil
 	}
@@ -269,8 +293,6 @@ type dirtyBatch struct {
 	tenant string
 	// last is the batch's last event seen; its status message carries it.
 	last eventstore.Position
-	// retried marks a batch whose status could not be read last time.
-	retried bool
 }
 
 func (p *pending) collect(events []eventstore.Event) error {
@@ -383,31 +405,24 @@ func (h *Hub) flush(ctx context.Context, p *pending) error {
 			msgs = append(msgs, m)
 		}
 	}
-	p.errors = p.errors[:0]
-	var readErr error
 	for id, d := range p.batches {
 		if !h.followedLocked(d.tenant, id) {
-			delete(p.batches, id)
 			continue
 		}
 		st, err := h.cfg.ReadModels.Batch(ctx, d.tenant, id)
 		if err != nil {
 			if domain.ErrorCode(err) == domain.ENOTFOUND {
-				delete(p.batches, id)
 				continue
 			}
-			d.retried = true
-			readErr = fmt.Errorf("read status of batch %s: %w", id, err)
-			continue
+			// Send nothing and keep everything for the next flush: sending the
+			// rest would move flushed past this batch's change, and a client
+			// reconnecting after that position would never be told of it.
+			return fmt.Errorf("read status of batch %s: %w", id, err)
 		}
-		pos := d.last
-		if d.retried {
-			// Later than anything already sent, and the status includes it.
-			pos = head
-		}
-		msgs = append(msgs, statusMessage(st, pos))
-		delete(p.batches, id)
+		msgs = append(msgs, statusMessage(st, d.last))
 	}
+	clear(p.batches)
+	p.errors = p.errors[:0]
 	sortMessages(msgs)
 	for c := range h.clients {
 		for _, m := range msgs {
@@ -427,7 +442,7 @@ func (h *Hub) flush(ctx context.Context, p *pending) error {
 	if h.flushed.Less(head) {
 		h.flushed = head
 	}
-	return readErr
+	return nil
 }
 
 func (h *Hub) followedLocked(tenant, batchID string) bool {

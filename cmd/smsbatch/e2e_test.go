@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"path/filepath"
@@ -532,6 +533,26 @@ func TestHealthReadinessAndMetrics(t *testing.T) {
 		if !strings.Contains(sb.String(), want) {
 			t.Fatalf("/metrics lacks %q", want)
 		}
+	}
+}
+
+// A component that stops while the program runs (the live hub, the opt-out
+// lists, the router...) turns /readyz red, naming it: none stops silently.
+func TestAStoppedComponentTurnsReadinessRed(t *testing.T) {
+	skipShort(t)
+	t.Parallel()
+	c := startMain(t, testConfig(t))
+	c.main.goRun("live updates", func() error { return errors.New("read models unreachable") })
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		code, _, body := c.as("").raw("GET", "/readyz", nil)
+		if code == http.StatusServiceUnavailable && strings.Contains(string(body), "live updates stopped") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz after a component stopped: %d %s", code, body)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

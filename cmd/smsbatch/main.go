@@ -17,6 +17,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -194,6 +195,11 @@ type Main struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	errs   chan error
+
+	// stopped holds why components stopped while the program runs: /readyz
+	// says so, for none of them stops silently.
+	stoppedMu sync.Mutex
+	stopped   []error
 }
 
 // NewMain returns a program with cfg, writing its logs and notices to out.
@@ -419,6 +425,9 @@ func (m *Main) goRun(name string, run func() error) {
 		defer m.wg.Done()
 		if err := run(); err != nil {
 			m.logger.Error("component stopped", "component", name, "err", err)
+			m.stoppedMu.Lock()
+			m.stopped = append(m.stopped, fmt.Errorf("%s stopped: %w", name, err))
+			m.stoppedMu.Unlock()
 			select {
 			case m.errs <- fmt.Errorf("%s: %w", name, err):
 			default:
@@ -438,9 +447,12 @@ func (m *Main) ready() error {
 			return fmt.Errorf("%s catching up", name)
 		}
 	}
-	// A component that follows the event log and keeps failing turns the
-	// instance red: it is not doing its job, even though it keeps trying.
-	var errs []error
+	// A component that stopped, or one that follows the event log and keeps
+	// failing, turns the instance red: it is not doing its job, even though
+	// the latter keeps trying.
+	m.stoppedMu.Lock()
+	errs := slices.Clone(m.stopped)
+	m.stoppedMu.Unlock()
 	for _, h := range []interface{ Health() error }{m.runner, m.fwd, m.hub, m.optOuts} {
 		errs = append(errs, h.Health())
 	}

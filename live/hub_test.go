@@ -1,0 +1,220 @@
+package live_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/smsbatch/smsbatch/domain"
+	"github.com/smsbatch/smsbatch/eventstore"
+	esmemory "github.com/smsbatch/smsbatch/eventstore/memory"
+	"github.com/smsbatch/smsbatch/live"
+	"github.com/smsbatch/smsbatch/projections"
+	"github.com/smsbatch/smsbatch/projections/memory"
+	"github.com/smsbatch/smsbatch/projections/projectionstest"
+)
+
+// flakyReadModels fails Checkpoint while failCheckpoint > 0, and Batch of
+// failBatch once armed.
+type flakyReadModels struct {
+	projections.Store
+	failCheckpoint atomic.Int32
+	mu             sync.Mutex
+	failBatch      string
+	failed         chan struct{}
+}
+
+func (f *flakyReadModels) Checkpoint(ctx context.Context) (eventstore.Position, error) {
+	if f.failCheckpoint.Add(-1) >= 0 {
+		return eventstore.Position{}, errors.New("read models briefly unreachable")
+	}
+	return f.Store.Checkpoint(ctx)
+}
+
+func (f *flakyReadModels) Batch(ctx context.Context, tenant, id string) (projections.BatchStatus, error) {
+	f.mu.Lock()
+	fail := f.failBatch != "" && f.failBatch == id
+	if fail {
+		f.failBatch = ""
+	}
+	f.mu.Unlock()
+	if fail {
+		close(f.failed)
+		return projections.BatchStatus{}, errors.New("read models briefly unreachable")
+	}
+	return f.Store.Batch(ctx, tenant, id)
+}
+
+// A read models' hiccup at the moment the hub starts must not leave the
+// instance without live updates for good while /readyz says all is well: the
+// hub retries, as the projections runner does, and Health says so meanwhile.
+func TestTheHubStartsAfterAFailedCheckpointRead(t *testing.T) {
+	es := esmemory.New()
+	defer es.Close()
+	rm := &flakyReadModels{Store: memory.New()}
+	rm.failCheckpoint.Store(3)
+	runner, err := projections.NewRunner(projections.RunnerConfig{Events: es, Store: rm.Store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hub, err := live.NewHub(live.Config{Events: es, ReadModels: rm, Projections: runner})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = runner.Run(ctx) }()
+	runErr := make(chan error, 1)
+	go func() { runErr <- hub.Run(ctx) }()
+
+	sawRed := false
+	deadline := time.Now().Add(5 * time.Second)
+	for !hub.Running() {
+		select {
+		case err := <-runErr:
+			t.Fatalf("the hub stopped after a failed checkpoint read: %v; the instance would have no live updates until restarted", err)
+		default:
+		}
+		if hub.Health() != nil {
+			sawRed = true
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the hub is not running 5 s after its first checkpoint reads failed (health: %v)", hub.Health())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if !sawRed {
+		t.Error("Health was nil while the hub could not start")
+	}
+	if err := hub.Health(); err != nil {
+		t.Errorf("running, Health still says %v", err)
+	}
+}
+
+// A client that reconnects with the position of the last message it got must
+// get every status change after it. When a flush cannot read one batch's
+// status, the hub still sends the others and moves Flushed past that batch's
+// change; a client registering before the retry is never told of it.
+func TestAReconnectAfterAFailedStatusReadMissesNothing(t *testing.T) {
+	es := esmemory.New()
+	defer es.Close()
+	rm := &flakyReadModels{Store: memory.New(), failed: make(chan struct{})}
+	runner, err := projections.NewRunner(projections.RunnerConfig{Events: es, Store: rm.Store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hub, err := live.NewHub(live.Config{Events: es, ReadModels: rm, Projections: runner, StatusInterval: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = runner.Run(ctx) }()
+	go func() { _ = hub.Run(ctx) }()
+	for !hub.Running() {
+		time.Sleep(5 * time.Millisecond)
+	}
+	ev := projectionstest.NewEvents()
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	x, y := ev.Batch("acme", uuid.NewString(), t0), ev.Batch("acme", uuid.NewString(), t0)
+	pos, err := projectionstest.AppendTo(ctx, es, []eventstore.Event{x.Created(1), x.Started(), y.Created(1), y.Started()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer wcancel()
+	if err := runner.WaitFor(wctx, pos); err != nil {
+		t.Fatal(err)
+	}
+	for hub.Flushed().Less(pos) {
+		time.Sleep(5 * time.Millisecond)
+	}
+
+	// A dashboard follows every batch of acme.
+	first, err := hub.Subscribe(ctx, live.Subscription{Tenant: "acme"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// x completes, then y sends; the status read of x fails once.
+	rm.mu.Lock()
+	rm.failBatch = x.ID
+	rm.mu.Unlock()
+	time.Sleep(1100 * time.Millisecond) // the next flush is not held back by the interval
+	if _, err := projectionstest.AppendTo(ctx, es, []eventstore.Event{x.Sent(0, 1, time.Millisecond), x.Completed(1, 0), y.Dispatched(0)}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-rm.failed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the status read of x never failed")
+	}
+	completed := func(m []byte) bool {
+		return containsAll(string(m), x.ID, `"status":"`+string(domain.StatusCompleted)+`"`)
+	}
+	var lastPos string
+	select {
+	case m := <-first.Messages():
+		lastPos = positionOf(t, m)
+		t.Logf("first client got %s", m)
+		if completed(m) {
+			return // told before it went
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("first client got nothing")
+	}
+	// The dashboard's connection drops; it reconnects with the last position it saw,
+	// before the hub retries x.
+	hub.Unsubscribe(first)
+	after, err := live.ParsePosition(lastPos)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := hub.Subscribe(ctx, live.Subscription{Tenant: "acme", After: &after})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range again.Initial() {
+		if completed(m) {
+			return
+		}
+	}
+	timeout := time.After(3 * time.Second)
+	for {
+		select {
+		case m := <-again.Messages():
+			if completed(m) {
+				return
+			}
+		case <-timeout:
+			rmStatus, _ := rm.Store.Batch(ctx, "acme", x.ID)
+			t.Fatalf("reconnected client (after=%s) never told batch x completed (read models say %q)", lastPos, rmStatus.Status)
+		}
+	}
+}
+
+func positionOf(t *testing.T, m []byte) string {
+	t.Helper()
+	var v struct {
+		Position string `json:"position"`
+	}
+	if err := json.Unmarshal(m, &v); err != nil {
+		t.Fatal(err)
+	}
+	return v.Position
+}
+
+func containsAll(s string, subs ...string) bool {
+	for _, sub := range subs {
+		if !strings.Contains(s, sub) {
+			return false
+		}
+	}
+	return true
+}

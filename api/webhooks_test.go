@@ -337,7 +337,15 @@ func TestOptOutEndpoints(t *testing.T) {
 
 	// Paged, in number order, apart per tenant.
 	first := env.optOuts(t, testKey, "?limit=3")
-	second := env.optOuts(t, testKey, "?limit=3&cursor="+url.QueryEscape(first.NextCursor))
+	// The cursor goes into the query as it is returned, as clients do.
+	second := env.optOuts(t, testKey, "?limit=3&cursor="+first.NextCursor)
+	// One written by an earlier version, "+" and digits, read the same escaped
+	// or not (a "+" unescaped in a query is a space).
+	for _, old := range []string{url.QueryEscape("+" + first.NextCursor), "+" + first.NextCursor} {
+		if again := env.optOuts(t, testKey, "?limit=3&cursor="+old); strings.Join(numbers(again), ",") != strings.Join(numbers(second), ",") {
+			t.Errorf("cursor %q: %v, want %v", old, numbers(again), numbers(second))
+		}
+	}
 	if got := append(numbers(first), numbers(second)...); strings.Join(got, ",") != "+14155550100,+14155550101,+14155550102,+14155550103,+14155550104" ||
 		first.Total != 5 || second.NextCursor != "" {
 		t.Fatalf("pages %v (total %d) then %v (next %q)", numbers(first), first.Total, numbers(second), second.NextCursor)

@@ -115,6 +115,7 @@ func (l *List) Run(ctx context.Context) error {
 		}
 		return fmt.Errorf("opt-out lists: start position: %w", err)
 	}
+	l.catchUpHeld(ctx)
 	f, err := eventstore.NewFollower(eventstore.FollowerConfig{
 		Name: "opt-out lists", Store: l.cfg.Store, After: from, Logger: l.cfg.Logger,
 	}, l.apply)
@@ -123,6 +124,32 @@ func (l *List) Run(ctx context.Context) error {
 	}
 	l.follower.Store(f)
 	return f.Run(ctx)
+}
+
+// catchUpHeld reads on the streams of the lists read before Run took its
+// start position (by a send, or Preload): each covers its stream only up to
+// its read, and a change committed after that read and at or before the start
+// position would reach it neither from the follower nor from a later read. A
+// list whose read fails is read again, from where it stopped, when next asked.
+func (l *List) catchUpHeld(ctx context.Context) {
+	l.mu.Lock()
+	held := make([]*tenantList, 0, len(l.tenants))
+	for _, t := range l.tenants {
+		held = append(held, t)
+	}
+	l.mu.Unlock()
+	for _, t := range held {
+		t.mu.Lock()
+		if t.loaded.Load() {
+			if err := t.readStream(ctx, l.cfg.Store); err != nil {
+				t.loaded.Store(false)
+				if ctx.Err() == nil {
+					l.cfg.Logger.Warn("opt-out list: reading on at start failed; it is read again when next asked", "tenant", t.tenant, "err", err)
+				}
+			}
+		}
+		t.mu.Unlock()
+	}
 }
 
 // Health is nil while the lists follow the log (or before Run).
@@ -206,7 +233,9 @@ type Page struct {
 func (l *List) Page(ctx context.Context, tenant, cursor string, limit int) (Page, error) {
 	var after uint64
 	if cursor != "" {
-		n, ok := encode(cursor)
+		// The cursor is the last number's digits; a "+" before them (as
+		// cursors were once written) may arrive decoded from a query as a space.
+		n, ok := encode("+" + strings.TrimLeft(cursor, "+ "))
 		if !ok {
 			return Page{}, &domain.Error{Code: domain.EINVALID, Message: "invalid cursor",
 				Details: []domain.FieldProblem{{Field: "cursor", Problem: "not a cursor this list returned"}}}
@@ -227,7 +256,7 @@ func (l *List) Page(ctx context.Context, tenant, cursor string, limit int) (Page
 		p.Entries = append(p.Entries, meta{since: t.since[j], src: t.src[j]}.entry(t.nums[j]))
 	}
 	if end < len(t.nums) && end > i {
-		p.NextCursor = decode(t.nums[end-1])
+		p.NextCursor = strings.TrimPrefix(decode(t.nums[end-1]), "+") // safe in a URL as it is
 	}
 	return p, nil
 }

@@ -248,3 +248,40 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// A list read before Run takes its start position (a send waiting from before
+// a restart, or Preload) covers its stream only up to that read: a STOP
+// committed after it and at or before the start position reaches the list all
+// the same, when Run starts, not only when the tenant's next change comes.
+func TestAChangeBetweenALoadAndRunsStartIsNotLost(t *testing.T) {
+	s := memory.New()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var from eventstore.Position
+	l, err := New(Config{Store: s, From: func(context.Context) (eventstore.Position, error) { return from, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if suppressed(t, l, "acme", "+14155550100") {
+		t.Fatal("suppressed in an empty list")
+	}
+	record(t, s, "acme", "+14155550100", true)
+	last, err := s.ReadStreamBackward(ctx, domain.OptOutStream("acme"), eventstore.StreamEnd, 1)
+	if err != nil || len(last) != 1 {
+		t.Fatal(err)
+	}
+	from = last[0].Position // the read models have applied the STOP
+	done := make(chan error, 1)
+	go func() { done <- l.Run(ctx) }()
+	deadline := time.Now().Add(2 * time.Second)
+	for !suppressed(t, l, "acme", "+14155550100") {
+		if time.Now().After(deadline) {
+			t.Fatal("the STOP recorded before Run started never reached the list: the number is still sent to")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -68,7 +68,7 @@ func (s *slice) run(ctx context.Context) (*Work, error) {
 		// next dispatch waits for this one.
 		commitCtx = eventstore.WithCommitDelay(keep, eventstore.CommitCompany)
 	}
-	handOn, failures := true, 0
+	handOn, failures, lookups := true, 0, 0
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 
@@ -140,6 +140,19 @@ func (s *slice) run(ctx context.Context) (*Work, error) {
 				s.fail(keep, c.dispatchErr)
 				break
 			}
+			if c.dispatchErr != nil {
+				// What the dispatch looks up about its recipients (a page, the
+				// opt-out list) could not be read: looking again at once would
+				// spin on the store. Wait as after a failed commit, and hand
+				// the work on after as many tries.
+				p.log.Error("dispatch could not look up its recipients; trying again", "batch", s.batch.ID(), "err", c.dispatchErr)
+				if lookups++; lookups >= maxCommitFailures {
+					break
+				}
+				sleep(ctx, time.Duration(lookups)*200*time.Millisecond)
+				continue
+			}
+			lookups = 0
 			continue // look again at once: the answers may have made room
 		}
 		if s.batch.Status() != domain.StatusProcessing {
@@ -576,16 +589,21 @@ func (s *slice) start(ctx context.Context, dispatched []domain.Dispatch, at, sen
 		body := st.template.Render(rcp.Values)
 		_, segments := domain.Segments(body)
 		msg := sms.Message{IdempotencyKey: st.id + ":" + strconv.Itoa(d.Index), To: rcp.Phone, Body: body, BatchID: st.id, Index: d.Index}
+		tenant := s.batch.Tenant()
 		p.cfg.Metrics.InFlight.Inc()
 		p.sends.Add(1)
 		p.senders.Go(func() {
 			defer p.sends.Done()
 			a := answer{d: d, phone: rcp.Phone, segments: segments, notSent: true}
 			if pc.take(ctx, p.cfg.Now, slot, st, &p.wakes) {
-				// The breaker may have opened since the dispatch: then the
-				// message never reaches the provider and goes again later.
-				done, ok := p.outage.allow()
-				if !ok {
+				// The recipient may have opted out since the dispatch (a send
+				// is decided up to a lead, and with the rate lifted a second,
+				// before it goes), or the breaker may have opened: then the
+				// message never reaches the provider and goes round again, the
+				// opted-out one to be skipped by the next dispatch.
+				if p.optedOut(ctx, tenant, rcp.Phone) {
+					pc.left(time.Time{})
+				} else if done, ok := p.outage.allow(); !ok {
 					pc.left(time.Time{})
 				} else {
 					sendCtx, cancel := context.WithTimeout(ctx, p.cfg.SendTimeout)
@@ -604,6 +622,17 @@ func (s *slice) start(ctx context.Context, dispatched []domain.Dispatch, at, sen
 			p.answered(st, a)
 		})
 	}
+}
+
+// optedOut asks the opt-out list again just before a send: true when the
+// recipient is on it, or when the list cannot say (the next dispatch asks too,
+// and holds the message until it can).
+func (p *Processor) optedOut(ctx context.Context, tenant, phone string) bool {
+	if p.cfg.Suppressed == nil {
+		return false
+	}
+	out, err := p.cfg.Suppressed(ctx, tenant, phone)
+	return out || err != nil
 }
 
 // slowedRate is the rate a batch resumes at after the provider asked it to slow

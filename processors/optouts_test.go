@@ -1,0 +1,109 @@
+package processors
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/smsbatch/smsbatch/domain"
+	"github.com/smsbatch/smsbatch/eventstore"
+	"github.com/smsbatch/smsbatch/eventstore/memory"
+)
+
+// optOutOnDispatch is an event store whose recipient at index opts out the
+// moment the dispatch naming it is appended: a STOP arriving in the lead
+// between a send's decision and its start.
+type optOutOnDispatch struct {
+	eventstore.Store
+	index int
+	phone string
+
+	mu  sync.Mutex
+	out bool
+}
+
+func (s *optOutOnDispatch) Append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events []eventstore.EventData) (eventstore.AppendResult, error) {
+	res, err := s.Store.Append(ctx, stream, expected, events)
+	if err != nil {
+		return res, err
+	}
+	for _, e := range events {
+		if e.Type != domain.TypeMessagesDispatched {
+			continue
+		}
+		de, err := domain.DecodeEvent(e.Type, e.Data)
+		if err != nil {
+			return res, err
+		}
+		for _, d := range de.(domain.MessagesDispatched).Messages {
+			if d.Index == s.index {
+				s.mu.Lock()
+				s.out = true
+				s.mu.Unlock()
+			}
+		}
+	}
+	return res, nil
+}
+
+func (s *optOutOnDispatch) suppressed(_ context.Context, _, phone string) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.out && phone == s.phone, nil
+}
+
+// A recipient who opts out after their message's dispatch is recorded, and
+// before its send starts (a lead ahead, 250 ms at low priority), is never
+// handed to the provider: the message ends skipped as opted out.
+func TestAnOptOutRecordedBeforeTheSendStartsStopsIt(t *testing.T) {
+	store := &optOutOnDispatch{Store: memory.New(), index: 1, phone: "+14155550001"}
+	t.Cleanup(func() { store.Close() })
+	h := newHarnessOn(t, store, newFakeProvider(0))
+	p := h.processor(Config{Suppressed: store.suppressed})
+	drive(t, p, h.create("b1", 3, domain.PriorityLow))
+	h.prov.mu.Lock()
+	n := h.prov.calls["b1:1"]
+	h.prov.mu.Unlock()
+	if n != 0 {
+		t.Errorf("the opted-out recipient was handed to the provider %d time(s) after the opt-out", n)
+	}
+	b, err := h.cmds.Repository().Load(context.Background(), "b1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Status() != domain.StatusCompleted || b.Sent() != 2 || b.Skipped() != 1 {
+		t.Fatalf("batch %s: sent %d, skipped %d; want the other two sent and the opted-out one skipped", b.Status(), b.Sent(), b.Skipped())
+	}
+}
+
+// While a tenant's opt-out list cannot be read, its batches send nothing and
+// their slices wait between looks, as after a failed commit, rather than ask
+// the store again thousands of times a second.
+func TestAnUnreadableOptOutListHoldsTheBatchWithoutSpinning(t *testing.T) {
+	h := newHarness(t, newFakeProvider(0))
+	var asked atomic.Int64
+	p := h.processor(Config{SliceDuration: 300 * time.Millisecond, Suppressed: func(context.Context, string, string) (bool, error) {
+		asked.Add(1)
+		return false, errors.New("opt-out list unreadable")
+	}})
+	w := h.create("b1", 3, domain.PriorityNormal)
+	next, err := p.RunSlice(context.Background(), w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next == nil {
+		t.Fatal("the slice ended the chain: the batch would stand still for good once the list is readable")
+	}
+	if n := asked.Load(); n > 10 {
+		t.Errorf("one 300 ms slice asked the unreadable list %d times", n)
+	}
+	h.prov.mu.Lock()
+	calls := len(h.prov.calls)
+	h.prov.mu.Unlock()
+	if calls != 0 {
+		t.Errorf("%d recipients sent while their opt-out list could not be read", calls)
+	}
+}

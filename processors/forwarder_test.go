@@ -281,3 +281,82 @@ func TestCopiesOfAChainStartAreOneMessage(t *testing.T) {
 		t.Fatalf("recovery work messages %s and %s share an ID (chain start %s)", r1.UUID, r2.UUID, fromAPI.UUID)
 	}
 }
+
+// workFor counts the work messages published for batchID.
+func (p *recordingPublisher) workFor(batchID string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, m := range p.msgs[TopicWork] {
+		var w Work
+		if json.Unmarshal(m.Payload, &w) == nil && w.BatchID == batchID {
+			n++
+		}
+	}
+	return n
+}
+
+// A batch whose recipients all wait for their quiet hours appends nothing
+// while it waits, and is not stalled: recovery hands it no work message (each
+// would add a chain, waiting in a handler for the batch's turn, one more every
+// stall timeout through the night). Once something comes due and nothing
+// happens for a stall timeout, it is recovered.
+func TestRecoveryLeavesABatchWaitingForItsQuietHours(t *testing.T) {
+	h := newHarness(t, newFakeProvider(0))
+	var clock atomic.Pointer[time.Time]
+	start := time.Now()
+	clock.Store(&start)
+	now := func() time.Time { return *clock.Load() }
+	q, err := domain.ParseQuietHours(start.UTC().Add(-time.Hour).Format("15:04"), start.UTC().Add(3*time.Hour).Format("15:04"), "UTC")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl, _ := domain.NewTemplate("Hello {{name}}", domain.DefaultTemplateLimits)
+	res, err := h.cmds.CreateBatch(context.Background(), commands.CreateBatch{ID: "quiet", Tenant: "acme", Template: tmpl,
+		AutoStart: true, QuietHours: &q, Recipients: phones(3)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The chain's first slice finds every recipient in their quiet hours.
+	p := h.processor(Config{SliceDuration: 50 * time.Millisecond})
+	if _, err := p.RunSlice(context.Background(), Work{BatchID: "quiet", PrevSlice: res.Batch.LastSlice()}); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := h.cmds.Repository().Load(context.Background(), "quiet"); b.Waiting() != 3 {
+		t.Fatalf("%d recipients waiting, want 3", b.Waiting())
+	}
+
+	pub := &recordingPublisher{}
+	fwd, err := NewForwarder(h.store, pub, h.cmds, Config{StallTimeout: 100 * time.Millisecond, RecoveryInterval: 10 * time.Millisecond, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- fwd.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	<-fwd.Ready()
+	for range 20 { // 20 stall timeouts of the night
+		later := now().Add(100 * time.Millisecond)
+		clock.Store(&later)
+		time.Sleep(15 * time.Millisecond)
+	}
+	if n := pub.workFor("quiet"); n != 0 {
+		t.Fatalf("recovery published %d work messages for a batch waiting for its quiet hours", n)
+	}
+	// Morning: the window has opened and no chain sends.
+	morning := start.Add(3*time.Hour + time.Minute)
+	clock.Store(&morning)
+	deadline := time.Now().Add(5 * time.Second)
+	for pub.workFor("quiet") == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the batch was not recovered once its recipients came due")
+		}
+		later := now().Add(50 * time.Millisecond)
+		clock.Store(&later)
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -2,7 +2,6 @@ package processors
 
 import (
 	"context"
-	"time"
 
 	"github.com/smsbatch/smsbatch/domain"
 )
@@ -31,7 +30,7 @@ func (f *Forwarder) caughtUpAtStart(ctx context.Context) {
 	if len(ids) > 0 {
 		f.log.Info("recovering processing batches", "count", len(ids))
 	}
-	f.publishWork(ctx, ids)
+	f.publishWork(ctx, ids, false)
 	f.startDue(ctx)
 	f.readyOnce.Do(func() { close(f.ready) })
 }
@@ -47,19 +46,24 @@ func (f *Forwarder) tick(ctx context.Context) {
 	now := f.cfg.Now()
 	for id, b := range f.batches {
 		if b.status == domain.StatusProcessing && now.Sub(b.lastEvent) > f.cfg.StallTimeout {
-			f.log.Warn("batch stalled, handing it a new work message", "batch", id, "idle", now.Sub(b.lastEvent).Round(time.Second))
 			ids = append(ids, id)
 			b.lastEvent = now
 		}
 	}
 	f.mu.Unlock()
-	f.publishWork(ctx, ids)
+	f.publishWork(ctx, ids, true)
 	f.startDue(ctx)
 }
 
 // publishWork hands each batch a work message continuing from its last slice,
 // as the batch stands now (loading it is cheap: cached, or from a snapshot).
-func (f *Forwarder) publishWork(ctx context.Context, ids []string) {
+// When onlyDue, a batch with nothing to dispatch until later (its recipients
+// waiting for their quiet hours, a retry's backoff, a provider's hold) gets
+// none: its chain appends nothing while it waits, and a work message each
+// stall timeout would add a chain each time, every one of them waiting in a
+// handler for the batch's turn. It is looked at again a stall timeout after
+// something comes due.
+func (f *Forwarder) publishWork(ctx context.Context, ids []string, onlyDue bool) {
 	for _, id := range ids {
 		b, err := f.commands.Repository().Load(ctx, id)
 		if err != nil {
@@ -68,6 +72,18 @@ func (f *Forwarder) publishWork(ctx context.Context, ids []string) {
 		}
 		if b.Status() != domain.StatusProcessing {
 			continue
+		}
+		if onlyDue {
+			now := f.cfg.Now()
+			if next := b.NextDispatchAt(now, f.cfg.MaxInFlight, nil); next.IsZero() || next.After(now) {
+				f.mu.Lock()
+				if e := f.batches[id]; e != nil && e.lastEvent.Before(next) {
+					e.lastEvent = next
+				}
+				f.mu.Unlock()
+				continue
+			}
+			f.log.Warn("batch stalled, handing it a new work message", "batch", id)
 		}
 		msg, err := workMessage(Work{BatchID: id, PrevSlice: b.LastSlice()})
 		if err == nil {

@@ -3,9 +3,13 @@ package kurrent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"sync"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
+
+	"github.com/smsbatch/smsbatch/eventstore"
 )
 
 // client is the part of the KurrentDB client the store uses. The real one is
@@ -53,64 +57,204 @@ type subscription interface {
 	Close() error
 }
 
-// esdbClient is the client over a real KurrentDB connection.
+// esdbClient is the client over a real KurrentDB connection. It owns the
+// library's client rather than keeping one for the store's life, because that
+// client gives up for good when it cannot find the server (MaxDiscoverAttempts
+// tries, about a second by default: a server restart or a network blip): every
+// later call then fails with ErrorCodeConnectionClosed, and calls that were
+// waiting for a connection while it gave up block forever, ignoring their
+// contexts. So a client that gave up is replaced by a new one (its calls answer
+// ErrUnavailable and the next ones use the new client), and every call returns
+// by its context, or when its client is replaced, whatever the library does.
+// A replaced client is not closed: the library's Close races with (and then
+// panics) the calls still blocked in it, which never run. Close closes the
+// current client when no call is in it.
 type esdbClient struct {
-	c *esdb.Client
+	conf esdb.Configuration
+
+	mu     sync.Mutex
+	cur    *liveClient
+	closed bool
 }
 
-var _ client = esdbClient{}
+// liveClient is one library client and what ends the calls made through it.
+type liveClient struct {
+	c *esdb.Client
+	// gone is closed when the client is replaced or closed.
+	gone chan struct{}
+	// calls counts the calls in it, returned or not; guarded by esdbClient.mu.
+	calls int
+}
+
+func newESDBClient(conf esdb.Configuration) (*esdbClient, error) {
+	c, err := esdb.NewClient(&conf)
+	if err != nil {
+		return nil, err
+	}
+	return &esdbClient{conf: conf, cur: &liveClient{c: c, gone: make(chan struct{})}}, nil
+}
+
+var _ client = (*esdbClient)(nil)
 
 // *esdb.Subscription is what subscribeToAll hands back.
 var _ subscription = (*esdb.Subscription)(nil)
 
-func (e esdbClient) appendToStream(ctx context.Context, stream string, expected esdb.ExpectedRevision, events []esdb.EventData) (*esdb.WriteResult, error) {
-	return e.c.AppendToStream(ctx, stream, esdb.AppendToStreamOptions{ExpectedRevision: expected}, events...)
+// enter returns the client to call, counting the call in it, or an error once
+// closed. The call is counted out by leave.
+func (e *esdbClient) enter() (*liveClient, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return nil, errClientClosed
+	}
+	e.cur.calls++
+	return e.cur, nil
 }
 
-func (e esdbClient) readStream(ctx context.Context, stream string, from uint64, count uint64) ([]*esdb.RecordedEvent, error) {
-	rs, err := e.c.ReadStream(ctx, stream, esdb.ReadStreamOptions{From: esdb.Revision(from)}, count)
+func (e *esdbClient) leave(lc *liveClient) {
+	e.mu.Lock()
+	lc.calls--
+	e.mu.Unlock()
+}
+
+// errClientClosed answers calls after close.
+var errClientClosed = errors.New("kurrent: client closed")
+
+// replace puts a new client in the place of lc, which gave up, unless that was
+// done already.
+func (e *esdbClient) replace(lc *liveClient) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed || e.cur != lc {
+		return
+	}
+	conf := e.conf
+	c, err := esdb.NewClient(&conf)
 	if err != nil {
-		return nil, err
+		return // the configuration was good at Open; keep the old one and try again next time
 	}
-	return drain(rs, count)
+	close(lc.gone)
+	e.cur = &liveClient{c: c, gone: make(chan struct{})}
 }
 
-func (e esdbClient) readStreamBackward(ctx context.Context, stream string, from esdb.StreamPosition, count uint64) ([]*esdb.RecordedEvent, error) {
-	rs, err := e.c.ReadStream(ctx, stream, esdb.ReadStreamOptions{From: from, Direction: esdb.Backwards}, count)
+// call runs op on the current client and returns by ctx, or as soon as that
+// client is replaced, whatever op does. A client that gave up is replaced, and
+// its error reported as the server being unavailable.
+func call[T any](ctx context.Context, e *esdbClient, op func(c *esdb.Client) (T, error)) (T, error) {
+	var zero T
+	lc, err := e.enter()
 	if err != nil {
-		return nil, err
+		return zero, err
 	}
-	return drain(rs, count)
+	type result struct {
+		v   T
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		defer e.leave(lc)
+		v, err := op(lc.c)
+		done <- result{v, err}
+	}()
+	select {
+	case r := <-done:
+		if isCode(r.err, esdb.ErrorCodeConnectionClosed) {
+			e.replace(lc)
+			return zero, gaveUp(r.err)
+		}
+		return r.v, r.err
+	case <-ctx.Done():
+		return zero, ctx.Err()
+	case <-lc.gone:
+		return zero, gaveUp(errors.New("the connection was replaced while the call waited for it"))
+	}
 }
 
-func (e esdbClient) readAll(ctx context.Context, from esdb.AllPosition, count uint64) ([]*esdb.RecordedEvent, error) {
-	rs, err := e.c.ReadAll(ctx, esdb.ReadAllOptions{From: from}, count)
-	if err != nil {
-		return nil, err
-	}
-	return drain(rs, count)
+// gaveUp reports a call of a client that gave up as the server being unavailable.
+func gaveUp(err error) error {
+	// err is kept as text: its ErrorCodeConnectionClosed would read as the
+	// store being closed.
+	return fmt.Errorf("%w: the client could not reach the server and is replaced (%v)", eventstore.ErrUnavailable, err)
 }
 
-func (e esdbClient) lastPosition(ctx context.Context) (esdb.AllPosition, error) {
-	rs, err := e.c.ReadAll(ctx, esdb.ReadAllOptions{From: esdb.End{}, Direction: esdb.Backwards}, 1)
-	if err != nil {
-		return nil, err
-	}
-	last, err := drain(rs, 1)
-	if err != nil {
-		return nil, err
-	}
-	if len(last) == 0 {
-		return esdb.Start{}, nil
-	}
-	return last[0].Position, nil
+func (e *esdbClient) appendToStream(ctx context.Context, stream string, expected esdb.ExpectedRevision, events []esdb.EventData) (*esdb.WriteResult, error) {
+	return call(ctx, e, func(c *esdb.Client) (*esdb.WriteResult, error) {
+		return c.AppendToStream(ctx, stream, esdb.AppendToStreamOptions{ExpectedRevision: expected}, events...)
+	})
 }
 
-func (e esdbClient) subscribeToAll(ctx context.Context, from esdb.AllPosition, filter *esdb.SubscriptionFilter) (subscription, error) {
-	return e.c.SubscribeToAll(ctx, esdb.SubscribeToAllOptions{From: from, Filter: filter})
+func (e *esdbClient) readStream(ctx context.Context, stream string, from uint64, count uint64) ([]*esdb.RecordedEvent, error) {
+	return call(ctx, e, func(c *esdb.Client) ([]*esdb.RecordedEvent, error) {
+		rs, err := c.ReadStream(ctx, stream, esdb.ReadStreamOptions{From: esdb.Revision(from)}, count)
+		if err != nil {
+			return nil, err
+		}
+		return drain(rs, count)
+	})
 }
 
-func (e esdbClient) close() error { return e.c.Close() }
+func (e *esdbClient) readStreamBackward(ctx context.Context, stream string, from esdb.StreamPosition, count uint64) ([]*esdb.RecordedEvent, error) {
+	return call(ctx, e, func(c *esdb.Client) ([]*esdb.RecordedEvent, error) {
+		rs, err := c.ReadStream(ctx, stream, esdb.ReadStreamOptions{From: from, Direction: esdb.Backwards}, count)
+		if err != nil {
+			return nil, err
+		}
+		return drain(rs, count)
+	})
+}
+
+func (e *esdbClient) readAll(ctx context.Context, from esdb.AllPosition, count uint64) ([]*esdb.RecordedEvent, error) {
+	return call(ctx, e, func(c *esdb.Client) ([]*esdb.RecordedEvent, error) {
+		rs, err := c.ReadAll(ctx, esdb.ReadAllOptions{From: from}, count)
+		if err != nil {
+			return nil, err
+		}
+		return drain(rs, count)
+	})
+}
+
+func (e *esdbClient) lastPosition(ctx context.Context) (esdb.AllPosition, error) {
+	return call(ctx, e, func(c *esdb.Client) (esdb.AllPosition, error) {
+		rs, err := c.ReadAll(ctx, esdb.ReadAllOptions{From: esdb.End{}, Direction: esdb.Backwards}, 1)
+		if err != nil {
+			return nil, err
+		}
+		last, err := drain(rs, 1)
+		if err != nil {
+			return nil, err
+		}
+		if len(last) == 0 {
+			return esdb.Start{}, nil
+		}
+		return last[0].Position, nil
+	})
+}
+
+func (e *esdbClient) subscribeToAll(ctx context.Context, from esdb.AllPosition, filter *esdb.SubscriptionFilter) (subscription, error) {
+	return call(ctx, e, func(c *esdb.Client) (subscription, error) {
+		return c.SubscribeToAll(ctx, esdb.SubscribeToAllOptions{From: from, Filter: filter})
+	})
+}
+
+// close closes the current client, unless calls are still in it (blocked
+// while the server could not be found: the library's Close would panic them);
+// calls made after it fail.
+func (e *esdbClient) close() error {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return nil
+	}
+	e.closed = true
+	lc := e.cur
+	close(lc.gone)
+	busy := lc.calls > 0
+	e.mu.Unlock()
+	if busy {
+		return nil
+	}
+	return lc.c.Close()
+}
 
 // drain reads a read stream to its end.
 func drain(rs *esdb.ReadStream, count uint64) ([]*esdb.RecordedEvent, error) {

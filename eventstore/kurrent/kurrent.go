@@ -175,11 +175,11 @@ func Open(connString string, opts Options) (*Store, error) {
 			logger.Debug("kurrentdb client", "msg", msg)
 		}
 	}
-	c, err := esdb.NewClient(conf)
+	c, err := newESDBClient(*conf)
 	if err != nil {
 		return nil, fmt.Errorf("kurrent: open: %w", err)
 	}
-	return newStore(esdbClient{c: c}, opts), nil
+	return newStore(c, opts), nil
 }
 
 // newStore builds a store over c; opts must have its defaults set.

@@ -509,8 +509,8 @@ func (s *server) reschedule(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.log, malformed(err, `the body must be {"scheduleTime": "<RFC 3339 time>"}`))
 		return
 	}
-	if dec.More() {
-		writeError(w, r, s.log, domain.Errorf(domain.EMALFORMED, "unexpected data after the JSON object: the body must be one object"))
+	if err := expectEnd(dec); err != nil {
+		writeError(w, r, s.log, err)
 		return
 	}
 	if req.ScheduleTime == nil || *req.ScheduleTime == "" {

@@ -292,11 +292,8 @@ func (s *server) decodeCreate(body io.Reader, spool *os.File) (createRequest, in
 	if err := expectDelim(dec, '}', "the request body must be a JSON object"); err != nil {
 		return req, 0, nil, err
 	}
-	switch _, err := dec.Token(); {
-	case err == nil:
-		return req, 0, nil, domain.Errorf(domain.EMALFORMED, "unexpected data after the JSON object: the body must be one object")
-	case !errors.Is(err, io.EOF):
-		return req, 0, nil, malformed(err, "unexpected data after the JSON object: the body must be one object")
+	if err := expectEnd(dec); err != nil {
+		return req, 0, nil, err
 	}
 	if err := out.Flush(); err != nil {
 		return req, 0, nil, internalError("the upload could not be written to the service's disk", fmt.Errorf("spool recipients: %w", err))
@@ -548,6 +545,18 @@ func hex4(b []byte) (rune, bool) {
 	}
 	n, err := strconv.ParseUint(string(b[:4]), 16, 16)
 	return rune(n), err == nil
+}
+
+// expectEnd reports anything after the request's JSON value, which a
+// decoder's More misses when it is a closing '}' or ']'.
+func expectEnd(dec *json.Decoder) error {
+	switch _, err := dec.Token(); {
+	case err == nil:
+		return domain.Errorf(domain.EMALFORMED, "unexpected data after the JSON object: the body must be one object")
+	case !errors.Is(err, io.EOF):
+		return malformed(err, "unexpected data after the JSON object: the body must be one object")
+	}
+	return nil
 }
 
 func expectDelim(dec *json.Decoder, want json.Delim, problem string) error {

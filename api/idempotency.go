@@ -2,12 +2,14 @@ package api
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"hash"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/smsbatch/smsbatch/commands"
 	"github.com/smsbatch/smsbatch/domain"
@@ -115,17 +117,27 @@ func (s *server) underKey(w http.ResponseWriter, r *http.Request, tenant, key, f
 // record keeps the answer for retries, or releases the key after a 5xx. A
 // failure only logs: the client gets its answer, and a retry finds the claim
 // and, once its lease ends, what the request did.
+//
+// It is recorded whether or not the client is still there: a client that
+// dropped its connection is the one that retries, and a record refused with the
+// request's cancelled context would hold the key, answering "still running",
+// until its lease ends, then run a lifecycle command again.
 func (s *server) record(r *http.Request, keys *commands.IdempotencyKeys, st *commands.KeyState, c *capture) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), recordTimeout)
+	defer cancel()
 	var err error
 	if c.status >= 500 {
-		err = keys.Release(r.Context(), st)
+		err = keys.Release(ctx, st)
 	} else {
-		err = keys.Complete(r.Context(), st, c.status, c.body.Bytes(), c.header.Get("Location"))
+		err = keys.Complete(ctx, st, c.status, c.body.Bytes(), c.header.Get("Location"))
 	}
 	if err != nil {
 		s.log.WarnContext(r.Context(), "recording the answer to an idempotency key failed", "path", r.URL.Path, "err", err)
 	}
 }
+
+// recordTimeout bounds recording an answer once the request is done.
+const recordTimeout = 10 * time.Second
 
 // capture keeps an answer so it can be recorded before it is sent.
 type capture struct {

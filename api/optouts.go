@@ -104,7 +104,7 @@ func (s *server) addOptOut(w http.ResponseWriter, r *http.Request) {
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil || dec.More() {
+	if err := dec.Decode(&req); err != nil || expectEnd(dec) != nil {
 		writeError(w, r, s.log, domain.Errorf(domain.EMALFORMED, `the body must be one JSON object: {"phoneNumber": "+14155550100"}`))
 		return
 	}

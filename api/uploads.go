@@ -28,8 +28,8 @@ type UploadLimits struct {
 	// RateWindow is the span MinRate is measured over; default 20s.
 	RateWindow time.Duration
 	// PerKey bounds the uploads one API key runs at once; the next gets 429
-	// with Retry-After. Default 16: clients create batches in parallel, and 16
-	// bodies of 64 MiB is still a bounded share of the disk.
+	// with Retry-After. Default 64: clients create batches in parallel (the
+	// benchmarks' 32 at once among them), and each body is bounded.
 	PerKey int
 }
 

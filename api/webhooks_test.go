@@ -311,11 +311,12 @@ func TestOptOutEndpoints(t *testing.T) {
 		t.Fatalf("add again: %d %s, want 200", a.Code, a.Body)
 	}
 	for body, want := range map[string]int{
-		`{"phoneNumber": "12"}`:            http.StatusUnprocessableEntity,
-		`{}`:                               http.StatusUnprocessableEntity,
-		`{"phone": "+14155550100"}`:        http.StatusBadRequest,
-		`["+14155550100"]`:                 http.StatusBadRequest,
-		`{"phoneNumber": "+14155550100"}x`: http.StatusBadRequest,
+		`{"phoneNumber": "12"}`:             http.StatusUnprocessableEntity,
+		`{}`:                                http.StatusUnprocessableEntity,
+		`{"phone": "+14155550100"}`:         http.StatusBadRequest,
+		`["+14155550100"]`:                  http.StatusBadRequest,
+		`{"phoneNumber": "+14155550100"}x`:  http.StatusBadRequest,
+		`{"phoneNumber": "+14155550199"} }`: http.StatusBadRequest,
 		`{"phoneNumber": "` + strings.Repeat("1", 5000) + `"}`: http.StatusRequestEntityTooLarge,
 	} {
 		a := add(testKey, body)

@@ -68,14 +68,21 @@ func (l TemplateLimits) withDefaults() TemplateLimits {
 type VariableLimits struct {
 	// MaxValueLength is the longest value of one variable, in runes.
 	MaxValueLength int
+	// MaxMessageLength is the longest message a recipient's values may render,
+	// in runes: what the provider accepts (Twilio refuses a body over 1,600
+	// characters, error 21617, for every attempt).
+	MaxMessageLength int
 }
 
 // DefaultVariableLimits are the limits the API enforces unless configured otherwise.
-var DefaultVariableLimits = VariableLimits{MaxValueLength: 1024}
+var DefaultVariableLimits = VariableLimits{MaxValueLength: 1024, MaxMessageLength: 1600}
 
 func (l VariableLimits) withDefaults() VariableLimits {
 	if l.MaxValueLength <= 0 {
 		l.MaxValueLength = DefaultVariableLimits.MaxValueLength
+	}
+	if l.MaxMessageLength <= 0 {
+		l.MaxMessageLength = DefaultVariableLimits.MaxMessageLength
 	}
 	return l
 }
@@ -92,8 +99,9 @@ type Template struct {
 	// slots[n-1], literals[n]. slots[i] indexes variables.
 	literals []string
 	slots    []int
-	// literalLen is the total byte length of literals, to size the output once.
-	literalLen int
+	// literalLen is the total byte length of literals, to size the output once;
+	// literalRunes their length in runes, to check a message's.
+	literalLen, literalRunes int
 }
 
 // NewTemplate parses text. A placeholder is {{name}}, optionally with spaces or tabs
@@ -152,6 +160,7 @@ func NewTemplate(text string, limits TemplateLimits) (Template, error) {
 	t.literals = append(t.literals, text[pos:])
 	for _, l := range t.literals {
 		t.literalLen += len(l)
+		t.literalRunes += utf8.RuneCountInString(l)
 	}
 	return t, nil
 }
@@ -241,7 +250,8 @@ func (t Template) Values(vars map[string]string) []string {
 
 // CheckVariables reports what is wrong with one recipient's variables, in the order
 // of Variables(), or nil if nothing is: a variable the template uses but vars lacks,
-// a value that is not valid UTF-8, a value longer than limits allow. A variable
+// a value that is not valid UTF-8, a value longer than limits allow, values
+// that make the message longer than limits allow (Field "variables"). A variable
 // present with an empty value is accepted: the caller chose to send nothing there.
 // Variables the template does not use are ignored (Values drops them).
 //
@@ -260,6 +270,16 @@ func (t Template) CheckVariables(vars map[string]string, limits VariableLimits) 
 			problems = append(problems, FieldProblem{Field: field, Problem: fmt.Sprintf("variable %s is not valid UTF-8", name)})
 		case utf8.RuneCountInString(v) > limits.MaxValueLength:
 			problems = append(problems, FieldProblem{Field: field, Problem: fmt.Sprintf("variable %s is longer than %d characters", name, limits.MaxValueLength)})
+		}
+	}
+	if len(t.slots) > 0 {
+		n := t.literalRunes
+		for _, slot := range t.slots {
+			n += utf8.RuneCountInString(vars[t.variables[slot]])
+		}
+		if n > limits.MaxMessageLength {
+			problems = append(problems, FieldProblem{Field: "variables", Problem: fmt.Sprintf(
+				"the message would be %d characters with these values, longer than the %d a message may have", n, limits.MaxMessageLength)})
 		}
 	}
 	return problems

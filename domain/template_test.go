@@ -270,6 +270,22 @@ func TestTemplateCheckVariables(t *testing.T) {
 			want:   []FieldProblem{{Field: "variables.code", Problem: "variable code is longer than 5 characters"}},
 		},
 		{
+			// "Hi , code " is 10 characters.
+			name: "a message at the provider's limit",
+			vars: map[string]string{"firstName": strings.Repeat("é", 1000), "code": strings.Repeat("1", 590)},
+		},
+		{
+			name: "a message over the provider's limit",
+			vars: map[string]string{"firstName": strings.Repeat("é", 1000), "code": strings.Repeat("1", 591)},
+			want: []FieldProblem{{Field: "variables", Problem: "the message would be 1601 characters with these values, longer than the 1600 a message may have"}},
+		},
+		{
+			name:   "over a custom message limit",
+			vars:   map[string]string{"firstName": "Ada", "code": "42"},
+			limits: VariableLimits{MaxMessageLength: 14},
+			want:   []FieldProblem{{Field: "variables", Problem: "the message would be 15 characters with these values, longer than the 14 a message may have"}},
+		},
+		{
 			name: "invalid UTF-8",
 			vars: map[string]string{"firstName": "Ad\xffa", "code": "1"},
 			want: []FieldProblem{{Field: "variables.firstName", Problem: "variable firstName is not valid UTF-8"}},

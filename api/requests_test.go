@@ -1,0 +1,240 @@
+package api
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/smsbatch/smsbatch/commands"
+	"github.com/smsbatch/smsbatch/domain"
+	"github.com/smsbatch/smsbatch/eventstore"
+	esmemory "github.com/smsbatch/smsbatch/eventstore/memory"
+	"github.com/smsbatch/smsbatch/projections"
+	"github.com/smsbatch/smsbatch/projections/memory"
+)
+
+// offsetClock is a clock a test moves.
+type offsetClock struct {
+	mu  sync.Mutex
+	off time.Duration
+}
+
+func (c *offsetClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return time.Now().Add(c.off)
+}
+
+func (c *offsetClock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.off += d
+	c.mu.Unlock()
+}
+
+// hookStore calls hook after every append that stored an event of type typ
+// (before it answers), and may block such an append before it is made.
+type hookStore struct {
+	eventstore.Store
+	typ    string
+	before func()
+	after  func()
+	used   atomic.Bool
+}
+
+func (h *hookStore) Append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events []eventstore.EventData) (eventstore.AppendResult, error) {
+	hit := false
+	for _, e := range events {
+		if e.Type == h.typ {
+			hit = true
+		}
+	}
+	if hit && h.before != nil && h.used.CompareAndSwap(false, true) {
+		h.before()
+	}
+	res, err := h.Store.Append(ctx, stream, expected, events)
+	if hit && err == nil && h.after != nil {
+		h.after()
+	}
+	return res, err
+}
+
+// newClockedAPI is the whole API over store, its commands on clock.
+func newClockedAPI(t *testing.T, store eventstore.Store, clock func() time.Time) http.Handler {
+	t.Helper()
+	rm := memory.New()
+	runner, err := projections.NewRunner(projections.RunnerConfig{Events: store, Store: rm})
+	if err != nil {
+		t.Fatal(err)
+	}
+	repo, _ := commands.NewRepository(store, 100)
+	cmds, err := commands.New(store, repo, clock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, _ := ParseKeys("acme:" + liveAcmeKey + ",globex:" + liveGlobexKey)
+	handler, err := NewHandler(Config{Commands: cmds, ReadModels: rm, Projections: runner, Keys: keys,
+		RateLimit: RateLimit{Requests: -1}, SpoolDir: t.TempDir(), ReadYourWrites: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); runner.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return handler
+}
+
+func servePost(h http.Handler, ctx context.Context, path, idemKey, body string) *httptest.ResponseRecorder {
+	req := httptest.NewRequest(http.MethodPost, path, strings.NewReader(body)).WithContext(ctx)
+	req.RemoteAddr = testAddr
+	req.Header.Set("Authorization", "Bearer "+liveAcmeKey)
+	if idemKey != "" {
+		req.Header.Set(IdempotencyHeader, idemKey)
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return rec
+}
+
+
+// A client whose connection drops while its keyed pause runs (the README's
+// "a dropped connection": retry with the same key, get the first answer) must
+// get the pause's answer on retry. The answer is recorded with the request's
+// context, which the drop cancelled: the key stays claimed (409 "still
+// running" for the 2-minute lease although nothing runs), and after the lease
+// the retry pauses again and records 409 conflict for good.
+func TestADroppedConnectionKeepsTheLifecycleAnswer(t *testing.T) {
+	clock := &offsetClock{}
+	var cancelReq atomic.Pointer[context.CancelFunc]
+	store := &hookStore{Store: esmemory.New(), typ: domain.TypeBatchPaused, after: func() {
+		if f := cancelReq.Swap(nil); f != nil {
+			(*f)() // the client goes away once the pause is stored
+		}
+	}}
+	h := newClockedAPI(t, store, clock.now)
+	created := servePost(h, context.Background(), "/api/batch", "", keyedBody("Ada"))
+	if created.Code != http.StatusCreated {
+		t.Fatalf("create: %d %s", created.Code, created.Body)
+	}
+	id := keyedAnswer{body: created.Body.Bytes()}.id(t)
+	if a := servePost(h, context.Background(), "/api/v2/batch/"+id+"/start", "", ""); a.Code != http.StatusOK {
+		t.Fatalf("start: %d %s", a.Code, a.Body)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancelReq.Store(&cancel)
+	first := servePost(h, ctx, "/api/v2/batch/"+id+"/pause", "pause-1", "")
+	if first.Code != http.StatusOK {
+		t.Fatalf("pause: %d %s", first.Code, first.Body)
+	}
+	// The client never saw that answer; it retries with its key.
+	retry := servePost(h, context.Background(), "/api/v2/batch/"+id+"/pause", "pause-1", "")
+	if retry.Code != http.StatusOK {
+		t.Errorf("retry right after the drop: %d %s, want the first answer (200)", retry.Code, retry.Body)
+	}
+	clock.advance(3 * time.Minute) // past the lease
+	later := servePost(h, context.Background(), "/api/v2/batch/"+id+"/pause", "pause-1", "")
+	if later.Code != http.StatusOK {
+		t.Errorf("retry after the lease: %d %s, want the first answer (200)", later.Code, later.Body)
+	}
+}
+
+// The same for a create whose client drops while its pages are stored: the
+// create fails (500), the key is to be released so that the retry runs the
+// create again, but the release is made with the cancelled context and the
+// retry gets 409 "still running" for two minutes.
+func TestADroppedCreateReleasesItsKey(t *testing.T) {
+	clock := &offsetClock{}
+	var cancelReq atomic.Pointer[context.CancelFunc]
+	store := &hookStore{Store: esmemory.New(), typ: domain.TypeRecipientsPageAdded, after: func() {
+		if f := cancelReq.Swap(nil); f != nil {
+			(*f)()
+		}
+	}}
+	h := newClockedAPI(t, store, clock.now)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancelReq.Store(&cancel)
+	first := servePost(h, ctx, "/api/batch", "order-1", keyedBody("Ada"))
+	if first.Code < 500 {
+		t.Fatalf("create cut off by the client: %d %s, want a 5xx", first.Code, first.Body)
+	}
+	retry := servePost(h, context.Background(), "/api/batch", "order-1", keyedBody("Ada"))
+	if retry.Code != http.StatusCreated {
+		t.Fatalf("retry of a create that failed: %d %s, want 201", retry.Code, retry.Body)
+	}
+}
+
+// A claim's lease is not a fence: a create still storing its batch when the
+// lease (2 minutes) ends is taken over by its retry, which creates a second
+// batch under a new ID while the first goes on to create its own: one
+// Idempotency-Key, two batches, every recipient texted twice.
+func TestARenderedMessageOverTheProviderLimitIsRefused(t *testing.T) {
+	env := newAPI(t, nil)
+	long := strings.Repeat("x", 1000)
+	body := `{"text": "{{a}} {{b}}", "recipients": [{"phoneNumber": "+14155550100", "variables": {"a": "` + long + `", "b": "` + long + `"}}]}`
+	a := env.do("POST", "/api/batch", testKey, body)
+	if a.Code != http.StatusUnprocessableEntity {
+		t.Fatalf("messages of 2,001 characters: %d %.200s, want 422", a.Code, a.Body)
+	}
+}
+
+// Another tenant's batch is a 404 on every sub-resource and command, with
+// and without an Idempotency-Key.
+func TestAnotherTenantsBatchIsA404Everywhere(t *testing.T) {
+	env := newAPI(t, nil)
+	a := env.do("POST", "/api/batch", testKey, createBody(`"Hi {{name}}"`, `{"autoStart": false}`))
+	if a.Code != http.StatusCreated {
+		t.Fatalf("create: %d %s", a.Code, a.Body)
+	}
+	id := keyedAnswer{body: a.Body.Bytes()}.id(t)
+	sched := `{"scheduleTime": "` + time.Now().Add(time.Hour).UTC().Format(time.RFC3339) + `"}`
+	for _, rq := range []struct{ method, path, body string }{
+		{"GET", "/api/batch/" + id, ""},
+		{"GET", "/api/batch/" + id + "/analytics", ""},
+		{"GET", "/api/batch/" + id + "/errors", ""},
+		{"GET", "/api/batch/" + id + "/recipients", ""},
+		{"GET", "/api/batch/" + id + "/export.csv", ""},
+		{"POST", "/api/v2/batch/" + id + "/start", ""},
+		{"POST", "/api/v2/batch/" + id + "/pause", ""},
+		{"POST", "/api/v2/batch/" + id + "/resume", ""},
+		{"POST", "/api/v2/batch/" + id + "/cancel", ""},
+		{"POST", "/api/v2/batch/" + id + "/schedule", sched},
+		{"POST", "/api/v2/batch/" + id + "/retry-failed", ""},
+	} {
+		for _, idem := range []string{"", "k-" + rq.path[len(rq.path)-6:]} {
+			req := httptest.NewRequest(rq.method, rq.path, strings.NewReader(rq.body))
+			req.RemoteAddr = testAddr
+			req.Header.Set("Authorization", "Bearer "+testOtherKey)
+			if idem != "" && rq.method == "POST" {
+				req.Header.Set(IdempotencyHeader, idem)
+			}
+			rec := httptest.NewRecorder()
+			env.handler.ServeHTTP(rec, req)
+			if rec.Code != http.StatusNotFound {
+				t.Errorf("other tenant %s %s (key %q): %d %s, want 404", rq.method, rq.path, idem, rec.Code, rec.Body)
+			}
+		}
+	}
+	if b := env.do("GET", "/api/batch/"+id, testKey, ""); !strings.Contains(b.Body.String(), `"status":"pending"`) {
+		t.Fatalf("the owner's batch changed: %s", b.Body)
+	}
+}
+
+// A reschedule body with data after its object is malformed, as a create's is.
+func TestRescheduleRefusesDataAfterTheObject(t *testing.T) {
+	env := newAPI(t, nil)
+	a := env.do("POST", "/api/batch", testKey, createBody(`"Hi {{name}}"`, `{"autoStart": false}`))
+	id := keyedAnswer{body: a.Body.Bytes()}.id(t)
+	at := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+	for _, tail := range []string{" }", " ]"} {
+		r := env.do("POST", "/api/v2/batch/"+id+"/schedule", testKey, `{"scheduleTime": "`+at+`"}`+tail)
+		if r.Code != http.StatusBadRequest {
+			t.Errorf("schedule body ending %q: %d %s, want 400", tail, r.Code, r.Body)
+		}
+	}
+}

@@ -101,7 +101,6 @@ func servePost(h http.Handler, ctx context.Context, path, idemKey, body string) 
 	return rec
 }
 
-
 // A client whose connection drops while its keyed pause runs (the README's
 // "a dropped connection": retry with the same key, get the first answer) must
 // get the pause's answer on retry. The answer is recorded with the request's

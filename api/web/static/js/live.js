@@ -4,7 +4,8 @@
 // hands each JSON message to onMessage. While the socket is not open, for
 // whatever reason (no such endpoint yet, a proxy refusing upgrades, the server
 // restarting), poll() is called every pollMs so the page keeps moving. A closed
-// socket is reopened with backoff from the last position seen (&after=).
+// socket is reopened with backoff from the last position seen (&after=), or
+// without one when the last try closed before it opened.
 
 import { api } from "./api.js";
 
@@ -86,6 +87,10 @@ export function follow({ path, onMessage, poll, pollMs = 1000, onMode = () => {}
       socket = null;
       if (stopped) return;
       if (opened) delay = 1000;
+      // Closed before it opened: the server may have refused the position
+      // (409, too much to replay), which a browser cannot tell from a network
+      // error. Reconnect without it; poll() on open catches up.
+      else after = "";
       retry();
     };
   }

@@ -323,7 +323,14 @@ func (r *Repository) catchUp(ctx context.Context, id string, entry *cachedBatch)
 func (r *Repository) restore(ctx context.Context, id string) (*domain.Batch, error) {
 	events, err := r.store.ReadStreamBackward(ctx, domain.SnapshotStream(id), eventstore.StreamEnd, 1)
 	if err != nil {
-		return nil, fmt.Errorf("load batch %s: read its newest snapshot: %w", id, err)
+		if ctx.Err() != nil || errors.Is(err, eventstore.ErrUnavailable) || errors.Is(err, eventstore.ErrClosed) {
+			return nil, fmt.Errorf("load batch %s: read its newest snapshot: %w", id, err)
+		}
+		// Anything else (a snapshot stream an operator deleted for good on
+		// KurrentDB reads as an error) costs only the reading a snapshot
+		// spares: deleting the snapshots must lose nothing.
+		r.log.Warn("batch snapshots unreadable; replaying the batch from its start", "batch", id, "error", err)
+		return nil, nil
 	}
 	if len(events) == 0 {
 		return nil, nil

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"reflect"
@@ -527,5 +528,44 @@ func TestUpdateDecidesOnTheCacheAndChecksWhatItCannotProve(t *testing.T) {
 	}
 	if want := replayed(t, store, "b1"); got.Version() != want.Version() || got.Status() != domain.StatusPaused {
 		t.Fatalf("cached batch at version %d, %s; the stream holds %d events, paused", got.Version(), got.Status(), want.Version())
+	}
+}
+
+// snapshotReadFails answers every read of a snapshot stream with err.
+type snapshotReadFails struct {
+	eventstore.Store
+	err error
+}
+
+func (s snapshotReadFails) ReadStreamBackward(ctx context.Context, stream string, from uint64, max int) ([]eventstore.Event, error) {
+	if strings.HasPrefix(stream, domain.SnapshotStream("")) {
+		return nil, s.err
+	}
+	return s.Store.ReadStreamBackward(ctx, stream, from, max)
+}
+
+// Snapshots only spare reading: a snapshot stream that cannot be read for good
+// (hard-deleted on KurrentDB, which then answers "stream deleted") costs a full
+// replay, not the batch. The store being away is still an error to retry.
+func TestUnreadableSnapshotsFallBackToAFullReplay(t *testing.T) {
+	store := memory.New()
+	defer store.Close()
+	writer, _ := newRepo(t, store, RepositoryConfig{SnapshotEvery: 100})
+	addBatch(t, writer, "b1", 1000)
+	for range 25 {
+		send(t, writer, "b1", 12)
+	}
+	want := replayed(t, store, "b1")
+
+	deleted, _ := newRepo(t, snapshotReadFails{Store: store, err: errors.New("stream 'batchsnapshot-b1' is deleted")}, RepositoryConfig{SnapshotEvery: 100})
+	got, err := deleted.Load(context.Background(), "b1")
+	if err != nil {
+		t.Fatalf("load with its snapshots deleted: %v", err)
+	}
+	sameBatch(t, got, want)
+
+	away, _ := newRepo(t, snapshotReadFails{Store: store, err: fmt.Errorf("read: %w", eventstore.ErrUnavailable)}, RepositoryConfig{SnapshotEvery: 100})
+	if _, err := away.Load(context.Background(), "b1"); !errors.Is(err, eventstore.ErrUnavailable) {
+		t.Fatalf("load with the store away: %v, want ErrUnavailable", err)
 	}
 }

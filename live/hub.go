@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -629,12 +630,25 @@ func (h *Hub) registerAfter(ctx context.Context, c *Client, after eventstore.Pos
 		}
 	}
 	r := &replay{tenant: c.tenant, batchID: c.batchID, pos: after, last: make(map[string]eventstore.Position)}
-	// Most of the way without holding up the hub, the rest under its lock.
+	// Most of the way without holding up the hub, the rest under its lock:
+	// the scan to what the hub has flushed, and the statuses of the batches
+	// it found (the read models include everything flushed), thousands of
+	// reads for a dashboard back from a long absence, while every other
+	// client's updates and /readyz would wait.
 	h.mu.Lock()
 	upTo := h.flushed
 	h.mu.Unlock()
 	if err := h.scan(ctx, r, upTo); err != nil {
 		return err
+	}
+	read := make(map[string]*projections.BatchStatus, len(r.last))
+	seen := maps.Clone(r.last)
+	for id := range r.last {
+		st, err := h.status(ctx, c.tenant, id)
+		if err != nil {
+			return err
+		}
+		read[id] = st
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -646,14 +660,18 @@ func (h *Hub) registerAfter(ctx context.Context, c *Client, after eventstore.Pos
 	}
 	msgs := r.errors
 	for id, pos := range r.last {
-		st, err := h.cfg.ReadModels.Batch(ctx, c.tenant, id)
-		if err != nil {
-			if domain.ErrorCode(err) == domain.ENOTFOUND {
-				continue
+		st, ok := read[id]
+		if !ok || seen[id] != pos {
+			// Changed since its status was read: read it again, in step
+			// with the flushes.
+			var err error
+			if st, err = h.status(ctx, c.tenant, id); err != nil {
+				return err
 			}
-			return err
 		}
-		msgs = append(msgs, statusMessage(st, pos))
+		if st != nil {
+			msgs = append(msgs, statusMessage(*st, pos))
+		}
 	}
 	sortMessages(msgs)
 	for _, m := range msgs {
@@ -665,6 +683,18 @@ func (h *Hub) registerAfter(ctx context.Context, c *Client, after eventstore.Pos
 	}
 	h.clients[c] = struct{}{}
 	return nil
+}
+
+// status reads a batch's status for a reconnecting client; nil when it is gone.
+func (h *Hub) status(ctx context.Context, tenant, id string) (*projections.BatchStatus, error) {
+	st, err := h.cfg.ReadModels.Batch(ctx, tenant, id)
+	if err != nil {
+		if domain.ErrorCode(err) == domain.ENOTFOUND {
+			return nil, nil
+		}
+		return nil, err
+	}
+	return &st, nil
 }
 
 // FormatPosition writes a position as clients see it: "commit.prepare".

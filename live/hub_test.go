@@ -218,3 +218,96 @@ func containsAll(s string, subs ...string) bool {
 	}
 	return true
 }
+
+// blockingReadModels holds the first status read of tenant until released.
+type blockingReadModels struct {
+	projections.Store
+	tenant   string
+	once     sync.Once
+	reading  chan struct{}
+	released chan struct{}
+}
+
+func (b *blockingReadModels) Batch(ctx context.Context, tenant, id string) (projections.BatchStatus, error) {
+	if tenant == b.tenant {
+		first := false
+		b.once.Do(func() { first = true })
+		if first {
+			close(b.reading)
+			<-b.released
+		}
+	}
+	return b.Store.Batch(ctx, tenant, id)
+}
+
+// A dashboard reconnecting after a long absence reads the statuses of every
+// batch it missed; it must not hold the hub's lock while it does (thousands of
+// reads), or every other client's updates, and /readyz, wait for it.
+func TestAReconnectReadsWhatItMissedWithoutHoldingUpTheHub(t *testing.T) {
+	es := esmemory.New()
+	defer es.Close()
+	rm := memory.New()
+	slow := &blockingReadModels{Store: rm, tenant: "acme", reading: make(chan struct{}), released: make(chan struct{})}
+	runner, err := projections.NewRunner(projections.RunnerConfig{Events: es, Store: rm})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hub, err := live.NewHub(live.Config{Events: es, ReadModels: slow, Projections: runner})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = runner.Run(ctx) }()
+	go func() { _ = hub.Run(ctx) }()
+	for !hub.Running() {
+		time.Sleep(5 * time.Millisecond)
+	}
+	ev := projectionstest.NewEvents()
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	var before eventstore.Position // the dashboard's last position: the log's start
+	var events []eventstore.Event
+	const missed = 200
+	for range missed {
+		b := ev.Batch("acme", uuid.NewString(), t0)
+		events = append(events, b.Created(1), b.Started())
+	}
+	pos, err := projectionstest.AppendTo(ctx, es, events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for hub.Flushed().Less(pos) {
+		time.Sleep(5 * time.Millisecond)
+	}
+
+	type result struct {
+		c   *live.Client
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		c, err := hub.Subscribe(ctx, live.Subscription{Tenant: "acme", After: &before})
+		done <- result{c, err}
+	}()
+	<-slow.reading // it reads the statuses of what it missed; one read hangs
+	asked := make(chan struct{})
+	go func() {
+		hub.Flushed() // takes the hub's lock, as every flush and /readyz do
+		close(asked)
+	}()
+	select {
+	case <-asked:
+	case <-time.After(5 * time.Second):
+		close(slow.released)
+		<-done
+		t.Fatal("the hub's lock was held while the reconnecting client read its statuses")
+	}
+	close(slow.released)
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if n := len(r.c.Initial()); n != missed {
+		t.Fatalf("the reconnected client was sent %d statuses, want the %d batches it missed", n, missed)
+	}
+}

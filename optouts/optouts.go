@@ -356,6 +356,14 @@ func (l *List) apply(ctx context.Context, events []eventstore.Event) error {
 			continue // never asked for: its first read takes the stream as it is
 		}
 		if err := t.follow(ctx, l.cfg.Store, e); err != nil {
+			if errors.Is(err, errDamaged) {
+				// Only this tenant's list is wrong (follow set it to be read
+				// again, which fails too, so its sends wait: none is made
+				// against a list that may miss a STOP); the other tenants'
+				// changes go on arriving.
+				l.cfg.Logger.Error("opt-out list: an event cannot be read; the tenant's sends wait until it can", "tenant", tenant, "err", err)
+				continue
+			}
 			return err
 		}
 	}
@@ -508,26 +516,36 @@ func (t *tenantList) applyNext(events []eventstore.Event) error {
 func (t *tenantList) follow(ctx context.Context, store eventstore.Store, e eventstore.Event) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	var err error
 	switch {
 	case !t.loaded.Load(), e.Revision < t.next:
 		return nil // a load to come, or done, reads it from the stream
 	case e.Revision == t.next:
-		return t.applyEvent(e)
+		err = t.applyEvent(e)
 	default:
-		return t.readStream(ctx, store)
+		err = t.readStream(ctx, store)
 	}
+	if errors.Is(err, errDamaged) {
+		// Read again from the stream when next asked, which fails too
+		// until the event can be read: the tenant's sends wait.
+		t.loaded.Store(false)
+	}
+	return err
 }
 
 func (t *tenantList) applyEvent(e eventstore.Event) error {
 	c, err := domain.DecodeOptOutChange(e.Type, e.Data)
 	if err != nil {
 		// A damaged event cannot be skipped: the list would be wrong for good.
-		return fmt.Errorf("opt-out list of %s, revision %d: %w", t.tenant, e.Revision, err)
+		return fmt.Errorf("opt-out list of %s, revision %d: %w: %w", t.tenant, e.Revision, errDamaged, err)
 	}
 	t.change(c)
 	t.next = e.Revision + 1
 	return nil
 }
+
+// errDamaged marks an opt-out event this version cannot read.
+var errDamaged = errors.New("an event that cannot be read")
 
 // encode turns an E.164 number into the integer of its digits: unique, as no
 // country code starts with 0, and at most 15 digits fit in 50 bits.

@@ -285,3 +285,46 @@ func TestAChangeBetweenALoadAndRunsStartIsNotLost(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// An event of one tenant's list that this version cannot read holds that
+// tenant's sends (its list answers an error) and nobody else's: the other
+// tenants' changes go on arriving through the log.
+func TestOneTenantsDamagedEventDoesNotBlindTheOthers(t *testing.T) {
+	s := memory.New()
+	l := newList(t, s)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- l.Run(ctx) }()
+	suppressed(t, l, "acme", "+14155550100")
+	suppressed(t, l, "globex", "+14155550100")
+	if _, err := s.Append(ctx, domain.OptOutStream("acme"), eventstore.NoStream(),
+		[]eventstore.EventData{{ID: uuid.NewString(), Type: "NumberOptedOutV2", Data: []byte(`{}`)}}); err != nil {
+		t.Fatal(err)
+	}
+	record(t, s, "globex", "+14155550100", true)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		out, err := l.Suppressed(ctx, "globex", "+14155550100")
+		if err != nil {
+			t.Fatalf("globex's list: %v", err)
+		}
+		if out {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("globex's STOP never reached the list behind acme's damaged event")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := l.Suppressed(ctx, "acme", "+14155550100"); err == nil {
+		t.Fatal("acme's list answers as if whole, with an event it cannot read")
+	}
+	if err := l.Health(); err != nil {
+		t.Fatalf("the lists' follower reports %v: it stopped on one tenant's event", err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

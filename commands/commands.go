@@ -172,9 +172,22 @@ func (h *Handlers) ResumeBatch(ctx context.Context, act Act) (Result, error) {
 	return h.act(ctx, act, func(b *domain.Batch) error { return b.Resume(h.now(), act.By) })
 }
 
-// CancelBatch cancels a batch that has not finished.
+// CancelBatch cancels a batch that has not finished. Its messages waiting for
+// a retry end skipped, with their numbers, for the errors list.
 func (h *Handlers) CancelBatch(ctx context.Context, act Act) (Result, error) {
-	return h.act(ctx, act, func(b *domain.Batch) error { return b.Cancel(h.now(), act.By) })
+	return h.act(ctx, act, func(b *domain.Batch) error {
+		phones := make(map[int]string)
+		for _, i := range b.RetriesWaiting() {
+			page, err := h.RecipientsPage(ctx, b.ID(), i/domain.RecipientPageSize)
+			if err != nil {
+				return err
+			}
+			if at := i % domain.RecipientPageSize; at < len(page) {
+				phones[i] = page[at].Phone
+			}
+		}
+		return b.Cancel(h.now(), act.By, func(i int) string { return phones[i] })
+	})
 }
 
 // StartIfDue starts a scheduled, auto-starting batch whose time has come; it is the

@@ -7,6 +7,7 @@ import (
 	"iter"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/smsbatch/smsbatch/domain"
 	"github.com/smsbatch/smsbatch/eventstore"
@@ -232,5 +233,42 @@ func TestRepositoryCacheEvictsAndReloads(t *testing.T) {
 		if err != nil || b.Status() != domain.StatusProcessing {
 			t.Fatalf("reload b%d: %v", i, err)
 		}
+	}
+}
+
+// A cancel ends the messages waiting for a retry skipped (cancelled), with
+// their numbers, so the errors list says whom they were for.
+func TestCancelEndsTheRetriesWithTheirNumbers(t *testing.T) {
+	store, h := setup(t)
+	create(t, h, "b1", 5, true)
+	now := time.Now()
+	if _, err := h.Repository().Update(context.Background(), "b1", func(b *domain.Batch) error {
+		if _, err := b.Dispatch(now, domain.DispatchRequest{Slice: "s1", PrevSlice: b.LastSlice(), Instance: "i1",
+			Deadline: now.Add(10 * time.Second), Max: 5, MaxInFlight: 5}); err != nil {
+			return err
+		}
+		return b.RecordAttemptFailed(now, domain.FailureParams{Index: 3, Attempt: 1, Category: domain.CategoryTimeout}, now.Add(time.Minute))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.CancelBatch(context.Background(), Act{Tenant: "acme", BatchID: "b1", By: "t"}); err != nil {
+		t.Fatal(err)
+	}
+	events, err := store.ReadStream(context.Background(), domain.BatchStream("b1"), 0, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var skips []domain.MessageSkipped
+	for _, e := range events {
+		if e.Type == domain.TypeMessageSkipped {
+			d, err := domain.DecodeEvent(e.Type, e.Data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			skips = append(skips, d.(domain.MessageSkipped))
+		}
+	}
+	if len(skips) != 1 || skips[0].Index != 3 || skips[0].Phone != "+14155550003" || skips[0].Category != domain.CategoryCancelled {
+		t.Fatalf("skips recorded by the cancel: %+v, want index 3's, with its number", skips)
 	}
 }

@@ -189,7 +189,7 @@ func TestReceiptsKeepTheCachedBatchCurrent(t *testing.T) {
 	clear(store.appends)
 	clear(store.readCalls)
 	store.mu.Unlock()
-	b, err := h.Repository().Update(ctx, "b1", func(b *domain.Batch) error { return b.Cancel(time.Now(), "u") })
+	b, err := h.Repository().Update(ctx, "b1", func(b *domain.Batch) error { return b.Cancel(time.Now(), "u", nil) })
 	if err != nil || b.Status() != domain.StatusCancelled {
 		t.Fatalf("cancel: %v", err)
 	}

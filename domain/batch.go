@@ -448,21 +448,68 @@ func (b *Batch) Resume(now time.Time, by string) error {
 	return nil
 }
 
-// Cancel stops a batch for good. Messages in flight still get their outcomes.
-func (b *Batch) Cancel(now time.Time, by string) error {
+// Cancel stops a batch for good. Messages in flight still get their outcomes;
+// those waiting for a retry will not have one now, and end skipped
+// (CategoryCancelled), phone giving their numbers (nil: not known).
+func (b *Batch) Cancel(now time.Time, by string, phone func(index int) string) error {
 	if b.status.Final() {
 		return b.conflict("cancelled")
 	}
 	b.record(BatchCancelled{EventHeader: b.header(now), By: by})
+	b.endRetries(now, "the batch was cancelled before this message's retry", phone)
 	return nil
 }
 
-// Fail stops a batch that cannot go on.
+// Fail stops a batch that cannot go on. Messages waiting for a retry end
+// skipped (CategoryCancelled), as when it is cancelled.
 func (b *Batch) Fail(now time.Time, reason string) error {
 	if b.status.Final() {
 		return b.conflict("failed")
 	}
 	b.record(BatchFailed{EventHeader: b.header(now), Reason: reason})
+	b.endRetries(now, "the batch failed before this message's retry", nil)
+	return nil
+}
+
+// RetriesWaiting lists the indexes of the messages waiting for a retry: the
+// ones a cancel ends, whose numbers its caller may look up.
+func (b *Batch) RetriesWaiting() []int {
+	var out []int
+	for _, o := range b.outstanding {
+		if !o.InFlight() {
+			out = append(out, o.Index)
+		}
+	}
+	return out
+}
+
+// endRetries ends the messages of a batch just stopped that wait for a retry:
+// no slice dispatches for it again, so they would stay pending for good.
+func (b *Batch) endRetries(now time.Time, why string, phone func(int) string) {
+	for _, o := range b.Outstanding() {
+		if o.InFlight() {
+			continue // its answer is recorded when it comes
+		}
+		info := RecipientInfo{Skip: CategoryCancelled, Message: why}
+		if phone != nil {
+			info.Phone = phone(o.Index)
+		}
+		b.skip(now, o.Index, o.Attempt, info)
+	}
+}
+
+// EndUnsent ends a message of a stopped batch whose send gave up before
+// reaching the provider: no dispatch sends it again. ErrNotRunning while the
+// batch may still send it; ErrStaleOutcome when it is not in flight.
+func (b *Batch) EndUnsent(now time.Time, index, attempt int, phone string) error {
+	if !b.status.Final() {
+		return ErrNotRunning
+	}
+	if err := b.checkInFlight(index, attempt); err != nil {
+		return err
+	}
+	b.skip(now, index, attempt, RecipientInfo{Phone: phone, Skip: CategoryCancelled,
+		Message: "the batch stopped before this message could be sent"})
 	return nil
 }
 
@@ -847,6 +894,10 @@ type FailureParams struct {
 func (b *Batch) RecordAttemptFailed(now time.Time, p FailureParams, retryAt time.Time) error {
 	if err := b.checkInFlight(p.Index, p.Attempt); err != nil {
 		return err
+	}
+	if b.status.Final() {
+		// A stopped batch retries nothing: the failure is the message's last.
+		return b.RecordFailed(now, p)
 	}
 	b.record(MessageAttemptFailed{
 		EventHeader: b.header(now), Index: p.Index, Attempt: p.Attempt,

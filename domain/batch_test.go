@@ -2,6 +2,7 @@ package domain
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 )
@@ -99,7 +100,7 @@ func TestTransitions(t *testing.T) {
 	start := func(b *Batch) error { return b.Start(t0, "t") }
 	pause := func(b *Batch) error { return b.Pause(t0, "t") }
 	resume := func(b *Batch) error { return b.Resume(t0, "t") }
-	cancel := func(b *Batch) error { return b.Cancel(t0, "t") }
+	cancel := func(b *Batch) error { return b.Cancel(t0, "t", nil) }
 	tests := []struct {
 		name      string
 		autoStart bool
@@ -445,5 +446,82 @@ func TestChainRevisionReadsTheToken(t *testing.T) {
 		if _, ok := ChainRevision(s); ok {
 			t.Fatalf("ChainRevision(%q) reads a revision", s)
 		}
+	}
+}
+
+// A stopped batch retries nothing, so every message it dispatched still ends
+// with one outcome: those waiting for a retry end skipped (cancelled), an
+// answer in flight is recorded, a failure answered after the stop is final,
+// and a send that gave up before reaching the provider ends skipped too.
+func TestAStoppedBatchLeavesNoMessageOutstanding(t *testing.T) {
+	for _, stop := range []struct {
+		name string
+		do   func(b *Batch, now time.Time) error
+	}{
+		{"cancelled", func(b *Batch, now time.Time) error {
+			return b.Cancel(now, "t", func(i int) string { return fmt.Sprintf("+1415555%04d", i) })
+		}},
+		{"failed", func(b *Batch, now time.Time) error { return b.Fail(now, "recipients unreadable") }},
+	} {
+		t.Run(stop.name, func(t *testing.T) {
+			b := newTestBatch(t, 5, true, nil)
+			if _, err := b.Dispatch(t0, req("s1", b.LastSlice(), 4)); err != nil {
+				t.Fatal(err)
+			}
+			mustDo(t, b.RecordSent(t0, SentParams{Index: 0, Attempt: 1}))
+			mustDo(t, b.RecordAttemptFailed(t0, FailureParams{Index: 1, Attempt: 1, Category: CategoryTimeout}, t0.Add(time.Minute)))
+			mustDo(t, stop.do(b, t0.Add(time.Second)))
+			if o, ok := b.OutstandingAt(1); ok {
+				t.Fatalf("the message waiting for its retry is still outstanding: %+v", o)
+			}
+			// Answers in flight at the stop are recorded; a retryable failure is final.
+			mustDo(t, b.RecordSent(t0.Add(2*time.Second), SentParams{Index: 2, Attempt: 1}))
+			mustDo(t, b.RecordAttemptFailed(t0.Add(2*time.Second), FailureParams{Index: 3, Attempt: 1, Category: CategoryTimeout}, t0.Add(time.Hour)))
+			if b.OutstandingCount() != 0 {
+				t.Fatalf("%d messages left outstanding for good: %+v", b.OutstandingCount(), b.Outstanding())
+			}
+			if b.Sent() != 2 || b.Failed() != 1 || b.Skipped() != 1 {
+				t.Fatalf("sent %d, failed %d, skipped %d; want 2, 1 (the failure after the stop) and 1 (the retry)", b.Sent(), b.Failed(), b.Skipped())
+			}
+			var skipped MessageSkipped
+			for _, e := range b.Changes() {
+				if s, ok := e.(MessageSkipped); ok {
+					skipped = s
+				}
+			}
+			if skipped.Index != 1 || skipped.Category != CategoryCancelled || (stop.name == "cancelled" && skipped.Phone != "+14155550001") {
+				t.Fatalf("the retry ended as %+v", skipped)
+			}
+			if b.Status() == StatusCompleted {
+				t.Fatal("a stopped batch completed")
+			}
+		})
+	}
+}
+
+// A send of a stopped batch that gave up before reaching the provider ends
+// skipped; while the batch may still send, it goes again instead.
+func TestEndUnsentOnlyOnAStoppedBatch(t *testing.T) {
+	b := newTestBatch(t, 2, true, nil)
+	if _, err := b.Dispatch(t0, req("s1", b.LastSlice(), 2)); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.EndUnsent(t0, 0, 1, "+14155550000"); !errors.Is(err, ErrNotRunning) {
+		t.Fatalf("ending a running batch's message: %v, want ErrNotRunning", err)
+	}
+	mustDo(t, b.Cancel(t0, "t", nil))
+	mustDo(t, b.EndUnsent(t0, 0, 1, "+14155550000"))
+	if err := b.EndUnsent(t0, 0, 1, "+14155550000"); !errors.Is(err, ErrStaleOutcome) {
+		t.Fatalf("ending it twice: %v", err)
+	}
+	if _, ok := b.OutstandingAt(0); ok || b.Skipped() != 1 {
+		t.Fatalf("outstanding after EndUnsent; skipped %d", b.Skipped())
+	}
+}
+
+func mustDo(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
 	}
 }

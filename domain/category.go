@@ -18,15 +18,16 @@ const (
 	CategoryTimeout             ErrorCategory = "timeout"
 	CategoryUnknown             ErrorCategory = "unknown"
 	// The reasons a message is skipped (MessageSkipped): neither sent nor failed.
-	CategoryOptedOut ErrorCategory = "opted_out" // the recipient asked not to be sent to
-	CategoryExpired  ErrorCategory = "expired"   // the message's validity ran out first
+	CategoryOptedOut  ErrorCategory = "opted_out" // the recipient asked not to be sent to
+	CategoryExpired   ErrorCategory = "expired"   // the message's validity ran out first
+	CategoryCancelled ErrorCategory = "cancelled" // the batch was cancelled (or failed) before the message's retry
 )
 
 // Categories lists every category, in the order the API documents them.
 var Categories = []ErrorCategory{
 	CategoryInvalidNumber, CategoryUnroutable, CategoryBlocked, CategoryNotSMSCapable,
 	CategoryRateLimited, CategoryProviderUnavailable, CategoryTimeout, CategoryUnknown,
-	CategoryOptedOut, CategoryExpired,
+	CategoryOptedOut, CategoryExpired, CategoryCancelled,
 }
 
 // Retryable reports whether a failure of this category may succeed when tried again:

@@ -269,7 +269,7 @@ func randomHistory(t *testing.T, r *rand.Rand) []Event {
 			_ = b.Resume(now, "user")
 		case 5:
 			if r.IntN(5) == 0 {
-				_ = b.Cancel(now, "user")
+				_ = b.Cancel(now, "user", nil)
 			}
 		case 6, 7, 8, 9:
 			slice := b.LastSlice()

@@ -416,7 +416,12 @@ func (p *Processor) commit(ctx context.Context, st *batchState, answers []answer
 		limited := false
 		for _, a := range answers {
 			if a.notSent {
-				continue // never reached the provider: nothing to record
+				// Never reached the provider: nothing to record, and it goes
+				// again, unless the batch has stopped.
+				if b.Status().Final() {
+					_ = b.EndUnsent(now, a.d.Index, a.d.Attempt, a.phone)
+				}
+				continue
 			}
 			r := p.recordAnswer(b, now, a)
 			c.recorded = append(c.recorded, r)
@@ -505,7 +510,8 @@ func (p *Processor) recordAnswer(b *domain.Batch, now time.Time, a answer) recor
 	// An outage of the provider never fails a recipient for good: it is retried
 	// until the provider answers. Other retryable failures use up attempts.
 	o, _ := b.OutstandingAt(a.d.Index)
-	if se.Category.Outage() || (se.Category.Retryable() && o.Failures+1 < p.cfg.MaxAttempts) {
+	retry := se.Category.Outage() || (se.Category.Retryable() && o.Failures+1 < p.cfg.MaxAttempts)
+	if retry && !b.Status().Final() { // a stopped batch retries nothing
 		retryAt := now.Add(p.backoff(min(a.d.Attempt, 16)))
 		if se.RetryAfter > 0 {
 			retryAt = latest(retryAt, now.Add(se.RetryAfter))

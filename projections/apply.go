@@ -413,9 +413,12 @@ func (s *BatchState) StatusView() BatchStatus {
 			Skipped:     s.Skipped,
 			Delivered:   s.Delivered,
 			Undelivered: s.Undelivered,
-			Waiting:     s.Waiting,
 		},
 		UpdatedAt: s.UpdatedAt,
+	}
+	if !s.Status.Final() {
+		// A stopped batch's recipients wait for nothing: they stay unsent.
+		st.Progress.Waiting = s.Waiting
 	}
 	if s.ScheduleTime != nil {
 		t := *s.ScheduleTime

@@ -563,3 +563,34 @@ func TestMayBeErrorCoversEveryErrorEntry(t *testing.T) {
 		}
 	}
 }
+
+// A stopped batch's recipients wait for nothing: a cancelled batch shows no
+// recipient waiting for its quiet hours, and, its retries ended skipped
+// (cancelled) as the aggregate records them, none pending.
+func TestACancelledBatchShowsNothingPendingOrWaiting(t *testing.T) {
+	h := projectionstest.NewEvents()
+	at := time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC)
+	b := h.Batch("acme", "b1", at)
+	b.Created(4)
+	b.Advance(time.Second).Started()
+	b.Advance(time.Second).Dispatched(0, 1)
+	b.Advance(time.Second).Sent(0, 1, 10*time.Millisecond)
+	b.Advance(time.Second).AttemptFailed(1, 1, domain.CategoryTimeout)
+	h.Append(domain.RecipientsDeferred{EventHeader: domain.EventHeader{BatchID: "b1", Tenant: "acme", At: at.Add(5 * time.Second)},
+		Cursor: 4, Ranges: []domain.DeferredRange{{Group: "UTC", From: 2, To: -1, Next: 2, Waiting: 2, OpensAt: at.Add(8 * time.Hour)}}})
+	if v := stateOf(t, h).StatusView(); v.Progress.Waiting != 2 || v.Progress.Pending != 1 {
+		t.Fatalf("before the cancel: %+v", v.Progress)
+	}
+	b.Advance(10 * time.Second).Cancelled()
+	b.Skipped(1, domain.CategoryCancelled)
+	v := stateOf(t, h).StatusView()
+	if v.Status != string(domain.StatusCancelled) || v.Progress.Pending != 0 || v.Progress.Waiting != 0 || v.Progress.Skipped != 1 {
+		t.Fatalf("cancelled batch shows %s %+v: pending and waiting that will never go", v.Status, v.Progress)
+	}
+}
+
+func stateOf(t *testing.T, h *projectionstest.Events) *projections.BatchState {
+	t.Helper()
+	st, _ := project(t, h.List())
+	return st
+}

@@ -18,6 +18,7 @@ export const categories = [
   "unknown",
   "opted_out",
   "expired",
+  "cancelled",
 ];
 
 // Which actions each status allows (domain/batch.go): anything not final can be

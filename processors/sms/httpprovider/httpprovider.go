@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptrace"
 	"net/url"
@@ -231,28 +232,38 @@ func (p *Provider) Send(ctx context.Context, msg sms.Message) (sms.Receipt, erro
 	}))
 	resp, err := p.cfg.HTTPClient.Do(req)
 	if err != nil {
-		return sms.Receipt{}, fmt.Errorf("httpprovider: send: %w", stripURL(err))
+		err = stripURL(err)
+		var netErr net.Error
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || (errors.As(err, &netErr) && netErr.Timeout()) {
+			return sms.Receipt{}, fmt.Errorf("httpprovider: send: %w", err)
+		}
+		// Whatever else the transport met (a refused, reset or closed
+		// connection, a TLS failure) says the provider could not be reached or
+		// did not answer, nothing about the recipient: an outage, which holds
+		// the batches and fails nobody, never an unknown error that uses up
+		// attempts and fails the whole campaign.
+		return sms.Receipt{}, &sms.Error{Category: domain.CategoryProviderUnavailable, Code: "network",
+			Message: "the provider could not be reached or did not answer: " + p.sanitize(err.Error())}
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))
-	if err != nil {
-		// Cut off mid-answer: the message may or may not have been accepted; a re-send
-		// with the same key settles it.
-		return sms.Receipt{}, fmt.Errorf("httpprovider: read answer: %w", stripURL(err))
-	}
+	body, readErr := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))
 
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		// The provider took the message: whatever became of the rest of its
+		// answer (cut off, unreadable, without a sid), it is sent. Sending it
+		// again would be a second SMS, billed, as providers ignore the key.
 		var m struct {
 			SID string `json:"sid"`
 		}
-		if err := json.Unmarshal(body, &m); err != nil || m.SID == "" {
-			return sms.Receipt{}, &sms.Error{
-				Category: domain.CategoryUnknown,
-				Code:     strconv.Itoa(resp.StatusCode),
-				Message:  "the provider accepted the message but its answer had no message sid",
-			}
+		if readErr != nil || json.Unmarshal(body, &m) != nil {
+			m.SID = ""
 		}
 		return sms.Receipt{ProviderID: m.SID, Duplicate: resp.StatusCode == http.StatusOK}, nil
+	}
+	if readErr != nil {
+		// A refusal cut off mid-answer: its reason is lost; the message may go
+		// again (the provider said no, so nothing was sent).
+		return sms.Receipt{}, fmt.Errorf("httpprovider: read answer: %w", stripURL(readErr))
 	}
 	return sms.Receipt{}, p.errorFor(resp, body, time.Now())
 }
@@ -273,7 +284,13 @@ var twilioCodes = map[int]struct {
 	21408: {domain.CategoryUnroutable, "Permission to send an SMS has not been enabled for the region of the 'To' number."},
 	21610: {domain.CategoryBlocked, "The 'To' number has opted out of messages from this sender (replied STOP)."},
 	21614: {domain.CategoryNotSMSCapable, "The 'To' number is not a mobile number and cannot receive SMS."},
+	// The sender's queue holds more than Twilio sends in 10 hours at its rate:
+	// the provider's rate limit, not the recipient's fault.
+	21611: {domain.CategoryRateLimited, "The 'From' number has more messages queued than the provider accepts; sending slows down."},
 }
+
+// queueFullHold is how long a batch holds after Twilio's 21611 (no Retry-After).
+const queueFullHold = 30 * time.Second
 
 // errorFor maps a non-2xx answer to an *sms.Error:
 //
@@ -328,7 +345,11 @@ func (p *Provider) errorFor(resp *http.Response, body []byte, now time.Time) *sm
 		}
 	}
 	if known, ok := twilioCodes[apiErr.Code]; ok && status >= 400 {
-		return &sms.Error{Category: known.category, Code: code, Message: known.message}
+		e := &sms.Error{Category: known.category, Code: code, Message: known.message}
+		if known.category == domain.CategoryRateLimited {
+			e.RetryAfter = max(retryAfter(resp.Header.Get("Retry-After"), now), queueFullHold)
+		}
+		return e
 	}
 	msg := p.sanitize(apiErr.Message)
 	if msg == "" {
@@ -359,17 +380,17 @@ func retryAfter(h string, now time.Time) time.Duration {
 	if h == "" {
 		return 0
 	}
+	// Absurd values are clamped, as seconds or as a date.
+	const maxWait = 24 * time.Hour
 	if secs, err := strconv.ParseInt(h, 10, 64); err == nil {
 		if secs <= 0 {
 			return 0
 		}
-		// Clamp absurd values rather than overflow.
-		const maxSecs = int64(24 * time.Hour / time.Second)
-		return time.Duration(min(secs, maxSecs)) * time.Second
+		return time.Duration(min(secs, int64(maxWait/time.Second))) * time.Second
 	}
 	if t, err := http.ParseTime(h); err == nil {
 		if d := t.Sub(now); d > 0 {
-			return d
+			return min(d, maxWait)
 		}
 	}
 	return 0

@@ -265,7 +265,6 @@ func TestOtherAnswers(t *testing.T) {
 		{"forbidden", 403, `{"code":20403,"message":"Forbidden"}`, domain.CategoryProviderUnavailable, "20403"},
 		{"wrong account or URL", 404, `{"code":20404,"message":"Not found"}`, domain.CategoryProviderUnavailable, "20404"},
 		{"5xx without JSON", 502, `bad gateway`, domain.CategoryProviderUnavailable, "502"},
-		{"2xx without sid", 201, `{}`, domain.CategoryUnknown, "201"},
 		{"redirect", 307, ``, domain.CategoryUnknown, "307"},
 		{"server echoes the token", 400, `{"code":21999,"message":"token ` + token + ` is odd"}`, domain.CategoryUnknown, "21999"},
 	}

@@ -195,7 +195,7 @@ func TestSIGTERMFinishesInFlightSends(t *testing.T) {
 	skipShort(t)
 	dataDir := t.TempDir()
 	addr := freeAddr(t)
-	p, c := startBinary(t, dataDir, addr, "--sim-latency", "400ms", "--rate-unlimited")
+	p, c := startBinary(t, dataDir, addr, "--sim-latency", "400ms", "--rate-unlimited", "--sim-record-every-call")
 	st := c.create(batchBody(recipients(40), "normal"))
 	time.Sleep(600 * time.Millisecond)
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {

@@ -57,6 +57,10 @@ func testConfig(t testing.TB) Config {
 	cfg.BackoffInit = 50 * time.Millisecond
 	cfg.BackoffMax = 200 * time.Millisecond
 	cfg.LogLevel = "warn"
+	// The simulator ignores idempotency keys and writes every message it takes
+	// to the outbox, as the real provider bills them: outbox() fails on a
+	// message sent twice.
+	cfg.SimRecordEveryCall = true
 	return cfg
 }
 

@@ -98,69 +98,109 @@ type Config struct {
 	ShutdownTimeout time.Duration
 }
 
-// setting registers one flag whose default comes from its environment variable.
+// settings registers flags whose values, when not given on the command line,
+// come from their environment variables. A flag's default shown by --help is
+// the built-in one, never the variable's value: that may be an API key or a
+// URL with a password, and --help (or any mistyped flag) prints defaults to
+// stderr, the container's log.
 type settings struct {
 	fs   *flag.FlagSet
 	env  func(string) string
-	errs []error
-	rows [][3]string // flag, variable, default: for the usage text
+	vars []envVar
 }
 
-func (s *settings) envOr(name, env, def string) string {
-	s.rows = append(s.rows, [3]string{"--" + name, env, def})
-	if v := s.env(env); v != "" {
-		return v
+// envVar is a flag's environment variable and how to set the flag from it.
+type envVar struct {
+	flag, name string
+	set        func(string) error
+}
+
+func (s *settings) register(name, env string, set func(string) error) {
+	s.vars = append(s.vars, envVar{flag: name, name: env, set: set})
+}
+
+// fromEnv sets every flag of fs not given on the command line from its
+// variable, when set: the flag wins, and a variable it overrides is not read.
+func (s *settings) fromEnv(fs *flag.FlagSet) error {
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	var errs []error
+	for _, v := range s.vars {
+		if given[v.flag] {
+			continue
+		}
+		if val := s.env(v.name); val != "" {
+			if err := v.set(val); err != nil {
+				errs = append(errs, fmt.Errorf("%s: %q %w", v.name, val, err))
+			}
+		}
 	}
-	return def
+	return errors.Join(errs...)
 }
 
 func (s *settings) str(p *string, name, env, def, usage string) {
-	s.fs.StringVar(p, name, s.envOr(name, env, def), usage+" (env "+env+")")
+	s.fs.StringVar(p, name, def, usage+" (env "+env+")")
+	s.register(name, env, func(v string) error { *p = v; return nil })
 }
 
 func (s *settings) dur(p *time.Duration, name, env string, def time.Duration, usage string) {
-	v := s.envOr(name, env, def.String())
-	d, err := time.ParseDuration(v)
-	if err != nil {
-		s.errs = append(s.errs, fmt.Errorf("%s: %q is not a duration such as 500ms or 2s", env, v))
-	}
-	s.fs.DurationVar(p, name, d, usage+" (env "+env+")")
+	s.fs.DurationVar(p, name, def, usage+" (env "+env+")")
+	s.register(name, env, func(v string) error {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return errors.New("is not a duration such as 500ms or 2s")
+		}
+		*p = d
+		return nil
+	})
 }
 
 func (s *settings) int(p *int, name, env string, def int, usage string) {
-	v := s.envOr(name, env, strconv.Itoa(def))
-	n, err := strconv.Atoi(v)
-	if err != nil {
-		s.errs = append(s.errs, fmt.Errorf("%s: %q is not a whole number", env, v))
-	}
-	s.fs.IntVar(p, name, n, usage+" (env "+env+")")
+	s.fs.IntVar(p, name, def, usage+" (env "+env+")")
+	s.register(name, env, func(v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return errors.New("is not a whole number")
+		}
+		*p = n
+		return nil
+	})
 }
 
 func (s *settings) int64(p *int64, name, env string, def int64, usage string) {
-	v := s.envOr(name, env, strconv.FormatInt(def, 10))
-	n, err := strconv.ParseInt(v, 10, 64)
-	if err != nil {
-		s.errs = append(s.errs, fmt.Errorf("%s: %q is not a whole number", env, v))
-	}
-	s.fs.Int64Var(p, name, n, usage+" (env "+env+")")
+	s.fs.Int64Var(p, name, def, usage+" (env "+env+")")
+	s.register(name, env, func(v string) error {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return errors.New("is not a whole number")
+		}
+		*p = n
+		return nil
+	})
 }
 
 func (s *settings) float(p *float64, name, env string, def float64, usage string) {
-	v := s.envOr(name, env, strconv.FormatFloat(def, 'g', -1, 64))
-	f, err := strconv.ParseFloat(v, 64)
-	if err != nil {
-		s.errs = append(s.errs, fmt.Errorf("%s: %q is not a number", env, v))
-	}
-	s.fs.Float64Var(p, name, f, usage+" (env "+env+")")
+	s.fs.Float64Var(p, name, def, usage+" (env "+env+")")
+	s.register(name, env, func(v string) error {
+		f, err := strconv.ParseFloat(v, 64)
+		if err != nil {
+			return errors.New("is not a number")
+		}
+		*p = f
+		return nil
+	})
 }
 
 func (s *settings) bool(p *bool, name, env string, def bool, usage string) {
-	v := s.envOr(name, env, strconv.FormatBool(def))
-	b, err := strconv.ParseBool(v)
-	if err != nil {
-		s.errs = append(s.errs, fmt.Errorf("%s: %q is not true or false", env, v))
-	}
-	s.fs.BoolVar(p, name, b, usage+" (env "+env+")")
+	s.fs.BoolVar(p, name, def, usage+" (env "+env+")")
+	s.register(name, env, func(v string) error {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return errors.New("is not true or false")
+		}
+		*p = b
+		return nil
+	})
 }
 
 // ParseConfig reads the serve settings from args and the environment.
@@ -169,7 +209,28 @@ func ParseConfig(args []string, env func(string) string) (Config, error) {
 	if err == nil && len(rest) > 0 {
 		err = fmt.Errorf("unexpected arguments: %s", strings.Join(rest, " "))
 	}
+	if err == nil {
+		err = c.unselected()
+	}
 	return c, err
+}
+
+// unselected refuses a URL given for a backend serve does not use: the
+// operator meant it, and ignoring it would, say, run a campaign through the
+// built-in simulator (every message "sent", none received) or keep the data
+// in local files.
+func (c Config) unselected() error {
+	var errs []error
+	if c.SMSURL != "" && c.SMSProvider != "http" {
+		errs = append(errs, fmt.Errorf("--sms-url (SMSBATCH_SMS_URL) is set, but the sms provider is %s, which would not use it: set --sms-provider http (SMSBATCH_SMS_PROVIDER)", c.SMSProvider))
+	}
+	if c.EventStoreURL != "" && c.EventStore == "bolt" {
+		errs = append(errs, errors.New("--event-store-url (SMSBATCH_EVENT_STORE_URL) is set, but the event store is bolt, which would not use it: set --event-store postgres or kurrent"))
+	}
+	if c.ReadStoreURL != "" && c.ReadStore != "postgres" {
+		errs = append(errs, fmt.Errorf("--read-store-url (SMSBATCH_READ_STORE_URL) is set, but the read store is %s, which would not use it: set --read-store postgres", c.ReadStore))
+	}
+	return errors.Join(errs...)
 }
 
 // simulatorFlags are the settings `smsbatch simulator` uses: its --help lists
@@ -238,17 +299,17 @@ func parseConfig(name string, args []string, env func(string) string, only ...st
 	s.int(&c.AuthFailureLimit, "auth-failure-limit", "SMSBATCH_AUTH_FAILURE_LIMIT", 10, "failed authentications per client address per window before it gets 429; 0 disables")
 	s.dur(&c.AuthFailureWindow, "auth-failure-window", "SMSBATCH_AUTH_FAILURE_WINDOW", time.Minute, "window of the failed-authentication limit")
 	s.dur(&c.ShutdownTimeout, "shutdown-timeout", "SMSBATCH_SHUTDOWN_TIMEOUT", 30*time.Second, "how long shutdown waits for requests and in-flight sends")
-	if len(s.errs) > 0 {
-		return c, nil, errors.Join(s.errs...)
-	}
 	if len(only) > 0 {
 		fs = subset(fs, only)
 	}
 	if err := fs.Parse(args); err != nil {
 		return c, nil, err
 	}
-	if c.ReadStore == "postgres" && c.ReadStoreURL == "" {
-		c.ReadStoreURL = c.EventStoreURL
+	if err := s.fromEnv(fs); err != nil {
+		return c, nil, err
+	}
+	if c.ReadStore == "postgres" && c.ReadStoreURL == "" && c.EventStore == "postgres" {
+		c.ReadStoreURL = c.EventStoreURL // one database for both
 	}
 	return c, fs.Args(), c.Validate()
 }

@@ -78,6 +78,11 @@ func main() {
 		}))
 	case "check":
 		os.Exit(tool("smsbatch check", args, func(ctx context.Context, cfg Config, rest []string) error {
+			if len(rest) > 0 {
+				// Checking ./data while the operator named another directory
+				// would report the wrong store clean.
+				return fmt.Errorf("unexpected arguments: %s (the directory checked is --data-dir, SMSBATCH_DATA_DIR)", strings.Join(rest, " "))
+			}
 			return checkStore(ctx, cfg, os.Stdout)
 		}))
 	case "simulator":
@@ -469,10 +474,24 @@ func (m *Main) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	var errs []error
+	// The HTTP server and the work stop side by side, each within the
+	// timeout: a request still running (an upload arriving slowly) must not
+	// use up the time the sends in flight need to finish and be recorded, or
+	// they would be sent again after the restart.
+	httpDone := make(chan error, 1)
 	if m.server != nil {
-		if err := m.server.Shutdown(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("http shutdown: %w", err))
-		}
+		go func() {
+			err := m.server.Shutdown(ctx)
+			if err != nil {
+				// Cut what still runs rather than let it go on against
+				// the stores about to close.
+				_ = m.server.Close()
+				err = fmt.Errorf("http shutdown: %w", err)
+			}
+			httpDone <- err
+		}()
+	} else {
+		httpDone <- nil
 	}
 	if m.listener != nil && !m.serving {
 		_ = m.listener.Close() // Run failed before serving on it
@@ -491,6 +510,7 @@ func (m *Main) Close() error {
 			errs = append(errs, err)
 		}
 	}
+	errs = append(errs, <-httpDone)
 	if m.cancel != nil {
 		m.cancel()
 	}

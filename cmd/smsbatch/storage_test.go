@@ -479,6 +479,12 @@ func TestCheckCommand(t *testing.T) {
 	wantCheck(t, dataDir, 1, file, "DAMAGED: 1 problem(s)", "stream "+domain.RecipientsStream(held)+" revision 0: event",
 		"checksum mismatch", "damaged streams (1): "+domain.RecipientsStream(held), "damaged events (1, by global position)")
 
+	// A directory named as an argument is refused, not ignored for ./data:
+	// the store the operator meant would be reported clean unchecked.
+	if code, out := runToExit(t, time.Minute, "check", dataDir); code == 0 || !strings.Contains(out, "--data-dir") {
+		t.Errorf("check %s: exit %d, %q; want non-zero pointing at --data-dir", dataDir, code, out)
+	}
+
 	// A store in use is not checked under the running program's feet.
 	running := t.TempDir()
 	addr := freeAddr(t)

@@ -32,6 +32,11 @@ func (t transport) Close() error {
 	return t.closer()
 }
 
+// keptOpen is a subscriber whose Close leaves it open; the transport closes it.
+type keptOpen struct{ message.Subscriber }
+
+func (keptOpen) Close() error { return nil }
+
 // openTransport returns GoChannel for a single instance, or NATS JetStream when a
 // NATS URL is configured: durable streams so a restart loses no work message, one
 // pull consumer each so each message is handled by one instance.
@@ -40,7 +45,11 @@ func openTransport(cfg Config, logger *slog.Logger) (transport, error) {
 	if cfg.NATSURL == "" {
 		gc := gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 64}, wlog)
 		// One chain start a start, as over NATS (processors.OncePublisher).
-		return transport{pub: processors.NewOncePublisher(gc), sub: gc, closer: gc.Close, name: "gochannel"}, nil
+		// The GoChannel is publisher and subscriber at once: the router, which
+		// closes its subscriber when it stops, gets one it cannot close, or the
+		// work its last slices hand on would fail to publish ("Pub/Sub closed",
+		// logged as errors at every stop). The transport closes it last.
+		return transport{pub: processors.NewOncePublisher(gc), sub: keptOpen{gc}, closer: gc.Close, name: "gochannel"}, nil
 	}
 	ns := cfg.NATSNamespace
 	// Longer than a slice plus its last sends: an unacknowledged message is

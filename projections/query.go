@@ -150,7 +150,7 @@ func (q ErrorQuery) Page() (ErrorPage, error) {
 		return ErrorPage{}, badCursor()
 	}
 	index, err := strconv.Atoi(raw)
-	if err != nil || index < 0 {
+	if err != nil || index < 0 || index > maxCursorIndex {
 		return ErrorPage{}, badCursor()
 	}
 	page.AfterIndex = index

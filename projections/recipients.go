@@ -3,6 +3,7 @@ package projections
 import (
 	"encoding/base64"
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -265,12 +266,17 @@ func (q RecipientQuery) Page() (RecipientPage, error) {
 		return RecipientPage{}, badCursor()
 	}
 	index, err := strconv.Atoi(raw)
-	if err != nil || index < 0 {
+	if err != nil || index < 0 || index > maxCursorIndex {
 		return RecipientPage{}, badCursor()
 	}
 	page.AfterIndex = index
 	return page, nil
 }
+
+// maxCursorIndex bounds the index a cursor may carry: no batch holds more
+// recipients, and a larger one (a crafted cursor) overflowed the scans from
+// the index after it, and PostgreSQL's integer columns.
+const maxCursorIndex = math.MaxInt32 - 1
 
 // PhonePrefix reports whether s is "+" followed by 1 to 15 digits: an E.164
 // number or its beginning.
@@ -307,6 +313,9 @@ type RecipientSource interface {
 // pending ones are the state's outstanding set; a phone filter walks the
 // numbers a page at a time; the other statuses ask the store for their records.
 func QueryRecipients(st *BatchState, page RecipientPage, src RecipientSource) ([]Recipient, string, error) {
+	if page.AfterIndex >= st.Total-1 && page.AfterIndex >= 0 {
+		return nil, "", nil // nothing after the last recipient
+	}
 	q := recipientScan{st: st, page: page, src: withPending{src: src, st: st}, want: page.Limit + 1, from: page.AfterIndex + 1}
 	var err error
 	switch {

@@ -41,6 +41,7 @@ func Run(t *testing.T, newStore func(t *testing.T) projections.Store) {
 	t.Run("Recipients", func(t *testing.T) { testRecipients(t, newStore(t)) })
 	t.Run("RecipientsRebuildIsIdentical", func(t *testing.T) { testRecipientsRebuild(t, newStore(t), newStore(t)) })
 	t.Run("RetryLinks", func(t *testing.T) { testRetryLinks(t, newStore(t)) })
+	t.Run("CursorsPastTheEnd", func(t *testing.T) { testCursorsPastTheEnd(t, newStore(t)) })
 }
 
 func ctx(t testing.TB) context.Context { return t.Context() }
@@ -677,5 +678,59 @@ func testUnfinished(t *testing.T, s projections.Store) {
 	}
 	if len(got) != 2 {
 		t.Fatalf("unfinished %v after a cancel, want acme-pending and globex-running", ids(got))
+	}
+}
+
+// A cursor no list returned, far past any batch's end (a crafted one), is
+// refused, or answers an empty last page, on every filter: it overflowed the
+// scans from the index after it (a panic, or a walk from the most negative
+// index holding the store's read lock, the read models' applies waiting
+// behind it) and PostgreSQL's integer columns (a 500).
+func testCursorsPastTheEnd(t *testing.T, s projections.Store) {
+	h, _ := recipientsHistory()
+	Apply(t, s, h.List(), 11)
+	b64 := func(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
+	try := func(what string, f func() (int, string, error)) {
+		t.Helper()
+		type result struct {
+			n    int
+			next string
+			err  error
+		}
+		done := make(chan result, 1)
+		go func() {
+			defer func() {
+				if v := recover(); v != nil {
+					done <- result{err: fmt.Errorf("panic: %v", v)}
+				}
+			}()
+			n, next, err := f()
+			done <- result{n, next, err}
+		}()
+		var r result
+		select {
+		case r = <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: no answer after 5 s: the query spins", what)
+		}
+		switch {
+		case r.err != nil && domain.ErrorCode(r.err) != domain.EINVALID:
+			t.Errorf("%s: %v (code %s), want invalid or an empty last page", what, r.err, domain.ErrorCode(r.err))
+		case r.err == nil && (r.n != 0 || r.next != ""):
+			t.Errorf("%s: %d recipients, next %q; want none after the end", what, r.n, r.next)
+		}
+	}
+	for _, idx := range []string{"2147483646", "2147483648", "9223372036854775807"} {
+		for _, q := range []projections.RecipientQuery{{}, {Status: "sent"}, {Status: "failed"}, {Status: "unsent"}, {Status: "pending"}, {Category: "blocked"}, {Phone: "+1415"}} {
+			q.Tenant, q.BatchID, q.Cursor = "acme", "r1", b64("r1:"+idx)
+			try(fmt.Sprintf("recipients %+v after %s", q, idx), func() (int, string, error) {
+				page, next, err := s.Recipients(ctx(t), q)
+				return len(page), next, err
+			})
+		}
+		try("errors after "+idx, func() (int, string, error) {
+			page, next, err := s.Errors(ctx(t), projections.ErrorQuery{Tenant: "acme", BatchID: "r1", Cursor: b64("e1:" + idx)})
+			return len(page), next, err
+		})
 	}
 }

@@ -275,16 +275,29 @@ func exportRow(row []string, r projections.Recipient, values []string, variables
 		}
 		return p.UTC().Format(exportTime)
 	}
-	row = append(row, strconv.Itoa(r.Index), r.PhoneNumber, r.Status, r.Category, r.Code, strconv.Itoa(r.Attempts),
-		r.ProviderMessageID, t(r.DispatchedAt), t(r.OutcomeAt), r.Delivery, t(r.DeliveredAt))
+	row = append(row, strconv.Itoa(r.Index), r.PhoneNumber, r.Status, r.Category, cell(r.Code), strconv.Itoa(r.Attempts),
+		cell(r.ProviderMessageID), t(r.DispatchedAt), t(r.OutcomeAt), r.Delivery, t(r.DeliveredAt))
 	for i := range variables {
 		v := ""
 		if i < len(values) {
 			v = values[i]
 		}
-		row = append(row, v)
+		row = append(row, cell(v))
 	}
 	return row
+}
+
+// cell keeps text that others gave (the uploader's variable values, the
+// provider's codes and IDs) from being read as a formula by the spreadsheet
+// that opens the export: one starting with = + - @, a tab or a carriage return
+// gets a leading apostrophe, which spreadsheets show as text (OWASP's CSV
+// injection advice). Phone numbers, ours in E.164, start with + by design and
+// are left alone.
+func cell(v string) string {
+	if v != "" && strings.ContainsRune("=+-@\t\r", rune(v[0])) {
+		return "'" + v
+	}
+	return v
 }
 
 // recipientValues reads recipients' stored values a page of the recipients

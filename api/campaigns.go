@@ -411,7 +411,8 @@ func (s *server) createRetry(ctx context.Context, tenant, id, newID, category st
 	if err != nil {
 		return commands.Result{}, "", err
 	}
-	if len(first) == 0 {
+	first = undelivered(first)
+	if len(first) == 0 && next == "" {
 		what := "no recipient that failed for good"
 		if category != "" {
 			what = "no recipient that failed for good with category " + category
@@ -456,8 +457,16 @@ func (s *server) failedRecipients(ctx context.Context, q projections.RecipientQu
 				yield(domain.Recipient{}, err)
 				return
 			}
+			page = undelivered(page)
 		}
 	}
+}
+
+// undelivered drops the failed recipients the provider has since reported
+// delivered (an earlier attempt, timed out on our side, went out after all):
+// a retry would text them twice.
+func undelivered(failed []projections.Recipient) []projections.Recipient {
+	return slices.DeleteFunc(failed, func(r projections.Recipient) bool { return r.Delivery == projections.DeliveryDelivered })
 }
 
 // awaitFailures waits, up to the read-your-writes bound, until the read

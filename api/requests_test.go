@@ -287,3 +287,71 @@ func TestTheExportNeutralisesFormulas(t *testing.T) {
 		}
 	}
 }
+
+// A recipient that failed for good although an earlier attempt of theirs did
+// reach the handset (the provider's receipt says delivered) is left out of
+// retry-failed: retrying would text them twice.
+func TestRetryFailedLeavesOutWhatWasDelivered(t *testing.T) {
+	env := newAPI(t, nil)
+	a := env.do("POST", "/api/batch", testKey, createBody(`"Hi {{name}}"`, `{"autoStart": true}`))
+	if a.Code != http.StatusCreated {
+		t.Fatalf("create: %d %s", a.Code, a.Body)
+	}
+	id := keyedAnswer{body: a.Body.Bytes()}.id(t)
+	// Another instance works the batch: both recipients fail for good, the
+	// first after its earlier attempt went out after all.
+	repo, _ := commands.NewRepository(env.es, 0)
+	cmds, err := commands.New(env.es, repo, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	if _, err := repo.Update(context.Background(), id, func(b *domain.Batch) error {
+		if _, err := b.Dispatch(now, domain.DispatchRequest{Slice: "s1", PrevSlice: b.LastSlice(), Instance: "i1",
+			Deadline: now.Add(10 * time.Second), Max: 5, MaxInFlight: 5}); err != nil {
+			return err
+		}
+		for i := range 2 {
+			if err := b.RecordFailed(now, domain.FailureParams{Index: i, Attempt: 1, Category: domain.CategoryUnknown}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := cmds.RecordReceipt(context.Background(), commands.RecordReceipt{BatchID: id, Index: 0, Delivered: true, SentAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; { // the read models have the receipt
+		if r := env.do("GET", "/api/batch/"+id+"/recipients?status=failed", testKey, ""); strings.Contains(r.Body.String(), `"delivery":"delivered"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the receipt never reached the recipients list")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	var retry struct {
+		ID       string `json:"id"`
+		Progress struct {
+			Total int `json:"total"`
+		} `json:"progress"`
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		r := env.do("POST", "/api/v2/batch/"+id+"/retry-failed", testKey, "")
+		if r.Code == http.StatusCreated {
+			if err := json.Unmarshal(r.Body.Bytes(), &retry); err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("retry-failed: %d %s", r.Code, r.Body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if retry.Progress.Total != 1 {
+		t.Fatalf("the retry has %d recipients, want 1: the delivered one left out", retry.Progress.Total)
+	}
+}

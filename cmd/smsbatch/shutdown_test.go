@@ -1,10 +1,12 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/http/httptest"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -99,5 +101,35 @@ func TestAGracefulStopWithARequestOpenRecordsTheSendsInFlight(t *testing.T) {
 		if n > 1 {
 			t.Errorf("the provider was called %d times for %s around a graceful stop", n, k)
 		}
+	}
+}
+
+// A graceful stop of the embedded default mid-campaign logs no error: the work
+// its last slices hand on is not published into a closed GoChannel.
+func TestAGracefulStopLogsNoErrors(t *testing.T) {
+	skipShort(t)
+	cfg := testConfig(t)
+	cfg.SimLatency = 300 * time.Millisecond
+	var out lockedBuffer
+	m := NewMain(cfg, &out)
+	if err := m.Run(context.Background()); err != nil {
+		m.Close()
+		t.Fatal(err)
+	}
+	c := &client{t: t, base: "http://" + m.Addr(), key: acmeKey, main: m}
+	c.waitReady()
+	c.create(batchBody(recipients(40), "high"))
+	time.Sleep(1500 * time.Millisecond) // mid-way
+	if err := m.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	var errs []string
+	for _, line := range strings.Split(out.String(), "\n") {
+		if strings.Contains(line, "level=ERROR") {
+			errs = append(errs, line)
+		}
+	}
+	if len(errs) > 0 {
+		t.Errorf("a graceful stop logged errors:\n%s", strings.Join(errs, "\n"))
 	}
 }

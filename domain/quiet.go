@@ -136,11 +136,18 @@ func (q QuietHours) windowEnd(zone string, t time.Time) (time.Time, bool) {
 		day = local.AddDate(0, 0, 1)
 	}
 	at := time.Date(day.Year(), day.Month(), day.Day(), end/60, end%60, 0, 0, loc)
-	if at.Hour()*60+at.Minute() != end {
-		// The end's clock time does not exist that day (the clocks spring forward
-		// over it), and time.Date gave an instant before the jump: the window ends
-		// when the clocks pass it, at the jump.
-		_, at = at.ZoneBounds()
+	if clock := at.Hour()*60 + at.Minute(); clock != end {
+		// The end's clock time does not exist that day (the clocks spring
+		// forward over it): the window ends when the clocks pass it, at the
+		// jump. time.Date gave an instant on one side of it (before it west of
+		// Greenwich, after it east): the jump is the end of that zone period,
+		// or its start.
+		start, stop := at.ZoneBounds()
+		if clock > end {
+			at = start
+		} else {
+			at = stop
+		}
 	}
 	return at, true
 }

@@ -90,6 +90,19 @@ func TestQuietHoursEndingInTheSpringForwardGap(t *testing.T) {
 	if quiet, _ := q.QuietAt(q.ZoneGroup(newYork), jump); quiet {
 		t.Errorf("still quiet at %s", jump.In(ny).Format("15:04 MST"))
 	}
+	// East of Greenwich time.Date gives the skipped time after the jump: Berlin
+	// springs from 02:00 CET to 03:00 CEST on 2026-03-29.
+	berlinQ, err := ParseQuietHours("22:00", "02:30", "Europe/Berlin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	berlin, _ := time.LoadLocation("Europe/Berlin")
+	berlinJump := time.Date(2026, 3, 29, 1, 0, 0, 0, time.UTC)
+	for _, local := range []time.Time{time.Date(2026, 3, 28, 23, 0, 0, 0, berlin), time.Date(2026, 3, 29, 1, 30, 0, 0, berlin)} {
+		if quiet, opens := berlinQ.QuietAt(berlinQ.ZoneGroup("+4930123456"), local); !quiet || !opens.Equal(berlinJump) {
+			t.Errorf("Berlin at %s: quiet %v, opens %s; want quiet until 03:00 CEST", local.Format("Jan 2 15:04 MST"), quiet, opens.In(berlin).Format("Jan 2 2006 15:04 MST"))
+		}
+	}
 	// The night after, 02:30 exists again.
 	next := time.Date(2026, 3, 9, 1, 0, 0, 0, ny)
 	if _, opens := q.QuietAt(q.ZoneGroup(newYork), next); !opens.Equal(time.Date(2026, 3, 9, 2, 30, 0, 0, ny)) {

@@ -139,16 +139,22 @@ func (l *List) catchUpHeld(ctx context.Context) {
 	}
 	l.mu.Unlock()
 	for _, t := range held {
-		t.mu.Lock()
-		if t.loaded.Load() {
-			if err := t.readStream(ctx, l.cfg.Store); err != nil {
-				t.loaded.Store(false)
-				if ctx.Err() == nil {
-					l.cfg.Logger.Warn("opt-out list: reading on at start failed; it is read again when next asked", "tenant", t.tenant, "err", err)
-				}
+		t.mu.Lock() // waits for a first read under way, which may predate from
+		loaded := t.loaded.Load()
+		t.mu.Unlock()
+		if !loaded {
+			continue // its first read is still to come: it reads the stream as it is
+		}
+		// Read outside the tenant's lock (caughtUp), so that the sends asking
+		// about the tenant meanwhile do not wait for the store.
+		if _, err := l.caughtUp(ctx, t.tenant); err != nil {
+			t.mu.Lock()
+			t.loaded.Store(false)
+			t.mu.Unlock()
+			if ctx.Err() == nil {
+				l.cfg.Logger.Warn("opt-out list: reading on at start failed; it is read again when next asked", "tenant", t.tenant, "err", err)
 			}
 		}
-		t.mu.Unlock()
 	}
 }
 

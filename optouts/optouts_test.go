@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -326,5 +328,40 @@ func TestOneTenantsDamagedEventDoesNotBlindTheOthers(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// slowOptOutReads delays reads of opt-out streams once armed: a store under load.
+type slowOptOutReads struct {
+	eventstore.Store
+	slow atomic.Bool
+}
+
+func (s *slowOptOutReads) ReadStream(ctx context.Context, stream string, from uint64, n int) ([]eventstore.Event, error) {
+	if s.slow.Load() && strings.HasPrefix(stream, domain.OptOutStreamPrefix) {
+		time.Sleep(2 * time.Second)
+	}
+	return s.Store.ReadStream(ctx, stream, from, n)
+}
+
+// Suppressed is asked between every send's rate slot and its provider call:
+// it must not wait for the store. Run's start (catchUpHeld) reads a loaded
+// tenant's stream holding the tenant's write lock, so every lookup of that
+// tenant waits for the read.
+func TestSuppressedDoesNotWaitForRunsCatchUpRead(t *testing.T) {
+	s := &slowOptOutReads{Store: memory.New()}
+	l := newList(t, s)
+	if suppressed(t, l, "acme", "+14155550100") { // loaded, as a dispatch would
+		t.Fatal("suppressed in an empty list")
+	}
+	s.slow.Store(true)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = l.Run(ctx) }()
+	time.Sleep(100 * time.Millisecond) // Run is reading acme's stream on
+	start := time.Now()
+	suppressed(t, l, "acme", "+14155550100")
+	if d := time.Since(start); d > 500*time.Millisecond {
+		t.Fatalf("a lookup of a loaded list took %s: it waited for a store read under the tenant's lock", d.Round(time.Millisecond))
 	}
 }

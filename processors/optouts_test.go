@@ -107,3 +107,46 @@ func TestAnUnreadableOptOutListHoldsTheBatchWithoutSpinning(t *testing.T) {
 		t.Errorf("%d recipients sent while their opt-out list could not be read", calls)
 	}
 }
+
+// The opt-out list asked again between a send's rate slot and its provider
+// call can take its time (its tenant lock is held across a stream read at
+// Run start or on a gap, a list unloaded after a failed read reads its
+// stream): the send must not then go out after its dispatch's deadline, when
+// another instance may already have sent the message again.
+func TestASlowOptOutLookupBeforeTheSendNeverSendsTwice(t *testing.T) {
+	h := newHarness(t, newFakeProvider(0))
+	var asked atomic.Int64
+	cfg := Config{
+		SendTimeout: 200 * time.Millisecond, DeadlineMargin: 100 * time.Millisecond,
+		Suppressed: func(ctx context.Context, _, phone string) (bool, error) {
+			if asked.Add(1) == 2 { // instance A's send, after its slot: the lookup is slow
+				time.Sleep(2500 * time.Millisecond)
+			}
+			return false, nil
+		}}
+	a, b := h.processor(cfg), h.processor(cfg)
+	w := h.create("b1", 1, domain.PriorityHigh)
+	done := make(chan struct{})
+	go func() { // instance A: dispatches b1:0, its send waits on the list
+		defer close(done)
+		_, _ = a.RunSlice(context.Background(), w)
+	}()
+	time.Sleep(1600 * time.Millisecond) // past the dispatch's deadline (1.3 s)
+	// Instance B: recovery hands it the batch; the message is in doubt.
+	cur, err := h.cmds.Repository().Load(context.Background(), "b1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	drive(t, b, Work{BatchID: "b1", PrevSlice: cur.LastSlice()})
+	<-done
+	time.Sleep(500 * time.Millisecond)
+	h.prov.mu.Lock()
+	n := h.prov.calls["b1:0"]
+	h.prov.mu.Unlock()
+	if n != 1 {
+		for _, e := range h.events("b1") {
+			t.Log(e.Type, string(e.Data))
+		}
+		t.Fatalf("message b1:0 handed to the provider %d times: A's send went out after its dispatch's deadline, after B had sent it again", n)
+	}
+}

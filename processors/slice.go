@@ -607,7 +607,10 @@ func (s *slice) start(ctx context.Context, dispatched []domain.Dispatch, at, sen
 				// before it goes), or the breaker may have opened: then the
 				// message never reaches the provider and goes round again, the
 				// opted-out one to be skipped by the next dispatch.
-				if p.optedOut(ctx, tenant, rcp.Phone) {
+				// The lookup may wait (a list being read): a send that could
+				// not start by its last moment is not made at all, as in take,
+				// or another instance may send it again after its deadline.
+				if p.optedOut(ctx, tenant, rcp.Phone) || p.cfg.Now().After(last) {
 					pc.left(time.Time{})
 				} else if done, ok := p.outage.allow(); !ok {
 					pc.left(time.Time{})

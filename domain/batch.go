@@ -591,6 +591,22 @@ func (b *Batch) Dispatch(now time.Time, req DispatchRequest) ([]Dispatch, error)
 	if b.lastSlice != req.PrevSlice && b.lastSlice != req.Slice {
 		return nil, ErrSuperseded
 	}
+	if req.Recipient == nil {
+		return b.dispatch(now, req)
+	}
+	// A lookup that fails part-way must leave the batch as it was: the skips
+	// recorded before it move the cursor past recipients chosen in the same
+	// scan, which would then never be sent.
+	saved := b.Clone()
+	out, err := b.dispatch(now, req)
+	if err != nil {
+		*b = *saved
+		return nil, err
+	}
+	return out, nil
+}
+
+func (b *Batch) dispatch(now time.Time, req DispatchRequest) ([]Dispatch, error) {
 	if b.expired(now) {
 		return nil, b.expire(now, req)
 	}

@@ -150,3 +150,32 @@ func TestASlowOptOutLookupBeforeTheSendNeverSendsTwice(t *testing.T) {
 		t.Fatalf("message b1:0 handed to the provider %d times: A's send went out after its dispatch's deadline, after B had sent it again", n)
 	}
 }
+
+// A dispatch whose lookup fails part way (here the opt-out list, for one
+// number, once) must record nothing: the commit appended the skip decided
+// before the failure, whose cursor passes over the recipient chosen to send
+// before it, and that recipient never gets an outcome.
+func TestALookupFailingMidDispatchLosesNoRecipient(t *testing.T) {
+	h := newHarness(t, newFakeProvider(0))
+	var failed atomic.Bool
+	p := h.processor(Config{Unlimited: true, Suppressed: func(_ context.Context, _, phone string) (bool, error) {
+		switch phone {
+		case "+14155550001":
+			return true, nil // opted out
+		case "+14155550002":
+			if failed.CompareAndSwap(false, true) {
+				return false, errors.New("opt-out list unreadable for a moment")
+			}
+		}
+		return false, nil
+	}})
+	drive(t, p, h.create("b1", 4, domain.PriorityNormal))
+	b, err := h.cmds.Repository().Load(context.Background(), "b1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := b.Sent() + b.Failed() + b.Skipped(); got != 4 || b.Status() != domain.StatusCompleted {
+		t.Fatalf("batch %s with %d sent, %d failed, %d skipped of 4 (outcomes %v): a recipient was lost",
+			b.Status(), b.Sent(), b.Failed(), b.Skipped(), h.outcomes("b1"))
+	}
+}

@@ -176,8 +176,9 @@ func (h *Handlers) ResumeBatch(ctx context.Context, act Act) (Result, error) {
 // a retry end skipped, with their numbers, for the errors list.
 func (h *Handlers) CancelBatch(ctx context.Context, act Act) (Result, error) {
 	return h.act(ctx, act, func(b *domain.Batch) error {
+		now := h.now()
 		phones := make(map[int]string)
-		for _, i := range b.RetriesWaiting() {
+		for _, i := range b.RetriesWaiting(now) {
 			page, err := h.RecipientsPage(ctx, b.ID(), i/domain.RecipientPageSize)
 			if err != nil {
 				return err
@@ -186,7 +187,7 @@ func (h *Handlers) CancelBatch(ctx context.Context, act Act) (Result, error) {
 				phones[i] = page[at].Phone
 			}
 		}
-		return b.Cancel(h.now(), act.By, func(i int) string { return phones[i] })
+		return b.Cancel(now, act.By, func(i int) string { return phones[i] })
 	})
 }
 

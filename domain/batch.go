@@ -471,23 +471,25 @@ func (b *Batch) Fail(now time.Time, reason string) error {
 	return nil
 }
 
-// RetriesWaiting lists the indexes of the messages waiting for a retry: the
-// ones a cancel ends, whose numbers its caller may look up.
-func (b *Batch) RetriesWaiting() []int {
+// RetriesWaiting lists the indexes of the messages a cancel at now ends (see
+// endRetries), whose numbers its caller may look up.
+func (b *Batch) RetriesWaiting(now time.Time) []int {
 	var out []int
 	for _, o := range b.outstanding {
-		if !o.InFlight() {
+		if !o.InFlight() || o.InDoubt(now, nil) {
 			out = append(out, o.Index)
 		}
 	}
 	return out
 }
 
-// endRetries ends the messages of a batch just stopped that wait for a retry:
-// no slice dispatches for it again, so they would stay pending for good.
+// endRetries ends the messages of a batch just stopped that wait for a retry,
+// and those in flight whose deadline has passed (no send of them can still be
+// running: their instance is gone): no slice dispatches for it again, so they
+// would stay pending for good.
 func (b *Batch) endRetries(now time.Time, why string, phone func(int) string) {
 	for _, o := range b.Outstanding() {
-		if o.InFlight() {
+		if o.InFlight() && !o.InDoubt(now, nil) {
 			continue // its answer is recorded when it comes
 		}
 		info := RecipientInfo{Skip: CategoryCancelled, Message: why}

@@ -525,3 +525,36 @@ func mustDo(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// A stop also ends the messages in flight whose deadline has passed: no send of
+// them can still be running (their instance is gone), and no slice runs for a
+// stopped batch to find them.
+func TestAStopEndsTheMessagesInDoubt(t *testing.T) {
+	b := newTestBatch(t, 3, true, nil)
+	r := req("s1", b.LastSlice(), 3)
+	r.Deadline = t0.Add(10 * time.Second)
+	if _, err := b.Dispatch(t0, r); err != nil {
+		t.Fatal(err)
+	}
+	mustDo(t, b.RecordSent(t0, SentParams{Index: 0, Attempt: 1}))
+	mustDo(t, b.Cancel(t0.Add(time.Hour), "user", nil))
+	var history []Event
+	b = roundTrip(t, b, &history)
+	if n := b.OutstandingCount(); n != 0 {
+		t.Fatalf("the cancelled batch keeps %d messages outstanding for good, their deadlines an hour past", n)
+	}
+	if b.Sent() != 1 || b.Skipped() != 2 {
+		t.Fatalf("sent %d, skipped %d", b.Sent(), b.Skipped())
+	}
+	// Before their deadline they may still be sending: they wait for their answers.
+	b = newTestBatch(t, 1, true, nil)
+	r = req("s1", b.LastSlice(), 1)
+	r.Deadline = t0.Add(10 * time.Second)
+	if _, err := b.Dispatch(t0, r); err != nil {
+		t.Fatal(err)
+	}
+	mustDo(t, b.Cancel(t0.Add(time.Second), "user", nil))
+	if b.OutstandingCount() != 1 {
+		t.Fatal("a message whose send may still be running was ended")
+	}
+}

@@ -105,6 +105,10 @@ type Hub struct {
 	follower *eventstore.Follower
 	// startErr is why Run has not started yet, while it retries.
 	startErr error
+	// statusErr is why a flush could not read a batch's status, failing
+	// since statusFailingSince; zero once a flush reads every one.
+	statusErr          error
+	statusFailingSince time.Time
 }
 
 // NewHub returns a hub; it sends nothing until Run.
@@ -136,6 +140,10 @@ func (h *Hub) Clients() int {
 	defer h.mu.Unlock()
 	return len(h.clients)
 }
+
+// statusUnhealthyAfter is how long reading a batch's status may keep failing
+// before Health says so, as a follower's.
+const statusUnhealthyAfter = 10 * time.Second
 
 // errHubStopped answers clients arriving while the hub is not running.
 var errHubStopped = domain.Errorf(domain.EUNAVAILABLE, "live updates are not available yet; try again shortly")
@@ -264,9 +272,13 @@ func (h *Hub) follow(ctx context.Context, from eventstore.Position, pages chan<-
 func (h *Hub) Health() error {
 	h.mu.Lock()
 	f, startErr := h.follower, h.startErr
+	statusErr, since := h.statusErr, h.statusFailingSince
 	h.mu.Unlock()
 	if startErr != nil {
 		return fmt.Errorf("live hub: cannot start: read checkpoint: %w", startErr)
+	}
+	if !since.IsZero() && time.Since(since) >= statusUnhealthyAfter {
+		return fmt.Errorf("live hub: reading statuses failing for %s: %w", time.Since(since).Round(time.Second), statusErr)
 	}
 	if f == nil {
 		return nil
@@ -294,6 +306,8 @@ type dirtyBatch struct {
 	tenant string
 	// last is the batch's last event seen; its status message carries it.
 	last eventstore.Position
+	// retried marks a batch whose status could not be read last time.
+	retried bool
 }
 
 func (p *pending) collect(events []eventstore.Event) error {
@@ -332,7 +346,10 @@ type outMessage struct {
 	tenant, batchID string
 	pos             eventstore.Position
 	isStatus        bool
-	data            []byte
+	// always: sent to every client following the batch, whatever position
+	// it has seen (a status read only after its flush).
+	always bool
+	data   []byte
 }
 
 // liveMessage is the JSON shape of every message a client receives.
@@ -406,28 +423,41 @@ func (h *Hub) flush(ctx context.Context, p *pending) error {
 			msgs = append(msgs, m)
 		}
 	}
+	var readErr error
 	for id, d := range p.batches {
 		if !h.followedLocked(d.tenant, id) {
+			delete(p.batches, id)
 			continue
 		}
 		st, err := h.cfg.ReadModels.Batch(ctx, d.tenant, id)
 		if err != nil {
 			if domain.ErrorCode(err) == domain.ENOTFOUND {
+				delete(p.batches, id)
 				continue
 			}
-			// Send nothing and keep everything for the next flush: sending the
-			// rest would move flushed past this batch's change, and a client
-			// reconnecting after that position would never be told of it.
-			return fmt.Errorf("read status of batch %s: %w", id, err)
+			// Tried again at the next flush; the others go on meanwhile.
+			d.retried = true
+			readErr = fmt.Errorf("read status of batch %s: %w", id, err)
+			continue
 		}
-		msgs = append(msgs, statusMessage(st, d.last))
+		m := statusMessage(st, d.last)
+		if d.retried {
+			// Its change may lie before the position a client reconnected
+			// after (flushed moved past it while it could not be read): it
+			// goes to every client following the batch, whatever position
+			// it has. A status is the whole state: a second one repeats
+			// nothing that matters.
+			m = statusMessage(st, head)
+			m.always = true
+		}
+		msgs = append(msgs, m)
+		delete(p.batches, id)
 	}
-	clear(p.batches)
 	p.errors = p.errors[:0]
 	sortMessages(msgs)
 	for c := range h.clients {
 		for _, m := range msgs {
-			if !c.follows(m.tenant, m.batchID) || !c.after.Less(m.pos) {
+			if !c.follows(m.tenant, m.batchID) || (!m.always && !c.after.Less(m.pos)) {
 				continue
 			}
 			select {
@@ -440,10 +470,18 @@ func (h *Hub) flush(ctx context.Context, p *pending) error {
 			}
 		}
 	}
+	if readErr != nil {
+		if h.statusFailingSince.IsZero() {
+			h.statusFailingSince = time.Now()
+		}
+		h.statusErr = readErr
+	} else {
+		h.statusFailingSince, h.statusErr = time.Time{}, nil
+	}
 	if h.flushed.Less(head) {
 		h.flushed = head
 	}
-	return nil
+	return readErr
 }
 
 func (h *Hub) followedLocked(tenant, batchID string) bool {

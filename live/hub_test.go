@@ -311,3 +311,79 @@ func TestAReconnectReadsWhatItMissedWithoutHoldingUpTheHub(t *testing.T) {
 		t.Fatalf("the reconnected client was sent %d statuses, want the %d batches it missed", n, missed)
 	}
 }
+
+// brokenStatus fails every status read of one batch (a row the read models
+// cannot decode, say), for good.
+type brokenStatus struct {
+	projections.Store
+	id string
+}
+
+func (b *brokenStatus) Batch(ctx context.Context, tenant, id string) (projections.BatchStatus, error) {
+	if id == b.id {
+		return projections.BatchStatus{}, errors.New("status row of this batch cannot be decoded")
+	}
+	return b.Store.Batch(ctx, tenant, id)
+}
+
+// One batch whose status cannot be read must not stop every other client's
+// live updates (another tenant's among them) for good while Health says all is
+// well.
+func TestOneUnreadableStatusHoldsUpNoOtherBatch(t *testing.T) {
+	es := esmemory.New()
+	defer es.Close()
+	store := memory.New()
+	rm := &brokenStatus{Store: store}
+	runner, err := projections.NewRunner(projections.RunnerConfig{Events: es, Store: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hub, err := live.NewHub(live.Config{Events: es, ReadModels: rm, Projections: runner})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() { _ = runner.Run(ctx) }()
+	go func() { _ = hub.Run(ctx) }()
+	for !hub.Running() {
+		time.Sleep(5 * time.Millisecond)
+	}
+	ev := projectionstest.NewEvents()
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	x := ev.Batch("acme", uuid.NewString(), t0)   // its status cannot be read
+	y := ev.Batch("globex", uuid.NewString(), t0) // another tenant's batch
+	pos, err := projectionstest.AppendTo(ctx, es, []eventstore.Event{y.Created(1), y.Started()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for hub.Flushed().Less(pos) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	rm.id = x.ID
+	// acme's dashboard follows x; globex's follows y.
+	if _, err := projectionstest.AppendTo(ctx, es, []eventstore.Event{x.Created(1), x.Started()}); err != nil {
+		t.Fatal(err)
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer wcancel()
+	if err := runner.WaitFor(wctx, pos); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hub.Subscribe(ctx, live.Subscription{Tenant: "acme"}); err != nil {
+		t.Fatal(err)
+	}
+	globex, err := hub.Subscribe(ctx, live.Subscription{Tenant: "globex", BatchID: y.ID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := projectionstest.AppendTo(ctx, es, []eventstore.Event{x.Dispatched(0), y.Dispatched(0)}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-globex.Messages():
+		t.Logf("globex told: %s", m)
+	case <-time.After(5 * time.Second):
+		t.Fatalf("globex's dashboard got nothing for 5 s because acme's batch %s cannot be read; hub Health: %v", x.ID, hub.Health())
+	}
+}

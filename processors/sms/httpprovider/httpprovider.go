@@ -250,13 +250,17 @@ func (p *Provider) Send(ctx context.Context, msg sms.Message) (sms.Receipt, erro
 
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
 		// The provider took the message: whatever became of the rest of its
-		// answer (cut off, unreadable, without a sid), it is sent. Sending it
-		// again would be a second SMS, billed, as providers ignore the key.
+		// answer (cut off, cut by the timeout, without a sid), it is sent.
+		// Sending it again would be a second SMS, billed, as providers ignore
+		// the key. A whole answer that is not the API's JSON is another
+		// server's (a proxy's page, a wrong URL): nothing was sent, and the
+		// provider is as good as unreachable.
 		var m struct {
 			SID string `json:"sid"`
 		}
-		if readErr != nil || json.Unmarshal(body, &m) != nil {
-			m.SID = ""
+		if readErr == nil && json.Unmarshal(body, &m) != nil {
+			return sms.Receipt{}, &sms.Error{Category: domain.CategoryProviderUnavailable, Code: strconv.Itoa(resp.StatusCode),
+				Message: fmt.Sprintf("the answer (HTTP %d, %s) is not the provider's API: check the provider's URL", resp.StatusCode, p.sanitize(resp.Header.Get("Content-Type")))}
 		}
 		return sms.Receipt{ProviderID: m.SID, Duplicate: resp.StatusCode == http.StatusOK}, nil
 	}

@@ -97,3 +97,22 @@ func TestTwilioQueueFullIsRateLimited(t *testing.T) {
 		t.Fatalf("Twilio 21611: %s, hold %s; want rate_limited with a hold", se.Category, se.RetryAfter)
 	}
 }
+
+// A whole 2xx answer that is not the API's JSON is another server's (a proxy's
+// or captive portal's page, a wrong --sms-url): nothing was sent, and it is
+// not reported sent; the batches hold as in an outage.
+func TestA2xxThatIsNotTheAPIIsNotASend(t *testing.T) {
+	for name, base := range map[string]string{
+		"HTML page":        stub(t, http.StatusOK, map[string]string{"Content-Type": "text/html"}, "<html><body>Welcome to nginx!</body></html>"),
+		"proxy login page": stub(t, http.StatusOK, map[string]string{"Content-Type": "text/html"}, "<html><form action=/login>Sign in to continue</form></html>"),
+	} {
+		rec, err := send(t, newProvider(t, base), "b1:0", okNumber)
+		if err == nil {
+			t.Errorf("%s: reported sent (provider ID %q)", name, rec.ProviderID)
+			continue
+		}
+		if se := sms.Classify(err); !se.Category.Outage() {
+			t.Errorf("%s: %s, want an outage", name, se.Category)
+		}
+	}
+}

@@ -5,7 +5,7 @@
 // whatever reason (no such endpoint yet, a proxy refusing upgrades, the server
 // restarting), poll() is called every pollMs so the page keeps moving. A closed
 // socket is reopened with backoff from the last position seen (&after=), or
-// without one when the last try closed before it opened.
+// without one after three tries in a row closed before they opened.
 
 import { api } from "./api.js";
 
@@ -13,6 +13,7 @@ export function follow({ path, onMessage, poll, pollMs = 1000, onMode = () => {}
   let stopped = false;
   let socket = null;
   let after = "";
+  let failedOpens = 0; // sockets in a row that closed before they opened
   let delay = 1000;
   let retryTimer = 0;
   let pollTimer = 0;
@@ -86,11 +87,16 @@ export function follow({ path, onMessage, poll, pollMs = 1000, onMode = () => {}
     socket.onclose = () => {
       socket = null;
       if (stopped) return;
-      if (opened) delay = 1000;
-      // Closed before it opened: the server may have refused the position
-      // (409, too much to replay), which a browser cannot tell from a network
-      // error. Reconnect without it; poll() on open catches up.
-      else after = "";
+      if (opened) {
+        delay = 1000;
+        failedOpens = 0;
+      } else if (++failedOpens >= 3) {
+        // Closed before it opened, again and again: the server may be
+        // refusing the position (409, too much to replay), which a browser
+        // cannot tell from a network error or a restart. Reconnect without
+        // it; poll() on open catches up.
+        after = "";
+      }
       retry();
     };
   }

@@ -420,11 +420,24 @@ func (s *server) createRetry(ctx context.Context, tenant, id, newID, category st
 		return commands.Result{}, "", domain.Errorf(domain.ECONFLICT, "batch %s has %s: there is nothing to retry", id, what)
 	}
 	name := domain.RetryName(old.Name, id)
+	taken := 0
+	recipients := func(yield func(domain.Recipient, error) bool) {
+		for r, err := range s.failedRecipients(ctx, q, first, next) {
+			taken++
+			if !yield(r, err) {
+				return
+			}
+		}
+	}
 	res, err := s.cfg.Commands.CreateBatch(ctx, commands.CreateBatch{
 		ID: newID, Tenant: tenant, Template: tmpl, Priority: domain.Priority(old.Priority),
-		AutoStart: old.AutoStart, Name: name, RetryOf: id,
-		Recipients: s.failedRecipients(ctx, q, first, next),
+		AutoStart: old.AutoStart, Name: name, RetryOf: id, Recipients: recipients,
 	})
+	if err != nil && taken == 0 {
+		// Every failed recipient was delivered after all (pages past the
+		// first can hold only those): the state, not the request, is why.
+		return commands.Result{}, "", domain.Errorf(domain.ECONFLICT, "batch %s has no recipient that failed for good and was not delivered since: there is nothing to retry", id)
+	}
 	return res, name, err
 }
 

@@ -288,70 +288,95 @@ func TestTheExportNeutralisesFormulas(t *testing.T) {
 	}
 }
 
-// A recipient that failed for good although an earlier attempt of theirs did
-// reach the handset (the provider's receipt says delivered) is left out of
-// retry-failed: retrying would text them twice.
-func TestRetryFailedLeavesOutWhatWasDelivered(t *testing.T) {
-	env := newAPI(t, nil)
-	a := env.do("POST", "/api/batch", testKey, createBody(`"Hi {{name}}"`, `{"autoStart": true}`))
+// failedThenDelivered creates a batch of n recipients that another instance
+// works: every one fails for good, and those delivered says were delivered
+// after all (an earlier attempt went out). It returns the batch once the read
+// models have every receipt.
+func failedThenDelivered(t *testing.T, env *apiEnv, n int, delivered func(i int) bool) string {
+	t.Helper()
+	var rcpts []string
+	for i := range n {
+		rcpts = append(rcpts, fmt.Sprintf(`{"phoneNumber": "+1650253%04d", "variables": {"name": "R%d"}}`, i, i))
+	}
+	a := env.do("POST", "/api/batch", testKey, `{"text": "Hi {{name}}", "options": {"autoStart": true}, "recipients": [`+strings.Join(rcpts, ",")+`]}`)
 	if a.Code != http.StatusCreated {
 		t.Fatalf("create: %d %s", a.Code, a.Body)
 	}
 	id := keyedAnswer{body: a.Body.Bytes()}.id(t)
-	// Another instance works the batch: both recipients fail for good, the
-	// first after its earlier attempt went out after all.
 	repo, _ := commands.NewRepository(env.es, 0)
 	cmds, err := commands.New(env.es, repo, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	if _, err := repo.Update(context.Background(), id, func(b *domain.Batch) error {
-		if _, err := b.Dispatch(now, domain.DispatchRequest{Slice: "s1", PrevSlice: b.LastSlice(), Instance: "i1",
-			Deadline: now.Add(10 * time.Second), Max: 5, MaxInFlight: 5}); err != nil {
-			return err
-		}
-		for i := range 2 {
-			if err := b.RecordFailed(now, domain.FailureParams{Index: i, Attempt: 1, Category: domain.CategoryUnknown}); err != nil {
+	for round, failed := 0, 0; failed < n; round++ {
+		at := now.Add(time.Duration(round) * time.Second)
+		b, err := repo.Update(context.Background(), id, func(b *domain.Batch) error {
+			ds, err := b.Dispatch(at, domain.DispatchRequest{Slice: "s1", PrevSlice: b.LastSlice(), Instance: "i1",
+				Deadline: at.Add(10 * time.Second), Max: 5, MaxInFlight: 5})
+			if err != nil {
 				return err
 			}
+			for _, d := range ds {
+				if err := b.RecordFailed(at, domain.FailureParams{Index: d.Index, Attempt: d.Attempt, Category: domain.CategoryUnknown}); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
 		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
+		failed = b.Failed()
 	}
-	if _, _, err := cmds.RecordReceipt(context.Background(), commands.RecordReceipt{BatchID: id, Index: 0, Delivered: true, SentAt: now}); err != nil {
-		t.Fatal(err)
+	count := 0
+	for i := range n {
+		if !delivered(i) {
+			continue
+		}
+		count++
+		if _, _, err := cmds.RecordReceipt(context.Background(), commands.RecordReceipt{BatchID: id, Index: i, Delivered: true, SentAt: now}); err != nil {
+			t.Fatal(err)
+		}
 	}
-	for deadline := time.Now().Add(5 * time.Second); ; { // the read models have the receipt
-		if r := env.do("GET", "/api/batch/"+id+"/recipients?status=failed", testKey, ""); strings.Contains(r.Body.String(), `"delivery":"delivered"`) {
-			break
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if r := env.do("GET", "/api/batch/"+id, testKey, ""); strings.Contains(r.Body.String(), fmt.Sprintf(`"delivered":%d`, count)) {
+			return id
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("the receipt never reached the recipients list")
+			t.Fatal("the receipts never reached the read models")
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// A recipient that failed for good although an earlier attempt of theirs did
+// reach the handset (the provider's receipt says delivered) is left out of
+// retry-failed: retrying would text them twice.
+func TestRetryFailedLeavesOutWhatWasDelivered(t *testing.T) {
+	env := newAPI(t, nil)
+	id := failedThenDelivered(t, env, 2, func(i int) bool { return i == 0 })
+	r := env.do("POST", "/api/v2/batch/"+id+"/retry-failed", testKey, "")
 	var retry struct {
-		ID       string `json:"id"`
 		Progress struct {
 			Total int `json:"total"`
 		} `json:"progress"`
 	}
-	for deadline := time.Now().Add(5 * time.Second); ; {
-		r := env.do("POST", "/api/v2/batch/"+id+"/retry-failed", testKey, "")
-		if r.Code == http.StatusCreated {
-			if err := json.Unmarshal(r.Body.Bytes(), &retry); err != nil {
-				t.Fatal(err)
-			}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("retry-failed: %d %s", r.Code, r.Body)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if r.Code != http.StatusCreated || json.Unmarshal(r.Body.Bytes(), &retry) != nil {
+		t.Fatalf("retry-failed: %d %s", r.Code, r.Body)
 	}
 	if retry.Progress.Total != 1 {
 		t.Fatalf("the retry has %d recipients, want 1: the delivered one left out", retry.Progress.Total)
+	}
+}
+
+// With every failed recipient delivered after all, retry-failed answers 409,
+// nothing to retry, whatever their number: past one page of them it was a 422
+// about a batch without recipients the caller never sent.
+func TestRetryFailedWithEveryFailureDeliveredIsA409AtAnySize(t *testing.T) {
+	env := newAPI(t, nil)
+	id := failedThenDelivered(t, env, 1001, func(int) bool { return true })
+	if r := env.do("POST", "/api/v2/batch/"+id+"/retry-failed", testKey, ""); r.Code != http.StatusConflict {
+		t.Fatalf("retry-failed of 1,001 failed recipients, all delivered: %d %s; want 409", r.Code, r.Body)
 	}
 }

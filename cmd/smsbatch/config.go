@@ -131,7 +131,7 @@ func (s *settings) fromEnv(fs *flag.FlagSet) error {
 		}
 		if val := s.env(v.name); val != "" {
 			if err := v.set(val); err != nil {
-				errs = append(errs, fmt.Errorf("%s: %q %w", v.name, val, err))
+				errs = append(errs, fmt.Errorf("%s: %s %w", v.name, shown(val), err))
 			}
 		}
 	}
@@ -326,6 +326,16 @@ func subset(fs *flag.FlagSet, names []string) *flag.FlagSet {
 	return out
 }
 
+// shown quotes a setting's value for an error message, unless it may hold a
+// secret: a URL (with a password, say, put in the wrong variable), anything
+// with an @, or a long value is not repeated.
+func shown(v string) string {
+	if strings.Contains(v, "://") || strings.Contains(v, "@") || len(v) > 64 {
+		return "(a value not shown: it may hold a secret)"
+	}
+	return strconv.Quote(v)
+}
+
 // Validate reports settings that cannot work.
 func (c Config) Validate() error {
 	var errs []error
@@ -333,7 +343,7 @@ func (c Config) Validate() error {
 		errs = append(errs, err)
 	}
 	if !domain.ValidRegion(c.DefaultRegion) {
-		errs = append(errs, fmt.Errorf("default region %q is not a known region code", c.DefaultRegion))
+		errs = append(errs, fmt.Errorf("default region %s is not a known region code", shown(c.DefaultRegion)))
 	}
 	if c.MaxInFlight < 1 {
 		errs = append(errs, errors.New("max in flight must be at least 1"))
@@ -379,7 +389,7 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("event store %s needs --event-store-url (SMSBATCH_EVENT_STORE_URL)", c.EventStore))
 		}
 	default:
-		errs = append(errs, fmt.Errorf("event store %q: want bolt, postgres or kurrent", c.EventStore))
+		errs = append(errs, fmt.Errorf("event store %s: want bolt, postgres or kurrent", shown(c.EventStore)))
 	}
 	switch c.ReadStore {
 	case "bolt", "memory":
@@ -388,7 +398,7 @@ func (c Config) Validate() error {
 			errs = append(errs, errors.New("read store postgres needs --read-store-url (SMSBATCH_READ_STORE_URL) or a postgres event store URL"))
 		}
 	default:
-		errs = append(errs, fmt.Errorf("read store %q: want bolt, postgres or memory", c.ReadStore))
+		errs = append(errs, fmt.Errorf("read store %s: want bolt, postgres or memory", shown(c.ReadStore)))
 	}
 	if c.WSTicketSecret != "" && len(c.WSTicketSecret) < 32 {
 		errs = append(errs, errors.New("SMSBATCH_WS_TICKET_SECRET must be at least 32 characters"))
@@ -400,12 +410,12 @@ func (c Config) Validate() error {
 			errs = append(errs, errors.New("sms provider http needs --sms-url, --sms-account-sid and SMSBATCH_SMS_AUTH_TOKEN"))
 		}
 	default:
-		errs = append(errs, fmt.Errorf("sms provider %q: want simulator or http", c.SMSProvider))
+		errs = append(errs, fmt.Errorf("sms provider %s: want simulator or http", shown(c.SMSProvider)))
 	}
 	switch c.LogFormat {
 	case "text", "json":
 	default:
-		errs = append(errs, fmt.Errorf("log format %q: want text or json", c.LogFormat))
+		errs = append(errs, fmt.Errorf("log format %s: want text or json", shown(c.LogFormat)))
 	}
 	return errors.Join(errs...)
 }

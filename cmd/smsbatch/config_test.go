@@ -133,3 +133,27 @@ func TestURLsOfUnselectedBackendsAreRefused(t *testing.T) {
 		t.Fatalf("postgres for both: %v, read store URL %q", err, cfg.ReadStoreURL)
 	}
 }
+
+// A value put in the wrong variable (a database URL in SMSBATCH_READ_STORE
+// rather than SMSBATCH_READ_STORE_URL, a URL in a number's variable) is
+// refused without being printed: it may hold a password.
+func TestAMisplacedURLIsNotPrinted(t *testing.T) {
+	for _, env := range []map[string]string{
+		{"SMSBATCH_READ_STORE": "postgres://app:S3cretPass@db:5432/sms"},
+		{"SMSBATCH_EVENT_STORE": "postgres://app:S3cretPass@db:5432/sms"},
+		{"SMSBATCH_SMS_PROVIDER": "https://AC1:S3cretPass@api.twilio.com"},
+		{"SMSBATCH_MAX_IN_FLIGHT": "nats://u:S3cretPass@nats:4222"},
+	} {
+		_, err := ParseConfig(nil, func(k string) string { return env[k] })
+		if err == nil {
+			t.Fatalf("%v accepted", env)
+		}
+		if strings.Contains(err.Error(), "S3cretPass") {
+			t.Errorf("the refusal prints the password: %v", err)
+		}
+	}
+	// A plain wrong value is still named.
+	if _, err := ParseConfig(nil, func(k string) string { return map[string]string{"SMSBATCH_READ_STORE": "mongo"}[k] }); err == nil || !strings.Contains(err.Error(), `"mongo"`) {
+		t.Fatalf("read store mongo: %v", err)
+	}
+}

@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 
 	"github.com/EventStore/EventStore-Client-Go/v4/esdb"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/smsbatch/smsbatch/eventstore"
 )
@@ -84,6 +87,14 @@ type liveClient struct {
 	gone chan struct{}
 	// calls counts the calls in it, returned or not; guarded by esdbClient.mu.
 	calls int
+	// reached: its last call's outcome showed the server reached; until
+	// then, gate lets one call at a time in.
+	reached atomic.Bool
+	gate    chan struct{}
+}
+
+func newLiveClient(c *esdb.Client) *liveClient {
+	return &liveClient{c: c, gone: make(chan struct{}), gate: make(chan struct{}, 1)}
 }
 
 func newESDBClient(conf esdb.Configuration) (*esdbClient, error) {
@@ -91,7 +102,7 @@ func newESDBClient(conf esdb.Configuration) (*esdbClient, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &esdbClient{conf: conf, cur: &liveClient{c: c, gone: make(chan struct{})}}, nil
+	return &esdbClient{conf: conf, cur: newLiveClient(c)}, nil
 }
 
 var _ client = (*esdbClient)(nil)
@@ -134,7 +145,7 @@ func (e *esdbClient) replace(lc *liveClient) {
 		return // the configuration was good at Open; keep the old one and try again next time
 	}
 	close(lc.gone)
-	e.cur = &liveClient{c: c, gone: make(chan struct{})}
+	e.cur = newLiveClient(c)
 }
 
 // call runs op on the current client and returns by ctx, or as soon as that
@@ -150,10 +161,30 @@ func call[T any](ctx context.Context, e *esdbClient, op func(c *esdb.Client) (T,
 		v   T
 		err error
 	}
+	// While the client is not known to reach the server, one call at a time
+	// goes into the library: the others would queue on its connection, and
+	// stay blocked there for good if it then gives up. The one inside gets
+	// the discovery's answer itself; the others wait here, by their contexts.
+	gated := !lc.reached.Load()
+	if gated {
+		select {
+		case lc.gate <- struct{}{}:
+		case <-ctx.Done():
+			e.leave(lc)
+			return zero, ctx.Err()
+		case <-lc.gone:
+			e.leave(lc)
+			return zero, gaveUp(errors.New("the connection was replaced while the call waited for it"))
+		}
+	}
 	done := make(chan result, 1)
 	go func() {
 		defer e.leave(lc)
 		v, err := op(lc.c)
+		lc.reached.Store(answered(err))
+		if gated {
+			<-lc.gate
+		}
 		done <- result{v, err}
 	}()
 	select {
@@ -168,6 +199,30 @@ func call[T any](ctx context.Context, e *esdbClient, op func(c *esdb.Client) (T,
 	case <-lc.gone:
 		return zero, gaveUp(errors.New("the connection was replaced while the call waited for it"))
 	}
+}
+
+// answered reports whether a call's outcome shows the server reached: a
+// success or the server's own refusal, not a connection that failed or never
+// came.
+func answered(err error) bool {
+	if err == nil {
+		return true
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return false
+	}
+	var c coded
+	if errors.As(err, &c) {
+		switch c.Code() {
+		case esdb.ErrorUnavailable, esdb.ErrorCodeConnectionClosed, esdb.ErrorCodeDeadlineExceeded, esdb.ErrorCodeNotLeader:
+			return false
+		}
+	}
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded:
+		return false
+	}
+	return true
 }
 
 // gaveUp reports a call of a client that gave up as the server being unavailable.

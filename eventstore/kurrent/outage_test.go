@@ -6,6 +6,9 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -125,5 +128,68 @@ func TestCallsDuringAnOutageReturnByTheirContext(t *testing.T) {
 	}
 	if _, err := s.ReadStream(context.Background(), "batch-x", 0, 10); !errors.Is(err, eventstore.ErrClosed) {
 		t.Fatalf("a read after Close: %v, want ErrClosed", err)
+	}
+}
+
+// Calls made during an outage return by their contexts; the goroutines the
+// wrapper started for them must not stay behind for the life of the process
+// (each holding its call's data: an append's events), piling up with the
+// length of the outage.
+func TestAnOutageLeavesNoGoroutinesBehind(t *testing.T) {
+	addr, stop := serveGRPC(t, "")
+	s, err := Open("esdb://"+addr+"?tls=false", Options{Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	read := func(timeout time.Duration) error {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		_, err := s.ReadStream(ctx, "batch-x", 0, 10)
+		return err
+	}
+	reached := func(err error) bool {
+		return err == nil || (!errors.Is(err, eventstore.ErrClosed) && !errors.Is(err, eventstore.ErrUnavailable) && !errors.Is(err, context.DeadlineExceeded))
+	}
+	if err := read(5 * time.Second); !reached(err) {
+		t.Fatalf("server up: %v", err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	before := runtime.NumGoroutine()
+
+	stop()
+	// Four components keep trying through a 5 s outage, as followers,
+	// the processor and API requests do.
+	var wg sync.WaitGroup
+	outage := time.Now().Add(5 * time.Second)
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(outage) {
+				_ = read(300 * time.Millisecond)
+				time.Sleep(50 * time.Millisecond)
+			}
+		}()
+	}
+	wg.Wait()
+	_, stop = serveGRPC(t, addr)
+	defer stop()
+	for deadline := time.Now().Add(15 * time.Second); ; {
+		if reached(read(2 * time.Second)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the store never reached the server again")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(time.Second)
+	after := runtime.NumGoroutine()
+	if after > before+10 {
+		buf := make([]byte, 1<<20)
+		n := runtime.Stack(buf, true)
+		stuck := strings.Count(string(buf[:n]), "getConnectionHandle")
+		t.Fatalf("%d goroutines before a 5 s outage, %d once the server is back and answering (%d blocked for good in the library's getConnectionHandle)", before, after, stuck)
 	}
 }

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/smsbatch/smsbatch/domain"
 	"github.com/smsbatch/smsbatch/processors/sms/simulator"
 )
 
@@ -55,34 +54,7 @@ func TestAGracefulStopWithARequestOpenRecordsTheSendsInFlight(t *testing.T) {
 	c.stop = func() {}
 	t.Logf("close: %v", c.main.Close())
 
-	dispatched, outcomes := map[int]bool{}, map[int]bool{}
-	for _, se := range storedEvents(t, cfg.DataDir) {
-		if se.Stream != domain.BatchStream(st.ID) {
-			continue
-		}
-		e, err := domain.DecodeEvent(se.Type, se.Data)
-		if err != nil {
-			continue
-		}
-		switch e := e.(type) {
-		case domain.MessagesDispatched:
-			for _, d := range e.Messages {
-				dispatched[d.Index] = true
-			}
-		case domain.MessageSent:
-			outcomes[e.Index] = true
-		case domain.MessageFailed:
-			outcomes[e.Index] = true
-		}
-	}
-	if len(dispatched) == 0 {
-		t.Fatal("nothing was dispatched before the stop")
-	}
-	for i := range dispatched {
-		if !outcomes[i] {
-			t.Errorf("message %d was dispatched but has no outcome after a graceful stop", i)
-		}
-	}
+	assertStopRecordedEverySend(t, storedEvents(t, cfg.DataDir), st.ID)
 	conn.Close()
 
 	c2 := startMain(t, cfg)

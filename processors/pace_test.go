@@ -486,3 +486,22 @@ func TestALittleLatenessStopsAtTheWindowAfter(t *testing.T) {
 		}
 	}
 }
+
+// A 429 slows a batch down from the rate it was allowed: one its tenant's cap
+// holds below its priority's rate resumes below its share, not at it (halving
+// the priority's 20/s gave 10/s, above its share of 4: the 429 changed nothing).
+func TestARateLimitAnswerSlowsACappedBatch(t *testing.T) {
+	now := time.Now()
+	p := newPace(20)
+	p.capTo(4)
+	th := domain.Throttle{Until: now, Rate: slowedRate(p.target, p.share, now, domain.Throttle{})}
+	if got := p.rateAt(now, th); got >= 4 {
+		t.Fatalf("after a 429 the capped batch resumes at %v/s, its full share of 4/s", got)
+	}
+	// Uncapped, it halves its own rate.
+	q := newPace(20)
+	th = domain.Throttle{Until: now, Rate: slowedRate(q.target, q.target, now, domain.Throttle{})}
+	if got := q.rateAt(now, th); got != 10 {
+		t.Fatalf("after a 429 an uncapped batch of 20/s resumes at %v/s, want 10", got)
+	}
+}

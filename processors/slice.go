@@ -434,7 +434,7 @@ func (p *Processor) commit(ctx context.Context, st *batchState, answers []answer
 			if hold <= 0 {
 				hold = time.Second
 			}
-			_ = b.SlowDown(now, now.Add(hold), slowedRate(p.target(b), now, b.Throttle()))
+			_ = b.SlowDown(now, now.Add(hold), slowedRate(p.target(b), p.share(b), now, b.Throttle()))
 		}
 		p.outage.markHold(b, now)
 		p.markCap(b)
@@ -645,13 +645,16 @@ func (p *Processor) optedOut(ctx context.Context, tenant, phone string) bool {
 }
 
 // slowedRate is the rate a batch resumes at after the provider asked it to slow
-// down at now: half of what it was allowed, never below a sixteenth of its
-// target. Zero for an unlimited batch, which is only held.
-func slowedRate(target rate.Limit, now time.Time, th domain.Throttle) float64 {
+// down at now: half of what it was allowed (its tenant's cap may allow it
+// less than its target: share), never below a sixteenth of its target. Zero
+// for an unlimited batch, which is only held.
+func slowedRate(target, share rate.Limit, now time.Time, th domain.Throttle) float64 {
 	if target == rate.Inf {
 		return 0
 	}
-	return float64(max(newPace(target).rateAt(now, th)/2, target/16))
+	pc := newPace(target)
+	pc.capTo(share)
+	return float64(max(pc.rateAt(now, th)/2, target/16))
 }
 
 func earliest(a, b time.Time) time.Time {

@@ -33,6 +33,11 @@ type Forwarder struct {
 	mu        sync.Mutex
 	follower  *eventstore.Follower
 	batches   map[string]*indexed
+	// leaving are the batches that stopped processing (paused, finished)
+	// within shareHold: their sends of the last second still count against
+	// their tenant's cap, so the others' shares rise only once those are out
+	// of every one-second window.
+	leaving map[string]leaver
 	caughtUp  bool
 	ready     chan struct{}
 	readyOnce sync.Once
@@ -75,6 +80,7 @@ func NewForwarder(store eventstore.Store, pub message.Publisher, cmds *commands.
 	return &Forwarder{
 		store: store, pub: pub, commands: cmds, cfg: cfg, log: cfg.Logger,
 		batches: make(map[string]*indexed),
+		leaving: make(map[string]leaver),
 		ready:   make(chan struct{}),
 	}, nil
 }
@@ -140,6 +146,15 @@ func (f *Forwarder) Share(tenant, batchID string, own float64) float64 {
 			seen = true
 		}
 		total += f.cfg.Rates.For(b.priority)
+	}
+	now := f.cfg.Now()
+	for id, l := range f.leaving {
+		switch {
+		case !now.Before(l.until):
+			delete(f.leaving, id)
+		case l.tenant == tenant && id != batchID:
+			total += f.cfg.Rates.For(l.priority)
+		}
 	}
 	if !seen {
 		total += own // a batch that just started, not indexed here yet
@@ -251,14 +266,38 @@ func (f *Forwarder) index(id string, e eventstore.Event) bool {
 		return false
 	case domain.TypeBatchStarted, domain.TypeBatchResumed:
 		b.status = domain.StatusProcessing
+		delete(f.leaving, id) // counted as processing again
 	case domain.TypeBatchPaused:
+		f.leave(id, b)
 		b.status = domain.StatusPaused
 	case domain.TypeBatchCompleted, domain.TypeBatchCancelled, domain.TypeBatchFailed:
+		f.leave(id, b)
 		delete(f.batches, id)
 	default:
 		return false
 	}
 	return true
+}
+
+// leaver is a batch that stopped processing, still counted in its tenant's
+// shares until then.
+type leaver struct {
+	tenant   string
+	priority domain.Priority
+	until    time.Time
+}
+
+// shareHold is how long a batch that stopped processing still counts in its
+// tenant's shares: the one-second window its last sends fall in, and the
+// margins a send may start late by.
+const shareHold = 1500 * time.Millisecond
+
+// leave keeps b, which stops processing, counted in its tenant's shares for
+// shareHold, when the cap is on. Callers hold f.mu.
+func (f *Forwarder) leave(id string, b *indexed) {
+	if f.cfg.TenantMaxRate > 0 && b.status == domain.StatusProcessing {
+		f.leaving[id] = leaver{tenant: b.tenant, priority: b.priority, until: f.cfg.Now().Add(shareHold)}
+	}
 }
 
 // lifecycleMessage is the message of a lifecycle event. Its ID is derived from

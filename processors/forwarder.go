@@ -30,14 +30,14 @@ type Forwarder struct {
 	cfg      Config
 	log      *slog.Logger
 
-	mu        sync.Mutex
-	follower  *eventstore.Follower
-	batches   map[string]*indexed
+	mu       sync.Mutex
+	follower *eventstore.Follower
+	batches  map[string]*indexed
 	// leaving are the batches that stopped processing (paused, finished)
 	// within shareHold: their sends of the last second still count against
 	// their tenant's cap, so the others' shares rise only once those are out
 	// of every one-second window.
-	leaving map[string]leaver
+	leaving   map[string]leaver
 	caughtUp  bool
 	ready     chan struct{}
 	readyOnce sync.Once

@@ -13,12 +13,9 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/smsbatch/smsbatch/commands"
 	"github.com/smsbatch/smsbatch/domain"
 	"github.com/smsbatch/smsbatch/eventstore"
 	esmemory "github.com/smsbatch/smsbatch/eventstore/memory"
-	"github.com/smsbatch/smsbatch/projections"
-	"github.com/smsbatch/smsbatch/projections/memory"
 )
 
 // keyedEnv is the whole API over an event store, without live updates.
@@ -29,27 +26,8 @@ type keyedEnv struct {
 
 func newKeyedAPI(t *testing.T, store eventstore.Store) *keyedEnv {
 	t.Helper()
-	rm := memory.New()
-	runner, err := projections.NewRunner(projections.RunnerConfig{Events: store, Store: rm})
-	if err != nil {
-		t.Fatal(err)
-	}
-	repo, _ := commands.NewRepository(store, 100)
-	cmds, err := commands.New(store, repo, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keys, _ := ParseKeys("acme:" + liveAcmeKey + ",globex:" + liveGlobexKey)
-	handler, err := NewHandler(Config{Commands: cmds, ReadModels: rm, Projections: runner, Keys: keys,
-		RateLimit: RateLimit{Requests: -1}, SpoolDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); runner.Run(ctx) }()
-	srv := httptest.NewServer(handler)
-	t.Cleanup(func() { srv.Close(); cancel(); <-done })
+	srv := httptest.NewServer(apiOver(t, store, nil, 0))
+	t.Cleanup(srv.Close)
 	return &keyedEnv{srv: srv, store: store}
 }
 

@@ -66,8 +66,9 @@ func (h *hookStore) Append(ctx context.Context, stream string, expected eventsto
 	return res, err
 }
 
-// newClockedAPI is the whole API over store, its commands on clock.
-func newClockedAPI(t *testing.T, store eventstore.Store, clock func() time.Time) http.Handler {
+// apiOver is the whole API over store, its commands on clock (nil: the
+// system's), with the read-your-writes wait ryw (0: the default).
+func apiOver(t *testing.T, store eventstore.Store, clock func() time.Time, ryw time.Duration) http.Handler {
 	t.Helper()
 	rm := memory.New()
 	runner, err := projections.NewRunner(projections.RunnerConfig{Events: store, Store: rm})
@@ -81,7 +82,7 @@ func newClockedAPI(t *testing.T, store eventstore.Store, clock func() time.Time)
 	}
 	keys, _ := ParseKeys("acme:" + liveAcmeKey + ",globex:" + liveGlobexKey)
 	handler, err := NewHandler(Config{Commands: cmds, ReadModels: rm, Projections: runner, Keys: keys,
-		RateLimit: RateLimit{Requests: -1}, SpoolDir: t.TempDir(), ReadYourWrites: 200 * time.Millisecond})
+		RateLimit: RateLimit{Requests: -1}, SpoolDir: t.TempDir(), ReadYourWrites: ryw})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,6 +91,12 @@ func newClockedAPI(t *testing.T, store eventstore.Store, clock func() time.Time)
 	go func() { defer close(done); runner.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
 	return handler
+}
+
+// newClockedAPI is the whole API over store, its commands on clock.
+func newClockedAPI(t *testing.T, store eventstore.Store, clock func() time.Time) http.Handler {
+	t.Helper()
+	return apiOver(t, store, clock, 200*time.Millisecond)
 }
 
 func servePost(h http.Handler, ctx context.Context, path, idemKey, body string) *httptest.ResponseRecorder {

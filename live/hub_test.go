@@ -106,21 +106,7 @@ func TestAReconnectAfterAFailedStatusReadMissesNothing(t *testing.T) {
 	es := esmemory.New()
 	defer es.Close()
 	rm := &flakyReadModels{Store: memory.New(), failed: make(chan struct{})}
-	runner, err := projections.NewRunner(projections.RunnerConfig{Events: es, Store: rm.Store})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hub, err := live.NewHub(live.Config{Events: es, ReadModels: rm, Projections: runner, StatusInterval: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() { _ = runner.Run(ctx) }()
-	go func() { _ = hub.Run(ctx) }()
-	for !hub.Running() {
-		time.Sleep(5 * time.Millisecond)
-	}
+	ctx, runner, hub := runHub(t, es, rm.Store, live.Config{ReadModels: rm, StatusInterval: time.Second})
 	ev := projectionstest.NewEvents()
 	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	x, y := ev.Batch("acme", uuid.NewString(), t0), ev.Batch("acme", uuid.NewString(), t0)
@@ -248,21 +234,7 @@ func TestAReconnectReadsWhatItMissedWithoutHoldingUpTheHub(t *testing.T) {
 	defer es.Close()
 	rm := memory.New()
 	slow := &blockingReadModels{Store: rm, tenant: "acme", reading: make(chan struct{}), released: make(chan struct{})}
-	runner, err := projections.NewRunner(projections.RunnerConfig{Events: es, Store: rm})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hub, err := live.NewHub(live.Config{Events: es, ReadModels: slow, Projections: runner})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() { _ = runner.Run(ctx) }()
-	go func() { _ = hub.Run(ctx) }()
-	for !hub.Running() {
-		time.Sleep(5 * time.Millisecond)
-	}
+	ctx, _, hub := runHub(t, es, rm, live.Config{ReadModels: slow})
 	ev := projectionstest.NewEvents()
 	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	var before eventstore.Position // the dashboard's last position: the log's start
@@ -334,21 +306,7 @@ func TestOneUnreadableStatusHoldsUpNoOtherBatch(t *testing.T) {
 	defer es.Close()
 	store := memory.New()
 	rm := &brokenStatus{Store: store}
-	runner, err := projections.NewRunner(projections.RunnerConfig{Events: es, Store: store})
-	if err != nil {
-		t.Fatal(err)
-	}
-	hub, err := live.NewHub(live.Config{Events: es, ReadModels: rm, Projections: runner})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() { _ = runner.Run(ctx) }()
-	go func() { _ = hub.Run(ctx) }()
-	for !hub.Running() {
-		time.Sleep(5 * time.Millisecond)
-	}
+	ctx, runner, hub := runHub(t, es, store, live.Config{ReadModels: rm})
 	ev := projectionstest.NewEvents()
 	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	x := ev.Batch("acme", uuid.NewString(), t0)   // its status cannot be read
@@ -386,4 +344,28 @@ func TestOneUnreadableStatusHoldsUpNoOtherBatch(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatalf("globex's dashboard got nothing for 5 s because acme's batch %s cannot be read; hub Health: %v", x.ID, hub.Health())
 	}
+}
+
+// runHub runs a projections runner into store and a hub over es configured by
+// cfg (its Events and Projections filled in), until the test ends; it returns
+// once the hub runs, with the context they run in.
+func runHub(t *testing.T, es eventstore.Store, store projections.Store, cfg live.Config) (context.Context, *projections.Runner, *live.Hub) {
+	t.Helper()
+	runner, err := projections.NewRunner(projections.RunnerConfig{Events: es, Store: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Events, cfg.Projections = es, runner
+	hub, err := live.NewHub(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go func() { _ = runner.Run(ctx) }()
+	go func() { _ = hub.Run(ctx) }()
+	for !hub.Running() {
+		time.Sleep(5 * time.Millisecond)
+	}
+	return ctx, runner, hub
 }

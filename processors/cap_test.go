@@ -10,17 +10,16 @@ import (
 	"github.com/smsbatch/smsbatch/domain"
 )
 
-// A tenant's batches together never exceed its cap in any second, also while
-// the shares change: one batch pauses, resumes and completes while the other
-// keeps sending. A batch that stops still counts for the second its last
-// sends fall in, so the others' shares rise only after it.
-func TestTheCapHoldsWhileSharesChange(t *testing.T) {
-	h := newHarness(t, newFakeProvider(5*time.Millisecond))
-	rates := domain.Rates{High: 20, Normal: 20, Low: 20}
-	const limit = 20.0
+// cappedInstances are two instances sending at rate for every priority, each
+// with its own forwarder for the shares of the tenant's cap of limit; they
+// stop when the test ends.
+func cappedInstances(t *testing.T, h *harness, rate, limit float64) []*Processor {
+	t.Helper()
+	rates := domain.Rates{High: rate, Normal: rate, Low: rate}
 	ctx, cancel := context.WithCancel(context.Background())
 	var ps []*Processor
 	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
 	for range 2 {
 		fwd, err := NewForwarder(h.store, &recordingPublisher{}, h.cmds, Config{Rates: rates, TenantMaxRate: limit})
 		if err != nil {
@@ -29,7 +28,17 @@ func TestTheCapHoldsWhileSharesChange(t *testing.T) {
 		wg.Go(func() { _ = fwd.Run(ctx) })
 		ps = append(ps, h.processor(Config{Rates: rates, TenantMaxRate: limit, Shares: fwd, CapWarmup: 300 * time.Millisecond}))
 	}
-	defer func() { cancel(); wg.Wait() }()
+	return ps
+}
+
+// A tenant's batches together never exceed its cap in any second, also while
+// the shares change: one batch pauses, resumes and completes while the other
+// keeps sending. A batch that stops still counts for the second its last
+// sends fall in, so the others' shares rise only after it.
+func TestTheCapHoldsWhileSharesChange(t *testing.T) {
+	h := newHarness(t, newFakeProvider(5*time.Millisecond))
+	const limit = 20.0
+	ps := cappedInstances(t, h, 20, limit)
 	a := driveAsync(ps[0], h.create("b1", 120, domain.PriorityNormal))
 	b := driveAsync(ps[1], h.create("b2", 60, domain.PriorityNormal))
 	h.eventually(t, "b2 sent some", func(b *domain.Batch) bool { return b.Sent() >= 5 }, "b2")

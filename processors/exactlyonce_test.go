@@ -657,21 +657,8 @@ func TestQuietHoursHoldOneZoneNotTheOther(t *testing.T) {
 // than the cap together in any second, and each gets its share.
 func TestTenantRateCapIsSharedAcrossInstances(t *testing.T) {
 	h := newHarness(t, newFakeProvider(5*time.Millisecond))
-	rates := domain.Rates{High: 20, Normal: 20, Low: 20}
 	const limit = 20.0
-	ctx, cancel := context.WithCancel(context.Background())
-	var ps []*Processor
-	var wg sync.WaitGroup
-	for range 2 {
-		pub := &recordingPublisher{}
-		fwd, err := NewForwarder(h.store, pub, h.cmds, Config{Rates: rates, TenantMaxRate: limit})
-		if err != nil {
-			t.Fatal(err)
-		}
-		wg.Go(func() { fwd.Run(ctx) })
-		ps = append(ps, h.processor(Config{Rates: rates, TenantMaxRate: limit, Shares: fwd, CapWarmup: 300 * time.Millisecond}))
-	}
-	defer func() { cancel(); wg.Wait() }()
+	ps := cappedInstances(t, h, 20, limit)
 	const n = 40
 	a := driveAsync(ps[0], h.create("b1", n, domain.PriorityNormal))
 	b := driveAsync(ps[1], h.create("b2", n, domain.PriorityNormal))

@@ -19,6 +19,7 @@ import (
 
 	"github.com/smsbatch/smsbatch/commands"
 	"github.com/smsbatch/smsbatch/domain"
+	"github.com/smsbatch/smsbatch/eventstore"
 	"github.com/smsbatch/smsbatch/projections"
 )
 
@@ -379,16 +380,36 @@ func (s *server) retryFailed(w http.ResponseWriter, r *http.Request) {
 }
 
 // resumeCreate answers, in place of an earlier request with the same key that
-// stopped without an answer, with the batch it created, if it did.
-func (s *server) resumeCreate(r *http.Request, tenant string) func(old *domain.IdempotencyRecord, w http.ResponseWriter) bool {
-	return func(old *domain.IdempotencyRecord, w http.ResponseWriter) bool {
-		b, err := s.cfg.Commands.Repository().Load(r.Context(), old.Started.BatchID)
-		if err != nil || b.Tenant() != tenant {
-			return false
+// stopped without an answer, with the batch it created, if it did. If it did
+// not, it fences that batch off before the retry creates its own under a new
+// ID: the earlier request may still be running (a store failing over under its
+// append), and must not store a second batch for the key. An error (the batch
+// cannot be looked up) leaves the retry to come back: creating now could make
+// that second batch.
+func (s *server) resumeCreate(r *http.Request, tenant string) func(old *domain.IdempotencyRecord, w http.ResponseWriter) (bool, error) {
+	return func(old *domain.IdempotencyRecord, w http.ResponseWriter) (bool, error) {
+		ctx, id := r.Context(), old.Started.BatchID
+		b, err := s.cfg.Commands.Repository().Load(ctx, id)
+		if domain.ErrorCode(err) == domain.ENOTFOUND {
+			err = s.cfg.Commands.AbandonCreate(ctx, id, tenant)
+			if !errors.Is(err, eventstore.ErrConcurrency) {
+				return false, err // fenced off (nil): the retry creates
+			}
+			// Stored just now, or fenced off by another retry.
+			b, err = s.cfg.Commands.Repository().Load(ctx, id)
+			if domain.ErrorCode(err) == domain.ENOTFOUND {
+				return false, nil
+			}
+		}
+		if err != nil {
+			return false, fmt.Errorf("look up the batch of an earlier request with this Idempotency-Key: %w", err)
+		}
+		if b.Tenant() != tenant {
+			return false, nil
 		}
 		w.Header().Set("Location", "/api/batch/"+b.ID())
-		writeJSON(w, http.StatusCreated, s.statusAfter(r.Context(), tenant, commands.Result{Batch: b}))
-		return true
+		writeJSON(w, http.StatusCreated, s.statusAfter(ctx, tenant, commands.Result{Batch: b}))
+		return true, nil
 	}
 }
 

@@ -58,9 +58,10 @@ func idempotencyKey(r *http.Request) (string, error) {
 // which is recorded for the retries to come (a 5xx is not: the key is released
 // and a retry runs the request again). resume, when set, is asked first when an
 // earlier request with the key stopped without an answer: it may find what that
-// request did and answer in its place, returning true.
+// request did and answer in its place, returning true; its error is the
+// answer, with the key left as it was.
 func (s *server) underKey(w http.ResponseWriter, r *http.Request, tenant, key, fp, batchID string,
-	resume func(old *domain.IdempotencyRecord, w http.ResponseWriter) bool, run func(w http.ResponseWriter)) {
+	resume func(old *domain.IdempotencyRecord, w http.ResponseWriter) (bool, error), run func(w http.ResponseWriter)) {
 	keys := s.cfg.Commands.IdempotencyKeys()
 	ctx := r.Context()
 	for range 5 {
@@ -90,7 +91,12 @@ func (s *server) underKey(w http.ResponseWriter, r *http.Request, tenant, key, f
 		case domain.IdempotencyResume:
 			if resume != nil {
 				c := newCapture()
-				if resume(st.Record, c) {
+				answered, err := resume(st.Record, c)
+				if err != nil {
+					writeError(w, r, s.log, err)
+					return
+				}
+				if answered {
 					s.record(r, keys, &st, c)
 					c.flush(w)
 					return

@@ -72,23 +72,7 @@ func (a keyedAnswer) code(t *testing.T) string {
 // created counts the batches stored.
 func (e *keyedEnv) created(t *testing.T) int {
 	t.Helper()
-	n := 0
-	pos := eventstore.Start
-	for {
-		events, err := e.store.ReadAll(context.Background(), pos, 1000)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(events) == 0 {
-			return n
-		}
-		for _, ev := range events {
-			if ev.Type == domain.TypeBatchCreated {
-				n++
-			}
-			pos = ev.Position
-		}
-	}
+	return batchesCreated(t, e.store)
 }
 
 func keyedBody(name string) string {

@@ -179,9 +179,117 @@ func TestADroppedCreateReleasesItsKey(t *testing.T) {
 }
 
 // A claim's lease is not a fence: a create still storing its batch when the
-// lease (2 minutes) ends is taken over by its retry, which creates a second
-// batch under a new ID while the first goes on to create its own: one
-// Idempotency-Key, two batches, every recipient texted twice.
+// lease (2 minutes) ends is taken over by its retry. The retry must not make a
+// second batch under a new ID while the first goes on to store its own: one
+// Idempotency-Key, two batches would text every recipient twice. One of the two
+// creates makes the batch, the other is refused, and the key's answer is that
+// batch.
+func TestACreateStalledPastItsLeaseMakesOneBatch(t *testing.T) {
+	clock := &offsetClock{}
+	stalled, goOn := make(chan struct{}), make(chan struct{})
+	store := &hookStore{Store: esmemory.New(), typ: domain.TypeBatchCreated, before: func() {
+		close(stalled)
+		<-goOn // the store fails over with the batch's append in it
+	}}
+	h := newClockedAPI(t, store, clock.now)
+	first := make(chan *httptest.ResponseRecorder, 1)
+	go func() { first <- servePost(h, context.Background(), "/api/batch", "order-1", keyedBody("Ada")) }()
+	<-stalled
+	clock.advance(3 * time.Minute) // past the claim's lease
+	retry := servePost(h, context.Background(), "/api/batch", "order-1", keyedBody("Ada"))
+	if retry.Code != http.StatusCreated {
+		t.Fatalf("retry past the lease: %d %s, want 201", retry.Code, retry.Body)
+	}
+	close(goOn)
+	stalledAnswer := <-first
+	if stalledAnswer.Code != http.StatusConflict {
+		t.Errorf("the stalled create: %d %s, want 409 (its retry took over)", stalledAnswer.Code, stalledAnswer.Body)
+	}
+	if n := batchesCreated(t, store); n != 1 {
+		t.Errorf("%d batches stored under one Idempotency-Key, want 1", n)
+	}
+	again := servePost(h, context.Background(), "/api/batch", "order-1", keyedBody("Ada"))
+	if again.Code != http.StatusCreated || (keyedAnswer{body: again.Body.Bytes()}).id(t) != (keyedAnswer{body: retry.Body.Bytes()}).id(t) {
+		t.Errorf("the key's answer after both: %d %s, want the retry's batch", again.Code, again.Body)
+	}
+}
+
+// A create retried past its lease whose first try's batch cannot be looked
+// up (the store failing) is not made again under a new ID: the first may have
+// stored it. The retry is told to come back.
+func TestACreateRetryThatCannotSeeTheFirstTryDoesNotCreate(t *testing.T) {
+	clock := &offsetClock{}
+	// The first try stores its batch, and its answer is lost with the
+	// instance: the record of it fails.
+	store := &flakyStore{Store: esmemory.New(), failAppends: domain.TypeIdempotentRequestCompleted}
+	h := newClockedAPI(t, store, clock.now)
+	if first := servePost(h, context.Background(), "/api/batch", "order-1", keyedBody("Ada")); first.Code != http.StatusCreated {
+		t.Fatalf("first try: %d %s", first.Code, first.Body)
+	}
+	clock.advance(3 * time.Minute)
+	store.failBatchReads.Store(true)
+	retry := servePost(h, context.Background(), "/api/batch", "order-1", keyedBody("Ada"))
+	if retry.Code < 500 {
+		t.Errorf("retry while the first try's batch cannot be read: %d %s, want a 5xx", retry.Code, retry.Body)
+	}
+	store.failBatchReads.Store(false)
+	if n := batchesCreated(t, store); n != 1 {
+		t.Errorf("%d batches stored under one Idempotency-Key, want 1", n)
+	}
+	later := servePost(h, context.Background(), "/api/batch", "order-1", keyedBody("Ada"))
+	if later.Code != http.StatusCreated {
+		t.Errorf("retry once the store answers: %d %s, want 201 with the first try's batch", later.Code, later.Body)
+	}
+	if n := batchesCreated(t, store); n != 1 {
+		t.Errorf("%d batches stored under one Idempotency-Key after the last retry, want 1", n)
+	}
+}
+
+// flakyStore fails the appends of events of type failAppends and, while
+// failBatchReads is set, every read of a batch stream.
+type flakyStore struct {
+	eventstore.Store
+	failAppends    string
+	failBatchReads atomic.Bool
+}
+
+func (f *flakyStore) Append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events []eventstore.EventData) (eventstore.AppendResult, error) {
+	for _, e := range events {
+		if e.Type == f.failAppends {
+			return eventstore.AppendResult{}, fmt.Errorf("append %s: %w", stream, eventstore.ErrUnavailable)
+		}
+	}
+	return f.Store.Append(ctx, stream, expected, events)
+}
+
+func (f *flakyStore) ReadStream(ctx context.Context, stream string, from uint64, max int) ([]eventstore.Event, error) {
+	if f.failBatchReads.Load() && strings.HasPrefix(stream, domain.BatchStreamPrefix) {
+		return nil, fmt.Errorf("read %s: %w", stream, eventstore.ErrUnavailable)
+	}
+	return f.Store.ReadStream(ctx, stream, from, max)
+}
+
+// batchesCreated counts the batches stored.
+func batchesCreated(t *testing.T, store eventstore.Store) int {
+	t.Helper()
+	n := 0
+	pos := eventstore.Start
+	for {
+		events, err := store.ReadAll(context.Background(), pos, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(events) == 0 {
+			return n
+		}
+		for _, ev := range events {
+			if ev.Type == domain.TypeBatchCreated {
+				n++
+			}
+			pos = ev.Position
+		}
+	}
+}
 func TestARenderedMessageOverTheProviderLimitIsRefused(t *testing.T) {
 	env := newAPI(t, nil)
 	long := strings.Repeat("x", 1000)

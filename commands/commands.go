@@ -143,6 +143,11 @@ func (h *Handlers) CreateBatch(ctx context.Context, cmd CreateBatch) (Result, er
 		return Result{}, err
 	}
 	pos, err := h.repo.Add(ctx, b) // caches a copy of b
+	if errors.Is(err, eventstore.ErrConcurrency) {
+		// A new ID's stream exists only once AbandonCreate fenced it off.
+		return Result{}, domain.Errorf(domain.ECONFLICT,
+			"this create ran so long that a retry with its Idempotency-Key took over; the batch is the retry's")
+	}
 	if err != nil {
 		return Result{}, err
 	}

@@ -272,3 +272,37 @@ func TestCancelEndsTheRetriesWithTheirNumbers(t *testing.T) {
 		t.Fatalf("skips recorded by the cancel: %+v, want index 3's, with its number", skips)
 	}
 }
+
+// A create whose key's retry took over (AbandonCreate) stores no batch, on
+// every store: the fenced-off ID loads as not found, the create still running
+// is refused as a conflict, and a batch already stored cannot be fenced off.
+func TestAnAbandonedCreateStoresNoBatch(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, store eventstore.Store) {
+		ctx := context.Background()
+		h := handlers(t, store)
+		if err := h.AbandonCreate(ctx, "b1", "acme"); err != nil {
+			t.Fatalf("abandon b1: %v", err)
+		}
+		if _, err := h.Repository().Load(ctx, "b1"); domain.ErrorCode(err) != domain.ENOTFOUND {
+			t.Fatalf("load of an abandoned create: %v, want not found", err)
+		}
+		tmpl, _ := domain.NewTemplate("Hi", domain.DefaultTemplateLimits)
+		_, err := h.CreateBatch(ctx, CreateBatch{ID: "b1", Tenant: "acme", Template: tmpl, Recipients: recipients(3, -1)})
+		if domain.ErrorCode(err) != domain.ECONFLICT {
+			t.Fatalf("the abandoned create going on: %v, want a conflict", err)
+		}
+		if _, err := h.Repository().Load(ctx, "b1"); domain.ErrorCode(err) != domain.ENOTFOUND {
+			t.Fatalf("load after the abandoned create went on: %v, want not found", err)
+		}
+		if err := h.AbandonCreate(ctx, "b1", "acme"); !errors.Is(err, eventstore.ErrConcurrency) {
+			t.Fatalf("abandon b1 again: %v, want a concurrency error", err)
+		}
+		create(t, h, "b2", 3, false)
+		if err := h.AbandonCreate(ctx, "b2", "acme"); !errors.Is(err, eventstore.ErrConcurrency) {
+			t.Fatalf("abandon a stored batch: %v, want a concurrency error", err)
+		}
+		if b, err := h.Repository().Load(ctx, "b2"); err != nil || b.Total() != 3 {
+			t.Fatalf("the stored batch after an abandon: %v", err)
+		}
+	})
+}

@@ -117,6 +117,25 @@ func (k *IdempotencyKeys) append(ctx context.Context, st *KeyState, typ string, 
 	return nil
 }
 
+// AbandonCreate fences off the create of batch id, which a request started
+// and did not answer, unless the batch is already stored: it writes
+// BatchCreateAbandoned where the batch's first event would be, so that the
+// create, should it still be running, can no longer store it. It fails with an
+// error wrapping eventstore.ErrConcurrency when the stream exists: the batch
+// was created, or was fenced off before.
+func (h *Handlers) AbandonCreate(ctx context.Context, id, tenant string) error {
+	data, err := json.Marshal(domain.BatchCreateAbandoned{Tenant: tenant, At: h.now().UTC()})
+	if err != nil {
+		return err
+	}
+	_, err = h.store.Append(ctx, domain.BatchStream(id), eventstore.NoStream(),
+		[]eventstore.EventData{{ID: uuid.NewString(), Type: domain.TypeBatchCreateAbandoned, Data: data}})
+	if err != nil {
+		return fmt.Errorf("abandon the create of batch %s: %w", id, err)
+	}
+	return nil
+}
+
 // TicketStreamPrefix starts the streams that record redeemed WebSocket tickets.
 const TicketStreamPrefix = "wsticket-"
 

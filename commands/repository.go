@@ -291,6 +291,10 @@ func (r *Repository) catchUp(ctx context.Context, id string, entry *cachedBatch)
 			return replayed, fmt.Errorf("load batch %s: %w", id, err)
 		}
 		for _, se := range events {
+			if se.Type == domain.TypeBatchCreateAbandoned && entry.batch == nil {
+				r.forget(id, entry) // a create fenced off: no batch
+				return replayed, domain.Errorf(domain.ENOTFOUND, "batch not found")
+			}
 			e, err := domain.DecodeEvent(se.Type, se.Data)
 			if err != nil {
 				return replayed, fmt.Errorf("load batch %s at revision %d: %w", id, se.Revision, err)

@@ -65,11 +65,23 @@ type IdempotentRequestReleased struct {
 	At time.Time `json:"at"`
 }
 
+// BatchCreateAbandoned is the only event of a batch stream whose create was
+// taken over by its retry, the create's claim on its key having run out of
+// lease without an answer. Written where the batch's BatchCreated would be, and
+// like it only to a stream that does not exist, it fences off the create in
+// case it is still running: of the two, one is stored, so one key makes at
+// most one batch. A stream that begins with it holds no batch.
+type BatchCreateAbandoned struct {
+	Tenant string    `json:"tenant"`
+	At     time.Time `json:"at"`
+}
+
 // Stored type names of the idempotency events.
 const (
 	TypeIdempotentRequestStarted   = "IdempotentRequestStarted"
 	TypeIdempotentRequestCompleted = "IdempotentRequestCompleted"
 	TypeIdempotentRequestReleased  = "IdempotentRequestReleased"
+	TypeBatchCreateAbandoned       = "BatchCreateAbandoned"
 )
 
 // IdempotencyRecord is what a key's stream says about it now.

@@ -182,18 +182,45 @@ func (h *Handlers) ResumeBatch(ctx context.Context, act Act) (Result, error) {
 func (h *Handlers) CancelBatch(ctx context.Context, act Act) (Result, error) {
 	return h.act(ctx, act, func(b *domain.Batch) error {
 		now := h.now()
-		phones := make(map[int]string)
-		for _, i := range b.RetriesWaiting(now) {
-			page, err := h.RecipientsPage(ctx, b.ID(), i/domain.RecipientPageSize)
-			if err != nil {
-				return err
-			}
-			if at := i % domain.RecipientPageSize; at < len(page) {
-				phones[i] = page[at].Phone
-			}
+		phone, err := h.phonesOf(ctx, b, b.RetriesWaiting(now))
+		if err != nil {
+			return err
 		}
-		return b.Cancel(now, act.By, func(i int) string { return phones[i] })
+		return b.Cancel(now, act.By, phone)
 	})
+}
+
+// EndUnanswered ends the messages of a stopped batch whose sends went
+// unanswered past their deadline (Batch.EndUnanswered): the slice that finds
+// them, its instance having died with them in flight, runs it.
+func (h *Handlers) EndUnanswered(ctx context.Context, batchID string) (*domain.Batch, error) {
+	return h.repo.Update(ctx, batchID, func(b *domain.Batch) error {
+		if !b.Status().Final() {
+			return nil
+		}
+		now := h.now()
+		phone, err := h.phonesOf(ctx, b, b.RetriesWaiting(now))
+		if err != nil {
+			return err
+		}
+		return b.EndUnanswered(now, phone)
+	})
+}
+
+// phonesOf looks up the numbers of some of b's recipients, for the messages a
+// decision ends.
+func (h *Handlers) phonesOf(ctx context.Context, b *domain.Batch, indexes []int) (func(int) string, error) {
+	phones := make(map[int]string, len(indexes))
+	for _, i := range indexes {
+		page, err := h.RecipientsPage(ctx, b.ID(), i/domain.RecipientPageSize)
+		if err != nil {
+			return nil, err
+		}
+		if at := i % domain.RecipientPageSize; at < len(page) {
+			phones[i] = page[at].Phone
+		}
+	}
+	return func(i int) string { return phones[i] }, nil
 }
 
 // StartIfDue starts a scheduled, auto-starting batch whose time has come; it is the

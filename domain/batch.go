@@ -500,6 +500,31 @@ func (b *Batch) endRetries(now time.Time, why string, phone func(int) string) {
 	}
 }
 
+// UnansweredUntil is the latest deadline of the batch's messages in flight,
+// zero when none is: until then a send of one of them may still be running.
+func (b *Batch) UnansweredUntil() time.Time {
+	var until time.Time
+	for _, o := range b.outstanding {
+		if o.InFlight() && o.Deadline.After(until) {
+			until = o.Deadline
+		}
+	}
+	return until
+}
+
+// EndUnanswered ends the messages of a stopped batch still in flight whose
+// deadline has passed at now: their instance stopped without recording an
+// answer, no send of them can still be running, and no slice dispatches for
+// the batch again. They may or may not have reached the provider; they end
+// skipped (CategoryCancelled). ErrNotRunning while the batch may still send.
+func (b *Batch) EndUnanswered(now time.Time, phone func(int) string) error {
+	if !b.status.Final() {
+		return ErrNotRunning
+	}
+	b.endRetries(now, "the batch stopped, and this message's send was never answered: it may or may not have been sent", phone)
+	return nil
+}
+
 // EndUnsent ends a message of a stopped batch whose send gave up before
 // reaching the provider: no dispatch sends it again. ErrNotRunning while the
 // batch may still send it; ErrStaleOutcome when it is not in flight.

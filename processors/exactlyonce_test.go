@@ -978,3 +978,50 @@ func TestRareSlowAppendsDoNotDelayTheBatch(t *testing.T) {
 		t.Fatalf("achieved %.3f/s, want at least 97.5%% of 5/s: slow appends made sends late", achieved)
 	}
 }
+
+// A batch cancelled while an instance has its messages at the provider, that
+// instance then dying without their answers: no slice dispatches for a
+// stopped batch, and nothing ended them, so they stayed pending on the
+// cancelled batch for good. The chain now lives on while messages are in
+// flight; once their deadline has passed no send of them can still be running,
+// and they end (skipped, cancelled), each called once.
+func TestMessagesInFlightOnAnInstanceThatDiesAfterACancelEnd(t *testing.T) {
+	const n = 3
+	release := make(chan struct{})
+	prov := newFakeProvider(0)
+	prov.fail = func(string, int) error { <-release; return nil } // the dying instance's calls never answer
+	h := newHarness(t, prov)
+	t.Cleanup(func() { close(release) })
+	w := h.create("b1", n, domain.PriorityNormal)
+	cfg := Config{Unlimited: true, SendTimeout: 200 * time.Millisecond}
+	dying := h.processor(cfg)
+	next, err := dying.RunSlice(context.Background(), w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.eventually(t, "every message in flight", func(b *domain.Batch) bool { return b.OutstandingCount() == n }, "b1")
+	if _, err := h.cmds.CancelBatch(context.Background(), commands.Act{Tenant: "acme", BatchID: "b1", By: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	// The instance is gone; the work it handed on is another's now, as a
+	// broker delivers it again.
+	if next == nil {
+		t.Fatal("the chain ended with the batch's messages in flight")
+	}
+	other := h.processor(cfg)
+	drive(t, other, *next)
+	b, err := h.cmds.Repository().Load(context.Background(), "b1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Status() != domain.StatusCancelled || b.OutstandingCount() != 0 || b.Skipped() != n {
+		t.Fatalf("cancelled batch: %s, %d outstanding, %d skipped, want cancelled, 0 and %d", b.Status(), b.OutstandingCount(), b.Skipped(), n)
+	}
+	prov.mu.Lock()
+	defer prov.mu.Unlock()
+	for key, c := range prov.calls {
+		if c != 1 {
+			t.Errorf("%s reached the provider %d times", key, c)
+		}
+	}
+}

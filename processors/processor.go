@@ -271,6 +271,9 @@ func (p *Processor) runSlice(ctx context.Context, st *batchState, w Work) (*Work
 	if err != nil {
 		return nil, err
 	}
+	if b.Status().Final() {
+		return p.settleStopped(ctx, b, w)
+	}
 	if b.Status() != domain.StatusProcessing {
 		p.finished(b)
 		return nil, nil
@@ -291,6 +294,34 @@ func (p *Processor) runSlice(ctx context.Context, st *batchState, w Work) (*Work
 	}
 	s := &slice{p: p, st: st, w: w, id: uuid.NewString(), batch: b}
 	return s.run(ctx)
+}
+
+// settleStopped ends the chain of a stopped batch once none of its messages
+// is in flight. Until then it hands the work on, so that a message whose
+// instance dies with it in flight is not left pending for good: once its
+// deadline passes, no send of it can still be running, and it is ended here.
+func (p *Processor) settleStopped(ctx context.Context, b *domain.Batch, w Work) (*Work, error) {
+	until := b.UnansweredUntil()
+	if until.IsZero() {
+		p.finished(b)
+		return nil, nil
+	}
+	if wait := until.Sub(p.cfg.Now()); wait > 0 {
+		// Answers recorded meanwhile (this instance's own) end the wait at
+		// the next look.
+		sleep(ctx, min(wait, p.cfg.SliceDuration))
+		return &w, nil
+	}
+	b, err := p.cfg.Commands.EndUnanswered(ctx, b.ID())
+	if err != nil {
+		if ctx.Err() != nil {
+			return &w, nil
+		}
+		return nil, fmt.Errorf("end the unanswered messages of stopped batch %s: %w", w.BatchID, err)
+	}
+	p.log.Warn("messages of a stopped batch ended unanswered past their deadline", "batch", b.ID())
+	p.finished(b)
+	return nil, nil
 }
 
 // prepare readies the batch's template and pace for a slice of w.

@@ -176,6 +176,10 @@ func (s *slice) run(ctx context.Context) (*Work, error) {
 		}
 	}
 
+	if s.batch.Status().Final() && !s.batch.UnansweredUntil().IsZero() {
+		// Its messages in flight end the chain (settleStopped).
+		return &Work{BatchID: s.w.BatchID, PrevSlice: s.w.PrevSlice}, nil
+	}
 	p.finished(s.batch)
 	if !handOn || s.batch.Status() != domain.StatusProcessing {
 		return nil, nil

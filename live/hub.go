@@ -460,6 +460,10 @@ func (h *Hub) flush(ctx context.Context, p *pending) error {
 			if !c.follows(m.tenant, m.batchID) || (!m.always && !c.after.Less(m.pos)) {
 				continue
 			}
+			if c.changed != nil && m.isStatus {
+				c.changed[m.batchID] = struct{}{} // its snapshot is being read
+				continue
+			}
 			select {
 			case c.send <- m.data:
 			default:
@@ -505,6 +509,9 @@ type Client struct {
 	after eventstore.Position
 	// initial is sent before anything queued in send.
 	initial [][]byte
+	// changed, while a new client's snapshot is read, collects the batches
+	// whose status a flush would have sent it. Guarded by Hub.mu.
+	changed map[string]struct{}
 	send    chan []byte
 	// gone is closed when the hub drops the client, with why.
 	gone    chan struct{}
@@ -579,32 +586,76 @@ func (h *Hub) Subscribe(ctx context.Context, sub Subscription) (*Client, error) 
 	if err != nil {
 		return nil, fmt.Errorf("read checkpoint: %w", err)
 	}
+	// Registered first, so that no flush is missed, and the snapshot read
+	// without the hub's lock: a slow list query must not hold up every other
+	// client's updates and /readyz. Meanwhile flushes queue the client's errors
+	// and note the batches whose status changed (see flush), read again below.
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	if !h.running {
+		h.mu.Unlock()
 		return nil, errHubStopped
 	}
 	c.after = h.flushed
 	if c.after.Less(cp) {
 		c.after = cp
 	}
+	c.changed = make(map[string]struct{})
+	h.clients[c] = struct{}{}
+	h.mu.Unlock()
+
 	var snapshot []projections.BatchStatus
 	if sub.BatchID != "" {
-		st, err := h.cfg.ReadModels.Batch(ctx, sub.Tenant, sub.BatchID)
-		if err != nil {
-			return nil, err
+		var st projections.BatchStatus
+		if st, err = h.cfg.ReadModels.Batch(ctx, sub.Tenant, sub.BatchID); err == nil {
+			snapshot = append(snapshot, st)
 		}
-		snapshot = append(snapshot, st)
 	} else {
 		snapshot, _, err = h.cfg.ReadModels.Batches(ctx, projections.ListQuery{Tenant: sub.Tenant, Limit: 100})
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	changed := c.changed
+	c.changed = nil
+	if err != nil || !h.running {
+		// Another tenant's batch, or none (ENOTFOUND), or the hub stopped.
+		h.dropLocked(c, DropShutdown)
+		if err == nil {
+			err = errHubStopped
+		}
+		return nil, err
+	}
+	// Statuses that changed while the snapshot was read: read again, in step
+	// with the flushes (a few, and only when the snapshot's read was slow).
+	fresh := func(id string) (*projections.BatchStatus, error) {
+		if _, ok := changed[id]; !ok {
+			return nil, nil
+		}
+		delete(changed, id)
+		st, err := h.status(ctx, sub.Tenant, id)
+		if err != nil {
+			h.dropLocked(c, DropShutdown)
+		}
+		return st, err
+	}
+	for _, st := range snapshot {
+		again, err := fresh(st.ID)
 		if err != nil {
 			return nil, err
 		}
-	}
-	for _, st := range snapshot {
+		if again != nil {
+			st = *again
+		}
 		c.initial = append(c.initial, statusMessage(st, c.after).data)
 	}
-	h.clients[c] = struct{}{}
+	for id := range changed { // new since the snapshot was read
+		again, err := fresh(id)
+		if err != nil {
+			return nil, err
+		}
+		if again != nil {
+			c.initial = append(c.initial, statusMessage(*again, c.after).data)
+		}
+	}
 	return c, nil
 }
 

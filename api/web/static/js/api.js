@@ -33,7 +33,7 @@ export function whenUnauthorized(fn) {
 }
 
 // newKey returns a fresh Idempotency-Key.
-function newKey() {
+export function newKey() {
   if (crypto.randomUUID) return crypto.randomUUID();
   const b = crypto.getRandomValues(new Uint8Array(16));
   return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
@@ -42,14 +42,19 @@ function newKey() {
 // request sends one API request. A command (create, pause, resume...) carries an
 // Idempotency-Key and is retried with the same key when the network fails or the
 // service answers 503: the retry gets the first answer, never a second batch.
-export async function request(method, path, body, { command = false } = {}) {
+//
+// key, when given, is the command's Idempotency-Key: a page that lets the user
+// send the same command again after a network failure or a 5xx (whose outcome
+// it cannot know) passes the first try's key, so that the server answers with
+// what the first did, if it did anything, rather than doing it twice.
+export async function request(method, path, body, { command = false, key = "" } = {}) {
   const headers = { Authorization: `Bearer ${getKey()}` };
   const init = { method, headers, cache: "no-store" };
   if (body !== undefined) {
     headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
-  if (command) headers["Idempotency-Key"] = newKey();
+  if (command) headers["Idempotency-Key"] = key || newKey();
   let resp;
   for (let attempt = 0; ; attempt++) {
     try {
@@ -73,10 +78,21 @@ export async function request(method, path, body, { command = false } = {}) {
   }
   if (!resp.ok) {
     const err = new ApiError(resp.status, data);
+    err.retryAfter = resp.headers.get("Retry-After") || "";
     if (resp.status === 401) onUnauthorized(err);
     throw err;
   }
   return data;
+}
+
+// answered says whether err is the server's answer to a request (a 4xx), so
+// that sending the request again is a new request; after a network failure or a
+// 5xx the outcome is unknown, and a try again must reuse the Idempotency-Key.
+// A 409 with Retry-After (the first request with the key still runs) and a 429
+// (refused before it ran) say nothing of the outcome either.
+export function answered(err) {
+  if (!(err instanceof ApiError) || err.status < 400 || err.status >= 500) return false;
+  return err.status !== 429 && !(err.status === 409 && err.retryAfter);
 }
 
 export const api = {
@@ -94,7 +110,7 @@ export const api = {
     if (cursor) q.set("cursor", cursor);
     return request("GET", `/api/batch/${encodeURIComponent(id)}/recipients?${q}`);
   },
-  retryFailed: (id) => request("POST", `/api/v2/batch/${encodeURIComponent(id)}/retry-failed`, undefined, { command: true }),
+  retryFailed: (id, key) => request("POST", `/api/v2/batch/${encodeURIComponent(id)}/retry-failed`, undefined, { command: true, key }),
   // exportURL is a link the browser can follow: a link carries no bearer
   // header, so it carries a single-use ticket instead.
   exportURL: async (id) => {
@@ -110,7 +126,7 @@ export const api = {
     return request("GET", `/api/batch/${encodeURIComponent(id)}/errors?${q}`);
   },
   act: (id, action) => request("POST", `/api/v2/batch/${encodeURIComponent(id)}/${action}`, undefined, { command: true }),
-  create: (body) => request("POST", "/api/batch", body, { command: true }),
+  create: (body, key) => request("POST", "/api/batch", body, { command: true, key }),
   ticket: () => request("POST", "/api/ws/ticket"),
   optOuts: (limit, cursor) => {
     const q = new URLSearchParams({ limit: String(limit) });

@@ -1,11 +1,11 @@
 // The batch page: progress, live rate, actions, throughput, latency and errors of
 // one batch, updated over the WebSocket feed or by polling.
 
-import { api, ApiError } from "./api.js";
+import { answered, api, ApiError, newKey } from "./api.js";
 import { throughputChart } from "./chart.js";
 import { follow } from "./live.js";
 import { recipientsPanel } from "./recipients.js";
-import { badge, errorAlert, formatTime, h, progressBar, setProgress, skippedTitle, waitingTitle } from "./ui.js";
+import { badge, errorAlert, formatTime, h, isStale, progressBar, setProgress, skippedTitle, waitingTitle } from "./ui.js";
 
 export const categories = [
   "invalid_number",
@@ -36,6 +36,12 @@ export function render(root, id) {
   let lastAnalytics = 0;
   let analyticsTimer = 0;
   let stopLive = () => {};
+  // acting: a command is in flight; the action buttons stay disabled until its
+  // answer, whatever live updates say meanwhile.
+  let acting = false;
+  // retryKey is the Idempotency-Key of a retry-failed whose outcome is unknown
+  // (network failure, 5xx): clicking again sends it again, not a new request.
+  let retryKey = "";
 
   const status = h("span", { id: "batch-status" });
   const mode = h("span", { class: "live", "aria-live": "polite" }, "connecting");
@@ -76,8 +82,14 @@ export function render(root, id) {
     ["resume", "Resume", "primary"],
     ["cancel", "Cancel batch", "danger"],
   ]) {
-    // Cancel is for good: it asks first.
-    const onclick = () => (action === "cancel" ? confirmCancel() : act(action));
+    // Cancel is for good: it asks first. The second click of a double click is
+    // not a second command: by then the first's answer may have put Resume
+    // where Pause was.
+    const onclick = (ev) => {
+      if (ev && ev.detail > 1) return;
+      if (action === "cancel") confirmCancel();
+      else act(action);
+    };
     buttons[action] = h("button", { type: "button", id: `action-${action}`, class: cls, disabled: true, onclick }, label);
   }
   const confirmText = h("p", { id: "confirm-text" });
@@ -257,7 +269,14 @@ export function render(root, id) {
   );
   throughputChart(chart, []);
 
+  function setActions(b) {
+    const ok = (b && allowed[b.status]) || [];
+    for (const [action, btn] of Object.entries(buttons)) btn.disabled = acting || !ok.includes(action);
+  }
+
   function show(b) {
+    // An answer that arrives after newer live updates is not shown.
+    if (isStale(b, current)) return;
     const old = current;
     current = b;
     const p = b.progress || { total: 0, completed: 0, failed: 0, pending: 0 };
@@ -322,8 +341,7 @@ export function render(root, id) {
     } else {
       capNote.hidden = true;
     }
-    const ok = allowed[b.status] || [];
-    for (const [action, btn] of Object.entries(buttons)) btn.disabled = !ok.includes(action);
+    setActions(b);
     buttons.pause.hidden = b.status !== "processing";
     buttons.resume.hidden = b.status !== "paused";
     buttons.start.hidden = b.status !== "pending";
@@ -412,6 +430,8 @@ export function render(root, id) {
   }
 
   async function act(action) {
+    if (acting) return;
+    acting = true;
     for (const btn of Object.values(buttons)) btn.disabled = true;
     try {
       const b = await api.act(id, action);
@@ -424,8 +444,11 @@ export function render(root, id) {
       try {
         show(await api.batch(id));
       } catch {
-        if (current) show(current);
+        // current stays as it was.
       }
+    } finally {
+      acting = false;
+      setActions(current);
     }
   }
 
@@ -452,10 +475,13 @@ export function render(root, id) {
 
   async function retryFailed() {
     retryButton.disabled = true;
+    retryKey ||= newKey();
     try {
-      const b = await api.retryFailed(id);
+      const b = await api.retryFailed(id, retryKey);
+      retryKey = "";
       location.hash = `#/batch/${encodeURIComponent(b.id)}`;
     } catch (err) {
+      if (answered(err)) retryKey = "";
       message.replaceChildren(errorAlert(err));
       retryButton.disabled = false;
     }

@@ -2,7 +2,7 @@
 // recipients as CSV (pasted or read from a file), options, and the API's
 // validation problems shown next to what caused them.
 
-import { api, ApiError } from "./api.js";
+import { answered, api, ApiError, newKey } from "./api.js";
 import * as csv from "./csv.js";
 import { segments, variables } from "./sms.js";
 import { h } from "./ui.js";
@@ -161,6 +161,12 @@ export function render(root) {
 
   root.replaceChildren(h("div", { class: "page-head" }, h("h1", {}, "New batch")), summary, form);
 
+  // attempt is the body of a create whose outcome is unknown (the network
+  // failed, or the server answered 5xx) and the Idempotency-Key it was sent
+  // with: sending the same body again reuses the key, so the server answers
+  // with the batch the first try may have created instead of creating another.
+  let attempt = null;
+
   function updateTemplate() {
     const names = variables(text.value);
     varsOut.replaceChildren(...(names.length ? names.map((n) => h("span", { class: "chip" }, n)) : ["none"]));
@@ -302,10 +308,15 @@ export function render(root) {
     }
     submit.disabled = true;
     submit.textContent = "Creating…";
+    const body = { text: text.value, recipients: parsed.recipients, options };
+    const sent = JSON.stringify(body);
+    if (!attempt || attempt.body !== sent) attempt = { body: sent, key: newKey() };
     try {
-      const b = await api.create({ text: text.value, recipients: parsed.recipients, options });
+      const b = await api.create(body, attempt.key);
+      attempt = null;
       location.hash = `#/batch/${encodeURIComponent(b.id)}`;
     } catch (err) {
+      if (answered(err)) attempt = null;
       if (err instanceof ApiError) showProblems(err, parsed.lines);
       else summary.replaceChildren(h("div", { class: "alert error", role: "alert" }, err.message));
       const first = form.querySelector("[aria-invalid]");

@@ -2,7 +2,7 @@
 
 import { api } from "./api.js";
 import { follow } from "./live.js";
-import { badge, errorAlert, formatTime, h, progressBar, setProgress } from "./ui.js";
+import { badge, errorAlert, formatTime, h, isStale, progressBar, setProgress } from "./ui.js";
 
 const pageSize = 20;
 
@@ -13,6 +13,7 @@ export function render(root) {
   const more = h("button", { type: "button", hidden: true, onclick: () => load(cursor) }, "Load more");
   const mode = h("span", { class: "live", "aria-live": "polite" }, "connecting");
   let cursor = "";
+  let loaded = false; // the first page has been shown
   const search = h("input", { id: "batch-search", type: "search", autocomplete: "off", placeholder: "Name or ID" });
   const statusFilter = h(
     "select",
@@ -91,9 +92,12 @@ export function render(root) {
         h("td", {}, bar),
         cells.done,
       );
-      r = { tr, cells };
+      r = { tr, cells, b: null };
       rows.set(b.id, r);
     }
+    // An answer that arrives after newer live updates is not shown.
+    if (isStale(b, r.b)) return r.tr;
+    r.b = b;
     const p = b.progress || { total: 0, completed: 0, failed: 0, pending: 0 };
     // A batch without a name shows the end of its ID, which is what varies.
     r.cells.link.replaceChildren(b.name ? b.name : h("span", { class: "mono" }, b.id.slice(-12)));
@@ -106,6 +110,12 @@ export function render(root) {
     return r.tr;
   }
 
+  function isNewest(b) {
+    const t = Date.parse(b.createdAt);
+    for (const r of rows.values()) if (r.b && !(Date.parse(r.b.createdAt) <= t)) return false;
+    return true;
+  }
+
   function showEmpty() {
     if (rows.size === 0) {
       tbody.replaceChildren(
@@ -115,6 +125,7 @@ export function render(root) {
   }
 
   function reload() {
+    loaded = false;
     rows.clear();
     tbody.replaceChildren();
     cursor = "";
@@ -128,6 +139,7 @@ export function render(root) {
       for (const b of page.batches) tbody.append(row(b));
       cursor = page.nextCursor || "";
       more.hidden = !cursor;
+      loaded = true;
       message.replaceChildren();
       showEmpty();
     } catch (err) {
@@ -165,6 +177,10 @@ export function render(root) {
       const known = rows.has(msg.batch.id);
       // A filtered list is what the server chose: new batches wait for the next load.
       if (!known && filtered()) return;
+      // The feed opens with the status of the 100 newest batches: one the page
+      // does not show belongs on the top only when it is newer than every batch
+      // shown (a new batch); else it is on a later page, which "Load more" brings.
+      if (!known && !(loaded && isNewest(msg.batch))) return;
       const tr = row(msg.batch);
       if (!known) {
         if (rows.size === 1) tbody.replaceChildren();

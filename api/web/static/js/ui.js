@@ -75,6 +75,17 @@ export function setProgress(bar, p) {
   bar.title = label;
 }
 
+// isStale says whether next, a status of the batch cur is a status of, is older
+// than cur: the answer to a GET (or a command) can arrive after newer statuses
+// from the live feed, and a page must not go back to it. A finished batch does
+// not start again, and a status's updatedAt is the time of its last event.
+const finalStatuses = new Set(["completed", "failed", "cancelled"]);
+export function isStale(next, cur) {
+  if (!cur || !next || cur.id !== next.id) return false;
+  if (finalStatuses.has(cur.status) && !finalStatuses.has(next.status)) return true;
+  return Date.parse(next.updatedAt) < Date.parse(cur.updatedAt); // false when either is missing
+}
+
 export function errorAlert(err) {
   return h("div", { class: "alert error", role: "alert" }, err.message || String(err));
 }

@@ -122,6 +122,14 @@ type Runner struct {
 	// watchErr is the last failure to read a shared store's checkpoint, failing since then.
 	watchErr          error
 	watchFailingSince time.Time
+	// watchAt is the shared checkpoint as last read, unchanged since
+	// watchAtSince; stalled says why the lease holder is not applying (the
+	// checkpoint has not moved for watchUnhealthyAfter while events wait
+	// after it), checked at most once a second (stalledChecked).
+	watchAt        eventstore.Position
+	watchAtSince   time.Time
+	stalled        error
+	stalledChecked time.Time
 }
 
 // NewRunner returns a runner; it does nothing until Run.
@@ -237,6 +245,7 @@ func (r *Runner) watch(ctx context.Context, d time.Duration) {
 		if err == nil {
 			r.advance(cp)
 			r.caughtUp()
+			r.checkStalled(ctx, cp)
 		}
 		// While a WaitFor waits, read again at the next tick; otherwise
 		// when one starts to (at once: it may be answered already).
@@ -255,12 +264,48 @@ func (r *Runner) watch(ctx context.Context, d time.Duration) {
 	}
 }
 
+// checkStalled notes whether the shared checkpoint, read as cp, has stood
+// still for watchUnhealthyAfter while the event store holds events after it:
+// the instance holding the lease is not applying them (an event it cannot
+// apply, a store failing there only), and this instance's reads,
+// read-your-writes waits and live updates are frozen with it.
+func (r *Runner) checkStalled(ctx context.Context, cp eventstore.Position) {
+	now := time.Now()
+	r.mu.Lock()
+	if cp != r.watchAt || r.watchAtSince.IsZero() {
+		r.watchAt, r.watchAtSince, r.stalled = cp, now, nil
+	}
+	still := now.Sub(r.watchAtSince)
+	check := still >= watchUnhealthyAfter && now.Sub(r.stalledChecked) >= time.Second
+	if check {
+		r.stalledChecked = now
+	}
+	r.mu.Unlock()
+	if !check {
+		return
+	}
+	page, err := r.cfg.Events.ReadAll(ctx, cp, 1)
+	if err != nil {
+		return // the event store's own health says why
+	}
+	var stalled error
+	if len(page) > 0 {
+		stalled = fmt.Errorf("projections: the read models' checkpoint has stood at %s for %s while event %s waits after it: the instance holding their lease is not applying",
+			cp, still.Round(time.Second), page[0].Position)
+	}
+	r.mu.Lock()
+	if r.watchAt == cp {
+		r.stalled = stalled
+	}
+	r.mu.Unlock()
+}
+
 // Health is nil while the runner follows the events (or the checkpoint of the
 // runner that applies them); an error when it has been failing for a while or
 // stopped.
 func (r *Runner) Health() error {
 	r.mu.Lock()
-	f, since, err := r.follower, r.watchFailingSince, r.watchErr
+	f, since, err, stalled := r.follower, r.watchFailingSince, r.watchErr, r.stalled
 	r.mu.Unlock()
 	if f != nil {
 		return f.Health()
@@ -268,7 +313,7 @@ func (r *Runner) Health() error {
 	if !since.IsZero() && time.Since(since) >= watchUnhealthyAfter {
 		return fmt.Errorf("projections: reading the shared checkpoint failing for %s: %w", time.Since(since).Round(time.Second), err)
 	}
-	return nil
+	return stalled
 }
 
 // watchUnhealthyAfter is how long reading the shared checkpoint may fail

@@ -180,6 +180,22 @@ func swap(ctx context.Context, pool *pgxpool.Pool, events eventstore.Store, shad
 	if err != nil {
 		return fmt.Errorf("postgres projections: rebuild: swap: %w", err)
 	}
+	// Take the live tables in the order readers use them within one
+	// transaction (the checkpoint, then the batches, then a batch's
+	// recipients), before the drop below takes them in its own order: a
+	// reader holding the checkpoint and asking for the batches (Unfinished)
+	// deadlocked with the drop holding the batches and asking for the
+	// checkpoint, failing the read or the rebuild.
+	lockLive := "LOCK TABLE "
+	for i, table := range []string{"checkpoints", "batches", "recipient_numbers", "recipient_outcomes", "errors"} {
+		if i > 0 {
+			lockLive += ", "
+		}
+		lockLive += pgx.Identifier{live, table}.Sanitize()
+	}
+	if _, err := tx.Exec(ctx, lockLive+" IN ACCESS EXCLUSIVE MODE"); err != nil {
+		return fmt.Errorf("postgres projections: rebuild: swap: lock live tables: %w", err)
+	}
 	for _, sql := range []string{
 		"DROP SCHEMA IF EXISTS " + pgx.Identifier{old}.Sanitize() + " CASCADE",
 		"ALTER SCHEMA " + pgx.Identifier{live}.Sanitize() + " RENAME TO " + pgx.Identifier{old}.Sanitize(),

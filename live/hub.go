@@ -41,8 +41,9 @@ type Config struct {
 	// Projections is waited on before a status is read, so the read models
 	// include the events the status is sent for (required): the projections Runner.
 	Projections Waiter
-	// BufferSize is how many messages wait for one client; a client further
-	// behind is disconnected. Default 64.
+	// BufferSize is how many error messages wait for one client; a client
+	// further behind is disconnected. Statuses wait one a batch, the newest
+	// (see Client). Default 64.
 	BufferSize int
 	// StatusInterval is the least time between two status messages of one batch;
 	// default 100ms (10 a second). The latest status is always sent at the end.
@@ -464,12 +465,8 @@ func (h *Hub) flush(ctx context.Context, p *pending) error {
 				c.changed[m.batchID] = struct{}{} // its snapshot is being read
 				continue
 			}
-			select {
-			case c.send <- m.data:
-			default:
+			if !c.push(m, h.cfg.BufferSize) {
 				h.dropLocked(c, DropTooSlow)
-			}
-			if c.dropped {
 				break
 			}
 		}
@@ -512,12 +509,132 @@ type Client struct {
 	// changed, while a new client's snapshot is read, collects the batches
 	// whose status a flush would have sent it. Guarded by Hub.mu.
 	changed map[string]struct{}
-	send    chan []byte
+	// send hands the queued messages over one at a time (pump).
+	send chan []byte
 	// gone is closed when the hub drops the client, with why.
 	gone    chan struct{}
 	dropped bool
 	why     Drop
+	// quit is closed when the client leaves or is dropped: its pump ends.
+	quit     chan struct{}
+	quitOnce sync.Once
+
+	// queue holds the live messages waiting for the client, in the order of
+	// their positions, from head on. A batch's status still waiting when a
+	// newer one comes is dropped from its place (data nil) and the newer one
+	// queued at the end (statusAt: where each batch's waiting status is), so
+	// a status is a batch's newest and the order stays that of positions: a
+	// client that reconnects after the last position it read misses nothing.
+	// A tenant with more batches changing within one flush than BufferSize
+	// keeps its dashboard, which learns each batch's newest status at its own
+	// pace; only errors (each one counts) can fill the queue. Guarded by qmu.
+	qmu      sync.Mutex
+	queue    []queued
+	head     int
+	statusAt map[string]int
+	errors   int
+	ready    chan struct{}
 }
+
+// queued is a message waiting in a client's queue.
+type queued struct {
+	data    []byte
+	batchID string
+	status  bool
+}
+
+// maxStatusesWaiting bounds the batches whose status waits for one client: a
+// tenant's dashboard follows its 2,000 busiest batches and more at once.
+const maxStatusesWaiting = 10_000
+
+// push queues m for the client; false when the client is too far behind: more
+// than limit errors, or statuses of more than maxStatusesWaiting batches,
+// wait for it.
+func (c *Client) push(m outMessage, limit int) bool {
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	if m.isStatus {
+		if i, ok := c.statusAt[m.batchID]; ok {
+			c.queue[i].data = nil // superseded
+		}
+		c.statusAt[m.batchID] = len(c.queue)
+	} else {
+		c.errors++
+	}
+	c.queue = append(c.queue, queued{data: m.data, batchID: m.batchID, status: m.isStatus})
+	if c.errors > limit || len(c.statusAt) > maxStatusesWaiting {
+		return false
+	}
+	if waiting := len(c.statusAt) + c.errors; len(c.queue)-c.head > 2*waiting+64 {
+		c.compactLocked()
+	}
+	select {
+	case c.ready <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// compactLocked drops the superseded statuses and what was taken from the queue.
+func (c *Client) compactLocked() {
+	kept := make([]queued, 0, len(c.statusAt)+c.errors)
+	for _, q := range c.queue[c.head:] {
+		if q.data == nil {
+			continue
+		}
+		if q.status {
+			c.statusAt[q.batchID] = len(kept)
+		}
+		kept = append(kept, q)
+	}
+	c.queue, c.head = kept, 0
+}
+
+// pop takes the first message waiting, if any.
+func (c *Client) pop() ([]byte, bool) {
+	c.qmu.Lock()
+	defer c.qmu.Unlock()
+	for c.head < len(c.queue) {
+		q := c.queue[c.head]
+		c.queue[c.head] = queued{}
+		c.head++
+		if c.head == len(c.queue) {
+			c.queue, c.head = c.queue[:0], 0
+		}
+		if q.data == nil {
+			continue
+		}
+		if q.status {
+			delete(c.statusAt, q.batchID)
+		} else {
+			c.errors--
+		}
+		return q.data, true
+	}
+	return nil, false
+}
+
+// pump hands the queued messages to Messages until the client leaves.
+func (c *Client) pump() {
+	for {
+		data, ok := c.pop()
+		if !ok {
+			select {
+			case <-c.ready:
+				continue
+			case <-c.quit:
+				return
+			}
+		}
+		select {
+		case c.send <- data:
+		case <-c.quit:
+			return
+		}
+	}
+}
+
+func (c *Client) stop() { c.quitOnce.Do(func() { close(c.quit) }) }
 
 // Drop says why the hub let a client go.
 type Drop int
@@ -552,6 +669,7 @@ func (h *Hub) dropLocked(c *Client, why Drop) {
 	}
 	c.dropped, c.why = true, why
 	close(c.gone)
+	c.stop()
 	delete(h.clients, c)
 }
 
@@ -560,6 +678,7 @@ func (h *Hub) Unsubscribe(c *Client) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	delete(h.clients, c)
+	c.stop()
 }
 
 // Subscription is what a client asks for.
@@ -576,8 +695,10 @@ type Subscription struct {
 // what it missed since then. Live messages follow without a gap or duplicate.
 // Another tenant's batch, or none, is ENOTFOUND; too much missed is ECONFLICT.
 func (h *Hub) Subscribe(ctx context.Context, sub Subscription) (*Client, error) {
-	c := &Client{tenant: sub.Tenant, batchID: sub.BatchID,
-		send: make(chan []byte, h.cfg.BufferSize), gone: make(chan struct{})}
+	c := &Client{tenant: sub.Tenant, batchID: sub.BatchID, send: make(chan []byte),
+		gone: make(chan struct{}), quit: make(chan struct{}), ready: make(chan struct{}, 1),
+		statusAt: make(map[string]int)}
+	go c.pump()
 	if sub.After != nil {
 		return c, h.registerAfter(ctx, c, *sub.After)
 	}

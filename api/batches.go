@@ -46,7 +46,7 @@ func (s *server) getBatch(w http.ResponseWriter, r *http.Request) {
 		b, lerr := s.cfg.Commands.Repository().Load(r.Context(), id)
 		switch {
 		case lerr == nil && b.Tenant() == p.Tenant:
-			st, err = statusFromAggregate(b), nil
+			st, err = s.aggregateStatus(r.Context(), b), nil
 		case lerr != nil && domain.ErrorCode(lerr) != domain.ENOTFOUND:
 			// The event store cannot tell whether it exists (damaged, out of
 			// reach): say so rather than 404.
@@ -195,7 +195,18 @@ func (s *server) statusAfter(ctx context.Context, tenant string, res commands.Re
 			return st
 		}
 	}
-	return statusFromAggregate(res.Batch)
+	return s.aggregateStatus(ctx, res.Batch)
+}
+
+// aggregateStatus is statusFromAggregate with what the aggregate does not
+// keep read from the batch's creation: a status without its name would show
+// the batch unnamed while the read models lag.
+func (s *server) aggregateStatus(ctx context.Context, b *domain.Batch) projections.BatchStatus {
+	st := statusFromAggregate(b)
+	if c, err := s.cfg.Commands.Creation(ctx, b.ID()); err == nil {
+		st.Name, st.RetryOf = c.Name, c.RetryOf
+	}
+	return st
 }
 
 func statusFromAggregate(b *domain.Batch) projections.BatchStatus {

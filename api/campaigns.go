@@ -428,22 +428,34 @@ func (s *server) createRetry(ctx context.Context, tenant, id, newID, category st
 	}
 	q := projections.RecipientQuery{Tenant: tenant, BatchID: id, Status: projections.RecipientFailed,
 		Category: category, Limit: projections.MaxRecipientLimit}
+	// The recipients an earlier retry of the batch took are not taken
+	// again: each retry would text them once more.
+	retried, err := s.retriedNumbers(ctx, tenant, old.Retries)
+	if err != nil {
+		return commands.Result{}, "", err
+	}
+	keep := func(page []projections.Recipient) []projections.Recipient {
+		return slices.DeleteFunc(undelivered(page), func(r projections.Recipient) bool { return retried[r.PhoneNumber] })
+	}
 	first, next, err := s.cfg.ReadModels.Recipients(ctx, q)
 	if err != nil {
 		return commands.Result{}, "", err
 	}
-	first = undelivered(first)
+	first = keep(first)
 	if len(first) == 0 && next == "" {
 		what := "no recipient that failed for good"
 		if category != "" {
 			what = "no recipient that failed for good with category " + category
+		}
+		if len(retried) > 0 {
+			what += " that an earlier retry (" + strings.Join(old.Retries, ", ") + ") did not take"
 		}
 		return commands.Result{}, "", domain.Errorf(domain.ECONFLICT, "batch %s has %s: there is nothing to retry", id, what)
 	}
 	name := domain.RetryName(old.Name, id)
 	taken := 0
 	recipients := func(yield func(domain.Recipient, error) bool) {
-		for r, err := range s.failedRecipients(ctx, q, first, next) {
+		for r, err := range s.failedRecipients(ctx, q, first, next, keep) {
 			taken++
 			if !yield(r, err) {
 				return
@@ -464,7 +476,8 @@ func (s *server) createRetry(ctx context.Context, tenant, id, newID, category st
 
 // failedRecipients yields the recipients of the pages of q, starting with the
 // page first already read, with the values they were created with.
-func (s *server) failedRecipients(ctx context.Context, q projections.RecipientQuery, first []projections.Recipient, next string) iter.Seq2[domain.Recipient, error] {
+func (s *server) failedRecipients(ctx context.Context, q projections.RecipientQuery, first []projections.Recipient, next string,
+	keep func([]projections.Recipient) []projections.Recipient) iter.Seq2[domain.Recipient, error] {
 	return func(yield func(domain.Recipient, error) bool) {
 		values := recipientValues{h: s.cfg.Commands, batchID: q.BatchID}
 		page := first
@@ -491,9 +504,32 @@ func (s *server) failedRecipients(ctx context.Context, q projections.RecipientQu
 				yield(domain.Recipient{}, err)
 				return
 			}
-			page = undelivered(page)
+			page = keep(page)
 		}
 	}
+}
+
+// retriedNumbers reads the numbers of the batches retries, earlier retries of
+// a batch.
+func (s *server) retriedNumbers(ctx context.Context, tenant string, retries []string) (map[string]bool, error) {
+	taken := make(map[string]bool)
+	for _, id := range retries {
+		q := projections.RecipientQuery{Tenant: tenant, BatchID: id, Limit: projections.MaxRecipientLimit}
+		for {
+			page, next, err := s.cfg.ReadModels.Recipients(ctx, q)
+			if err != nil {
+				return nil, fmt.Errorf("recipients of %s, a retry of the batch: %w", id, err)
+			}
+			for _, r := range page {
+				taken[r.PhoneNumber] = true
+			}
+			if next == "" {
+				break
+			}
+			q.Cursor = next
+		}
+	}
+	return taken, nil
 }
 
 // undelivered drops the failed recipients the provider has since reported

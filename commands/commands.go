@@ -41,6 +41,28 @@ func New(store eventstore.Store, repo *Repository, now func() time.Time) (*Handl
 // Repository returns the batch repository the handlers use.
 func (h *Handlers) Repository() *Repository { return h.repo }
 
+// Creation returns batch id's BatchCreated, the first event of its stream:
+// what it was created with that the aggregate does not keep (its name, the
+// batch it retries).
+func (h *Handlers) Creation(ctx context.Context, batchID string) (domain.BatchCreated, error) {
+	events, err := h.store.ReadStream(ctx, domain.BatchStream(batchID), 0, 1)
+	if err != nil {
+		return domain.BatchCreated{}, fmt.Errorf("creation of %s: %w", batchID, err)
+	}
+	if len(events) == 0 {
+		return domain.BatchCreated{}, domain.Errorf(domain.ENOTFOUND, "batch not found")
+	}
+	e, err := domain.DecodeEvent(events[0].Type, events[0].Data)
+	if err != nil {
+		return domain.BatchCreated{}, fmt.Errorf("creation of %s: %w", batchID, err)
+	}
+	created, ok := e.(domain.BatchCreated)
+	if !ok {
+		return domain.BatchCreated{}, fmt.Errorf("creation of %s: the stream begins with %s", batchID, events[0].Type)
+	}
+	return created, nil
+}
+
 // IdempotencyKeys returns the store of requests' Idempotency-Keys.
 func (h *Handlers) IdempotencyKeys() *IdempotencyKeys { return h.keys }
 

@@ -459,8 +459,12 @@ func (s *BatchState) AnalyticsView() Analytics {
 		LatencyMs:         s.Latency.Percentiles(),
 		DeliveryLatencyMs: s.DeliveryLatency.Percentiles(),
 	}
-	if s.Sent > 0 {
-		a.DeliveryRate = float64(s.Delivered) / float64(s.Sent)
+	// A receipt may come for a message that did not end sent (an attempt
+	// that timed out went out after all, then the recipient failed or the
+	// batch was cancelled): such messages reached the provider too, and
+	// count among those the rate is of, which keeps it at most 1.
+	if reached := max(s.Sent, s.Delivered+s.Undelivered); reached > 0 {
+		a.DeliveryRate = float64(s.Delivered) / float64(reached)
 	}
 	return a
 }

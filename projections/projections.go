@@ -109,7 +109,8 @@ type Analytics struct {
 	LatencyMs         Latency           `json:"latencyMs"`
 	// DeliveryRate is delivered / sent: the share of sent messages the
 	// provider reported delivered so far (receipts may come later); 0 before
-	// any message is sent.
+	// any message is sent. Messages with a receipt that did not end sent
+	// count among the sent here, so that it never passes 1.
 	DeliveryRate float64 `json:"deliveryRate"`
 	// DeliveryLatencyMs are percentiles of the time from a message's send to
 	// its delivery receipt.

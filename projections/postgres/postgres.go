@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -509,7 +510,7 @@ type errorKey struct {
 func (r *errorRows) add(batchID string, e projections.ErrorEntry) {
 	key := errorKey{batchID, e.Index}
 	if i, ok := r.at[key]; ok {
-		r.category[i], r.code[i], r.message[i], r.phone[i] = e.Category, e.Code, e.Message, e.PhoneNumber
+		r.category[i], r.code[i], r.message[i], r.phone[i] = pgText(e.Category), pgText(e.Code), pgText(e.Message), pgText(e.PhoneNumber)
 		r.attempts[i], r.timeNs[i] = int32(e.Attempts), e.Time.UnixNano()
 		return
 	}
@@ -519,13 +520,19 @@ func (r *errorRows) add(batchID string, e projections.ErrorEntry) {
 	r.at[key] = len(r.batchID)
 	r.batchID = append(r.batchID, batchID)
 	r.idx = append(r.idx, int32(e.Index))
-	r.category = append(r.category, e.Category)
-	r.code = append(r.code, e.Code)
-	r.message = append(r.message, e.Message)
-	r.phone = append(r.phone, e.PhoneNumber)
+	r.category = append(r.category, pgText(e.Category))
+	r.code = append(r.code, pgText(e.Code))
+	r.message = append(r.message, pgText(e.Message))
+	r.phone = append(r.phone, pgText(e.PhoneNumber))
 	r.attempts = append(r.attempts, int32(e.Attempts))
 	r.timeNs = append(r.timeNs, e.Time.UnixNano())
 }
+
+// pgText is s as a text column can keep it: PostgreSQL refuses U+0000, which
+// a provider's words in an event may hold (events stored before the providers
+// dropped it); it is shown as U+FFFD. Left in, the page holding it would
+// never apply, and every read model would stop there.
+func pgText(s string) string { return strings.ReplaceAll(s, "\x00", "\uFFFD") }
 
 // Checkpoint implements projections.Store.
 func (s *Store) Checkpoint(ctx context.Context) (eventstore.Position, error) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -114,15 +115,32 @@ func createShadow(ctx context.Context, pool *pgxpool.Pool, live, shadow string) 
 	if err := pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)", shadow).Scan(&exists); err != nil {
 		return fmt.Errorf("postgres projections: rebuild: %w", err)
 	}
+	layout, err := schemaLayout(ctx, pool)
+	if err != nil {
+		return fmt.Errorf("postgres projections: rebuild: %w", err)
+	}
 	if exists {
-		return nil
+		// A rebuild interrupted before migrations changed the live tables
+		// left a copy of the tables as they were: resuming into it would
+		// fail, or swap in tables without what the migrations added.
+		var made *string
+		if err := pool.QueryRow(ctx, "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = $1", shadow).Scan(&made); err != nil {
+			return fmt.Errorf("postgres projections: rebuild: %w", err)
+		}
+		if made != nil && *made == layout {
+			return nil
+		}
+		if _, err := pool.Exec(ctx, "DROP SCHEMA "+pgx.Identifier{shadow}.Sanitize()+" CASCADE"); err != nil {
+			return fmt.Errorf("postgres projections: rebuild: drop %s made before the last migrations: %w", shadow, err)
+		}
 	}
 	tx, err := pool.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("postgres projections: rebuild: create %s: %w", shadow, err)
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx))
-	stmts := []string{"CREATE SCHEMA " + pgx.Identifier{shadow}.Sanitize()}
+	stmts := []string{"CREATE SCHEMA " + pgx.Identifier{shadow}.Sanitize(),
+		"COMMENT ON SCHEMA " + pgx.Identifier{shadow}.Sanitize() + " IS " + quoteLiteral(layout)}
 	for _, table := range []string{"batches", "errors", "checkpoints", "recipient_numbers", "recipient_outcomes"} {
 		stmts = append(stmts, fmt.Sprintf("CREATE TABLE %s (LIKE %s INCLUDING ALL)",
 			pgx.Identifier{shadow, table}.Sanitize(), pgx.Identifier{live, table}.Sanitize()))
@@ -137,6 +155,24 @@ func createShadow(ctx context.Context, pool *pgxpool.Pool, live, shadow string) 
 	}
 	return nil
 }
+
+// schemaLayout names the migrations the database has, which made the live
+// tables a shadow copy copies.
+func schemaLayout(ctx context.Context, pool *pgxpool.Pool) (string, error) {
+	var migrated bool
+	if err := pool.QueryRow(ctx, `SELECT to_regclass('schema_migrations') IS NOT NULL`).Scan(&migrated); err != nil {
+		return "", err
+	}
+	layout := ""
+	if migrated {
+		if err := pool.QueryRow(ctx, `SELECT COALESCE(string_agg(name, ',' ORDER BY name), '') FROM schema_migrations`).Scan(&layout); err != nil {
+			return "", err
+		}
+	}
+	return "smsbatch readmodels after migrations " + layout, nil
+}
+
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
 // progress returns the store's checkpoint and the events applied up to it.
 func (s *Store) progress(ctx context.Context) (eventstore.Position, int64, error) {

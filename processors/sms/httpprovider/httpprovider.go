@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/smsbatch/smsbatch/domain"
 	"github.com/smsbatch/smsbatch/processors/sms"
@@ -370,6 +371,14 @@ func (p *Provider) errorFor(resp *http.Response, body []byte, now time.Time) *sm
 // without the token should a misbehaving server echo it.
 func (p *Provider) sanitize(s string) string {
 	s = strings.ReplaceAll(s, p.cfg.AuthToken, "(redacted)")
+	// Control characters (U+0000 among them, which PostgreSQL's text
+	// refuses) become spaces, folded with the others below.
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, s)
 	s = strings.Join(strings.Fields(s), " ")
 	if len(s) > maxMessageLen {
 		s = strings.ToValidUTF8(s[:maxMessageLen], "") + "..."

@@ -1,0 +1,156 @@
+package postgres_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/smsbatch/smsbatch/domain"
+	"github.com/smsbatch/smsbatch/projections"
+	"github.com/smsbatch/smsbatch/projections/projectionstest"
+)
+
+// A provider's refusal whose text holds U+0000 (its JSON said "\u0000"; the
+// HTTP provider keeps the provider's words, sanitised of whitespace and the
+// token only) becomes a recipient's final MessageFailed. The PostgreSQL read
+// models must apply it like any other failure: a page they cannot apply stops
+// every campaign's numbers for good.
+func TestProviderMessageWithNULIsApplied(t *testing.T) {
+	s := newStore(t, database(t))
+	h := projectionstest.NewEvents()
+	b := h.Batch("acme", "batch-nul", t0)
+	b.Created(2)
+	b.Started()
+	b.Dispatched(0, 1)
+	b.Sent(0, 1, 100*time.Millisecond)
+	h.Append(domain.MessageFailed{
+		EventHeader: domain.EventHeader{BatchID: b.ID, Tenant: b.Tenant, At: b.Now},
+		Index:       1, Attempt: 1, Phone: projectionstest.Phone(1), Category: domain.CategoryUnknown,
+		Code: "30099", Message: "the provider refused the message (HTTP 400): bad\x00thing",
+	})
+	// Another tenant's batch after it: it must not wait behind the failure.
+	o := h.Batch("other", "batch-after", t0.Add(time.Second))
+	o.Created(1)
+
+	if err := s.Apply(t.Context(), h.List()); err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+	st, err := s.Batch(t.Context(), "acme", "batch-nul")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Progress.Failed != 1 || st.Progress.Completed != 1 {
+		t.Fatalf("progress %+v, want 1 sent and 1 failed", st.Progress)
+	}
+	errs, _, err := s.Errors(t.Context(), projections.ErrorQuery{Tenant: "acme", BatchID: "batch-nul"})
+	if err != nil || len(errs) != 1 {
+		t.Fatalf("errors %+v (%v), want the one failure", errs, err)
+	}
+	if _, err := s.Batch(t.Context(), "other", "batch-after"); err != nil {
+		t.Fatalf("the other tenant's batch: %v", err)
+	}
+}
+
+// Paging through a tenant's list while batches are created (some at the very
+// instant of listed ones, some newer) and others change status: every batch
+// that existed before the first page is listed exactly once.
+func TestListPagesWhileCreating(t *testing.T) {
+	s := newStore(t, database(t))
+	h := projectionstest.NewEvents()
+	var before []string
+	for i := range 120 {
+		// Three batches per instant: ties are broken by ID.
+		b := h.Batch("acme", fmt.Sprintf("b-%03d", i), t0.Add(time.Duration(i/3)*time.Millisecond))
+		b.Created(1)
+		before = append(before, b.ID)
+	}
+	if err := s.Apply(t.Context(), h.List()); err != nil {
+		t.Fatal(err)
+	}
+	applied := h.Len()
+	seen := map[string]int{}
+	cursor := ""
+	for page := 0; ; page++ {
+		// Between pages: new batches, at instants already listed and newer,
+		// and status changes of listed ones.
+		for j := range 5 {
+			n := page*5 + j
+			at := t0.Add(time.Duration(n%40) * time.Millisecond)
+			if j == 4 {
+				at = t0.Add(time.Hour + time.Duration(n)*time.Millisecond)
+			}
+			h.Batch("acme", fmt.Sprintf("b-%03d-new-%d", n%40*3, n), at).Created(1)
+		}
+		h.Batch("acme", before[(page*7)%len(before)], t0.Add(time.Hour)).Started()
+		if err := s.Apply(t.Context(), h.List()[applied:]); err != nil {
+			t.Fatal(err)
+		}
+		applied = h.Len()
+		list, next, err := s.Batches(t.Context(), projections.ListQuery{Tenant: "acme", Limit: 7, Cursor: cursor})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range list {
+			seen[b.ID]++
+		}
+		if next == "" {
+			break
+		}
+		cursor = next
+	}
+	for _, id := range before {
+		if seen[id] != 1 {
+			t.Errorf("%s listed %d times, want once", id, seen[id])
+		}
+	}
+	for id, n := range seen {
+		if n != 1 {
+			t.Errorf("%s listed %d times", id, n)
+		}
+	}
+}
+
+// Names come back byte for byte, and ?q= finds them case-insensitively, from
+// PostgreSQL as from Go.
+func TestUnicodeNamesRoundTrip(t *testing.T) {
+	s := newStore(t, database(t))
+	names := []string{
+		"Été 2026 — soldes 🎉", "  spaces around  ", "tab\tand\nnewline", "\u202eRTL override",
+		"zero\u200bwidth", "\ufeffBOM", "line\u2028sep", "nonchar\uffff", "İstanbul", "ΣΟΦΙΑ", "日本語のキャンペーン",
+		strings.Repeat("ü", domain.MaxNameLength), "e\u0301 combining", "\\u0000 literal backslash", `quote " and <&>`,
+	}
+	h := projectionstest.NewEvents()
+	for i, n := range names {
+		h.Batch("acme", fmt.Sprintf("n-%02d", i), t0.Add(time.Duration(i)*time.Second)).
+			CreatedWith(domain.BatchCreated{Name: n, Total: 1, Text: n + " {{name}}", Variables: []string{"name"}})
+	}
+	if err := s.Apply(t.Context(), h.List()); err != nil {
+		t.Fatal(err)
+	}
+	for i, n := range names {
+		id := fmt.Sprintf("n-%02d", i)
+		st, err := s.Batch(t.Context(), "acme", id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Name != n || st.Text != n+" {{name}}" {
+			t.Errorf("%s: name %q text %q, want %q", id, st.Name, st.Text, n)
+		}
+		q := strings.ToUpper(n)
+		if len([]rune(q)) > domain.MaxNameLength || domain.CheckName(q) != nil {
+			q = n
+		}
+		list, _, err := s.Batches(t.Context(), projections.ListQuery{Tenant: "acme", Q: q, Limit: 100})
+		if err != nil {
+			t.Fatalf("q=%q: %v", q, err)
+		}
+		found := false
+		for _, b := range list {
+			found = found || b.ID == id
+		}
+		if !found && strings.ToLower(q) == strings.ToLower(n) {
+			t.Errorf("q=%q does not find %s named %q", q, id, n)
+		}
+	}
+}

@@ -213,19 +213,25 @@ func (h *Handlers) CancelBatch(ctx context.Context, act Act) (Result, error) {
 }
 
 // EndUnanswered ends the messages of a stopped batch whose sends went
-// unanswered past their deadline (Batch.EndUnanswered): the slice that finds
-// them, its instance having died with them in flight, runs it.
-func (h *Handlers) EndUnanswered(ctx context.Context, batchID string) (*domain.Batch, error) {
+// unanswered (Batch.EndUnanswered, with settled): the slice that finds them,
+// their instance having died with them in flight, runs it.
+func (h *Handlers) EndUnanswered(ctx context.Context, batchID string, settled domain.Settled) (*domain.Batch, error) {
 	return h.repo.Update(ctx, batchID, func(b *domain.Batch) error {
 		if !b.Status().Final() {
 			return nil
 		}
 		now := h.now()
-		phone, err := h.phonesOf(ctx, b, b.RetriesWaiting(now))
+		var indexes []int
+		for _, o := range b.Outstanding() {
+			if o.InDoubt(now, settled) {
+				indexes = append(indexes, o.Index)
+			}
+		}
+		phone, err := h.phonesOf(ctx, b, indexes)
 		if err != nil {
 			return err
 		}
-		return b.EndUnanswered(now, phone)
+		return b.EndUnanswered(now, settled, phone)
 	})
 }
 

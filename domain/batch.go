@@ -456,7 +456,7 @@ func (b *Batch) Cancel(now time.Time, by string, phone func(index int) string) e
 		return b.conflict("cancelled")
 	}
 	b.record(BatchCancelled{EventHeader: b.header(now), By: by})
-	b.endRetries(now, "the batch was cancelled before this message's retry", phone)
+	b.endRetries(now, nil, "the batch was cancelled before this message's retry", phone)
 	return nil
 }
 
@@ -467,7 +467,7 @@ func (b *Batch) Fail(now time.Time, reason string) error {
 		return b.conflict("failed")
 	}
 	b.record(BatchFailed{EventHeader: b.header(now), Reason: reason})
-	b.endRetries(now, "the batch failed before this message's retry", nil)
+	b.endRetries(now, nil, "the batch failed before this message's retry", nil)
 	return nil
 }
 
@@ -487,9 +487,9 @@ func (b *Batch) RetriesWaiting(now time.Time) []int {
 // and those in flight whose deadline has passed (no send of them can still be
 // running: their instance is gone): no slice dispatches for it again, so they
 // would stay pending for good.
-func (b *Batch) endRetries(now time.Time, why string, phone func(int) string) {
+func (b *Batch) endRetries(now time.Time, settled Settled, why string, phone func(int) string) {
 	for _, o := range b.Outstanding() {
-		if o.InFlight() && !o.InDoubt(now, nil) {
+		if o.InFlight() && !o.InDoubt(now, settled) {
 			continue // its answer is recorded when it comes
 		}
 		info := RecipientInfo{Skip: CategoryCancelled, Message: why}
@@ -500,28 +500,33 @@ func (b *Batch) endRetries(now time.Time, why string, phone func(int) string) {
 	}
 }
 
-// UnansweredUntil is the latest deadline of the batch's messages in flight,
-// zero when none is: until then a send of one of them may still be running.
-func (b *Batch) UnansweredUntil() time.Time {
-	var until time.Time
+// Unanswered reports whether messages of the batch are in flight and, of those
+// whose sends may still be running (settled does not settle them), the latest
+// deadline: until then one may still be answered.
+func (b *Batch) Unanswered(settled Settled) (inFlight bool, until time.Time) {
 	for _, o := range b.outstanding {
-		if o.InFlight() && o.Deadline.After(until) {
+		if !o.InFlight() {
+			continue
+		}
+		inFlight = true
+		if (settled == nil || !settled(o)) && o.Deadline.After(until) {
 			until = o.Deadline
 		}
 	}
-	return until
+	return inFlight, until
 }
 
-// EndUnanswered ends the messages of a stopped batch still in flight whose
-// deadline has passed at now: their instance stopped without recording an
-// answer, no send of them can still be running, and no slice dispatches for
-// the batch again. They may or may not have reached the provider; they end
-// skipped (CategoryCancelled). ErrNotRunning while the batch may still send.
-func (b *Batch) EndUnanswered(now time.Time, phone func(int) string) error {
+// EndUnanswered ends the messages of a stopped batch still in flight that are
+// in doubt at now (their deadline has passed, or settled says no send of them
+// can still be running): their instance stopped without recording an answer,
+// and no slice dispatches for the batch again. They may or may not have
+// reached the provider; they end skipped (CategoryCancelled). ErrNotRunning
+// while the batch may still send.
+func (b *Batch) EndUnanswered(now time.Time, settled Settled, phone func(int) string) error {
 	if !b.status.Final() {
 		return ErrNotRunning
 	}
-	b.endRetries(now, "the batch stopped, and this message's send was never answered: it may or may not have been sent", phone)
+	b.endRetries(now, settled, "the batch stopped, and this message's send was never answered: it may or may not have been sent", phone)
 	return nil
 }
 

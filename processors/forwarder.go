@@ -37,7 +37,12 @@ type Forwarder struct {
 	// within shareHold: their sends of the last second still count against
 	// their tenant's cap, so the others' shares rise only once those are out
 	// of every one-second window.
-	leaving   map[string]leaver
+	leaving map[string]leaver
+	// stopped are the batches the start point held stopped with messages in
+	// flight: over a transport that loses work messages with the process
+	// (RecoverAtStart), each gets one at start, whose slice ends those
+	// messages once no send of them can still be running.
+	stopped   []string
 	caughtUp  bool
 	ready     chan struct{}
 	readyOnce sync.Once
@@ -53,7 +58,8 @@ type indexed struct {
 	priority  domain.Priority
 }
 
-// Unfinished is a batch that is not final, as the forwarder starts from it.
+// Unfinished is a batch that is not final, or stopped with messages still in
+// flight, as the forwarder starts from it.
 type Unfinished struct {
 	ID           string
 	Tenant       string
@@ -177,6 +183,10 @@ func (f *Forwarder) start(ctx context.Context) (eventstore.Position, error) {
 		if err == nil {
 			f.mu.Lock()
 			for _, b := range batches {
+				if b.Status.Final() {
+					f.stopped = append(f.stopped, b.ID)
+					continue
+				}
 				f.batches[b.ID] = &indexed{status: b.Status, lastEvent: b.LastEvent, schedule: b.ScheduleTime,
 					autoStart: b.AutoStart, tenant: b.Tenant, priority: b.Priority}
 			}

@@ -272,7 +272,7 @@ func (p *Processor) runSlice(ctx context.Context, st *batchState, w Work) (*Work
 		return nil, err
 	}
 	if b.Status().Final() {
-		return p.settleStopped(ctx, b, w)
+		return p.settleStopped(ctx, st, b, w)
 	}
 	if b.Status() != domain.StatusProcessing {
 		p.finished(b)
@@ -298,28 +298,39 @@ func (p *Processor) runSlice(ctx context.Context, st *batchState, w Work) (*Work
 
 // settleStopped ends the chain of a stopped batch once none of its messages
 // is in flight. Until then it hands the work on, so that a message whose
-// instance dies with it in flight is not left pending for good: once its
-// deadline passes, no send of it can still be running, and it is ended here.
-func (p *Processor) settleStopped(ctx context.Context, b *domain.Batch, w Work) (*Work, error) {
-	until := b.UnansweredUntil()
-	if until.IsZero() {
+// instance died with it in flight is not left pending for good: once no send
+// of it can still be running (its deadline has passed, or its instance is
+// known gone), it is ended here.
+func (p *Processor) settleStopped(ctx context.Context, st *batchState, b *domain.Batch, w Work) (*Work, error) {
+	// This instance's own sends end by their answers, recorded once the slice
+	// ends (answers held meanwhile): only the deadline ends them, and only
+	// with none held. Other instances' end when known gone too.
+	settled := func(o domain.Outstanding) bool {
+		return o.Instance != p.instance && (o.Instance == "" || (p.cfg.Gone != nil && p.cfg.Gone(o.Instance)))
+	}
+	inFlight, until := b.Unanswered(settled)
+	if !inFlight {
 		p.finished(b)
 		return nil, nil
 	}
+	if st.holdsAnswers() {
+		return &w, nil // recorded as the slice ends; looked at again after
+	}
 	if wait := until.Sub(p.cfg.Now()); wait > 0 {
-		// Answers recorded meanwhile (this instance's own) end the wait at
-		// the next look.
 		sleep(ctx, min(wait, p.cfg.SliceDuration))
 		return &w, nil
 	}
-	b, err := p.cfg.Commands.EndUnanswered(ctx, b.ID())
+	b, err := p.cfg.Commands.EndUnanswered(ctx, b.ID(), settled)
 	if err != nil {
 		if ctx.Err() != nil {
 			return &w, nil
 		}
 		return nil, fmt.Errorf("end the unanswered messages of stopped batch %s: %w", w.BatchID, err)
 	}
-	p.log.Warn("messages of a stopped batch ended unanswered past their deadline", "batch", b.ID())
+	p.log.Warn("messages of a stopped batch ended unanswered", "batch", b.ID())
+	if inFlight, _ := b.Unanswered(nil); inFlight {
+		return &w, nil
+	}
 	p.finished(b)
 	return nil, nil
 }
@@ -407,6 +418,13 @@ func (st *batchState) takeAnswers() []answer {
 	a := st.answers
 	st.answers = nil
 	return a
+}
+
+// holdsAnswers reports whether answers wait to be recorded.
+func (st *batchState) holdsAnswers() bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return len(st.answers) > 0
 }
 
 // putBack returns answers whose recording failed, to be tried again.

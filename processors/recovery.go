@@ -16,7 +16,7 @@ import (
 func (f *Forwarder) caughtUpAtStart(ctx context.Context) {
 	f.mu.Lock()
 	f.caughtUp = true
-	var ids []string
+	var ids, stopped []string
 	now := f.cfg.Now()
 	if f.cfg.RecoverAtStart {
 		for id, b := range f.batches {
@@ -25,12 +25,15 @@ func (f *Forwarder) caughtUpAtStart(ctx context.Context) {
 				b.lastEvent = now
 			}
 		}
+		stopped = f.stopped
 	}
+	f.stopped = nil
 	f.mu.Unlock()
 	if len(ids) > 0 {
 		f.log.Info("recovering processing batches", "count", len(ids))
 	}
 	f.publishWork(ctx, ids, false)
+	f.settleStopped(ctx, stopped)
 	f.startDue(ctx)
 	f.readyOnce.Do(func() { close(f.ready) })
 }
@@ -85,6 +88,29 @@ func (f *Forwarder) publishWork(ctx context.Context, ids []string, onlyDue bool)
 			}
 			f.log.Warn("batch stalled, handing it a new work message", "batch", id)
 		}
+		msg, err := workMessage(Work{BatchID: id, PrevSlice: b.LastSlice()})
+		if err == nil {
+			err = f.pub.Publish(TopicWork, msg)
+		}
+		if err != nil {
+			f.log.Error("publishing work failed", "batch", id, "err", err)
+		}
+	}
+}
+
+// settleStopped hands a work message to each batch stopped with messages in
+// flight when the process that sent them died (see Processor.settleStopped).
+func (f *Forwarder) settleStopped(ctx context.Context, ids []string) {
+	for _, id := range ids {
+		b, err := f.commands.Repository().Load(ctx, id)
+		if err != nil {
+			f.log.Error("loading a stopped batch to settle failed", "batch", id, "err", err)
+			continue
+		}
+		if inFlight, _ := b.Unanswered(nil); !inFlight || !b.Status().Final() {
+			continue
+		}
+		f.log.Info("ending the messages a stopped batch left in flight", "batch", id)
 		msg, err := workMessage(Work{BatchID: id, PrevSlice: b.LastSlice()})
 		if err == nil {
 			err = f.pub.Publish(TopicWork, msg)

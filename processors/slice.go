@@ -176,7 +176,7 @@ func (s *slice) run(ctx context.Context) (*Work, error) {
 		}
 	}
 
-	if s.batch.Status().Final() && !s.batch.UnansweredUntil().IsZero() {
+	if inFlight, _ := s.batch.Unanswered(nil); inFlight && s.batch.Status().Final() {
 		// Its messages in flight end the chain (settleStopped).
 		return &Work{BatchID: s.w.BatchID, PrevSlice: s.w.PrevSlice}, nil
 	}

@@ -390,6 +390,12 @@ func (s *BatchState) outcome(at time.Time, latencyMs int64, sent bool) {
 	s.Latency.Add(latencyMs)
 }
 
+// Unfinished reports whether the send processor still has work for the batch:
+// it is not final, or, stopped, it still has messages in flight, which end
+// once no send of them can still be running (their instance may have died
+// with them). The forwarder starts from these batches.
+func (s *BatchState) Unfinished() bool { return !s.Status.Final() || len(s.Outstanding) > 0 }
+
 // StatusView returns the status read model.
 func (s *BatchState) StatusView() BatchStatus {
 	st := BatchStatus{

@@ -201,8 +201,9 @@ type Store interface {
 	// ENOTFOUND as Batch.
 	Recipients(ctx context.Context, q RecipientQuery) (page []Recipient, nextCursor string, err error)
 	// Unfinished returns every tenant's batches that are not final (pending,
-	// processing or paused) and the checkpoint they are read at, together: the
-	// send processor starts from them instead of reading the whole log.
+	// processing or paused), or stopped with messages in flight
+	// (BatchState.Unfinished), and the checkpoint they are read at, together:
+	// the send processor starts from them instead of reading the whole log.
 	Unfinished(ctx context.Context) (batches []BatchStatus, at eventstore.Position, err error)
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -246,4 +247,55 @@ func assertStopRecordedEverySend(t *testing.T, events []eventstore.Event, id str
 		}
 	}
 	return len(outcomes)
+}
+
+// A batch cancelled with messages at the provider, its process then killed:
+// nothing was left to end those messages, and the cancelled campaign showed
+// them pending for good (the work messages died with the process, and start-up
+// looked only at batches still processing). They end after the restart.
+func TestACancelledBatchKilledWithSendsInFlightLeavesNothingPending(t *testing.T) {
+	skipShort(t)
+	dataDir := t.TempDir()
+	addr := freeAddr(t)
+	flags := []string{"--sim-latency", "4s", "--rate-unlimited", "--send-timeout", "6s"}
+	p, c := startBinary(t, dataDir, addr, flags...)
+	st := c.create(batchBody(recipients(10), "high"))
+	for deadline := time.Now().Add(10 * time.Second); c.status(st.ID).Progress.Pending == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("nothing dispatched")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if code, _ := c.do("POST", "/api/v2/batch/"+st.ID+"/cancel", nil, nil); code != http.StatusOK {
+		t.Fatalf("cancel: %d", code)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	p.wait(t, 10*time.Second)
+	p, c = startBinary(t, dataDir, addr, flags...)
+	defer func() {
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		p.wait(t, 30*time.Second)
+	}()
+	var got status
+	var pending struct {
+		Recipients []struct{ Index int } `json:"recipients"`
+	}
+	// Well past every dispatch's deadline (decision + 1 s + 6 s + 2 s).
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		got = c.status(st.ID)
+		c.do("GET", "/api/batch/"+st.ID+"/recipients?status=pending", nil, &pending)
+		if got.Progress.Pending == 0 && len(pending.Recipients) == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got.Status != "cancelled" || got.Progress.Pending != 0 || len(pending.Recipients) != 0 {
+		t.Fatalf("cancelled batch after the restart: %s with %d pending (recipients pending: %d); want none pending",
+			got.Status, got.Progress.Pending, len(pending.Recipients))
+	}
+	if got.Progress.Skipped == 0 {
+		t.Fatalf("cancelled batch after the restart: %+v; want its messages in flight ended skipped", got.Progress)
+	}
 }

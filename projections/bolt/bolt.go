@@ -225,12 +225,13 @@ type touched struct {
 
 // listing is what the tenant's list and the unfinished set know of a batch.
 type listing struct {
-	status domain.Status
-	name   string
+	status     domain.Status
+	name       string
+	unfinished bool
 }
 
 func listingOf(st *projections.BatchState) listing {
-	return listing{status: st.Status, name: st.Name}
+	return listing{status: st.Status, name: st.Name, unfinished: st.Unfinished()}
 }
 
 // Apply implements projections.Store. Every event is decoded before the
@@ -396,7 +397,7 @@ func (b *touched) save(tx *bbolt.Tx) error {
 		return nil
 	}
 	unfinished := tx.Bucket(bucketUnfinished)
-	if b.state.Status.Final() {
+	if !b.state.Unfinished() {
 		err = unfinished.Delete([]byte(b.state.ID))
 	} else if b.state.ID != "" {
 		err = unfinished.Put([]byte(b.state.ID), nil)

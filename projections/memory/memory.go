@@ -145,7 +145,7 @@ func (s *Store) Unfinished(ctx context.Context) ([]projections.BatchStatus, even
 	defer s.mu.RUnlock()
 	var out []projections.BatchStatus
 	for _, b := range s.batches {
-		if !b.state.Status.Final() {
+		if b.state.Unfinished() {
 			out = append(out, b.state.StatusView())
 		}
 	}

@@ -146,8 +146,11 @@ func newQueries(schema string) queries {
 			WHERE batch_id = $1 AND idx > $2 ORDER BY idx LIMIT $3`,
 		errorsOf: `SELECT idx, phone, category, code, message, attempts, time_ns FROM ` + errs + `
 			WHERE batch_id = $1 AND category = $2 AND idx > $3 ORDER BY idx LIMIT $4`,
-		// Served by the partial index batches_unfinished (migration 0003).
-		unfinished: `SELECT state FROM ` + batches + ` WHERE status IN ('pending', 'processing', 'paused')`,
+		// Served by the partial index batches_unfinished_or_settling
+		// (migration 0005): the batches not final, and the stopped ones
+		// with messages in flight (BatchState.Unfinished; outstanding is
+		// left out of the state when empty).
+		unfinished: `SELECT state FROM ` + batches + ` WHERE status IN ('pending', 'processing', 'paused') OR state ? 'outstanding'`,
 
 		upsertNumbers: `INSERT INTO ` + numbers + ` (batch_id, page, numbers)
 			SELECT * FROM unnest($1::text[], $2::int[], $3::text[])

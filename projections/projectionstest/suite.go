@@ -662,11 +662,11 @@ func testUnfinished(t *testing.T, s projections.Store) {
 			t.Fatalf("unfinished %s updated at %v, want its last event's time", b.ID, b.UpdatedAt)
 		}
 	}
-	// A batch that finishes leaves the set.
+	// A batch that finishes, its last message ended, leaves the set.
 	Apply(t, s, events[len(events)-1:], 1)
 	done := h.Batch("acme", "acme-paused", t0)
 	done.Now = t0.Add(10 * time.Minute)
-	Apply(t, s, []eventstore.Event{done.Cancelled()}, 1)
+	Apply(t, s, []eventstore.Event{done.Cancelled(), done.Skipped(2, domain.CategoryCancelled)}, 2)
 	got, _, err = s.Unfinished(ctx(t))
 	if err != nil {
 		t.Fatal(err)
@@ -678,6 +678,25 @@ func testUnfinished(t *testing.T, s projections.Store) {
 	}
 	if len(got) != 2 {
 		t.Fatalf("unfinished %v after a cancel, want acme-pending and globex-running", ids(got))
+	}
+	// A batch stopped with a message in flight stays until the message ends:
+	// its instance may have died with it, and the processor ends it.
+	running.Advance(time.Second)
+	Apply(t, s, []eventstore.Event{running.Cancelled()}, 1)
+	got, _, err = s.Unfinished(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(got, func(b projections.BatchStatus) bool { return b.ID == "globex-running" && b.Status == "cancelled" }) {
+		t.Fatalf("unfinished %v: a batch cancelled with a message in flight left the set", ids(got))
+	}
+	Apply(t, s, []eventstore.Event{running.Advance(time.Second).Skipped(0, domain.CategoryCancelled)}, 1)
+	got, _, err = s.Unfinished(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.ContainsFunc(got, func(b projections.BatchStatus) bool { return b.ID == "globex-running" }) {
+		t.Fatalf("unfinished %v: a cancelled batch whose last message ended is still there", ids(got))
 	}
 }
 

@@ -154,3 +154,32 @@ func TestUnicodeNamesRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// The same for a provider's message ID: a sid the provider answered, or a
+// receipt's, with U+0000 in it is kept in the recipient's outcome.
+func TestProviderIDWithNULIsApplied(t *testing.T) {
+	s := newStore(t, database(t))
+	h := projectionstest.NewEvents()
+	b := h.Batch("acme", "batch-nul-id", t0)
+	b.Created(2)
+	b.Started()
+	b.Dispatched(0, 1)
+	h.Append(domain.MessageSent{EventHeader: domain.EventHeader{BatchID: b.ID, Tenant: b.Tenant, At: b.Now},
+		Index: 0, Attempt: 1, ProviderID: "SM\x00one", Segments: 1})
+	h.Append(domain.MessageSent{EventHeader: domain.EventHeader{BatchID: b.ID, Tenant: b.Tenant, At: b.Now},
+		Index: 1, Attempt: 1, ProviderID: "SMtwo", Segments: 1})
+	h.Append(domain.MessageDelivered{EventHeader: domain.EventHeader{BatchID: b.ID, Tenant: b.Tenant, At: b.Now},
+		Index: 1, ProviderID: "SM\x00two"})
+	o := h.Batch("other", "batch-after-id", t0.Add(time.Second))
+	o.Created(1)
+	if err := s.Apply(t.Context(), h.List()); err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+	rs, _, err := s.Recipients(t.Context(), projections.RecipientQuery{Tenant: "acme", BatchID: b.ID})
+	if err != nil || len(rs) != 2 {
+		t.Fatalf("recipients %+v (%v)", rs, err)
+	}
+	if _, err := s.Batch(t.Context(), "other", "batch-after-id"); err != nil {
+		t.Fatalf("the other tenant's batch: %v", err)
+	}
+}

@@ -159,3 +159,28 @@ func TestRebuildInterruptedBeforeAnUpgradeCompletesAfterIt(t *testing.T) {
 		t.Fatalf("recipients after the rebuild: %d (%v)", len(rs), err)
 	}
 }
+
+// 0005 replaces the unfinished batches' index of 0003, found by its
+// definition: read models rebuilt before it hold it under a generated name.
+func TestTheUnfinishedIndexIsReplacedWhateverItsName(t *testing.T) {
+	pool, err := pgxpool.New(t.Context(), pgtest.Database(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	applyUpTo(t, pool, "0005")
+	if _, err := pool.Exec(t.Context(), `ALTER INDEX readmodels.batches_unfinished RENAME TO batches_id_idx`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := migrations.Apply(t.Context(), pool); err != nil {
+		t.Fatal(err)
+	}
+	var old, replaced int
+	if err := pool.QueryRow(t.Context(), `SELECT count(*) FILTER (WHERE indexname = 'batches_id_idx'),
+		count(*) FILTER (WHERE indexname = 'batches_unfinished_or_settling') FROM pg_indexes WHERE schemaname = 'readmodels'`).Scan(&old, &replaced); err != nil {
+		t.Fatal(err)
+	}
+	if old != 0 || replaced != 1 {
+		t.Fatalf("after 0005: %d of the old index, %d of the new, want 0 and 1", old, replaced)
+	}
+}

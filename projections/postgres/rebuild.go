@@ -150,8 +150,48 @@ func createShadow(ctx context.Context, pool *pgxpool.Pool, live, shadow string) 
 			return fmt.Errorf("postgres projections: rebuild: create %s: %w", shadow, err)
 		}
 	}
+	if err := keepIndexNames(ctx, tx, live, shadow); err != nil {
+		return fmt.Errorf("postgres projections: rebuild: create %s: %w", shadow, err)
+	}
 	if err := tx.Commit(ctx); err != nil {
 		return fmt.Errorf("postgres projections: rebuild: create %s: %w", shadow, err)
+	}
+	return nil
+}
+
+// keepIndexNames gives the shadow copy's indexes the names of the live ones
+// they copy, matched by definition: CREATE TABLE ... LIKE names them anew, and
+// a migration that names an index (to drop or change it) must find it in read
+// models that were rebuilt.
+func keepIndexNames(ctx context.Context, tx pgx.Tx, live, shadow string) error {
+	named := func(schema string) (map[string]string, error) {
+		rows, err := tx.Query(ctx, `SELECT indexname, regexp_replace(indexdef, '^(CREATE (UNIQUE )?INDEX )\S+ ON [^.]+\.', '\1ON ')
+			FROM pg_indexes WHERE schemaname = $1`, schema)
+		if err != nil {
+			return nil, err
+		}
+		byDef := make(map[string]string)
+		var name, def string
+		_, err = pgx.ForEachRow(rows, []any{&name, &def}, func() error {
+			byDef[def] = name
+			return nil
+		})
+		return byDef, err
+	}
+	want, err := named(live)
+	if err != nil {
+		return fmt.Errorf("read the live indexes: %w", err)
+	}
+	got, err := named(shadow)
+	if err != nil {
+		return fmt.Errorf("read the copied indexes: %w", err)
+	}
+	for def, name := range got {
+		if w, ok := want[def]; ok && w != name {
+			if _, err := tx.Exec(ctx, "ALTER INDEX "+pgx.Identifier{shadow, name}.Sanitize()+" RENAME TO "+pgx.Identifier{w}.Sanitize()); err != nil {
+				return fmt.Errorf("name index %s %s: %w", name, w, err)
+			}
+		}
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -265,4 +266,34 @@ func TestTheRunnerSkipsNoLateCommit(t *testing.T) {
 	fresh := database(t)
 	projectionstest.Apply(t, newStore(t, fresh), all, 500)
 	sameTables(t, "followed through late commits", tables(t, pool), tables(t, fresh))
+}
+
+// A rebuild keeps the names of the read models' indexes (CREATE TABLE ...
+// LIKE named the copies anew): a migration that drops or changes an index by
+// its name must find it in read models that were rebuilt.
+func TestRebuildKeepsIndexNames(t *testing.T) {
+	events := history(2, 10).List()
+	pool, _, es := followed(t, events)
+	names := func() []string {
+		t.Helper()
+		rows, err := pool.Query(t.Context(), `SELECT indexname FROM pg_indexes WHERE schemaname = 'readmodels' ORDER BY indexname`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := pgx.CollectRows(rows, pgx.RowTo[string])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	before := names()
+	if !slices.Contains(before, "batches_tenant_created") {
+		t.Fatalf("indexes before the rebuild: %v", before)
+	}
+	if err := postgres.Rebuild(t.Context(), pool, es, postgres.RebuildOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if after := names(); !slices.Equal(after, before) {
+		t.Fatalf("indexes after the rebuild: %v, want %v", after, before)
+	}
 }

@@ -1,7 +1,6 @@
 package api
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -10,7 +9,6 @@ import (
 	"time"
 
 	"github.com/smsbatch/smsbatch/commands"
-	"github.com/smsbatch/smsbatch/domain"
 
 	"github.com/smsbatch/smsbatch/eventstore"
 	"github.com/smsbatch/smsbatch/projections/memory"
@@ -64,24 +62,13 @@ func TestAggregateAnswerKeepsTheName(t *testing.T) {
 func TestSecondRetryFailedDoesNotTextTheSameRecipientsAgain(t *testing.T) {
 	env := newAPI(t, nil)
 	id := failedThenDelivered(t, env, 3, func(int) bool { return false })
-	total := func(a answer) int {
-		var st struct {
-			Progress struct {
-				Total int `json:"total"`
-			} `json:"progress"`
-		}
-		if err := json.Unmarshal(a.Body.Bytes(), &st); err != nil {
-			t.Fatalf("%s: %v", a.Body, err)
-		}
-		return st.Progress.Total
-	}
 	first := env.do("POST", "/api/v2/batch/"+id+"/retry-failed", testKey, "")
-	if first.Code != http.StatusCreated || total(first) != 3 {
+	if first.Code != http.StatusCreated || totalOf(t, first) != 3 {
 		t.Fatalf("first retry-failed: %d %s", first.Code, first.Body)
 	}
 	second := env.do("POST", "/api/v2/batch/"+id+"/retry-failed", testKey, "")
 	if second.Code == http.StatusCreated {
-		t.Fatalf("second retry-failed of the same batch: 201, a new batch of %d recipients, every one already in the first retry", total(second))
+		t.Fatalf("second retry-failed of the same batch: 201, a new batch of %d recipients, every one already in the first retry", totalOf(t, second))
 	}
 }
 
@@ -99,44 +86,16 @@ func TestRetryWhileSendingThenAgainTakesOnlyTheNewFailures(t *testing.T) {
 	}
 	id := keyedAnswer{body: a.Body.Bytes()}.id(t)
 	repo, _ := commands.NewRepository(env.es, 0)
-	failTwo := func(at time.Time) {
-		t.Helper()
-		if _, err := repo.Update(context.Background(), id, func(b *domain.Batch) error {
-			ds, err := b.Dispatch(at, domain.DispatchRequest{Slice: "s1", PrevSlice: b.LastSlice(), Instance: "i1",
-				Deadline: at.Add(10 * time.Second), Max: 2, MaxInFlight: 2})
-			if err != nil {
-				return err
-			}
-			for _, d := range ds {
-				if err := b.RecordFailed(at, domain.FailureParams{Index: d.Index, Attempt: d.Attempt, Category: domain.CategoryUnknown}); err != nil {
-					return err
-				}
-			}
-			return nil
-		}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	total := func(a answer) int {
-		var st struct {
-			Progress struct {
-				Total int `json:"total"`
-			} `json:"progress"`
-		}
-		if err := json.Unmarshal(a.Body.Bytes(), &st); err != nil {
-			t.Fatalf("%s: %v", a.Body, err)
-		}
-		return st.Progress.Total
-	}
+	failTwo := func(at time.Time) { failNext(t, repo, id, at, 2) }
 	now := time.Now()
 	failTwo(now)
 	first := env.do("POST", "/api/v2/batch/"+id+"/retry-failed", testKey, "")
-	if first.Code != http.StatusCreated || total(first) != 2 {
+	if first.Code != http.StatusCreated || totalOf(t, first) != 2 {
 		t.Fatalf("first retry-failed: %d %s", first.Code, first.Body)
 	}
 	failTwo(now.Add(time.Second))
 	second := env.do("POST", "/api/v2/batch/"+id+"/retry-failed", testKey, "")
-	if second.Code != http.StatusCreated || total(second) != 2 {
+	if second.Code != http.StatusCreated || totalOf(t, second) != 2 {
 		t.Fatalf("second retry-failed: %d %s; want the 2 new failures only", second.Code, second.Body)
 	}
 }

@@ -403,6 +403,43 @@ func TestTheExportNeutralisesFormulas(t *testing.T) {
 	}
 }
 
+// failNext dispatches up to max more messages of batch id at at, as another
+// instance would, and records each failed for good.
+func failNext(t *testing.T, repo *commands.Repository, id string, at time.Time, max int) *domain.Batch {
+	t.Helper()
+	b, err := repo.Update(context.Background(), id, func(b *domain.Batch) error {
+		ds, err := b.Dispatch(at, domain.DispatchRequest{Slice: "s1", PrevSlice: b.LastSlice(), Instance: "i1",
+			Deadline: at.Add(10 * time.Second), Max: max, MaxInFlight: max})
+		if err != nil {
+			return err
+		}
+		for _, d := range ds {
+			if err := b.RecordFailed(at, domain.FailureParams{Index: d.Index, Attempt: d.Attempt, Category: domain.CategoryUnknown}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// totalOf is the progress total of a batch status answered.
+func totalOf(t *testing.T, a answer) int {
+	t.Helper()
+	var st struct {
+		Progress struct {
+			Total int `json:"total"`
+		} `json:"progress"`
+	}
+	if err := json.Unmarshal(a.Body.Bytes(), &st); err != nil {
+		t.Fatalf("%s: %v", a.Body, err)
+	}
+	return st.Progress.Total
+}
+
 // failedThenDelivered creates a batch of n recipients that another instance
 // works: every one fails for good, and those delivered says were delivered
 // after all (an earlier attempt went out). It returns the batch once the read
@@ -425,24 +462,7 @@ func failedThenDelivered(t *testing.T, env *apiEnv, n int, delivered func(i int)
 	}
 	now := time.Now()
 	for round, failed := 0, 0; failed < n; round++ {
-		at := now.Add(time.Duration(round) * time.Second)
-		b, err := repo.Update(context.Background(), id, func(b *domain.Batch) error {
-			ds, err := b.Dispatch(at, domain.DispatchRequest{Slice: "s1", PrevSlice: b.LastSlice(), Instance: "i1",
-				Deadline: at.Add(10 * time.Second), Max: 5, MaxInFlight: 5})
-			if err != nil {
-				return err
-			}
-			for _, d := range ds {
-				if err := b.RecordFailed(at, domain.FailureParams{Index: d.Index, Attempt: d.Attempt, Category: domain.CategoryUnknown}); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		failed = b.Failed()
+		failed = failNext(t, repo, id, now.Add(time.Duration(round)*time.Second), 5).Failed()
 	}
 	count := 0
 	for i := range n {

@@ -1,14 +1,8 @@
 package projections_test
 
 import (
-	"fmt"
-	"path/filepath"
 	"testing"
 	"time"
-
-	"github.com/smsbatch/smsbatch/projections"
-	projbolt "github.com/smsbatch/smsbatch/projections/bolt"
-	"github.com/smsbatch/smsbatch/projections/memory"
 
 	"github.com/smsbatch/smsbatch/domain"
 	"github.com/smsbatch/smsbatch/projections/projectionstest"
@@ -44,75 +38,5 @@ func TestDeliveryRateNeverAboveOne(t *testing.T) {
 	a := st.AnalyticsView()
 	if a.DeliveryRate < 0 || a.DeliveryRate > 1 {
 		t.Fatalf("deliveryRate = %v with totals %+v: a rate above 100%%", a.DeliveryRate, a.Totals)
-	}
-}
-
-// The list's pages, on the memory and bolt stores, while batches are created
-// (at instants already listed and newer) and listed ones change status: every
-// batch that existed before the first page is listed exactly once.
-func TestListPagesWhileCreatingMemoryAndBolt(t *testing.T) {
-	for name, open := range map[string]func(t *testing.T) projections.Store{
-		"memory": func(t *testing.T) projections.Store { return memory.New() },
-		"bolt": func(t *testing.T) projections.Store {
-			s, err := projbolt.Open(filepath.Join(t.TempDir(), "rm.db"), projbolt.Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { s.Close() })
-			return s
-		},
-	} {
-		t.Run(name, func(t *testing.T) {
-			s := open(t)
-			h := projectionstest.NewEvents()
-			var before []string
-			for i := range 120 {
-				b := h.Batch("acme", fmt.Sprintf("b-%03d", i), t0.Add(time.Duration(i/3)*time.Millisecond))
-				b.Created(1)
-				before = append(before, b.ID)
-			}
-			if err := s.Apply(t.Context(), h.List()); err != nil {
-				t.Fatal(err)
-			}
-			applied := h.Len()
-			seen := map[string]int{}
-			cursor := ""
-			for page := 0; ; page++ {
-				for j := range 5 {
-					n := page*5 + j
-					at := t0.Add(time.Duration(n%40) * time.Millisecond)
-					if j == 4 {
-						at = t0.Add(time.Hour + time.Duration(n)*time.Millisecond)
-					}
-					h.Batch("acme", fmt.Sprintf("b-%03d-new-%d", n%40*3, n), at).Created(1)
-				}
-				h.Batch("acme", before[(page*7)%len(before)], t0.Add(time.Hour)).Started()
-				if err := s.Apply(t.Context(), h.List()[applied:]); err != nil {
-					t.Fatal(err)
-				}
-				applied = h.Len()
-				list, next, err := s.Batches(t.Context(), projections.ListQuery{Tenant: "acme", Limit: 7, Cursor: cursor})
-				if err != nil {
-					t.Fatal(err)
-				}
-				for _, b := range list {
-					seen[b.ID]++
-				}
-				if next == "" {
-					break
-				}
-				cursor = next
-			}
-			for _, id := range before {
-				if seen[id] != 1 {
-					t.Errorf("%s listed %d times, want once", id, seen[id])
-				}
-			}
-			for id, n := range seen {
-				if n != 1 {
-					t.Errorf("%s listed %d times", id, n)
-				}
-			}
-		})
 	}
 }

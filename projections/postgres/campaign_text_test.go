@@ -52,65 +52,6 @@ func TestProviderMessageWithNULIsApplied(t *testing.T) {
 	}
 }
 
-// Paging through a tenant's list while batches are created (some at the very
-// instant of listed ones, some newer) and others change status: every batch
-// that existed before the first page is listed exactly once.
-func TestListPagesWhileCreating(t *testing.T) {
-	s := newStore(t, database(t))
-	h := projectionstest.NewEvents()
-	var before []string
-	for i := range 120 {
-		// Three batches per instant: ties are broken by ID.
-		b := h.Batch("acme", fmt.Sprintf("b-%03d", i), t0.Add(time.Duration(i/3)*time.Millisecond))
-		b.Created(1)
-		before = append(before, b.ID)
-	}
-	if err := s.Apply(t.Context(), h.List()); err != nil {
-		t.Fatal(err)
-	}
-	applied := h.Len()
-	seen := map[string]int{}
-	cursor := ""
-	for page := 0; ; page++ {
-		// Between pages: new batches, at instants already listed and newer,
-		// and status changes of listed ones.
-		for j := range 5 {
-			n := page*5 + j
-			at := t0.Add(time.Duration(n%40) * time.Millisecond)
-			if j == 4 {
-				at = t0.Add(time.Hour + time.Duration(n)*time.Millisecond)
-			}
-			h.Batch("acme", fmt.Sprintf("b-%03d-new-%d", n%40*3, n), at).Created(1)
-		}
-		h.Batch("acme", before[(page*7)%len(before)], t0.Add(time.Hour)).Started()
-		if err := s.Apply(t.Context(), h.List()[applied:]); err != nil {
-			t.Fatal(err)
-		}
-		applied = h.Len()
-		list, next, err := s.Batches(t.Context(), projections.ListQuery{Tenant: "acme", Limit: 7, Cursor: cursor})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, b := range list {
-			seen[b.ID]++
-		}
-		if next == "" {
-			break
-		}
-		cursor = next
-	}
-	for _, id := range before {
-		if seen[id] != 1 {
-			t.Errorf("%s listed %d times, want once", id, seen[id])
-		}
-	}
-	for id, n := range seen {
-		if n != 1 {
-			t.Errorf("%s listed %d times", id, n)
-		}
-	}
-}
-
 // Names come back byte for byte, and ?q= finds them case-insensitively, from
 // PostgreSQL as from Go.
 func TestUnicodeNamesRoundTrip(t *testing.T) {

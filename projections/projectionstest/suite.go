@@ -42,6 +42,7 @@ func Run(t *testing.T, newStore func(t *testing.T) projections.Store) {
 	t.Run("RecipientsRebuildIsIdentical", func(t *testing.T) { testRecipientsRebuild(t, newStore(t), newStore(t)) })
 	t.Run("RetryLinks", func(t *testing.T) { testRetryLinks(t, newStore(t)) })
 	t.Run("CursorsPastTheEnd", func(t *testing.T) { testCursorsPastTheEnd(t, newStore(t)) })
+	t.Run("ListPagesWhileCreating", func(t *testing.T) { testListPagesWhileCreating(t, newStore(t)) })
 }
 
 func ctx(t testing.TB) context.Context { return t.Context() }
@@ -751,5 +752,63 @@ func testCursorsPastTheEnd(t *testing.T, s projections.Store) {
 			page, next, err := s.Errors(ctx(t), projections.ErrorQuery{Tenant: "acme", BatchID: "r1", Cursor: b64("e1:" + idx)})
 			return len(page), next, err
 		})
+	}
+}
+
+// Paging through a tenant's list while batches are created (some at the very
+// instant of listed ones, some newer) and others change status: every batch
+// that existed before the first page is listed exactly once.
+func testListPagesWhileCreating(t *testing.T, s projections.Store) {
+	h := NewEvents()
+	var before []string
+	for i := range 120 {
+		// Three batches per instant: ties are broken by ID.
+		b := h.Batch("acme", fmt.Sprintf("b-%03d", i), t0.Add(time.Duration(i/3)*time.Millisecond))
+		b.Created(1)
+		before = append(before, b.ID)
+	}
+	if err := s.Apply(ctx(t), h.List()); err != nil {
+		t.Fatal(err)
+	}
+	applied := h.Len()
+	seen := map[string]int{}
+	cursor := ""
+	for page := 0; ; page++ {
+		// Between pages: new batches, at instants already listed and newer,
+		// and status changes of listed ones.
+		for j := range 5 {
+			n := page*5 + j
+			at := t0.Add(time.Duration(n%40) * time.Millisecond)
+			if j == 4 {
+				at = t0.Add(time.Hour + time.Duration(n)*time.Millisecond)
+			}
+			h.Batch("acme", fmt.Sprintf("b-%03d-new-%d", n%40*3, n), at).Created(1)
+		}
+		h.Batch("acme", before[(page*7)%len(before)], t0.Add(time.Hour)).Started()
+		if err := s.Apply(ctx(t), h.List()[applied:]); err != nil {
+			t.Fatal(err)
+		}
+		applied = h.Len()
+		list, next, err := s.Batches(ctx(t), projections.ListQuery{Tenant: "acme", Limit: 7, Cursor: cursor})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range list {
+			seen[b.ID]++
+		}
+		if next == "" {
+			break
+		}
+		cursor = next
+	}
+	for _, id := range before {
+		if seen[id] != 1 {
+			t.Errorf("%s listed %d times, want once", id, seen[id])
+		}
+	}
+	for id, n := range seen {
+		if n != 1 {
+			t.Errorf("%s listed %d times", id, n)
+		}
 	}
 }

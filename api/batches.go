@@ -212,7 +212,7 @@ func (s *server) aggregateStatus(ctx context.Context, b *domain.Batch) projectio
 func statusFromAggregate(b *domain.Batch) projections.BatchStatus {
 	st := projections.BatchStatus{
 		ID: b.ID(), Tenant: b.Tenant(), Text: b.Text(), Status: string(b.Status()), Priority: string(b.Priority()),
-		CreatedAt: b.CreatedAt(), UpdatedAt: b.LastEventAt(), AutoStart: b.AutoStart(),
+		CreatedAt: b.CreatedAt(), UpdatedAt: b.LastEventAt(), Revision: max(b.Version(), 1) - 1, AutoStart: b.AutoStart(),
 		Progress: projections.Progress{
 			Total: b.Total(), Pending: len(b.Outstanding()), Completed: b.Sent(), Failed: b.Failed(), Skipped: b.Skipped(), Waiting: b.Waiting(),
 		},

@@ -363,6 +363,7 @@ func (s *server) retryFailed(w http.ResponseWriter, r *http.Request) {
 	run := func(w http.ResponseWriter) {
 		res, name, err := s.createRetry(r.Context(), p.Tenant, id, newID, category)
 		if err != nil {
+			markAbandoned(w, err)
 			writeError(w, r, s.log, err)
 			return
 		}

@@ -179,6 +179,7 @@ func (s *server) createBatch(w http.ResponseWriter, r *http.Request) {
 			},
 		})
 		if err != nil {
+			markAbandoned(w, err)
 			writeError(w, r, s.log, err)
 			return
 		}

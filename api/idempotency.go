@@ -129,6 +129,9 @@ func (s *server) underKey(w http.ResponseWriter, r *http.Request, tenant, key, f
 // request's cancelled context would hold the key, answering "still running",
 // until its lease ends, then run a lifecycle command again.
 func (s *server) record(r *http.Request, keys *commands.IdempotencyKeys, st *commands.KeyState, c *capture) {
+	if c.abandoned {
+		return // the key is the retry's that fenced this create off
+	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), recordTimeout)
 	defer cancel()
 	var err error
@@ -150,6 +153,8 @@ type capture struct {
 	header http.Header
 	status int
 	body   bytes.Buffer
+	// abandoned: the request was a create fenced off by its retry.
+	abandoned bool
 }
 
 func newCapture() *capture { return &capture{header: http.Header{}, status: http.StatusOK} }
@@ -157,6 +162,13 @@ func newCapture() *capture { return &capture{header: http.Header{}, status: http
 func (c *capture) Header() http.Header         { return c.header }
 func (c *capture) Write(p []byte) (int, error) { return c.body.Write(p) }
 func (c *capture) WriteHeader(status int)      { c.status = status }
+
+// markAbandoned notes, on a capture, a create fenced off by its retry.
+func markAbandoned(w http.ResponseWriter, err error) {
+	if c, ok := w.(*capture); ok && errors.Is(err, commands.ErrCreateAbandoned) {
+		c.abandoned = true
+	}
+}
 
 func (c *capture) flush(w http.ResponseWriter) {
 	for k, v := range c.header {

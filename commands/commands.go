@@ -167,14 +167,19 @@ func (h *Handlers) CreateBatch(ctx context.Context, cmd CreateBatch) (Result, er
 	pos, err := h.repo.Add(ctx, b) // caches a copy of b
 	if errors.Is(err, eventstore.ErrConcurrency) {
 		// A new ID's stream exists only once AbandonCreate fenced it off.
-		return Result{}, domain.Errorf(domain.ECONFLICT,
-			"this create ran so long that a retry with its Idempotency-Key took over; the batch is the retry's")
+		return Result{}, fmt.Errorf("%w%w", domain.Errorf(domain.ECONFLICT,
+			"this create ran so long that a retry with its Idempotency-Key took over; the batch is the retry's"), ErrCreateAbandoned)
 	}
 	if err != nil {
 		return Result{}, err
 	}
 	return Result{Batch: b, Position: pos}, nil
 }
+
+// ErrCreateAbandoned marks the error of a create fenced off by its retry
+// (AbandonCreate): the key belongs to the retry, and the create's answer must
+// not be recorded as the key's.
+var ErrCreateAbandoned = errors.New("")
 
 // Act names a caller acting on a batch: only its own tenant may.
 type Act struct {

@@ -39,9 +39,10 @@ type Forwarder struct {
 	// of every one-second window.
 	leaving map[string]leaver
 	// stopped are the batches the start point held stopped with messages in
-	// flight: over a transport that loses work messages with the process
-	// (RecoverAtStart), each gets one at start, whose slice ends those
-	// messages once no send of them can still be running.
+	// flight, and those stopped in the log read up to the end at start: over
+	// a transport that loses work messages with the process (RecoverAtStart),
+	// each that still has messages in flight gets one at start, whose slice
+	// ends them once no send of them can still be running.
 	stopped   []string
 	caughtUp  bool
 	ready     chan struct{}
@@ -283,6 +284,11 @@ func (f *Forwarder) index(id string, e eventstore.Event) bool {
 	case domain.TypeBatchCompleted, domain.TypeBatchCancelled, domain.TypeBatchFailed:
 		f.leave(id, b)
 		delete(f.batches, id)
+		if !f.caughtUp && e.Type != domain.TypeBatchCompleted {
+			// Stopped while this process was down: its messages in flight
+			// may have died with the last one (caughtUpAtStart looks).
+			f.stopped = append(f.stopped, id)
+		}
 	default:
 		return false
 	}

@@ -325,7 +325,12 @@ func (p *Processor) settleStopped(ctx context.Context, st *batchState, b *domain
 		if ctx.Err() != nil {
 			return &w, nil
 		}
-		return nil, fmt.Errorf("end the unanswered messages of stopped batch %s: %w", w.BatchID, err)
+		// Nothing else hands a stopped batch's chain a work message while the
+		// process lives (stall recovery looks at processing batches): a store
+		// failing over must not end it. Look again after a pause.
+		p.log.Error("ending the unanswered messages of a stopped batch failed; trying again", "batch", w.BatchID, "err", err)
+		sleep(ctx, p.cfg.SliceDuration)
+		return &w, nil
 	}
 	p.log.Warn("messages of a stopped batch ended unanswered", "batch", b.ID())
 	if inFlight, _ := b.Unanswered(nil); inFlight {

@@ -169,7 +169,11 @@ type BatchState struct {
 	ValidUntil *time.Time         `json:"validUntil,omitempty"`
 	QuietHours *domain.QuietHours `json:"quietHours,omitempty"`
 	UpdatedAt  time.Time          `json:"updatedAt"`
-	Total      int                `json:"total"`
+	// Revision is the revision of the last event applied in the batch's
+	// stream: unlike UpdatedAt (each event's deciding instance's clock) it
+	// only grows.
+	Revision uint64 `json:"revision,omitempty"`
+	Total    int    `json:"total"`
 	// PausedAt is the last pause, ResumedAt the resume that followed it (zero
 	// while still paused).
 	PausedAt  time.Time `json:"pausedAt,omitzero"`
@@ -273,6 +277,7 @@ func (s *BatchState) Apply(e eventstore.Event, payload domain.Event) {
 	s.Position = e.Position
 	at := payload.Header().At.UTC()
 	s.UpdatedAt = at
+	s.Revision = e.Revision
 
 	switch p := payload.(type) {
 	case domain.BatchCreated:
@@ -421,6 +426,7 @@ func (s *BatchState) StatusView() BatchStatus {
 			Undelivered: s.Undelivered,
 		},
 		UpdatedAt: s.UpdatedAt,
+		Revision:  s.Revision,
 	}
 	if !s.Status.Final() {
 		// A stopped batch's recipients wait for nothing: they stay unsent.

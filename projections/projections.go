@@ -47,6 +47,11 @@ type BatchStatus struct {
 	Retries []string `json:"retries,omitempty"`
 	// UpdatedAt is the time of the last event applied to the batch.
 	UpdatedAt time.Time `json:"updatedAt"`
+	// Revision is the revision of that event in the batch's stream: of two
+	// statuses of a batch, the one with the higher revision is the newer
+	// (UpdatedAt comes from the clock of whichever instance decided the
+	// event, and goes back when their clocks differ).
+	Revision uint64 `json:"revision"`
 }
 
 // RateCap is the rate a batch is held to by its tenant's cap.

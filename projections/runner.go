@@ -130,6 +130,9 @@ type Runner struct {
 	watchAtSince   time.Time
 	stalled        error
 	stalledChecked time.Time
+	// waitingSince is when an event was first seen waiting after watchAt;
+	// zero while none has been.
+	waitingSince time.Time
 }
 
 // NewRunner returns a runner; it does nothing until Run.
@@ -272,11 +275,14 @@ func (r *Runner) watch(ctx context.Context, d time.Duration) {
 func (r *Runner) checkStalled(ctx context.Context, cp eventstore.Position) {
 	now := time.Now()
 	r.mu.Lock()
-	if cp != r.watchAt || r.watchAtSince.IsZero() {
-		r.watchAt, r.watchAtSince, r.stalled = cp, now, nil
+	moved := cp != r.watchAt || r.watchAtSince.IsZero()
+	if moved {
+		r.watchAt, r.watchAtSince, r.stalled, r.waitingSince = cp, now, nil, time.Time{}
 	}
-	still := now.Sub(r.watchAtSince)
-	check := still >= watchUnhealthyAfter && now.Sub(r.stalledChecked) >= time.Second
+	// Looked at once a second while the checkpoint stands still, so that the
+	// time counted is the time events have waited, not a quiet spell before
+	// them (the first write after one is no stall).
+	check := !moved && now.Sub(r.stalledChecked) >= time.Second
 	if check {
 		r.stalledChecked = now
 	}
@@ -288,16 +294,29 @@ func (r *Runner) checkStalled(ctx context.Context, cp eventstore.Position) {
 	if err != nil {
 		return // the event store's own health says why
 	}
-	var stalled error
-	if len(page) > 0 {
-		stalled = fmt.Errorf("projections: the read models' checkpoint has stood at %s for %s while event %s waits after it: the instance holding their lease is not applying",
-			cp, still.Round(time.Second), page[0].Position)
-	}
 	r.mu.Lock()
-	if r.watchAt == cp {
-		r.stalled = stalled
+	defer r.mu.Unlock()
+	if r.watchAt != cp {
+		return
 	}
-	r.mu.Unlock()
+	if len(page) == 0 {
+		r.waitingSince, r.stalled = time.Time{}, nil
+		return
+	}
+	if r.waitingSince.IsZero() {
+		r.waitingSince = now
+	}
+	// Waiting since it was appended, when that is known and after the
+	// checkpoint last moved (a writer's clock far behind counts no more
+	// than the checkpoint's standstill).
+	since := r.waitingSince
+	if at := page[0].Time; at.Before(since) {
+		since = latest(at, r.watchAtSince)
+	}
+	if waited := now.Sub(since); waited >= watchUnhealthyAfter {
+		r.stalled = fmt.Errorf("projections: the read models' checkpoint has stood at %s for %s while event %s waits after it: the instance holding their lease is not applying",
+			cp, waited.Round(time.Second), page[0].Position)
+	}
 }
 
 // Health is nil while the runner follows the events (or the checkpoint of the
@@ -413,4 +432,11 @@ func (r *Runner) WaitFor(ctx context.Context, pos eventstore.Position) error {
 			return ctx.Err()
 		}
 	}
+}
+
+func latest(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }

@@ -37,7 +37,7 @@ func checkStore(ctx context.Context, cfg Config, out io.Writer) error {
 	for _, n := range r.Notes {
 		fmt.Fprintf(out, "  note: %s\n", n)
 	}
-	if orphans := orphanRecipientStreams(r.Streams); len(orphans) > 0 {
+	if orphans := orphanRecipientStreams(r.Streams, r.FirstTypes); len(orphans) > 0 {
 		fmt.Fprintf(out, "  note: %d recipients stream(s) without a batch, from uploads that never finished "+
 			"(a full disk, a crash); they are never read nor counted: %s\n", len(orphans), strings.Join(first(orphans, 10), ", "))
 	}
@@ -67,12 +67,19 @@ func checkStore(ctx context.Context, cfg Config, out io.Writer) error {
 }
 
 // orphanRecipientStreams are the recipients streams whose batch was never
-// created: commands.CreateBatch writes the pages first and BatchCreated last.
-func orphanRecipientStreams(streams map[string]uint64) []string {
+// created: commands.CreateBatch writes the pages first and BatchCreated last,
+// and a create its key's retry fenced off (BatchCreateAbandoned first in the
+// batch's stream) stores none.
+func orphanRecipientStreams(streams map[string]uint64, firstTypes map[string]string) []string {
 	var orphans []string
 	for name := range streams {
 		id, ok := strings.CutPrefix(name, domain.RecipientsStreamPrefix)
-		if _, created := streams[domain.BatchStream(id)]; ok && !created {
+		batch := domain.BatchStream(id)
+		_, created := streams[batch]
+		if created && firstTypes[batch] == domain.TypeBatchCreateAbandoned {
+			created = false
+		}
+		if ok && !created {
 			orphans = append(orphans, name)
 		}
 	}

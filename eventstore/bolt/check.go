@@ -30,6 +30,8 @@ type Report struct {
 	Events uint64
 	// Streams is the number of events of each stream, as the records say.
 	Streams map[string]uint64
+	// FirstTypes is the type of each stream's first event (revision 0).
+	FirstTypes map[string]string
 	// Problems says what is damaged, one line each; empty when the store is clean.
 	Problems []string
 	// MoreProblems counts the problems found beyond the first maxProblems.
@@ -180,6 +182,12 @@ func (r *Report) check(ctx context.Context, tx *bbolt.Tx, held string) error {
 			continue
 		}
 		r.Streams[e.Stream]++
+		if e.Revision == 0 {
+			if r.FirstTypes == nil {
+				r.FirstTypes = make(map[string]string)
+			}
+			r.FirstTypes[e.Stream] = e.Type
+		}
 		streams.record(seq, e, damaged)
 		if at := ids.Get([]byte(e.ID)); len(at) != 8 || binary.BigEndian.Uint64(at) != seq {
 			r.damagedStream(e.Stream)

@@ -83,6 +83,9 @@ const finalStatuses = new Set(["completed", "failed", "cancelled"]);
 export function isStale(next, cur) {
   if (!cur || !next || cur.id !== next.id) return false;
   if (finalStatuses.has(cur.status) && !finalStatuses.has(next.status)) return true;
+  // The revision only grows; updatedAt is the clock of whichever instance
+  // decided the event, and goes back when two instances' clocks differ.
+  if (Number.isInteger(next.revision) && Number.isInteger(cur.revision)) return next.revision < cur.revision;
   return Date.parse(next.updatedAt) < Date.parse(cur.updatedAt); // false when either is missing
 }
 

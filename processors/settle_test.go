@@ -1,0 +1,135 @@
+package processors
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
+
+	"github.com/smsbatch/smsbatch/commands"
+	"github.com/smsbatch/smsbatch/domain"
+	"github.com/smsbatch/smsbatch/eventstore"
+	"github.com/smsbatch/smsbatch/eventstore/memory"
+)
+
+// The embedded default (GoChannel, RecoverAtStart): the one instance is
+// killed after a cancel, with messages of the cancelled batch at the
+// provider. Its work messages die with it. At restart recovery hands work only
+// to processing batches, so nothing ever runs settleStopped for the cancelled
+// one: its messages stay pending for good, the case the change meant to end.
+func TestMessagesInFlightAtACrashAfterACancelEndAfterRestart(t *testing.T) {
+	const n = 3
+	release := make(chan struct{})
+	prov := newFakeProvider(0)
+	prov.fail = func(string, int) error { <-release; return nil } // killed: never answered
+	h := newHarness(t, prov)
+	t.Cleanup(func() { close(release) })
+	w := h.create("b1", n, domain.PriorityNormal)
+	cfg := Config{Unlimited: true, SendTimeout: 200 * time.Millisecond, RecoverAtStart: true, RecoveryInterval: 20 * time.Millisecond}
+	dying := h.processor(cfg)
+	if _, err := dying.RunSlice(context.Background(), w); err != nil {
+		t.Fatal(err)
+	}
+	h.eventually(t, "every message in flight", func(b *domain.Batch) bool { return b.OutstandingCount() == n }, "b1")
+	if _, err := h.cmds.CancelBatch(context.Background(), commands.Act{Tenant: "acme", BatchID: "b1", By: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	// SIGKILL: the in-process work message is gone. The restarted instance's
+	// forwarder recovers what it recovers; its work goes to a new processor.
+	pub := &recordingPublisher{}
+	fwd, err := NewForwarder(h.store, pub, h.cmds, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- fwd.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	<-fwd.Ready()
+	time.Sleep(2 * time.Second) // well past every deadline, many recovery ticks
+	restarted := h.processor(cfg)
+	pub.mu.Lock()
+	msgs := pub.msgs[TopicWork]
+	pub.mu.Unlock()
+	for _, m := range msgs {
+		var work Work
+		if json.Unmarshal(m.Payload, &work) == nil && work.BatchID == "b1" {
+			drive(t, restarted, work)
+		}
+	}
+	b, err := h.cmds.Repository().Load(context.Background(), "b1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.OutstandingCount() != 0 {
+		t.Fatalf("cancelled batch after the restart: %d messages pending for good (%d work messages published for it)", b.OutstandingCount(), len(msgs))
+	}
+}
+
+// skipFails fails the appends of MessageSkipped while failing is set.
+type skipFails struct {
+	eventstore.Store
+	failing atomic.Bool
+}
+
+func (s *skipFails) Append(ctx context.Context, stream string, expected eventstore.ExpectedRevision, events []eventstore.EventData) (eventstore.AppendResult, error) {
+	for _, e := range events {
+		if s.failing.Load() && e.Type == domain.TypeMessageSkipped {
+			return eventstore.AppendResult{}, fmt.Errorf("append %s: %w", stream, eventstore.ErrUnavailable)
+		}
+	}
+	return s.Store.Append(ctx, stream, expected, events)
+}
+
+// Over the router (any transport): the store fails for 10 s (a PostgreSQL
+// failover) just as the settling chain ends the unanswered messages of a
+// cancelled batch. The handler's error is retried three times (some 5 s with
+// the repository's own retries), then the message is dropped (dropFailed),
+// trusting stall recovery, which looks only at processing batches: the chain
+// is gone and the messages stay pending for good, though the store came back.
+func TestASettlingChainSurvivesAStoreFailover(t *testing.T) {
+	const n = 3
+	release := make(chan struct{})
+	prov := newFakeProvider(0)
+	prov.fail = func(string, int) error { <-release; return nil }
+	store := &skipFails{Store: memory.New()}
+	h := newHarnessOn(t, store, prov)
+	t.Cleanup(func() { close(release) })
+	w := h.create("b1", n, domain.PriorityNormal)
+	cfg := Config{Unlimited: true, SendTimeout: 200 * time.Millisecond}
+	dying := h.processor(cfg)
+	next, err := dying.RunSlice(context.Background(), w)
+	if err != nil || next == nil {
+		t.Fatal(next, err)
+	}
+	h.eventually(t, "every message in flight", func(b *domain.Batch) bool { return b.OutstandingCount() == n }, "b1")
+	if _, err := h.cmds.CancelBatch(context.Background(), commands.Act{Tenant: "acme", BatchID: "b1", By: "test"}); err != nil {
+		t.Fatal(err)
+	}
+	store.failing.Store(true)
+	time.AfterFunc(10*time.Second, func() { store.failing.Store(false) })
+
+	logger := slog.New(slog.DiscardHandler)
+	pubsub := gochannel.NewGoChannel(gochannel.Config{OutputChannelBuffer: 64}, watermill.NewSlogLogger(logger))
+	other := h.processor(cfg)
+	router, err := NewRouter(other, pubsub, pubsub, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	go router.Run(ctx)
+	defer func() { cancel(); <-router.Running(); router.Close() }()
+	<-router.Running()
+	msg, _ := workMessage(*next)
+	if err := pubsub.Publish(TopicWork, msg); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(12 * time.Second) // the store is back
+	h.eventually(t, "the unanswered messages ended once the store is back", func(b *domain.Batch) bool { return b.OutstandingCount() == 0 }, "b1")
+}

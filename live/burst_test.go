@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"runtime"
 	"testing"
 	"time"
 
@@ -120,5 +121,29 @@ func TestATenantWithManyBatchesChangingAtOnceKeepsItsDashboard(t *testing.T) {
 	}
 	if outOfOrder != "" {
 		t.Fatalf("messages out of the order of their positions: %s", outOfOrder)
+	}
+}
+
+// A subscription refused (a batch that does not exist, another tenant's)
+// leaves nothing running behind it: each client has a goroutine handing its
+// queue over, ended with the client.
+func TestARefusedSubscriptionLeavesNothingRunning(t *testing.T) {
+	es := esmemory.New()
+	defer es.Close()
+	rm := memory.New()
+	ctx, _, hub := runHub(t, es, rm, live.Config{ReadModels: rm})
+	before := runtime.NumGoroutine()
+	for i := range 200 {
+		sub := live.Subscription{Tenant: "acme", BatchID: uuid.NewString()}
+		if i%2 == 0 {
+			sub.After = &eventstore.Position{} // a reconnect
+		}
+		if _, err := hub.Subscribe(ctx, sub); err == nil {
+			t.Fatal("a batch that does not exist was subscribed to")
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	if after := runtime.NumGoroutine(); after > before+20 {
+		t.Fatalf("%d goroutines after 200 refused subscriptions, %d before", after, before)
 	}
 }

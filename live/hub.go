@@ -699,13 +699,25 @@ func (h *Hub) Subscribe(ctx context.Context, sub Subscription) (*Client, error) 
 		gone: make(chan struct{}), quit: make(chan struct{}), ready: make(chan struct{}, 1),
 		statusAt: make(map[string]int)}
 	go c.pump()
+	var err error
 	if sub.After != nil {
-		return c, h.registerAfter(ctx, c, *sub.After)
+		err = h.registerAfter(ctx, c, *sub.After)
+	} else {
+		err = h.subscribe(ctx, c, sub)
 	}
+	if err != nil {
+		c.stop() // never registered, or dropped: its pump ends
+		return nil, err
+	}
+	return c, nil
+}
+
+// subscribe registers c, a client without a position, with its snapshot.
+func (h *Hub) subscribe(ctx context.Context, c *Client, sub Subscription) error {
 	// Read before the lock: the checkpoint the snapshot is at least as new as.
 	cp, err := h.cfg.ReadModels.Checkpoint(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("read checkpoint: %w", err)
+		return fmt.Errorf("read checkpoint: %w", err)
 	}
 	// Registered first, so that no flush is missed, and the snapshot read
 	// without the hub's lock: a slow list query must not hold up every other
@@ -714,7 +726,7 @@ func (h *Hub) Subscribe(ctx context.Context, sub Subscription) (*Client, error) 
 	h.mu.Lock()
 	if !h.running {
 		h.mu.Unlock()
-		return nil, errHubStopped
+		return errHubStopped
 	}
 	c.after = h.flushed
 	if c.after.Less(cp) {
@@ -743,7 +755,7 @@ func (h *Hub) Subscribe(ctx context.Context, sub Subscription) (*Client, error) 
 		if err == nil {
 			err = errHubStopped
 		}
-		return nil, err
+		return err
 	}
 	// Statuses that changed while the snapshot was read: read again, in step
 	// with the flushes (a few, and only when the snapshot's read was slow).
@@ -761,7 +773,7 @@ func (h *Hub) Subscribe(ctx context.Context, sub Subscription) (*Client, error) 
 	for _, st := range snapshot {
 		again, err := fresh(st.ID)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if again != nil {
 			st = *again
@@ -771,13 +783,13 @@ func (h *Hub) Subscribe(ctx context.Context, sub Subscription) (*Client, error) 
 	for id := range changed { // new since the snapshot was read
 		again, err := fresh(id)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if again != nil {
 			c.initial = append(c.initial, statusMessage(*again, c.after).data)
 		}
 	}
-	return c, nil
+	return nil
 }
 
 // replay gathers what a client missed after a position from the event store.

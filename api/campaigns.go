@@ -28,10 +28,15 @@ import (
 // batch, and the dry run of a create.
 
 // queryBool reads a boolean query parameter: absent, "false" or "0" is false,
-// "true" or "1" true; anything else is a 422 naming it.
+// "true" or "1" true; anything else, an empty value too ("?dryRun", which
+// some clients mean as true), is a 422 naming it.
 func queryBool(r *http.Request, name string) (bool, error) {
-	switch v := r.URL.Query().Get(name); v {
-	case "", "false", "0":
+	q := r.URL.Query()
+	if !q.Has(name) {
+		return false, nil
+	}
+	switch v := q.Get(name); v {
+	case "false", "0":
 		return false, nil
 	case "true", "1":
 		return true, nil
@@ -197,6 +202,14 @@ func (s *server) exportCSV(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rc := http.NewResponseController(w)
+	// A write that finds the socket's send buffer full waits until the kernel
+	// frees a good part of it (a third and more), and that buffer grows to
+	// 4 MiB: with it, a client reading steadily at hundreds of KB/s was cut
+	// off by the per-write deadline below. A small buffer makes the deadline
+	// measure what the client takes.
+	if c, ok := r.Context().Value(connKey{}).(interface{ SetWriteBuffer(int) error }); ok {
+		_ = c.SetWriteBuffer(exportSendBuffer)
+	}
 	w.Header().Set("Content-Type", "text/csv; charset=utf-8")
 	w.Header().Set("Content-Disposition", `attachment; filename="batch-`+id+`.csv"`)
 	w.Header().Set("X-Content-Type-Options", "nosniff")
@@ -209,6 +222,10 @@ func (s *server) exportCSV(w http.ResponseWriter, r *http.Request) {
 		panic(http.ErrAbortHandler)
 	}
 }
+
+// exportSendBuffer is the socket send buffer an export asks for (Linux
+// doubles it): about what a client must take per write timeout.
+const exportSendBuffer = 256 << 10
 
 // movingDeadline sets the connection's write deadline before every write, so
 // that each write, not the whole answer, has the write timeout.
@@ -453,6 +470,13 @@ func (s *server) createRetry(ctx context.Context, tenant, id, newID, category st
 		}
 		return commands.Result{}, "", domain.Errorf(domain.ECONFLICT, "batch %s has %s: there is nothing to retry", id, what)
 	}
+	// When the recipients may be texted at all is the campaign's rule, not
+	// its first run's: the retry keeps the quiet hours and the validity. Past
+	// its validity, a retry would only end every recipient expired.
+	if old.ValidUntil != nil && !old.ValidUntil.After(time.Now()) {
+		return commands.Result{}, "", domain.Errorf(domain.ECONFLICT,
+			"batch %s was valid until %s: its recipients may not be texted now", id, old.ValidUntil.UTC().Format(time.RFC3339))
+	}
 	name := domain.RetryName(old.Name, id)
 	taken := 0
 	recipients := func(yield func(domain.Recipient, error) bool) {
@@ -466,6 +490,7 @@ func (s *server) createRetry(ctx context.Context, tenant, id, newID, category st
 	res, err := s.cfg.Commands.CreateBatch(ctx, commands.CreateBatch{
 		ID: newID, Tenant: tenant, Template: tmpl, Priority: domain.Priority(old.Priority),
 		AutoStart: old.AutoStart, Name: name, RetryOf: id, Recipients: recipients,
+		ValidUntil: old.ValidUntil, QuietHours: old.QuietHours,
 	})
 	if err != nil && taken == 0 {
 		// Every failed recipient was delivered after all (pages past the

@@ -183,6 +183,7 @@ func (c *capture) flush(w http.ResponseWriter) {
 func writeRaw(w http.ResponseWriter, status int, body []byte) {
 	body = append(bytes.TrimSpace(body), '\n')
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(status)
 	_, _ = w.Write(body)

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"time"
 
@@ -264,8 +265,15 @@ func NewServer(cfg Config) (*http.Server, error) {
 		WriteTimeout:      t.Write,
 		IdleTimeout:       t.Idle,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelWarn),
+		// A long answer (an export) sizes its connection's send buffer.
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, connKey{}, c)
+		},
 	}, nil
 }
+
+// connKey holds a request's connection in its context (NewServer).
+type connKey struct{}
 
 // NewHandler returns the HTTP handler of the whole API; NewServer serves it with
 // the configured timeouts.

@@ -700,7 +700,13 @@ func (h *Hub) Subscribe(ctx context.Context, sub Subscription) (*Client, error) 
 		statusAt: make(map[string]int)}
 	go c.pump()
 	var err error
-	if sub.After != nil {
+	// A position this hub has not flushed yet is normally just ahead of it
+	// (another instance, or an append it is about to apply). One it does not
+	// reach soon is from another history: the event store was restored or
+	// replaced since the client saw it. Following from there would leave the
+	// client silent and skip every change until the log passed it: such a
+	// client starts afresh, with the current status.
+	if sub.After != nil && h.reaches(ctx, *sub.After, aheadWait) {
 		err = h.registerAfter(ctx, c, *sub.After)
 	} else {
 		err = h.subscribe(ctx, c, sub)
@@ -790,6 +796,27 @@ func (h *Hub) subscribe(ctx context.Context, c *Client, sub Subscription) error 
 		}
 	}
 	return nil
+}
+
+// aheadWait is how long a reconnecting client's position may stay ahead of what
+// the hub has flushed before it is taken for one of another history.
+const aheadWait = 2 * time.Second
+
+// reaches reports whether the hub has flushed pos, or does within wait.
+func (h *Hub) reaches(ctx context.Context, pos eventstore.Position, wait time.Duration) bool {
+	deadline := time.Now().Add(wait)
+	for {
+		h.mu.Lock()
+		flushed := h.flushed
+		h.mu.Unlock()
+		if !flushed.Less(pos) {
+			return true
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // replay gathers what a client missed after a position from the event store.

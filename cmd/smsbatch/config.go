@@ -417,6 +417,11 @@ func (c Config) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("log format %s: want text or json", shown(c.LogFormat)))
 	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("log level %s: want debug, info, warn or error", shown(c.LogLevel)))
+	}
 	return errors.Join(errs...)
 }
 

@@ -237,6 +237,44 @@ type ActiveTime struct {
 	Since time.Time `json:"since,omitzero"`
 	// LastOutcome is the time of the latest final outcome.
 	LastOutcome time.Time `json:"lastOutcome,omitzero"`
+	// Intervals and Span measure the rate sent at: over the finished
+	// processing periods, the outcomes after each period's first and the
+	// time from its first outcome to its last; First and Count are the open
+	// period's first outcome and how many it has had.
+	Intervals int           `json:"intervals,omitempty"`
+	Span      time.Duration `json:"span,omitempty"`
+	First     time.Time     `json:"first,omitzero"`
+	Count     int           `json:"count,omitempty"`
+}
+
+// Rate is the rate the batch sent at, in outcomes a second: N outcomes of a
+// period from its first to its last are N-1 intervals (the time before a
+// period's first outcome is its start-up, not sending). Zero until some
+// period had two outcomes.
+func (a ActiveTime) Rate() float64 {
+	intervals, span := a.Intervals, a.Span
+	if a.Count > 1 && a.LastOutcome.After(a.First) {
+		intervals += a.Count - 1
+		span += a.LastOutcome.Sub(a.First)
+	}
+	if intervals == 0 || span <= 0 {
+		return 0
+	}
+	return float64(intervals) / span.Seconds()
+}
+
+// outcome counts a final outcome at at in the open processing period.
+func (a *ActiveTime) outcome(at time.Time) {
+	if at.After(a.LastOutcome) {
+		a.LastOutcome = at
+	}
+	if a.Since.IsZero() {
+		return // answered while paused: no sending period
+	}
+	if a.Count == 0 || at.Before(a.First) {
+		a.First = at
+	}
+	a.Count++
 }
 
 // Total returns the active time so far.
@@ -261,7 +299,11 @@ func (a *ActiveTime) close(at time.Time) {
 	if at.After(a.Since) {
 		a.Closed += at.Sub(a.Since)
 	}
-	a.Since = time.Time{}
+	if a.Count > 1 && a.LastOutcome.After(a.First) {
+		a.Intervals += a.Count - 1
+		a.Span += a.LastOutcome.Sub(a.First)
+	}
+	a.Since, a.First, a.Count = time.Time{}, time.Time{}, 0
 }
 
 // Apply folds one event of the batch's stream into the state; payload is the
@@ -388,9 +430,7 @@ func (s *BatchState) AddRetry(e eventstore.Event, payload domain.Event) {
 }
 
 func (s *BatchState) outcome(at time.Time, latencyMs int64, sent bool) {
-	if at.After(s.Active.LastOutcome) {
-		s.Active.LastOutcome = at
-	}
+	s.Active.outcome(at)
 	s.Throughput.Add(at, sent)
 	s.Latency.Add(latencyMs)
 }
@@ -445,7 +485,10 @@ func (s *BatchState) StatusView() BatchStatus {
 	}
 	if outcomes := s.Sent + s.Failed; outcomes > 0 {
 		st.Metrics.SuccessRate = float64(s.Sent) / float64(outcomes)
-		if active := s.Active.Total(); active > 0 {
+		st.Metrics.MessagesPerSecond = s.Active.Rate()
+		if active := s.Active.Total(); st.Metrics.MessagesPerSecond == 0 && active > 0 {
+			// One outcome a period so far (or a state from before the
+			// intervals were kept): over the time active.
 			st.Metrics.MessagesPerSecond = float64(outcomes) / active.Seconds()
 		}
 	}

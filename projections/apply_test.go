@@ -155,9 +155,10 @@ func TestApply(t *testing.T) {
 			b.Advance(time.Second).Failed(2, 3, domain.CategoryTimeout)
 		},
 		want: want{
-			status:    "processing",
-			progress:  projections.Progress{Total: 10, Completed: 1, Failed: 3},
-			metrics:   projections.Metrics{MessagesPerSecond: 4.0 / 6, SuccessRate: 0.25},
+			status:   "processing",
+			progress: projections.Progress{Total: 10, Completed: 1, Failed: 3},
+			// Four outcomes from 3 s to 7 s: three intervals in four seconds.
+			metrics:   projections.Metrics{MessagesPerSecond: 3.0 / 4, SuccessRate: 0.25},
 			totals:    projections.Totals{Sent: 1, Failed: 3, Retries: 2, Segments: 1},
 			errorCats: map[string]int{"blocked": 1, "invalid_number": 1, "timeout": 1},
 			retryCats: map[string]int{"timeout": 2},

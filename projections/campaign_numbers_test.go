@@ -40,3 +40,45 @@ func TestDeliveryRateNeverAboveOne(t *testing.T) {
 		t.Fatalf("deliveryRate = %v with totals %+v: a rate above 100%%", a.DeliveryRate, a.Totals)
 	}
 }
+
+// messagesPerSecond is the rate the batch sent at: outcomes a second apart
+// are one a second. Counted as outcomes over the time from the start to the
+// last outcome, two messages of a batch at 8/s showed 18 a second, and a
+// batch paused and resumed six times half again its rate (a pause's last
+// outcome to the resume's first counted no interval, its outcome did).
+func TestMessagesPerSecondIsTheRateSentAt(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		n       int
+		pauseAt int // pause and resume after every pauseAt messages; 0: never
+	}{
+		{"2 messages", 2, 0},
+		{"40 messages", 40, 0},
+		{"40 messages paused every 6", 40, 6},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h := projectionstest.NewEvents()
+			b := h.Batch("acme", "b1", t0)
+			b.Created(tt.n)
+			b.Started()
+			const every = 125 * time.Millisecond // 8 a second
+			b.Advance(300 * time.Millisecond)    // the first send's lead and latency
+			for i := range tt.n {
+				b.Dispatched(i)
+				b.Sent(i, 1, 40*time.Millisecond)
+				if tt.pauseAt > 0 && (i+1)%tt.pauseAt == 0 && i+1 < tt.n {
+					b.Advance(50 * time.Millisecond).Paused()
+					b.Advance(3 * time.Second).Resumed()
+					b.Advance(300 * time.Millisecond)
+					continue
+				}
+				b.Advance(every)
+			}
+			st, _ := project(t, h.List())
+			got := st.StatusView().Metrics.MessagesPerSecond
+			if got < 7.5 || got > 8.5 {
+				t.Fatalf("messagesPerSecond %.2f for a batch sending 8 a second", got)
+			}
+		})
+	}
+}

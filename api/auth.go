@@ -108,7 +108,7 @@ func (s *server) authenticate(next http.Handler) http.Handler {
 			writeError(w, r, s.log, domain.Errorf(domain.ERATELIMITED, "too many failed authentications from this address; retry after the time in Retry-After"))
 			return
 		}
-		key, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		key, ok := bearer(r.Header.Get("Authorization"))
 		if !ok || key == "" {
 			s.authFailures.failed(w, r, addr)
 			writeError(w, r, s.log, domain.Errorf(domain.EUNAUTHORIZED, "missing API key: send Authorization: Bearer <key>"))
@@ -169,4 +169,15 @@ func clientAddr(r *http.Request) string {
 		host = r.RemoteAddr
 	}
 	return httprate.CanonicalizeIP(host)
+}
+
+// bearer returns the credentials of an Authorization header of the Bearer
+// scheme, whose name is case-insensitive (RFC 9110 11.1): "bearer <key>" is
+// the same header.
+func bearer(header string) (string, bool) {
+	scheme, key, ok := strings.Cut(header, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	return key, true
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
@@ -89,6 +90,22 @@ func TestADryRunFlagWithoutValueSendsNothing(t *testing.T) {
 		a := env.do("POST", "/api/batch"+query, testKey, createBody(`"Hi {{name}}"`, ""))
 		if a.Code == http.StatusCreated || batchesCreated(t, env.es) != 0 {
 			t.Errorf("POST /api/batch%s: %d, %d batch(es) stored and started: %s", query, a.Code, batchesCreated(t, env.es), a.Body)
+		}
+	}
+}
+
+// The Bearer scheme's name is case-insensitive (RFC 9110): "bearer <key>" is
+// accepted, and is not counted as a failed authentication.
+func TestTheBearerSchemeIsCaseInsensitive(t *testing.T) {
+	env := newAPI(t, nil)
+	for _, scheme := range []string{"Bearer", "bearer", "BEARER"} {
+		req := httptest.NewRequest("GET", "/api/batch", nil)
+		req.RemoteAddr = testAddr
+		req.Header.Set("Authorization", scheme+" "+testKey)
+		rec := httptest.NewRecorder()
+		env.handler.ServeHTTP(rec, req)
+		if rec.Code != http.StatusOK {
+			t.Errorf("Authorization: %s <key>: %d %s, want 200", scheme, rec.Code, rec.Body)
 		}
 	}
 }

@@ -131,6 +131,11 @@ func (o *RecipientOutcome) Apply(index int, payload domain.Event) {
 		if o.ProviderID == "" {
 			o.ProviderID = p.ProviderID
 		}
+		if o.Code == "" {
+			// Why it was not delivered (30003: unreachable handset), as a
+			// provider's console shows beside the recipient.
+			o.Code = p.Code
+		}
 	}
 }
 

@@ -200,8 +200,9 @@ func testRecipients(t *testing.T, s projections.Store) {
 		r.ProviderMessageID != "SM0-1" || r.DispatchedAt == nil || r.OutcomeAt == nil || r.Delivery != "delivered" || r.DeliveredAt == nil {
 		t.Errorf("recipient 0: %+v", r)
 	}
-	if r := byIndex(projections.RecipientQuery{Phone: Number(1)}); r.Delivery != "undelivered" {
-		t.Errorf("recipient 1: %+v", r)
+	// Why it was not delivered, as the provider's console shows it.
+	if r := byIndex(projections.RecipientQuery{Phone: Number(1)}); r.Delivery != "undelivered" || r.Code != "30003" {
+		t.Errorf("recipient 1: %+v, want undelivered with the receipt's code 30003", r)
 	}
 	if r := byIndex(projections.RecipientQuery{Status: "failed"}); r.Index != 5 || r.Category != "blocked" || r.OutcomeAt == nil || r.Delivery != "" {
 		t.Errorf("failed recipient: %+v", r)

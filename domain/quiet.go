@@ -37,7 +37,9 @@ func ParseQuietHours(start, end, timezone string) (QuietHours, error) {
 		return QuietHours{}, Errorf(EINVALID, "quietHours.start and end are the same time: there is no window to keep quiet")
 	}
 	if timezone != "" {
-		if _, err := location(timezone); err != nil {
+		// "Local" loads, but is whatever zone the server runs in, not the
+		// recipients'; "UTC" is the name of UTC.
+		if _, err := location(timezone); err != nil || timezone == "Local" {
 			return QuietHours{}, Errorf(EINVALID, "timezone %q is not an IANA time zone such as America/New_York", clip(timezone, 64))
 		}
 	}

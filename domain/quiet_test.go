@@ -232,3 +232,16 @@ func TestOptedOutRecipientsAreSkipped(t *testing.T) {
 		t.Fatalf("dispatch with an unreadable recipient: %v", err)
 	}
 }
+
+// A quiet-hours zone is an IANA name: "Local", which Go loads as the server's
+// own zone, is not the recipients'.
+func TestQuietHoursRefuseTheServersLocalZone(t *testing.T) {
+	if _, err := ParseQuietHours("21:00", "08:00", "Local"); ErrorCode(err) != EINVALID {
+		t.Fatalf("timezone Local: %v, want invalid", err)
+	}
+	for _, zone := range []string{"UTC", "America/New_York", "Europe/Paris"} {
+		if _, err := ParseQuietHours("21:00", "08:00", zone); err != nil {
+			t.Errorf("timezone %s: %v", zone, err)
+		}
+	}
+}

@@ -87,7 +87,12 @@ func (p *Processor) handleLifecycle(msg *message.Message) ([]*message.Message, e
 		return nil, nil
 	}
 	switch l.Type {
-	case domain.TypeBatchStarted, domain.TypeBatchResumed:
+	case domain.TypeBatchStarted, domain.TypeBatchResumed,
+		// A stopped batch may have messages in flight on an instance that
+		// died while no chain ran for it (it was paused): a chain of its own
+		// ends them once no send of them can still be running
+		// (settleStopped), and ends at once when none is in flight.
+		domain.TypeBatchCancelled, domain.TypeBatchFailed:
 		out, err := chainStart(l.BatchID, l.Revision)
 		if err != nil {
 			return nil, err

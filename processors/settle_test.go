@@ -133,3 +133,57 @@ func TestASettlingChainSurvivesAStoreFailover(t *testing.T) {
 	time.Sleep(12 * time.Second) // the store is back
 	h.eventually(t, "the unanswered messages ended once the store is back", func(b *domain.Batch) bool { return b.OutstandingCount() == 0 }, "b1")
 }
+
+// A batch paused while an instance had its messages at the provider, that
+// instance then dying, and the batch cancelled: no chain ran for it (paused),
+// so none was there to end those messages once their deadline passed. The
+// cancel's lifecycle message starts one, which ends them (and ends at once for
+// a batch with nothing in flight).
+func TestACancelWhilePausedEndsWhatADeadInstanceLeftInFlight(t *testing.T) {
+	const n = 3
+	release := make(chan struct{})
+	prov := newFakeProvider(0)
+	prov.fail = func(string, int) error { <-release; return nil } // the dying instance's calls never answer
+	h := newHarness(t, prov)
+	t.Cleanup(func() { close(release) })
+	w := h.create("b1", n, domain.PriorityNormal)
+	cfg := Config{Unlimited: true, SendTimeout: 200 * time.Millisecond}
+	dying := h.processor(cfg)
+	if _, err := dying.RunSlice(context.Background(), w); err != nil {
+		t.Fatal(err)
+	}
+	h.eventually(t, "every message in flight", func(b *domain.Batch) bool { return b.OutstandingCount() == n }, "b1")
+	act := commands.Act{Tenant: "acme", BatchID: "b1", By: "test"}
+	if _, err := h.cmds.PauseBatch(context.Background(), act); err != nil {
+		t.Fatal(err)
+	}
+	res, err := h.cmds.CancelBatch(context.Background(), act)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The instance is gone, with the chain (it ended at the pause). Another
+	// gets the cancel's lifecycle message.
+	other := h.processor(cfg)
+	msg, err := lifecycleMessage(Lifecycle{BatchID: "b1", Type: domain.TypeBatchCancelled, Revision: res.Batch.Version() - 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := other.handleLifecycle(msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range out {
+		var work Work
+		if err := json.Unmarshal(m.Payload, &work); err != nil {
+			t.Fatal(err)
+		}
+		drive(t, other, work)
+	}
+	b, err := h.cmds.Repository().Load(context.Background(), "b1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.OutstandingCount() != 0 || b.Skipped() != n {
+		t.Fatalf("cancelled batch: %d outstanding, %d skipped (%d work messages from the cancel), want 0 and %d", b.OutstandingCount(), b.Skipped(), len(out), n)
+	}
+}

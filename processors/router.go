@@ -71,6 +71,13 @@ func dropFailed(logger *slog.Logger) message.HandlerMiddleware {
 	return func(h message.HandlerFunc) message.HandlerFunc {
 		return func(msg *message.Message) ([]*message.Message, error) {
 			out, err := h(msg)
+			if err != nil && msg.Context().Err() != nil {
+				// Refused as its subscriber stops (Retry does not run the
+				// handler once the message's context ended): nothing was
+				// handed on, and dropping it would end the batch's chain, a
+				// stopped batch's for good. Delivered again, elsewhere.
+				return nil, err
+			}
 			if err != nil {
 				logger.Error("message dropped after retries", "handler", message.HandlerNameFromCtx(msg.Context()), "uuid", msg.UUID, "err", err)
 				return nil, nil

@@ -4,12 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/ThreeDotsLabs/watermill/pubsub/gochannel"
 
 	"github.com/smsbatch/smsbatch/commands"
@@ -185,5 +187,59 @@ func TestACancelWhilePausedEndsWhatADeadInstanceLeftInFlight(t *testing.T) {
 	}
 	if b.OutstandingCount() != 0 || b.Skipped() != n {
 		t.Fatalf("cancelled batch: %d outstanding, %d skipped (%d work messages from the cancel), want 0 and %d", b.OutstandingCount(), b.Skipped(), len(out), n)
+	}
+}
+
+// chanSubscriber hands the router the messages put in work, and nothing on
+// the lifecycle topic.
+type chanSubscriber struct{ work chan *message.Message }
+
+func (s *chanSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	if topic == TopicWork {
+		return s.work, nil
+	}
+	return make(chan *message.Message), nil
+}
+
+func (s *chanSubscriber) Close() error { return nil }
+
+// An instance stopping (SIGTERM) cancels the context of every work message it
+// holds, so that their slices hand the work on (natspull.go). A message the
+// router had taken but whose handler had not started yet meets the Retry
+// middleware with its context already ended: Retry returns the context's
+// error without running the handler, and dropFailed acknowledges the message
+// and drops it. Nothing is handed on: a processing batch stands still until
+// stall recovery, and the chain of a stopped batch settling its messages in
+// flight (which recovery never looks at) is gone for good.
+func TestWorkWhoseContextEndedBeforeItsHandlerRanIsNotDropped(t *testing.T) {
+	h := newHarness(t, newFakeProvider(0))
+	w := h.create("b1", 3, domain.PriorityNormal)
+	p := h.processor(Config{})
+	pub := &recordingPublisher{}
+	sub := &chanSubscriber{work: make(chan *message.Message, 1)}
+	router, err := NewRouter(p, pub, sub, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	go router.Run(context.Background())
+	t.Cleanup(func() { router.Close() })
+	<-router.Running()
+
+	msg, err := workMessage(w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopping, stop := context.WithCancel(context.Background())
+	stop() // the subscriber closed after handing the message over
+	msg.SetContext(stopping)
+	sub.work <- msg
+	select {
+	case <-msg.Acked():
+		if pub.workFor("b1") == 0 {
+			t.Fatal("the work message was acknowledged without its handler running, and nothing was handed on: the batch's chain is gone")
+		}
+	case <-msg.Nacked(): // given back, to be delivered again
+	case <-time.After(10 * time.Second):
+		t.Fatal("the message was neither acknowledged nor refused")
 	}
 }

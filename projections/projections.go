@@ -106,7 +106,8 @@ type PauseInfo struct {
 type Analytics struct {
 	BatchID string `json:"batchId"`
 	Totals  Totals `json:"totals"`
-	// ErrorCategories counts final failures by category.
+	// ErrorCategories counts the messages that ended without being sent, failed
+	// or skipped (opted_out, expired, cancelled), by category.
 	ErrorCategories map[string]int `json:"errorCategories"`
 	// RetriedCategories counts failed attempts that were retried, by category.
 	RetriedCategories map[string]int    `json:"retriedCategories"`

@@ -195,6 +195,14 @@ func (s *pullSubscriber) handle(ctx context.Context, m jetstream.Msg, out chan<-
 			s.log.Error("acknowledging a NATS message failed", err, fields)
 		}
 	case <-wm.Nacked():
+		if ctx.Err() != nil {
+			// Refused as this instance stops (its handler never ran): as
+			// above, back to another instance a moment later.
+			if err := m.NakWithDelay(returnDelay); err != nil {
+				s.log.Error("returning a NATS message failed", err, fields)
+			}
+			return
+		}
 		if err := m.Nak(); err != nil {
 			s.log.Error("refusing a NATS message failed", err, fields)
 		}

@@ -90,7 +90,7 @@ func TestUnicodeNamesRoundTrip(t *testing.T) {
 		for _, b := range list {
 			found = found || b.ID == id
 		}
-		if !found && strings.ToLower(q) == strings.ToLower(n) {
+		if !found && strings.EqualFold(q, n) {
 			t.Errorf("q=%q does not find %s named %q", q, id, n)
 		}
 	}

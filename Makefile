@@ -7,7 +7,7 @@ PKGS    ?= ./...
 # any transaction on the server is open.
 GOTESTFLAGS ?=
 
-.PHONY: run build test test-short fuzz bench vet fmt lint clean
+.PHONY: run build test test-short chaos fuzz bench vet fmt lint clean
 
 # `make run ADDR=127.0.0.1:9000 DATA=/tmp/sms` serves elsewhere; unset, serve's
 # defaults (127.0.0.1:8080, ./data) or the SMSBATCH_ variables apply.
@@ -60,6 +60,14 @@ fuzz:
 ## test-short: the suite without the slow end-to-end tests
 test-short:
 	$(GO) test -race -count=1 -short $(PKGS)
+
+## chaos: three instances on PostgreSQL and NATS under random kills, restarts,
+## connection drops, provider faults and lifecycle commands, against a provider
+## that records every call; checks every guarantee at the end (about 2-4 minutes
+## a run; SMSBATCH_CHAOS_SEED replays a schedule, SMSBATCH_CHAOS_SECONDS sets the
+## faults' length). Not part of `make test`.
+chaos:
+	SMSBATCH_CHAOS=1 $(GO) test -count=1 -v -timeout 15m -run 'TestChaosGuaranteesUnderFaults$$' ./cmd/smsbatch/
 
 ## bench: the benchmarks (PostgreSQL ones on TEST_DATABASE_URL or a throwaway cluster;
 ## the NATS ones on TEST_NATS_URL or 127.0.0.1:4222). SMSBATCH_BENCH_BIG=1 makes the

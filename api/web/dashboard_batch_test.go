@@ -164,3 +164,24 @@ stop();
 		t.Fatalf("clicking Retry failed again after a network error sent a new Idempotency-Key:\n%s", out)
 	}
 }
+
+// A command whose request never returns (a proxy holding it, a connection
+// gone silent) gives up, and the page's actions come back: they stayed
+// disabled until a reload.
+func TestBatchPageActionsComeBackAfterACommandThatNeverReturns(t *testing.T) {
+	out := runDashboardJS(t, batchPagePrelude+`
+await tick(20);
+for (const d of gets.splice(0)) d.resolve(jsonResponse(200, status("processing", 2, { revision: 5 })));
+await tick(20);
+main.querySelector("#action-pause").click(); // its request is never answered
+await tick(7500); // three tries, each cut off after its timeout (2 s here)
+console.log("pause requests: " + requests.filter((r) => r.path === "/api/v2/batch/B/pause").length +
+  " pause enabled=" + !main.querySelector("#action-pause").disabled +
+  " message: " + text(main.querySelector(".alert") || document.createElement("p")));
+stop();
+`)
+	t.Log(out)
+	if !strings.Contains(out, "pause enabled=true") {
+		t.Fatalf("the actions stayed disabled after a command that never returned:\n%s", out)
+	}
+}

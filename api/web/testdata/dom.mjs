@@ -147,7 +147,9 @@ export function text(el) { return el.textContent.replace(/\s+/g, " ").trim(); }
 export const tick = (ms = 5) => new Promise((r) => realSetTimeout(r, ms));
 export const realSetTimeout = globalThis.setTimeout;
 // Waits of the pages (retry backoff, polling) pass in 1ms, so a test runs fast.
-globalThis.setTimeout = (fn, _ms, ...args) => realSetTimeout(fn, 1, ...args);
+// Waits are cut to 1 ms, but a request's timeout (10 s and more) to 2 s: it
+// must not fire before a test answers the request it bounds.
+globalThis.setTimeout = (fn, ms, ...args) => realSetTimeout(fn, ms >= 10000 ? 2000 : 1, ...args);
 
 // deferred is a promise with its resolve and reject.
 export function deferred() {
@@ -174,7 +176,15 @@ export function onFetch(fn) { handler = fn; }
 globalThis.fetch = async (path, init = {}) => {
   const r = { method: init.method || "GET", path, headers: init.headers || {}, body: init.body };
   requests.push(r);
-  return handler(r);
+  const answer = handler(r);
+  if (!init.signal) return answer;
+  // An aborted request fails as a browser's does, answered or not.
+  return new Promise((resolve, reject) => {
+    const abort = () => reject(new DOMException("The operation was aborted.", "AbortError"));
+    if (init.signal.aborted) return abort();
+    init.signal.addEventListener("abort", abort);
+    Promise.resolve(answer).then(resolve, reject);
+  });
 };
 
 // Fake WebSocket: sockets lists every one the page opened; a test opens one

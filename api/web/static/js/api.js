@@ -47,7 +47,11 @@ export function newKey() {
 // send the same command again after a network failure or a 5xx (whose outcome
 // it cannot know) passes the first try's key, so that the server answers with
 // what the first did, if it did anything, rather than doing it twice.
-export async function request(method, path, body, { command = false, key = "" } = {}) {
+//
+// timeout, when set, bounds each try in milliseconds: a request that never
+// returns (a connection gone silent) fails like a network failure, tried again
+// with the same key, rather than holding the page for good.
+export async function request(method, path, body, { command = false, key = "", timeout = 0 } = {}) {
   const headers = { Authorization: `Bearer ${getKey()}` };
   const init = { method, headers, cache: "no-store" };
   if (body !== undefined) {
@@ -57,13 +61,21 @@ export async function request(method, path, body, { command = false, key = "" } 
   if (command) headers["Idempotency-Key"] = key || newKey();
   let resp;
   for (let attempt = 0; ; attempt++) {
+    let timer = 0;
+    if (timeout > 0) {
+      const ac = new AbortController();
+      timer = setTimeout(() => ac.abort(), timeout);
+      init.signal = ac.signal;
+    }
     try {
       resp = await fetch(path, init);
     } catch (err) {
+      clearTimeout(timer);
       if (!command || attempt >= 2) throw err;
       await new Promise((r) => setTimeout(r, 500 * (attempt + 1)));
       continue;
     }
+    clearTimeout(timer);
     if (!command || attempt >= 2 || (resp.status !== 503 && resp.status !== 409) || !resp.headers.get("Retry-After")) break;
     await new Promise((r) => setTimeout(r, 1000 * (attempt + 1)));
   }
@@ -95,6 +107,10 @@ export function answered(err) {
   return err.status !== 429 && !(err.status === 409 && err.retryAfter);
 }
 
+// commandTimeout bounds one try of a lifecycle command (start, pause, resume,
+// cancel, reschedule): the server answers them in well under a second.
+const commandTimeout = 30000;
+
 export const api = {
   list: (limit, cursor, { status, search } = {}) => {
     const q = new URLSearchParams({ limit: String(limit) });
@@ -125,7 +141,7 @@ export const api = {
     if (cursor) q.set("cursor", cursor);
     return request("GET", `/api/batch/${encodeURIComponent(id)}/errors?${q}`);
   },
-  act: (id, action) => request("POST", `/api/v2/batch/${encodeURIComponent(id)}/${action}`, undefined, { command: true }),
+  act: (id, action) => request("POST", `/api/v2/batch/${encodeURIComponent(id)}/${action}`, undefined, { command: true, timeout: commandTimeout }),
   create: (body, key) => request("POST", "/api/batch", body, { command: true, key }),
   ticket: () => request("POST", "/api/ws/ticket"),
   optOuts: (limit, cursor) => {

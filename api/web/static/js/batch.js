@@ -433,22 +433,28 @@ export function render(root, id) {
     if (acting) return;
     acting = true;
     for (const btn of Object.values(buttons)) btn.disabled = true;
+    let refresh = false;
     try {
       const b = await api.act(id, action);
       message.replaceChildren();
       if (b && b.id) show(b);
-      else show(await api.batch(id));
+      else refresh = true;
     } catch (err) {
       const text = err instanceof ApiError && err.status === 409 ? `Cannot ${action}: ${err.message}` : err.message;
       message.replaceChildren(errorAlert(new Error(text)));
+      refresh = true;
+    } finally {
+      acting = false;
+      setActions(current);
+    }
+    // The command has its answer: the actions are back whatever the status
+    // read below takes (on a connection gone silent, as long as it).
+    if (refresh) {
       try {
         show(await api.batch(id));
       } catch {
         // current stays as it was.
       }
-    } finally {
-      acting = false;
-      setActions(current);
     }
   }
 

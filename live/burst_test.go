@@ -1,7 +1,6 @@
 package live_test
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"runtime"
@@ -36,18 +35,7 @@ func TestATenantWithManyBatchesChangingAtOnceKeepsItsDashboard(t *testing.T) {
 		batches[i] = ev.Batch("acme", uuid.NewString(), t0)
 		setup = append(setup, batches[i].Created(2), batches[i].Started())
 	}
-	pos, err := projectionstest.AppendTo(ctx, es, setup)
-	if err != nil {
-		t.Fatal(err)
-	}
-	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if err := runner.WaitFor(wctx, pos); err != nil {
-		t.Fatal(err)
-	}
-	for hub.Flushed().Less(pos) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	flushed(t, ctx, es, runner, hub, setup)
 	c, err := hub.Subscribe(ctx, live.Subscription{Tenant: "acme"})
 	if err != nil {
 		t.Fatal(err)

@@ -110,18 +110,7 @@ func TestAReconnectAfterAFailedStatusReadMissesNothing(t *testing.T) {
 	ev := projectionstest.NewEvents()
 	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	x, y := ev.Batch("acme", uuid.NewString(), t0), ev.Batch("acme", uuid.NewString(), t0)
-	pos, err := projectionstest.AppendTo(ctx, es, []eventstore.Event{x.Created(1), x.Started(), y.Created(1), y.Started()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
-	defer wcancel()
-	if err := runner.WaitFor(wctx, pos); err != nil {
-		t.Fatal(err)
-	}
-	for hub.Flushed().Less(pos) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	flushed(t, ctx, es, runner, hub, []eventstore.Event{x.Created(1), x.Started(), y.Created(1), y.Started()})
 
 	// A dashboard follows every batch of acme.
 	first, err := hub.Subscribe(ctx, live.Subscription{Tenant: "acme"})
@@ -234,7 +223,7 @@ func TestAReconnectReadsWhatItMissedWithoutHoldingUpTheHub(t *testing.T) {
 	defer es.Close()
 	rm := memory.New()
 	slow := &blockingReadModels{Store: rm, tenant: "acme", reading: make(chan struct{}), released: make(chan struct{})}
-	ctx, _, hub := runHub(t, es, rm, live.Config{ReadModels: slow})
+	ctx, runner, hub := runHub(t, es, rm, live.Config{ReadModels: slow})
 	ev := projectionstest.NewEvents()
 	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	var before eventstore.Position // the dashboard's last position: the log's start
@@ -244,13 +233,7 @@ func TestAReconnectReadsWhatItMissedWithoutHoldingUpTheHub(t *testing.T) {
 		b := ev.Batch("acme", uuid.NewString(), t0)
 		events = append(events, b.Created(1), b.Started())
 	}
-	pos, err := projectionstest.AppendTo(ctx, es, events)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for hub.Flushed().Less(pos) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	flushed(t, ctx, es, runner, hub, events)
 
 	type result struct {
 		c   *live.Client
@@ -311,13 +294,7 @@ func TestOneUnreadableStatusHoldsUpNoOtherBatch(t *testing.T) {
 	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	x := ev.Batch("acme", uuid.NewString(), t0)   // its status cannot be read
 	y := ev.Batch("globex", uuid.NewString(), t0) // another tenant's batch
-	pos, err := projectionstest.AppendTo(ctx, es, []eventstore.Event{y.Created(1), y.Started()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for hub.Flushed().Less(pos) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	pos := flushed(t, ctx, es, runner, hub, []eventstore.Event{y.Created(1), y.Started()})
 	rm.id = x.ID
 	// acme's dashboard follows x; globex's follows y.
 	if _, err := projectionstest.AppendTo(ctx, es, []eventstore.Event{x.Created(1), x.Started()}); err != nil {
@@ -344,6 +321,27 @@ func TestOneUnreadableStatusHoldsUpNoOtherBatch(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatalf("globex's dashboard got nothing for 5 s because acme's batch %s cannot be read; hub Health: %v", x.ID, hub.Health())
 	}
+}
+
+// flushed appends events to es and waits until the read models hold them and
+// the hub has flushed them, failing the test after 10 s.
+func flushed(t *testing.T, ctx context.Context, es eventstore.Store, runner *projections.Runner, hub *live.Hub, events []eventstore.Event) eventstore.Position {
+	t.Helper()
+	pos, err := projectionstest.AppendTo(ctx, es, events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := runner.WaitFor(wctx, pos); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); hub.Flushed().Less(pos); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the hub has not flushed %s within 10 s (at %s)", pos, hub.Flushed())
+		}
+	}
+	return pos
 }
 
 // runHub runs a projections runner into store and a hub over es configured by

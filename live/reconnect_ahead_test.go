@@ -1,7 +1,6 @@
 package live_test
 
 import (
-	"context"
 	"testing"
 	"time"
 
@@ -28,18 +27,7 @@ func TestAReconnectWithAPositionAheadOfTheLogStillGetsTheStatus(t *testing.T) {
 	ctx, runner, hub := runHub(t, es, rm, live.Config{ReadModels: rm, StatusInterval: 10 * time.Millisecond})
 	ev := projectionstest.NewEvents()
 	b := ev.Batch("acme", uuid.NewString(), time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
-	pos, err := projectionstest.AppendTo(ctx, es, []eventstore.Event{b.Created(2), b.Started()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
-	defer wcancel()
-	if err := runner.WaitFor(wctx, pos); err != nil {
-		t.Fatal(err)
-	}
-	for hub.Flushed().Less(pos) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	pos := flushed(t, ctx, es, runner, hub, []eventstore.Event{b.Created(2), b.Started()})
 
 	// The position the browser kept from before the restore.
 	ahead := eventstore.Position{Commit: pos.Commit + 1000}

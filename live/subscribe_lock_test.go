@@ -48,17 +48,11 @@ func TestANewSubscriberReadsItsSnapshotWithoutHoldingUpTheHub(t *testing.T) {
 	defer es.Close()
 	rm := memory.New()
 	slow := &blockingList{Store: rm, tenant: "acme", reading: make(chan struct{}), released: make(chan struct{})}
-	ctx, _, hub := runHub(t, es, rm, live.Config{ReadModels: slow})
+	ctx, runner, hub := runHub(t, es, rm, live.Config{ReadModels: slow})
 	ev := projectionstest.NewEvents()
 	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	other := ev.Batch("globex", uuid.NewString(), t0)
-	pos, err := projectionstest.AppendTo(ctx, es, []eventstore.Event{other.Created(1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for hub.Flushed().Less(pos) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	flushed(t, ctx, es, runner, hub, []eventstore.Event{other.Created(1)})
 	// Another tenant follows its batch.
 	globex, err := hub.Subscribe(ctx, live.Subscription{Tenant: "globex", BatchID: other.ID})
 	if err != nil {
@@ -124,17 +118,11 @@ func TestANewSubscriberGetsWhatChangedWhileItsSnapshotWasRead(t *testing.T) {
 	defer es.Close()
 	rm := memory.New()
 	slow := &staleList{Store: rm, tenant: "acme", reading: make(chan struct{}), released: make(chan struct{})}
-	ctx, _, hub := runHub(t, es, rm, live.Config{ReadModels: slow})
+	ctx, runner, hub := runHub(t, es, rm, live.Config{ReadModels: slow})
 	ev := projectionstest.NewEvents()
 	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	b := ev.Batch("acme", uuid.NewString(), t0)
-	pos, err := projectionstest.AppendTo(ctx, es, []eventstore.Event{b.Created(1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for hub.Flushed().Less(pos) {
-		time.Sleep(5 * time.Millisecond)
-	}
+	flushed(t, ctx, es, runner, hub, []eventstore.Event{b.Created(1)})
 	type result struct {
 		c   *live.Client
 		err error

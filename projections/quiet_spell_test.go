@@ -7,7 +7,6 @@ import (
 
 	"github.com/smsbatch/smsbatch/eventstore"
 	esmemory "github.com/smsbatch/smsbatch/eventstore/memory"
-	"github.com/smsbatch/smsbatch/projections"
 	"github.com/smsbatch/smsbatch/projections/memory"
 	"github.com/smsbatch/smsbatch/projections/projectionstest"
 )
@@ -33,12 +32,8 @@ func TestTheFirstWriteAfterAQuietSpellIsNotAStall(t *testing.T) {
 	es := esmemory.New()
 	defer es.Close()
 	shared := &sharedStore{Store: memory.New(), applies: map[int]int{}}
-	holder, _ := start(t, projections.RunnerConfig{Events: es, Store: slowApply{sharedAs{shared, 1}, 1500 * time.Millisecond},
-		LeaseRetry: 50 * time.Millisecond, WatchEvery: 5 * time.Millisecond})
-	waitReady(t, holder)
-	other, _ := start(t, projections.RunnerConfig{Events: es, Store: sharedAs{shared, 2},
-		LeaseRetry: 50 * time.Millisecond, WatchEvery: 5 * time.Millisecond})
-	waitReady(t, other)
+	startLeased(t, es, slowApply{sharedAs{shared, 1}, 1500 * time.Millisecond})
+	other := startLeased(t, es, sharedAs{shared, 2})
 
 	time.Sleep(11 * time.Second) // quiet: nothing to apply
 	h := projectionstest.NewEvents()

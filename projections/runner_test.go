@@ -324,6 +324,16 @@ func (s sharedAs) Apply(ctx context.Context, events []eventstore.Event) error {
 	return s.Store.Apply(ctx, events)
 }
 
+// startLeased starts a runner of es into store, one of several sharing it, with
+// a quick lease and checkpoint watch, and waits until it is ready.
+func startLeased(t *testing.T, es eventstore.Store, store projections.Store) *projections.Runner {
+	t.Helper()
+	r, _ := start(t, projections.RunnerConfig{Events: es, Store: store,
+		LeaseRetry: 50 * time.Millisecond, WatchEvery: 5 * time.Millisecond})
+	waitReady(t, r)
+	return r
+}
+
 // Two runners on one shared store: the lease holder applies, the other answers
 // WaitFor from the checkpoint; when the holder stops, the other takes over.
 func TestSharedStoreIsAppliedByTheLeaseHolder(t *testing.T) {

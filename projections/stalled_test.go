@@ -8,7 +8,6 @@ import (
 	"github.com/smsbatch/smsbatch/domain"
 	"github.com/smsbatch/smsbatch/eventstore"
 	esmemory "github.com/smsbatch/smsbatch/eventstore/memory"
-	"github.com/smsbatch/smsbatch/projections"
 	"github.com/smsbatch/smsbatch/projections/memory"
 	"github.com/smsbatch/smsbatch/projections/projectionstest"
 )
@@ -23,14 +22,8 @@ func TestStuckReadModelsAreVisibleOnEveryInstance(t *testing.T) {
 	es := esmemory.New()
 	defer es.Close()
 	shared := &sharedStore{Store: memory.New(), applies: map[int]int{}}
-	cfg := func(id int) projections.RunnerConfig {
-		return projections.RunnerConfig{Events: es, Store: sharedAs{shared, id},
-			LeaseRetry: 50 * time.Millisecond, WatchEvery: 5 * time.Millisecond}
-	}
-	holder, _ := start(t, cfg(1))
-	waitReady(t, holder)
-	other, _ := start(t, cfg(2))
-	waitReady(t, other)
+	holder := startLeased(t, es, sharedAs{shared, 1})
+	other := startLeased(t, es, sharedAs{shared, 2})
 
 	h := projectionstest.NewEvents()
 	h.AppendRaw(domain.BatchStream("damaged"), domain.TypeBatchCreated, []byte(`{"batchId":"damaged","total":"many"}`), t0)
@@ -77,12 +70,8 @@ func TestAHungHolderIsVisibleOnTheOtherInstances(t *testing.T) {
 	shared := &sharedStore{Store: memory.New(), applies: map[int]int{}}
 	hang := make(chan struct{})
 	defer close(hang)
-	holder, _ := start(t, projections.RunnerConfig{Events: es, Store: hanging{sharedAs{shared, 1}, hang},
-		LeaseRetry: 50 * time.Millisecond, WatchEvery: 5 * time.Millisecond})
-	waitReady(t, holder)
-	other, _ := start(t, projections.RunnerConfig{Events: es, Store: sharedAs{shared, 2},
-		LeaseRetry: 50 * time.Millisecond, WatchEvery: 5 * time.Millisecond})
-	waitReady(t, other)
+	holder := startLeased(t, es, hanging{sharedAs{shared, 1}, hang})
+	other := startLeased(t, es, sharedAs{shared, 2})
 
 	h := projectionstest.NewEvents()
 	h.Campaign("acme", "b1", t0, 5)

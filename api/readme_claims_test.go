@@ -40,10 +40,18 @@ func TestReplayedAnswerCarriesNosniff(t *testing.T) {
 func TestRetryFailedKeepsQuietHoursAndValidity(t *testing.T) {
 	env := newAPI(t, nil)
 	valid := time.Now().Add(2 * time.Hour).UTC().Truncate(time.Second)
+	// Quiet hours that begin 3 hours from now in the zone, so the first send
+	// (recorded failed below) may go now whatever the hour the test runs at.
+	zone, err := time.LoadLocation("America/New_York")
+	if err != nil {
+		t.Fatal(err)
+	}
+	there := time.Now().In(zone)
+	start, end := there.Add(3*time.Hour).Format("15:00"), there.Add(6*time.Hour).Format("15:00")
 	a := env.do("POST", "/api/batch", testKey, `{"text": "Hi {{name}}", "recipients": [
 		{"phoneNumber": "+16502530000", "variables": {"name": "Ada"}},
 		{"phoneNumber": "+16502530001", "variables": {"name": "Grace"}}],
-		"options": {"name": "Night-safe", "quietHours": {"start": "21:00", "end": "08:00"},
+		"options": {"name": "Night-safe", "quietHours": {"start": "`+start+`", "end": "`+end+`"},
 		"timezone": "America/New_York", "validUntil": "`+valid.Format(time.RFC3339)+`"}}`)
 	if a.Code != http.StatusCreated {
 		t.Fatalf("create: %d %s", a.Code, a.Body)
@@ -72,8 +80,8 @@ func TestRetryFailedKeepsQuietHoursAndValidity(t *testing.T) {
 	if err := json.Unmarshal(r.Body.Bytes(), &retry); err != nil {
 		t.Fatal(err)
 	}
-	if retry.QuietHours == nil || retry.QuietHours.Start != "21:00" || retry.QuietHours.End != "08:00" || retry.QuietHours.Timezone != "America/New_York" {
-		t.Errorf("the retry's quiet hours: %+v, want 21:00-08:00 America/New_York as the original's (%s)", retry.QuietHours, r.Body)
+	if retry.QuietHours == nil || retry.QuietHours.Start != start || retry.QuietHours.End != end || retry.QuietHours.Timezone != "America/New_York" {
+		t.Errorf("the retry's quiet hours: %+v, want %s-%s America/New_York as the original's (%s)", retry.QuietHours, start, end, r.Body)
 	}
 	if retry.ValidUntil == nil || !retry.ValidUntil.Equal(valid) {
 		t.Errorf("the retry's validUntil: %v, want the original's %s", retry.ValidUntil, valid)

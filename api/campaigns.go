@@ -11,7 +11,6 @@ import (
 	"io"
 	"iter"
 	"net/http"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -75,7 +74,7 @@ const dryRunMessages = 10
 // answerDryRun renders every recipient's message of a valid create request,
 // counting segments, and answers with the first few: what the batch would
 // send and cost, with nothing stored.
-func (s *server) answerDryRun(w http.ResponseWriter, r *http.Request, c createChecked, spool *os.File, count int) {
+func (s *server) answerDryRun(w http.ResponseWriter, r *http.Request, c createChecked, spool *spool, count int) {
 	out := dryRun{DryRun: true, Name: c.name, Priority: string(c.priority), ScheduleTime: c.schedule,
 		AutoStart: c.autoStart, Total: count, Messages: []dryRunMessage{}}
 	for i, rcp := range readSpool(spool) {

@@ -8,7 +8,6 @@ import (
 	"hash/maphash"
 	"io"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -110,12 +109,8 @@ func (s *server) createBatch(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer release()
-	spool, done, err := newSpool(s.cfg.SpoolDir)
-	if err != nil {
-		writeError(w, r, s.log, err)
-		return
-	}
-	defer done()
+	spool := newSpool(s.cfg.SpoolDir)
+	defer spool.close()
 
 	key, err := idempotencyKey(r)
 	if err != nil {
@@ -202,7 +197,7 @@ func (s *server) createBatch(w http.ResponseWriter, r *http.Request) {
 
 // decodeCreate streams the body, spooling recipients. It returns an error for a
 // body it cannot read at all, and collects per-field problems otherwise.
-func (s *server) decodeCreate(body io.Reader, spool *os.File) (createRequest, int, *problems, error) {
+func (s *server) decodeCreate(body io.Reader, spool *spool) (createRequest, int, *problems, error) {
 	var req createRequest
 	probs := &problems{max: s.cfg.Limits.MaxDetails}
 	dec := json.NewDecoder(body)

@@ -7,11 +7,10 @@ import (
 	"fmt"
 	"io"
 	"iter"
-	"os"
 	"sync"
 )
 
-// An upload's spool file holds its recipients between validation and storage,
+// An upload's spool holds its recipients between validation and storage,
 // one record each, in order. It is read twice (the variables' check once the
 // template is known, then the pages stored), so its format is what costs
 // least to write and read: a record is the number, the count of variables,
@@ -60,11 +59,12 @@ type spoolItem struct {
 	err error
 }
 
-// readSpool reads the spool file from its start.
-func readSpool(f *os.File) iter.Seq2[int, spoolItem] {
+// readSpool reads the spool from its start.
+func readSpool(s *spool) iter.Seq2[int, spoolItem] {
 	return func(yield func(int, spoolItem) bool) {
-		if _, err := f.Seek(0, io.SeekStart); err != nil {
-			yield(0, spoolItem{err: fmt.Errorf("rewind spool: %w", err)})
+		f, err := s.contents()
+		if err != nil {
+			yield(0, spoolItem{err: err})
 			return
 		}
 		buf := spoolReaders.Get().(*bufio.Reader)

@@ -108,6 +108,9 @@ type Runner struct {
 
 	ready     chan struct{}
 	readyOnce sync.Once
+	// began is when Run began: a runner following a shared checkpoint is
+	// ready once the holder has applied every event appended before then.
+	began time.Time
 
 	mu       sync.Mutex
 	pos      eventstore.Position
@@ -155,6 +158,7 @@ func (r *Runner) Run(ctx context.Context) error {
 		return errors.New("projections runner: already running")
 	}
 	defer r.running.Store(false)
+	r.began = time.Now()
 	shared, ok := r.cfg.Store.(Shared)
 	if !ok {
 		return r.follow(ctx)
@@ -245,15 +249,20 @@ func (r *Runner) watch(ctx context.Context, d time.Duration) {
 		}
 		waiting := r.waiting > 0
 		r.mu.Unlock()
+		ready := r.isReady()
 		if err == nil {
 			r.advance(cp)
-			r.caughtUp()
+			if !ready && r.holderCaughtUp(ctx, cp) {
+				r.caughtUp()
+				ready = true
+			}
 			r.checkStalled(ctx, cp)
 		}
-		// While a WaitFor waits, read again at the next tick; otherwise
-		// when one starts to (at once: it may be answered already).
+		// While a WaitFor waits, or until the holder has caught up, read
+		// again at the next tick; otherwise when a WaitFor starts to wait
+		// (at once: it may be answered already).
 		next, woken := tick.C, (<-chan struct{})(nil)
-		if !waiting {
+		if !waiting && ready {
 			next, woken = nil, r.waiter
 		}
 		select {
@@ -264,6 +273,32 @@ func (r *Runner) watch(ctx context.Context, d time.Duration) {
 		case <-next:
 		case <-woken:
 		}
+	}
+}
+
+// holderCaughtUp reports whether the runner holding the lease, which moved
+// the shared checkpoint to cp, has applied every event that was in the store
+// when this runner began: the first event after cp, if there is one, was
+// appended since. Until then this instance's reads would answer from read
+// models behind what it was started after (a holder catching up after a
+// restart of every instance), and its /readyz says so. An event stamped by a
+// writer whose clock runs ahead may count as appended since a few
+// milliseconds early.
+func (r *Runner) holderCaughtUp(ctx context.Context, cp eventstore.Position) bool {
+	page, err := r.cfg.Events.ReadAll(ctx, cp, 1)
+	if err != nil {
+		return false // the event store's own health says why
+	}
+	return len(page) == 0 || !page[0].Time.Before(r.began)
+}
+
+// isReady reports whether Ready is closed.
+func (r *Runner) isReady() bool {
+	select {
+	case <-r.ready:
+		return true
+	default:
+		return false
 	}
 }
 

@@ -425,3 +425,53 @@ func TestRunnerWithoutTheLeaseReadsTheCheckpointOnlyWhileAsked(t *testing.T) {
 		}
 	}
 }
+
+// heldAs is runner id's view of a shared store whose applies wait for held
+// to close: a lease holder still catching up.
+type heldAs struct {
+	sharedAs
+	held chan struct{}
+}
+
+func (s heldAs) Apply(ctx context.Context, events []eventstore.Event) error {
+	select {
+	case <-s.held:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return s.sharedAs.Apply(ctx, events)
+}
+
+// A runner that follows the lease holder's checkpoint is not ready while the
+// holder has still to apply events that were in the store when it started
+// (every instance restarted, the holder catching up): its instance would
+// answer reads and report ready from read models behind. It is ready once the
+// holder has applied them, while new events keep coming.
+func TestAFollowingRunnerIsReadyOnlyOnceTheHolderCaughtUp(t *testing.T) {
+	es := esmemory.New()
+	defer es.Close()
+	shared := &sharedStore{Store: memory.New(), applies: map[int]int{}}
+	held := make(chan struct{})
+	holder, _ := start(t, projections.RunnerConfig{Events: es, Store: heldAs{sharedAs{shared, 1}, held},
+		LeaseRetry: 50 * time.Millisecond, WatchEvery: 5 * time.Millisecond})
+	waitReady(t, holder)
+	h := projectionstest.NewEvents()
+	h.Campaign("acme", "before", t0, 20)
+	pos := appendAll(t, es, h.List())
+
+	follower, _ := start(t, projections.RunnerConfig{Events: es, Store: sharedAs{shared, 2},
+		LeaseRetry: 50 * time.Millisecond, WatchEvery: 5 * time.Millisecond})
+	select {
+	case <-follower.Ready():
+		t.Fatalf("ready at %s while the holder has still to apply up to %s", follower.Position(), pos)
+	case <-time.After(300 * time.Millisecond):
+	}
+	n := h.Len()
+	h.Campaign("acme", "after", t0.Add(time.Hour), 5)
+	appendAll(t, es, h.List()[n:])
+	close(held)
+	waitReady(t, follower)
+	if p := follower.Position(); p.Less(pos) {
+		t.Fatalf("ready at %s, before %s", p, pos)
+	}
+}

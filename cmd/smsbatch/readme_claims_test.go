@@ -2,13 +2,21 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/csv"
 	"errors"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/smsbatch/smsbatch/processors/sms"
+	"github.com/smsbatch/smsbatch/processors/sms/httpprovider"
+	"github.com/smsbatch/smsbatch/processors/sms/simulator"
 )
 
 // The README lists --log-level as debug, info, warn or error, and a wrong
@@ -76,5 +84,62 @@ func TestASteadyReaderGetsTheWholeExport(t *testing.T) {
 	rows, err := csv.NewReader(&got).ReadAll()
 	if err != nil || len(rows) != n+1 {
 		t.Fatalf("export: %d rows (%v), want %d", len(rows)-1, err, n)
+	}
+}
+
+// The README's scale-out example starts one standalone simulator "that they
+// all send to, so a duplicate across instances would show in its one outbox".
+// Started with the README's own arguments, a message two instances both send
+// (one key: batch and index) must be in that outbox twice.
+func TestTheREADMEsSharedSimulatorShowsADuplicateAcrossInstances(t *testing.T) {
+	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	line := regexp.MustCompile(`(?m)^\./bin/smsbatch simulator (.*?)\s*&?\s*$`).FindSubmatch(readme)
+	if line == nil {
+		t.Fatal("the README starts no standalone simulator")
+	}
+	const token = "change-me-sim-token"
+	env := func(name string) string {
+		if name == "SMSBATCH_SMS_AUTH_TOKEN" {
+			return token
+		}
+		return ""
+	}
+	cfg, rest, err := parseConfig("smsbatch simulator", strings.Fields(string(line[1])), env, simulatorFlags...)
+	if err != nil || len(rest) > 0 {
+		t.Fatalf("the README's simulator arguments %q: %v %v", line[1], err, rest)
+	}
+	cfg.Addr, cfg.DataDir = freeAddr(t), t.TempDir()
+	cfg.LogLevel = "warn"
+	ctx, stop := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- runSimulator(ctx, cfg, io.Discard) }()
+	t.Cleanup(func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+	waitListening(t, cfg.Addr)
+
+	msg := sms.Message{IdempotencyKey: "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b:7", To: "+14155550100", Body: "hello",
+		BatchID: "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b", Index: 7}
+	for instance := range 2 {
+		p, err := httpprovider.New(httpprovider.Config{BaseURL: "http://" + cfg.Addr, AccountSID: cfg.SMSAccountSID, AuthToken: token})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Send(t.Context(), msg); err != nil {
+			t.Fatalf("instance %d: %v", instance, err)
+		}
+	}
+	entries, err := simulator.ReadOutbox(filepath.Join(cfg.DataDir, "sim-outbox.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 2 {
+		t.Fatalf("one message sent by two instances is in the shared simulator's outbox %d times, want 2 (the README: a duplicate across instances would show there)", len(entries))
 	}
 }

@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
-	"time"
 	"unicode/utf8"
 
 	"golang.org/x/time/rate"
@@ -166,18 +165,23 @@ func (s *server) createMessage(w http.ResponseWriter, r *http.Request) {
 		writeError(w, apiError{Status: http.StatusMethodNotAllowed, Code: 20004, Message: "Method not allowed"})
 		return
 	}
+	// With RecordEveryCall every call of the account is recorded, whatever
+	// its answer: one refused here, before any send, is a call all the same.
+	start := s.sim.cfg.Clock().UTC()
+	refuse := func(to, outcome string, e apiError) {
+		s.sim.RecordCall(Call{Key: r.Header.Get(IdempotencyHeader), To: to, Start: start, End: s.sim.cfg.Clock().UTC(), Outcome: outcome})
+		writeError(w, e)
+	}
 	if s.limiter != nil && !s.limiter.Allow() {
-		now := time.Now().UTC()
-		s.sim.RecordCall(Call{Key: r.Header.Get(IdempotencyHeader), Start: now, End: now, Outcome: string(domain.CategoryRateLimited)})
-		w.Header().Set("Retry-After", "1")
-		writeError(w, apiError{Status: http.StatusTooManyRequests, Code: 20429, Message: "Too Many Requests"})
+		w.Header().Set("Retry-After", strconv.Itoa(s.retryAfter()))
+		refuse("", string(domain.CategoryRateLimited), apiError{Status: http.StatusTooManyRequests, Code: 20429, Message: "Too Many Requests"})
 		return
 	}
 
 	r.Body = http.MaxBytesReader(w, r.Body, maxRequestBytes)
 	if err := r.ParseForm(); err != nil {
 		// 20400 follows the HTTP-derived codes 20404, 20429 and 20500.
-		writeError(w, apiError{Status: http.StatusBadRequest, Code: 20400, Message: "The request body is not a valid form"})
+		refuse("", OutcomeRefused, apiError{Status: http.StatusBadRequest, Code: 20400, Message: "The request body is not a valid form"})
 		return
 	}
 	msg := sms.Message{
@@ -187,20 +191,20 @@ func (s *server) createMessage(w http.ResponseWriter, r *http.Request) {
 	}
 	switch {
 	case msg.To == "":
-		writeError(w, twilioError(21604, "A 'To' phone number is required."))
+		refuse(msg.To, OutcomeRefused, twilioError(21604, "A 'To' phone number is required."))
 		return
 	case msg.Body == "":
-		writeError(w, twilioError(21602, "Message body is required."))
+		refuse(msg.To, OutcomeRefused, twilioError(21602, "Message body is required."))
 		return
 	case utf8.RuneCountInString(msg.Body) > maxBodyRunes:
-		writeError(w, twilioError(21617, "The concatenated message body exceeds the 1600 character limit."))
+		refuse(msg.To, OutcomeRefused, twilioError(21617, "The concatenated message body exceeds the 1600 character limit."))
 		return
 	}
 
 	cb := callbackTo{url: r.PostForm.Get("StatusCallback"), token: s.cfg.AuthToken, accountSID: s.cfg.AccountSID, from: r.PostForm.Get("From")}
 	if cb.url != "" {
 		if u, err := url.Parse(cb.url); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			writeError(w, twilioError(21609, "The StatusCallback URL is not a valid URL."))
+			refuse(msg.To, OutcomeRefused, twilioError(21609, "The StatusCallback URL is not a valid URL."))
 			return
 		}
 	}
@@ -224,6 +228,14 @@ func (s *server) createMessage(w http.ResponseWriter, r *http.Request) {
 		APIVersion: "2010-04-01",
 		URI:        "/2010-04-01/Accounts/" + s.cfg.AccountSID + "/Messages/" + receipt.ProviderID + ".json",
 	})
+}
+
+// retryAfter is how many whole seconds until the limiter takes a request
+// again, at least 1: below one request a second that is longer than a second,
+// and a client that waits what it is told must not be refused again.
+func (s *server) retryAfter() int {
+	missing := 1 - s.limiter.Tokens()
+	return max(1, int(math.Ceil(missing/s.cfg.RateLimit)))
 }
 
 // categoryStatus is the HTTP status a simulator failure of each category is

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/smsbatch/smsbatch/processors/sms/simulator"
 )
@@ -231,6 +232,73 @@ func TestServerRateLimit(t *testing.T) {
 	}
 	if got := readOutbox(t, outbox); len(got) != 1 {
 		t.Errorf("outbox has %d lines, want 1", len(got))
+	}
+}
+
+// Below one request a second, the 429's Retry-After still says when the next
+// request will be taken: a client that waits what it says is not refused
+// again.
+func TestServerRetryAfterIsWhenTheNextRequestIsTaken(t *testing.T) {
+	h, _ := serve(t, simulator.Config{}, simulator.ServerConfig{RateLimit: 0.5}) // one request every 2 s
+	var w *httptest.ResponseRecorder
+	for i := range 3 { // the first is taken; one a moment later is not, unless this machine stalled for 2 s
+		if w, _ = do(t, h, post{key: "b1:" + strconv.Itoa(i), form: form(okNumber, "hello")}); w.Code == http.StatusTooManyRequests {
+			break
+		}
+	}
+	if w.Code != http.StatusTooManyRequests {
+		t.Fatalf("three requests at once at 0.5 a second: the last answered %d, want 429", w.Code)
+	}
+	wait, err := strconv.Atoi(w.Header().Get("Retry-After"))
+	if err != nil || wait < 1 {
+		t.Fatalf("Retry-After = %q, want whole seconds", w.Header().Get("Retry-After"))
+	}
+	time.Sleep(time.Duration(wait) * time.Second)
+	if w, body := do(t, h, post{key: "b1:retry", form: form(okNumber, "hello")}); w.Code != http.StatusCreated {
+		t.Errorf("a request %d s later, as Retry-After said: %d %v, want 201", wait, w.Code, body)
+	}
+}
+
+// With RecordEveryCall, every call of the account is in the calls file,
+// whatever its answer: a request the server refuses for its form is a call
+// too, and a test counting the calls of a message must see it.
+func TestServerRecordsTheCallsItRefuses(t *testing.T) {
+	calls := filepath.Join(t.TempDir(), "sim-calls.jsonl")
+	h, _ := serve(t, simulator.Config{RecordEveryCall: true, CallsPath: calls}, simulator.ServerConfig{})
+	badCallback := form(okNumber, "hello")
+	badCallback.Set("StatusCallback", "not a url")
+	requests := []struct {
+		key  string
+		form url.Values
+		code float64
+	}{
+		{"b1:0", url.Values{"Body": {"hello"}}, 21604},
+		{"b1:1", form(okNumber, ""), 21602},
+		{"b1:2", form(okNumber, strings.Repeat("x", 1601)), 21617},
+		{"b1:3", badCallback, 21609},
+	}
+	for _, r := range requests {
+		w, body := do(t, h, post{key: r.key, form: r.form})
+		wantError(t, w, body, http.StatusBadRequest, r.code)
+	}
+	if w, _ := do(t, h, post{key: "b1:4", form: form(okNumber, "hello")}); w.Code != http.StatusCreated {
+		t.Fatalf("a valid request: %d", w.Code)
+	}
+	got, err := simulator.ReadCalls(calls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := map[string]string{}
+	for _, c := range got {
+		keys[c.Key] = c.Outcome
+	}
+	for _, r := range requests {
+		if outcome, ok := keys[r.key]; !ok || outcome == "accepted" {
+			t.Errorf("the call of %s (refused %v) is in the calls file as %q, %v; want it there, not accepted", r.key, r.code, outcome, ok)
+		}
+	}
+	if len(got) != len(requests)+1 {
+		t.Errorf("%d calls recorded, want %d: %+v", len(got), len(requests)+1, got)
 	}
 }
 

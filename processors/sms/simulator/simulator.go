@@ -58,7 +58,7 @@ type Config struct {
 	TransientFailureRate float64
 	// Seed makes the transient failures reproducible: whether an attempt fails
 	// depends only on Seed, the idempotency key and how often this Simulator has
-	// been asked to send that key.
+	// been asked to send that key since it last accepted it.
 	Seed int64
 
 	// RecordEveryCall makes the simulator behave like a provider that ignores
@@ -66,7 +66,8 @@ type Config struct {
 	// succeeds is a new message with its own outbox line, however often its key
 	// was seen. Every call, whatever its answer, is also written to CallsPath with
 	// when it started and ended, so that a test sees real duplicates and how many
-	// calls of a batch overlapped.
+	// calls of a batch overlapped; over HTTP, every call with the account's
+	// credentials, a 429 or a refused form too.
 	RecordEveryCall bool
 	// CallsPath is the JSON-lines file calls are written to; required with
 	// RecordEveryCall.
@@ -147,12 +148,17 @@ type Call struct {
 	To    string    `json:"to"`
 	Start time.Time `json:"start"`
 	End   time.Time `json:"end"`
-	// Outcome is "accepted", the failure's category, or "abandoned" when the
-	// caller gave up before the answer.
+	// Outcome is "accepted", the failure's category, "abandoned" when the
+	// caller gave up before the answer, or OutcomeRefused.
 	Outcome string `json:"outcome"`
 	// ProviderID is the id an accepted call was answered with.
 	ProviderID string `json:"providerId,omitempty"`
 }
+
+// OutcomeRefused is the outcome of a call the HTTP server refused for its
+// form (Twilio's 400s: no To, no Body, a body too long, a bad StatusCallback)
+// before anything was sent.
+const OutcomeRefused = "refused"
 
 // Stats counts what a Simulator did since New.
 type Stats struct {
@@ -321,6 +327,11 @@ func (s *Simulator) send(ctx context.Context, msg sms.Message, received time.Tim
 	s.mu.Lock()
 	if key != "" && !s.cfg.RecordEveryCall {
 		s.accepted.add(key, entry.ProviderID)
+	}
+	// Kept, the attempts of every key ever accepted would hold memory for
+	// each message sent (RecordEveryCall sends a key again as a new message).
+	// Sends without a key share one count, kept so that their rolls go on.
+	if key != "" {
 		delete(s.attempts, key)
 	}
 	s.stats.Accepted++

@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -617,4 +618,39 @@ func BenchmarkRestoreKeys(b *testing.B) {
 		}
 		s.Close()
 	}
+}
+
+// A simulator that records every call and fails some transiently (the
+// standalone provider of the multi-instance tests, left running) keeps in
+// memory only the keys still failing, not one entry for every message it ever
+// accepted.
+func TestRecordEveryCallWithFailuresDoesNotGrowWithEveryMessage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("sends 100,000 messages")
+	}
+	dir := t.TempDir()
+	s := newSim(t, simulator.Config{OutboxPath: filepath.Join(dir, "sim-outbox.jsonl"), RecordEveryCall: true,
+		CallsPath: filepath.Join(dir, "sim-calls.jsonl"), TransientFailureRate: 0.01, Seed: 3})
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	before := heap()
+	const n = 100_000
+	for i := range n {
+		key := fmt.Sprintf("0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b:%d", i)
+		for range 10 {
+			if _, err := s.Send(t.Context(), msg(key, okNumber)); err == nil {
+				break
+			}
+		}
+	}
+	grown := int64(heap()) - int64(before)
+	// A few bytes a message would be noise; what it held was near 100.
+	if grown > 1<<20 {
+		t.Errorf("the heap grew by %d KiB over %d accepted messages (%d bytes a message)", grown>>10, n, grown/n)
+	}
+	runtime.KeepAlive(s)
 }

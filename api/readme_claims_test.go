@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"testing"
 	"time"
 
@@ -114,6 +115,24 @@ func TestTheBearerSchemeIsCaseInsensitive(t *testing.T) {
 		env.handler.ServeHTTP(rec, req)
 		if rec.Code != http.StatusOK {
 			t.Errorf("Authorization: %s <key>: %d %s, want 200", scheme, rec.Code, rec.Body)
+		}
+	}
+}
+
+// A 405 says which methods the resource has (RFC 9110: the Allow header is
+// required), so a client that used the wrong one learns the right one.
+func TestAMethodNotAllowedListsTheAllowedOnes(t *testing.T) {
+	env := newAPI(t, nil)
+	for _, tc := range []struct {
+		method, path string
+		want         []string
+	}{
+		{"DELETE", "/api/batch", []string{"GET", "POST"}},
+		{"GET", "/api/v2/batch/0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b/pause", []string{"POST"}},
+	} {
+		a := env.do(tc.method, tc.path, testKey, "")
+		if got := a.Header().Values("Allow"); a.Code != http.StatusMethodNotAllowed || !slices.Equal(got, tc.want) {
+			t.Errorf("%s %s: %d, Allow %v; want 405 with %v", tc.method, tc.path, a.Code, got, tc.want)
 		}
 	}
 }

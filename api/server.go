@@ -294,7 +294,14 @@ func NewHandler(cfg Config) (http.Handler, error) {
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, r, s.log, domain.Errorf(domain.ENOTFOUND, "no such endpoint"))
 	})
-	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+	r.MethodNotAllowed(func(w http.ResponseWriter, req *http.Request) {
+		// A 405 says which methods the resource has (RFC 9110, 15.5.6);
+		// chi lists them only for its own 405 handler.
+		for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+			if r.Match(chi.NewRouteContext(), m, req.URL.Path) {
+				w.Header().Add("Allow", m)
+			}
+		}
 		writeJSON(w, http.StatusMethodNotAllowed, errorBody{Error: errorPayload{Code: "method_not_allowed", Message: "method not allowed"}})
 	})
 

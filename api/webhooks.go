@@ -68,6 +68,10 @@ func acknowledge(w http.ResponseWriter) {
 func (s *server) signedForm(w http.ResponseWriter, r *http.Request) (map[string][]string, bool) {
 	r.Body = http.MaxBytesReader(w, r.Body, maxWebhookBytes)
 	if err := r.ParseForm(); err != nil {
+		if tooLarge := (*http.MaxBytesError)(nil); errors.As(err, &tooLarge) {
+			writeError(w, r, s.log, domain.Errorf(domain.ETOOLARGE, "the body is over %d bytes", maxWebhookBytes))
+			return nil, false
+		}
 		writeError(w, r, s.log, domain.Errorf(domain.EMALFORMED, "the body is not a form"))
 		return nil, false
 	}

@@ -383,3 +383,20 @@ func TestOptOutEndpoints(t *testing.T) {
 		t.Fatalf("after delete: %v", numbers(p))
 	}
 }
+
+// A webhook body over its limit is refused as too large (413), as every other
+// body limit of the API is, not as a malformed form, and records nothing.
+func TestAWebhookBodyOverItsLimitIsTooLarge(t *testing.T) {
+	env := newWebhookAPI(t)
+	id := env.createBatch(t)
+	form := receiptForm("delivered", "")
+	form.Set("Padding", strings.Repeat("x", maxWebhookBytes))
+	before := env.events(t)
+	a := env.webhook(statusPath(id, 0), form, webhookToken)
+	if a.Code != http.StatusRequestEntityTooLarge {
+		t.Errorf("a %d-byte receipt: %d %s, want 413", len(form.Encode()), a.Code, a.Body)
+	}
+	if after := env.events(t); after != before {
+		t.Errorf("the refused receipt stored %d events", after-before)
+	}
+}

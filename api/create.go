@@ -2,12 +2,14 @@ package api
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/maphash"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -239,8 +241,8 @@ func (s *server) decodeCreate(body io.Reader, spool *spool) (createRequest, int,
 				req.text = nil
 			}
 		case "options":
-			if err := dec.Decode(&req.options); err != nil {
-				return req, 0, nil, malformed(err, "options must be an object with name (string), scheduleTime (string), priority (string), autoStart (boolean), validUntil (string), quietHours ({start, end}) and timezone (string)")
+			if err := decodeOptions(dec, &req.options, probs); err != nil {
+				return req, 0, nil, err
 			}
 		case "recipients":
 			if err := expectDelim(dec, '[', "recipients must be an array"); err != nil {
@@ -295,6 +297,51 @@ func (s *server) decodeCreate(body io.Reader, spool *spool) (createRequest, int,
 		return req, 0, nil, internalError("the upload could not be written to the service's disk", fmt.Errorf("spool recipients: %w", err))
 	}
 	return req, count, probs, nil
+}
+
+// optionsShape is what a malformed options object is answered with.
+const optionsShape = "options must be an object with name (string), scheduleTime (string), priority (string), autoStart (boolean), validUntil (string), quietHours ({start, end}) and timezone (string)"
+
+// optionNames are the fields of options, as a create's JSON names them.
+var optionNames = []string{"name", "scheduleTime", "priority", "autoStart", "validUntil", "quietHours", "timezone"}
+
+// decodeOptions decodes the options object into opts. A field it does not
+// know is a problem listed with the others (as an unknown top-level field
+// is), not a malformed body; anything else it cannot decode is malformed.
+func decodeOptions(dec *json.Decoder, opts *createOptions, probs *problems) error {
+	var raw json.RawMessage
+	if err := dec.Decode(&raw); err != nil {
+		return malformed(err, optionsShape)
+	}
+	strict := json.NewDecoder(bytes.NewReader(raw))
+	strict.DisallowUnknownFields()
+	err := strict.Decode(opts)
+	if err == nil {
+		return nil
+	}
+	var fields map[string]json.RawMessage
+	if json.Unmarshal(raw, &fields) != nil {
+		return malformed(err, optionsShape)
+	}
+	unknown := slices.Sorted(func(yield func(string) bool) {
+		for name := range fields {
+			// encoding/json matches field names without regard to case.
+			if !slices.ContainsFunc(optionNames, func(known string) bool { return strings.EqualFold(known, name) }) && !yield(name) {
+				return
+			}
+		}
+	})
+	if len(unknown) == 0 {
+		return malformed(err, optionsShape)
+	}
+	for _, name := range unknown {
+		probs.add("options."+name, "unknown field; want "+strings.Join(optionNames, ", "))
+	}
+	*opts = createOptions{}
+	if err := json.Unmarshal(raw, opts); err != nil {
+		return malformed(err, optionsShape)
+	}
+	return nil
 }
 
 // addProblems adds what is wrong with recipient i, checked alone as c, and

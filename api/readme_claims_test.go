@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -134,5 +135,24 @@ func TestAMethodNotAllowedListsTheAllowedOnes(t *testing.T) {
 		if got := a.Header().Values("Allow"); a.Code != http.StatusMethodNotAllowed || !slices.Equal(got, tc.want) {
 			t.Errorf("%s %s: %d, Allow %v; want 405 with %v", tc.method, tc.path, a.Code, got, tc.want)
 		}
+	}
+}
+
+// An unknown field inside options is a problem listed with the others (422),
+// as an unknown top-level field is, not a malformed body (400) answered alone:
+// a user sees every mistake at once. A field named in another case is known,
+// as encoding/json matches names.
+func TestAnUnknownOptionIsListedWithTheOtherProblems(t *testing.T) {
+	env := newAPI(t, nil)
+	a := env.do("POST", "/api/batch", testKey, `{"text": "Hi {{name}}", "recipients": [{"phoneNumber": "nope", "variables": {"name": "A"}}],
+		"options": {"priority": "normal", "bogus": 1, "autostart": true}}`)
+	if e := a.envelope(t); a.Code != http.StatusUnprocessableEntity || !e.names("options.bogus") || !e.names("recipients[0].phoneNumber") || e.names("options.autostart") {
+		t.Fatalf("%d %v, want 422 naming options.bogus and the number, not options.autostart", a.Code, e.fields())
+	}
+	if n := env.events(t); n != 0 {
+		t.Fatalf("the refused create left %d events", n)
+	}
+	if a := env.do("POST", "/api/batch", testKey, createBody(`"Hi {{name}}"`, `{"Priority": "high"}`)); a.Code != http.StatusCreated || !strings.Contains(a.Body.String(), `"priority":"high"`) {
+		t.Fatalf("an option named in another case: %d %s", a.Code, a.Body)
 	}
 }

@@ -35,7 +35,13 @@ type apiEnv struct {
 // it is given is cfg's Commands' store unless tweak swaps Commands).
 func newAPI(t testing.TB, tweak func(*Config, eventstore.Store) eventstore.Store) *apiEnv {
 	t.Helper()
-	var es eventstore.Store = esmemory.New()
+	return newAPIOver(t, esmemory.New(), tweak)
+}
+
+// newAPIOver is newAPI over the event store es, which it closes when the test
+// ends.
+func newAPIOver(t testing.TB, es eventstore.Store, tweak func(*Config, eventstore.Store) eventstore.Store) *apiEnv {
+	t.Helper()
 	rm := memory.New()
 	runner, err := projections.NewRunner(projections.RunnerConfig{Events: es, Store: rm})
 	if err != nil {

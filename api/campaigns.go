@@ -431,6 +431,15 @@ func (s *server) resumeCreate(r *http.Request, tenant string) func(old *domain.I
 }
 
 // createRetry creates batch newID retrying the failed recipients of batch id.
+//
+// The recipients an earlier retry of the batch took are not taken again: each
+// retry would text them once more. The earlier retries are those claimed in
+// the batch's retries stream, read from the event store, not from the read
+// models, which may not have applied a retry made a moment ago (on this
+// instance or another). The claim of newID is appended at the revision those
+// claims were read at, so a retry claimed meanwhile makes this one read them
+// again and leave out what that one took. The retries the read models list
+// count too: those made before retries were claimed have no claim.
 func (s *server) createRetry(ctx context.Context, tenant, id, newID, category string) (commands.Result, string, error) {
 	old, err := s.cfg.ReadModels.Batch(ctx, tenant, id)
 	if err != nil {
@@ -445,36 +454,55 @@ func (s *server) createRetry(ctx context.Context, tenant, id, newID, category st
 	}
 	q := projections.RecipientQuery{Tenant: tenant, BatchID: id, Status: projections.RecipientFailed,
 		Category: category, Limit: projections.MaxRecipientLimit}
-	// The recipients an earlier retry of the batch took are not taken
-	// again: each retry would text them once more.
-	retried, err := s.retriedNumbers(ctx, tenant, old.Retries)
-	if err != nil {
-		return commands.Result{}, "", err
-	}
-	keep := func(page []projections.Recipient) []projections.Recipient {
-		return slices.DeleteFunc(undelivered(page), func(r projections.Recipient) bool { return retried[r.PhoneNumber] })
-	}
-	first, next, err := s.cfg.ReadModels.Recipients(ctx, q)
-	if err != nil {
-		return commands.Result{}, "", err
-	}
-	first = keep(first)
-	if len(first) == 0 && next == "" {
-		what := "no recipient that failed for good"
-		if category != "" {
-			what = "no recipient that failed for good with category " + category
+	var (
+		keep  func([]projections.Recipient) []projections.Recipient
+		first []projections.Recipient
+		next  string
+	)
+	for attempt := 1; ; attempt++ {
+		retries, err := s.cfg.Commands.RetriesOf(ctx, id)
+		if err != nil {
+			return commands.Result{}, "", err
 		}
-		if len(retried) > 0 {
-			what += " that an earlier retry (" + strings.Join(old.Retries, ", ") + ") did not take"
+		retried, stored, err := s.cfg.Commands.TakenByRetries(ctx, retries, old.Retries, s.cfg.ReadYourWrites)
+		if err != nil {
+			return commands.Result{}, "", err
 		}
-		return commands.Result{}, "", domain.Errorf(domain.ECONFLICT, "batch %s has %s: there is nothing to retry", id, what)
-	}
-	// When the recipients may be texted at all is the campaign's rule, not
-	// its first run's: the retry keeps the quiet hours and the validity. Past
-	// its validity, a retry would only end every recipient expired.
-	if old.ValidUntil != nil && !old.ValidUntil.After(time.Now()) {
-		return commands.Result{}, "", domain.Errorf(domain.ECONFLICT,
-			"batch %s was valid until %s: its recipients may not be texted now", id, old.ValidUntil.UTC().Format(time.RFC3339))
+		keep = func(page []projections.Recipient) []projections.Recipient {
+			return slices.DeleteFunc(undelivered(page), func(r projections.Recipient) bool { return retried[r.PhoneNumber] })
+		}
+		if first, next, err = s.cfg.ReadModels.Recipients(ctx, q); err != nil {
+			return commands.Result{}, "", err
+		}
+		first = keep(first)
+		if len(first) == 0 && next == "" {
+			what := "no recipient that failed for good"
+			if category != "" {
+				what = "no recipient that failed for good with category " + category
+			}
+			if len(stored) > 0 {
+				what += " that an earlier retry (" + strings.Join(stored, ", ") + ") did not take"
+			}
+			return commands.Result{}, "", domain.Errorf(domain.ECONFLICT, "batch %s has %s: there is nothing to retry", id, what)
+		}
+		// When the recipients may be texted at all is the campaign's rule, not
+		// its first run's: the retry keeps the quiet hours and the validity. Past
+		// its validity, a retry would only end every recipient expired.
+		if old.ValidUntil != nil && !old.ValidUntil.After(time.Now()) {
+			return commands.Result{}, "", domain.Errorf(domain.ECONFLICT,
+				"batch %s was valid until %s: its recipients may not be texted now", id, old.ValidUntil.UTC().Format(time.RFC3339))
+		}
+		err = s.cfg.Commands.ClaimRetry(ctx, retries, newID, tenant)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, eventstore.ErrConcurrency) {
+			return commands.Result{}, "", err
+		}
+		if attempt == maxRetryClaims {
+			return commands.Result{}, "", fmt.Errorf("%w: %w", domain.Errorf(domain.EUNAVAILABLE,
+				"other retries of batch %s are being created at the same time; try again shortly", id), err)
+		}
 	}
 	name := domain.RetryName(old.Name, id)
 	taken := 0
@@ -491,6 +519,15 @@ func (s *server) createRetry(ctx context.Context, tenant, id, newID, category st
 		AutoStart: old.AutoStart, Name: name, RetryOf: id, Recipients: recipients,
 		ValidUntil: old.ValidUntil, QuietHours: old.QuietHours,
 	})
+	if err != nil {
+		// Settle the claim at once, rather than leave the next retry to
+		// wait for it: fenced off, the batch can never be stored and took
+		// no one. (A batch stored after all, its answer lost, stays.)
+		abandon := s.cfg.Commands.AbandonCreate(context.WithoutCancel(ctx), newID, tenant)
+		if abandon != nil && !errors.Is(abandon, eventstore.ErrConcurrency) {
+			s.log.WarnContext(ctx, "a failed retry's claim is left pending until its lease ends", "batch", id, "retry", newID, "err", abandon)
+		}
+	}
 	if err != nil && taken == 0 {
 		// Every failed recipient was delivered after all (pages past the
 		// first can hold only those): the state, not the request, is why.
@@ -498,6 +535,11 @@ func (s *server) createRetry(ctx context.Context, tenant, id, newID, category st
 	}
 	return res, name, err
 }
+
+// maxRetryClaims bounds how often a retry reads the earlier retries again
+// after another claimed its place: each time, another retry was made, which
+// leaves this one less to take.
+const maxRetryClaims = 8
 
 // failedRecipients yields the recipients of the pages of q, starting with the
 // page first already read, with the values they were created with.
@@ -532,29 +574,6 @@ func (s *server) failedRecipients(ctx context.Context, q projections.RecipientQu
 			page = keep(page)
 		}
 	}
-}
-
-// retriedNumbers reads the numbers of the batches retries, earlier retries of
-// a batch.
-func (s *server) retriedNumbers(ctx context.Context, tenant string, retries []string) (map[string]bool, error) {
-	taken := make(map[string]bool)
-	for _, id := range retries {
-		q := projections.RecipientQuery{Tenant: tenant, BatchID: id, Limit: projections.MaxRecipientLimit}
-		for {
-			page, next, err := s.cfg.ReadModels.Recipients(ctx, q)
-			if err != nil {
-				return nil, fmt.Errorf("recipients of %s, a retry of the batch: %w", id, err)
-			}
-			for _, r := range page {
-				taken[r.PhoneNumber] = true
-			}
-			if next == "" {
-				break
-			}
-			q.Cursor = next
-		}
-	}
-	return taken, nil
 }
 
 // undelivered drops the failed recipients the provider has since reported

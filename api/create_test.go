@@ -105,14 +105,17 @@ func TestBadTextIsRefusedNamingTheField(t *testing.T) {
 // empty priority is not the default one.
 func TestScheduleWindowAndEmptyPriority(t *testing.T) {
 	env := newAPI(t, nil)
-	at := func(d time.Duration) string {
-		return `{"scheduleTime": "` + time.Now().Add(d).UTC().Format(time.RFC3339) + `", "autoStart": false}`
+	on := func(when time.Time) string {
+		return `{"scheduleTime": "` + when.UTC().Format(time.RFC3339) + `", "autoStart": false}`
 	}
+	at := func(d time.Duration) string { return on(time.Now().Add(d)) }
 	refused := []struct{ name, options, field string }{
 		{"the end of time", `{"scheduleTime": "9999-12-31T23:59:59Z"}`, "options.scheduleTime"},
 		{"year zero", `{"scheduleTime": "0000-01-01T00:00:00Z"}`, "options.scheduleTime"},
 		{"ten minutes ago", at(-10 * time.Minute), "options.scheduleTime"},
-		{"a year and a day ahead", at(366 * 24 * time.Hour), "options.scheduleTime"},
+		// By the calendar: 366 days is a year, no more, when the year ahead
+		// holds a 29 February (from 1 March 2027 to 29 February 2028).
+		{"a year and a day ahead", on(time.Now().AddDate(1, 0, 1)), "options.scheduleTime"},
 		{"empty priority", `{"priority": ""}`, "options.priority"},
 	}
 	for _, tt := range refused {

@@ -114,7 +114,7 @@ func (q QuietHours) QuietAt(group string, t time.Time) (quiet bool, opensAt time
 }
 
 // windowEnd reports whether t is in zone's quiet window and when that window
-// ends.
+// ends: the first time after t that the zone's clocks read End.
 func (q QuietHours) windowEnd(zone string, t time.Time) (time.Time, bool) {
 	loc, err := location(zone)
 	if err != nil {
@@ -133,23 +133,50 @@ func (q QuietHours) windowEnd(zone string, t time.Time) (time.Time, bool) {
 	if !in {
 		return time.Time{}, false
 	}
-	day := local
-	if now >= end { // the window ends tomorrow
-		day = local.AddDate(0, 0, 1)
-	}
-	at := time.Date(day.Year(), day.Month(), day.Day(), end/60, end%60, 0, 0, loc)
-	if clock := at.Hour()*60 + at.Minute(); clock != end {
-		// The end's clock time does not exist that day (the clocks spring
-		// forward over it): the window ends when the clocks pass it, at the
-		// jump. time.Date gave an instant on one side of it (before it west of
-		// Greenwich, after it east): the jump is the end of that zone period,
-		// or its start.
-		start, stop := at.ZoneBounds()
-		if clock > end {
-			at = start
-		} else {
-			at = stop
+	// Today's End, or tomorrow's once today's has passed. On the night the
+	// clocks fall back over End they read it twice, and the window ends at the
+	// reading after t: the second, when t is in the repeated hour (the first
+	// is past), or today's, for a window the clocks fall back into, not
+	// tomorrow's. Every day but one skipped whole has a reading.
+	for day := 0; ; day++ {
+		for _, at := range clockReadings(local.Year(), local.Month(), local.Day()+day, end, loc) {
+			if at.After(t) {
+				return at, true
+			}
 		}
 	}
-	return at, true
+}
+
+// clockReadings returns, in order, the instants at which loc's clocks read
+// minutes after midnight on the given day: one; two on the night they fall back
+// over that time; and where they spring forward over it, the jump, when they
+// pass it.
+func clockReadings(year int, month time.Month, day, minutes int, loc *time.Location) []time.Time {
+	at := time.Date(year, month, day, minutes/60, minutes%60, 0, 0, loc)
+	if clock := at.Hour()*60 + at.Minute(); clock != minutes {
+		// time.Date gave an instant on one side of the jump (before it west
+		// of Greenwich, after it east): the jump is the end of that zone
+		// period, or its start.
+		start, stop := at.ZoneBounds()
+		if clock > minutes {
+			return []time.Time{start}
+		}
+		return []time.Time{stop}
+	}
+	// The clock time as if in UTC, less the offset of the zone period it fell
+	// in or of the periods either side: each instant at which the clocks do
+	// read that time is a reading.
+	wall := time.Date(year, month, day, minutes/60, minutes%60, 0, 0, time.UTC)
+	start, stop := at.ZoneBounds()
+	var readings []time.Time
+	for _, near := range []time.Time{start.Add(-time.Second), at, stop} {
+		_, offset := near.In(loc).Zone()
+		r := wall.Add(-time.Duration(offset) * time.Second)
+		l := r.In(loc)
+		if l.YearDay() == wall.YearDay() && l.Hour()*60+l.Minute() == minutes && !slices.ContainsFunc(readings, r.Equal) {
+			readings = append(readings, r)
+		}
+	}
+	slices.SortFunc(readings, time.Time.Compare)
+	return readings
 }

@@ -110,6 +110,52 @@ func TestQuietHoursEndingInTheSpringForwardGap(t *testing.T) {
 	}
 }
 
+// On the night the clocks fall back, the hour before the change is lived
+// twice, and quiet hours keep the recipient's clock: a window ending in that
+// hour ends when the clocks next read its end. In New York its second time
+// ended at the first reading, already past, and messages went at once in the
+// quiet hours; in Berlin its first time ended at the second reading, an hour
+// late; and a window the clocks fall back into ended a day late. New York
+// falls back from 02:00 EDT to 01:00 EST on 2026-11-01 (06:00 UTC), Berlin
+// from 03:00 CEST to 02:00 CET on 2026-10-25 (01:00 UTC).
+func TestQuietHoursEndingInTheFallBackHour(t *testing.T) {
+	ny, _ := time.LoadLocation("America/New_York")
+	berlin, _ := time.LoadLocation("Europe/Berlin")
+	utc := func(h, m int) time.Time { return time.Date(2026, 11, 1, h, m, 0, 0, time.UTC) }
+	tests := []struct {
+		name, start, end, zone string
+		at                     time.Time
+		quiet                  bool
+		opens                  time.Time
+	}{
+		{"night, in the first 01:15", "21:00", "01:30", "America/New_York", utc(5, 15), true, utc(5, 30)},
+		{"night, in the second 01:15", "21:00", "01:30", "America/New_York", utc(6, 15), true, utc(6, 30)},
+		{"night, at the second 01:45", "21:00", "01:30", "America/New_York", utc(6, 45), false, time.Time{}},
+		{"a window within the repeated hour, its second time", "01:07", "01:12", "America/New_York", utc(6, 10), true, utc(6, 12)},
+		{"a window the clocks fall back into", "01:55", "01:00", "America/New_York", utc(5, 58), true, utc(6, 0)},
+		{"Berlin, in the first 02:15", "22:00", "02:30", "Europe/Berlin", time.Date(2026, 10, 25, 0, 15, 0, 0, time.UTC), true, time.Date(2026, 10, 25, 0, 30, 0, 0, time.UTC)},
+		{"Berlin, in the second 02:15", "22:00", "02:30", "Europe/Berlin", time.Date(2026, 10, 25, 1, 15, 0, 0, time.UTC), true, time.Date(2026, 10, 25, 1, 30, 0, 0, time.UTC)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			q, err := ParseQuietHours(tt.start, tt.end, tt.zone)
+			if err != nil {
+				t.Fatal(err)
+			}
+			loc := ny
+			if tt.zone == "Europe/Berlin" {
+				loc = berlin
+			}
+			quiet, opens := q.QuietAt(tt.zone, tt.at)
+			if quiet != tt.quiet || (quiet && !opens.Equal(tt.opens)) {
+				t.Errorf("%s-%s at %s: quiet %v, opens %s; want quiet %v, opens %s", tt.start, tt.end,
+					tt.at.In(loc).Format("Jan 2 15:04 MST"), quiet, opens.In(loc).Format("Jan 2 15:04 MST"),
+					tt.quiet, tt.opens.In(loc).Format("Jan 2 15:04 MST"))
+			}
+		})
+	}
+}
+
 // quietBatch is a started batch with quiet hours whose recipients alternate
 // between New York and Los Angeles.
 func quietBatch(t *testing.T, n int, validUntil *time.Time) (*Batch, func(int) (RecipientInfo, error)) {

@@ -439,16 +439,41 @@ func TestChaosGuaranteesUnderFaults(t *testing.T) {
 	valid := &chaosBatch{kind: "normal with validity", rate: 5, phones: us(3000, 120), validUntil: time.Now().Add(15 * time.Second).UTC().Truncate(time.Second)}
 	create(valid, map[string]any{"priority": "normal", "validUntil": valid.validUntil.Format(time.RFC3339)})
 
-	la, _ := time.LoadLocation("America/Los_Angeles")
-	nowLA := time.Now().In(la)
-	quietEnd := nowLA.Truncate(time.Minute).Add(2 * time.Minute)
+	// The quiet hours run on the recipients' clocks from 3 minutes ago to 2
+	// minutes ahead, in a zone whose clocks do not change meanwhile: where they
+	// fall back, the window would end at a clock time before its start, a
+	// window of nearly a day that holds the London numbers too. Los Angeles
+	// and New York change their clocks three hours apart.
+	la, err := time.LoadLocation("America/Los_Angeles")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ny, err := time.LoadLocation("America/New_York")
+	if err != nil {
+		t.Fatal(err)
+	}
+	quietZone, quietArea := la, "+1415"
+	_, before := time.Now().Add(-5 * time.Minute).In(la).Zone()
+	if _, after := time.Now().Add(5 * time.Minute).In(la).Zone(); before != after {
+		quietZone, quietArea = ny, "+1212"
+	}
+	// quietUS is us in the quiet hours' zone.
+	quietUS := func(from, n int) []string {
+		out := us(from, n)
+		for i := range out {
+			out[i] = quietArea + strings.TrimPrefix(out[i], "+1415")
+		}
+		return out
+	}
+	nowThere := time.Now().In(quietZone)
+	quietEnd := nowThere.Truncate(time.Minute).Add(2 * time.Minute)
 	quiet := &chaosBatch{kind: "low with quiet hours", rate: 2, quietUntil: quietEnd.UTC(), quietFor: map[string]bool{}}
-	for i, ph := range us(4000, 20) {
+	for i, ph := range quietUS(4000, 20) {
 		quiet.phones = append(quiet.phones, ph, fmt.Sprintf("+4420718388%02d", i))
 		quiet.quietFor[ph] = true
 	}
 	create(quiet, map[string]any{"priority": "low", "quietHours": map[string]any{
-		"start": nowLA.Add(-3 * time.Minute).Format("15:04"), "end": quietEnd.Format("15:04")}})
+		"start": nowThere.Add(-3 * time.Minute).Format("15:04"), "end": quietEnd.Format("15:04")}})
 
 	sched := &chaosBatch{kind: "normal scheduled", rate: 5, phones: us(5000, 80), schedule: time.Now().Add(20 * time.Second).UTC().Truncate(time.Second)}
 	create(sched, map[string]any{"priority": "normal", "scheduleTime": sched.schedule.Format(time.RFC3339)})
@@ -465,13 +490,13 @@ func TestChaosGuaranteesUnderFaults(t *testing.T) {
 
 	// Every recipient waits for its quiet hours, which outlast the validity:
 	// none is sent, every one ends skipped.
-	expiring := &chaosBatch{kind: "normal, quiet past its validity", rate: 5, phones: us(9000, 12),
+	expiring := &chaosBatch{kind: "normal, quiet past its validity", rate: 5, phones: quietUS(9000, 12),
 		validUntil: time.Now().Add(25 * time.Second).UTC().Truncate(time.Second), quietUntil: quietEnd.UTC(), quietFor: map[string]bool{}}
 	for _, ph := range expiring.phones {
 		expiring.quietFor[ph] = true
 	}
 	create(expiring, map[string]any{"priority": "normal", "validUntil": expiring.validUntil.Format(time.RFC3339),
-		"quietHours": map[string]any{"start": nowLA.Add(-3 * time.Minute).Format("15:04"), "end": quietEnd.Format("15:04")}})
+		"quietHours": map[string]any{"start": nowThere.Add(-3 * time.Minute).Format("15:04"), "end": quietEnd.Format("15:04")}})
 
 	// Scheduled for later, then brought forward during the chaos.
 	later := &chaosBatch{kind: "high, rescheduled sooner", rate: 8, phones: us(9500, 64), schedule: time.Now().Add(20 * time.Minute).UTC().Truncate(time.Second)}
